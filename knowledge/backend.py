@@ -1,0 +1,254 @@
+"""The Chroma adapter: one place that knows chromadb's API and converts its errors.
+
+Embedded ``chromadb.PersistentClient`` by default, ``chromadb.HttpClient`` for a server URL.
+Telemetry is off and no collection ever gets Chroma's default embedding function (it would
+download a model): vectors always come from our :class:`~knowledge.embedders.Embedder`.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from knowledge.errors import (
+    EmbeddingMismatch,
+    KnowledgeError,
+    StoreUnavailable,
+    UnknownCollection,
+)
+
+if TYPE_CHECKING:
+    from chromadb.api import ClientAPI
+    from chromadb.api.models.Collection import Collection
+
+_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,510}[a-zA-Z0-9]$")
+MODEL_KEY = "embedding_model"
+DIMENSIONS_KEY = "embedding_dimensions"
+SCHEMA_KEY = "knowledge_schema"
+
+Metadata = Mapping[str, str | int | float | bool]
+
+
+def check_collection_name(name: str) -> str:
+    """Chroma's rule: 3-512 characters of letters, digits, ``.``, ``_``, ``-``, starting and
+    ending with a letter or digit."""
+    if not _NAME.match(name) or ".." in name:
+        raise KnowledgeError(
+            f"invalid collection name {name!r}: use 3-512 letters, digits, '.', '_' or '-', "
+            "starting and ending with a letter or digit"
+        )
+    return name
+
+
+@contextmanager
+def converted_errors(collection: str | None = None) -> Iterator[None]:
+    """Turn chromadb and transport errors into ours."""
+    from chromadb.errors import ChromaError, NotFoundError
+
+    try:
+        yield
+    except KnowledgeError:
+        raise
+    except NotFoundError as exc:
+        raise UnknownCollection(f"no collection {collection!r}") from exc
+    except ChromaError as exc:
+        raise KnowledgeError(f"vector store error: {exc}") from exc
+    except (OSError, ConnectionError) as exc:
+        raise StoreUnavailable(f"vector store unavailable: {exc}") from exc
+    except Exception as exc:
+        import httpx
+
+        if isinstance(exc, httpx.TransportError):
+            raise StoreUnavailable(f"vector store unavailable: {exc}") from exc
+        raise
+
+
+class ChromaBackend:
+    """A lazily opened Chroma client and its collections.
+
+    Args:
+        path: Directory of an embedded store.
+        url: A Chroma server, e.g. ``http://localhost:8000`` (wins over ``path``).
+    """
+
+    def __init__(self, *, path: Path | None = None, url: str | None = None) -> None:
+        if path is None and url is None:
+            raise ValueError("give a path for an embedded store or a url for a Chroma server")
+        self.path = path
+        self.url = url
+        self._client: ClientAPI | None = None
+        self._collections: dict[str, Collection] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def client(self) -> ClientAPI:
+        """The Chroma client, opened on first use."""
+        client = self._client
+        if client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = self._open()
+                client = self._client
+        return client
+
+    def _open(self) -> ClientAPI:
+        import chromadb
+        from chromadb.config import Settings
+
+        settings = Settings(anonymized_telemetry=False, allow_reset=False)
+        try:
+            if self.url is not None:
+                parts = urlsplit(self.url)
+                if parts.scheme not in ("http", "https") or not parts.hostname:
+                    raise ValueError(f"not an http(s) URL: {self.url!r}")
+                ssl = parts.scheme == "https"
+                return chromadb.HttpClient(
+                    host=parts.hostname,
+                    port=parts.port or (443 if ssl else 8000),
+                    ssl=ssl,
+                    settings=settings,
+                )
+            assert self.path is not None
+            self.path.mkdir(parents=True, exist_ok=True)
+            return chromadb.PersistentClient(path=str(self.path), settings=settings)
+        except Exception as exc:  # chromadb raises ValueError/ConnectError when it can't connect
+            where = self.url or str(self.path)
+            raise StoreUnavailable(f"cannot open vector store at {where}: {exc}") from exc
+
+    def ping(self) -> None:
+        """Raise :class:`StoreUnavailable` unless the store answers."""
+        with converted_errors():
+            self.client.heartbeat()
+
+    def names(self) -> list[str]:
+        """Names of all collections, sorted."""
+        with converted_errors():
+            return sorted(c.name for c in self.client.list_collections())
+
+    def collection(
+        self, name: str, *, model: str, dimensions: int, create: bool
+    ) -> Collection | None:
+        """The named collection, checked to have been built with ``model``.
+
+        Creates it (cosine space, model recorded in its metadata) when ``create`` is true;
+        otherwise returns None when it does not exist. Raises :class:`EmbeddingMismatch`
+        when it was built with another model.
+        """
+        check_collection_name(name)
+        collection = self._collections.get(name)
+        if collection is None:
+            from chromadb.errors import NotFoundError
+
+            with converted_errors(name):
+                try:
+                    collection = self.client.get_collection(name, embedding_function=None)
+                except NotFoundError:
+                    if not create:
+                        return None
+                    collection = self.client.get_or_create_collection(
+                        name,
+                        embedding_function=None,
+                        configuration={"hnsw": {"space": "cosine"}},
+                        metadata={MODEL_KEY: model, DIMENSIONS_KEY: dimensions, SCHEMA_KEY: 1},
+                    )
+        stored = (collection.metadata or {}).get(MODEL_KEY)
+        if stored != model:
+            raise EmbeddingMismatch(name, str(stored or "<unrecorded>"), model)
+        self._collections[name] = collection
+        return collection
+
+    def drop(self, name: str) -> bool:
+        """Delete a collection; False if it did not exist."""
+        from chromadb.errors import NotFoundError
+
+        check_collection_name(name)
+        self._collections.pop(name, None)
+        with converted_errors(name):
+            try:
+                self.client.delete_collection(name)
+            except NotFoundError:
+                return False
+        return True
+
+    def forget(self, name: str) -> None:
+        """Drop a cached collection handle (after it vanished under us)."""
+        self._collections.pop(name, None)
+
+    @staticmethod
+    def upsert(
+        collection: Collection,
+        ids: Sequence[str],
+        embeddings: Sequence[Sequence[float]],
+        documents: Sequence[str],
+        metadatas: Sequence[Metadata],
+    ) -> None:
+        """Write records (replacing any with the same id)."""
+        with converted_errors(collection.name):
+            collection.upsert(
+                ids=list(ids),
+                embeddings=[list(e) for e in embeddings],
+                documents=list(documents),
+                metadatas=[dict(m) for m in metadatas],
+            )
+
+    @staticmethod
+    def update_metadata(
+        collection: Collection, ids: Sequence[str], metadatas: Sequence[Metadata]
+    ) -> None:
+        """Replace the metadata of existing records, leaving their vectors alone."""
+        if not ids:
+            return
+        with converted_errors(collection.name):
+            collection.update(ids=list(ids), metadatas=[dict(m) for m in metadatas])
+
+    @staticmethod
+    def get(
+        collection: Collection,
+        *,
+        where: dict[str, Any] | None = None,
+        ids: Sequence[str] | None = None,
+        include: Sequence[str] = (),
+    ) -> dict[str, Any]:
+        """Records by filter or ids (``include`` picks metadatas, documents, embeddings)."""
+        with converted_errors(collection.name):
+            result = collection.get(
+                ids=list(ids) if ids is not None else None,
+                where=where,
+                include=list(include),  # type: ignore[arg-type]
+            )
+        return dict(result)
+
+    @staticmethod
+    def delete(
+        collection: Collection,
+        *,
+        ids: Sequence[str] | None = None,
+        where: dict[str, Any] | None = None,
+    ) -> None:
+        """Delete records by id or filter."""
+        if ids is not None and not ids:
+            return
+        with converted_errors(collection.name):
+            collection.delete(ids=list(ids) if ids is not None else None, where=where)
+
+    @staticmethod
+    def query(collection: Collection, vector: Sequence[float], k: int) -> dict[str, Any]:
+        """The ``k`` nearest records to ``vector`` with documents, metadatas and distances."""
+        with converted_errors(collection.name):
+            result = collection.query(
+                query_embeddings=[list(vector)],
+                n_results=k,
+                include=["documents", "metadatas", "distances"],
+            )
+        return dict(result)
+
+    @staticmethod
+    def count(collection: Collection) -> int:
+        """Records in a collection."""
+        with converted_errors(collection.name):
+            return collection.count()
