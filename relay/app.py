@@ -6,6 +6,7 @@ knowledge) are built once in the lifespan and reach handlers through ``app.state
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import resource
 import time
@@ -21,7 +22,7 @@ import structlog
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketState
 
 from relay import twiml
@@ -97,6 +98,9 @@ def create_app(
             deps.now = now
         signatures = SignatureChecker(settings.twilio_auth_token, public_url=settings.public_url)
         runtime = Runtime(settings=settings, deps=deps, signatures=signatures)
+        background: list[asyncio.Task[Any]] = []
+        if settings.knowledge_enabled:
+            background.append(await _start_knowledge(runtime))
         if configure is not None:
             result = configure(runtime)
             if hasattr(result, "__await__"):
@@ -114,6 +118,9 @@ def create_app(
         try:
             yield
         finally:
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             await recorder.stop()
             closers = runtime.extras.get("closers", [])
             for close in closers:
@@ -123,14 +130,47 @@ def create_app(
             await db.close()
             log.info("relay_stopped", sessions=runtime.sessions_total)
 
-    routes = [
+    routes: list[BaseRoute] = [
         Route("/twiml", incoming_call, methods=["POST"]),
         Route("/handoff", connect_action, methods=["POST"]),
         WebSocketRoute("/ws", conversation_relay),
         Route("/healthz", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
+    if settings.admin_token:
+        from relay import admin
+
+        routes.extend(admin.routes())
     return Starlette(routes=routes, lifespan=lifespan)
+
+
+async def _start_knowledge(runtime: Runtime) -> asyncio.Task[Any]:
+    """Open the knowledge store and hand it to sessions and tools; warm it up in the background."""
+    from relay.retrieval import KnowledgeRetriever, open_knowledge
+
+    settings, deps = runtime.settings, runtime.deps
+    knowledge = await asyncio.to_thread(open_knowledge, settings)
+    retriever = KnowledgeRetriever(
+        knowledge, k=settings.knowledge_k, min_score=settings.knowledge_min_score, timeout=settings.knowledge_timeout
+    )
+    deps.retriever = retriever
+    runtime.extras["knowledge"] = knowledge
+    runtime.extras["retriever"] = retriever
+    runtime.extras.setdefault("closers", []).append(knowledge.aclose)
+    for name in deps.agents.agents:
+        services = dict(deps.services.get(name, {}))
+        services["knowledge"] = retriever
+        deps.services = {**deps.services, name: services}
+
+    async def warm() -> None:
+        try:
+            await knowledge.warm_up()
+            if settings.knowledge_autoload:
+                await retriever.autoload(list(deps.agents.agents.values()), settings.documents_dir)
+        except Exception as exc:  # the service runs without grounding rather than not at all
+            log.error("knowledge_unavailable", error=repr(exc)[:300])
+
+    return asyncio.create_task(warm(), name="relay-knowledge-warm-up")
 
 
 def _runtime(request: Request | WebSocket) -> Runtime:
@@ -291,9 +331,17 @@ async def metrics(request: Request) -> Response:
             "rss_kb": rss_kb,
             "max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
             "uptime_s": round(time.monotonic() - runtime.started, 1),
+            **_retrieval_counters(runtime),
             **{k: v for k, v in runtime.extras.items() if isinstance(v, (int, float, str))},
         }
     )
+
+
+def _retrieval_counters(runtime: Runtime) -> dict[str, int]:
+    retriever = runtime.extras.get("retriever")
+    if retriever is None:
+        return {}
+    return {"retrievals": retriever.retrievals, "retrieval_failures": retriever.failures}
 
 
 def _rss_kb() -> int:

@@ -50,7 +50,13 @@ class Settings(BaseSettings):
     prompts_dir: Path = Field(default=Path("prompts"), alias="RELAY_PROMPTS_DIR")
     default_agent: str | None = Field(default=None, alias="RELAY_DEFAULT_AGENT")
     chroma_url: str | None = Field(default=None, validation_alias=AliasChoices("CHROMA_URL", "RELAY_CHROMA_URL"))
+    knowledge_enabled: bool = Field(default=True, alias="RELAY_KNOWLEDGE")
     knowledge_timeout: float = Field(default=0.5, gt=0, alias="RELAY_KNOWLEDGE_TIMEOUT")
+    knowledge_k: int = Field(default=4, ge=1, le=20, alias="RELAY_KNOWLEDGE_K")
+    knowledge_min_score: float = Field(default=0.3, ge=0, le=1, alias="RELAY_KNOWLEDGE_MIN_SCORE")
+    knowledge_autoload: bool = Field(default=True, alias="RELAY_KNOWLEDGE_AUTOLOAD")
+    embeddings: Literal["local", "openai"] = Field(default="local", alias="RELAY_EMBEDDINGS")
+    embedding_model: str = Field(default="text-embedding-3-small", alias="RELAY_EMBEDDING_MODEL")
 
     # Operations.
     admin_token: str | None = Field(default=None, alias="RELAY_ADMIN_TOKEN")
@@ -110,6 +116,11 @@ class Settings(BaseSettings):
     @property
     def knowledge_path(self) -> Path:
         return self.data_dir / "chroma"
+
+    @property
+    def documents_dir(self) -> Path:
+        """Where each agent's source documents live: ``<data dir>/knowledge/<collection>/``."""
+        return self.data_dir / "knowledge"
 
     def llm_api_key(self) -> str:
         """The key to send, or a ConfigError when OpenAI itself is the server and none is set."""

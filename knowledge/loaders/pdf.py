@@ -18,7 +18,8 @@ def _reflow(page_text: str) -> str:
     """Join the visual lines of a page into paragraphs.
 
     pypdf returns one line per printed line. A line that ends a sentence and is clearly
-    shorter than the page's typical line ends its paragraph; bullets start new ones.
+    shorter than the page's typical line ends its paragraph, a short unpunctuated first line
+    (a heading) stands alone, and bullets start new paragraphs.
     """
     text = _HYPHENATED.sub(r"\1", page_text.replace("\r", ""))
     lines = [line.strip() for line in text.split("\n")]
@@ -33,8 +34,13 @@ def _reflow(page_text: str) -> str:
             continue
         if _BULLET.match(line) and paragraphs[-1]:
             paragraphs.append([])
+        starts_paragraph = not paragraphs[-1]
         paragraphs[-1].append(line)
-        if _SENTENCE_END.search(line) and len(line) < typical * 0.8:
+        short = len(line) < typical * 0.8
+        ends_sentence = _SENTENCE_END.search(line) is not None
+        # a short line that ends a sentence ends its paragraph; a short opening line
+        # without punctuation is a heading or a label
+        if short and (ends_sentence or (starts_paragraph and len(line) < typical * 0.6)):
             paragraphs.append([])
     return "\n\n".join(" ".join(p) for p in paragraphs if p)
 

@@ -1,0 +1,28 @@
+# relay: a Twilio ConversationRelay phone agent. Slim, non-root, runs `relay serve`.
+FROM python:3.11-slim AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY relay ./relay
+COPY knowledge ./knowledge
+RUN python -m venv /opt/relay && /opt/relay/bin/pip install --quiet .
+
+FROM python:3.11-slim
+ENV PATH=/opt/relay/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    RELAY_DATA_DIR=/var/lib/relay \
+    RELAY_PROMPTS_DIR=/app/prompts \
+    RELAY_LOG_FORMAT=json \
+    ANONYMIZED_TELEMETRY=False
+RUN useradd --system --uid 10001 --home-dir /app relay \
+    && mkdir -p /var/lib/relay /app \
+    && chown relay:relay /var/lib/relay
+COPY --from=build /opt/relay /opt/relay
+WORKDIR /app
+COPY --chown=relay:relay prompts ./prompts
+COPY --chown=relay:relay data /var/lib/relay
+USER relay
+EXPOSE 8080
+VOLUME ["/var/lib/relay"]
+HEALTHCHECK --interval=30s --timeout=3s CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/healthz').status == 200 else 1)"
+CMD ["relay", "serve", "--host", "0.0.0.0", "--port", "8080"]
