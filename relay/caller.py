@@ -189,9 +189,9 @@ async def run_terminal_call(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {}
     fake = None
     if args.url is None and args.fake_llm:
-        from relay.testing import FakeLLMServer
+        from relay.testing import FakeLLMServer, ScriptedLLM, echo_reply
 
-        fake = FakeLLMServer()
+        fake = FakeLLMServer(ScriptedLLM(default=echo_reply))
         fake.__enter__()
         overrides["OPENAI_BASE_URL"] = fake.base_url
     try:

@@ -108,9 +108,9 @@ def _serve(args: argparse.Namespace) -> int:
         overrides["RELAY_PORT"] = args.port
     fake = None
     if args.fake_llm:
-        from relay.testing import FakeLLMServer
+        from relay.testing import FakeLLMServer, ScriptedLLM, echo_reply
 
-        fake = FakeLLMServer()
+        fake = FakeLLMServer(ScriptedLLM(default=echo_reply))
         fake.__enter__()
         overrides["OPENAI_BASE_URL"] = fake.base_url
     try:

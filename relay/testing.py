@@ -113,6 +113,10 @@ class ToolCalls:
     calls: list[ToolCall]
     text: str = ""
 
+    def __post_init__(self) -> None:
+        if not self.calls:
+            raise ValueError("ToolCalls needs at least one ToolCall")
+
 
 @dataclass(frozen=True, slots=True)
 class Fail:
@@ -179,8 +183,10 @@ class ScriptedLLM:
     ``token_delay`` is the pause between streamed deltas and ``first_token_delay`` the pause
     before the first one (after the role chunk); zero adds no await at all.
 
-    ``requests`` holds every chat-completions body received, in order. ``push`` and
-    ``requests`` are safe to use from a test thread while the server runs in another.
+    ``requests`` holds every chat-completions body received, in order, unless ``record`` is
+    false (long benchmarks, where keeping every body would grow memory and GC pauses without
+    bound). ``push`` and ``requests`` are safe to use from a test thread while the server runs
+    in another.
     """
 
     def __init__(
@@ -190,6 +196,7 @@ class ScriptedLLM:
         default: Reply | Callable[[dict[str, Any]], Reply] | None = None,
         token_delay: float = 0.0,
         first_token_delay: float = 0.0,
+        record: bool = True,
     ) -> None:
         if token_delay < 0 or first_token_delay < 0:
             raise ValueError("delays must not be negative")
@@ -198,6 +205,8 @@ class ScriptedLLM:
         self.token_delay = token_delay
         self.first_token_delay = first_token_delay
         self.requests: list[dict[str, Any]] = []
+        self._record = record
+        self._received = 0
         self.app: ASGIApp = _ChatCompletionsApp(self)
 
     def push(self, *replies: Reply) -> None:
@@ -205,6 +214,9 @@ class ScriptedLLM:
         self._queue.extend(replies)
 
     def _next_reply(self, body: dict[str, Any]) -> Reply:
+        self._received += 1
+        if self._record:
+            self.requests.append(body)
         try:
             return self._queue.popleft()
         except IndexError:
@@ -214,7 +226,7 @@ class ScriptedLLM:
         default = self.default
         if default is None:
             message = (
-                f"ScriptedLLM script exhausted: no reply queued for request #{len(self.requests)} "
+                f"ScriptedLLM script exhausted: no reply queued for request #{self._received} "
                 "and no default set"
             )
             return Fail(500, _error_body(500, message))
@@ -302,7 +314,6 @@ class _ChatCompletionsApp:
             await _send_json(send, 400, orjson.dumps(_error_body(400, message)))
             return
         llm = self._llm
-        llm.requests.append(body)
         reply = llm._next_reply(body)
         while isinstance(reply, Stall):
             if reply.seconds > 0 and await _client_left_within(receive, reply.seconds):
@@ -640,7 +651,7 @@ class _EchoOfLength:
     def __init__(self, tokens: int) -> None:
         self._tokens = max(tokens, 0)
 
-    def __call__(self, body: dict[str, Any]) -> Reply:
+    def __call__(self, body: dict[str, Any]) -> Text:
         wanted = self._tokens
         pieces = _split_text(_echo_sentence(body))
         if len(pieces) >= wanted:
@@ -738,8 +749,8 @@ class FakeLLMServer:
         while not server.started:
             if task.done():
                 self._finish(sock)
-                await task
-                raise RuntimeError("FakeLLMServer failed to start")
+                cause = None if task.cancelled() else task.exception()
+                raise RuntimeError("FakeLLMServer failed to start") from cause
             await asyncio.sleep(0.001)
         self._state = _ServerState.RUNNING
         return self
@@ -815,6 +826,7 @@ def serve_fake_llm(
         default=_EchoOfLength(reply_tokens),
         token_delay=token_delay,
         first_token_delay=first_token_delay,
+        record=False,
     )
     config = uvicorn.Config(
         llm.app,
