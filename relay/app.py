@@ -25,9 +25,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketState
 
-from relay import twiml
+from relay import feeds, messaging, twiml
 from relay.agents import AgentProfile, AgentRegistry
 from relay.config import Settings
+from relay.customers import CustomerDirectory
 from relay.llm import ChatModel, OpenAIChat
 from relay.session import CallDependencies, CallSession
 from relay.signatures import SignatureChecker
@@ -35,6 +36,7 @@ from relay.storage import repository
 from relay.storage.db import Database
 from relay.storage.recorder import Recorder
 from relay.tools import ToolRegistry, default_registry
+from relay.tools.business import load_services
 
 log = structlog.get_logger("relay.app")
 
@@ -90,12 +92,20 @@ def create_app(
                 max_retries=settings.llm_max_retries,
                 transport=settings.llm_transport,
             )
+        twilio = messaging.credentials(
+            settings.twilio_account_sid, settings.twilio_auth_token, settings.twilio_from_number
+        )
+        services = {
+            agent.name: {**load_services(agent, settings.data_dir), **({"twilio": twilio} if twilio else {})}
+            for agent in agents.agents.values()
+        }
         deps = CallDependencies(
             agents=agents, llm=model, recorder=recorder, db=db, http=http, tools=registry,
-            model_override=settings.llm_model, max_tool_rounds=settings.max_tool_rounds,
+            services=services, model_override=settings.llm_model, max_tool_rounds=settings.max_tool_rounds,
         )  # fmt: skip
         if now is not None:
             deps.now = now
+        deps.directory = CustomerDirectory(db, services=deps.services, now=lambda: deps.now())
         signatures = SignatureChecker(settings.twilio_auth_token, public_url=settings.public_url)
         runtime = Runtime(settings=settings, deps=deps, signatures=signatures)
         background: list[asyncio.Task[Any]] = []
@@ -137,6 +147,7 @@ def create_app(
         Route("/healthz", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
     ]
+    routes.extend(feeds.routes())
     if settings.admin_token:
         from relay import admin
 

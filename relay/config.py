@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     twilio_account_sid: str | None = Field(default=None, alias="TWILIO_ACCOUNT_SID")
     twilio_auth_token: str | None = Field(default=None, alias="TWILIO_AUTH_TOKEN")
     twilio_from_number: str | None = Field(default=None, alias="RELAY_SMS_FROM")
+    caller_id: str | None = Field(default=None, alias="RELAY_CALLER_ID")  # From of reminder calls
+    remind_allow: str | None = Field(default=None, alias="RELAY_REMIND_ALLOW")  # comma-separated E.164
+    feed_secret: str | None = Field(default=None, alias="RELAY_FEED_SECRET")
     elevenlabs_api_key: str | None = Field(default=None, alias="ELEVENLABS_API_KEY")
 
     # Where Twilio reaches us: https://voice.example.com (the wss:// URL is derived from it).
