@@ -38,6 +38,16 @@ def _mask_processor(_logger: Any, method: str, event: MutableMapping[str, Any]) 
     return event
 
 
+class _Stderr:
+    """Whatever ``sys.stderr`` is when a line is written (tests swap it; cached loggers keep this)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure(level: str = "info", fmt: Literal["auto", "json", "console"] = "auto") -> None:
     """Configure structlog and the standard library logging it sits on."""
     as_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
@@ -58,7 +68,7 @@ def configure(level: str = "info", fmt: Literal["auto", "json", "console"] = "au
     structlog.configure(
         processors=[*processors, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_Stderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
     logging.basicConfig(level=numeric, stream=sys.stderr, format="%(message)s")
