@@ -300,8 +300,9 @@ class CallSession:
     async def _run_turn(self, turn: _Turn, received: float, previous: _Turn | None) -> None:
         if previous is not None and previous.task is not None:
             # Let the superseded turn finish its bookkeeping first (it is already cancelled).
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await previous.task
+            # asyncio.wait, not await: this turn's own cancellation must not be swallowed (nor
+            # forwarded to the previous task), and the previous turn's outcome is not ours.
+            await asyncio.wait({previous.task})
         rows: list[dict[str, Any]] = []
         timings: dict[str, float] = {"prompt_received_at": received}
         retrieved: Retrieved | None = None
@@ -351,7 +352,9 @@ class CallSession:
         if self._customer_task is None:
             return None
         try:
-            return await self._customer_task
+            # Shielded: the lookup is shared by every turn, and cancelling this turn (an
+            # interrupt, a newer prompt) must not cancel it for the turns that follow.
+            return await asyncio.shield(self._customer_task)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -549,7 +552,7 @@ class CallSession:
                 turn.talking = False
             # Wait for Twilio's agentSpeaking "off" (speaker events), or as long as it takes to say.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._speech_done.wait()), self.deps.speech_seconds(line))
+                await asyncio.wait_for(self._speech_done.wait(), self.deps.speech_seconds(line))
         self.handoff_data = orjson.dumps(data).decode()
         self._send(protocol.End(handoff_data=self.handoff_data))
         self._end_sent = True

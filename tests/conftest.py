@@ -1,0 +1,379 @@
+"""Shared fixtures: isolated settings, a test copy of the shipped agent, and a running relay.
+
+The running relay is the real app under a real uvicorn (``serve_in_process``) talking to the
+scripted OpenAI-compatible server of ``relay.testing`` (``ScriptedLLM.app``, the app that
+``FakeLLMServer`` runs), also under a real uvicorn; tests drive it as Twilio would, with
+``SimulatedCall`` over a real WebSocket and signed form posts over real HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import pytest_asyncio
+from starlette.applications import Starlette
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from relay.app import Runtime, create_app
+from relay.caller import SimulatedCall, serve_in_process, sign
+from relay.config import Settings, load_settings
+from relay.testing import ScriptedLLM
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED_PROMPTS = REPO / "prompts"
+SHIPPED_AGENT = SHIPPED_PROMPTS / "piano-removals.toml"
+
+AUTH_TOKEN = "test-auth-token-0123456789abcdef"
+#: The longest a test waits for the server to get somewhere (a limit, never an expectation).
+WAIT = 10.0
+#: The tools the test copy of the agent keeps: call control only, so these tests do not depend
+#: on the business tools being present.
+CALL_CONTROL_TOOLS = [
+    "transfer_to_person",
+    "end_call",
+    "switch_language",
+    "send_digits",
+    "collect_digits",
+]
+
+#: Every environment variable Settings reads; removed so the host environment cannot leak in.
+_SETTINGS_ENV = sorted(
+    {
+        alias
+        for info in Settings.model_fields.values()
+        for alias in ([info.alias] if info.alias else [])
+        + list(getattr(info.validation_alias, "choices", []) or [])
+        if isinstance(alias, str)
+    }
+)
+
+
+def agent_toml(tools: list[str] = CALL_CONTROL_TOOLS) -> str:
+    """The shipped piano agent, its ``tools`` list replaced and its ``[data]`` table (the
+    business tables its business tools read) left out."""
+    text = SHIPPED_AGENT.read_text(encoding="utf-8")
+    text, replaced = re.subn(
+        r"^tools = \[.*?^\]", "tools = " + orjson.dumps(tools).decode(), text, flags=re.S | re.M
+    )
+    text, dropped = re.subn(r"^\[data\]\n(?:[^\[\n].*\n)*", "", text, flags=re.M)
+    assert (replaced, dropped) == (1, 1), (
+        "the shipped agent's layout changed; update tests/conftest.py"
+    )
+    return text
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No relay/OpenAI/Twilio variable from the host environment."""
+    for name in _SETTINGS_ENV:
+        monkeypatch.delenv(name, raising=False)
+
+
+REPO_DATA = Path(__file__).resolve().parent.parent / "data"
+
+
+def seed_business_tables(data: Path) -> None:
+    """Copy the shipped business tables (prices, places, calendars) the agents' tools load."""
+    import shutil
+
+    for business in ("piano-removals", "car-service"):
+        shutil.copytree(REPO_DATA / business, data / business, dirs_exist_ok=True)
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "data"
+    path.mkdir()
+    seed_business_tables(path)
+    return path
+
+
+@pytest.fixture
+def prompts_dir(tmp_path: Path) -> Path:
+    """A prompts directory holding the test copy of the shipped agent."""
+    path = tmp_path / "prompts"
+    path.mkdir()
+    (path / SHIPPED_AGENT.name).write_text(agent_toml(), encoding="utf-8")
+    return path
+
+
+def settings_for(data_dir: Path, prompts_dir: Path, **overrides: Any) -> Settings:
+    """Settings for the given directories; keyword overrides by environment name (None unsets)."""
+    values: dict[str, Any] = {
+        "RELAY_DATA_DIR": str(data_dir),
+        "RELAY_PROMPTS_DIR": str(prompts_dir),
+        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+        "RELAY_LOG_LEVEL": "warning",
+        # Knowledge retrieval has its own tests; the call path is tested without it.
+        "RELAY_KNOWLEDGE": "false",
+    }
+    values.update(overrides)
+    return load_settings(_env_file=None, **{k: v for k, v in values.items() if v is not None})
+
+
+@pytest.fixture
+def make_settings(clean_env: None, data_dir: Path, prompts_dir: Path) -> Callable[..., Settings]:
+    """Settings for the temp data and prompts directories; keyword overrides by env name."""
+
+    def make(**overrides: Any) -> Settings:
+        return settings_for(data_dir, prompts_dir, **overrides)
+
+    return make
+
+
+class Switchboard:
+    """The fake LLM's ASGI app: hands every request to the current :class:`ScriptedLLM`, so one
+    server can serve many tests, each with a fresh script."""
+
+    def __init__(self, llm: ScriptedLLM | None = None) -> None:
+        self.llm = llm if llm is not None else ScriptedLLM()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.llm.app(scope, receive, send)
+
+
+class SessionWatch:
+    """ASGI wrapper that counts WebSocket connections started and finished, so tests can wait
+    for the server side of a call to be fully closed (its recording flushed) without sleeping."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.started = 0
+        self.finished = 0
+        self._changed: asyncio.Condition | None = None
+
+    def _condition(self) -> asyncio.Condition:
+        if self._changed is None:
+            self._changed = asyncio.Condition()
+        return self._changed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket":
+            await self.app(scope, receive, send)
+            return
+        self.started += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            changed = self._condition()
+            async with changed:
+                self.finished += 1
+                changed.notify_all()
+
+    async def wait_finished(self, count: int) -> None:
+        changed = self._condition()
+        async with changed:
+            await asyncio.wait_for(changed.wait_for(lambda: self.finished >= count), WAIT)
+
+    async def wait_idle(self) -> None:
+        changed = self._condition()
+        async with changed:
+            await asyncio.wait_for(changed.wait_for(lambda: self.finished >= self.started), WAIT)
+
+
+class TwilioCall(SimulatedCall):
+    """A SimulatedCall that also keeps every raw frame it sent, in order."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sent: list[str] = []
+
+    async def send(self, frame: Mapping[str, Any] | str) -> None:
+        raw = frame if isinstance(frame, str) else orjson.dumps(frame).decode()
+        self.sent.append(raw)
+        await super().send(raw)
+
+    def received(self) -> list[dict[str, Any]]:
+        """The frames received, without the client's arrival timestamps."""
+        return [{k: v for k, v in f.items() if k != "_t"} for f in self.frames]
+
+
+@dataclass
+class Relay:
+    """Handles on a running relay and its scripted model."""
+
+    base_url: str  # http://127.0.0.1:PORT
+    board: Switchboard
+    settings: Settings
+    app: Starlette
+    watch: SessionWatch
+    http: httpx.AsyncClient
+    calls: list[TwilioCall] = field(default_factory=list)
+    _sessions_before: int = 0
+    _finished_before: int = 0
+
+    @property
+    def llm(self) -> ScriptedLLM:
+        """The scripted model answering now: push replies, read ``requests``."""
+        return self.board.llm
+
+    def use(self, llm: ScriptedLLM) -> ScriptedLLM:
+        """Answer from ``llm`` from now on (for example one with a ``token_delay``)."""
+        self.board.llm = llm
+        return llm
+
+    @property
+    def ws_url(self) -> str:
+        return self.base_url.replace("http://", "ws://", 1) + "/ws"
+
+    @property
+    def runtime(self) -> Runtime:
+        runtime: Runtime = self.app.state.runtime
+        return runtime
+
+    @property
+    def sessions_started(self) -> int:
+        """Call sessions the app started (accepted WebSockets) since this test began."""
+        return self.runtime.sessions_total - self._sessions_before
+
+    def public_base(self) -> str:
+        """The base URL Twilio signs HTTP requests against."""
+        return self.settings.public_url or self.base_url
+
+    def call(self, **kwargs: Any) -> TwilioCall:
+        """A signed call to this relay (not yet connected)."""
+        kwargs.setdefault("auth_token", self.settings.twilio_auth_token)
+        if self.settings.public_url and "signed_url" not in kwargs:
+            kwargs["signed_url"] = "wss://" + self.settings.public_url.split("://", 1)[1] + "/ws"
+        call = TwilioCall(self.ws_url, **kwargs)
+        self.calls.append(call)
+        return call
+
+    async def post(
+        self,
+        path: str,
+        form: Mapping[str, str],
+        *,
+        signature: str | None = None,
+        signed_url: str | None = None,
+    ) -> httpx.Response:
+        """POST a form as Twilio would: signed over the public URL and the form fields."""
+        headers = {}
+        if signature is None and self.settings.twilio_auth_token:
+            url = signed_url or self.public_base() + path
+            signature = sign(self.settings.twilio_auth_token, url, form)
+        if signature is not None:
+            headers["X-Twilio-Signature"] = signature
+        return await self.http.post(self.base_url + path, data=dict(form), headers=headers)
+
+    async def session_closed(self, count: int = 1) -> None:
+        """Wait until ``count`` WebSocket connections of this test have finished on the server
+        (for an accepted one: its session closed and its recording flushed)."""
+        await self.watch.wait_finished(self._finished_before + count)
+
+    def begin_test(self) -> None:
+        self.board.llm = ScriptedLLM()
+        self.calls = []
+        self._sessions_before = self.runtime.sessions_total
+        self._finished_before = self.watch.finished
+
+    async def end_test(self) -> None:
+        """Hang up this test's calls and wait until the server has nothing left running."""
+        for call in self.calls:
+            await call.close()
+        await self.watch.wait_idle()
+        await self.runtime.deps.recorder.flush()
+
+
+@asynccontextmanager
+async def running_relay(
+    settings: Callable[..., Settings],
+    llm: ScriptedLLM | None = None,
+    *,
+    configure: Callable[[Runtime], Any] | None = None,
+    **overrides: Any,
+) -> AsyncIterator[Relay]:
+    """The fake LLM and the app, each under a real uvicorn on a free port in this loop.
+
+    ``configure`` is handed to ``create_app``: it can swap in fakes for the shared objects.
+    """
+    board = Switchboard(llm)
+    async with contextlib.AsyncExitStack() as stack:
+        fake_llm = serve_in_process(board)
+        llm_base = await fake_llm.__aenter__()
+        serving: AbstractAsyncContextManager[str] | None = None
+
+        async def stop() -> None:
+            # Each uvicorn takes ~0.15 s to notice it should exit and drain: stop both at once.
+            stopping = [fake_llm.__aexit__(None, None, None)]
+            if serving is not None:
+                stopping.append(serving.__aexit__(None, None, None))
+            await asyncio.gather(*stopping)
+
+        stack.push_async_callback(stop)
+        resolved = settings(OPENAI_BASE_URL=llm_base + "/v1", **overrides)
+        app = create_app(resolved, configure=configure)
+        watch = SessionWatch(app)
+        serving = serve_in_process(watch)
+        base = await serving.__aenter__()
+        http = await stack.enter_async_context(httpx.AsyncClient(timeout=10))
+        relay = Relay(base, board, resolved, app, watch, http)
+        try:
+            yield relay
+        finally:
+            for call in relay.calls:
+                await call.close()
+
+
+@pytest.fixture
+def start_relay(
+    make_settings: Callable[..., Settings],
+) -> Callable[..., AbstractAsyncContextManager[Relay]]:
+    """``async with start_relay(llm, configure=..., **settings) as relay``: a fake LLM and a relay
+    of its own, for tests that need particular settings. Runs in the test's own event loop."""
+
+    def start(
+        llm: ScriptedLLM | None = None,
+        *,
+        configure: Callable[[Runtime], Any] | None = None,
+        **overrides: Any,
+    ) -> AbstractAsyncContextManager[Relay]:
+        return running_relay(make_settings, llm, configure=configure, **overrides)
+
+    return start
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def shared_relay(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Relay]:
+    """One relay (and fake LLM) for a whole test module; see :func:`relay`."""
+    with pytest.MonkeyPatch.context() as env:
+        for name in _SETTINGS_ENV:
+            env.delenv(name, raising=False)
+        root = tmp_path_factory.mktemp("relay")
+        data, prompts = root / "data", root / "prompts"
+        data.mkdir()
+        seed_business_tables(data)
+        prompts.mkdir()
+        (prompts / SHIPPED_AGENT.name).write_text(agent_toml(), encoding="utf-8")
+        async with running_relay(lambda **o: settings_for(data, prompts, **o)) as running:
+            yield running
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def relay(shared_relay: Relay, request: pytest.FixtureRequest) -> AsyncIterator[Relay]:
+    """A running relay with default settings and a fresh, empty script (``relay.llm.push``).
+
+    The server is shared by the tests of a module (starting and stopping uvicorn is most of a
+    test's time), so a test using it must run in the module's event loop: mark it (or the
+    module) ``pytest.mark.asyncio(loop_scope="module")``. Each test gets its own script and
+    its own calls (unique call SIDs); when it ends its calls are hung up and the server is
+    idle again. Tests needing other settings use :func:`start_relay`.
+    """
+    marker = request.node.get_closest_marker("asyncio")
+    if marker is None or marker.kwargs.get("loop_scope") != "module":
+        pytest.fail('tests using the relay fixture need pytest.mark.asyncio(loop_scope="module")')
+    shared_relay.begin_test()
+    try:
+        yield shared_relay
+    finally:
+        await shared_relay.end_test()
