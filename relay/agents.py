@@ -87,7 +87,7 @@ class AgentProfile(BaseModel):
     apology_line: str = "Sorry, I'm having trouble on my end. Could you say that again?"
     filler_lines: list[str] = Field(default_factory=lambda: ["One moment while I check that."])
     keypad: dict[str, KeypadOption] = Field(default_factory=dict)
-    relay: dict[str, Any] = Field(default_factory=dict)
+    relay: dict[str, Any] = Field(default_factory=dict, validate_default=True)
     data: dict[str, str] = Field(default_factory=dict)  # business tables, relative to the data dir
 
     @field_validator("numbers")

@@ -248,8 +248,14 @@ async def _after_session(request: Request, runtime: Runtime, form: dict[str, str
     call_status = form.get("CallStatus", "")
     call_sid = form.get("CallSid", "")
     deps = runtime.deps
-    await deps.recorder.flush()  # the session that just closed has written its history
-    call = await repository.get_call(deps.db, call_sid) if call_sid else None
+    # The session that just closed has handed over its history; Twilio waits ~15 s for TwiML,
+    # so a database outage must not hold this answer (the handoff data is in the form anyway).
+    await deps.recorder.flush(timeout=2.0)
+    try:
+        call = await repository.get_call(deps.db, call_sid) if call_sid else None
+    except Exception as exc:
+        log.error("handoff_call_lookup_failed", error=repr(exc)[:300])
+        call = None
     agent = _agent_for(deps.agents, call.agent if call else None, form.get("To"))
     log.info("session_action", call_sid=call_sid, session_status=status, call_status=call_status, error_code=form.get("ErrorCode"))
     if call_status == "completed" or status == "completed":

@@ -113,8 +113,11 @@ def parse_inbound(raw: str | bytes) -> InboundFrame:
     for a known type with missing or mistyped fields, and for frames over ``MAX_FRAME_BYTES``.
     A well-formed frame of an unknown type comes back as :class:`Unknown`.
     """
-    if len(raw) > MAX_FRAME_BYTES:
-        raise ProtocolError(f"frame of {len(raw)} bytes exceeds {MAX_FRAME_BYTES}", raw=raw[:200])
+    size = len(raw)
+    if isinstance(raw, str) and size * 4 > MAX_FRAME_BYTES:  # a character is at most 4 UTF-8 bytes
+        size = len(raw.encode("utf-8", "surrogatepass"))
+    if size > MAX_FRAME_BYTES:
+        raise ProtocolError(f"frame of {size} bytes exceeds {MAX_FRAME_BYTES}", raw=raw[:200])
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

@@ -147,6 +147,7 @@ class CallSession:
         self._digit_timer: asyncio.TimerHandle | None = None
         self._language: str | None = None
         self._tools: dict[str, Tool] = {}
+        self._schemas: list[dict[str, Any]] = []
         self._end_sent = False
         self.frames_in = 0
         self.frames_out = 0
@@ -205,6 +206,17 @@ class CallSession:
 
     # == setup ============================================================================
 
+    @property
+    def outbound(self) -> bool:
+        return self.setup is not None and self.setup.direction.startswith("outbound")
+
+    @property
+    def caller(self) -> str:
+        """The person on the other end: ``from`` on inbound calls, ``to`` on outbound ones."""
+        if self.setup is None:
+            return ""
+        return self.setup.to if self.outbound else self.setup.from_
+
     async def _start(self) -> None:
         setup = self.setup
         assert setup is not None
@@ -215,11 +227,12 @@ class CallSession:
         for t, kind, data in self._pre_setup:
             self._event(kind, data, t)
         self._pre_setup.clear()
-        if self.deps.directory is not None and setup.from_:
+        if self.deps.directory is not None and self.caller:
             self._customer_task = asyncio.create_task(
-                self.deps.directory.lookup(self.agent, setup.from_), name="relay-caller-lookup"
+                self.deps.directory.lookup(self.agent, self.caller), name="relay-caller-lookup"
             )
         self._tools = self.deps.tools.select(self.agent.tools, agent=self.agent.name)
+        self._schemas = [t.openai_schema() for t in self._tools.values()]
         resumed = await self._load_history()
         now = self.deps.now()
         self.deps.recorder.call(
@@ -324,10 +337,16 @@ class CallSession:
                     await self._act(turn, action)
                     if isinstance(action, (Transfer, Hangup, CollectDigits)):
                         return
+            if not any(row.get("spoken_text") for row in rows) and not turn.talking:
+                # The model answered with nothing to say: never leave the caller in silence.
+                self._apologise(turn, rows, "the model's reply was empty")
+                return
             self._close_talk(turn)
         except asyncio.CancelledError:
+            flag = {_Cancelled.INTERRUPTED: "interrupted", _Cancelled.SUPERSEDED: "superseded"}.get(turn.cancelled)  # type: ignore[arg-type]
             for row in rows:
-                row["interrupted" if turn.cancelled is _Cancelled.INTERRUPTED else "superseded"] = True
+                if flag:
+                    row[flag] = True
                 self.deps.recorder.turn(**row)
             raise
         except LLMError as exc:
@@ -365,8 +384,9 @@ class CallSession:
         system = self.agent.system_prompt
         now = self.deps.now()
         context = [f"Current date and time: {_local_time(now, self.agent.timezone)}."]
-        if self.setup is not None and self.setup.from_:
-            context.append(f"Caller ID: {self.setup.from_}.")
+        if self.caller:
+            who = "Number called (an outbound call)" if self.outbound else "Caller ID"
+            context.append(f"{who}: {self.caller}.")
         if customer:
             context.append("Known caller: " + orjson.dumps(customer, default=str).decode())
         if self._language:
@@ -392,7 +412,7 @@ class CallSession:
         request = ChatRequest(
             model=self.deps.model_override or self.agent.model or "gpt-4o-mini",
             messages=self._messages(retrieved, customer),
-            tools=[t.openai_schema() for t in tools.values()],
+            tools=self._schemas if tools is self._tools else [t.openai_schema() for t in tools.values()],
             temperature=self.agent.temperature,
             max_tokens=self.agent.max_tokens,
         )
@@ -476,8 +496,10 @@ class CallSession:
                         done, _ = await asyncio.wait({task}, timeout=self.deps.filler_after)
                         if not done:
                             filler_sent = True
-                            self._send(protocol.Text(token=_filler(self.agent, turn.seq) + " ", preemptible=True))
+                            filler = _filler(self.agent, turn.seq) + " "
+                            self._send(protocol.Text(token=filler, preemptible=True))
                             turn.talking = True
+                            self._said(row, filler)
                     result = await task
                 except asyncio.CancelledError:
                     task.cancel()
@@ -496,6 +518,19 @@ class CallSession:
                     self._append("tool", "Not done: the caller spoke before this finished.", tool_call_id=call.id, tool_name=call.name)
         return action
 
+    def _said(self, row: dict[str, Any] | None, text: str) -> None:
+        """Add words spoken outside the model's stream (a filler) to the message they belong to."""
+        if row is None:
+            return
+        for index in range(len(self._rows) - 1, -1, -1):
+            if self._rows[index] is row:
+                message = self.history[index]
+                message["content"] = (message.get("content") or "") + text
+                row["content"] = message["content"]
+                row["spoken_text"] = (row.get("spoken_text") or "") + text
+                self.deps.recorder.turn(**row)
+                return
+
     async def _call_tool(self, call: ToolCall, tools: Mapping[str, Tool], customer: Mapping[str, Any] | None) -> ToolResult:
         t = tools.get(call.name)
         if t is None:
@@ -507,10 +542,11 @@ class CallSession:
         except ToolError as exc:
             return ToolResult(str(exc), data={"error": "invalid arguments"})
         ctx = ToolContext(
-            call_sid=self.call_sid, agent=self.agent, caller=self.setup.from_ if self.setup else "",
+            call_sid=self.call_sid, agent=self.agent, caller=self.caller,
             db=self.deps.db, http=self.deps.http, now=self.deps.now,
             services=self.deps.services.get(self.agent.name, {}), tool_call_id=call.id,
             customer=customer,
+            extras={"parameters": dict(self.setup.custom_parameters) if self.setup else {}},
         )  # fmt: skip
         if t.side_effect:
             from relay.storage import repository
@@ -778,6 +814,7 @@ class CallSession:
                 self._event_seq += 1
                 self.deps.recorder.event(call_sid=self.call_sid, session_id=self.session_id, seq=self._event_seq, t=t, kind=kind, data=data)
             log.warning("session_closed_without_setup", frames=self.frames_in)
+            await self.deps.recorder.flush()
             return
         now = self.deps.now()
         self._event("session_end", {"close_code": self.close_code, "outcome": self.outcome})

@@ -131,12 +131,6 @@ def test_report_input_during_agent_speech_must_be_explicit(tmp_path: Path) -> No
         load_profile(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="relay/agents.py: the [relay] check is a field validator, which pydantic skips for the "
-    "default {}, so a profile without a [relay] table is accepted and its TwiML leaves "
-    "reportInputDuringAgentSpeech to Twilio's default",
-)
 def test_a_profile_without_a_relay_table_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "quiet.toml"
     path.write_text(

@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, get_type_hints
 
 import orjson
+import structlog
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from relay.errors import ToolError
@@ -213,6 +214,14 @@ async def invoke(tool_: Tool, ctx: ToolContext, arguments: BaseModel) -> ToolRes
         return ToolResult(f"{tool_.name} took too long and was stopped. Tell the caller you could not finish that just now.", data={"error": "timeout"})
     except ToolError as exc:
         return ToolResult(f"Error: {exc}", data={"error": str(exc)})
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # a broken tool must not break the turn
+        structlog.get_logger("relay.tools").exception("tool_crashed", tool=tool_.name)
+        return ToolResult(
+            f"Error: {tool_.name} failed unexpectedly. Apologise and offer another way to help (take a message or a person).",
+            data={"error": f"crashed: {exc!r}"},
+        )
     if isinstance(result, ToolResult):
         return result
     if isinstance(result, str):
