@@ -690,3 +690,62 @@ async def test_a_turn_superseded_while_waiting_for_the_one_before_stays_cancelle
     assert closed is not None and strip([closed]) == [LAST]  # turn one's talk cycle
     assert "".join(tokens(reply.frames)) == "You said three."
     assert [r.messages[-1]["content"] for r in model.requests] == ["one", "three"]
+
+
+# -- behaviours added after review ------------------------------------------------------------
+
+
+async def test_an_empty_model_reply_gets_the_apology_not_silence(relay: Any) -> None:
+    relay.llm.push(Text(""))
+    call = relay.call()
+    await call.connect()
+
+    reply = await call.say("hello?")
+
+    assert reply.text == APOLOGY
+    assert strip(reply.frames)[-1]["last"] is True
+
+
+async def test_on_an_outbound_call_the_called_party_is_the_caller(relay: Any) -> None:
+    relay.llm.push(Text("Hi!"))
+    call = relay.call(from_="+61390001234", to="+61411000222", direction="outbound-api")
+    await call.connect()
+
+    await call.say("hello")
+
+    system = relay.llm.requests[-1]["messages"][0]["content"]
+    assert "Number called (an outbound call): +61411000222." in system
+    assert "+61390001234." not in system
+
+
+async def test_a_slow_tool_filler_is_kept_as_heard_speech(start_relay: Any) -> None:
+    # A filler line is part of what the caller hears, so it belongs in the history.
+    import dataclasses
+
+    from relay.tools import ToolRegistry
+    from relay.tools.calls import TOOLS
+
+    async def slow_switch(ctx: Any, language: str) -> Any:
+        await asyncio.sleep(0.2)  # makes the tool slow; nothing is timed
+        return await original.function(ctx, language)
+
+    original = next(t for t in TOOLS if t.name == "switch_language")
+    slowed = [dataclasses.replace(original, function=slow_switch) if t is original else t for t in TOOLS]
+
+    def configure(runtime: Any) -> None:
+        runtime.deps.tools = ToolRegistry(slowed)
+        runtime.deps.filler_after = 0.01
+
+    llm = ScriptedLLM([ToolCalls([ToolCall("switch_language", {"language": "Spanish"})]), Text("Claro."), Text("Vale.")])
+    async with start_relay(llm, configure=configure) as relay:
+        call = relay.call()
+        await call.connect()
+        first = await call.say("¿Hablas español?")
+        filler = [f["token"] for f in first.frames if f.get("preemptible")]
+        await call.say("Gracias")
+        await call.close()
+
+    assert filler, first.frames
+    messages = llm.requests[-1]["messages"]
+    spoken = [m for m in messages if m["role"] == "assistant" and m.get("tool_calls")]
+    assert spoken and spoken[-1]["content"] == filler[0]
