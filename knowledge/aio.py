@@ -5,6 +5,10 @@ caller's question. A timed-out call raises :class:`~knowledge.errors.KnowledgeTi
 thread finishes in the background (a thread cannot be interrupted), and its result is dropped.
 """
 
+# ``timeout=`` on every call is the documented API (a per-call budget in seconds, converted to
+# KnowledgeTimeout); asyncio.timeout() would leave callers to translate TimeoutError themselves.
+# ruff: noqa: ASYNC109
+
 from __future__ import annotations
 
 import asyncio
@@ -30,7 +34,8 @@ class AsyncKnowledge:
             the GIL, so two overlap well on two cores).
         write_workers: Threads for loading and removing documents.
 
-    Use as an async context manager, or call :meth:`aclose` on shutdown.
+    Use as an async context manager, or call :meth:`aclose` on shutdown: it waits for the
+    running calls and closes the store.
     """
 
     def __init__(
@@ -47,9 +52,10 @@ class AsyncKnowledge:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Stop the worker threads after the calls already running."""
+        """Stop the worker threads after the calls already running, then close the store."""
         await asyncio.to_thread(self._reads.shutdown, wait=True)
         await asyncio.to_thread(self._writes.shutdown, wait=True)
+        await asyncio.to_thread(self.store.close)
 
     async def _run(
         self,

@@ -68,6 +68,27 @@ def converted_errors(collection: str | None = None) -> Iterator[None]:
         raise
 
 
+def _close_client(client: ClientAPI) -> None:
+    """Close a Chroma client, and its HTTP connections once no other client shares them.
+
+    chromadb 1.5's ``close()`` stops the client's System (and its internal admin client's)
+    when their last user closes, but an HTTP client's ``httpx.Client`` is never closed (open
+    sockets, ResourceWarnings), so we close those ourselves. Guarded: chromadb internals.
+    """
+    from chromadb.api.shared_system_client import SharedSystemClient
+
+    parts = [client, getattr(client, "_admin_client", None)]
+    servers = [(getattr(p, "_identifier", None), getattr(p, "_server", None)) for p in parts]
+    close = getattr(client, "close", None)
+    if callable(close):
+        close()
+    running = getattr(SharedSystemClient, "_identifier_to_system", {})
+    for identifier, server in servers:
+        session = getattr(server, "_session", None)
+        if identifier not in running and session is not None and hasattr(session, "close"):
+            session.close()
+
+
 class ChromaBackend:
     """A lazily opened Chroma client and its collections.
 
@@ -119,6 +140,14 @@ class ChromaBackend:
         except Exception as exc:  # chromadb raises ValueError/ConnectError when it can't connect
             where = self.url or str(self.path)
             raise StoreUnavailable(f"cannot open vector store at {where}: {exc}") from exc
+
+    def close(self) -> None:
+        """Release the client (its HTTP connections or its files); reopened on next use."""
+        with self._lock:
+            client, self._client = self._client, None
+            self._collections.clear()
+        if client is not None:
+            _close_client(client)
 
     def ping(self) -> None:
         """Raise :class:`StoreUnavailable` unless the store answers."""
@@ -188,10 +217,11 @@ class ChromaBackend:
         metadatas: Sequence[Metadata],
     ) -> None:
         """Write records (replacing any with the same id)."""
+        vectors: list[Sequence[float] | Sequence[int]] = [list(e) for e in embeddings]
         with converted_errors(collection.name):
             collection.upsert(
                 ids=list(ids),
-                embeddings=[list(e) for e in embeddings],
+                embeddings=vectors,
                 documents=list(documents),
                 metadatas=[dict(m) for m in metadatas],
             )
@@ -239,9 +269,10 @@ class ChromaBackend:
     @staticmethod
     def query(collection: Collection, vector: Sequence[float], k: int) -> dict[str, Any]:
         """The ``k`` nearest records to ``vector`` with documents, metadatas and distances."""
+        vectors: list[Sequence[float] | Sequence[int]] = [list(vector)]
         with converted_errors(collection.name):
             result = collection.query(
-                query_embeddings=[list(vector)],
+                query_embeddings=vectors,
                 n_results=k,
                 include=["documents", "metadatas", "distances"],
             )

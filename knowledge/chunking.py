@@ -19,7 +19,9 @@ from knowledge.tokens import TokenCounter
 
 # A sentence ends at . ! ? or … (optionally followed by a closing quote or bracket) before
 # whitespace and a capital, digit or opening quote.
-_SENTENCE_END = re.compile(r"(?<=[.!?…])[\"'”’)\]]*\s+(?=[\"'“‘(\[]?[A-Z0-9])")
+_SENTENCE_END = re.compile(
+    r"(?<=[.!?\u2026])[\"'\u201d\u2019)\]]*\s+(?=[\"'\u201c\u2018(\[]?[A-Z0-9])"
+)
 
 #: The model's hard input limit (all-MiniLM-L6-v2 truncates at 256 tokens).
 MODEL_MAX_TOKENS = 256

@@ -59,6 +59,8 @@ class LocalEmbedder:
         tokenizer_path: A ``tokenizer.json`` to use instead of the packaged one.
         threads: onnxruntime intra-op threads.
         batch_size: Texts per model run.
+        spin: Let onnxruntime's idle worker threads busy-wait for the next run. Off by
+            default: in a service they would burn CPU that the event loop needs.
     """
 
     MODEL_NAME = "all-MiniLM-L6-v2-onnx-int8"
@@ -72,6 +74,7 @@ class LocalEmbedder:
         name: str | None = None,
         threads: int = 2,
         batch_size: int = 16,
+        spin: bool = False,
     ) -> None:
         self.name = name or self.MODEL_NAME
         self.dimensions = 384
@@ -80,6 +83,7 @@ class LocalEmbedder:
         self._tokenizer_path = tokenizer_path
         self._threads = threads
         self._batch_size = batch_size
+        self._spin = spin
         self._lock = threading.Lock()
         self._session: onnxruntime.InferenceSession | None = None
         self._tokenizer: Tokenizer | None = None
@@ -109,6 +113,8 @@ class LocalEmbedder:
             options.inter_op_num_threads = 1
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             options.log_severity_level = 3
+            if not self._spin:
+                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             try:
                 session = ort.InferenceSession(
                     model, sess_options=options, providers=["CPUExecutionProvider"]
@@ -156,13 +162,14 @@ class LocalEmbedder:
         if "token_type_ids" in self._input_names:
             feeds["token_type_ids"] = np.zeros_like(ids)
         try:
-            hidden = self._session.run(None, feeds)[0]
+            hidden: npt.NDArray[np.float32] = self._session.run(None, feeds)[0]
         except Exception as exc:
             raise EmbeddingError(f"embedding model failed: {exc}") from exc
         weights = mask[..., None].astype(np.float32)
         pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
-        return (pooled / np.clip(norms, 1e-12, None)).astype(np.float32)
+        unit: npt.NDArray[np.float32] = (pooled / np.clip(norms, 1e-12, None)).astype(np.float32)
+        return unit
 
 
 _OPENAI_DIMENSIONS = {

@@ -72,6 +72,17 @@ class Manifest:
             return None
         return DocumentInfo(*row[:6]), row[6]
 
+    def latest(self, collection: str, doc_id: str) -> DocumentInfo | None:
+        """The newest recorded version of a document, live or removed."""
+        with self._connect() as conn:
+            row = conn.execute(
+                "SELECT doc_id, source, version, sha256, chunks, loaded_at "
+                "FROM document_versions WHERE collection = ? AND doc_id = ? "
+                "ORDER BY version DESC LIMIT 1",
+                (collection, doc_id),
+            ).fetchone()
+        return None if row is None else DocumentInfo(*row)
+
     def next_version(self, collection: str, doc_id: str) -> int:
         """One more than the highest version ever recorded for the document."""
         with self._connect() as conn:

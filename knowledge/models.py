@@ -156,8 +156,16 @@ class ChunkInfo:
 
 @dataclass(frozen=True, slots=True)
 class DocumentDetail:
-    """A document with its version history (oldest first) and its current chunks."""
+    """A document with its version history (oldest first) and its current chunks.
+
+    For a removed document ``info`` is its last version and ``chunks`` is empty.
+    """
 
     info: DocumentInfo
     versions: list[DocumentVersion] = field(default_factory=list)
     chunks: list[ChunkInfo] = field(default_factory=list)
+
+    @property
+    def removed(self) -> bool:
+        """True when the document was removed (its history is kept)."""
+        return bool(self.versions) and self.versions[-1].removed_at is not None

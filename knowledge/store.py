@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from knowledge.backend import ChromaBackend
+from knowledge.backend import ChromaBackend, check_collection_name
 from knowledge.chunking import Chunker
 from knowledge.embedders import Embedder, LocalEmbedder
 from knowledge.errors import (
@@ -34,6 +34,7 @@ from knowledge.models import (
     DocumentDetail,
     DocumentInfo,
     FileResult,
+    FileStatus,
     Hit,
     IngestReport,
 )
@@ -65,7 +66,8 @@ class KnowledgeStore:
         max_tokens: Chunk size limit in model tokens (the model's own limit is 256).
         overlap_tokens: At most this many tokens repeat between consecutive chunks.
 
-    Thread-safe: searches run concurrently; writes are serialised by a lock.
+    Thread-safe: searches run concurrently; writes are serialised by a lock. Call
+    :meth:`close` (or use it as a context manager) when done.
     """
 
     def __init__(
@@ -95,6 +97,17 @@ class KnowledgeStore:
         return f"loaders-v{LOADERS_VERSION}:{self.chunker.fingerprint}"
 
     # -- setup ---------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Release the Chroma client (HTTP connections, file handles). Safe to call twice;
+        the store reopens on next use."""
+        self._backend.close()
+
+    def __enter__(self) -> KnowledgeStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def warm_up(self) -> None:
         """Open the store and load the embedding model now, not on the first call."""
@@ -140,6 +153,7 @@ class KnowledgeStore:
         given directly). Unchanged files are skipped, changed ones replaced. A bad file is
         reported as ``failed`` with its reason and the rest still load.
         """
+        check_collection_name(collection)
         started = time.perf_counter()
         results: list[FileResult] = []
         with self._write_lock:
@@ -157,6 +171,7 @@ class KnowledgeStore:
 
         Raises :class:`~knowledge.errors.DocumentError` for a bad name or a bad file.
         """
+        check_collection_name(collection)
         name = safe_relative_name(filename)
         with self._write_lock:
             return self._ingest(collection, document_id(name), name, data)
@@ -173,6 +188,7 @@ class KnowledgeStore:
 
         A file that is present but fails to load keeps its previous version.
         """
+        check_collection_name(collection)
         if not directory.is_dir():
             raise KnowledgeError(f"not a directory: {directory}")
         started = time.perf_counter()
@@ -236,7 +252,9 @@ class KnowledgeStore:
             if info.sha256 == sha and pipeline == self.pipeline:
                 stored = self._backend.get(handle, where={"doc_id": doc_id})
                 if len(stored["ids"]) == info.chunks:
-                    return FileResult(source, doc_id, "unchanged", info.chunks, version=info.version)
+                    return FileResult(
+                        source, doc_id, "unchanged", info.chunks, version=info.version
+                    )
         chunks = self.chunker.chunk(doc_id, load_document(source, data))
         if not chunks:
             raise DocumentError(source, "no text found")
@@ -249,10 +267,14 @@ class KnowledgeStore:
             loaded_at=utc_now(),
         )
         self._write(collection, handle, info, chunks)
-        status = "added" if current is None else "updated"
+        status: FileStatus = "added" if current is None else "updated"
         logger.info(
             "document_%s collection=%s doc_id=%s version=%d chunks=%d",
-            status, collection, doc_id, info.version, len(chunks),
+            status,
+            collection,
+            doc_id,
+            info.version,
+            len(chunks),
         )
         return FileResult(source, doc_id, status, len(chunks), version=info.version)
 
@@ -329,14 +351,19 @@ class KnowledgeStore:
         return self._require_manifest().documents(collection)
 
     def show(self, collection: str, doc_id: str) -> DocumentDetail:
-        """A document's version history and current chunks in order."""
+        """A document's version history and current chunks in order.
+
+        Works for removed documents too (their history is kept); raises
+        :class:`~knowledge.errors.UnknownDocument` for a document never loaded.
+        """
         manifest = self._require_manifest()
         doc_id = document_id(doc_id)
-        current = manifest.current(collection, doc_id)
-        if current is None:
+        latest = manifest.latest(collection, doc_id)
+        if latest is None:
             raise UnknownDocument(f"no document {doc_id!r} in collection {collection!r}")
+        versions = manifest.versions(collection, doc_id)
         chunks: list[ChunkInfo] = []
-        handle = self._collection(collection, create=False)
+        handle = None if versions[-1].removed_at else self._collection(collection, create=False)
         if handle is not None:
             stored = self._backend.get(
                 handle, where={"doc_id": doc_id}, include=["metadatas", "documents"]
@@ -354,7 +381,7 @@ class KnowledgeStore:
                     )
                 )
         chunks.sort(key=lambda c: c.position)
-        return DocumentDetail(current[0], manifest.versions(collection, doc_id), chunks)
+        return DocumentDetail(latest, versions, chunks)
 
     def search(
         self, collection: str, query: str, *, k: int = 4, min_score: float = 0.0

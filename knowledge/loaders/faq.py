@@ -1,4 +1,4 @@
-"""FAQ tables in CSV or JSON: every question–answer pair becomes its own section."""
+"""FAQ tables in CSV or JSON: every question-answer pair becomes its own section."""
 
 from __future__ import annotations
 

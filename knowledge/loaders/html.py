@@ -10,22 +10,28 @@ from knowledge.loaders.sections import SectionBuilder, title_from_filename
 from knowledge.models import Document
 
 if TYPE_CHECKING:
-    from bs4 import Tag
+    from bs4.element import Tag
 
 _HEADINGS = {"h1": 1, "h2": 2, "h3": 3, "h4": 4, "h5": 5, "h6": 6}
 # Never content: code, styling, page chrome, form controls, embedded media.
 _DROPPED = frozenset(
-    "script style noscript template nav aside iframe svg canvas object embed form button "
-    "select option input textarea head title meta link".split()
-)
+    {
+        "script", "style", "noscript", "template", "nav", "aside", "iframe", "svg", "canvas",
+        "object", "embed", "form", "button", "select", "option", "input", "textarea", "head",
+        "title", "meta", "link",
+    }
+)  # fmt: skip
 # Page chrome, dropped unless it sits inside the page's own article or main element
 # (an article's <header> holds its title).
 _CHROME = frozenset({"header", "footer"})
 _CHROME_ROLES = frozenset({"navigation", "banner", "contentinfo", "complementary", "search"})
 _BLOCKS = frozenset(
-    "p div section article main li ul ol dl dt dd table thead tbody tfoot tr pre blockquote "
-    "figure figcaption caption address hr details summary body html header footer".split()
-)
+    {
+        "p", "div", "section", "article", "main", "li", "ul", "ol", "dl", "dt", "dd", "table",
+        "thead", "tbody", "tfoot", "tr", "pre", "blockquote", "figure", "figcaption", "caption",
+        "address", "hr", "details", "summary", "body", "html", "header", "footer",
+    }
+)  # fmt: skip
 _XML_DECLARATION = re.compile(r"\A\s*<\?xml[^>]*\?>")
 _WHITESPACE = re.compile(r"\s+")
 
@@ -46,7 +52,7 @@ class _Walker:
             self.builder.paragraph(paragraph)
 
     def walk(self, element: Tag, *, in_content: bool) -> None:
-        from bs4 import Comment, NavigableString, Tag
+        from bs4.element import Comment, NavigableString, Tag
 
         for child in element.children:
             if isinstance(child, NavigableString):
@@ -100,7 +106,7 @@ def parse_html(filename: str, text: str) -> Document:
         return builder.build(title_from_filename(filename))
     soup = BeautifulSoup(_XML_DECLARATION.sub("", text), "html.parser")
     page_title = soup.title.get_text(" ", strip=True) if soup.title else ""
-    root = soup.find("main") or soup.find(attrs={"role": "main"})
+    root = soup.find("main") or soup.select_one('[role="main"]')
     articles = soup.find_all("article")
     if root is None and len(articles) == 1:
         root = articles[0]
