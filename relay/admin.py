@@ -21,7 +21,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from knowledge import AsyncKnowledge, DocumentError, KnowledgeError, UnknownCollection, UnknownDocument
+from knowledge import (
+    AsyncKnowledge,
+    DocumentError,
+    KnowledgeError,
+    UnknownCollection,
+    UnknownDocument,
+)
 
 MAX_UPLOAD_BYTES = 20_000_000
 
@@ -30,21 +36,32 @@ def routes() -> list[Route]:
     return [
         Route("/admin/knowledge/{collection}/documents", list_documents, methods=["GET"]),
         Route("/admin/knowledge/{collection}/documents", upload, methods=["POST"]),
-        Route("/admin/knowledge/{collection}/documents/{doc_id:path}", show_document, methods=["GET"]),
-        Route("/admin/knowledge/{collection}/documents/{doc_id:path}", delete_document, methods=["DELETE"]),
+        Route(
+            "/admin/knowledge/{collection}/documents/{doc_id:path}", show_document, methods=["GET"]
+        ),
+        Route(
+            "/admin/knowledge/{collection}/documents/{doc_id:path}",
+            delete_document,
+            methods=["DELETE"],
+        ),
         Route("/admin/knowledge/{collection}/search", search, methods=["GET"]),
     ]
 
 
 def _authorised(request: Request) -> bool:
     token: str | None = request.app.state.runtime.settings.admin_token
-    header = request.headers.get("authorization", "")
-    scheme, _, given = header.partition(" ")
-    return bool(token) and scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())  # type: ignore[union-attr]
+    if not token:
+        return False
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
 
 def _denied() -> Response:
-    return JSONResponse({"error": "unauthorized: send Authorization: Bearer <RELAY_ADMIN_TOKEN>"}, status_code=401, headers={"WWW-Authenticate": "Bearer"})
+    return JSONResponse(
+        {"error": "unauthorized: send Authorization: Bearer <RELAY_ADMIN_TOKEN>"},
+        status_code=401,
+        headers={"WWW-Authenticate": "Bearer"},
+    )
 
 
 def _knowledge(request: Request) -> AsyncKnowledge | None:
@@ -53,11 +70,17 @@ def _knowledge(request: Request) -> AsyncKnowledge | None:
 
 
 def _off() -> Response:
-    return JSONResponse({"error": "the knowledge store is turned off (RELAY_KNOWLEDGE=false)"}, status_code=503)
+    return JSONResponse(
+        {"error": "the knowledge store is turned off (RELAY_KNOWLEDGE=false)"}, status_code=503
+    )
 
 
 def _json(value: Any) -> Any:
-    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) and not isinstance(value, type) else value
+    return (
+        dataclasses.asdict(value)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type)
+        else value
+    )
 
 
 async def list_documents(request: Request) -> Response:
@@ -78,23 +101,37 @@ async def upload(request: Request) -> Response:
         return _off()
     length = int(request.headers.get("content-length") or 0)
     if length > MAX_UPLOAD_BYTES * 5:
-        return JSONResponse({"error": f"upload larger than {MAX_UPLOAD_BYTES * 5} bytes"}, status_code=413)
+        return JSONResponse(
+            {"error": f"upload larger than {MAX_UPLOAD_BYTES * 5} bytes"}, status_code=413
+        )
     form = await request.form(max_files=50)
     files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
     if not files:
-        return JSONResponse({"error": "send the documents as multipart form field 'file'"}, status_code=400)
+        return JSONResponse(
+            {"error": "send the documents as multipart form field 'file'"}, status_code=400
+        )
     collection = request.path_params["collection"]
     results = []
     for item in files:
         data = await item.read(MAX_UPLOAD_BYTES + 1)
         name = item.filename or "upload"
         if len(data) > MAX_UPLOAD_BYTES:
-            results.append({"path": name, "doc_id": "", "status": "failed", "chunks": 0, "error": f"over the size limit of {MAX_UPLOAD_BYTES} bytes"})
+            results.append(
+                {
+                    "path": name,
+                    "doc_id": "",
+                    "status": "failed",
+                    "chunks": 0,
+                    "error": f"over the size limit of {MAX_UPLOAD_BYTES} bytes",
+                }
+            )
             continue
         try:
             result = await knowledge.add_bytes(collection, name, data)
         except DocumentError as exc:
-            results.append({"path": name, "doc_id": "", "status": "failed", "chunks": 0, "error": str(exc)})
+            results.append(
+                {"path": name, "doc_id": "", "status": "failed", "chunks": 0, "error": str(exc)}
+            )
             continue
         results.append(_json(result))
     await form.close()
@@ -110,7 +147,9 @@ async def show_document(request: Request) -> Response:
     if knowledge is None:
         return _off()
     try:
-        detail = await knowledge.show(request.path_params["collection"], request.path_params["doc_id"])
+        detail = await knowledge.show(
+            request.path_params["collection"], request.path_params["doc_id"]
+        )
     except (UnknownDocument, UnknownCollection) as exc:
         return JSONResponse({"error": str(exc)}, status_code=404)
     return JSONResponse(_json(detail))
@@ -122,7 +161,9 @@ async def delete_document(request: Request) -> Response:
     knowledge = _knowledge(request)
     if knowledge is None:
         return _off()
-    removed = await knowledge.remove(request.path_params["collection"], request.path_params["doc_id"])
+    removed = await knowledge.remove(
+        request.path_params["collection"], request.path_params["doc_id"]
+    )
     if not removed:
         return JSONResponse({"error": "no such document"}, status_code=404)
     return JSONResponse({"removed": request.path_params["doc_id"]})

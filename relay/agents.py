@@ -111,7 +111,11 @@ class AgentProfile(BaseModel):
         unknown = sorted(set(attrs) - RELAY_ATTRIBUTES)
         if unknown:
             raise ValueError(f"unknown ConversationRelay attributes: {', '.join(unknown)}")
-        for key in ("interruptible", "welcome_greeting_interruptible", "report_input_during_agent_speech"):
+        for key in (
+            "interruptible",
+            "welcome_greeting_interruptible",
+            "report_input_during_agent_speech",
+        ):
             if key in attrs and attrs[key] not in _INPUT_KINDS:
                 raise ValueError(f"{key} must be one of {', '.join(_INPUT_KINDS)}")
         # Pitfall 1 in the ConversationRelay notes: its default changed in May 2025.
@@ -129,7 +133,9 @@ class AgentProfile(BaseModel):
 
     @property
     def language(self) -> str:
-        return str(self.relay.get("language", self.languages[0].code if self.languages else "en-US"))
+        return str(
+            self.relay.get("language", self.languages[0].code if self.languages else "en-US")
+        )
 
     def speaks(self, code: str) -> LanguageOption | None:
         """The declared language matching ``code`` (exact, or by primary subtag)."""

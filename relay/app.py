@@ -83,7 +83,10 @@ def create_app(
         model = llm
         if model is None:
             client = openai.AsyncOpenAI(
-                api_key=settings.llm_api_key(), base_url=settings.llm_base_url, http_client=http
+                api_key=settings.llm_api_key(),
+                base_url=settings.llm_base_url,
+                # openai 3 is typed for httpx2 but works with httpx, which respx can intercept.
+                http_client=http,  # type: ignore[arg-type]
             )
             model = OpenAIChat(
                 client,
@@ -96,7 +99,10 @@ def create_app(
             settings.twilio_account_sid, settings.twilio_auth_token, settings.twilio_from_number
         )
         services = {
-            agent.name: {**load_services(agent, settings.data_dir), **({"twilio": twilio} if twilio else {})}
+            agent.name: {
+                **load_services(agent, settings.data_dir),
+                **({"twilio": twilio} if twilio else {}),
+            }
             for agent in agents.agents.values()
         }
         deps = CallDependencies(
@@ -123,8 +129,16 @@ def create_app(
                 "/twiml, /handoff or /ws. Set it before taking real calls.",
             )
         if settings.public_url is None:
-            log.warning("public_url_unset", message="RELAY_PUBLIC_URL is not set: URLs are derived from each request's Host header.")
-        log.info("relay_started", agents=sorted(agents.agents), default_agent=agents.default_name, database=_redact_url(settings.database))
+            log.warning(
+                "public_url_unset",
+                message="RELAY_PUBLIC_URL is not set: URLs are derived from each request's Host header.",
+            )
+        log.info(
+            "relay_started",
+            agents=sorted(agents.agents),
+            default_agent=agents.default_name,
+            database=_redact_url(settings.database),
+        )
         try:
             yield
         finally:
@@ -162,7 +176,10 @@ async def _start_knowledge(runtime: Runtime) -> asyncio.Task[Any]:
     settings, deps = runtime.settings, runtime.deps
     knowledge = await asyncio.to_thread(open_knowledge, settings)
     retriever = KnowledgeRetriever(
-        knowledge, k=settings.knowledge_k, min_score=settings.knowledge_min_score, timeout=settings.knowledge_timeout
+        knowledge,
+        k=settings.knowledge_k,
+        min_score=settings.knowledge_min_score,
+        timeout=settings.knowledge_timeout,
     )
     deps.retriever = retriever
     runtime.extras["knowledge"] = knowledge
@@ -207,14 +224,18 @@ async def _signed_form(request: Request) -> dict[str, str] | None:
 
 
 def _forbidden() -> Response:
-    return Response("Forbidden: invalid Twilio signature\n", status_code=403, media_type="text/plain")
+    return Response(
+        "Forbidden: invalid Twilio signature\n", status_code=403, media_type="text/plain"
+    )
 
 
 def _urls(request: Request) -> tuple[str, str]:
     """The wss:// URL for ConversationRelay and the https:// URL of the Connect action."""
     checker = _runtime(request).signatures
     ws_url = checker.public_ws_url("/ws", request.headers)
-    action = checker.public_http_url(request.url.replace(path="/handoff", query=""), request.headers)
+    action = checker.public_http_url(
+        request.url.replace(path="/handoff", query=""), request.headers
+    )
     return ws_url, action
 
 
@@ -225,7 +246,12 @@ async def incoming_call(request: Request) -> Response:
         return _forbidden()
     agent = _runtime(request).deps.agents.for_number(form.get("To"))
     ws_url, action = _urls(request)
-    log.info("call_incoming", agent=agent.name, call_sid=form.get("CallSid", ""), direction=form.get("Direction", ""))
+    log.info(
+        "call_incoming",
+        agent=agent.name,
+        call_sid=form.get("CallSid", ""),
+        direction=form.get("Direction", ""),
+    )
     return Response(twiml.connect(agent, ws_url=ws_url, action_url=action), media_type=TWIML)
 
 
@@ -257,7 +283,13 @@ async def _after_session(request: Request, runtime: Runtime, form: dict[str, str
         log.error("handoff_call_lookup_failed", error=repr(exc)[:300])
         call = None
     agent = _agent_for(deps.agents, call.agent if call else None, form.get("To"))
-    log.info("session_action", call_sid=call_sid, session_status=status, call_status=call_status, error_code=form.get("ErrorCode"))
+    log.info(
+        "session_action",
+        call_sid=call_sid,
+        session_status=status,
+        call_status=call_status,
+        error_code=form.get("ErrorCode"),
+    )
     if call_status == "completed" or status == "completed":
         if call is not None:
             deps.recorder.update_call(call_sid, status="completed", ended_at=datetime.now(UTC))
@@ -268,7 +300,11 @@ async def _after_session(request: Request, runtime: Runtime, form: dict[str, str
             if agent.person_number:
                 if call is not None:
                     deps.recorder.update_call(call_sid, status="transferred", outcome="transferred")
-                return twiml.dial(say=agent.handoff_say, number=agent.person_number, caller_id=form.get("To") or None)
+                return twiml.dial(
+                    say=agent.handoff_say,
+                    number=agent.person_number,
+                    caller_id=form.get("To") or None,
+                )
             return twiml.say_and_hang_up(agent.no_person_line)
         return twiml.say_and_hang_up(None)
     if status == "failed" and call_status in ("in-progress", "ringing", ""):
@@ -278,8 +314,15 @@ async def _after_session(request: Request, runtime: Runtime, form: dict[str, str
             deps.recorder.update_call(call_sid, status="reconnecting")
         greeting = agent.resume_greeting if call is not None else None
         params = {"resumed": "1", "greeting": greeting} if greeting else {}
-        log.info("session_resuming", call_sid=call_sid, error_code=form.get("ErrorCode"), had_history=call is not None)
-        return twiml.connect(agent, ws_url=ws_url, action_url=action, parameters=params, welcome_greeting=greeting)
+        log.info(
+            "session_resuming",
+            call_sid=call_sid,
+            error_code=form.get("ErrorCode"),
+            had_history=call is not None,
+        )
+        return twiml.connect(
+            agent, ws_url=ws_url, action_url=action, parameters=params, welcome_greeting=greeting
+        )
     return twiml.empty()
 
 

@@ -63,7 +63,9 @@ class SimulatedCall:
         if self.auth_token:
             target = self.signed_url or self.url.replace("ws://", "wss://", 1)
             headers["X-Twilio-Signature"] = sign(self.auth_token, target)
-        self._ws = await websockets.connect(self.url, additional_headers=headers, max_size=2**20, ping_interval=None)
+        self._ws = await websockets.connect(
+            self.url, additional_headers=headers, max_size=2**20, ping_interval=None
+        )
         self._inbox = asyncio.Queue()
         self._reader = asyncio.create_task(self._read())
         if setup:
@@ -97,7 +99,13 @@ class SimulatedCall:
         await self.send({"type": "prompt", "voicePrompt": text, "lang": lang, "last": last})
 
     async def interrupt(self, heard: str, duration_ms: int = 1200) -> None:
-        await self.send({"type": "interrupt", "utteranceUntilInterrupt": heard, "durationUntilInterruptMs": duration_ms})
+        await self.send(
+            {
+                "type": "interrupt",
+                "utteranceUntilInterrupt": heard,
+                "durationUntilInterruptMs": duration_ms,
+            }
+        )
 
     async def dtmf(self, digit: str) -> None:
         await self.send({"type": "dtmf", "digit": digit})
@@ -166,7 +174,15 @@ async def serve_in_process(app: Any, host: str = "127.0.0.1") -> AsyncIterator[s
     """Run ``app`` under a real uvicorn in this event loop; yields ``http://host:port``."""
     import uvicorn
 
-    config = uvicorn.Config(app, host=host, port=0, log_config=None, access_log=False, ws_ping_interval=None, lifespan="on")
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=0,
+        log_config=None,
+        access_log=False,
+        ws_ping_interval=None,
+        lifespan="on",
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     try:
@@ -202,13 +218,17 @@ async def run_terminal_call(args: argparse.Namespace) -> int:
 
         settings.llm_api_key()
         async with serve_in_process(create_app(settings)) as base:
-            return await _converse(args, settings, base.replace("http://", "ws://") + "/ws", http_base=base)
+            return await _converse(
+                args, settings, base.replace("http://", "ws://") + "/ws", http_base=base
+            )
     finally:
         if fake is not None:
             fake.__exit__(None, None, None)
 
 
-async def _converse(args: argparse.Namespace, settings: Any, url: str, http_base: str | None = None) -> int:
+async def _converse(
+    args: argparse.Namespace, settings: Any, url: str, http_base: str | None = None
+) -> int:
     from relay.agents import AgentRegistry
 
     agents = AgentRegistry.load(settings.prompts_dir, default=settings.default_agent)
@@ -218,14 +238,23 @@ async def _converse(args: argparse.Namespace, settings: Any, url: str, http_base
     signed = None
     if settings.public_url:
         signed = "wss://" + settings.public_url.split("://", 1)[1] + "/ws"
-    call = SimulatedCall(url, from_=args.from_, to=to, auth_token=settings.twilio_auth_token, signed_url=signed, custom_parameters=params)
+    call = SimulatedCall(
+        url,
+        from_=args.from_,
+        to=to,
+        auth_token=settings.twilio_auth_token,
+        signed_url=signed,
+        custom_parameters=params,
+    )
     out = sys.stdout
     try:
         await call.connect()
     except (OSError, websockets.InvalidStatus) as exc:
         print(f"relay call: cannot connect to {url}: {exc}", file=sys.stderr)
         return 1
-    out.write(f"Connected to {agent.business_name} ({agent.name}) as {args.from_}. Commands: /interrupt, /dtmf N, /quit\n")
+    out.write(
+        f"Connected to {agent.business_name} ({agent.name}) as {args.from_}. Commands: /interrupt, /dtmf N, /quit\n"
+    )
     out.write(f"agent> {agent.welcome_greeting}\n")
     heard: list[str] = []
     speaking = asyncio.Event()
@@ -255,7 +284,9 @@ async def _converse(args: argparse.Namespace, settings: Any, url: str, http_base
                 out.write(f"\n[end] handoffData={frame.get('handoffData')}\n")
                 ended.set()
             else:
-                out.write(f"\n[{kind}] {orjson.dumps({k: v for k, v in frame.items() if k != '_t'}).decode()}\n")
+                out.write(
+                    f"\n[{kind}] {orjson.dumps({k: v for k, v in frame.items() if k != '_t'}).decode()}\n"
+                )
             out.flush()
 
     printing = asyncio.create_task(printer())

@@ -37,10 +37,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="relay", description="A Twilio ConversationRelay phone agent.")
+    parser = argparse.ArgumentParser(
+        prog="relay", description="A Twilio ConversationRelay phone agent."
+    )
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="run the service (webhooks and the ConversationRelay WebSocket)")
+    serve = commands.add_parser(
+        "serve", help="run the service (webhooks and the ConversationRelay WebSocket)"
+    )
     serve.add_argument("--host", help="interface to listen on (RELAY_HOST, default 0.0.0.0)")
     serve.add_argument("--port", type=int, help="port (RELAY_PORT, default 8080)")
     serve.add_argument(
@@ -50,18 +54,33 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=_serve)
 
     call = commands.add_parser("call", help="talk to an agent from the terminal, as a caller would")
-    call.add_argument("--url", help="a running server's WebSocket URL, e.g. ws://127.0.0.1:8080/ws (default: run the app in-process)")
+    call.add_argument(
+        "--url",
+        help="a running server's WebSocket URL, e.g. ws://127.0.0.1:8080/ws (default: run the app in-process)",
+    )
     call.add_argument("--from", dest="from_", default="+61412345678", help="the caller's number")
-    call.add_argument("--to", default=None, help="the number called (picks the agent); default: the default agent's first number")
+    call.add_argument(
+        "--to",
+        default=None,
+        help="the number called (picks the agent); default: the default agent's first number",
+    )
     call.add_argument("--agent", help="the agent to talk to (overrides --to)")
-    call.add_argument("--fake-llm", action="store_true", help="in-process: use the built-in scripted model")
+    call.add_argument(
+        "--fake-llm", action="store_true", help="in-process: use the built-in scripted model"
+    )
     call.set_defaults(handler=_call)
 
-    fake = commands.add_parser("fake-llm", help="run the scripted OpenAI-compatible streaming server")
+    fake = commands.add_parser(
+        "fake-llm", help="run the scripted OpenAI-compatible streaming server"
+    )
     fake.add_argument("--host", default="127.0.0.1")
     fake.add_argument("--port", type=int, default=8081)
-    fake.add_argument("--token-delay", type=float, default=0.02, help="seconds between streamed tokens")
-    fake.add_argument("--first-token-delay", type=float, default=0.0, help="seconds before the first token")
+    fake.add_argument(
+        "--token-delay", type=float, default=0.02, help="seconds between streamed tokens"
+    )
+    fake.add_argument(
+        "--first-token-delay", type=float, default=0.0, help="seconds before the first token"
+    )
     fake.add_argument("--reply-tokens", type=int, default=20, help="tokens per reply")
     fake.set_defaults(handler=_fake_llm)
 
@@ -77,7 +96,12 @@ def _optional_commands(commands: Any) -> None:
     """Commands whose modules register themselves (knowledge, sessions, replay, tools...)."""
     import importlib
 
-    for module in ("relay.knowledge_cli", "relay.sessions_cli", "relay.replay", "relay.business_cli"):
+    for module in (
+        "relay.knowledge_cli",
+        "relay.sessions_cli",
+        "relay.replay",
+        "relay.business_cli",
+    ):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:

@@ -40,7 +40,9 @@ class Settings(BaseSettings):
     twilio_auth_token: str | None = Field(default=None, alias="TWILIO_AUTH_TOKEN")
     twilio_from_number: str | None = Field(default=None, alias="RELAY_SMS_FROM")
     caller_id: str | None = Field(default=None, alias="RELAY_CALLER_ID")  # From of reminder calls
-    remind_allow: str | None = Field(default=None, alias="RELAY_REMIND_ALLOW")  # comma-separated E.164
+    remind_allow: str | None = Field(
+        default=None, alias="RELAY_REMIND_ALLOW"
+    )  # comma-separated E.164
     feed_secret: str | None = Field(default=None, alias="RELAY_FEED_SECRET")
     elevenlabs_api_key: str | None = Field(default=None, alias="ELEVENLABS_API_KEY")
 
@@ -52,7 +54,9 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=Path("data"), alias="RELAY_DATA_DIR")
     prompts_dir: Path = Field(default=Path("prompts"), alias="RELAY_PROMPTS_DIR")
     default_agent: str | None = Field(default=None, alias="RELAY_DEFAULT_AGENT")
-    chroma_url: str | None = Field(default=None, validation_alias=AliasChoices("CHROMA_URL", "RELAY_CHROMA_URL"))
+    chroma_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("CHROMA_URL", "RELAY_CHROMA_URL")
+    )
     knowledge_enabled: bool = Field(default=True, alias="RELAY_KNOWLEDGE")
     knowledge_timeout: float = Field(default=0.5, gt=0, alias="RELAY_KNOWLEDGE_TIMEOUT")
     knowledge_k: int = Field(default=4, ge=1, le=20, alias="RELAY_KNOWLEDGE_K")
@@ -65,7 +69,9 @@ class Settings(BaseSettings):
     admin_token: str | None = Field(default=None, alias="RELAY_ADMIN_TOKEN")
     host: str = Field(default="0.0.0.0", alias="RELAY_HOST")
     port: int = Field(default=8080, ge=1, le=65535, alias="RELAY_PORT")
-    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", alias="RELAY_LOG_LEVEL")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", alias="RELAY_LOG_LEVEL"
+    )
     log_format: Literal["auto", "json", "console"] = Field(default="auto", alias="RELAY_LOG_FORMAT")
 
     @field_validator("public_url")
@@ -101,7 +107,9 @@ class Settings(BaseSettings):
             value = "postgresql+asyncpg://" + value.removeprefix("postgresql://")
         elif value.startswith("sqlite:///"):
             value = "sqlite+aiosqlite:///" + value.removeprefix("sqlite:///")
-        if not (value.startswith("sqlite+aiosqlite://") or value.startswith("postgresql+asyncpg://")):
+        if not (
+            value.startswith("sqlite+aiosqlite://") or value.startswith("postgresql+asyncpg://")
+        ):
             raise ValueError("must be a sqlite:/// or postgresql:// URL")
         return value
 

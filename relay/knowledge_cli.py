@@ -15,19 +15,27 @@ def add_parser(commands: Any) -> None:
     sub = group.add_subparsers(title="knowledge commands", metavar="COMMAND")
 
     def collection(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--collection", "-c", help="the knowledge base (default: the default agent's)")
+        p.add_argument(
+            "--collection", "-c", help="the knowledge base (default: the default agent's)"
+        )
 
-    add = sub.add_parser("add", help="add or update files or folders (Markdown, text, HTML, PDF, DOCX, FAQ CSV/JSON)")
+    add = sub.add_parser(
+        "add", help="add or update files or folders (Markdown, text, HTML, PDF, DOCX, FAQ CSV/JSON)"
+    )
     add.add_argument("paths", nargs="+", type=Path)
     collection(add)
     add.set_defaults(handler=_add)
 
-    sync = sub.add_parser("sync", help="mirror a folder: add new, update changed, delete removed documents")
+    sync = sub.add_parser(
+        "sync", help="mirror a folder: add new, update changed, delete removed documents"
+    )
     sync.add_argument("directory", type=Path)
     collection(sync)
     sync.set_defaults(handler=_sync)
 
-    load = sub.add_parser("load-shipped", help="sync every agent's documents from <data dir>/knowledge/<collection>/")
+    load = sub.add_parser(
+        "load-shipped", help="sync every agent's documents from <data dir>/knowledge/<collection>/"
+    )
     load.set_defaults(handler=_load_shipped)
 
     lst = sub.add_parser("list", help="list documents")
@@ -59,14 +67,18 @@ def _context(args: argparse.Namespace) -> tuple[Any, KnowledgeStore, str]:
     agents = AgentRegistry.load(settings.prompts_dir, default=settings.default_agent)
     name = getattr(args, "collection", None) or agents.default.knowledge_collection
     if not name:
-        raise SystemExit("relay knowledge: give --collection (the default agent has no knowledge_collection)")
+        raise SystemExit(
+            "relay knowledge: give --collection (the default agent has no knowledge_collection)"
+        )
     from relay.retrieval import open_knowledge
 
     return settings, open_knowledge(settings).store, name
 
 
 def _progress(result: FileResult) -> None:
-    mark = {"added": "+", "updated": "~", "unchanged": "=", "failed": "!", "deleted": "-"}.get(str(result.status), "?")
+    mark = {"added": "+", "updated": "~", "unchanged": "=", "failed": "!", "deleted": "-"}.get(
+        str(result.status), "?"
+    )
     detail = f"  {result.error}" if result.error else f"  ({result.chunks} chunks)"
     print(f" {mark} {result.doc_id or result.path}{detail}", file=sys.stderr, flush=True)
 
@@ -75,7 +87,9 @@ def _summary(report: IngestReport) -> int:
     counts: dict[str, int] = {}
     for result in report.files:
         counts[str(result.status)] = counts.get(str(result.status), 0) + 1
-    parts = [f"{counts.get(k, 0)} {k}" for k in ("added", "updated", "unchanged", "deleted", "failed")]
+    parts = [
+        f"{counts.get(k, 0)} {k}" for k in ("added", "updated", "unchanged", "deleted", "failed")
+    ]
     print(f"{', '.join(parts)} in {report.seconds:.1f}s")
     return 1 if counts.get("failed") else 0
 
@@ -103,9 +117,9 @@ def _load_shipped(args: argparse.Namespace) -> int:
     status = 0
     for agent in agents.agents.values():
         name = agent.knowledge_collection
-        folder = settings.documents_dir / name if name else None
-        if folder is None or not folder.is_dir():
+        if not name or not (settings.documents_dir / name).is_dir():
             continue
+        folder = settings.documents_dir / name
         print(f"{agent.name}: {folder} -> '{name}'", file=sys.stderr)
         status |= _summary(store.sync(name, folder, progress=_progress))
     return status
@@ -136,7 +150,9 @@ def _show(args: argparse.Namespace) -> int:
         removed = f", removed {version.removed_at}" if version.removed_at else ""
         print(f"  v{version.version}: {version.chunks} chunks, loaded {version.loaded_at}{removed}")
     for chunk in detail.chunks:
-        print(f"  #{chunk.position} [{' > '.join(chunk.heading_path)}] {chunk.tokens} tokens: {chunk.preview}")
+        print(
+            f"  #{chunk.position} [{' > '.join(chunk.heading_path)}] {chunk.tokens} tokens: {chunk.preview}"
+        )
     return 0
 
 

@@ -223,7 +223,9 @@ class OpenAIChat:
     async def _fast(self, request: ChatRequest) -> AsyncIterator[LLMEvent]:
         content = orjson.dumps(request.body())
         assembler = _Assembler()
-        http_request = self._http.build_request("POST", self._url, content=content, headers=self._headers)
+        http_request = self._http.build_request(
+            "POST", self._url, content=content, headers=self._headers
+        )
         try:
             response = await self._http.send(http_request, stream=True)
         except httpx.TimeoutException as exc:

@@ -29,7 +29,9 @@ def mask_phone(value: str) -> str:
     return _PHONE.sub(hide, value)
 
 
-def _mask_processor(_logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+def _mask_processor(
+    _logger: Any, method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     if method == "debug":
         return event
     for key, value in event.items():

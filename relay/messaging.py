@@ -84,7 +84,7 @@ class HttpxTwilioClient(AsyncHttpClient):  # type: ignore[misc]  # twilio is unt
         data: dict[str, object] | None = None,
         headers: dict[str, str] | None = None,
         auth: tuple[str, str] | None = None,
-        timeout: float | None = None,  # noqa: ASYNC109 - the twilio package's signature
+        timeout: float | None = None,
         allow_redirects: bool = False,
     ) -> Response:
         try:

@@ -61,7 +61,9 @@ def provenance(hits: Sequence[Hit]) -> list[dict[str, Any]]:
 class KnowledgeRetriever:
     """The session's :class:`~relay.session.Retriever` over an :class:`AsyncKnowledge`."""
 
-    def __init__(self, knowledge: AsyncKnowledge, *, k: int = 4, min_score: float = 0.3, timeout: float = 0.5) -> None:
+    def __init__(
+        self, knowledge: AsyncKnowledge, *, k: int = 4, min_score: float = 0.3, timeout: float = 0.5
+    ) -> None:
         self.knowledge = knowledge
         self.k = k
         self.min_score = min_score
@@ -76,18 +78,31 @@ class KnowledgeRetriever:
         started = time.perf_counter()
         self.retrievals += 1
         try:
-            hits = await self.knowledge.search(collection, query, k=self.k, min_score=self.min_score, timeout=self.timeout)
+            hits = await self.knowledge.search(
+                collection, query, k=self.k, min_score=self.min_score, timeout=self.timeout
+            )
         except KnowledgeError as exc:
             self.failures += 1
             elapsed = (time.perf_counter() - started) * 1000
-            log.warning("retrieval_failed", collection=collection, error=str(exc)[:300], elapsed_ms=round(elapsed, 1))
+            log.warning(
+                "retrieval_failed",
+                collection=collection,
+                error=str(exc)[:300],
+                elapsed_ms=round(elapsed, 1),
+            )
             return Retrieved(message="", provenance=[], elapsed_ms=elapsed, error=str(exc))
         elapsed = (time.perf_counter() - started) * 1000
-        return Retrieved(message=format_passages(hits) if hits else "", provenance=provenance(hits), elapsed_ms=elapsed)
+        return Retrieved(
+            message=format_passages(hits) if hits else "",
+            provenance=provenance(hits),
+            elapsed_ms=elapsed,
+        )
 
     async def search(self, collection: str, query: str, k: int = 4) -> list[Hit]:
         """For the ``search_knowledge`` tool: explicit look-ups, same store, same deadline x4."""
-        return await self.knowledge.search(collection, query, k=k, min_score=0.0, timeout=self.timeout * 4)
+        return await self.knowledge.search(
+            collection, query, k=k, min_score=0.0, timeout=self.timeout * 4
+        )
 
     async def autoload(self, agents: Sequence[AgentProfile], documents: Path) -> None:
         """Load ``documents/<collection>/`` into each empty collection (first start)."""

@@ -108,6 +108,9 @@ class _Cancelled(enum.Enum):
     CLOSED = "closed"
 
 
+_CANCEL_FLAGS = {_Cancelled.INTERRUPTED: "interrupted", _Cancelled.SUPERSEDED: "superseded"}
+
+
 @dataclass
 class _Turn:
     """The turn task and what it has said so far."""
@@ -135,7 +138,9 @@ class CallSession:
         self._event_seq = 0
         self._pre_setup: list[tuple[float, str, dict[str, Any]]] = []
         self._turn: _Turn | None = None
-        self._out: asyncio.Queue[tuple[str, Callable[[float], None] | None] | None] = asyncio.Queue()
+        self._out: asyncio.Queue[tuple[str, Callable[[float], None] | None] | None] = (
+            asyncio.Queue()
+        )
         self._writer: asyncio.Task[None] | None = None
         self._side_tasks: set[asyncio.Task[Any]] = set()
         self._customer_task: asyncio.Task[Mapping[str, Any] | None] | None = None
@@ -248,7 +253,9 @@ class CallSession:
         greeting = setup.custom_parameters.get("greeting", self.agent.welcome_greeting)
         if greeting:
             self._append("assistant", greeting, spoken_text=greeting)
-        log.info("session_started", agent=self.agent.name, resumed=resumed, direction=setup.direction)
+        log.info(
+            "session_started", agent=self.agent.name, resumed=resumed, direction=setup.direction
+        )
 
     _call_started: datetime | None = None
 
@@ -298,7 +305,9 @@ class CallSession:
             self._cancel_turn(previous, _Cancelled.SUPERSEDED)
         row = self._append("user", text, lang=lang, prompt_received_at=received)
         turn = _Turn(seq=row["seq"])
-        turn.task = asyncio.create_task(self._run_turn(turn, received, previous), name=f"relay-turn-{turn.seq}")
+        turn.task = asyncio.create_task(
+            self._run_turn(turn, received, previous), name=f"relay-turn-{turn.seq}"
+        )
         self._turn = turn
 
     def _cancel_turn(self, turn: _Turn, why: _Cancelled) -> None:
@@ -325,11 +334,20 @@ class CallSession:
                 retrieved = await self.deps.retriever.retrieve(self.agent, self._retrieval_query())
                 timings["retrieval_done_at"] = time.perf_counter()
                 if retrieved is not None:
-                    self._event("retrieval", {"provenance": retrieved.provenance, "elapsed_ms": retrieved.elapsed_ms, "error": retrieved.error})
+                    self._event(
+                        "retrieval",
+                        {
+                            "provenance": retrieved.provenance,
+                            "elapsed_ms": retrieved.elapsed_ms,
+                            "error": retrieved.error,
+                        },
+                    )
             tools = self._tools
             for round_ in range(1, self.deps.max_tool_rounds + 1):
                 final = round_ == self.deps.max_tool_rounds
-                done, row = await self._llm_round(turn, rows, timings, retrieved, customer, {} if final else tools)
+                done, row = await self._llm_round(
+                    turn, rows, timings, retrieved, customer, {} if final else tools
+                )
                 if not done.tool_calls:
                     break
                 action = await self._run_tools(turn, row, done.tool_calls, tools, customer)
@@ -343,7 +361,7 @@ class CallSession:
                 return
             self._close_talk(turn)
         except asyncio.CancelledError:
-            flag = {_Cancelled.INTERRUPTED: "interrupted", _Cancelled.SUPERSEDED: "superseded"}.get(turn.cancelled)  # type: ignore[arg-type]
+            flag = _CANCEL_FLAGS.get(turn.cancelled) if turn.cancelled else None
             for row in rows:
                 if flag:
                     row[flag] = True
@@ -380,7 +398,9 @@ class CallSession:
             log.warning("caller_lookup_failed", error=repr(exc))
             return None
 
-    def _messages(self, retrieved: Retrieved | None, customer: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    def _messages(
+        self, retrieved: Retrieved | None, customer: Mapping[str, Any] | None
+    ) -> list[dict[str, Any]]:
         system = self.agent.system_prompt
         now = self.deps.now()
         context = [f"Current date and time: {_local_time(now, self.agent.timezone)}."]
@@ -391,11 +411,17 @@ class CallSession:
             context.append("Known caller: " + orjson.dumps(customer, default=str).decode())
         if self._language:
             context.append(f"The call is now in {self._language}; reply in that language.")
-        messages: list[dict[str, Any]] = [{"role": "system", "content": system + "\n\n" + " ".join(context)}]
+        messages: list[dict[str, Any]] = [
+            {"role": "system", "content": system + "\n\n" + " ".join(context)}
+        ]
         if retrieved is not None and retrieved.message:
             messages.append({"role": "system", "content": retrieved.message})
         for message in self.history:
-            if message["role"] == "assistant" and not message.get("content") and not message.get("tool_calls"):
+            if (
+                message["role"] == "assistant"
+                and not message.get("content")
+                and not message.get("tool_calls")
+            ):
                 continue  # nothing was heard and nothing was done
             messages.append(message)
         return messages
@@ -412,14 +438,20 @@ class CallSession:
         request = ChatRequest(
             model=self.deps.model_override or self.agent.model or "gpt-4o-mini",
             messages=self._messages(retrieved, customer),
-            tools=self._schemas if tools is self._tools else [t.openai_schema() for t in tools.values()],
+            tools=self._schemas
+            if tools is self._tools
+            else [t.openai_schema() for t in tools.values()],
             temperature=self.agent.temperature,
             max_tokens=self.agent.max_tokens,
         )
         sent_at = time.perf_counter()
         timings.setdefault("llm_request_at", sent_at)
         # A snapshot: history messages are edited later (streaming, interruptions).
-        self._event("llm_request", {"body": {**request.body(), "messages": [{**m} for m in request.messages]}}, sent_at)
+        self._event(
+            "llm_request",
+            {"body": {**request.body(), "messages": [{**m} for m in request.messages]}},
+            sent_at,
+        )
         pieces: list[str] = []
         row: dict[str, Any] | None = None
         message: dict[str, Any] | None = None
@@ -433,7 +465,9 @@ class CallSession:
                         row = self._append("assistant", "", spoken_text="")
                         message = self.history[-1]
                         rows.append(row)
-                        self._send(protocol.Text(token=event.text), on_sent=self._first_frame(timings))
+                        self._send(
+                            protocol.Text(token=event.text), on_sent=self._first_frame(timings)
+                        )
                     else:
                         self._send(protocol.Text(token=event.text))
                     turn.talking = True
@@ -455,7 +489,11 @@ class CallSession:
         assert done is not None
         if done.tool_calls:
             calls = [
-                {"id": tc.id, "type": "function", "function": {"name": tc.name, "arguments": tc.arguments}}
+                {
+                    "id": tc.id,
+                    "type": "function",
+                    "function": {"name": tc.name, "arguments": tc.arguments},
+                }
                 for tc in done.tool_calls
             ]
             if message is None:
@@ -489,8 +527,12 @@ class CallSession:
         try:
             for call in calls:
                 started = time.perf_counter()
-                self._event("tool_call", {"id": call.id, "name": call.name, "arguments": call.arguments})
-                task = asyncio.create_task(self._call_tool(call, tools, customer), name=f"relay-tool-{call.name}")
+                self._event(
+                    "tool_call", {"id": call.id, "name": call.name, "arguments": call.arguments}
+                )
+                task = asyncio.create_task(
+                    self._call_tool(call, tools, customer), name=f"relay-tool-{call.name}"
+                )
                 try:
                     if not filler_sent:
                         done, _ = await asyncio.wait({task}, timeout=self.deps.filler_after)
@@ -505,8 +547,22 @@ class CallSession:
                     task.cancel()
                     raise
                 elapsed = (time.perf_counter() - started) * 1000
-                self._event("tool_result", {"id": call.id, "name": call.name, "content": result.content, "data": result.data, "elapsed_ms": round(elapsed, 2)})
-                log.info("tool_completed", tool=call.name, elapsed_ms=round(elapsed, 1), error=bool(result.data and "error" in result.data))
+                self._event(
+                    "tool_result",
+                    {
+                        "id": call.id,
+                        "name": call.name,
+                        "content": result.content,
+                        "data": result.data,
+                        "elapsed_ms": round(elapsed, 2),
+                    },
+                )
+                log.info(
+                    "tool_completed",
+                    tool=call.name,
+                    elapsed_ms=round(elapsed, 1),
+                    error=bool(result.data and "error" in result.data),
+                )
                 self._append("tool", result.content, tool_call_id=call.id, tool_name=call.name)
                 answered.add(call.id)
                 if result.action is not None and action is None:
@@ -515,7 +571,12 @@ class CallSession:
             # Every tool call needs an answer in the history, or the next request is invalid.
             for call in calls:
                 if call.id not in answered:
-                    self._append("tool", "Not done: the caller spoke before this finished.", tool_call_id=call.id, tool_name=call.name)
+                    self._append(
+                        "tool",
+                        "Not done: the caller spoke before this finished.",
+                        tool_call_id=call.id,
+                        tool_name=call.name,
+                    )
         return action
 
     def _said(self, row: dict[str, Any] | None, text: str) -> None:
@@ -531,10 +592,15 @@ class CallSession:
                 self.deps.recorder.turn(**row)
                 return
 
-    async def _call_tool(self, call: ToolCall, tools: Mapping[str, Tool], customer: Mapping[str, Any] | None) -> ToolResult:
+    async def _call_tool(
+        self, call: ToolCall, tools: Mapping[str, Tool], customer: Mapping[str, Any] | None
+    ) -> ToolResult:
         t = tools.get(call.name)
         if t is None:
-            return ToolResult(f"Error: there is no tool named {call.name}. Available: {', '.join(tools) or 'none'}.", data={"error": "unknown tool"})
+            return ToolResult(
+                f"Error: there is no tool named {call.name}. Available: {', '.join(tools) or 'none'}.",
+                data={"error": "unknown tool"},
+            )
         from relay.errors import ToolError
 
         try:
@@ -551,27 +617,48 @@ class CallSession:
         if t.side_effect:
             from relay.storage import repository
 
-            return await repository.once(self.deps.db, t.idempotency_key(self.call_sid, arguments), t.name, self.call_sid, lambda: invoke(t, ctx, arguments))
+            return await repository.once(
+                self.deps.db,
+                t.idempotency_key(self.call_sid, arguments),
+                t.name,
+                self.call_sid,
+                lambda: invoke(t, ctx, arguments),
+            )
         return await invoke(t, ctx, arguments)
 
     async def _act(self, turn: _Turn, action: SessionAction) -> None:
         if isinstance(action, SwitchLanguage):
             self._language = action.code
-            self._send(protocol.Language(tts_language=action.code, transcription_language=action.code))
+            self._send(
+                protocol.Language(tts_language=action.code, transcription_language=action.code)
+            )
         elif isinstance(action, SendDigits):
             self._send(protocol.SendDigits(digits=action.digits))
         elif isinstance(action, CollectDigits):
             self._close_talk(turn)
-            self._digits, self._digit_purpose, self._digit_max = [], action.purpose, action.max_digits
+            self._digits, self._digit_purpose, self._digit_max = (
+                [],
+                action.purpose,
+                action.max_digits,
+            )
         elif isinstance(action, Transfer):
             # The end sequence runs on its own: a barge-in must not stop the handoff.
             data = {"reasonCode": "live-agent-handoff", "reason": action.reason, "summary": action.summary,
                     "callSid": self.call_sid, "agent": self.agent.name}  # fmt: skip
             self._spawn(self._end(turn, action.line, data, outcome="transferred"))
         elif isinstance(action, Hangup):
-            self._spawn(self._end(turn, action.line, {"reasonCode": "end-call", "reason": action.reason}, outcome="completed-by-agent"))
+            self._spawn(
+                self._end(
+                    turn,
+                    action.line,
+                    {"reasonCode": "end-call", "reason": action.reason},
+                    outcome="completed-by-agent",
+                )
+            )
 
-    async def _end(self, turn: _Turn | None, line: str, data: dict[str, Any], *, outcome: str) -> None:
+    async def _end(
+        self, turn: _Turn | None, line: str, data: dict[str, Any], *, outcome: str
+    ) -> None:
         """Speak a last line, let it play, then send ``end`` with the handoff data."""
         if self.phase is not Phase.ACTIVE:
             return
@@ -592,7 +679,9 @@ class CallSession:
         self.handoff_data = orjson.dumps(data).decode()
         self._send(protocol.End(handoff_data=self.handoff_data))
         self._end_sent = True
-        self.deps.recorder.update_call(self.call_sid, outcome=outcome, handoff_data=self.handoff_data)
+        self.deps.recorder.update_call(
+            self.call_sid, outcome=outcome, handoff_data=self.handoff_data
+        )
         log.info("session_ending", outcome=outcome, reason=data.get("reason"))
 
     def _close_talk(self, turn: _Turn) -> None:
@@ -605,7 +694,13 @@ class CallSession:
         spoken = (" " if turn.talking else "") + line
         self._send(protocol.Text(token=spoken, last=True))
         turn.talking = False
-        if rows and self.history and self.history[-1] is not None and self.history[-1].get("role") == "assistant" and not self.history[-1].get("tool_calls"):
+        if (
+            rows
+            and self.history
+            and self.history[-1] is not None
+            and self.history[-1].get("role") == "assistant"
+            and not self.history[-1].get("tool_calls")
+        ):
             message, row = self.history[-1], rows[-1]
             message["content"] += spoken
             row.update(content=message["content"], spoken_text=message["content"], error=error)
@@ -615,7 +710,13 @@ class CallSession:
         self.deps.recorder.turn(**row)
         self._event("llm_error", {"error": error})
 
-    def _summarise_turn(self, turn: _Turn, rows: list[dict[str, Any]], timings: dict[str, float], retrieved: Retrieved | None) -> None:
+    def _summarise_turn(
+        self,
+        turn: _Turn,
+        rows: list[dict[str, Any]],
+        timings: dict[str, float],
+        retrieved: Retrieved | None,
+    ) -> None:
         received = timings["prompt_received_at"]
 
         def ms(key: str) -> float | None:
@@ -623,7 +724,10 @@ class CallSession:
 
         for row in rows:
             row.update({k: v for k, v in timings.items() if k != "prompt_received_at"})
-            row["first_token_ms"], row["first_frame_ms"] = ms("first_token_at"), ms("first_frame_at")
+            row["first_token_ms"], row["first_frame_ms"] = (
+                ms("first_token_at"),
+                ms("first_frame_at"),
+            )
             if retrieved is not None:
                 row["retrieval"] = retrieved.provenance
             self.deps.recorder.turn(**row)
@@ -643,7 +747,9 @@ class CallSession:
             self._close_talk(turn)
         heard = frame.utterance_until_interrupt
         self._apply_heard(heard)
-        log.info("caller_interrupted", heard_chars=len(heard), after_ms=frame.duration_until_interrupt_ms)
+        log.info(
+            "caller_interrupted", heard_chars=len(heard), after_ms=frame.duration_until_interrupt_ms
+        )
 
     def _apply_heard(self, heard: str) -> None:
         """Cut the assistant's last talk cycle down to what the caller heard."""
@@ -681,7 +787,9 @@ class CallSession:
                 return
             if self._digit_timer is not None:
                 self._digit_timer.cancel()
-            self._digit_timer = asyncio.get_running_loop().call_later(self.deps.digit_pause, self._finish_digits, "pause")
+            self._digit_timer = asyncio.get_running_loop().call_later(
+                self.deps.digit_pause, self._finish_digits, "pause"
+            )
             return
         option = self.agent.keypad.get(digit)
         if option is None:
@@ -689,15 +797,39 @@ class CallSession:
             return
         if option.action == "transfer":
             if self.agent.person_number:
-                self._spawn(self._end(self._turn, self.agent.transfer_line, {"reasonCode": "live-agent-handoff", "reason": f"caller pressed {digit}", "summary": "The caller pressed the keypad to reach a person.", "callSid": self.call_sid, "agent": self.agent.name}, outcome="transferred"))
+                self._spawn(
+                    self._end(
+                        self._turn,
+                        self.agent.transfer_line,
+                        {
+                            "reasonCode": "live-agent-handoff",
+                            "reason": f"caller pressed {digit}",
+                            "summary": "The caller pressed the keypad to reach a person.",
+                            "callSid": self.call_sid,
+                            "agent": self.agent.name,
+                        },
+                        outcome="transferred",
+                    )
+                )
             else:
-                self._start_turn(f"(The caller pressed {digit} to reach a person, but nobody is available.)", lang=None, received=now)
+                self._start_turn(
+                    f"(The caller pressed {digit} to reach a person, but nobody is available.)",
+                    lang=None,
+                    received=now,
+                )
         elif option.action == "say":
             self._say(option.text)
         elif option.action == "prompt":
             self._start_turn(option.text, lang=None, received=now)
         elif option.action == "end":
-            self._spawn(self._end(self._turn, self.agent.goodbye_line, {"reasonCode": "end-call", "reason": f"caller pressed {digit}"}, outcome="completed-by-caller"))
+            self._spawn(
+                self._end(
+                    self._turn,
+                    self.agent.goodbye_line,
+                    {"reasonCode": "end-call", "reason": f"caller pressed {digit}"},
+                    outcome="completed-by-caller",
+                )
+            )
 
     def _finish_digits(self, reason: str) -> None:
         if self._digit_timer is not None:
@@ -707,7 +839,11 @@ class CallSession:
         if reason == "speech":
             return
         log.info("digits_collected", count=len(digits), ended_by=reason)
-        self._start_turn(f"(Typed on the keypad for {self._digit_purpose}: {digits or 'nothing'})", lang=None, received=time.perf_counter())
+        self._start_turn(
+            f"(Typed on the keypad for {self._digit_purpose}: {digits or 'nothing'})",
+            lang=None,
+            received=time.perf_counter(),
+        )
 
     def _say(self, text: str) -> None:
         turn = self._turn
@@ -747,9 +883,18 @@ class CallSession:
             self._pre_setup.append((t, kind, data))
             return
         self._event_seq += 1
-        self.deps.recorder.event(call_sid=self.call_sid, session_id=self.session_id, seq=self._event_seq, t=t, kind=kind, data=data)
+        self.deps.recorder.event(
+            call_sid=self.call_sid,
+            session_id=self.session_id,
+            seq=self._event_seq,
+            t=t,
+            kind=kind,
+            data=data,
+        )
 
-    def _send(self, frame: protocol.OutboundFrame, *, on_sent: Callable[[float], None] | None = None) -> None:
+    def _send(
+        self, frame: protocol.OutboundFrame, *, on_sent: Callable[[float], None] | None = None
+    ) -> None:
         if self._end_sent or self.phase is Phase.CLOSED:
             log.warning("send_after_end_dropped", type=frame.type)
             return
@@ -812,15 +957,34 @@ class CallSession:
             self.phase = Phase.CLOSED
             for t, kind, data in self._pre_setup:
                 self._event_seq += 1
-                self.deps.recorder.event(call_sid=self.call_sid, session_id=self.session_id, seq=self._event_seq, t=t, kind=kind, data=data)
+                self.deps.recorder.event(
+                    call_sid=self.call_sid,
+                    session_id=self.session_id,
+                    seq=self._event_seq,
+                    t=t,
+                    kind=kind,
+                    data=data,
+                )
             log.warning("session_closed_without_setup", frames=self.frames_in)
             await self.deps.recorder.flush()
             return
         now = self.deps.now()
         self._event("session_end", {"close_code": self.close_code, "outcome": self.outcome})
-        self.deps.recorder.update_session(self.session_id, ended_at=now, close_code=self.close_code, frames_in=self.frames_in, frames_out=self.frames_out)
+        self.deps.recorder.update_session(
+            self.session_id,
+            ended_at=now,
+            close_code=self.close_code,
+            frames_in=self.frames_in,
+            frames_out=self.frames_out,
+        )
         status = "ended" if self._end_sent else "completed"
-        self.deps.recorder.update_call(self.call_sid, status=status, ended_at=now, outcome=self.outcome or "hung-up", turns=self._next_seq)
+        self.deps.recorder.update_call(
+            self.call_sid,
+            status=status,
+            ended_at=now,
+            outcome=self.outcome or "hung-up",
+            turns=self._next_seq,
+        )
         await self.deps.recorder.flush()
         log.info(
             "call_session_closed", agent=self.agent.name, outcome=self.outcome or "hung-up",

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-from starlette.datastructures import FormData, Headers, URL
+from starlette.datastructures import URL, FormData, Headers
 from twilio.request_validator import RequestValidator
 
 

@@ -35,10 +35,17 @@ def write_docs(folder: Path) -> None:
         (folder / name).write_text(text, encoding="utf-8")
 
 
-async def test_the_llm_request_carries_the_right_passage_and_the_turn_records_it(start_relay: Any, data_dir: Path) -> None:
+async def test_the_llm_request_carries_the_right_passage_and_the_turn_records_it(
+    start_relay: Any, data_dir: Path
+) -> None:
     write_docs(data_dir / "knowledge" / "piano-removals")
     llm = ScriptedLLM([Text("Yes, it's insured.")])
-    async with start_relay(llm, RELAY_KNOWLEDGE="true", RELAY_KNOWLEDGE_AUTOLOAD="false", RELAY_KNOWLEDGE_MIN_SCORE="0.2") as relay:
+    async with start_relay(
+        llm,
+        RELAY_KNOWLEDGE="true",
+        RELAY_KNOWLEDGE_AUTOLOAD="false",
+        RELAY_KNOWLEDGE_MIN_SCORE="0.2",
+    ) as relay:
         knowledge = relay.runtime.extras["knowledge"]
         report = await knowledge.sync("piano-removals", data_dir / "knowledge" / "piano-removals")
         assert {str(f.status) for f in report.files} == {"added"}
@@ -74,7 +81,9 @@ async def test_a_call_survives_a_failing_store(start_relay: Any) -> None:
         runtime.extras["retriever"].knowledge = BrokenKnowledge()
 
     llm = ScriptedLLM([Text("Happy to help.")])
-    async with start_relay(llm, configure=configure, RELAY_KNOWLEDGE="true", RELAY_KNOWLEDGE_AUTOLOAD="false") as relay:
+    async with start_relay(
+        llm, configure=configure, RELAY_KNOWLEDGE="true", RELAY_KNOWLEDGE_AUTOLOAD="false"
+    ) as relay:
         call = relay.call()
         await call.connect()
         reply = await call.say("Do you store pianos?")
@@ -82,12 +91,19 @@ async def test_a_call_survives_a_failing_store(start_relay: Any) -> None:
         await call.close()
 
     assert reply.text == "Happy to help."
-    assert [m["role"] for m in llm.requests[0]["messages"]].count("system") == 1  # no reference material
+    assert [m["role"] for m in llm.requests[0]["messages"]].count(
+        "system"
+    ) == 1  # no reference material
     assert metrics["retrieval_failures"] == 1
 
 
 def admin_client(make_settings: Any, **overrides: Any) -> TestClient:
-    settings = make_settings(RELAY_KNOWLEDGE="true", RELAY_KNOWLEDGE_AUTOLOAD="false", OPENAI_BASE_URL="http://127.0.0.1:9/v1", **overrides)
+    settings = make_settings(
+        RELAY_KNOWLEDGE="true",
+        RELAY_KNOWLEDGE_AUTOLOAD="false",
+        OPENAI_BASE_URL="http://127.0.0.1:9/v1",
+        **overrides,
+    )
     return TestClient(create_app(settings))
 
 
@@ -101,7 +117,10 @@ def test_the_admin_api_needs_the_token_and_manages_documents(make_settings: Any)
     base = "/admin/knowledge/piano-removals"
     with admin_client(make_settings, RELAY_ADMIN_TOKEN="s3cret-admin") as client:
         assert client.get(base + "/documents").status_code == 401
-        assert client.get(base + "/documents", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert (
+            client.get(base + "/documents", headers={"Authorization": "Bearer wrong"}).status_code
+            == 401
+        )
         assert client.delete(base + "/documents/x.md").status_code == 401
 
         files = [
@@ -114,13 +133,20 @@ def test_the_admin_api_needs_the_token_and_manages_documents(make_settings: Any)
         assert upload.status_code == 207
         results = {r["path"]: r for r in upload.json()["results"]}
         assert results["insurance.md"]["status"] == "added"
-        assert {results[n]["status"] for n in ("../../etc/evil.md", "tool.exe", "empty.txt")} == {"failed"}
+        assert {results[n]["status"] for n in ("../../etc/evil.md", "tool.exe", "empty.txt")} == {
+            "failed"
+        }
         assert all(results[n]["error"] for n in ("../../etc/evil.md", "tool.exe", "empty.txt"))
 
         listed = client.get(base + "/documents", headers=token).json()["documents"]
         assert [d["doc_id"] for d in listed] == ["insurance.md"]
-        hits = client.get(base + "/search", params={"q": "is the piano insured"}, headers=token).json()["hits"]
+        hits = client.get(
+            base + "/search", params={"q": "is the piano insured"}, headers=token
+        ).json()["hits"]
         assert hits[0]["doc_id"] == "insurance.md"
-        assert client.get(base + "/documents/insurance.md", headers=token).json()["info"]["version"] == 1
+        assert (
+            client.get(base + "/documents/insurance.md", headers=token).json()["info"]["version"]
+            == 1
+        )
         assert client.delete(base + "/documents/insurance.md", headers=token).status_code == 200
         assert client.get(base + "/documents", headers=token).json()["documents"] == []

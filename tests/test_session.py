@@ -730,13 +730,21 @@ async def test_a_slow_tool_filler_is_kept_as_heard_speech(start_relay: Any) -> N
         return await original.function(ctx, language)
 
     original = next(t for t in TOOLS if t.name == "switch_language")
-    slowed = [dataclasses.replace(original, function=slow_switch) if t is original else t for t in TOOLS]
+    slowed = [
+        dataclasses.replace(original, function=slow_switch) if t is original else t for t in TOOLS
+    ]
 
     def configure(runtime: Any) -> None:
         runtime.deps.tools = ToolRegistry(slowed)
         runtime.deps.filler_after = 0.01
 
-    llm = ScriptedLLM([ToolCalls([ToolCall("switch_language", {"language": "Spanish"})]), Text("Claro."), Text("Vale.")])
+    llm = ScriptedLLM(
+        [
+            ToolCalls([ToolCall("switch_language", {"language": "Spanish"})]),
+            Text("Claro."),
+            Text("Vale."),
+        ]
+    )
     async with start_relay(llm, configure=configure) as relay:
         call = relay.call()
         await call.connect()

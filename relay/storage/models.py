@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -26,7 +26,7 @@ BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {dict[str, Any]: JSON, list[Any]: JSON}
 
 
 class Call(Base):
@@ -74,7 +74,10 @@ class Turn(Base):
     """
 
     __tablename__ = "turns"
-    __table_args__ = (UniqueConstraint("call_sid", "seq"), Index("ix_turns_call", "call_sid", "seq"))
+    __table_args__ = (
+        UniqueConstraint("call_sid", "seq"),
+        Index("ix_turns_call", "call_sid", "seq"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     call_sid: Mapped[str] = mapped_column(String(64))
@@ -169,7 +172,9 @@ class Booking(Base):
     id: Mapped[str] = mapped_column(String(16), primary_key=True)
     agent: Mapped[str] = mapped_column(String(64), index=True)
     kind: Mapped[str] = mapped_column(String(16))  # move | appointment
-    quote_id: Mapped[str | None] = mapped_column(ForeignKey("quotes.id"), nullable=True, unique=True)
+    quote_id: Mapped[str | None] = mapped_column(
+        ForeignKey("quotes.id"), nullable=True, unique=True
+    )
     service: Mapped[str | None] = mapped_column(String(64), nullable=True)
     customer_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     vehicle_id: Mapped[int | None] = mapped_column(Integer, nullable=True)

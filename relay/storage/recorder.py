@@ -68,7 +68,14 @@ class Recorder:
     # -- handing records over (never awaits) ---------------------------------------------
 
     def event(
-        self, *, call_sid: str, session_id: str, seq: int, t: float, kind: str, data: Mapping[str, Any]
+        self,
+        *,
+        call_sid: str,
+        session_id: str,
+        seq: int,
+        t: float,
+        kind: str,
+        data: Mapping[str, Any],
     ) -> None:
         self._queued += 1
         self._events.append(
@@ -156,7 +163,10 @@ class Recorder:
             await asyncio.sleep(self._interval)
             while self._upserts or self._events:
                 upserts, self._upserts = self._upserts, {}
-                events, self._events = self._events[: self._batch_size], self._events[self._batch_size :]
+                events, self._events = (
+                    self._events[: self._batch_size],
+                    self._events[self._batch_size :],
+                )
                 try:
                     await self._write([r for _, r in upserts.values()], [r for _, r in events])
                 except (SQLAlchemyError, OSError) as exc:
@@ -172,7 +182,10 @@ class Recorder:
                             self._upserts[key] = (first, row)
                     self._events[:0] = events
                     log.warning(
-                        "recorder_write_failed", error=str(exc), pending=self.pending, retry_in=backoff
+                        "recorder_write_failed",
+                        error=str(exc),
+                        pending=self.pending,
+                        retry_in=backoff,
                     )
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, self._max_backoff)

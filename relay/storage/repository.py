@@ -22,7 +22,9 @@ async def call_history(db: Database, call_sid: str) -> tuple[Call | None, list[T
         call = await session.get(Call, call_sid)
         if call is None:
             return None, []
-        turns = (await session.scalars(select(Turn).where(Turn.call_sid == call_sid).order_by(Turn.seq))).all()
+        turns = (
+            await session.scalars(select(Turn).where(Turn.call_sid == call_sid).order_by(Turn.seq))
+        ).all()
         return call, list(turns)
 
 
@@ -55,19 +57,30 @@ async def list_calls(
 
 async def call_events(db: Database, call_sid: str) -> list[Event]:
     async with db.session() as session:
-        rows = await session.scalars(select(Event).where(Event.call_sid == call_sid).order_by(Event.id))
+        rows = await session.scalars(
+            select(Event).where(Event.call_sid == call_sid).order_by(Event.id)
+        )
         return list(rows.all())
 
 
 async def call_sessions(db: Database, call_sid: str) -> list[RelaySession]:
     async with db.session() as session:
-        rows = await session.scalars(select(RelaySession).where(RelaySession.call_sid == call_sid).order_by(RelaySession.started_at))
+        rows = await session.scalars(
+            select(RelaySession)
+            .where(RelaySession.call_sid == call_sid)
+            .order_by(RelaySession.started_at)
+        )
         return list(rows.all())
 
 
 async def count_events(db: Database, call_sid: str) -> int:
     async with db.session() as session:
-        return int(await session.scalar(select(func.count()).select_from(Event).where(Event.call_sid == call_sid)) or 0)
+        return int(
+            await session.scalar(
+                select(func.count()).select_from(Event).where(Event.call_sid == call_sid)
+            )
+            or 0
+        )
 
 
 async def once(
@@ -94,13 +107,23 @@ async def once(
                     data={"idempotent_replay": True},
                 )
             if existing is not None and existing.status == "running":
-                return ToolResult("That is already being done; wait for it rather than asking again.", data={"error": "in progress"})
+                return ToolResult(
+                    "That is already being done; wait for it rather than asking again.",
+                    data={"error": "in progress"},
+                )
             if existing is None:
-                session.add(SideEffect(key=key, tool=tool, call_sid=call_sid, status="running", created_at=now))
+                session.add(
+                    SideEffect(
+                        key=key, tool=tool, call_sid=call_sid, status="running", created_at=now
+                    )
+                )
             else:
                 existing.status = "running"
     except IntegrityError:
-        return ToolResult("That is already being done; wait for it rather than asking again.", data={"error": "in progress"})
+        return ToolResult(
+            "That is already being done; wait for it rather than asking again.",
+            data={"error": "in progress"},
+        )
     status = "failed"
     result: ToolResult | None = None
     try:

@@ -113,23 +113,35 @@ class Tool:
     schema: dict[str, Any] = field(default_factory=dict)
 
     def openai_schema(self) -> dict[str, Any]:
-        return {"type": "function", "function": {"name": self.name, "description": self.description, "parameters": self.schema}}
+        return {
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": self.schema,
+            },
+        }
 
     def parse(self, raw: str) -> BaseModel:
         """Validate the model's JSON arguments. Raises ToolError with a message for the model."""
         try:
             data = orjson.loads(raw or "{}")
         except orjson.JSONDecodeError as exc:
-            raise ToolError(f"The arguments for {self.name} were not valid JSON ({exc}). Call it again with a JSON object.") from exc
+            raise ToolError(
+                f"The arguments for {self.name} were not valid JSON ({exc}). Call it again with a JSON object."
+            ) from exc
         if not isinstance(data, dict):
             raise ToolError(f"The arguments for {self.name} must be a JSON object.")
         try:
             return self.arguments.model_validate(data)
         except ValidationError as exc:
             problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or 'arguments'}: {err['msg']}" for err in exc.errors()
+                f"{'.'.join(str(p) for p in err['loc']) or 'arguments'}: {err['msg']}"
+                for err in exc.errors()
             )
-            raise ToolError(f"Invalid arguments for {self.name}: {problems}. Fix them and call it again.") from exc
+            raise ToolError(
+                f"Invalid arguments for {self.name}: {problems}. Fix them and call it again."
+            ) from exc
 
     def idempotency_key(self, call_sid: str, arguments: BaseModel) -> str:
         canonical = orjson.dumps(arguments.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
@@ -209,9 +221,14 @@ async def invoke(tool_: Tool, ctx: ToolContext, arguments: BaseModel) -> ToolRes
     """Run a tool with its timeout, converting every failure into a result for the model."""
     try:
         async with asyncio.timeout(tool_.timeout):
-            result = await tool_.function(ctx, **{k: getattr(arguments, k) for k in type(arguments).model_fields})
+            result = await tool_.function(
+                ctx, **{k: getattr(arguments, k) for k in type(arguments).model_fields}
+            )
     except TimeoutError:
-        return ToolResult(f"{tool_.name} took too long and was stopped. Tell the caller you could not finish that just now.", data={"error": "timeout"})
+        return ToolResult(
+            f"{tool_.name} took too long and was stopped. Tell the caller you could not finish that just now.",
+            data={"error": "timeout"},
+        )
     except ToolError as exc:
         return ToolResult(f"Error: {exc}", data={"error": str(exc)})
     except asyncio.CancelledError:
