@@ -881,7 +881,10 @@ class CallSession:
         t = time.perf_counter() if t is None else t
         if self.phase is Phase.WAITING_FOR_SETUP:
             self._pre_setup.append((t, kind, data))
-            return
+        else:
+            self._store_event(t, kind, data)
+
+    def _store_event(self, t: float, kind: str, data: dict[str, Any]) -> None:
         self._event_seq += 1
         self.deps.recorder.event(
             call_sid=self.call_sid,
@@ -956,15 +959,7 @@ class CallSession:
             self.session_id = self.session_id or self.call_sid
             self.phase = Phase.CLOSED
             for t, kind, data in self._pre_setup:
-                self._event_seq += 1
-                self.deps.recorder.event(
-                    call_sid=self.call_sid,
-                    session_id=self.session_id,
-                    seq=self._event_seq,
-                    t=t,
-                    kind=kind,
-                    data=data,
-                )
+                self._store_event(t, kind, data)
             log.warning("session_closed_without_setup", frames=self.frames_in)
             await self.deps.recorder.flush()
             return
