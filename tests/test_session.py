@@ -757,3 +757,43 @@ async def test_a_slow_tool_filler_is_kept_as_heard_speech(start_relay: Any) -> N
     messages = llm.requests[-1]["messages"]
     spoken = [m for m in messages if m["role"] == "assistant" and m.get("tool_calls")]
     assert spoken and spoken[-1]["content"] == filler[0]
+
+
+async def test_the_tool_of_an_interrupted_generation_never_runs(start_relay: Any) -> None:
+    import dataclasses
+
+    from relay.tools import ToolRegistry
+    from relay.tools.calls import TOOLS
+
+    ran: list[str] = []
+    original = next(t for t in TOOLS if t.name == "end_call")
+
+    async def counting_end_call(ctx: Any, reason: str) -> Any:
+        ran.append(reason)
+        return await original.function(ctx, reason)
+
+    def configure(runtime: Any) -> None:
+        runtime.deps.tools = ToolRegistry(
+            [dataclasses.replace(t, function=counting_end_call) if t is original else t for t in TOOLS]
+        )
+
+    llm = ScriptedLLM(
+        [ToolCalls([ToolCall("end_call", {"reason": "caller is done"})], text=LONG), Text("Sure, go ahead.")],
+        token_delay=0.02,  # slow enough that the barge-in lands while the text is still streaming
+    )
+    async with start_relay(llm, configure=configure) as relay:
+        call = relay.call()
+        await call.connect()
+        await call.prompt("That's all, thanks")
+        heard = "".join(tokens(await read_tokens(call, 3)))
+        await call.interrupt(heard)
+        await read_until_last(call)  # the cancelled talk cycle is closed
+        reply = await call.say("Actually, one more question")
+        await call.close()
+
+    assert reply.text == "Sure, go ahead."
+    assert ran == []
+    assert not any(f["type"] == "end" for f in call.frames)
+    history = conversation(llm.requests[-1])
+    assert ("assistant", heard) in history
+    assert not any(m.get("tool_calls") for m in llm.requests[-1]["messages"])
