@@ -201,6 +201,18 @@ async def _start_knowledge(runtime: Runtime) -> asyncio.Task[Any]:
     return asyncio.create_task(warm(), name="relay-knowledge-warm-up")
 
 
+def preflight(settings: Settings, tools: ToolRegistry | None = None) -> AgentRegistry:
+    """Check what start-up will need (profiles, tools, business tables, LLM key) and raise a
+    ConfigError naming the variable or file, before any server starts."""
+    settings.llm_api_key()
+    agents = AgentRegistry.load(settings.prompts_dir, default=settings.default_agent)
+    registry = tools or default_registry()
+    for agent in agents.agents.values():
+        registry.select(agent.tools, agent=agent.name)
+        load_services(agent, settings.data_dir)
+    return agents
+
+
 def _runtime(request: Request | WebSocket) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime

@@ -214,9 +214,9 @@ async def run_terminal_call(args: argparse.Namespace) -> int:
         settings = settings_from(args, RELAY_LOG_LEVEL="warning", **overrides)
         if args.url:
             return await _converse(args, settings, args.url)
-        from relay.app import create_app
+        from relay.app import create_app, preflight
 
-        settings.llm_api_key()
+        preflight(settings)
         async with serve_in_process(create_app(settings)) as base:
             return await _converse(
                 args, settings, base.replace("http://", "ws://") + "/ws", http_base=base
@@ -259,6 +259,10 @@ async def _converse(
     heard: list[str] = []
     speaking = asyncio.Event()
     ended = asyncio.Event()
+    replied = asyncio.Event()  # the agent finished its latest reply (or ended the call)
+    # Typed at a terminal, a line may barge in at any time; piped in (a script), each line
+    # waits for the previous reply, as a caller would.
+    scripted = not sys.stdin.isatty()
 
     async def printer() -> None:
         while True:
@@ -278,11 +282,14 @@ async def _converse(
                     out.write("\n")
                     speaking.clear()
                     heard.clear()
+                    replied.set()
                     # Twilio would report the end of playback with speaker events.
-                    await call.info("agentSpeaking", "off")
+                    with contextlib.suppress(websockets.ConnectionClosed):
+                        await call.info("agentSpeaking", "off")
             elif kind == "end":
                 out.write(f"\n[end] handoffData={frame.get('handoffData')}\n")
                 ended.set()
+                replied.set()
             else:
                 out.write(
                     f"\n[{kind}] {orjson.dumps({k: v for k, v in frame.items() if k != '_t'}).decode()}\n"
@@ -303,10 +310,15 @@ async def _converse(
                 await call.interrupt("".join(heard))
                 out.write("[interrupted]\n")
             elif line.startswith("/dtmf"):
-                for digit in line.split(maxsplit=1)[1:2][0] if len(line.split()) > 1 else "":
+                parts = line.split(maxsplit=1)
+                for digit in parts[1].strip() if len(parts) > 1 else "":
                     await call.dtmf(digit)
             elif line.strip():
+                replied.clear()
                 await call.prompt(line)
+                if scripted:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(replied.wait(), 60)
     finally:
         await call.close()
         printing.cancel()

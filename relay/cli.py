@@ -123,7 +123,7 @@ def settings_from(args: argparse.Namespace, **overrides: Any) -> Settings:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from relay.app import create_app
+    from relay.app import create_app, preflight
 
     overrides: dict[str, Any] = {}
     if args.host:
@@ -139,7 +139,7 @@ def _serve(args: argparse.Namespace) -> int:
         overrides["OPENAI_BASE_URL"] = fake.base_url
     try:
         settings = settings_from(args, **overrides)
-        settings.llm_api_key()  # fail now, naming the variable, rather than on the first call
+        preflight(settings)  # fail now, naming the variable or file, not inside uvicorn
         app = create_app(settings)
         uvicorn.run(
             app,
