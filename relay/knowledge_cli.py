@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -75,12 +76,34 @@ def _context(args: argparse.Namespace) -> tuple[Any, KnowledgeStore, str]:
     return settings, open_knowledge(settings).store, name
 
 
-def _progress(result: FileResult) -> None:
-    mark = {"added": "+", "updated": "~", "unchanged": "=", "failed": "!", "deleted": "-"}.get(
-        str(result.status), "?"
-    )
-    detail = f"  {result.error}" if result.error else f"  ({result.chunks} chunks)"
-    print(f" {mark} {result.doc_id or result.path}{detail}", file=sys.stderr, flush=True)
+class Progress:
+    """One line per file with a bar: ``[#####-----]  5/10 + pricing.md (12 chunks)``."""
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        self.total = sum(1 for _ in _files(paths))
+        self.done = 0
+
+    def __call__(self, result: FileResult) -> None:
+        self.done += 1
+        mark = {"added": "+", "updated": "~", "unchanged": "=", "failed": "!", "deleted": "-"}.get(
+            str(result.status), "?"
+        )
+        detail = f"  {result.error}" if result.error else f"  ({result.chunks} chunks)"
+        total = max(self.total, self.done)
+        filled = round(20 * self.done / total) if total else 20
+        bar = f"[{'#' * filled}{'-' * (20 - filled)}] {self.done:>{len(str(total))}}/{total}"
+        print(f"{bar} {mark} {result.doc_id or result.path}{detail}", file=sys.stderr, flush=True)
+
+
+def _files(paths: Sequence[Path]) -> Iterator[Path]:
+    for path in paths:
+        if path.is_dir():
+            for found in path.rglob("*"):
+                hidden = any(part.startswith(".") for part in found.relative_to(path).parts)
+                if found.is_file() and not hidden:
+                    yield found
+        elif path.exists():
+            yield path
 
 
 def _summary(report: IngestReport) -> int:
@@ -97,13 +120,13 @@ def _summary(report: IngestReport) -> int:
 def _add(args: argparse.Namespace) -> int:
     _, store, name = _context(args)
     print(f"Loading into '{name}' (! = failed, + added, ~ updated, = unchanged):", file=sys.stderr)
-    return _summary(store.add(name, args.paths, progress=_progress))
+    return _summary(store.add(name, args.paths, progress=Progress(args.paths)))
 
 
 def _sync(args: argparse.Namespace) -> int:
     _, store, name = _context(args)
     print(f"Mirroring {args.directory} into '{name}':", file=sys.stderr)
-    return _summary(store.sync(name, args.directory, progress=_progress))
+    return _summary(store.sync(name, args.directory, progress=Progress([args.directory])))
 
 
 def _load_shipped(args: argparse.Namespace) -> int:
@@ -121,7 +144,7 @@ def _load_shipped(args: argparse.Namespace) -> int:
             continue
         folder = settings.documents_dir / name
         print(f"{agent.name}: {folder} -> '{name}'", file=sys.stderr)
-        status |= _summary(store.sync(name, folder, progress=_progress))
+        status |= _summary(store.sync(name, folder, progress=Progress([folder])))
     return status
 
 
