@@ -170,6 +170,7 @@ class BenchReport:
     rss_kb_no_calls: int | None
     rss_kb_idle_calls: int | None
     memory_per_call_kb: float | None
+    by_history: list[dict[str, Any]]
     cpu_percent: dict[str, float]
     server_cpu_ms_per_turn: float | None
     measured_seconds: float
@@ -479,6 +480,7 @@ class Baselines:
         self.expectations = expectations
         self.ws: list[float] = []
         self.llm_hop: list[float] = []
+        self.llm_history: list[int] = []  # the history length of each LLM sample
         self.errors: list[str] = []
 
     async def sample(
@@ -505,6 +507,7 @@ class Baselines:
         else:
             if keep:
                 self.llm_hop.append(hop)
+                self.llm_history.append(len(history))
 
     async def run_alongside(self, stop: asyncio.Event, history_turns: int, turns: int) -> None:
         """Sample both hops at a steady pace until ``stop``.
@@ -779,6 +782,7 @@ async def _targets(
 @dataclass
 class _Tally:
     first: list[float] = field(default_factory=list)
+    history: list[int] = field(default_factory=list)  # the history length of each sample
     errors: list[str] = field(default_factory=list)
     frames_lost: int = 0
     turns: int = 0
@@ -853,6 +857,7 @@ async def _play(
             tally.errors.append(f"call {call.index}: unexpected reply {result.text[:80]!r}")
         else:
             tally.first.append(result.first_s)
+            tally.history.append(len(call.history))
         call.history.append((prompt, result.text))
         if think > 0:
             await asyncio.sleep(random.uniform(0.5, 1.5) * think)
@@ -898,6 +903,8 @@ async def _bench(options: BenchOptions) -> BenchReport:
             if rss is not None and rss0 is not None and calls
             else None
         )
+        if per_call is not None and len(calls) < 50:
+            notes.append("memory per call is only meaningful with many calls (RSS moves in pages)")
 
         unmeasured = _Tally()
         if options.unmeasured_turns:
@@ -958,12 +965,40 @@ async def _bench(options: BenchOptions) -> BenchReport:
         unexpected_frames=unexpected,
         unmeasured_errors=len(unmeasured.errors),
         rss_kb_no_calls=rss0, rss_kb_idle_calls=rss, memory_per_call_kb=per_call,
+        by_history=_by_history(tally, baselines, ws),
         cpu_percent=cpu,
         server_cpu_ms_per_turn=per_turn,
         measured_seconds=round(elapsed, 2),
         error_samples=(errors + unmeasured.errors)[:10],
         notes=notes,
     )  # fmt: skip
+
+
+def _by_history(tally: _Tally, baselines: Baselines, ws: Stats) -> list[dict[str, Any]]:
+    """p50s by history length (five bands), to show whether the overhead grows with it."""
+    if not tally.history or max(tally.history) - min(tally.history) < 10:
+        return []
+    low, high = min(tally.history), max(tally.history)
+    width = math.ceil((high - low + 1) / 5)
+    bands = []
+    for start in range(low, high + 1, width):
+        end = start + width - 1
+
+        def within(lengths: list[int], values: list[float]) -> list[float]:
+            return [v for n, v in zip(lengths, values, strict=True) if start <= n <= end]  # noqa: B023
+
+        relay = Stats.of(within(tally.history, tally.first))
+        llm = Stats.of(within(baselines.llm_history, baselines.llm_hop))
+        bands.append(
+            {
+                "history": f"{start}-{end}",
+                "n": relay.n,
+                "relay_p50_ms": relay.p50,
+                "llm_hop_p50_ms": llm.p50,
+                "overhead_p50_ms": _overhead(relay.p50, ws.p50, llm.p50),
+            }
+        )
+    return bands
 
 
 def _batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
@@ -1043,6 +1078,17 @@ def format_report(report: BenchReport) -> str:
             f"{report.rss_kb_idle_calls} KB with {o['calls']} idle: "
             f"{report.memory_per_call_kb} KB per call"
         )
+    if report.by_history:
+        lines.append("")
+        lines.append(
+            f"{'by history length (turns)':<26}{'n':>6}{'relay p50':>12}{'LLM hop p50':>13}{'overhead p50':>14}"
+        )
+        for band in report.by_history:
+            relay, llm, overhead = (
+                _ms(band[k]) for k in ("relay_p50_ms", "llm_hop_p50_ms", "overhead_p50_ms")
+            )
+            lines.append(f"{band['history']:<26}{band['n']:>6}{relay:>12}{llm:>13}{overhead:>14}")
+        lines.append("")
     if report.cpu_percent:
         usage = ", ".join(f"{k} {v}%" for k, v in report.cpu_percent.items())
         lines.append(f"cpu during the measured phase (100% = one core): {usage}")
