@@ -320,7 +320,7 @@ class CallSession:
             turn.talking = False
 
     async def _run_turn(self, turn: _Turn, received: float, previous: _Turn | None) -> None:
-        if previous is not None and previous.task is not None:
+        if previous is not None and previous.task is not None and not previous.task.done():
             # Let the superseded turn finish its bookkeeping first (it is already cancelled).
             # asyncio.wait, not await: this turn's own cancellation must not be swallowed (nor
             # forwarded to the previous task), and the previous turn's outcome is not ours.
