@@ -13,6 +13,7 @@ ENV PATH=/opt/relay/bin:$PATH \
     RELAY_DATA_DIR=/var/lib/relay \
     RELAY_PROMPTS_DIR=/app/prompts \
     RELAY_LOG_FORMAT=json \
+    XDG_CACHE_HOME=/var/lib/relay/cache \
     ANONYMIZED_TELEMETRY=False
 RUN useradd --system --uid 10001 --home-dir /app relay \
     && mkdir -p /var/lib/relay /app \

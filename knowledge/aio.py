@@ -7,7 +7,6 @@ thread finishes in the background (a thread cannot be interrupted), and its resu
 
 # ``timeout=`` on every call is the documented API (a per-call budget in seconds, converted to
 # KnowledgeTimeout); asyncio.timeout() would leave callers to translate TimeoutError themselves.
-# ruff: noqa: ASYNC109
 
 from __future__ import annotations
 

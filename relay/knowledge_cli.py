@@ -53,6 +53,14 @@ def add_parser(commands: Any) -> None:
     collection(remove)
     remove.set_defaults(handler=_remove)
 
+    drop = sub.add_parser(
+        "drop",
+        help="delete a whole knowledge base (e.g. to rebuild it after an embedding model change)",
+    )
+    collection(drop)
+    drop.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    drop.set_defaults(handler=_drop)
+
     search = sub.add_parser("search", help="the passages the agent would be given for a question")
     search.add_argument("question")
     search.add_argument("-k", type=int, default=4)
@@ -186,6 +194,18 @@ def _remove(args: argparse.Namespace) -> int:
         return 0
     print(f"relay knowledge: '{name}' has no document {args.doc!r}", file=sys.stderr)
     return 1
+
+
+def _drop(args: argparse.Namespace) -> int:
+    _, store, name = _context(args)
+    if not args.yes:
+        answer = input(f"Delete every document of '{name}'? Type the name to confirm: ")
+        if answer.strip() != name:
+            print("Nothing deleted.")
+            return 1
+    dropped = store.drop(name)
+    print(f"Dropped '{name}'." if dropped else f"'{name}' did not exist.")
+    return 0
 
 
 def _search(args: argparse.Namespace) -> int:

@@ -14,7 +14,14 @@ from typing import Any
 import httpx
 import structlog
 
-from knowledge import AsyncKnowledge, Hit, KnowledgeError, KnowledgeStore, OpenAIEmbedder
+from knowledge import (
+    AsyncKnowledge,
+    EmbeddingMismatch,
+    Hit,
+    KnowledgeError,
+    KnowledgeStore,
+    OpenAIEmbedder,
+)
 from relay.agents import AgentProfile
 from relay.config import Settings
 from relay.session import Retrieved
@@ -116,7 +123,17 @@ class KnowledgeRetriever:
                     continue
                 report = await self.knowledge.sync(collection, folder)  # type: ignore[arg-type]
             except KnowledgeError as exc:
-                log.error("knowledge_autoload_failed", collection=collection, error=str(exc)[:300])
+                hint = (
+                    f"rebuild it: relay knowledge drop -c {collection} --yes && relay knowledge load-shipped"
+                    if isinstance(exc, EmbeddingMismatch)
+                    else None
+                )
+                log.error(
+                    "knowledge_autoload_failed",
+                    collection=collection,
+                    error=str(exc)[:300],
+                    hint=hint,
+                )
                 continue
             log.info("knowledge_autoloaded", collection=collection, **_totals(report))
 

@@ -113,8 +113,23 @@ def counter() -> WordPieceCounter:
 
 
 @pytest.fixture(scope="session")
-def local_embedder() -> LocalEmbedder:
-    """The real offline model, loaded once for the whole session."""
-    embedder = LocalEmbedder()
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model cache for this test session (starts empty; the first load derives into it)."""
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def local_embedder(model_cache: Path) -> LocalEmbedder:
+    """The real offline model (quantised, derived into ``model_cache``), loaded once for the
+    whole session."""
+    embedder = LocalEmbedder(cache_dir=model_cache)
+    embedder.load()
+    return embedder
+
+
+@pytest.fixture(scope="session")
+def packaged_embedder() -> LocalEmbedder:
+    """The packaged model as shipped (float32 activations): the vectors of before."""
+    embedder = LocalEmbedder(quantize=False)
     embedder.load()
     return embedder

@@ -27,8 +27,9 @@ def test_embedders_fit_the_protocol(local_embedder: LocalEmbedder) -> None:
 
 
 def test_local_embedder_vectors(local_embedder: LocalEmbedder) -> None:
-    assert local_embedder.name == "all-MiniLM-L6-v2-onnx-int8"
-    assert local_embedder.load_seconds is not None and local_embedder.load_seconds < 10
+    assert local_embedder.name == "all-MiniLM-L6-v2-onnx-int8-dyn"
+    assert local_embedder.quantized
+    assert local_embedder.load_seconds is not None and local_embedder.load_seconds < 30
     texts = [
         "How much does it cost to move a grand piano?",
         "What is the price of moving a grand piano?",
@@ -42,12 +43,19 @@ def test_local_embedder_vectors(local_embedder: LocalEmbedder) -> None:
     assert local_embedder.embed([]) == []
 
 
-def test_dynamic_padding_does_not_change_vectors(local_embedder: LocalEmbedder) -> None:
+@pytest.mark.parametrize("model", ["local_embedder", "packaged_embedder"])
+def test_neighbours_and_padding_do_not_change_vectors(
+    model: str, request: pytest.FixtureRequest
+) -> None:
+    embedder: LocalEmbedder = request.getfixturevalue(model)
     short = "Stairs cost extra."
     long = "A much longer text about carrying an upright piano up four flights of stairs. " * 8
-    alone = local_embedder.embed([short])[0]
-    padded = local_embedder.embed([long, short, long])[1]
+    others = [f"Storage costs {n} pounds a week near Croydon." for n in range(12)]
+    alone = embedder.embed([short])[0]
+    padded = embedder.embed([long, short, long])[1]
+    crowded = embedder.embed([*others, short, long])[len(others)]
     assert cosine(alone, padded) > 0.99999
+    assert cosine(alone, crowded) > 0.99999
 
 
 def test_inputs_over_the_model_limit_are_truncated(local_embedder: LocalEmbedder) -> None:
@@ -55,8 +63,8 @@ def test_inputs_over_the_model_limit_are_truncated(local_embedder: LocalEmbedder
     assert len(vector) == 384
 
 
-def test_model_loads_once_under_concurrency() -> None:
-    embedder = LocalEmbedder()
+def test_model_loads_once_under_concurrency(model_cache: Path) -> None:
+    embedder = LocalEmbedder(cache_dir=model_cache)
     results: list[list[list[float]]] = []
     threads = [
         threading.Thread(target=lambda: results.append(embedder.embed(["same text"])))
