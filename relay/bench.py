@@ -6,9 +6,10 @@ are not relay's to remove, so the same run also times them on their own:
 
 (a) the WebSocket hop: the same client against a minimal echo server on the same stack
     (Starlette + uvicorn, started like ``relay serve``) that answers each prompt itself;
-(b) the LLM hop: a warm ``httpx.AsyncClient`` streaming the same kind of request (the agent's
-    system prompt and the same amount of history) from the same fake LLM, timed to the first
-    content delta.
+(b) the LLM hop: a warm client streaming the same kind of request (the agent's system prompt
+    and the same amount of history) from the same fake LLM, timed to the first content delta:
+    an ``httpx.AsyncClient`` by default, or relay's own HTTP/1.1 client with
+    ``--baseline-client lean`` (the request as relay's default transport makes it).
 
 (c) is relay itself: N concurrent simulated calls. What relay adds is (c) - (a) - (b), per
 percentile. With one call the three are sampled in turn, never overlapping; with many calls the
@@ -52,10 +53,11 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.uri import parse_uri
 
+from relay import http1
 from relay.agents import AgentProfile, load_profile
-from relay.llm import ChatRequest
+from relay.llm import TRANSPORTS, ChatRequest, SSEDecoder, Transport
 
-Transport = Literal["fast", "sdk"]
+BaselineClient = Literal["httpx", "lean"]
 T = TypeVar("T")
 
 #: What the simulated callers say, in turn. The fake LLM echoes the first words back, so the
@@ -99,7 +101,8 @@ class BenchOptions:
     think: float = 1.0
     url: str | None = None
     llm_url: str | None = None
-    transport: Transport = "fast"
+    transport: Transport = "lean"
+    baseline_client: BaselineClient = "httpx"
     connect_batch: int = 50
     reply_timeout: float = 30.0
     timeout: float | None = None  # the whole run; None estimates it from the rest
@@ -420,16 +423,27 @@ class BenchCall:
 
 
 class LLMProbe:
-    """A warm client streaming the request relay would make, straight from the fake LLM."""
+    """A warm client streaming the request relay would make, straight from the fake LLM.
 
-    def __init__(self, base_url: str, agent: AgentProfile, http: httpx.AsyncClient) -> None:
+    ``pool`` set: relay's HTTP/1.1 client (the lean transport's); else ``http``.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        agent: AgentProfile,
+        http: httpx.AsyncClient,
+        pool: http1.ConnectionPool | None = None,
+    ) -> None:
         self._http = http
+        self._pool = pool
         self._url = base_url.rstrip("/") + "/chat/completions"
         self._headers = {
             "Authorization": "Bearer not-needed",
             "Content-Type": "application/json",
             "Accept": "text/event-stream",
         }
+        self._endpoint = http1.Endpoint(self._url, self._headers)
         self._agent = agent
 
     def _request(self, history: Sequence[tuple[str, str]], prompt: str) -> ChatRequest:
@@ -452,8 +466,17 @@ class LLMProbe:
         """Seconds from starting the request to the first content delta; drains the rest."""
         request = self._request(history, prompt)
         started = time.perf_counter()
+        if self._pool is not None:
+            first = await self._sample_lean(self._pool, orjson.dumps(request.body()))
+        else:
+            first = await self._sample_httpx(orjson.dumps(request.body()))
+        if first is None:
+            raise RuntimeError("the fake LLM streamed no content")
+        return first - started
+
+    async def _sample_httpx(self, body: bytes) -> float | None:
         http_request = self._http.build_request(
-            "POST", self._url, content=orjson.dumps(request.body()), headers=self._headers
+            "POST", self._url, content=body, headers=self._headers
         )
         response = await self._http.send(http_request, stream=True)
         first: float | None = None
@@ -461,14 +484,31 @@ class LLMProbe:
             response.raise_for_status()
             async for line in response.aiter_lines():
                 if first is None and line.startswith("data:") and line != "data: [DONE]":
-                    choices = orjson.loads(line[5:]).get("choices") or [{}]
-                    if (choices[0].get("delta") or {}).get("content"):
-                        first = time.perf_counter()
+                    first = _first_content(line[5:])
         finally:
             await response.aclose()
-        if first is None:
-            raise RuntimeError("the fake LLM streamed no content")
-        return first - started
+        return first
+
+    async def _sample_lean(self, pool: http1.ConnectionPool, body: bytes) -> float | None:
+        response = await pool.post(self._endpoint, body)
+        first: float | None = None
+        try:
+            if response.status >= 400:
+                raise RuntimeError(f"the fake LLM answered HTTP {response.status}")
+            decoder = SSEDecoder()
+            while data := await response.receive():
+                for payload in decoder.feed(data):
+                    if first is None and payload != b"[DONE]":
+                        first = _first_content(payload)
+        finally:
+            response.close()
+        return first
+
+
+def _first_content(payload: bytes | str) -> float | None:
+    """Now, if this chunk carries content; else None."""
+    choices = orjson.loads(payload).get("choices") or [{}]
+    return time.perf_counter() if (choices[0].get("delta") or {}).get("content") else None
 
 
 class Baselines:
@@ -502,7 +542,7 @@ class Baselines:
     ) -> None:
         try:
             hop = await self.llm.sample(history, prompt)
-        except (httpx.HTTPError, RuntimeError) as exc:
+        except (httpx.HTTPError, http1.HTTPError, RuntimeError) as exc:
             self.errors.append(f"LLM hop: {exc!r}")
         else:
             if keep:
@@ -868,13 +908,17 @@ async def _bench(options: BenchOptions) -> BenchReport:
     notes: list[str] = []
     expectations = Expectations(options.reply_tokens)
     limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
+    pool = http1.ConnectionPool() if options.baseline_client == "lean" else None
     async with (
         httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0), limits=limits) as http,
         _targets(options, http, notes) as targets,
+        contextlib.AsyncExitStack() as closing,
     ):
+        if pool is not None:
+            closing.push_async_callback(pool.aclose)
         baselines = Baselines(
             BenchCall(targets.echo_ws, -1),
-            LLMProbe(targets.llm_base, targets.agent, http),
+            LLMProbe(targets.llm_base, targets.agent, http, pool),
             expectations,
         )
         await baselines.echo.connect(setup=False)
@@ -1047,7 +1091,8 @@ def format_report(report: BenchReport) -> str:
         f"relay bench: {o['calls']} call(s) x {o['turns']} measured turns after "
         f"{report_history(o)} unmeasured; fake LLM {o['reply_tokens']} tokens, "
         f"{o['token_delay']} s apart (first after {o['first_token_delay']} s); "
-        f"think {o['think']} s; transport {o['transport']}",
+        f"think {o['think']} s; transport {o['transport']}; "
+        f"LLM-hop baseline client {o.get('baseline_client', 'httpx')}",
         "",
         f"{'prompt -> first text frame, ms':<40}"
         + "".join(f"{h:>10}" for h in ("p50", "p95", "p99", "mean", "max"))
@@ -1055,7 +1100,7 @@ def format_report(report: BenchReport) -> str:
     ]
     rows = (
         ("(a) WebSocket hop (echo server)", report.ws_hop),
-        ("(b) LLM hop (warm client, 1st delta)", report.llm_hop),
+        (f"(b) LLM hop (warm {o.get('baseline_client', 'httpx')}, 1st delta)", report.llm_hop),
         ("(c) relay", report.relay),
     )
     for label, stats in rows:
@@ -1158,9 +1203,15 @@ def add_parser(commands: Any) -> None:
     )
     bench.add_argument(
         "--transport",
-        choices=("fast", "sdk"),
-        default="fast",
-        help="the started server's LLM transport",
+        choices=TRANSPORTS,
+        default="lean",
+        help="the started server's LLM transport (default lean; fast is the old name of httpx)",
+    )
+    bench.add_argument(
+        "--baseline-client",
+        choices=("httpx", "lean"),
+        default="httpx",
+        help="the warm client that times the LLM hop (b): httpx (default) or relay's lean one",
     )
     bench.add_argument(
         "--connect-batch", type=int, default=50, help="calls connected at once (default 50)"
@@ -1178,7 +1229,8 @@ def _command(args: argparse.Namespace) -> int:
             calls=args.calls, turns=args.turns, history=args.history, warmup=args.warmup,
             token_delay=args.token_delay, first_token_delay=args.first_token_delay,
             reply_tokens=args.reply_tokens, think=args.think, url=args.url, llm_url=args.llm_url,
-            transport=args.transport, connect_batch=max(1, args.connect_batch), timeout=args.timeout,
+            transport=args.transport, baseline_client=args.baseline_client,
+            connect_batch=max(1, args.connect_batch), timeout=args.timeout,
         )  # fmt: skip
     except ValueError as exc:
         print(f"relay bench: {exc}", file=sys.stderr)

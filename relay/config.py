@@ -32,7 +32,9 @@ class Settings(BaseSettings):
     llm_model: str | None = Field(default=None, alias="RELAY_LLM_MODEL")
     llm_first_token_timeout: float = Field(default=8.0, gt=0, alias="RELAY_LLM_FIRST_TOKEN_TIMEOUT")
     llm_max_retries: int = Field(default=2, ge=0, le=10, alias="RELAY_LLM_MAX_RETRIES")
-    llm_transport: Literal["fast", "sdk"] = Field(default="fast", alias="RELAY_LLM_TRANSPORT")
+    llm_transport: Literal["lean", "httpx", "fast", "sdk"] = Field(
+        default="lean", alias="RELAY_LLM_TRANSPORT"
+    )  # "fast" is the old name of "httpx"
     max_tool_rounds: int = Field(default=5, ge=1, le=20, alias="RELAY_MAX_TOOL_ROUNDS")
 
     # Twilio and ElevenLabs.

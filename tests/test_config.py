@@ -20,7 +20,7 @@ def test_defaults() -> None:
     settings = load_settings()
 
     assert settings.llm_base_url == OPENAI_DEFAULT_BASE_URL
-    assert settings.llm_transport == "fast"
+    assert settings.llm_transport == "lean"
     assert settings.llm_max_retries == 2
     assert settings.public_url is None
     assert settings.twilio_auth_token is None
