@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import resource
 import time
 from collections.abc import AsyncIterator, Callable
@@ -139,9 +140,11 @@ def create_app(
             default_agent=agents.default_name,
             database=_redact_url(settings.database),
         )
+        _settle_heap()
         try:
             yield
         finally:
+            gc.unfreeze()  # what start-up built may be collected again once it is let go
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
@@ -167,6 +170,22 @@ def create_app(
 
         routes.extend(admin.routes())
     return Starlette(routes=routes, lifespan=lifespan)
+
+
+def _settle_heap() -> None:
+    """Keep full garbage collections short and rare once calls run.
+
+    Everything start-up built (modules, the agents, clients, the database engine) lives as long
+    as the process: collect what start-up left behind, then move the survivors out of the
+    collector's sight (``gc.freeze``), so a full collection walks only what calls allocate.
+    Full collections also wait for 50 collections of the middle generation rather than 10:
+    with a thousand calls they found almost no garbage, yet each held the event loop for
+    100-300 ms every few seconds.
+    """
+    gc.collect()
+    gc.freeze()
+    young, middle, old = gc.get_threshold()
+    gc.set_threshold(young, middle, max(old, 50))
 
 
 async def _start_knowledge(runtime: Runtime) -> asyncio.Task[Any]:

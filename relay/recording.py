@@ -38,7 +38,9 @@ are those of :mod:`relay.session`: ``frame_in`` ``{"raw"}`` (the exact text Twil
 "arguments"}``, ``tool_result`` ``{"id", "name", "content", "data", "elapsed_ms"}``,
 ``retrieval`` ``{"provenance", "elapsed_ms", "error"}`` and ``session_end`` ``{"close_code",
 "outcome"}``. Readers ignore keys they do not know; a new version number means a reader
-must not guess.
+must not guess. (The database keeps a session's later ``llm_request`` bodies as deltas, see
+:mod:`relay.storage.requests`; :func:`load_call` rebuilds them, so files always hold whole
+bodies.)
 
 Expectations (``expect``) are checked by ``relay replay`` against what the agent does now::
 
@@ -85,6 +87,7 @@ from sqlalchemy import delete, insert, select
 from relay.errors import RelayError
 from relay.storage.db import Database
 from relay.storage.models import Call, Event, RelaySession, Turn
+from relay.storage.requests import expand_requests
 
 FORMAT = "relay-recording"
 VERSION = 1
@@ -332,6 +335,7 @@ async def load_call(db: Database, call_sid: str) -> Recording:
         turns = (
             await session.scalars(select(Turn).where(Turn.call_sid == call_sid).order_by(Turn.seq))
         ).all()
+    expand_requests(events)  # the database keeps later LLM requests as deltas; files never do
     # Sessions in the order they happened: by their first event (start times can tie, as
     # under a pinned clock), then by start time for a session that recorded nothing.
     first: dict[str, int] = {}

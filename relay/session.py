@@ -30,6 +30,7 @@ from relay.errors import LLMError, ProtocolError
 from relay.llm import ChatModel, ChatRequest, Done, TextDelta, ToolCall
 from relay.storage.db import Database
 from relay.storage.recorder import Recorder
+from relay.storage.requests import RequestLog
 from relay.tools import (
     CollectDigits,
     Hangup,
@@ -136,6 +137,7 @@ class CallSession:
         self._rows: list[dict[str, Any]] = []  # the stored turn row of each history message
         self._next_seq = 0
         self._event_seq = 0
+        self._requests = RequestLog()  # llm_request bodies: the first in full, then deltas
         self._pre_setup: list[tuple[float, str, dict[str, Any]]] = []
         self._turn: _Turn | None = None
         self._out: asyncio.Queue[tuple[str, Callable[[float], None] | None] | None] = (
@@ -446,12 +448,10 @@ class CallSession:
         )
         sent_at = time.perf_counter()
         timings.setdefault("llm_request_at", sent_at)
-        # A snapshot: history messages are edited later (streaming, interruptions).
-        self._event(
-            "llm_request",
-            {"body": {**request.body(), "messages": [{**m} for m in request.messages]}},
-            sent_at,
-        )
+        # A snapshot (history messages are edited later: streaming, interruptions), stored
+        # after the session's first request as the change from the previous one.
+        self._event("llm_request", self._requests.record(request.body()), sent_at)
+        self._requests.stored(self._event_seq)
         pieces: list[str] = []
         row: dict[str, Any] | None = None
         message: dict[str, Any] | None = None

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+import orjson
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
@@ -25,7 +27,13 @@ class Database:
     def __init__(self, url: str, *, echo: bool = False) -> None:
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
-        kwargs: dict[str, Any] = {"echo": echo}
+        # orjson for every JSON column, both ways: several times faster than the standard
+        # library, which matters on the recorder's write path (it runs on the event loop).
+        kwargs: dict[str, Any] = {
+            "echo": echo,
+            "json_serializer": dumps_json,
+            "json_deserializer": orjson.loads,
+        }
         if self.is_sqlite:
             path = url.split(":///", 1)[1] if ":///" in url else ""
             if path and path != ":memory:":
@@ -48,6 +56,20 @@ class Database:
 
     async def close(self) -> None:
         await self.engine.dispose()
+
+
+def dumps_json(value: Any) -> str:
+    """JSON text for a JSON column or an event's data. Never raises, so that one odd value
+    (a Decimal, a set, an integer beyond 64 bits, a cycle) cannot block the recorder: what
+    JSON cannot hold is written as its ``str()``, or as a ``repr()`` as the last resort."""
+    try:
+        return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+    except (TypeError, orjson.JSONEncodeError):
+        try:  # e.g. integers beyond 64 bits, which only the standard library writes
+            return json.dumps(value, default=str)
+        except (TypeError, ValueError) as exc:
+            fallback = {"unserialisable": repr(value)[:10_000], "error": repr(exc)}
+            return orjson.dumps(fallback).decode()
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 
 from relay.storage.db import Database
 from relay.storage.models import Call, Event, RelaySession, SideEffect, Turn
+from relay.storage.requests import expand_requests
 
 if TYPE_CHECKING:
     from relay.tools.base import ToolResult
@@ -56,11 +57,14 @@ async def list_calls(
 
 
 async def call_events(db: Database, call_sid: str) -> list[Event]:
+    """A call's events in order, every ``llm_request`` with its full ``body``."""
     async with db.session() as session:
         rows = await session.scalars(
             select(Event).where(Event.call_sid == call_sid).order_by(Event.id)
         )
-        return list(rows.all())
+        events = list(rows.all())
+    expand_requests(events)
+    return events
 
 
 async def call_sessions(db: Database, call_sid: str) -> list[RelaySession]:
