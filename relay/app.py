@@ -153,6 +153,8 @@ def create_app(
             for close in closers:
                 with contextlib.suppress(Exception):
                     await close()
+            if llm is None and isinstance(model, OpenAIChat):
+                await model.aclose()  # ours: its keep-alive connections to the LLM
             await http.aclose()
             await db.close()
             log.info("relay_stopped", sessions=runtime.sessions_total)

@@ -119,6 +119,7 @@ class _Turn:
     seq: int  # the user message's seq
     task: asyncio.Task[None] | None = None
     talking: bool = False  # a talk cycle is open (text sent without last:true)
+    summarised: bool = False  # the turn's rows and summary line have been written
     cancelled: _Cancelled | None = None
 
 
@@ -466,7 +467,7 @@ class CallSession:
                         message = self.history[-1]
                         rows.append(row)
                         self._send(
-                            protocol.Text(token=event.text), on_sent=self._first_frame(timings)
+                            protocol.Text(token=event.text), on_sent=self._first_frame(turn, rows, timings)
                         )
                     else:
                         self._send(protocol.Text(token=event.text))
@@ -507,9 +508,20 @@ class CallSession:
             self.deps.recorder.turn(**row)
         return done, row
 
-    def _first_frame(self, timings: dict[str, float]) -> Callable[[float], None]:
+    def _first_frame(
+        self, turn: _Turn, rows: list[dict[str, Any]], timings: dict[str, float]
+    ) -> Callable[[float], None]:
         def sent(at: float) -> None:
-            timings.setdefault("first_frame_at", at)
+            if "first_frame_at" in timings:
+                return
+            timings["first_frame_at"] = at
+            if turn.summarised:
+                # The writer sent the frame after the turn had finished (a reply that arrived
+                # in one read): complete the stored timings now.
+                first_frame_ms = round((at - timings["prompt_received_at"]) * 1000, 3)
+                for row in rows:
+                    row.update(first_frame_at=at, first_frame_ms=first_frame_ms)
+                    self.deps.recorder.turn(**row)
 
         return sent
 
@@ -718,6 +730,7 @@ class CallSession:
         retrieved: Retrieved | None,
     ) -> None:
         received = timings["prompt_received_at"]
+        turn.summarised = True
 
         def ms(key: str) -> float | None:
             return round((timings[key] - received) * 1000, 3) if key in timings else None
