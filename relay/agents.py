@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -97,6 +98,15 @@ class AgentProfile(BaseModel):
             if not _E164.match(number):
                 raise ValueError(f"{number!r} is not an E.164 number like +61390001234")
         return numbers
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, zone: str) -> str:
+        try:
+            ZoneInfo(zone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"{zone!r} is not a time zone such as Australia/Melbourne") from exc
+        return zone
 
     @field_validator("person_number")
     @classmethod

@@ -88,27 +88,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench.add_parser(commands)
 
-    _optional_commands(commands)
+    _subcommand_groups(commands)
     return parser
 
 
-def _optional_commands(commands: Any) -> None:
-    """Commands whose modules register themselves (knowledge, sessions, replay, tools...)."""
-    import importlib
+def _subcommand_groups(commands: Any) -> None:
+    """Commands whose modules register themselves (knowledge, sessions, replay, business)."""
+    from relay import business_cli, knowledge_cli, replay, sessions_cli
 
-    for module in (
-        "relay.knowledge_cli",
-        "relay.sessions_cli",
-        "relay.replay",
-        "relay.business_cli",
-    ):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue
-        mod.add_parser(commands)
+    for module in (knowledge_cli, sessions_cli, replay, business_cli):
+        module.add_parser(commands)
 
 
 def settings_from(args: argparse.Namespace, **overrides: Any) -> Settings:

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
+from zoneinfo import ZoneInfo
 
 import httpx
 import orjson
@@ -26,8 +27,9 @@ import structlog
 
 from relay import protocol
 from relay.agents import AgentProfile, AgentRegistry
-from relay.errors import LLMError, ProtocolError
+from relay.errors import LLMError, ProtocolError, ToolError
 from relay.llm import ChatModel, ChatRequest, Done, TextDelta, ToolCall
+from relay.storage import repository
 from relay.storage.db import Database
 from relay.storage.recorder import Recorder
 from relay.storage.requests import RequestLog
@@ -164,6 +166,7 @@ class CallSession:
         self.handoff_data: str | None = None
         self.close_code: int | None = None
         self._started = time.perf_counter()
+        self._call_started: datetime | None = None  # when a resumed call first started
 
     # == receive loop ======================================================================
 
@@ -240,7 +243,7 @@ class CallSession:
                 self.deps.directory.lookup(self.agent, self.caller), name="relay-caller-lookup"
             )
         self._tools = self.deps.tools.select(self.agent.tools, agent=self.agent.name)
-        self._schemas = [t.openai_schema() for t in self._tools.values()]
+        self._schemas = self.deps.tools.schemas(self._tools)
         resumed = await self._load_history()
         now = self.deps.now()
         self.deps.recorder.call(
@@ -260,12 +263,8 @@ class CallSession:
             "session_started", agent=self.agent.name, resumed=resumed, direction=setup.direction
         )
 
-    _call_started: datetime | None = None
-
     async def _load_history(self) -> bool:
         """Load the call's earlier turns (a reconnect after a dropped socket). True if any."""
-        from relay.storage import repository
-
         try:
             call, turns = await repository.call_history(self.deps.db, self.call_sid)
         except Exception as exc:  # the call goes on without its past rather than not at all
@@ -467,7 +466,8 @@ class CallSession:
                         message = self.history[-1]
                         rows.append(row)
                         self._send(
-                            protocol.Text(token=event.text), on_sent=self._first_frame(turn, rows, timings)
+                            protocol.Text(token=event.text),
+                            on_sent=self._first_frame(turn, rows, timings),
                         )
                     else:
                         self._send(protocol.Text(token=event.text))
@@ -613,8 +613,6 @@ class CallSession:
                 f"Error: there is no tool named {call.name}. Available: {', '.join(tools) or 'none'}.",
                 data={"error": "unknown tool"},
             )
-        from relay.errors import ToolError
-
         try:
             arguments = t.parse(call.arguments)
         except ToolError as exc:
@@ -627,8 +625,6 @@ class CallSession:
             extras={"parameters": dict(self.setup.custom_parameters) if self.setup else {}},
         )  # fmt: skip
         if t.side_effect:
-            from relay.storage import repository
-
             return await repository.once(
                 self.deps.db,
                 t.idempotency_key(self.call_sid, arguments),
@@ -1008,10 +1004,5 @@ def _filler(agent: AgentProfile, seq: int) -> str:
 
 
 def _local_time(now: datetime, zone: str) -> str:
-    from zoneinfo import ZoneInfo
-
-    try:
-        local = now.astimezone(ZoneInfo(zone))
-    except Exception:
-        local = now
-    return local.strftime("%A %d %B %Y, %I:%M %p %Z")
+    # The profile's zone was checked when it was loaded; ZoneInfo caches instances.
+    return now.astimezone(ZoneInfo(zone)).strftime("%A %d %B %Y, %I:%M %p %Z")

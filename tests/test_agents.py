@@ -240,3 +240,15 @@ def test_profile_model_forbids_unknown_fields() -> None:
             {"name": "x", "business_name": "X", "system_prompt": "p", "welcome_greeting": "hi",
              "relay": {"report_input_during_agent_speech": "none"}, "colour": "blue"}
         )  # fmt: skip
+
+
+def test_an_unknown_time_zone_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "lost.toml"
+    path.write_text(
+        'business_name = "X"\nsystem_prompt = "p"\nwelcome_greeting = "hi"\ntimezone = "Mars/Olympus"\n'
+        '[relay]\nreport_input_during_agent_speech = "none"\n',
+        encoding="utf-8",
+    )
+
+    with pytest.raises(ConfigError, match="timezone.*not a time zone"):
+        load_profile(path)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from relay.errors import ConfigError
 from relay.tools.base import (
@@ -40,12 +41,14 @@ class ToolRegistry:
 
     def __init__(self, tools: Iterable[Tool] = ()) -> None:
         self._tools: dict[str, Tool] = {}
+        self._schemas: dict[tuple[str, ...], list[dict[str, Any]]] = {}
         for t in tools:
             self.add(t)
 
     def add(self, t: Tool) -> None:
         if t.name in self._tools:
             raise ValueError(f"two tools are named {t.name!r}")
+        self._schemas.clear()
         self._tools[t.name] = t
 
     def __contains__(self, name: object) -> bool:
@@ -69,16 +72,17 @@ class ToolRegistry:
             chosen[name] = t
         return chosen
 
+    def schemas(self, tools: Mapping[str, Tool]) -> list[dict[str, Any]]:
+        """The JSON schemas of a selection, built once per selection and shared (read-only)."""
+        key = tuple(tools)
+        cached = self._schemas.get(key)
+        if cached is None:
+            cached = self._schemas[key] = [t.openai_schema() for t in tools.values()]
+        return cached
+
 
 def default_registry() -> ToolRegistry:
     """All the tools relay ships."""
-    from relay.tools import calls
+    from relay.tools import business, calls
 
-    registry = ToolRegistry(calls.TOOLS)
-    try:
-        from relay.tools import business
-    except ImportError:  # pragma: no cover - the business tools are part of the package
-        return registry
-    for t in business.TOOLS:
-        registry.add(t)
-    return registry
+    return ToolRegistry([*calls.TOOLS, *business.TOOLS])
