@@ -1,7 +1,7 @@
 """Shared fixtures: isolated settings, a test copy of the shipped agent, and a running relay.
 
 The running relay is the real app under a real uvicorn (``serve_in_process``) talking to the
-scripted OpenAI-compatible server of ``relay.testing`` (``ScriptedLLM.app``, the app that
+scripted OpenAI-compatible server of ``relay.testing.scripted`` (``ScriptedLLM.app``, the app that
 ``FakeLLMServer`` runs), also under a real uvicorn; tests drive it as Twilio would, with
 ``SimulatedCall`` over a real WebSocket and signed form posts over real HTTP.
 """
@@ -24,10 +24,10 @@ import pytest_asyncio
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from relay.app import Runtime, create_app
-from relay.caller import SimulatedCall, serve_in_process, sign
+from relay.cli.call import SimulatedCall, serve_in_process, sign
 from relay.config import Settings, load_settings
 from relay.testing import ScriptedLLM
+from relay.web.app import Runtime, create_app
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_PROMPTS = REPO / "prompts"

@@ -250,5 +250,5 @@ def test_an_unknown_time_zone_is_refused(tmp_path: Path) -> None:
         encoding="utf-8",
     )
 
-    with pytest.raises(ConfigError, match="timezone.*not a time zone"):
+    with pytest.raises(ConfigError, match=r"timezone.*not a time zone"):
         load_profile(path)

@@ -16,7 +16,7 @@ one as the difference from the session's previous request:
     the body's top-level keys in order when they differ from the base's (absent otherwise).
 
 Readers never see a delta: :func:`expand_requests` turns the events of a call back into full
-bodies, and the repository and :func:`relay.recording.load_call` apply it, so exported files
+bodies, and the repository and :func:`relay.recordings.format.load_call` apply it, so exported files
 (format version 1), replay and everything else read ``{"body": {...}}`` as they always did.
 """
 

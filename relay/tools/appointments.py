@@ -15,7 +15,6 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from relay.customers import describe_vehicle, normalise_rego, spoken_when
 from relay.domain.scheduling import (
     BusinessCalendar,
     Catalogue,
@@ -28,6 +27,7 @@ from relay.domain.scheduling import (
     spoken_choices,
 )
 from relay.errors import ToolError
+from relay.services.customers import describe_vehicle, normalise_rego, spoken_when
 from relay.storage import business as store
 from relay.storage.models import Booking, Vehicle
 from relay.tools.base import ToolContext, ToolResult, tool

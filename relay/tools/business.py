@@ -11,7 +11,7 @@ agent, the file and the field, never on a caller's turn.
 
 Other services a tool can use are added next to the data by the app: ``"knowledge"`` (an object
 with ``async search(collection, query, k=...)``, such as ``knowledge.aio.AsyncKnowledge``) and
-``"twilio"`` (:class:`relay.messaging.TwilioCredentials`, for texts).
+``"twilio"`` (:class:`relay.services.messaging.TwilioCredentials`, for texts).
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from relay.agents import AgentProfile
-from relay.customers import bookings_owner
 from relay.domain.places import Gazetteer
 from relay.domain.pricing import load_pricing
 from relay.domain.scheduling import BusinessCalendar, SchedulingError, load_calendar, load_catalogue
 from relay.errors import ConfigError, RelayError
+from relay.services.customers import bookings_owner
 from relay.tools import appointments, customers, messages, piano, reference
 from relay.tools.base import Tool
 from relay.tools.common import OWNER
@@ -49,7 +49,7 @@ DATA_FILES: dict[str, Callable[[Path], Any]] = {
 }
 
 #: ``[data]`` names that are not files: ``bookings`` names the agent whose bookings this one
-#: works on (see :func:`relay.customers.bookings_owner`).
+#: works on (see :func:`relay.services.customers.bookings_owner`).
 _NOT_FILES = frozenset({"bookings"})
 
 #: The data each tool needs, checked at start.

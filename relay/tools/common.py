@@ -11,7 +11,6 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from relay.customers import normalise_phone
 from relay.domain.scheduling import (
     BusinessCalendar,
     Interval,
@@ -20,6 +19,7 @@ from relay.domain.scheduling import (
     parse_when,
 )
 from relay.errors import ToolError
+from relay.services.customers import normalise_phone
 from relay.storage import business as store
 from relay.tools.base import ToolContext, ToolResult
 

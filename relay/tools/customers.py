@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from relay.customers import describe_vehicle, normalise_rego
+from relay.services.customers import describe_vehicle, normalise_rego
 from relay.storage.models import Customer, Vehicle
 from relay.tools.base import ToolContext, ToolResult, tool
 from relay.tools.common import caller_phone

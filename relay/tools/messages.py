@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from relay.customers import normalise_phone
+from relay.services.customers import normalise_phone
 from relay.storage import business as store
 from relay.storage.models import Ticket
 from relay.tools.base import ToolContext, ToolResult, tool

@@ -13,7 +13,6 @@ from typing import Any
 
 from sqlalchemy import select
 
-from relay import messaging
 from relay.domain import pricing
 from relay.domain.places import Gazetteer, PlaceError, distance_km
 from relay.domain.scheduling import (
@@ -28,6 +27,7 @@ from relay.domain.scheduling import (
     spoken_date,
 )
 from relay.errors import ToolError
+from relay.services import messaging
 from relay.storage import business as store
 from relay.storage.models import Booking, Message
 from relay.storage.models import Quote as QuoteRow

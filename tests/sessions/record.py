@@ -1,9 +1,9 @@
 """Regenerate the recorded calls in this directory.
 
 Each call is a real call through the app (``create_app`` under uvicorn, a ``SimulatedCall`` over
-a real WebSocket) with the shipped piano agent, answered by :class:`relay.testing.ScriptedLLM`
+a real WebSocket) with the shipped piano agent, answered by :class:`relay.testing.scripted.ScriptedLLM`
 over HTTP, with the clock pinned so that the requests do not change from run to run. The
-calls are exported with ``relay.recording`` and written here as ``NAME.jsonl``; the tests
+calls are exported with ``relay.recordings.format`` and written here as ``NAME.jsonl``; the tests
 replay them in cassette mode.
 
     python tests/sessions/record.py            # rewrite every recording
@@ -30,12 +30,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from relay.app import Runtime, create_app
-from relay.caller import SimulatedCall, serve_in_process
+from relay.cli.call import SimulatedCall, serve_in_process
 from relay.config import load_settings
 from relay.logging import configure as configure_logging
-from relay.recording import export_call
+from relay.recordings.format import export_call
 from relay.testing import Fail, FakeLLMServer, ScriptedLLM, Text, ToolCall, ToolCalls
+from relay.web.app import Runtime, create_app
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -293,7 +293,7 @@ def bench(rounds: int = 5) -> None:
     """Record a 20-turn call, then time ``relay replay FILE --fast`` (cassette mode) on it."""
     import os
 
-    from relay.cli import main as relay_main
+    from relay.cli.main import main as relay_main
 
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from relay.agents import AgentRegistry
-from relay.customers import CustomerDirectory, normalise_phone, normalise_rego
+from relay.services.customers import CustomerDirectory, normalise_phone, normalise_rego
 from relay.storage.db import Database
 from relay.storage.models import Booking, Customer, Vehicle
 

@@ -13,10 +13,10 @@ from icalendar import Calendar
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
-from relay import feeds
 from relay.agents import AgentRegistry
 from relay.storage.db import Database
 from relay.storage.models import Booking, Quote
+from relay.web import feeds
 
 NOW = datetime(2026, 11, 19, 10, 0, tzinfo=UTC)
 

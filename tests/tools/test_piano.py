@@ -16,7 +16,7 @@ import pytest
 import respx
 from sqlalchemy import func, select
 
-from relay import messaging
+from relay.services import messaging
 from relay.storage.models import Booking, Message, Quote, SideEffect
 
 MEL = ZoneInfo("Australia/Melbourne")

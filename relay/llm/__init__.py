@@ -1,0 +1,1 @@
+"""Streaming chat completions from any OpenAI-compatible server, over one transport seam."""

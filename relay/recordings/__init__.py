@@ -1,0 +1,1 @@
+"""The recording of a call: its versioned JSONL format, reading, export and redaction."""

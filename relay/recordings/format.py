@@ -1,0 +1,679 @@
+"""The recording format: one call, exported to a versioned JSON Lines file.
+
+A recording is everything relay stored about one call (the ``calls`` row, its ``sessions``, every
+``events`` row and every ``turns`` row), so a file is at once a transcript, latency data and a
+replay cassette. ``relay sessions export`` writes it, ``relay sessions import`` reads it back and
+``relay replay`` runs it against the current agent.
+
+Format ``relay-recording``, version 1
+-------------------------------------
+
+UTF-8 JSON Lines; every line is one JSON object. Line 1 is the header::
+
+    {"format": "relay-recording", "version": 1,
+     "call": {...every column of the calls row...},
+     "exported_at": "2026-03-10T09:30:00.000000+00:00",
+     "redacted": false,
+     "expect": {...},          # optional: what a replay must see (below)
+     "ignore": ["regex", ...], # optional: text a replay masks before comparing
+     "notes": "..."}           # optional: free text for people
+
+Then, for each session in the order it started, one ``session`` line followed by that
+session's ``event`` lines (in the order they happened) and its ``turn`` lines (in ``seq``
+order). Events or turns of no known session come last. Each line carries ``"type"`` first and
+then every column of its table except the database's own ``id``::
+
+    {"type": "session", "session_id", "call_sid", "agent", "started_at", "ended_at",
+     "close_code", "resumed", "frames_in", "frames_out"}
+    {"type": "event", "call_sid", "session_id", "seq", "t", "at", "kind", "data"}
+    {"type": "turn", "call_sid", "session_id", "seq", "role", "content", "lang", ...}
+
+Values: datetimes are ISO 8601 in UTC with microseconds (``...T09:30:00.000000+00:00``);
+``t`` and the ``*_at`` timings of turns are ``time.perf_counter()`` seconds of the process that
+served the call (only differences between them mean anything). Event kinds and their ``data``
+are those of :mod:`relay.call.session`: ``frame_in`` ``{"raw"}`` (the exact text Twilio sent),
+``frame_in_invalid`` ``{"raw", "error"}``, ``frame_out`` ``{"raw"}`` (the exact frame sent),
+``llm_request`` ``{"body"}``, ``llm_response`` ``{"pieces", "tool_calls", "finish_reason",
+"attempts", "complete"}``, ``llm_error`` ``{"error"}``, ``tool_call`` ``{"id", "name",
+"arguments"}``, ``tool_result`` ``{"id", "name", "content", "data", "elapsed_ms"}``,
+``retrieval`` ``{"provenance", "elapsed_ms", "error"}`` and ``session_end`` ``{"close_code",
+"outcome"}``. Readers ignore keys they do not know; a new version number means a reader
+must not guess. (The database keeps a session's later ``llm_request`` bodies as deltas, see
+:mod:`relay.storage.requests`; :func:`load_call` rebuilds them, so files always hold whole
+bodies.)
+
+Expectations (``expect``) are checked by ``relay replay`` against what the agent does now::
+
+    {"tools": [{"name": "transfer_to_person", "arguments": {"reason": "(?i)person"}}],
+     "handoff": true,            # an end frame with reasonCode live-agent-handoff (false: none)
+     "end": "end-call",          # the reasonCode of the end frame
+     "says": ["\\$\\d"],         # some reply matches each regex
+     "avoids": ["(?i)guarantee"]}  # no reply matches any of these
+
+Each argument pattern is a regex searched in the argument's value (JSON text for non-strings).
+Sections ``"cassette": {...}`` and ``"live": {...}`` inside ``expect`` add expectations that
+apply in that replay mode only (say, that the recorded LLM failure is apologised for).
+A sidecar file ``NAME.expect.json`` next to ``NAME.jsonl`` may hold ``expect`` and ``ignore``
+as well; its lists are added to the header's, its other values replace them.
+
+Round trip: exporting a call, importing the file into an empty database and exporting again
+gives the same bytes. Import keeps the header's own fields (``exported_at``, ``expect``...) in
+an extra event of kind ``recording_imported`` that export leaves out. Importing a call that
+is already stored is a no-op when the stored call is the same recording and is refused
+otherwise.
+
+Redaction (``export --redact``) masks, in every string of every line, including the raw
+frames and the LLM request bodies: phone numbers (``+61412345678`` becomes ``+61*******78``,
+national numbers like ``0412 345 678`` become ``**** *** *78``; the business's own number, the
+one called on an inbound call, stays so that a replay still reaches the same agent), e-mail
+addresses, and the caller's and known customers' names (from the setup frame, the "Known
+caller" context and tool arguments and results). Masking is deterministic, so a redacted
+recording still replays: the masked caller ID in the setup frame gives the same masked
+``Caller ID`` line in the LLM requests.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy import delete, insert, select
+
+from relay.errors import RelayError
+from relay.storage.db import Database
+from relay.storage.models import Call, Event, RelaySession, Turn
+from relay.storage.requests import expand_requests
+
+FORMAT = "relay-recording"
+VERSION = 1
+#: The event kind under which an import keeps the file's header.
+IMPORT_MARKER = "recording_imported"
+SIDECAR_SUFFIX = ".expect.json"
+
+LINE_TYPES = ("session", "event", "turn")
+
+
+class RecordingError(RelayError):
+    """A recording cannot be read, written or imported."""
+
+
+def _columns(model: type[Any]) -> tuple[str, ...]:
+    return tuple(c.key for c in model.__table__.columns if c.key != "id")
+
+
+CALL_COLUMNS = _columns(Call)
+SESSION_COLUMNS = _columns(RelaySession)
+EVENT_COLUMNS = _columns(Event)
+TURN_COLUMNS = _columns(Turn)
+_MODELS: dict[str, type[Any]] = {"session": RelaySession, "event": Event, "turn": Turn}
+_COLUMNS = {"session": SESSION_COLUMNS, "event": EVENT_COLUMNS, "turn": TURN_COLUMNS}
+
+
+@dataclass
+class Recording:
+    """One call as it is written to a file: a header and the rows of its tables."""
+
+    header: dict[str, Any]
+    sessions: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+    turns: list[dict[str, Any]] = field(default_factory=list)
+    source: str = ""  # the file or call it came from (not written)
+
+    @property
+    def call(self) -> dict[str, Any]:
+        call: dict[str, Any] = self.header["call"]
+        return call
+
+    @property
+    def call_sid(self) -> str:
+        return str(self.call["call_sid"])
+
+    @property
+    def started_at(self) -> datetime:
+        return parse_datetime(self.call["started_at"])
+
+    @property
+    def expect(self) -> dict[str, Any]:
+        value = self.header.get("expect") or {}
+        return dict(value) if isinstance(value, Mapping) else {}
+
+    @property
+    def ignore(self) -> list[str]:
+        value = self.header.get("ignore") or []
+        return [str(v) for v in value] if isinstance(value, list) else []
+
+    def session_events(self) -> list[tuple[dict[str, Any] | None, list[dict[str, Any]]]]:
+        """Each session row with its events, in order (events of no session under None)."""
+        known = {s["session_id"] for s in self.sessions}
+        grouped: list[tuple[dict[str, Any] | None, list[dict[str, Any]]]] = [
+            (s, [e for e in self.events if e["session_id"] == s["session_id"]])
+            for s in self.sessions
+        ]
+        orphans = [e for e in self.events if e["session_id"] not in known]
+        if orphans:
+            grouped.append((None, orphans))
+        return grouped
+
+    # -- writing -----------------------------------------------------------------------
+
+    def lines(self) -> list[bytes]:
+        out = [_dumps(self.header)]
+        known = {s["session_id"] for s in self.sessions}
+        for session in self.sessions:
+            sid = session["session_id"]
+            out.append(_dumps({"type": "session", **session}))
+            out.extend(
+                _dumps({"type": "event", **e}) for e in self.events if e["session_id"] == sid
+            )
+            out.extend(_dumps({"type": "turn", **t}) for t in self.turns if t["session_id"] == sid)
+        out.extend(
+            _dumps({"type": "event", **e}) for e in self.events if e["session_id"] not in known
+        )
+        out.extend(
+            _dumps({"type": "turn", **t}) for t in self.turns if t["session_id"] not in known
+        )
+        return out
+
+    def dumps(self) -> bytes:
+        return b"".join(line + b"\n" for line in self.lines())
+
+    def write(self, path: Path) -> None:
+        path.write_bytes(self.dumps())
+
+    # -- reading -----------------------------------------------------------------------
+
+    @classmethod
+    def loads(cls, data: bytes | str, *, source: str = "") -> Recording:
+        raw = data.encode() if isinstance(data, str) else data
+        lines = [line for line in raw.splitlines() if line.strip()]
+        where = source or "recording"
+        if not lines:
+            raise RecordingError(f"{where}: empty file")
+        header = _loads(lines[0], where, 1)
+        if header.get("format") != FORMAT:
+            raise RecordingError(
+                f'{where}: not a relay recording (line 1 has no "format": "{FORMAT}")'
+            )
+        if header.get("version") != VERSION:
+            raise RecordingError(
+                f"{where}: recording format version {header.get('version')!r}; this relay reads version {VERSION}"
+            )
+        call = header.get("call")
+        if not isinstance(call, dict) or not call.get("call_sid") or not call.get("started_at"):
+            raise RecordingError(
+                f"{where}: the header has no call (call_sid and started_at are required)"
+            )
+        recording = cls(header=header, source=source)
+        for number, line in enumerate(lines[1:], start=2):
+            row = _loads(line, where, number)
+            kind = row.pop("type", None)
+            if kind not in LINE_TYPES:
+                continue  # a line type from a newer writer: not ours to guess at
+            missing = [
+                c for c in ("call_sid", "session_id", "seq") if c in _COLUMNS[kind] and c not in row
+            ]
+            if missing:
+                raise RecordingError(f"{where}:{number}: {kind} line without {', '.join(missing)}")
+            {"session": recording.sessions, "event": recording.events, "turn": recording.turns}[
+                kind
+            ].append(row)
+        return recording
+
+    @classmethod
+    def read(cls, path: Path) -> Recording:
+        """Read a file, merging a ``NAME.expect.json`` sidecar into the header if there is one."""
+        try:
+            recording = cls.loads(path.read_bytes(), source=str(path))
+        except OSError as exc:
+            raise RecordingError(f"cannot read {path}: {exc.strerror or exc}") from exc
+        sidecar = sidecar_path(path)
+        if sidecar.exists():
+            try:
+                extra = orjson.loads(sidecar.read_bytes())
+            except (OSError, orjson.JSONDecodeError) as exc:
+                raise RecordingError(f"{sidecar}: not valid JSON: {exc}") from exc
+            if not isinstance(extra, dict):
+                raise RecordingError(
+                    f"{sidecar}: must hold a JSON object with expect and/or ignore"
+                )
+            recording.header = merge_expectations(recording.header, extra)
+        return recording
+
+
+def sidecar_path(path: Path) -> Path:
+    return path.with_name(path.name.removesuffix(".jsonl") + SIDECAR_SUFFIX)
+
+
+def merge_expectations(header: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
+    """The header with a sidecar's ``expect`` and ``ignore`` added (lists extend, values replace)."""
+    merged = dict(header)
+    if "ignore" in extra:
+        merged["ignore"] = [*(header.get("ignore") or []), *extra["ignore"]]
+    if "expect" in extra:
+        expect = dict(header.get("expect") or {})
+        for key, value in dict(extra["expect"]).items():
+            if isinstance(value, list) and isinstance(expect.get(key), list):
+                expect[key] = [*expect[key], *value]
+            else:
+                expect[key] = value
+        merged["expect"] = expect
+    return merged
+
+
+def _dumps(value: Mapping[str, Any]) -> bytes:
+    return orjson.dumps(value, default=_json_default)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return format_datetime(value)
+    if isinstance(value, date):
+        return value.isoformat()
+    raise TypeError(f"cannot write {type(value).__name__} to a recording")
+
+
+def _loads(line: bytes, where: str, number: int) -> dict[str, Any]:
+    try:
+        value = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise RecordingError(f"{where}:{number}: not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise RecordingError(f"{where}:{number}: not a JSON object")
+    return value
+
+
+def format_datetime(value: datetime) -> str:
+    """ISO 8601 in UTC with microseconds; naive values are taken as UTC (SQLite stores them so)."""
+    aware = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return aware.isoformat(timespec="microseconds")
+
+
+def parse_datetime(value: str) -> datetime:
+    parsed = datetime.fromisoformat(value)
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+# == from and to the database ============================================================
+
+
+def _row(obj: Any, columns: Iterable[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for column in columns:
+        value = getattr(obj, column)
+        out[column] = format_datetime(value) if isinstance(value, datetime) else value
+    return out
+
+
+async def load_call(db: Database, call_sid: str) -> Recording:
+    """The stored call as a :class:`Recording` (header ``exported_at`` set to now, or kept from
+    the file it was imported from)."""
+    async with db.session() as session:
+        call = await session.get(Call, call_sid)
+        if call is None:
+            raise RecordingError(f"no call {call_sid!r} in the database")
+        found = (
+            await session.scalars(
+                select(RelaySession)
+                .where(RelaySession.call_sid == call_sid)
+                .order_by(RelaySession.started_at, RelaySession.session_id)
+            )
+        ).all()
+        events = (
+            await session.scalars(
+                select(Event).where(Event.call_sid == call_sid).order_by(Event.id)
+            )
+        ).all()
+        turns = (
+            await session.scalars(select(Turn).where(Turn.call_sid == call_sid).order_by(Turn.seq))
+        ).all()
+    expand_requests(events)  # the database keeps later LLM requests as deltas; files never do
+    # Sessions in the order they happened: by their first event (start times can tie, as
+    # under a pinned clock), then by start time for a session that recorded nothing.
+    first: dict[str, int] = {}
+    for index, event in enumerate(events):
+        first.setdefault(event.session_id, index)
+    sessions = sorted(found, key=lambda s: first.get(s.session_id, len(events)))
+    kept: dict[str, Any] = {}
+    for event in events:
+        if event.kind == IMPORT_MARKER and isinstance(event.data.get("header"), dict):
+            kept = dict(event.data["header"])
+    header: dict[str, Any] = {
+        "format": FORMAT,
+        "version": VERSION,
+        "call": _row(call, CALL_COLUMNS),
+    }
+    if kept:
+        header.update(kept)
+    else:
+        header.update(exported_at=format_datetime(utcnow()), redacted=False)
+    return Recording(
+        header=header,
+        sessions=[_row(s, SESSION_COLUMNS) for s in sessions],
+        events=[_row(e, EVENT_COLUMNS) for e in events if e.kind != IMPORT_MARKER],
+        turns=[_row(t, TURN_COLUMNS) for t in turns],
+        source=call_sid,
+    )
+
+
+async def export_call(
+    db: Database,
+    call_sid: str,
+    *,
+    redact: bool = False,
+    extra: Mapping[str, Any] | None = None,
+) -> Recording:
+    """The call ready to write: optionally redacted, with ``extra`` header fields (expect...)."""
+    recording = await load_call(db, call_sid)
+    if extra:
+        recording.header.update(extra)
+    if redact:
+        recording = redact_recording(recording)
+    return recording
+
+
+def _db_value(model: type[Any], column: str, value: Any) -> Any:
+    if value is None or not isinstance(value, str):
+        return value
+    python_type = _python_type(model, column)
+    if python_type is datetime:
+        # SQLite keeps no time zone: store UTC, as the recorder does.
+        return parse_datetime(value)
+    return value
+
+
+def _python_type(model: type[Any], column: str) -> type[Any] | None:
+    try:
+        result: type[Any] = model.__table__.columns[column].type.python_type
+    except NotImplementedError:
+        return None
+    return result
+
+
+def _db_row(model: type[Any], columns: tuple[str, ...], row: Mapping[str, Any]) -> dict[str, Any]:
+    return {c: _db_value(model, c, row[c]) for c in columns if c in row}
+
+
+async def import_recording(db: Database, recording: Recording) -> bool:
+    """Store a recording. True if imported, False if that very recording was already stored.
+
+    Raises :class:`RecordingError` when a different call is stored under the same CallSid.
+    """
+    sid = recording.call_sid
+    for session_row in recording.sessions:
+        if session_row.get("call_sid") != sid:
+            raise RecordingError(f"session {session_row.get('session_id')} belongs to another call")
+    async with db.session() as session:
+        existing = await session.get(Call, sid)
+    if existing is not None:
+        stored = await load_call(db, sid)
+        if stored.lines()[1:] == recording.lines()[1:] and stored.call == recording.call:
+            return False
+        raise RecordingError(
+            f"call {sid} is already stored with different content; not imported "
+            "(delete it first, or import into another database)"
+        )
+    kept = {k: v for k, v in recording.header.items() if k not in ("format", "version", "call")}
+    async with db.session() as session, session.begin():
+        session.add(Call(**_db_row(Call, CALL_COLUMNS, recording.call)))
+        await session.flush()
+        for kind, rows in (("session", recording.sessions), ("turn", recording.turns)):
+            if rows:
+                model = _MODELS[kind]
+                await session.execute(
+                    insert(model), [_db_row(model, _COLUMNS[kind], r) for r in rows]
+                )
+        events = [_db_row(Event, EVENT_COLUMNS, e) for e in recording.events]
+        events.append(
+            {"call_sid": sid, "session_id": "", "seq": 0, "t": 0.0, "at": utcnow(), "kind": IMPORT_MARKER,
+             "data": {"header": kept, "imported_at": format_datetime(utcnow())}}
+        )  # fmt: skip
+        # One statement per row keeps the ids, and so the order, exactly as in the file.
+        for event in events:
+            await session.execute(insert(Event).values(**event))
+    return True
+
+
+async def delete_call(db: Database, call_sid: str) -> None:
+    """Remove a call and everything recorded about it."""
+    async with db.session() as session, session.begin():
+        for model in (Event, Turn, RelaySession):
+            await session.execute(delete(model).where(model.call_sid == call_sid))
+        await session.execute(delete(Call).where(Call.call_sid == call_sid))
+
+
+# == redaction ===========================================================================
+
+# E.164 country codes are prefix-free: two digits for these, one for 1 and 7, three otherwise.
+_CC2 = frozenset({
+    "20", "27", "30", "31", "32", "33", "34", "36", "39", "40", "41", "43", "44", "45", "46",
+    "47", "48", "49", "51", "52", "53", "54", "55", "56", "57", "58", "60", "61", "62", "63",
+    "64", "65", "66", "81", "82", "84", "86", "90", "91", "92", "93", "94", "95", "98",
+})  # fmt: skip
+_INTERNATIONAL = re.compile(r"(?<![\w+*])\+\d(?:[ \-.()]{0,2}\d){6,16}(?![\w*])")
+_NATIONAL = re.compile(r"(?<![\w+*])(?:\(0\d\)|0\d)(?:[ \-]?\d){6,9}(?![\w*])")
+_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+_NAME_KEYS = frozenset(
+    {"name", "caller_name", "customer_name", "full_name", "first_name", "last_name", "contact_name"}
+)
+_KNOWN_CALLER = re.compile(r"Known caller: (\{.*?\})(?=\s|$)", re.S)
+NAME_MASK = "[name]"
+EMAIL_MASK = "[email]"
+
+
+def country_code(digits: str) -> str:
+    if digits[:1] in ("1", "7"):
+        return digits[:1]
+    if digits[:2] in _CC2:
+        return digits[:2]
+    return digits[:3]
+
+
+def mask_number(number: str) -> str:
+    """``+61412345678`` -> ``+61*******78``; ``0412 345 678`` -> ``**** *** *78``."""
+    digits = re.sub(r"\D", "", number)
+    if number.startswith("+"):
+        cc = country_code(digits)
+        return "+" + cc + "*" * (len(digits) - len(cc) - 2) + digits[-2:]
+    keep = len(digits) - 2
+    out, seen = [], 0
+    for char in number:
+        if char.isdigit():
+            out.append("*" if seen < keep else char)
+            seen += 1
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+class Redactor:
+    """Masks phone numbers, e-mail addresses and the given names in text."""
+
+    def __init__(self, names: Iterable[str] = (), keep_numbers: Iterable[str] = ()) -> None:
+        self.keep = {re.sub(r"[^\d+]", "", n) for n in keep_numbers if n}
+        words: set[str] = set()
+        for name in names:
+            name = " ".join(name.split())
+            if len(name) < 2:
+                continue
+            words.add(name)
+            words.update(part for part in name.split() if len(part) >= 2 and part[0].isupper())
+        ordered = sorted(words, key=len, reverse=True)
+        self._names = (
+            re.compile(r"\b(?:" + "|".join(map(re.escape, ordered)) + r")\b") if ordered else None
+        )
+
+    def spans(self, text: str) -> list[tuple[int, int, str]]:
+        """What to mask in ``text``: (start, end, replacement), in order, never overlapping."""
+        found: list[tuple[int, int, str]] = []
+
+        def add(start: int, end: int, replacement: str) -> None:
+            if all(end <= s or start >= e for s, e, _ in found):
+                found.append((start, end, replacement))
+
+        for match in _INTERNATIONAL.finditer(text):
+            masked = self._international(match.group(0))
+            if masked != match.group(0):
+                add(match.start(), match.end(), masked)
+        for match in _NATIONAL.finditer(text):
+            add(match.start(), match.end(), mask_number(match.group(0)))
+        for match in _EMAIL.finditer(text):
+            add(match.start(), match.end(), EMAIL_MASK)
+        if self._names is not None:
+            for match in self._names.finditer(text):
+                add(match.start(), match.end(), NAME_MASK)
+        return sorted(found)
+
+    def text(self, value: str) -> str:
+        return "".join(self.pieces([value]))
+
+    def pieces(self, pieces: Sequence[str]) -> list[str]:
+        """Mask text that was streamed in pieces, as one text, keeping the pieces apart.
+
+        A number or a name cut across pieces (" 0412", " 345", " 678") is masked as a whole;
+        its replacement goes in the piece where it starts. The pieces join to ``text(joined)``.
+        """
+        joined = "".join(pieces)
+        spans = self.spans(joined)
+        if not spans:
+            return list(pieces)
+        out: list[str] = []
+        start = at = index = 0  # the piece's start, the next character to copy, the next span
+        for piece in pieces:
+            end = start + len(piece)
+            part: list[str] = []
+            while at < end:  # a span running past ``end`` leaves the next pieces (partly) empty
+                if index < len(spans) and spans[index][0] == at:
+                    part.append(spans[index][2])
+                    at = spans[index][1]
+                    index += 1
+                else:
+                    stop = min(end, spans[index][0]) if index < len(spans) else end
+                    part.append(joined[at:stop])
+                    at = stop
+            out.append("".join(part))
+            start = end
+        return out
+
+    def _international(self, found: str) -> str:
+        digits = re.sub(r"\D", "", found)
+        if not 8 <= len(digits) <= 15 or "+" + digits in self.keep:
+            return found
+        return mask_number(found)
+
+    def value(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, list):
+            return [self.value(v) for v in value]
+        if isinstance(value, dict):
+            return {k: self.value(v) for k, v in value.items()}
+        return value
+
+
+def names_in(recording: Recording) -> set[str]:
+    """The people named in a recording: the caller, known customers, names given to tools."""
+    names: set[str] = set()
+    if recording.call.get("caller_name"):
+        names.add(str(recording.call["caller_name"]))
+
+    def collect(value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if key in _NAME_KEYS and isinstance(item, str) and item.strip():
+                    names.add(item.strip())
+                else:
+                    collect(item)
+        elif isinstance(value, list):
+            for item in value:
+                collect(item)
+
+    for event in recording.events:
+        data, kind = event.get("data") or {}, event.get("kind")
+        if kind in ("frame_in", "frame_in_invalid"):
+            frame = _json_or_none(data.get("raw"))
+            if isinstance(frame, dict) and frame.get("type") == "setup" and frame.get("callerName"):
+                names.add(str(frame["callerName"]))
+        elif kind == "tool_call":
+            collect(_json_or_none(data.get("arguments")))
+        elif kind == "tool_result":
+            collect(data.get("data"))
+        elif kind == "llm_request":
+            for message in (data.get("body") or {}).get("messages") or []:
+                if message.get("role") == "system" and isinstance(message.get("content"), str):
+                    for match in _KNOWN_CALLER.finditer(message["content"]):
+                        collect(_json_or_none(match.group(1)))
+    return names
+
+
+def _json_or_none(text: Any) -> Any:
+    if not isinstance(text, str):
+        return None
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def redact_recording(recording: Recording) -> Recording:
+    """A copy with phone numbers, e-mail addresses and people's names masked everywhere.
+
+    Streamed text is masked as a stream: the pieces of each LLM answer, and the tokens of the
+    text frames of each talk cycle, so that a value cut across pieces is masked as a whole and
+    the pieces still join to the masked whole (what the turns and later requests hold).
+    """
+    call = recording.call
+    own = (
+        call.get("to_number")
+        if call.get("direction", "inbound").startswith("inbound")
+        else call.get("from_number")
+    )
+    redactor = Redactor(names_in(recording), keep_numbers=[own] if own else [])
+    scrub: Callable[[Any], Any] = redactor.value
+    header = {k: (scrub(v) if k == "call" else v) for k, v in recording.header.items()}
+    header["redacted"] = True
+    events = [{**e, "data": scrub(e["data"])} for e in recording.events]
+    for original, event in zip(recording.events, events, strict=True):
+        if original["kind"] == "llm_response" and isinstance(original["data"].get("pieces"), list):
+            event["data"]["pieces"] = redactor.pieces([str(p) for p in original["data"]["pieces"]])
+    for cycle in _talk_cycles(recording.events):
+        frames = [_json_or_none(recording.events[i]["data"].get("raw")) for i in cycle]
+        tokens = redactor.pieces([str(f.get("token") or "") for f in frames])
+        for i, frame, token in zip(cycle, frames, tokens, strict=True):
+            events[i]["data"] = {
+                **events[i]["data"],
+                "raw": orjson.dumps({**frame, "token": token}).decode(),
+            }
+    return Recording(
+        header=header,
+        sessions=[scrub(s) for s in recording.sessions],
+        events=events,
+        turns=[scrub(t) for t in recording.turns],
+        source=recording.source,
+    )
+
+
+def _talk_cycles(events: Sequence[Mapping[str, Any]]) -> list[list[int]]:
+    """The indexes of the text frames of each talk cycle (up to a ``last: true``), per session."""
+    cycles: list[list[int]] = []
+    open_cycles: dict[str, list[int]] = {}
+    for index, event in enumerate(events):
+        if event["kind"] != "frame_out":
+            continue
+        frame = _json_or_none((event.get("data") or {}).get("raw"))
+        if not isinstance(frame, dict) or frame.get("type") != "text":
+            continue
+        cycle = open_cycles.setdefault(event["session_id"], [])
+        cycle.append(index)
+        if frame.get("last"):
+            cycles.append(open_cycles.pop(event["session_id"]))
+    cycles.extend(open_cycles.values())
+    return cycles

@@ -1,0 +1,1 @@
+"""Replaying recorded calls against the current agent: cassette and live modes."""

@@ -1,0 +1,1308 @@
+"""``relay bench``: the latency relay adds to a call, and how many calls one process holds.
+
+A ConversationRelay turn is timed from the moment the simulated Twilio side sends a final
+``prompt`` to the moment the first ``text`` frame of the answer arrives. Two hops of that time
+are not relay's to remove, so the same run also times them on their own:
+
+(a) the WebSocket hop: the same client against a minimal echo server on the same stack
+    (Starlette + uvicorn, started like ``relay serve``) that answers each prompt itself;
+(b) the LLM hop: a warm client streaming the same kind of request (the agent's system prompt
+    and the same amount of history) from the same fake LLM, timed to the first content delta:
+    an ``httpx.AsyncClient`` by default, or relay's own HTTP/1.1 client with
+    ``--baseline-client lean`` (the request as relay's default transport makes it).
+
+(c) is relay itself: N concurrent simulated calls. What relay adds is (c) - (a) - (b), per
+percentile. With one call the three are sampled in turn, never overlapping; with many calls the
+baselines are sampled while the calls run, so the load on the machine is the same for all three.
+
+By default everything runs on loopback in separate processes: the fake LLM (``relay
+fake-llm``), the server (``relay serve`` with a throwaway data directory and a bench agent
+with no tools and no knowledge, so the figure is the call path itself) and the echo server.
+The client uses websockets' sans-I/O protocol on bare asyncio transports so that it can hold
+a thousand calls in one process and timestamp frames as their bytes arrive.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import math
+import os
+import random
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal, TypeVar, cast
+from urllib.parse import urlsplit
+
+import httpx
+import orjson
+from websockets import ClientProtocol
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Response
+from websockets.uri import parse_uri
+
+from relay.agents import AgentProfile, load_profile
+from relay.llm import http1
+from relay.llm.client import TRANSPORTS, ChatRequest, SSEDecoder, Transport
+
+BaselineClient = Literal["httpx", "lean"]
+T = TypeVar("T")
+
+#: What the simulated callers say, in turn. The fake LLM echoes the first words back, so the
+#: expected reply to each prompt is known before it is sent.
+PROMPTS = (
+    "Hi there, I need a quote to move an upright piano please.",
+    "It is going from Brunswick to Geelong.",
+    "There are about six steps at the front door and none at the other end.",
+    "Next Tuesday would be ideal if you have a truck free.",
+    "Is the piano insured while you are moving it?",
+    "How long does a move like that usually take?",
+    "Could you text me the quote please?",
+    "What happens if I need to cancel the booking later on?",
+    "Do you also tune pianos after a move?",
+    "Great, that all sounds good to me.",
+)
+FROM_NUMBER = "+61412345678"
+TO_NUMBER = "+61390001234"
+_ECHO_FRAME = b'{"type":"text","token":"Got it.","last":true}'
+_START_TIMEOUT = 60.0
+_CONNECT_TIMEOUT = 15.0
+_SETTLE_TIMEOUT = 30.0
+_PROBE_PACE = 0.05  # seconds between baseline samples while many calls run
+_LLM_SAMPLERS = 4
+
+
+# --- Options and report ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """What to run. The defaults are one call at a realistic pace."""
+
+    calls: int = 1
+    turns: int = 20
+    history: int = 0
+    warmup: int = 1
+    token_delay: float = 0.03
+    first_token_delay: float = 0.0
+    reply_tokens: int = 20
+    think: float = 1.0
+    url: str | None = None
+    llm_url: str | None = None
+    transport: Transport = "lean"
+    baseline_client: BaselineClient = "httpx"
+    connect_batch: int = 50
+    reply_timeout: float = 30.0
+    timeout: float | None = None  # the whole run; None estimates it from the rest
+
+    def __post_init__(self) -> None:
+        if self.calls < 1 or self.turns < 1:
+            raise ValueError("--calls and --turns must be at least 1")
+        if self.history < 0 or self.warmup < 0 or self.reply_tokens < 1:
+            raise ValueError("--history and --warmup must not be negative, --reply-tokens positive")
+        if min(self.token_delay, self.first_token_delay, self.think) < 0:
+            raise ValueError("delays must not be negative")
+
+    @property
+    def unmeasured_turns(self) -> int:
+        """Turns each call plays before it is measured: its history, or at least the warm-up."""
+        return max(self.history, self.warmup)
+
+    def estimated_seconds(self) -> float:
+        reply = self.first_token_delay + self.token_delay * self.reply_tokens + 0.05
+        connect = self.calls / 100
+        return connect + self.unmeasured_turns * reply + self.turns * (reply + 1.5 * self.think)
+
+
+@dataclass
+class Stats:
+    """Percentiles of one set of samples, in milliseconds."""
+
+    n: int
+    p50: float | None
+    p95: float | None
+    p99: float | None
+    mean: float | None
+    max: float | None
+
+    @classmethod
+    def of(cls, seconds: Sequence[float]) -> Stats:
+        ms = sorted(s * 1000 for s in seconds)
+        if not ms:
+            return cls(0, None, None, None, None, None)
+        return cls(
+            n=len(ms),
+            p50=round(_percentile(ms, 50), 3),
+            p95=round(_percentile(ms, 95), 3),
+            p99=round(_percentile(ms, 99), 3),
+            mean=round(sum(ms) / len(ms), 3),
+            max=round(ms[-1], 3),
+        )
+
+
+@dataclass
+class BenchReport:
+    """Everything one run measured. ``overhead_*`` is (c) - (a) - (b) at that percentile."""
+
+    options: dict[str, Any]
+    baseline_mode: str  # "interleaved" (one call) or "concurrent" (sampled while calls run)
+    ws_hop: Stats
+    llm_hop: Stats
+    relay: Stats
+    overhead_p50_ms: float | None
+    overhead_p95_ms: float | None
+    overhead_p99_ms: float | None
+    turns_measured: int
+    turns_per_s: float
+    errors: int
+    frames_lost: int
+    unexpected_frames: int
+    unmeasured_errors: int
+    rss_kb_no_calls: int | None
+    rss_kb_idle_calls: int | None
+    memory_per_call_kb: float | None
+    by_history: list[dict[str, Any]]
+    cpu_percent: dict[str, float]
+    server_cpu_ms_per_turn: float | None
+    measured_seconds: float
+    error_samples: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2)
+
+
+def _percentile(ordered: Sequence[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default)."""
+    k = (len(ordered) - 1) * q / 100
+    low = math.floor(k)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (k - low)
+
+
+def _overhead(relay: float | None, ws: float | None, llm: float | None) -> float | None:
+    if relay is None or ws is None or llm is None:
+        return None
+    return round(relay - ws - llm, 3)
+
+
+# --- The expected replies ------------------------------------------------------------------------
+
+
+class Expectations:
+    """The fake LLM's reply to each prompt: deterministic, so every token can be checked."""
+
+    def __init__(self, reply_tokens: int) -> None:
+        # The same function ``relay fake-llm`` answers with.
+        from relay.testing.scripted import _EchoOfLength
+
+        self._reply = _EchoOfLength(reply_tokens)
+        self._cache: dict[str, tuple[str, ...]] = {}
+
+    def pieces(self, prompt: str) -> tuple[str, ...]:
+        pieces = self._cache.get(prompt)
+        if pieces is None:
+            text = self._reply({"messages": [{"role": "user", "content": prompt}]})
+            assert text.chunks is not None
+            pieces = self._cache[prompt] = tuple(text.chunks)
+        return pieces
+
+
+def tokens_lost(expected: Sequence[str], received: str) -> int:
+    """How many of the ``expected`` tokens did not arrive, in order, at the start of ``received``.
+
+    Counted on the text rather than on frames, so a server that merged tokens into fewer
+    frames would lose nothing.
+    """
+    said = 0
+    for index, piece in enumerate(expected):
+        if not received.startswith(piece, said):
+            return len(expected) - index
+        said += len(piece)
+    return 0
+
+
+# --- A lean WebSocket client ---------------------------------------------------------------------
+
+
+class _Socket(asyncio.Protocol):
+    """websockets' sans-I/O client on a bare asyncio transport; frames timestamped on arrival."""
+
+    def __init__(self, url: str, on_text: Callable[[bytes, float], None]) -> None:
+        self._ws = ClientProtocol(parse_uri(url), max_size=2**20)
+        self._on_text = on_text
+        self._transport: asyncio.Transport | None = None
+        self._fragments: list[bytes] = []
+        loop = asyncio.get_running_loop()
+        self.opened: asyncio.Future[None] = loop.create_future()
+        self.closed: asyncio.Future[None] = loop.create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self._ws.send_request(self._ws.connect())
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        at = time.perf_counter()
+        self._ws.receive_data(data)
+        for event in self._ws.events_received():
+            if isinstance(event, Frame):
+                self._frame(event, at)
+            elif isinstance(event, Response) and not self.opened.done():
+                if self._ws.handshake_exc is not None:
+                    self.opened.set_exception(
+                        ConnectionError(f"handshake failed: {self._ws.handshake_exc}")
+                    )
+                else:
+                    self.opened.set_result(None)
+        self._flush()
+
+    def _frame(self, frame: Frame, at: float) -> None:
+        if frame.opcode is Opcode.TEXT or (frame.opcode is Opcode.CONT and self._fragments):
+            if not frame.fin:
+                self._fragments.append(bytes(frame.data))
+                return
+            data = bytes(frame.data)
+            if self._fragments:
+                data = b"".join((*self._fragments, data))
+                self._fragments.clear()
+            self._on_text(data, at)
+
+    def eof_received(self) -> bool | None:
+        self._ws.receive_eof()
+        self._flush()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(
+                ConnectionError(f"connection lost before the handshake: {exc!r}")
+            )
+        if not self.closed.done():
+            self.closed.set_result(None)
+        self._on_text(b"", time.perf_counter())  # wakes a waiting turn
+
+    @property
+    def is_open(self) -> bool:
+        return self.opened.done() and not self.opened.exception() and not self.closed.done()
+
+    def send_text(self, data: bytes) -> None:
+        self._ws.send_text(data)
+        self._flush()
+
+    def _flush(self) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            self._ws.data_to_send()
+            return
+        for data in self._ws.data_to_send():
+            if data:
+                transport.write(data)
+            elif transport.can_write_eof():
+                transport.write_eof()
+
+    async def close(self, grace: float = 5.0) -> None:
+        if self._transport is None or self.closed.done():
+            return
+        with contextlib.suppress(Exception):
+            self._ws.send_close(1000)
+            self._flush()
+        try:
+            await asyncio.wait_for(asyncio.shield(self.closed), grace)
+        except TimeoutError:
+            self._transport.abort()
+
+
+@dataclass
+class TurnResult:
+    first_s: float | None  # prompt sent -> first text frame
+    text: str
+    lasts: int
+    closed: bool = False
+
+
+class _Pending:
+    __slots__ = ("done", "first", "lasts", "sent", "tokens")
+
+    def __init__(self, sent: float, done: asyncio.Future[None]) -> None:
+        self.sent = sent
+        self.done = done
+        self.first: float | None = None
+        self.tokens: list[str] = []
+        self.lasts = 0
+
+
+class BenchCall:
+    """One simulated Twilio leg: setup, then prompts, each answered until ``last: true``."""
+
+    def __init__(self, url: str, index: int) -> None:
+        self.url = url
+        self.index = index
+        self.history: list[tuple[str, str]] = []  # (prompt, reply) of every turn so far
+        self.unexpected = 0
+        self._socket: _Socket | None = None
+        self._pending: _Pending | None = None
+
+    async def connect(self, *, setup: bool = True) -> None:
+        parts = urlsplit(self.url)
+        loop = asyncio.get_running_loop()
+        self._socket = _Socket(self.url, self._on_text)
+        sock = self._socket
+        await asyncio.wait_for(
+            loop.create_connection(lambda: sock, parts.hostname or "127.0.0.1", parts.port or 80),
+            _CONNECT_TIMEOUT,
+        )
+        await asyncio.wait_for(asyncio.shield(sock.opened), _CONNECT_TIMEOUT)
+        if setup:
+            sock.send_text(orjson.dumps({
+                "type": "setup", "sessionId": f"VXbench{self.index:06d}{os.urandom(8).hex()}",
+                "callSid": f"CAbench{self.index:06d}{os.urandom(8).hex()}",
+                "accountSid": "AC" + "0" * 32, "parentCallSid": "", "from": FROM_NUMBER,
+                "to": TO_NUMBER, "forwardedFrom": "", "callType": "PSTN", "callerName": "",
+                "direction": "inbound", "callStatus": "RINGING", "customParameters": {},
+            }))  # fmt: skip
+
+    @property
+    def is_open(self) -> bool:
+        return self._socket is not None and self._socket.is_open
+
+    def _on_text(self, data: bytes, at: float) -> None:
+        pending = self._pending
+        if not data:  # the connection closed
+            if pending is not None and not pending.done.done():
+                pending.done.set_result(None)
+            return
+        frame = orjson.loads(data)
+        if pending is None or frame.get("type") != "text":
+            self.unexpected += 1
+            return
+        if pending.first is None:
+            pending.first = at
+        pending.tokens.append(frame.get("token", ""))
+        if frame.get("last"):
+            pending.lasts += 1
+            self._pending = None
+            pending.done.set_result(None)
+
+    async def turn(self, prompt: str, within: float) -> TurnResult:
+        """Say ``prompt`` and wait ``within`` seconds at most for the whole reply."""
+        sock = self._socket
+        if sock is None or not sock.is_open:
+            return TurnResult(None, "", 0, closed=True)
+        pending = _Pending(0.0, asyncio.get_running_loop().create_future())
+        self._pending = pending
+        frame = orjson.dumps(
+            {"type": "prompt", "voicePrompt": prompt, "lang": "en-AU", "last": True}
+        )
+        pending.sent = time.perf_counter()
+        sock.send_text(frame)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(pending.done), within)
+        self._pending = None
+        first = None if pending.first is None else pending.first - pending.sent
+        return TurnResult(first, "".join(pending.tokens), pending.lasts, closed=not sock.is_open)
+
+    async def close(self) -> None:
+        if self._socket is not None:
+            await self._socket.close()
+
+
+# --- The LLM hop ----------------------------------------------------------------------------------
+
+
+class LLMProbe:
+    """A warm client streaming the request relay would make, straight from the fake LLM.
+
+    ``pool`` set: relay's HTTP/1.1 client (the lean transport's); else ``http``.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        agent: AgentProfile,
+        http: httpx.AsyncClient,
+        pool: http1.ConnectionPool | None = None,
+    ) -> None:
+        self._http = http
+        self._pool = pool
+        self._url = base_url.rstrip("/") + "/chat/completions"
+        self._headers = {
+            "Authorization": "Bearer not-needed",
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream",
+        }
+        self._endpoint = http1.Endpoint(self._url, self._headers)
+        self._agent = agent
+
+    def _request(self, history: Sequence[tuple[str, str]], prompt: str) -> ChatRequest:
+        agent = self._agent
+        now = datetime.now().astimezone().strftime("%A %d %B %Y, %H:%M")
+        system = f"{agent.system_prompt}\n\nCurrent date and time: {now}. Caller ID: {FROM_NUMBER}."
+        messages: list[dict[str, Any]] = [{"role": "system", "content": system}]
+        if agent.welcome_greeting:
+            messages.append({"role": "assistant", "content": agent.welcome_greeting})
+        for said, answered in history:
+            messages.append({"role": "user", "content": said})
+            messages.append({"role": "assistant", "content": answered})
+        messages.append({"role": "user", "content": prompt})
+        return ChatRequest(
+            model=agent.model or "gpt-4o-mini", messages=messages,
+            temperature=agent.temperature, max_tokens=agent.max_tokens,
+        )  # fmt: skip
+
+    async def sample(self, history: Sequence[tuple[str, str]], prompt: str) -> float:
+        """Seconds from starting the request to the first content delta; drains the rest."""
+        request = self._request(history, prompt)
+        started = time.perf_counter()
+        if self._pool is not None:
+            first = await self._sample_lean(self._pool, orjson.dumps(request.body()))
+        else:
+            first = await self._sample_httpx(orjson.dumps(request.body()))
+        if first is None:
+            raise RuntimeError("the fake LLM streamed no content")
+        return first - started
+
+    async def _sample_httpx(self, body: bytes) -> float | None:
+        http_request = self._http.build_request(
+            "POST", self._url, content=body, headers=self._headers
+        )
+        response = await self._http.send(http_request, stream=True)
+        first: float | None = None
+        try:
+            response.raise_for_status()
+            async for line in response.aiter_lines():
+                if first is None and line.startswith("data:") and line != "data: [DONE]":
+                    first = _first_content(line[5:])
+        finally:
+            await response.aclose()
+        return first
+
+    async def _sample_lean(self, pool: http1.ConnectionPool, body: bytes) -> float | None:
+        response = await pool.post(self._endpoint, body)
+        first: float | None = None
+        try:
+            if response.status >= 400:
+                raise RuntimeError(f"the fake LLM answered HTTP {response.status}")
+            decoder = SSEDecoder()
+            while data := await response.receive():
+                for payload in decoder.feed(data):
+                    if first is None and payload != b"[DONE]":
+                        first = _first_content(payload)
+        finally:
+            response.close()
+        return first
+
+
+def _first_content(payload: bytes | str) -> float | None:
+    """Now, if this chunk carries content; else None."""
+    choices = orjson.loads(payload).get("choices") or [{}]
+    return time.perf_counter() if (choices[0].get("delta") or {}).get("content") else None
+
+
+class Baselines:
+    """Samples of (a) the WebSocket hop and (b) the LLM hop."""
+
+    def __init__(self, echo: BenchCall, llm: LLMProbe, expectations: Expectations) -> None:
+        self.echo = echo
+        self.llm = llm
+        self.expectations = expectations
+        self.ws: list[float] = []
+        self.llm_hop: list[float] = []
+        self.llm_history: list[int] = []  # the history length of each LLM sample
+        self.errors: list[str] = []
+
+    async def sample(
+        self, history: Sequence[tuple[str, str]], prompt: str, *, keep: bool = True
+    ) -> None:
+        """One sample of each hop, one after the other."""
+        await self.sample_ws(prompt, keep=keep)
+        await self.sample_llm(history, prompt, keep=keep)
+
+    async def sample_ws(self, prompt: str, *, keep: bool = True) -> None:
+        result = await self.echo.turn(prompt, 10.0)
+        if result.first_s is None or result.lasts != 1:
+            self.errors.append(f"echo server: no reply (closed={result.closed})")
+        elif keep:
+            self.ws.append(result.first_s)
+
+    async def sample_llm(
+        self, history: Sequence[tuple[str, str]], prompt: str, *, keep: bool = True
+    ) -> None:
+        try:
+            hop = await self.llm.sample(history, prompt)
+        except (httpx.HTTPError, http1.HTTPError, RuntimeError) as exc:
+            self.errors.append(f"LLM hop: {exc!r}")
+        else:
+            if keep:
+                self.llm_hop.append(hop)
+                self.llm_history.append(len(history))
+
+    async def run_alongside(self, stop: asyncio.Event, history_turns: int, turns: int) -> None:
+        """Sample both hops at a steady pace until ``stop``.
+
+        A streamed reply takes as long as the fake LLM's pacing, so several LLM samplers run
+        side by side to keep up with the echo sampler. Their history lengths span the calls'.
+        """
+
+        async def echo_sampler() -> None:
+            index = 0
+            while not stop.is_set():
+                await self.sample_ws(PROMPTS[index % len(PROMPTS)])
+                index += 1
+                await _pause(stop)
+
+        async def llm_sampler(offset: int) -> None:
+            index = offset
+            while not stop.is_set():
+                extra = index % turns
+                history = _conversation(history_turns + extra, self.expectations)
+                await self.sample_llm(history, PROMPTS[(history_turns + extra) % len(PROMPTS)])
+                index += _LLM_SAMPLERS
+                await _pause(stop)
+
+        await asyncio.gather(echo_sampler(), *(llm_sampler(i) for i in range(_LLM_SAMPLERS)))
+
+
+async def _pause(stop: asyncio.Event) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), random.uniform(0.5, 1.5) * _PROBE_PACE)
+
+
+def _conversation(turns: int, expectations: Expectations) -> list[tuple[str, str]]:
+    prompts = (PROMPTS[i % len(PROMPTS)] for i in range(turns))
+    return [(p, "".join(expectations.pieces(p))) for p in prompts]
+
+
+# --- The processes --------------------------------------------------------------------------------
+
+
+@dataclass
+class _Child:
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def cpu_seconds(self) -> float | None:
+        try:
+            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        if self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGINT)  # uvicorn shuts down gracefully on SIGINT
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+
+
+def _spawn(
+    argv: list[str], env: dict[str, str], cwd: Path, log_path: Path
+) -> subprocess.Popen[bytes]:
+    with log_path.open("wb") as log_file:
+        return subprocess.Popen(
+            argv,
+            env=env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def _start(
+    name: str,
+    argv: list[str],
+    *,
+    env: dict[str, str],
+    cwd: Path,
+    health: str,
+    http: httpx.AsyncClient,
+) -> _Child:
+    log_path = cwd / f"{name}.log"
+    process = await asyncio.to_thread(_spawn, argv, env, cwd, log_path)
+    child = _Child(name, process, log_path)
+    deadline = time.monotonic() + _START_TIMEOUT
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with {process.returncode}:\n{child.log_tail()}")
+        with contextlib.suppress(httpx.HTTPError):
+            if (await http.get(health, timeout=2.0)).status_code == 200:
+                return child
+        if time.monotonic() > deadline:
+            child.stop()
+            raise RuntimeError(
+                f"{name} did not answer {health} within {_START_TIMEOUT:.0f} s:\n{child.log_tail()}"
+            )
+        await asyncio.sleep(0.1)
+
+
+def _bench_profile(directory: Path) -> Path:
+    """The default agent with no tools, knowledge or business tables: the call path alone."""
+    with _find_profile().open("rb") as fh:
+        profile = tomllib.load(fh)
+    profile.update(name="bench", tools=[], default=True)
+    for key in ("knowledge_collection", "data"):
+        profile.pop(key, None)
+    path = directory / "bench.toml"
+    path.write_text(_toml(profile))
+    load_profile(path)  # fail here, with the file named, rather than in the server
+    return path
+
+
+def _toml(table: dict[str, Any], prefix: str = "") -> str:
+    """A minimal TOML writer, enough for an agent profile (tomllib only reads)."""
+    lines: list[str] = []
+    nested: list[str] = []
+    for key, value in table.items():
+        name = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict):
+            nested.append(f"\n[{name}]\n" + _toml(value, name))
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            nested.extend(f"\n[[{name}]]\n" + _toml(item, name) for item in value)
+        else:
+            lines.append(f"{orjson.dumps(key).decode()} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n" + "".join(nested)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return orjson.dumps(str(value)).decode()  # a JSON string is a TOML basic string
+
+
+def _find_profile() -> Path:
+    for root in (Path(__file__).resolve().parents[2], Path.cwd()):
+        candidate = root / "prompts" / "piano-removals.toml"
+        if candidate.is_file():
+            return candidate
+    raise RuntimeError("cannot find prompts/piano-removals.toml to build the bench agent from")
+
+
+def _child_env(**extra: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RELAY_", "TWILIO_", "OPENAI_", "DATABASE_URL", "CHROMA_"))
+    }
+    env.update(extra)
+    return env
+
+
+def _raise_fd_limit(wanted: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= wanted:
+        return
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+@dataclass
+class _Targets:
+    relay_ws: str
+    relay_http: str
+    llm_base: str
+    echo_ws: str
+    agent: AgentProfile
+    children: dict[str, _Child]
+
+
+@contextlib.asynccontextmanager
+async def _targets(
+    options: BenchOptions, http: httpx.AsyncClient, notes: list[str]
+) -> AsyncIterator[_Targets]:
+    """Start what ``options`` does not point at; stop all of it on the way out."""
+    workdir = Path(tempfile.mkdtemp(prefix="relay-bench-"))
+    children: dict[str, _Child] = {}
+    python = sys.executable
+    try:
+        prompts = workdir / "prompts"
+        prompts.mkdir()
+        agent = load_profile(_bench_profile(prompts))
+        starting: list[Any] = []
+        llm_base = options.llm_url
+        if llm_base is None:
+            port = _free_port()
+            llm_base = f"http://127.0.0.1:{port}/v1"
+            argv = [python, "-m", "relay.cli.main", "fake-llm", "--host", "127.0.0.1", "--port", str(port),
+                    "--token-delay", str(options.token_delay), "--first-token-delay", str(options.first_token_delay),
+                    "--reply-tokens", str(options.reply_tokens)]  # fmt: skip
+            starting.append(("fake-llm", argv, _child_env(), f"http://127.0.0.1:{port}/healthz"))
+        echo_port = _free_port()
+        argv = [python, "-m", "relay.testing.bench", "echo-server", "--port", str(echo_port)]
+        starting.append(
+            ("echo-server", argv, _child_env(), f"http://127.0.0.1:{echo_port}/healthz")
+        )
+        if options.url is None:
+            port = _free_port()
+            relay_ws = f"ws://127.0.0.1:{port}/ws"
+            data = workdir / "data"
+            data.mkdir()
+            env = _child_env(
+                OPENAI_BASE_URL=llm_base, RELAY_DATA_DIR=str(data), RELAY_PROMPTS_DIR=str(prompts),
+                RELAY_LOG_LEVEL="warning", RELAY_LLM_TRANSPORT=options.transport,
+                # The bench agent has no knowledge; loading the store would only add noise.
+                RELAY_KNOWLEDGE="false", RELAY_KNOWLEDGE_AUTOLOAD="false",
+            )  # fmt: skip
+            argv = [
+                python,
+                "-m",
+                "relay.cli.main",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ]
+            starting.append(("relay", argv, env, f"http://127.0.0.1:{port}/healthz"))
+        else:
+            relay_ws = options.url
+            if options.llm_url is None:
+                notes.append(
+                    "--url without --llm-url: the LLM hop is timed on a fake LLM the server may not use"
+                )
+            notes.append(
+                "--url: the server's agent, LLM and transport are its own; --transport is ignored"
+            )
+        started = await asyncio.gather(
+            *(
+                _start(name, argv, env=env, cwd=workdir, health=health, http=http)
+                for name, argv, env, health in starting
+            ),
+            return_exceptions=True,
+        )
+        for result in started:
+            if isinstance(result, _Child):
+                children[result.name] = result
+        failures = [r for r in started if isinstance(r, BaseException)]
+        if failures:
+            raise failures[0]
+        parts = urlsplit(relay_ws)
+        scheme = "https" if parts.scheme == "wss" else "http"
+        yield _Targets(
+            relay_ws=relay_ws, relay_http=f"{scheme}://{parts.netloc}", llm_base=llm_base,
+            echo_ws=f"ws://127.0.0.1:{echo_port}/ws", agent=agent, children=children,
+        )  # fmt: skip
+    finally:
+        # The server first, so that it is not left talking to a stopped LLM.
+        for name in ("relay", "echo-server", "fake-llm"):
+            if name in children:
+                children[name].stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+# --- The run --------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Tally:
+    first: list[float] = field(default_factory=list)
+    history: list[int] = field(default_factory=list)  # the history length of each sample
+    errors: list[str] = field(default_factory=list)
+    frames_lost: int = 0
+    turns: int = 0
+
+
+async def _metrics(http: httpx.AsyncClient, base: str) -> dict[str, Any] | None:
+    try:
+        response = await http.get(base + "/metrics", timeout=10.0)
+        data: dict[str, Any] = response.json()
+        return data if response.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
+async def _settle(http: httpx.AsyncClient, base: str, active: int) -> dict[str, Any] | None:
+    """Wait until the server holds ``active`` sessions and has stored what it was handed."""
+    deadline = time.monotonic() + _SETTLE_TIMEOUT
+    metrics = await _metrics(http, base)
+    while metrics is not None and time.monotonic() < deadline:
+        if metrics.get("active_sessions") == active and not metrics.get("recorder_pending"):
+            await asyncio.sleep(0.5)
+            return await _metrics(http, base)
+        await asyncio.sleep(0.1)
+        metrics = await _metrics(http, base)
+    return metrics
+
+
+async def _connect_all(url: str, count: int, batch: int, errors: list[str]) -> list[BenchCall]:
+    calls: list[BenchCall] = []
+    for indices in _batches(range(count), batch):
+        group = [BenchCall(url, i) for i in indices]
+        results = await asyncio.gather(*(c.connect() for c in group), return_exceptions=True)
+        for call, result in zip(group, results, strict=True):
+            if isinstance(result, BaseException):
+                errors.append(f"call {call.index}: connect failed: {result!r}")
+            else:
+                calls.append(call)
+    return calls
+
+
+async def _play(
+    call: BenchCall,
+    turns: int,
+    *,
+    options: BenchOptions,
+    expectations: Expectations,
+    tally: _Tally,
+    think: float,
+    stagger: float = 0.0,
+    baselines: Baselines | None = None,
+) -> None:
+    """Play ``turns`` turns on ``call``, checking every reply and timing the measured ones."""
+    if stagger > 0:
+        await asyncio.sleep(random.uniform(0, stagger))
+    for _ in range(turns):
+        prompt = PROMPTS[(call.index + len(call.history)) % len(PROMPTS)]
+        if baselines is not None:
+            await baselines.sample(call.history, prompt)
+        expected = expectations.pieces(prompt)
+        result = await call.turn(prompt, options.reply_timeout)
+        tally.turns += 1
+        lost = tokens_lost(expected, result.text) + (0 if result.lasts else 1)
+        tally.frames_lost += lost
+        if result.closed and not result.lasts:
+            tally.errors.append(f"call {call.index}: the connection closed")
+            return
+        if lost or result.lasts != 1 or result.first_s is None:
+            tally.errors.append(
+                f"call {call.index}: incomplete reply ({lost} lost, {result.lasts} last:true): {result.text[:80]!r}"
+            )
+        elif result.text != "".join(expected):
+            tally.errors.append(f"call {call.index}: unexpected reply {result.text[:80]!r}")
+        else:
+            tally.first.append(result.first_s)
+            tally.history.append(len(call.history))
+        call.history.append((prompt, result.text))
+        if think > 0:
+            await asyncio.sleep(random.uniform(0.5, 1.5) * think)
+
+
+async def _bench(options: BenchOptions) -> BenchReport:
+    _raise_fd_limit(options.calls * 3 + 256)
+    notes: list[str] = []
+    expectations = Expectations(options.reply_tokens)
+    limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
+    pool = http1.ConnectionPool() if options.baseline_client == "lean" else None
+    async with (
+        httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0), limits=limits) as http,
+        _targets(options, http, notes) as targets,
+        contextlib.AsyncExitStack() as closing,
+    ):
+        if pool is not None:
+            closing.push_async_callback(pool.aclose)
+        baselines = Baselines(
+            BenchCall(targets.echo_ws, -1),
+            LLMProbe(targets.llm_base, targets.agent, http, pool),
+            expectations,
+        )
+        await baselines.echo.connect(setup=False)
+        for index in range(20):  # warm both hops; these samples are not kept
+            await baselines.sample([], PROMPTS[index % len(PROMPTS)], keep=False)
+
+        # Warm the server (imports, database, the LLM connection), then weigh it with no calls.
+        warm = _Tally()
+        warm_calls = await _connect_all(targets.relay_ws, 1, 1, warm.errors)
+        for call in warm_calls:
+            await _play(call, 3, options=options, expectations=expectations, tally=warm, think=0.0)
+            await call.close()
+        if warm.errors:
+            raise RuntimeError("the warm-up call failed: " + "; ".join(warm.errors[:3]))
+        idle0 = await _settle(http, targets.relay_http, 0)
+
+        tally = _Tally()
+        calls = await _connect_all(
+            targets.relay_ws, options.calls, options.connect_batch, tally.errors
+        )
+        idle = await _settle(http, targets.relay_http, len(calls))
+        rss0 = idle0.get("rss_kb") if idle0 else None
+        rss = idle.get("rss_kb") if idle else None
+        per_call = (
+            round((rss - rss0) / len(calls), 1)
+            if rss is not None and rss0 is not None and calls
+            else None
+        )
+        if per_call is not None and len(calls) < 50:
+            notes.append("memory per call is only meaningful with many calls (RSS moves in pages)")
+
+        unmeasured = _Tally()
+        if options.unmeasured_turns:
+            await asyncio.gather(*(
+                _play(c, options.unmeasured_turns, options=options, expectations=expectations, tally=unmeasured,
+                      think=0.0, stagger=min(1.0, options.think) if len(calls) > 1 else 0.0)
+                for c in calls
+            ))  # fmt: skip
+
+        interleaved = len(calls) == 1
+        stop = asyncio.Event()
+        alongside = None
+        if not interleaved:
+            alongside = asyncio.create_task(
+                baselines.run_alongside(stop, options.unmeasured_turns, options.turns)
+            )
+        cpu_before = _cpu(targets.children)
+        started = time.perf_counter()
+        try:
+            await asyncio.gather(*(
+                _play(c, options.turns, options=options, expectations=expectations, tally=tally, think=options.think,
+                      stagger=options.think if len(calls) > 1 else 0.0, baselines=baselines if interleaved else None)
+                for c in calls
+            ))  # fmt: skip
+        finally:
+            elapsed = time.perf_counter() - started
+            stop.set()
+            if alongside is not None:
+                await alongside
+        used = {
+            name: after - cpu_before[name]
+            for name, after in _cpu(targets.children).items()
+            if name in cpu_before
+        }
+        cpu = {name: round(seconds / elapsed * 100, 1) for name, seconds in used.items()}
+        server_cpu = used.get("relay")
+        per_turn = round(server_cpu * 1000 / tally.turns, 2) if server_cpu and tally.turns else None
+        unexpected = sum(c.unexpected for c in calls)
+        for group in _batches(calls, options.connect_batch):
+            await asyncio.gather(*(c.close() for c in group))
+        await baselines.echo.close()
+
+    ws, llm, relay = Stats.of(baselines.ws), Stats.of(baselines.llm_hop), Stats.of(tally.first)
+    errors = tally.errors + baselines.errors
+    if unexpected:
+        errors.append(f"{unexpected} frames arrived outside any turn")
+    return BenchReport(
+        options=asdict(options),
+        baseline_mode="interleaved" if interleaved else "concurrent",
+        ws_hop=ws, llm_hop=llm, relay=relay,
+        overhead_p50_ms=_overhead(relay.p50, ws.p50, llm.p50),
+        overhead_p95_ms=_overhead(relay.p95, ws.p95, llm.p95),
+        overhead_p99_ms=_overhead(relay.p99, ws.p99, llm.p99),
+        turns_measured=tally.turns,
+        turns_per_s=round(tally.turns / elapsed, 1) if elapsed > 0 else 0.0,
+        errors=len(tally.errors) + len(baselines.errors) + (1 if unexpected else 0),
+        frames_lost=tally.frames_lost,
+        unexpected_frames=unexpected,
+        unmeasured_errors=len(unmeasured.errors),
+        rss_kb_no_calls=rss0, rss_kb_idle_calls=rss, memory_per_call_kb=per_call,
+        by_history=_by_history(tally, baselines, ws),
+        cpu_percent=cpu,
+        server_cpu_ms_per_turn=per_turn,
+        measured_seconds=round(elapsed, 2),
+        error_samples=(errors + unmeasured.errors)[:10],
+        notes=notes,
+    )  # fmt: skip
+
+
+def _by_history(tally: _Tally, baselines: Baselines, ws: Stats) -> list[dict[str, Any]]:
+    """p50s by history length (five bands), to show whether the overhead grows with it."""
+    if not tally.history or max(tally.history) - min(tally.history) < 10:
+        return []
+    low, high = min(tally.history), max(tally.history)
+    width = math.ceil((high - low + 1) / 5)
+    bands = []
+    for start in range(low, high + 1, width):
+        end = start + width - 1
+
+        def within(lengths: list[int], values: list[float]) -> list[float]:
+            return [v for n, v in zip(lengths, values, strict=True) if start <= n <= end]  # noqa: B023
+
+        relay = Stats.of(within(tally.history, tally.first))
+        llm = Stats.of(within(baselines.llm_history, baselines.llm_hop))
+        bands.append(
+            {
+                "history": f"{start}-{end}",
+                "n": relay.n,
+                "relay_p50_ms": relay.p50,
+                "llm_hop_p50_ms": llm.p50,
+                "overhead_p50_ms": _overhead(relay.p50, ws.p50, llm.p50),
+            }
+        )
+    return bands
+
+
+def _batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _cpu(children: dict[str, _Child]) -> dict[str, float]:
+    seconds = {"bench client": time.process_time()}
+    for name, child in children.items():
+        used = child.cpu_seconds()
+        if used is not None:
+            seconds[name] = used
+    return seconds
+
+
+def run(options: BenchOptions) -> BenchReport:
+    """Run the benchmark (starting and stopping what it needs) and return its report."""
+    timeout = (
+        options.timeout if options.timeout is not None else 180 + 3 * options.estimated_seconds()
+    )
+
+    async def bounded() -> BenchReport:
+        async with asyncio.timeout(timeout):
+            return await _bench(options)
+
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        return runner.run(bounded())
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop  # the loop `relay serve` runs on, so the client keeps pace
+
+
+# --- Output ---------------------------------------------------------------------------------------
+
+
+def format_report(report: BenchReport) -> str:
+    """The report as a table for a terminal."""
+    o = report.options
+    lines = [
+        f"relay bench: {o['calls']} call(s) x {o['turns']} measured turns after "
+        f"{report_history(o)} unmeasured; fake LLM {o['reply_tokens']} tokens, "
+        f"{o['token_delay']} s apart (first after {o['first_token_delay']} s); "
+        f"think {o['think']} s; transport {o['transport']}; "
+        f"LLM-hop baseline client {o.get('baseline_client', 'httpx')}",
+        "",
+        f"{'prompt -> first text frame, ms':<40}"
+        + "".join(f"{h:>10}" for h in ("p50", "p95", "p99", "mean", "max"))
+        + f"{'n':>8}",
+    ]
+    rows = (
+        ("(a) WebSocket hop (echo server)", report.ws_hop),
+        (f"(b) LLM hop (warm {o.get('baseline_client', 'httpx')}, 1st delta)", report.llm_hop),
+        ("(c) relay", report.relay),
+    )
+    for label, stats in rows:
+        cells = (stats.p50, stats.p95, stats.p99, stats.mean, stats.max)
+        lines.append(f"{label:<40}" + "".join(map(_ms, cells)) + f"{stats.n:>8}")
+    overheads = (report.overhead_p50_ms, report.overhead_p95_ms, report.overhead_p99_ms)
+    lines.append(f"{'app overhead (c - a - b)':<40}" + "".join(map(_ms, overheads)))
+    lines.append("")
+    lines.append(
+        f"baselines sampled {report.baseline_mode}; measured phase {report.measured_seconds} s: "
+        f"{report.turns_measured} turns, {report.turns_per_s} turns/s"
+    )
+    lines.append(
+        f"errors {report.errors}, frames lost {report.frames_lost}, "
+        f"unmeasured-turn errors {report.unmeasured_errors}"
+    )
+    if report.memory_per_call_kb is not None:
+        lines.append(
+            f"server memory: {report.rss_kb_no_calls} KB with no calls, "
+            f"{report.rss_kb_idle_calls} KB with {o['calls']} idle: "
+            f"{report.memory_per_call_kb} KB per call"
+        )
+    if report.by_history:
+        lines.append("")
+        lines.append(
+            f"{'by history length (turns)':<26}{'n':>6}{'relay p50':>12}{'LLM hop p50':>13}{'overhead p50':>14}"
+        )
+        for band in report.by_history:
+            relay, llm, overhead = (
+                _ms(band[k]) for k in ("relay_p50_ms", "llm_hop_p50_ms", "overhead_p50_ms")
+            )
+            lines.append(f"{band['history']:<26}{band['n']:>6}{relay:>12}{llm:>13}{overhead:>14}")
+        lines.append("")
+    if report.cpu_percent:
+        usage = ", ".join(f"{k} {v}%" for k, v in report.cpu_percent.items())
+        lines.append(f"cpu during the measured phase (100% = one core): {usage}")
+    if report.server_cpu_ms_per_turn is not None:
+        lines.append(f"server cpu per turn: {report.server_cpu_ms_per_turn} ms")
+    lines.extend(f"note: {note}" for note in report.notes)
+    lines.extend(f"error: {sample}" for sample in report.error_samples)
+    return "\n".join(lines)
+
+
+def report_history(options: dict[str, Any]) -> int:
+    return max(int(options["history"]), int(options["warmup"]))
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return f"{'-':>10}"
+    return f"{value:>10.3f}" if abs(value) < 10_000 else f"{value:>10.0f}"
+
+
+# --- The command ----------------------------------------------------------------------------------
+
+
+def add_parser(commands: Any) -> None:
+    bench = commands.add_parser(
+        "bench", help="measure the latency relay adds and the calls one process holds",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+    )  # fmt: skip
+    bench.add_argument(
+        "--calls", type=int, default=1, help="concurrent simulated calls (default 1)"
+    )
+    bench.add_argument("--turns", type=int, default=20, help="measured turns per call (default 20)")
+    bench.add_argument(
+        "--history", type=int, default=0, help="unmeasured turns each call plays first (default 0)"
+    )
+    bench.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        help="at least this many unmeasured turns per call (default 1)",
+    )
+    bench.add_argument(
+        "--token-delay",
+        type=float,
+        default=0.03,
+        help="fake LLM: seconds between tokens (default 0.03)",
+    )
+    bench.add_argument(
+        "--first-token-delay",
+        type=float,
+        default=0.0,
+        help="fake LLM: seconds before the first token",
+    )
+    bench.add_argument(
+        "--reply-tokens", type=int, default=20, help="fake LLM: tokens per reply (default 20)"
+    )
+    bench.add_argument(
+        "--think",
+        type=float,
+        default=1.0,
+        help="seconds between a reply and the next prompt, randomised +-50%% (default 1)",
+    )
+    bench.add_argument("--url", help="a running server's WebSocket URL (default: start one)")
+    bench.add_argument(
+        "--llm-url",
+        help="the fake LLM's base URL, e.g. http://127.0.0.1:8081/v1 (default: start one)",
+    )
+    bench.add_argument(
+        "--transport",
+        choices=TRANSPORTS,
+        default="lean",
+        help="the started server's LLM transport (default lean; fast is the old name of httpx)",
+    )
+    bench.add_argument(
+        "--baseline-client",
+        choices=("httpx", "lean"),
+        default="httpx",
+        help="the warm client that times the LLM hop (b): httpx (default) or relay's lean one",
+    )
+    bench.add_argument(
+        "--connect-batch", type=int, default=50, help="calls connected at once (default 50)"
+    )
+    bench.add_argument(
+        "--timeout", type=float, help="give up after this many seconds (default: estimated)"
+    )
+    bench.add_argument("--json", type=Path, help="also write the report to this file as JSON")
+    bench.set_defaults(handler=_command)
+
+
+def _command(args: argparse.Namespace) -> int:
+    try:
+        options = BenchOptions(
+            calls=args.calls, turns=args.turns, history=args.history, warmup=args.warmup,
+            token_delay=args.token_delay, first_token_delay=args.first_token_delay,
+            reply_tokens=args.reply_tokens, think=args.think, url=args.url, llm_url=args.llm_url,
+            transport=args.transport, baseline_client=args.baseline_client,
+            connect_batch=max(1, args.connect_batch), timeout=args.timeout,
+        )  # fmt: skip
+    except ValueError as exc:
+        print(f"relay bench: {exc}", file=sys.stderr)
+        return 2
+    try:
+        report = run(options)
+    except (RuntimeError, TimeoutError, OSError) as exc:
+        print(f"relay bench: {str(exc) or type(exc).__name__}", file=sys.stderr)
+        return 1
+    print(format_report(report))
+    if args.json is not None:
+        args.json.write_bytes(report.to_json())
+    return 0 if report.errors == 0 and report.frames_lost == 0 else 1
+
+
+# --- The echo server (run as ``python -m relay.testing.bench echo-server``) -------------------------------
+
+
+def echo_app() -> Any:
+    """A ConversationRelay server that answers every final prompt itself, with one text frame."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route, WebSocketRoute
+    from starlette.websockets import WebSocket
+
+    reply = _ECHO_FRAME.decode()
+
+    async def conversation(websocket: WebSocket) -> None:
+        await websocket.accept()
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            text = message.get("text")
+            if text is None:
+                continue
+            frame = orjson.loads(text)
+            if frame.get("type") == "prompt" and frame.get("last", True):
+                await websocket.send_text(reply)
+
+    async def health(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    return Starlette(routes=[WebSocketRoute("/ws", conversation), Route("/healthz", health)])
+
+
+def _echo_main(argv: Sequence[str]) -> int:
+    import uvicorn
+
+    parser = argparse.ArgumentParser(prog="python -m relay.testing.bench")
+    parser.add_argument("command", choices=("echo-server",))
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args(argv)
+    # The same uvicorn settings as `relay serve`, so the two differ only in the app.
+    uvicorn.run(
+        echo_app(), host=args.host, port=args.port, proxy_headers=True, forwarded_allow_ips="*",
+        ws_max_size=256 * 1024, ws_ping_interval=None, log_config=None, access_log=False,
+    )  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        raise SystemExit(_echo_main(sys.argv[1:]))

@@ -1,0 +1,191 @@
+"""The HTTP admin API for knowledge documents, behind a bearer token.
+
+Mounted only when ``RELAY_ADMIN_TOKEN`` is set; then every route answers 401 without the
+token. Routes (``{collection}`` is an agent's knowledge base):
+
+- ``GET    /admin/knowledge/{collection}/documents``            list documents
+- ``POST   /admin/knowledge/{collection}/documents``            multipart upload (field ``file``, repeatable)
+- ``GET    /admin/knowledge/{collection}/documents/{doc_id}``   versions and chunks
+- ``DELETE /admin/knowledge/{collection}/documents/{doc_id}``   delete a document
+- ``GET    /admin/knowledge/{collection}/search?q=…&k=4``        what retrieval returns
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+from typing import Any
+
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from knowledge import (
+    AsyncKnowledge,
+    DocumentError,
+    KnowledgeError,
+    UnknownCollection,
+    UnknownDocument,
+)
+
+MAX_UPLOAD_BYTES = 20_000_000
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/admin/knowledge/{collection}/documents", list_documents, methods=["GET"]),
+        Route("/admin/knowledge/{collection}/documents", upload, methods=["POST"]),
+        Route(
+            "/admin/knowledge/{collection}/documents/{doc_id:path}", show_document, methods=["GET"]
+        ),
+        Route(
+            "/admin/knowledge/{collection}/documents/{doc_id:path}",
+            delete_document,
+            methods=["DELETE"],
+        ),
+        Route("/admin/knowledge/{collection}/search", search, methods=["GET"]),
+    ]
+
+
+def _authorised(request: Request) -> bool:
+    token: str | None = request.app.state.runtime.settings.admin_token
+    if not token:
+        return False
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode(), token.encode()
+    )
+
+
+def _denied() -> Response:
+    return JSONResponse(
+        {"error": "unauthorized: send Authorization: Bearer <RELAY_ADMIN_TOKEN>"},
+        status_code=401,
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+def _knowledge(request: Request) -> AsyncKnowledge | None:
+    knowledge: AsyncKnowledge | None = request.app.state.runtime.extras.get("knowledge")
+    return knowledge
+
+
+def _off() -> Response:
+    return JSONResponse(
+        {"error": "the knowledge store is turned off (RELAY_KNOWLEDGE=false)"}, status_code=503
+    )
+
+
+def _json(value: Any) -> Any:
+    return (
+        dataclasses.asdict(value)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type)
+        else value
+    )
+
+
+async def list_documents(request: Request) -> Response:
+    if not _authorised(request):
+        return _denied()
+    knowledge = _knowledge(request)
+    if knowledge is None:
+        return _off()
+    docs = await knowledge.list_documents(request.path_params["collection"])
+    return JSONResponse({"documents": [_json(d) for d in docs]})
+
+
+async def upload(request: Request) -> Response:
+    if not _authorised(request):
+        return _denied()
+    knowledge = _knowledge(request)
+    if knowledge is None:
+        return _off()
+    length = int(request.headers.get("content-length") or 0)
+    if length > MAX_UPLOAD_BYTES * 5:
+        return JSONResponse(
+            {"error": f"upload larger than {MAX_UPLOAD_BYTES * 5} bytes"}, status_code=413
+        )
+    form = await request.form(max_files=50)
+    files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
+    if not files:
+        return JSONResponse(
+            {"error": "send the documents as multipart form field 'file'"}, status_code=400
+        )
+    collection = request.path_params["collection"]
+    results = []
+    for item in files:
+        data = await item.read(MAX_UPLOAD_BYTES + 1)
+        name = item.filename or "upload"
+        if len(data) > MAX_UPLOAD_BYTES:
+            results.append(
+                {
+                    "path": name,
+                    "doc_id": "",
+                    "status": "failed",
+                    "chunks": 0,
+                    "error": f"over the size limit of {MAX_UPLOAD_BYTES} bytes",
+                }
+            )
+            continue
+        try:
+            result = await knowledge.add_bytes(collection, name, data)
+        except DocumentError as exc:
+            results.append(
+                {"path": name, "doc_id": "", "status": "failed", "chunks": 0, "error": str(exc)}
+            )
+            continue
+        results.append(_json(result))
+    await form.close()
+    failed = sum(1 for r in results if str(r.get("status")) == "failed")
+    status = 200 if failed == 0 else (207 if failed < len(results) else 422)
+    return JSONResponse({"results": results, "failed": failed}, status_code=status)
+
+
+async def show_document(request: Request) -> Response:
+    if not _authorised(request):
+        return _denied()
+    knowledge = _knowledge(request)
+    if knowledge is None:
+        return _off()
+    try:
+        detail = await knowledge.show(
+            request.path_params["collection"], request.path_params["doc_id"]
+        )
+    except (UnknownDocument, UnknownCollection) as exc:
+        return JSONResponse({"error": str(exc)}, status_code=404)
+    return JSONResponse(_json(detail))
+
+
+async def delete_document(request: Request) -> Response:
+    if not _authorised(request):
+        return _denied()
+    knowledge = _knowledge(request)
+    if knowledge is None:
+        return _off()
+    removed = await knowledge.remove(
+        request.path_params["collection"], request.path_params["doc_id"]
+    )
+    if not removed:
+        return JSONResponse({"error": "no such document"}, status_code=404)
+    return JSONResponse({"removed": request.path_params["doc_id"]})
+
+
+async def search(request: Request) -> Response:
+    if not _authorised(request):
+        return _denied()
+    knowledge = _knowledge(request)
+    if knowledge is None:
+        return _off()
+    query = request.query_params.get("q", "").strip()
+    if not query:
+        return JSONResponse({"error": "give the question as ?q="}, status_code=400)
+    try:
+        k = max(1, min(20, int(request.query_params.get("k", "4"))))
+    except ValueError:
+        return JSONResponse({"error": "k must be a number"}, status_code=400)
+    try:
+        hits = await knowledge.search(request.path_params["collection"], query, k=k, timeout=5.0)
+    except KnowledgeError as exc:
+        return JSONResponse({"error": str(exc)}, status_code=503)
+    return JSONResponse({"hits": [_json(h) for h in hits]})

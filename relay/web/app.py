@@ -1,0 +1,448 @@
+"""The Starlette application: webhooks, the ConversationRelay WebSocket, health and metrics.
+
+Shared objects (database, recorder, one ``httpx.AsyncClient``, the LLM client, agents, tools,
+knowledge) are built once in the lifespan and reach handlers through ``app.state``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import resource
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import openai
+import orjson
+import structlog
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketState
+
+from relay.agents import AgentProfile, AgentRegistry
+from relay.call.session import CallDependencies, CallSession
+from relay.config import Settings
+from relay.llm.client import ChatModel, OpenAIChat
+from relay.protocol import twiml
+from relay.protocol.signatures import SignatureChecker
+from relay.services import messaging
+from relay.services.customers import CustomerDirectory
+from relay.storage import repository
+from relay.storage.db import Database
+from relay.storage.recorder import Recorder
+from relay.tools import ToolRegistry, default_registry
+from relay.tools.business import load_services
+from relay.web import feeds
+
+log = structlog.get_logger("relay.web.app")
+
+TWIML = "application/xml"
+
+
+@dataclass
+class Runtime:
+    """What the lifespan builds; one per process."""
+
+    settings: Settings
+    deps: CallDependencies
+    signatures: SignatureChecker
+    started: float = field(default_factory=time.monotonic)
+    active_sessions: int = 0
+    sessions_total: int = 0
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def create_app(
+    settings: Settings,
+    *,
+    llm: ChatModel | None = None,
+    tools: ToolRegistry | None = None,
+    now: Callable[[], datetime] | None = None,
+    configure: Callable[[Runtime], Any] | None = None,
+) -> Starlette:
+    """Build the app. ``llm``, ``tools`` and ``now`` replace the real ones (tests, replay)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        agents = AgentRegistry.load(settings.prompts_dir, default=settings.default_agent)
+        registry = tools or default_registry()
+        for agent in agents.agents.values():
+            registry.select(agent.tools, agent=agent.name)  # unknown tool names fail at start
+        db = Database(settings.database)
+        await db.migrate()
+        recorder = Recorder(db)
+        await recorder.start()
+        http = httpx.AsyncClient(
+            timeout=httpx.Timeout(30.0, connect=5.0),
+            limits=httpx.Limits(max_connections=4000, max_keepalive_connections=1000),
+        )
+        model = llm
+        if model is None:
+            client = openai.AsyncOpenAI(
+                api_key=settings.llm_api_key(),
+                base_url=settings.llm_base_url,
+                # openai 3 is typed for httpx2 but works with httpx, which respx can intercept.
+                http_client=http,  # type: ignore[arg-type]
+            )
+            model = OpenAIChat(
+                client,
+                http=http,
+                first_token_timeout=settings.llm_first_token_timeout,
+                max_retries=settings.llm_max_retries,
+                transport=settings.llm_transport,
+            )
+        twilio = messaging.credentials(
+            settings.twilio_account_sid, settings.twilio_auth_token, settings.twilio_from_number
+        )
+        services = {
+            agent.name: {
+                **load_services(agent, settings.data_dir),
+                **({"twilio": twilio} if twilio else {}),
+            }
+            for agent in agents.agents.values()
+        }
+        deps = CallDependencies(
+            agents=agents, llm=model, recorder=recorder, db=db, http=http, tools=registry,
+            services=services, model_override=settings.llm_model, max_tool_rounds=settings.max_tool_rounds,
+        )  # fmt: skip
+        if now is not None:
+            deps.now = now
+        deps.directory = CustomerDirectory(db, services=deps.services, now=lambda: deps.now())
+        signatures = SignatureChecker(settings.twilio_auth_token, public_url=settings.public_url)
+        runtime = Runtime(settings=settings, deps=deps, signatures=signatures)
+        background: list[asyncio.Task[Any]] = []
+        if settings.knowledge_enabled:
+            background.append(await _start_knowledge(runtime))
+        if configure is not None:
+            result = configure(runtime)
+            if hasattr(result, "__await__"):
+                await result
+        app.state.runtime = runtime
+        if not signatures.enabled:
+            log.warning(
+                "signatures_off",
+                message="TWILIO_AUTH_TOKEN is not set: Twilio signatures are NOT checked on "
+                "/twiml, /handoff or /ws. Set it before taking real calls.",
+            )
+        if settings.public_url is None:
+            log.warning(
+                "public_url_unset",
+                message="RELAY_PUBLIC_URL is not set: URLs are derived from each request's Host header.",
+            )
+        log.info(
+            "relay_started",
+            agents=sorted(agents.agents),
+            default_agent=agents.default_name,
+            database=_redact_url(settings.database),
+        )
+        _settle_heap()
+        try:
+            yield
+        finally:
+            gc.unfreeze()  # what start-up built may be collected again once it is let go
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            await recorder.stop()
+            closers = runtime.extras.get("closers", [])
+            for close in closers:
+                with contextlib.suppress(Exception):
+                    await close()
+            if llm is None and isinstance(model, OpenAIChat):
+                await model.aclose()  # ours: its keep-alive connections to the LLM
+            await http.aclose()
+            await db.close()
+            log.info("relay_stopped", sessions=runtime.sessions_total)
+
+    routes: list[BaseRoute] = [
+        Route("/twiml", incoming_call, methods=["POST"]),
+        Route("/handoff", connect_action, methods=["POST"]),
+        WebSocketRoute("/ws", conversation_relay),
+        Route("/healthz", health, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+    routes.extend(feeds.routes())
+    if settings.admin_token:
+        from relay.web import admin
+
+        routes.extend(admin.routes())
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+def _settle_heap() -> None:
+    """Keep full garbage collections short and rare once calls run.
+
+    Everything start-up built (modules, the agents, clients, the database engine) lives as long
+    as the process: collect what start-up left behind, then move the survivors out of the
+    collector's sight (``gc.freeze``), so a full collection walks only what calls allocate.
+    Full collections also wait for 50 collections of the middle generation rather than 10:
+    with a thousand calls they found almost no garbage, yet each held the event loop for
+    100-300 ms every few seconds.
+    """
+    gc.collect()
+    gc.freeze()
+    young, middle, old = gc.get_threshold()
+    gc.set_threshold(young, middle, max(old, 50))
+
+
+async def _start_knowledge(runtime: Runtime) -> asyncio.Task[Any]:
+    """Open the knowledge store and hand it to sessions and tools; warm it up in the background."""
+    from relay.services.retrieval import KnowledgeRetriever, open_knowledge
+
+    settings, deps = runtime.settings, runtime.deps
+    knowledge = await asyncio.to_thread(open_knowledge, settings)
+    retriever = KnowledgeRetriever(
+        knowledge,
+        k=settings.knowledge_k,
+        min_score=settings.knowledge_min_score,
+        timeout=settings.knowledge_timeout,
+    )
+    deps.retriever = retriever
+    runtime.extras["knowledge"] = knowledge
+    runtime.extras["retriever"] = retriever
+    runtime.extras.setdefault("closers", []).append(knowledge.aclose)
+    for name in deps.agents.agents:
+        services = dict(deps.services.get(name, {}))
+        services["knowledge"] = retriever
+        deps.services = {**deps.services, name: services}
+
+    async def warm() -> None:
+        try:
+            await knowledge.warm_up()
+            if settings.knowledge_autoload:
+                await retriever.autoload(list(deps.agents.agents.values()), settings.documents_dir)
+        except Exception as exc:  # the service runs without grounding rather than not at all
+            log.error("knowledge_unavailable", error=repr(exc)[:300])
+
+    return asyncio.create_task(warm(), name="relay-knowledge-warm-up")
+
+
+def preflight(settings: Settings, tools: ToolRegistry | None = None) -> AgentRegistry:
+    """Check what start-up will need (profiles, tools, business tables, LLM key) and raise a
+    ConfigError naming the variable or file, before any server starts."""
+    settings.llm_api_key()
+    agents = AgentRegistry.load(settings.prompts_dir, default=settings.default_agent)
+    registry = tools or default_registry()
+    for agent in agents.agents.values():
+        registry.select(agent.tools, agent=agent.name)
+        load_services(agent, settings.data_dir)
+    return agents
+
+
+def _runtime(request: Request | WebSocket) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+def _redact_url(url: str) -> str:
+    if "@" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+async def _signed_form(request: Request) -> dict[str, str] | None:
+    """The webhook's form fields, or None when its signature is missing or wrong."""
+    runtime = _runtime(request)
+    form = await request.form()
+    if not runtime.signatures.check_http(request.url, request.headers, form):
+        log.warning("signature_rejected", path=request.url.path)
+        return None
+    return {k: v for k, v in form.items() if isinstance(v, str)}
+
+
+def _forbidden() -> Response:
+    return Response(
+        "Forbidden: invalid Twilio signature\n", status_code=403, media_type="text/plain"
+    )
+
+
+def _urls(request: Request) -> tuple[str, str]:
+    """The wss:// URL for ConversationRelay and the https:// URL of the Connect action."""
+    checker = _runtime(request).signatures
+    ws_url = checker.public_ws_url("/ws", request.headers)
+    action = checker.public_http_url(
+        request.url.replace(path="/handoff", query=""), request.headers
+    )
+    return ws_url, action
+
+
+async def incoming_call(request: Request) -> Response:
+    """``POST /twiml``: the voice webhook. Answers with ``<Connect><ConversationRelay>``."""
+    form = await _signed_form(request)
+    if form is None:
+        return _forbidden()
+    agent = _runtime(request).deps.agents.for_number(form.get("To"))
+    ws_url, action = _urls(request)
+    log.info(
+        "call_incoming",
+        agent=agent.name,
+        call_sid=form.get("CallSid", ""),
+        direction=form.get("Direction", ""),
+    )
+    return Response(twiml.connect(agent, ws_url=ws_url, action_url=action), media_type=TWIML)
+
+
+async def connect_action(request: Request) -> Response:
+    """``POST /handoff``: Twilio's ``<Connect action>`` after a session ends. Always TwiML."""
+    form = await _signed_form(request)
+    if form is None:
+        return _forbidden()
+    runtime = _runtime(request)
+    try:
+        return Response(await _after_session(request, runtime, form), media_type=TWIML)
+    except Exception:
+        log.exception("handoff_failed")
+        agent = runtime.deps.agents.default
+        return Response(twiml.say_and_hang_up(agent.no_person_line), media_type=TWIML)
+
+
+async def _after_session(request: Request, runtime: Runtime, form: dict[str, str]) -> str:
+    status = form.get("SessionStatus", "")
+    call_status = form.get("CallStatus", "")
+    call_sid = form.get("CallSid", "")
+    deps = runtime.deps
+    # The session that just closed has handed over its history; Twilio waits ~15 s for TwiML,
+    # so a database outage must not hold this answer (the handoff data is in the form anyway).
+    await deps.recorder.flush(timeout=2.0)
+    try:
+        call = await repository.get_call(deps.db, call_sid) if call_sid else None
+    except Exception as exc:
+        log.error("handoff_call_lookup_failed", error=repr(exc)[:300])
+        call = None
+    agent = _agent_for(deps.agents, call.agent if call else None, form.get("To"))
+    log.info(
+        "session_action",
+        call_sid=call_sid,
+        session_status=status,
+        call_status=call_status,
+        error_code=form.get("ErrorCode"),
+    )
+    if call_status == "completed" or status == "completed":
+        if call is not None:
+            deps.recorder.update_call(call_sid, status="completed", ended_at=datetime.now(UTC))
+        return twiml.empty()
+    if status == "ended":
+        handoff = _handoff_data(form.get("HandoffData"))
+        if handoff.get("reasonCode") == "live-agent-handoff" or handoff.get("person"):
+            if agent.person_number:
+                if call is not None:
+                    deps.recorder.update_call(call_sid, status="transferred", outcome="transferred")
+                return twiml.dial(
+                    say=agent.handoff_say,
+                    number=agent.person_number,
+                    caller_id=form.get("To") or None,
+                )
+            return twiml.say_and_hang_up(agent.no_person_line)
+        return twiml.say_and_hang_up(None)
+    if status == "failed" and call_status in ("in-progress", "ringing", ""):
+        # The socket dropped but the caller is still there: reconnect with the same history.
+        ws_url, action = _urls(request)
+        if call is not None:
+            deps.recorder.update_call(call_sid, status="reconnecting")
+        greeting = agent.resume_greeting if call is not None else None
+        params = {"resumed": "1", "greeting": greeting} if greeting else {}
+        log.info(
+            "session_resuming",
+            call_sid=call_sid,
+            error_code=form.get("ErrorCode"),
+            had_history=call is not None,
+        )
+        return twiml.connect(
+            agent, ws_url=ws_url, action_url=action, parameters=params, welcome_greeting=greeting
+        )
+    return twiml.empty()
+
+
+def _agent_for(agents: AgentRegistry, name: str | None, to: str | None) -> AgentProfile:
+    if name and name in agents.agents:
+        return agents.agents[name]
+    return agents.for_number(to)
+
+
+def _handoff_data(raw: str | None) -> dict[str, Any]:
+    if not raw:
+        return {}
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return {"person": "person" in raw.lower() or "agent" in raw.lower(), "raw": raw}
+    return data if isinstance(data, dict) else {"raw": raw}
+
+
+async def conversation_relay(websocket: WebSocket) -> None:
+    """``/ws``: one ConversationRelay session."""
+    runtime = _runtime(websocket)
+    if not runtime.signatures.check_ws(websocket.url, websocket.headers):
+        log.warning("signature_rejected", path="/ws")
+        await websocket.close(code=1008)  # before accept: the server answers the upgrade with 403
+        return
+    await websocket.accept()
+    session = CallSession(runtime.deps, websocket.send_text)
+    runtime.active_sessions += 1
+    runtime.sessions_total += 1
+    try:
+        await session.run(_frames(websocket, session))
+    finally:
+        runtime.active_sessions -= 1
+        if websocket.application_state is WebSocketState.CONNECTED:
+            with contextlib.suppress(Exception):
+                await websocket.close(code=1000)
+
+
+async def _frames(websocket: WebSocket, session: CallSession) -> AsyncIterator[str | bytes]:
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            session.close_code = message.get("code")
+            return
+        text = message.get("text")
+        if text is not None:
+            yield text
+        elif message.get("bytes") is not None:
+            yield message["bytes"]
+
+
+async def health(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def metrics(request: Request) -> Response:
+    runtime = _runtime(request)
+    rss_kb = _rss_kb()
+    return JSONResponse(
+        {
+            "active_sessions": runtime.active_sessions,
+            "sessions_total": runtime.sessions_total,
+            "recorder_pending": runtime.deps.recorder.pending,
+            "recorder_failures": runtime.deps.recorder.failures,
+            "rss_kb": rss_kb,
+            "max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+            "uptime_s": round(time.monotonic() - runtime.started, 1),
+            **_retrieval_counters(runtime),
+            **{k: v for k, v in runtime.extras.items() if isinstance(v, (int, float, str))},
+        }
+    )
+
+
+def _retrieval_counters(runtime: Runtime) -> dict[str, int]:
+    retriever = runtime.extras.get("retriever")
+    if retriever is None:
+        return {}
+    return {"retrievals": retriever.retrievals, "retrieval_failures": retriever.failures}
+
+
+def _rss_kb() -> int:
+    try:
+        with open("/proc/self/statm") as fh:
+            pages = int(fh.read().split()[1])
+        return pages * resource.getpagesize() // 1024
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

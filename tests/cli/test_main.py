@@ -1,0 +1,105 @@
+"""The ``relay`` command as a user runs it: a separate process, real stdin and stdout."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run(
+    args: list[str],
+    tmp_path: Path,
+    *,
+    stdin: str = "",
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+) -> subprocess.CompletedProcess[str]:
+    environ = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RELAY_", "OPENAI_", "TWILIO_", "DATABASE_URL", "CHROMA_URL"))
+    }
+    environ.update(
+        {
+            "DATABASE_URL": f"sqlite:///{tmp_path / 'relay.db'}",
+            "RELAY_LOG_LEVEL": "error",
+            **(env or {}),
+        }
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "relay.cli.main", *args], input=stdin, capture_output=True, text=True,
+        cwd=REPO, env=environ, timeout=timeout, check=False,
+    )  # fmt: skip
+
+
+def test_relay_call_talks_to_the_agent_in_process(tmp_path: Path) -> None:
+    done = run(
+        ["call", "--fake-llm"],
+        tmp_path,
+        stdin="hello there\n/dtmf 9\n/quit\n",
+        env={"RELAY_KNOWLEDGE": "false"},
+    )
+
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("Connected to Keystone Piano Movers (piano-removals)")
+    assert "agent> You said: hello there. What else can I do for you?" in lines
+    assert (
+        "agent> To speak with our office, press zero. For a quote, press one, or just tell me about your piano."
+        in lines
+    )
+
+
+def test_a_missing_setting_fails_at_start_naming_it(tmp_path: Path) -> None:
+    done = run(["serve"], tmp_path, env={"RELAY_PORT": "not-a-port"})
+    assert done.returncode == 2
+    assert "RELAY_PORT" in done.stderr
+
+    no_key = run(["serve"], tmp_path)
+    assert no_key.returncode == 2
+    assert "OPENAI_API_KEY is not set" in no_key.stderr
+
+
+@pytest.mark.slow
+def test_knowledge_commands_for_content_editors(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "insurance.md").write_text(
+        "# Insurance\n\nEvery move is insured up to $50,000 per piano.\n", encoding="utf-8"
+    )
+    (docs / "broken.pdf").write_bytes(b"%PDF-1.4 this is not really a pdf")
+    env = {"RELAY_DATA_DIR": str(tmp_path / "data")}
+    (tmp_path / "data").mkdir()
+    for business in ("piano-removals", "car-service"):
+        (tmp_path / "data" / business).symlink_to(REPO / "data" / business)
+
+    added = run(["knowledge", "add", str(docs), "-c", "piano-removals"], tmp_path, env=env)
+    assert added.returncode == 1, added.stderr  # one file failed, the other loaded
+    assert "1 added, 0 updated, 0 unchanged, 0 deleted, 1 failed" in added.stdout
+    assert "broken.pdf" in added.stderr
+
+    again = run(
+        ["knowledge", "add", str(docs / "insurance.md"), "-c", "piano-removals"], tmp_path, env=env
+    )
+    assert "0 added, 0 updated, 1 unchanged" in again.stdout
+
+    listed = run(["knowledge", "list", "-c", "piano-removals"], tmp_path, env=env)
+    assert "insurance.md" in listed.stdout
+    found = run(
+        ["knowledge", "search", "is my piano insured", "-c", "piano-removals"], tmp_path, env=env
+    )
+    assert found.returncode == 0 and "insurance.md (v1)" in found.stdout
+    removed = run(
+        ["knowledge", "remove", "insurance.md", "-c", "piano-removals"], tmp_path, env=env
+    )
+    assert removed.returncode == 0
+    assert (
+        "has no documents"
+        in run(["knowledge", "list", "-c", "piano-removals"], tmp_path, env=env).stdout
+    )

@@ -1,0 +1,457 @@
+"""OpenAIChat against the scripted OpenAI-compatible server, over every transport."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+import httpx
+import openai
+import orjson
+import pytest
+import pytest_asyncio
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from relay.cli.call import serve_in_process
+from relay.errors import FirstTokenTimeout, LLMError
+from relay.llm.client import ChatRequest, Done, LLMEvent, OpenAIChat, SSEDecoder, TextDelta
+from relay.testing import Break, Fail, ScriptedLLM, Stall, Text, ToolCall, ToolCalls
+
+REQUEST = ChatRequest(
+    model="gpt-4o-mini",
+    messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"}],
+    temperature=0.3,
+    max_tokens=100,
+)
+TRANSPORTS = ["lean", "httpx", "sdk"]
+
+Connect = Callable[..., AbstractAsyncContextManager[OpenAIChat]]
+
+# One server for the module (each start and stop costs a uvicorn tick); every test gets a
+# fresh script, so nothing carries over between tests.
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+class Switchboard:
+    """An ASGI app that hands each request to the current test's app (a ScriptedLLM's).
+
+    ``clients`` holds the client (host, port) of every HTTP request, in order: one port
+    for several requests means one TCP connection was reused.
+    """
+
+    def __init__(self) -> None:
+        self.app: ASGIApp = ScriptedLLM().app
+        self.clients: list[tuple[str, int]] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            self.clients.append(tuple(scope["client"]))  # type: ignore[arg-type]
+        await self.app(scope, receive, send)
+
+    def use(self, app: ASGIApp) -> None:
+        self.app = app
+        self.clients = []
+
+    @property
+    def ports(self) -> list[int]:
+        return [port for _, port in self.clients]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def server() -> AsyncIterator[tuple[Switchboard, str]]:
+    board = Switchboard()
+    async with serve_in_process(board) as base:
+        yield board, base + "/v1"
+
+
+@pytest.fixture(params=TRANSPORTS)
+def transport(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def connect(server: tuple[Switchboard, str], transport: str) -> Connect:
+    """``async with connect(llm, **options) as chat``: an OpenAIChat on the fake LLM ``llm``
+    (a ScriptedLLM, or any ASGI app)."""
+    board, base_url = server
+
+    @asynccontextmanager
+    async def make(llm: ScriptedLLM | ASGIApp, **options: Any) -> AsyncIterator[OpenAIChat]:
+        options.setdefault("backoff", 0.001)
+        board.use(llm.app if isinstance(llm, ScriptedLLM) else llm)
+        async with httpx.AsyncClient() as http:
+            client = openai.AsyncOpenAI(base_url=base_url, api_key="sk-test", http_client=http)
+            chat = OpenAIChat(client, http=http, transport=transport, **options)  # type: ignore[arg-type]
+            try:
+                yield chat
+            finally:
+                await chat.aclose()
+
+    return make
+
+
+async def collect(chat: OpenAIChat, request: ChatRequest = REQUEST) -> list[LLMEvent]:
+    return [event async for event in chat.stream(request)]
+
+
+def texts(events: list[LLMEvent]) -> list[str]:
+    return [e.text for e in events if isinstance(e, TextDelta)]
+
+
+async def test_text_streams_as_separate_untrimmed_deltas(connect: Connect) -> None:
+    llm = ScriptedLLM(
+        [Text("Hello there, friend.", chunks=["Hel", "lo", " there", ",", " friend", "."])]
+    )
+    async with connect(llm) as chat:
+        events = await collect(chat)
+
+    assert texts(events) == ["Hel", "lo", " there", ",", " friend", "."]
+    assert events[-1] == Done(finish_reason="stop", tool_calls=(), attempts=1, usage=None)
+    assert sum(isinstance(e, Done) for e in events) == 1
+
+
+async def test_the_request_body_is_what_openai_expects(connect: Connect) -> None:
+    llm = ScriptedLLM([Text("ok")])
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "end_call",
+                "description": "End.",
+                "parameters": {"type": "object", "properties": {}},
+            },
+        }
+    ]
+    request = ChatRequest(
+        model="m-1", messages=REQUEST.messages, tools=tools, temperature=0.3, max_tokens=100
+    )
+    async with connect(llm) as chat:
+        await collect(chat, request)
+
+    [body] = llm.requests
+    assert body["model"] == "m-1"
+    assert body["stream"] is True
+    assert body["messages"] == list(REQUEST.messages)
+    assert body["tools"] == tools
+    assert body["temperature"] == 0.3
+    assert body["max_tokens"] == 100
+
+
+async def test_a_tool_call_split_across_deltas_is_assembled(connect: Connect) -> None:
+    arguments = {
+        "reason": "caller asked for a person",
+        "summary": "Wants a quote for a Steinway grand, Brunswick to Geelong.",
+    }
+    llm = ScriptedLLM([ToolCalls([ToolCall("transfer_to_person", arguments, id="call_abc")])])
+    async with connect(llm) as chat:
+        events = await collect(chat)
+
+    assert texts(events) == []
+    [done] = events
+    assert isinstance(done, Done)
+    assert done.finish_reason == "tool_calls"
+    [call] = done.tool_calls
+    assert (call.id, call.name) == ("call_abc", "transfer_to_person")
+    assert orjson.loads(call.arguments) == arguments
+
+
+async def test_text_then_several_tool_calls(connect: Connect) -> None:
+    llm = ScriptedLLM(
+        [
+            ToolCalls(
+                [
+                    ToolCall("switch_language", {"language": "es-ES"}),
+                    ToolCall("end_call", {"reason": "bye"}),
+                ],
+                text="One moment.",
+            )
+        ]
+    )
+    async with connect(llm) as chat:
+        events = await collect(chat)
+
+    assert "".join(texts(events)) == "One moment."
+    done = events[-1]
+    assert isinstance(done, Done)
+    assert [(c.name, orjson.loads(c.arguments)) for c in done.tool_calls] == [
+        ("switch_language", {"language": "es-ES"}), ("end_call", {"reason": "bye"}),
+    ]  # fmt: skip
+    assert done.tool_calls[0].id != done.tool_calls[1].id
+
+
+@pytest.mark.parametrize("status", [500, 429, 503])
+async def test_an_error_before_the_first_token_is_retried(connect: Connect, status: int) -> None:
+    llm = ScriptedLLM([Fail(status), Text("Second time lucky.")])
+    async with connect(llm, max_retries=2) as chat:
+        events = await collect(chat)
+
+    assert "".join(texts(events)) == "Second time lucky."
+    assert isinstance(events[-1], Done) and events[-1].attempts == 2
+    assert len(llm.requests) == 2
+    assert llm.requests[0] == llm.requests[1]
+
+
+async def test_retries_give_up_after_max_retries(connect: Connect) -> None:
+    llm = ScriptedLLM([Fail(500), Fail(500), Fail(500), Text("never")])
+    async with connect(llm, max_retries=2) as chat:
+        with pytest.raises(LLMError) as caught:
+            await collect(chat)
+
+    assert caught.value.status == 500
+    assert caught.value.retryable
+    assert len(llm.requests) == 3
+
+
+@pytest.mark.parametrize("status", [400, 401, 404])
+async def test_client_errors_are_not_retried(connect: Connect, status: int) -> None:
+    llm = ScriptedLLM([Fail(status), Text("never")])
+    async with connect(llm, max_retries=2) as chat:
+        with pytest.raises(LLMError) as caught:
+            await collect(chat)
+
+    assert caught.value.status == status
+    assert not caught.value.retryable
+    assert len(llm.requests) == 1
+
+
+async def test_first_token_timeout(connect: Connect) -> None:
+    llm = ScriptedLLM([Stall(30, then=Text("too late"))])
+    async with connect(llm, first_token_timeout=0.2, max_retries=0) as chat:
+        with pytest.raises(FirstTokenTimeout):
+            await collect(chat)
+
+    assert len(llm.requests) == 1
+
+
+async def test_a_first_token_timeout_is_retried(connect: Connect) -> None:
+    llm = ScriptedLLM([Stall(30, then=Text("too late")), Text("On time.")])
+    async with connect(llm, first_token_timeout=0.5, max_retries=1) as chat:
+        events = await collect(chat)
+
+    assert "".join(texts(events)) == "On time."
+    assert isinstance(events[-1], Done) and events[-1].attempts == 2
+
+
+async def test_a_break_mid_stream_raises_after_the_tokens_and_is_not_retried(
+    connect: Connect,
+) -> None:
+    llm = ScriptedLLM([Break("Let me check the price for you.", after_chunks=3), Text("never")])
+    received: list[LLMEvent] = []
+    async with connect(llm, max_retries=2) as chat:
+        with pytest.raises(LLMError):
+            async for event in chat.stream(REQUEST):
+                received.append(event)
+
+    assert texts(received) == ["Let", " me", " check"]
+    assert not any(isinstance(e, Done) for e in received)
+    assert len(llm.requests) == 1  # the caller has heard something: never retried
+
+
+async def test_a_break_before_any_token_is_retried(connect: Connect) -> None:
+    llm = ScriptedLLM([Break("Lost.", after_chunks=0), Text("Found.")])
+    async with connect(llm, max_retries=1) as chat:
+        events = await collect(chat)
+
+    assert "".join(texts(events)) == "Found."
+    assert len(llm.requests) == 2
+
+
+async def test_an_unreachable_server_is_an_llm_error(transport: str) -> None:
+    async with httpx.AsyncClient() as http:
+        client = openai.AsyncOpenAI(base_url="http://127.0.0.1:9/v1", api_key="k", http_client=http)
+        chat = OpenAIChat(client, http=http, transport=transport, max_retries=1, backoff=0.001)  # type: ignore[arg-type]
+        with pytest.raises(LLMError) as caught:
+            await collect(chat)
+        await chat.aclose()
+
+    assert caught.value.retryable
+
+
+def sse_app(*pieces: bytes, pause: float = 0.0) -> ASGIApp:
+    """An ASGI app answering every request with a 200 event stream sent as ``pieces``, each
+    its own HTTP chunk (``pause`` seconds apart, so each arrives on its own)."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        while (await receive()).get("more_body"):
+            pass
+        headers = [(b"content-type", b"text/event-stream")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        for piece in pieces:
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
+            if pause:
+                await asyncio.sleep(pause)
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    return app
+
+
+def chunk(content: str) -> bytes:
+    return orjson.dumps(
+        {"id": "x", "object": "chat.completion.chunk", "created": 0, "model": "m",
+         "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": None}]}
+    )  # fmt: skip
+
+
+async def test_an_error_object_in_the_stream_is_an_llm_error(connect: Connect) -> None:
+    # Some OpenAI-compatible servers (vLLM, proxies) report a failure as a data: line.
+    body = (
+        b"data: "
+        + chunk("Hi")
+        + b"\n\ndata: "
+        + orjson.dumps({"error": {"message": "model overloaded"}})
+        + b"\n\n"
+    )
+    received: list[LLMEvent] = []
+    async with connect(sse_app(body), max_retries=0) as chat:
+        with pytest.raises(LLMError, match="model overloaded"):
+            async for event in chat.stream(REQUEST):
+                received.append(event)
+
+    assert texts(received) == ["Hi"]
+
+
+async def test_data_lines_split_across_chunks_and_every_line_ending(connect: Connect) -> None:
+    stream = (
+        b": a comment\r\n\r\n"
+        b"data: " + chunk("One") + b"\r\n\r\n"
+        b"data: " + chunk(", two") + b"\n\n"
+        b"data:" + chunk(", three") + b"\r\r"
+        b"\n\n"  # blank lines between events change nothing
+        b"data: " + chunk(".") + b"\n\n"
+        b"data: [DONE]\n\n"
+    )
+    # Cut inside "data:", inside the JSON, between \r and \n, and in the middle of [DONE].
+    cuts = [3, stream.index(b"One") + 1, stream.index(b"\r\n\r\n") + 1, len(stream) - 6]
+    bounds = [0, *sorted(cuts), len(stream)]
+    pieces = [stream[a:b] for a, b in itertools.pairwise(bounds)]
+    async with connect(sse_app(*pieces, pause=0.01)) as chat:
+        events = await collect(chat)
+
+    assert texts(events) == ["One", ", two", ", three", "."]
+    assert isinstance(events[-1], Done)
+
+
+async def test_a_stream_cut_before_done_is_an_error_retried_if_nothing_was_said(
+    connect: Connect, server: tuple[Switchboard, str], transport: str
+) -> None:
+    board, _ = server
+    async with connect(sse_app(b": nothing yet\n\n"), max_retries=1) as chat:
+        if transport == "sdk":  # the openai SDK takes the end of the body as the end
+            assert await collect(chat) == [Done("stop")]
+            return
+        with pytest.raises(LLMError, match="without \\[DONE\\]"):
+            await collect(chat)
+
+    assert len(board.clients) == 2
+
+
+async def test_the_connection_is_kept_for_the_next_turn(
+    connect: Connect, server: tuple[Switchboard, str]
+) -> None:
+    board, _ = server
+    llm = ScriptedLLM([Text("One."), Fail(503), Text("Two."), Text("Three.")])
+    async with connect(llm, max_retries=1) as chat:
+        for _ in range(3):
+            await collect(chat)
+
+    assert len(board.ports) == 4
+    assert len(set(board.ports)) == 1, board.clients  # one TCP connection, error reply included
+
+
+async def test_the_connection_is_kept_when_the_body_ends_after_done(
+    connect: Connect, server: tuple[Switchboard, str]
+) -> None:
+    board, _ = server
+    # The chunked terminator comes 20 ms after [DONE], in its own packet.
+    app = sse_app(b"data: " + chunk("Hi.") + b"\n\n", b"data: [DONE]\n\n", pause=0.02)
+    async with connect(app) as chat:
+        for _ in range(3):
+            assert texts(await collect(chat)) == ["Hi."]
+
+    assert len(board.ports) == 3
+    assert len(set(board.ports)) == 1, board.clients
+
+
+async def test_a_cancelled_stream_does_not_give_its_connection_back(
+    connect: Connect, server: tuple[Switchboard, str], transport: str
+) -> None:
+    board, _ = server
+    llm = ScriptedLLM([Text("One two three four five six seven eight."), Text("Fresh.")])
+    llm.token_delay = 0.05
+    async with connect(llm) as chat:
+        first = asyncio.Event()
+
+        async def turn() -> None:
+            async for event in chat.stream(REQUEST):
+                if isinstance(event, TextDelta):
+                    first.set()
+
+        task = asyncio.create_task(turn())
+        await asyncio.wait_for(first.wait(), 5)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        if transport == "lean":
+            assert chat._pool.idle_connections() == 0
+        llm.token_delay = 0.0
+        events = await collect(chat)
+
+    assert "".join(texts(events)) == "Fresh."
+    assert len(board.ports) == 2
+    assert board.ports[0] != board.ports[1]  # half-read: never reused
+
+
+async def test_a_stream_left_after_its_first_delta_closes_its_connection(
+    connect: Connect, server: tuple[Switchboard, str]
+) -> None:
+    board, _ = server
+    llm = ScriptedLLM([Text("One two three four five."), Text("Fresh.")])
+    async with connect(llm) as chat:
+        stream = chat.stream(REQUEST)
+        async for event in stream:
+            assert isinstance(event, TextDelta)
+            break
+        await stream.aclose()  # type: ignore[attr-defined]
+        events = await collect(chat)
+
+    assert "".join(texts(events)) == "Fresh."
+    assert board.ports[0] != board.ports[1]
+
+
+async def test_fast_is_the_old_name_of_httpx_and_unknown_names_fail() -> None:
+    async with httpx.AsyncClient() as http:
+        client = openai.AsyncOpenAI(base_url="http://llm.test/v1", api_key="k", http_client=http)
+        assert OpenAIChat(client, http=http, transport="fast").transport == "httpx"  # type: ignore[arg-type]
+        assert OpenAIChat(client, http=http).transport == "lean"  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="unknown LLM transport"):
+            OpenAIChat(client, http=http, transport="h2")  # type: ignore[arg-type]
+
+
+# --- SSEDecoder ---------------------------------------------------------------------------------
+
+SSE_SAMPLE = (
+    b": comment\r\n"
+    b"data: one\r\n\r\n"
+    b"event: message\nid: 7\nretry: 10\ndata:two\n\n"
+    b"data: three\rdata:  four\r\r"
+    b"data: [DONE]\n\n"
+    b"data: unfinished"
+)
+SSE_EVENTS = [b"one", b"two", b"three\n four", b"[DONE]"]
+
+
+async def test_sse_events_are_the_same_however_the_bytes_are_cut() -> None:
+    for cut in range(len(SSE_SAMPLE) + 1):
+        decoder = SSEDecoder()
+        events = decoder.feed(SSE_SAMPLE[:cut]) + decoder.feed(SSE_SAMPLE[cut:])
+        assert events == SSE_EVENTS, cut
+    decoder = SSEDecoder()
+    assert [e for byte in SSE_SAMPLE for e in decoder.feed(bytes([byte]))] == SSE_EVENTS
+
+
+async def test_sse_events_without_data_are_skipped() -> None:
+    decoder = SSEDecoder()
+    assert decoder.feed(b": keep-alive\n\nevent: ping\n\n\n\ndata: x\n\n") == [b"x"]

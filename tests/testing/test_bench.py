@@ -1,0 +1,46 @@
+"""``relay bench``: a tiny real run (fake LLM, server and echo server as processes) and its helpers.
+
+No timing is asserted: the figures depend on the machine. What must hold anywhere is that the
+run completes, every reply arrives whole, and the report carries every field.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from relay.cli.main import main
+from relay.testing.bench import Expectations, tokens_lost
+
+
+def test_a_small_run_reports_every_figure_with_no_errors(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--calls", "2", "--turns", "2", "--token-delay", "0", "--think", "0"]
+
+    assert main([*argv, "--json", str(out), "--timeout", "120"]) == 0
+
+    report = json.loads(out.read_text())
+    for hop in ("ws_hop", "llm_hop", "relay"):
+        assert set(report[hop]) == {"n", "p50", "p95", "p99", "mean", "max"}
+        assert report[hop]["n"] > 0
+    assert report["relay"]["n"] == 4  # 2 calls x 2 measured turns, each reply complete
+    assert report["turns_measured"] == 4
+    for key in ("overhead_p50_ms", "overhead_p95_ms", "overhead_p99_ms", "turns_per_s"):
+        assert isinstance(report[key], float)
+    assert report["rss_kb_no_calls"] > 0 and report["rss_kb_idle_calls"] > 0
+    assert report["memory_per_call_kb"] is not None
+    assert report["baseline_mode"] == "concurrent"
+    assert report["errors"] == 0, report["error_samples"]
+    assert report["frames_lost"] == 0
+    assert report["unexpected_frames"] == 0
+    assert report["unmeasured_errors"] == 0
+
+
+def test_lost_tokens_are_counted_from_the_first_missing_one() -> None:
+    pieces = Expectations(6).pieces("Hello there, how are you?")
+    text = "".join(pieces)
+
+    assert tokens_lost(pieces, text) == 0
+    assert tokens_lost(pieces, text[: -len(pieces[-1])]) == 1
+    assert tokens_lost(pieces, "") == len(pieces)
+    assert tokens_lost(pieces, pieces[0] + "".join(pieces[2:])) == len(pieces) - 1
