@@ -2,10 +2,11 @@
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY relay ./relay
 COPY knowledge ./knowledge
-RUN python -m venv /opt/relay && /opt/relay/bin/pip install --quiet .
+# constraints.txt: the exact versions the test suite ran with (pip freeze of the dev venv).
+RUN python -m venv /opt/relay && /opt/relay/bin/pip install --quiet -c constraints.txt .
 
 FROM python:3.11-slim
 ENV PATH=/opt/relay/bin:$PATH \
@@ -25,5 +26,10 @@ COPY --chown=relay:relay data /var/lib/relay
 USER relay
 EXPOSE 8080
 VOLUME ["/var/lib/relay"]
+# Liveness: /healthz (the event loop answers). Readiness for the load balancer: /readyz (503 while
+# a dependency is down or while draining). SIGTERM drains live calls for up to RELAY_DRAIN_SECONDS
+# (120): give the container longer than that to stop (docker stop -t 150, stop_grace_period: 150s,
+# terminationGracePeriodSeconds: 150).
 HEALTHCHECK --interval=30s --timeout=3s CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/healthz').status == 200 else 1)"
+STOPSIGNAL SIGTERM
 CMD ["relay", "serve", "--host", "0.0.0.0", "--port", "8080"]

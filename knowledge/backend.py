@@ -208,6 +208,10 @@ class ChromaBackend:
         """Drop a cached collection handle (after it vanished under us)."""
         self._collections.pop(name, None)
 
+    def forget_all(self) -> None:
+        """Drop every cached collection handle (collections may have changed elsewhere)."""
+        self._collections.clear()
+
     @staticmethod
     def upsert(
         collection: Collection,

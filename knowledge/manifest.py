@@ -30,7 +30,13 @@ CREATE TABLE IF NOT EXISTS document_versions (
     removed_at  TEXT,
     PRIMARY KEY (collection, doc_id, version)
 );
+CREATE TABLE IF NOT EXISTS store_generation (
+    id          INTEGER PRIMARY KEY CHECK (id = 1),
+    generation  INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO store_generation (id, generation) VALUES (1, 0);
 """
+_BUMP = "UPDATE store_generation SET generation = generation + 1 RETURNING generation"
 
 
 def utc_now() -> str:
@@ -44,6 +50,12 @@ class Manifest:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._ready = False
+        #: The generation this object's last change moved the store to.
+        self.written_generation = 0
+
+    def _bump(self, conn: sqlite3.Connection) -> None:
+        (generation,) = conn.execute(_BUMP).fetchone()
+        self.written_generation = int(generation)
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -58,6 +70,13 @@ class Manifest:
                     yield conn
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"knowledge manifest {self.path}: {exc}") from exc
+
+    def generation(self) -> int:
+        """A counter that every change of any collection increments (in every process that
+        shares the manifest): readers compare it to notice documents changed under them."""
+        with self._connect() as conn:
+            (value,) = conn.execute("SELECT generation FROM store_generation").fetchone()
+        return int(value)
 
     def current(self, collection: str, doc_id: str) -> tuple[DocumentInfo, str] | None:
         """The live version of a document and its pipeline fingerprint, or None."""
@@ -121,6 +140,7 @@ class Manifest:
                     info.loaded_at,
                 ),
             )
+            self._bump(conn)
 
     def mark_removed(self, collection: str, doc_id: str) -> bool:
         """Mark the live version removed; False if there was none."""
@@ -130,7 +150,9 @@ class Manifest:
                 "WHERE collection = ? AND doc_id = ? AND removed_at IS NULL",
                 (utc_now(), collection, doc_id),
             )
-        return cursor.rowcount > 0
+            removed = cursor.rowcount > 0
+            self._bump(conn)  # the chunks may have gone even without a version
+        return removed
 
     def documents(self, collection: str) -> list[DocumentInfo]:
         """Live documents of a collection, by id."""
@@ -157,3 +179,4 @@ class Manifest:
         """Forget a collection's history."""
         with self._connect() as conn:
             conn.execute("DELETE FROM document_versions WHERE collection = ?", (collection,))
+            self._bump(conn)

@@ -65,6 +65,10 @@ class KnowledgeStore:
         max_file_bytes: Larger files are refused.
         max_tokens: Chunk size limit in model tokens (the model's own limit is 256).
         overlap_tokens: At most this many tokens repeat between consecutive chunks.
+        refresh_interval: How often (seconds) to look whether another process (the CLI, another
+            worker) changed the documents; when it did, the store reopens its Chroma client
+            (embedded) or forgets its collection handles (server), so the change is seen
+            without a restart. 0 looks on every call.
 
     Thread-safe: searches run concurrently; writes are serialised by a lock. Call
     :meth:`close` (or use it as a context manager) when done.
@@ -79,6 +83,7 @@ class KnowledgeStore:
         max_file_bytes: int = 20_000_000,
         max_tokens: int = 220,
         overlap_tokens: int = 40,
+        refresh_interval: float = 1.0,
     ) -> None:
         if path is None and url is None:
             raise ValueError("give path (embedded store) or url (Chroma server)")
@@ -90,6 +95,11 @@ class KnowledgeStore:
         self._backend = ChromaBackend(path=None if url else path, url=url)
         self._manifest = Manifest(path / MANIFEST_FILE) if path is not None else None
         self._write_lock = threading.RLock()
+        self.refresh_interval = refresh_interval
+        self.reloads = 0  # times the store reopened after a change made elsewhere
+        self._refresh_lock = threading.Lock()
+        self._generation: int | None = None  # the manifest's generation last seen
+        self._next_check = 0.0
 
     @property
     def pipeline(self) -> str:
@@ -121,6 +131,42 @@ class KnowledgeStore:
         """Raise :class:`~knowledge.errors.StoreUnavailable` unless the store answers."""
         self._backend.ping()
 
+    def refresh(self, *, force: bool = False) -> bool:
+        """Pick up changes other processes made (at most every ``refresh_interval`` s unless
+        ``force``): True when the store reopened. Cheap: one small SQLite read."""
+        if self._manifest is None:
+            return False
+        now = time.monotonic()
+        if not force and now < self._next_check:
+            return False
+        with self._refresh_lock:
+            self._next_check = now + self.refresh_interval
+            generation = self._manifest.generation()
+            if generation == self._generation:
+                return False
+            first, self._generation = self._generation is None, generation
+        if first:
+            return False
+        self._reload()
+        return True
+
+    def _reload(self) -> None:
+        """Drop what may be stale: the embedded client (its index is in memory), or the
+        server's collection handles."""
+        self.reloads += 1
+        logger.info("knowledge_store_reloaded reloads=%d", self.reloads)
+        if self._backend.url is None:
+            self._backend.close()
+        else:
+            self._backend.forget_all()
+
+    def _wrote(self, generation: int) -> None:
+        """Our own change moved the generation on: nothing to reload for it (unless another
+        process changed something in between, which the next refresh then picks up)."""
+        with self._refresh_lock:
+            if self._generation is not None and generation == self._generation + 1:
+                self._generation = generation
+
     def collections(self) -> list[str]:
         """Names of all collections."""
         return self._backend.names()
@@ -136,6 +182,7 @@ class KnowledgeStore:
             dropped = self._backend.drop(collection)
             if self._manifest is not None:
                 self._manifest.drop(collection)
+                self._wrote(self._manifest.written_generation)
             return dropped
 
     # -- loading -------------------------------------------------------------------------------
@@ -309,6 +356,7 @@ class KnowledgeStore:
                     [_metadata(info, c) for c in batch],
                 )
             manifest.record(collection, info, pipeline=self.pipeline)
+            self._wrote(manifest.written_generation)
         except BaseException:
             self._undo(handle, written, {c.id: old_meta[c.id] for c in kept})
             raise
@@ -340,6 +388,7 @@ class KnowledgeStore:
             removed = bool(stored["ids"])
         if self._manifest is not None:
             removed = self._manifest.mark_removed(collection, doc_id) or removed
+            self._wrote(self._manifest.written_generation)
         if removed:
             logger.info("document_removed collection=%s doc_id=%s", collection, doc_id)
         return removed
@@ -398,38 +447,60 @@ class KnowledgeStore:
         if handle is None:
             raise UnknownCollection(f"no collection {collection!r}")
         vector = self._embed([query])[0]
+        hits = self._query(collection, handle, vector, k, min_score)
+        if hits is None:  # the index still held chunks deleted elsewhere: reopen, ask again
+            self._reload()
+            handle = self._collection(collection, create=False)
+            if handle is None:
+                raise UnknownCollection(f"no collection {collection!r}")
+            hits = self._query(collection, handle, vector, k, min_score)
+            if hits is None:
+                raise KnowledgeError(f"collection {collection!r} returned deleted chunks")
+        return hits
+
+    def _query(
+        self, collection: str, handle: Collection, vector: list[float], k: int, min_score: float
+    ) -> list[Hit] | None:
+        """The hits, or None when the store returned chunks without their text or metadata
+        (an embedded index that has not seen another process delete them)."""
         try:
             result = self._backend.query(handle, vector, k)
         except UnknownCollection:
             self._backend.forget(collection)
             raise
         hits = []
-        for chunk_id, text, meta, distance in zip(
-            result["ids"][0],
-            result["documents"][0],
-            result["metadatas"][0],
-            result["distances"][0],
-            strict=True,
-        ):
-            score = 1.0 - float(distance)
-            if score < min_score:
-                continue
-            hits.append(
-                Hit(
-                    chunk_id=chunk_id,
-                    doc_id=str(meta["doc_id"]),
-                    doc_version=int(meta["doc_version"]),
-                    source=str(meta["source"]),
-                    heading_path=list(json.loads(meta["heading_path"])),
-                    text=text,
-                    score=score,
+        try:
+            for chunk_id, text, meta, distance in zip(
+                result["ids"][0],
+                result["documents"][0],
+                result["metadatas"][0],
+                result["distances"][0],
+                strict=True,
+            ):
+                if text is None or meta is None or distance is None:
+                    return None
+                score = 1.0 - float(distance)
+                if score < min_score:
+                    continue
+                hits.append(
+                    Hit(
+                        chunk_id=chunk_id,
+                        doc_id=str(meta["doc_id"]),
+                        doc_version=int(meta["doc_version"]),
+                        source=str(meta["source"]),
+                        heading_path=list(json.loads(meta["heading_path"])),
+                        text=text,
+                        score=score,
+                    )
                 )
-            )
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise KnowledgeError(f"unexpected answer from the vector store: {exc!r}") from exc
         return hits
 
     # -- helpers -------------------------------------------------------------------------------
 
     def _collection(self, name: str, *, create: bool) -> Collection | None:
+        self.refresh()
         return self._backend.collection(
             name, model=self.embedder.name, dimensions=self.embedder.dimensions, create=create
         )

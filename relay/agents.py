@@ -7,41 +7,244 @@ the number of a person to hand calls to, and the ConversationRelay settings for 
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import re
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from twilio.twiml.voice_response import Connect, ConversationRelay
 
 from relay.errors import AgentNotFound, ConfigError
 
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 
-#: The <ConversationRelay> attributes a profile may set (the twilio package's keyword names).
-RELAY_ATTRIBUTES = frozenset(
-    {
-        "language", "tts_language", "transcription_language", "tts_provider", "voice",
-        "transcription_provider", "speech_model", "profanity_filter", "dtmf_detection",
-        "partial_prompts", "welcome_greeting_interruptible", "interruptible", "preemptible",
-        "hints", "intelligence_service", "report_input_during_agent_speech",
-        "elevenlabs_text_normalization", "interrupt_sensitivity", "debug", "events",
-        "speech_timeout", "ignore_backchannel", "background_noise_reduction",
-        "deepgram_smart_format", "eot_threshold", "tts_text_normalization",
-        "asr_smart_format", "echo_prompt_filtering", "turn_detection",
-    }
-)  # fmt: skip
+# -- the <ConversationRelay> and <Language> attributes a profile may set (h4-protocol) -------
+#
+# Which attributes exist is read from the installed twilio package (the keyword parameters of
+# ``Connect.conversation_relay`` and ``ConversationRelay.language``), so every attribute of the
+# package is accepted under its snake_case name. The ones whose values are documented are checked
+# (booleans, enums, ranges, space-separated lists); any other attribute the package knows is
+# accepted as a plain string, number or boolean. ``eot_threshold`` (documented by Twilio, not yet
+# a keyword of the package) is accepted too. TwiML documents are built by relay.protocol.twiml
+# from the plain values ``AgentProfile.twiml_options()`` hands it.
 
-_INPUT_KINDS = ("none", "dtmf", "speech", "any")
+Scalar = str | bool | int | float
+
+INPUT_KINDS = ("none", "dtmf", "speech", "any")
+_NORMALIZATION = ("on", "auto", "off")
+_LANG = re.compile(r"^(multi|[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})*)$")
+#: Tokens of ``debug`` (the noun page) and of ``events`` (twilio 9.10.5+, ``config-updated``
+#: since 2026-11-18).
+DEBUG_TOKENS = ("debugging", "speaker-events", "tokens-played")
+EVENT_TOKENS = ("speaker-events", "tokens-played", "config-updated")
+INCLUDE_IN_PROMPT_TOKENS = ("turn-state", "prompt-segments")
+
+#: Keys of the ``[relay]`` table that are relay's own switches, never TwiML attributes.
+RELAY_OWN_KEYS = frozenset({"mid_call_config", "readback_uninterruptible"})
+#: Attributes relay sets itself, never from a profile.
+_RESERVED = frozenset({"url", "welcome_greeting", "kwargs", "self"})
+#: Documented by Twilio but not (yet) a keyword of the twilio package.
+_EXTRA_RELAY = frozenset({"eot_threshold"})
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)([A-Z])", r"_\1", name).lower()
+
+
+def _keywords(function: Callable[..., Any]) -> frozenset[str]:
+    names = inspect.signature(function).parameters
+    return frozenset(_snake(n) for n in names if n not in _RESERVED)
+
+
+#: Every ``<ConversationRelay>`` attribute a profile's ``[relay]`` table may set.
+RELAY_ATTRIBUTES = _keywords(Connect.conversation_relay) | _EXTRA_RELAY
+#: Every ``<Language>`` attribute (besides ``code``) a ``[[languages]]`` entry may set.
+LANGUAGE_ATTRIBUTES = _keywords(ConversationRelay.language) - {"code"}
+
+
+# -- value checks ---------------------------------------------------------------------------
+
+
+def _boolean(value: Any) -> Scalar:
+    if not isinstance(value, bool):
+        raise ValueError("must be true or false")
+    return value
+
+
+def _one_of(*allowed: str) -> Callable[[Any], Scalar]:
+    def check(value: Any) -> Scalar:
+        if value not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
+        return str(value)
+
+    return check
+
+
+def _provider(*allowed: str) -> Callable[[Any], Scalar]:
+    def check(value: Any) -> Scalar:
+        if not isinstance(value, str) or value.lower() not in {a.lower() for a in allowed}:
+            raise ValueError(f"must be one of {', '.join(allowed)}")
+        return value
+
+    return check
+
+
+def _text(value: Any) -> Scalar:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("must be a non-empty string")
+    return value
+
+
+def _language(value: Any) -> Scalar:
+    if not isinstance(value, str) or not _LANG.match(value):
+        raise ValueError("must be a BCP-47 language such as en-AU, or multi")
+    return value
+
+
+def _number(low: float, high: float) -> Callable[[Any], Scalar]:
+    def check(value: Any) -> Scalar:
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not low <= value <= high
+        ):
+            raise ValueError(f"must be a number from {low:g} to {high:g}")
+        return value
+
+    return check
+
+
+def _speech_timeout(value: Any) -> Scalar:
+    if value == "auto":
+        return "auto"
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise ValueError('must be milliseconds of silence (an integer) or "auto"')
+
+
+def _tokens(*allowed: str, separator: str = " ") -> Callable[[Any], Scalar]:
+    def check(value: Any) -> Scalar:
+        if isinstance(value, list):
+            value = separator.join(str(v) for v in value)
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"must list some of {', '.join(allowed)}")
+        tokens = value.replace(",", " ").split()
+        wrong = [t for t in tokens if t not in allowed]
+        if wrong:
+            raise ValueError(f"unknown {', '.join(wrong)} (known: {', '.join(allowed)})")
+        return separator.join(dict.fromkeys(tokens))
+
+    return check
+
+
+def _hints(value: Any) -> Scalar:
+    if isinstance(value, list):
+        if not all(isinstance(v, str) and "," not in v for v in value):
+            raise ValueError(
+                "must be a list of phrases without commas, or one comma-separated string"
+            )
+        value = ",".join(v.strip() for v in value if v.strip())
+    return _text(value)
+
+
+_CHECKS: dict[str, Callable[[Any], Scalar]] = {
+    "language": _language,
+    "tts_language": _language,
+    "transcription_language": _language,
+    "tts_provider": _provider("Google", "Amazon", "ElevenLabs"),
+    "transcription_provider": _provider("Google", "Deepgram"),
+    "voice": _text,
+    "speech_model": _text,
+    "welcome_greeting_interruptible": _one_of(*INPUT_KINDS),
+    "interruptible": _one_of(*INPUT_KINDS),
+    "report_input_during_agent_speech": _one_of(*INPUT_KINDS),
+    "interrupt_sensitivity": _one_of("low", "medium", "high"),
+    "elevenlabs_text_normalization": _one_of(*_NORMALIZATION),
+    "tts_text_normalization": _one_of(*_NORMALIZATION),
+    "hints": _hints,
+    "intelligence_service": _text,
+    "customer_name": _text,
+    "debug": _tokens(*DEBUG_TOKENS),
+    "events": _tokens(*EVENT_TOKENS),
+    "include_in_prompt": _tokens(*INCLUDE_IN_PROMPT_TOKENS),
+    "speech_timeout": _speech_timeout,
+    "eager_eot_threshold": _number(0.3, 0.9),
+    "eot_threshold": _number(0.0, 1.0),
+    **{
+        name: _boolean
+        for name in (
+            "profanity_filter", "dtmf_detection", "partial_prompts", "preemptible",
+            "background_noise_reduction", "deepgram_smart_format", "ignore_backchannel",
+            "partial_prompt_on_hangup", "asr_smart_format", "tts_language_text_normalization",
+            "elevenlabs_language_text_normalization", "application_reconnect",
+            "echo_prompt_filtering", "turn_detection",
+        )
+    },
+}  # fmt: skip
+
+
+def _scalar(value: Any) -> Scalar:
+    if isinstance(value, str | bool | int | float):
+        return value
+    raise ValueError("must be a string, number or true/false")
+
+
+def check_attributes(
+    attrs: Mapping[str, Any], allowed: frozenset[str], *, what: str
+) -> dict[str, Scalar]:
+    """``attrs`` checked against ``allowed`` and the value rules; raises ValueError naming
+    every problem (and the nearest known name for a misspelt one)."""
+    problems: list[str] = []
+    unknown: list[str] = []
+    checked: dict[str, Scalar] = {}
+    for key, value in attrs.items():
+        if key not in allowed:
+            near = difflib.get_close_matches(_snake(key), sorted(allowed), n=1)
+            unknown.append(f"{key} (did you mean {near[0]}?)" if near else key)
+            continue
+        try:
+            checked[key] = _CHECKS.get(key, _scalar)(value)
+        except ValueError as exc:
+            problems.append(f"{key} {exc}")
+    if unknown:
+        problems.insert(0, f"unknown {what} attributes: {', '.join(unknown)}")
+    if problems:
+        raise ValueError("; ".join(problems))
+    return checked
+
+
+def with_event(events: Scalar | None, token: str) -> str:
+    """``events`` with ``token`` added once."""
+    tokens = str(events or "").replace(",", " ").split()
+    return " ".join(dict.fromkeys([*tokens, token]))
+
+
+_INPUT_KINDS = INPUT_KINDS
 
 
 class LanguageOption(BaseModel):
-    """A language the agent speaks: a ``<Language>`` child in TwiML."""
+    """A language the agent speaks: a ``<Language>`` child in TwiML.
 
-    model_config = ConfigDict(extra="forbid")
+    Besides ``code`` and ``name`` (ours: how the language is called), every ``<Language>``
+    attribute of the twilio package may be set by its snake_case name (``hints``,
+    ``tts_text_normalization``, ``asr_smart_format``...) and is checked like ``[relay]``.
+    """
+
+    model_config = ConfigDict(extra="allow")
 
     code: str
     name: str = ""
@@ -49,6 +252,85 @@ class LanguageOption(BaseModel):
     tts_provider: str | None = None
     transcription_provider: str | None = None
     speech_model: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _attributes(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            rest = {k: v for k, v in data.items() if k not in ("code", "name")}
+            checked = check_attributes(rest, LANGUAGE_ATTRIBUTES, what="<Language>")
+            data = {**data, **checked}
+        return data
+
+    def attributes(self) -> dict[str, Scalar]:
+        """The ``<Language>`` attributes, ``code`` first, unset ones left out."""
+        values = self.model_dump(exclude={"name"}, exclude_none=True)
+        return {"code": self.code, **{k: v for k, v in values.items() if k != "code"}}
+
+
+class FailoverLanguage(BaseModel):
+    """One language's backup providers: a ``<Language>`` child of ``<Failover>``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    code: str
+    tts_provider: str | None = None
+    voice: str | None = None
+    transcription_provider: str | None = None
+    speech_model: str | None = None
+
+
+class FailoverOptions(BaseModel):
+    """``[failover]``: backup STT/TTS providers, emitted as ``<Failover>`` in ``<ConversationRelay>``.
+
+    The children and attributes of ``<Failover>`` are **unconfirmed** (notes, section 0.5), so
+    both readings can be written: ``[[failover.languages]]`` entries become
+    ``<Language code=... ttsProvider=... voice=... transcriptionProvider=... speechModel=...>``
+    children (one backup per language, as the guide describes), and the top-level keys become
+    attributes of ``<Failover>`` itself (one backup for every language). An empty
+    ``[failover]`` (or ``enabled = true`` alone) emits ``<Failover/>``: Twilio's default backups.
+    ``enabled = false`` keeps the section but emits nothing.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    tts_provider: str | None = None
+    voice: str | None = None
+    transcription_provider: str | None = None
+    speech_model: str | None = None
+    languages: list[FailoverLanguage] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _checked(self) -> FailoverOptions:
+        attrs = self.model_dump(exclude={"enabled", "languages"}, exclude_none=True)
+        check_attributes(attrs, LANGUAGE_ATTRIBUTES, what="<Failover>")
+        for language in self.languages:
+            rest = language.model_dump(exclude={"code"}, exclude_none=True)
+            check_attributes(rest, LANGUAGE_ATTRIBUTES, what="<Failover>")
+            if not rest:
+                raise ValueError(f"failover language {language.code!r} names no backup")
+        codes = [language.code for language in self.languages]
+        if len(set(codes)) != len(codes):
+            raise ValueError("a failover language is listed twice")
+        return self
+
+    def attributes(self) -> dict[str, Scalar]:
+        return dict(self.model_dump(exclude={"enabled", "languages"}, exclude_none=True))
+
+    def language_attributes(self) -> list[dict[str, Scalar]]:
+        return [language.model_dump(exclude_none=True) for language in self.languages]
+
+
+class TwimlOptions(TypedDict):
+    """What :func:`relay.protocol.twiml.connect` needs of an agent: plain values only."""
+
+    relay: dict[str, Scalar]
+    languages: list[dict[str, Scalar]]
+    failover: dict[str, Scalar] | None
+    failover_languages: list[dict[str, Scalar]]
+    parameters: dict[str, str]
+    welcome_greeting: str | None
 
 
 class KeypadOption(BaseModel):
@@ -58,6 +340,83 @@ class KeypadOption(BaseModel):
 
     action: Literal["transfer", "say", "prompt", "end"]
     text: str = ""  # for "say": the words; for "prompt": what the caller is taken to mean
+
+
+class LLMLimits(BaseModel):
+    """The agent's own LLM client time limits: the ``[llm]`` table (seconds).
+
+    Each one left out is the matching setting: ``RELAY_LLM_CONNECT_TIMEOUT``,
+    ``RELAY_LLM_FIRST_TOKEN_TIMEOUT``, ``RELAY_LLM_READ_TIMEOUT``, ``RELAY_LLM_TURN_TIMEOUT``
+    (a slow local model behind one agent: ``first_token_timeout = 120``).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    connect_timeout: float | None = Field(default=None, gt=0)
+    first_token_timeout: float | None = Field(default=None, gt=0)
+    read_timeout: float | None = Field(default=None, gt=0)
+    turn_timeout: float | None = Field(default=None, gt=0)
+
+
+# -- [analysis] and the post-call settings (h8: outcomes, webhook, e-mail) -----------------
+
+
+class AnalysisField(BaseModel):
+    """One field the post-call model pass fills for each call (``[[analysis.fields]]``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")
+    type: Literal["text", "enum", "boolean", "number"] = "text"
+    description: str = ""
+    values: list[str] = Field(default_factory=list)  # for enum: the allowed values
+
+    @field_validator("values")
+    @classmethod
+    def _values(cls, values: list[str]) -> list[str]:
+        if len(set(values)) != len(values):
+            raise ValueError("enum values must be distinct")
+        return values
+
+
+#: The fields every agent's analysis fills unless its profile replaces them by name.
+DEFAULT_ANALYSIS_FIELDS = (
+    AnalysisField(
+        name="summary",
+        description="Two or three sentences: what the caller wanted and what was done.",
+    ),
+    AnalysisField(name="reason", description="The reason for the call, in a few words."),
+    AnalysisField(
+        name="sentiment",
+        type="enum",
+        values=["positive", "neutral", "negative"],
+        description="How the caller felt by the end of the call.",
+    ),
+)
+
+
+class AnalysisSection(BaseModel):
+    """``[analysis]``: what the optional post-call model pass extracts from each call."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = None  # default: the agent's model
+    instructions: str = ""
+    fields: list[AnalysisField] = Field(default_factory=list)  # added to (or replacing) defaults
+
+    @model_validator(mode="after")
+    def _enums_have_values(self) -> AnalysisSection:
+        for item in self.fields:
+            if item.type == "enum" and not item.values:
+                raise ValueError(f"analysis field {item.name!r} is an enum without values")
+        return self
+
+    def all_fields(self) -> list[AnalysisField]:
+        """The defaults (summary, reason, sentiment), each replaced by a field of the same name,
+        then the profile's other fields."""
+        own = {f.name: f for f in self.fields}
+        merged = [own.pop(f.name, f) for f in DEFAULT_ANALYSIS_FIELDS]
+        return merged + list(own.values())
 
 
 class AgentProfile(BaseModel):
@@ -89,7 +448,36 @@ class AgentProfile(BaseModel):
     filler_lines: list[str] = Field(default_factory=lambda: ["One moment while I check that."])
     keypad: dict[str, KeypadOption] = Field(default_factory=dict)
     relay: dict[str, Any] = Field(default_factory=dict, validate_default=True)
+    failover: FailoverOptions | None = None  # [failover]: <Failover> (h4-protocol)
+    _source: Path | None = PrivateAttr(default=None)  # the file it was loaded from
     data: dict[str, str] = Field(default_factory=dict)  # business tables, relative to the data dir
+    # h8: post-call analysis, webhook and owner e-mail (relay.services.postcall).
+    analysis: AnalysisSection = Field(default_factory=AnalysisSection)
+    webhook_url: str | None = Field(default=None, pattern=r"^https?://")
+    owner_email: str | None = Field(default=None, pattern=r"^[^@\s]+@[^@\s]+$")
+    llm: LLMLimits = Field(default_factory=LLMLimits)  # [llm]: the LLM client's time limits (h3)
+
+    # -- How a call behaves when the model is slow or failing, and when the caller goes quiet
+    # -- (read by relay.call; seconds). Every one has a default, so profiles may leave them out.
+    llm_filler_after: float = Field(default=1.2, ge=0)  # no token yet: a filler line (0: never)
+    llm_turn_budget: float = Field(default=4.0, gt=0)  # no token by then: the apology
+    llm_stall_after: float = Field(default=3.0, gt=0)  # a stream silent this long has failed
+    offer_person_line: str = (
+        "I'm sorry, I'm having real trouble on my end. "
+        "Would you like me to put you through to {person_name}?"
+    )
+    offer_message_line: str = (
+        "I'm sorry, I'm having real trouble on my end. "
+        "Would you like to leave a message so someone can call you back?"
+    )
+    take_message_line: str = (
+        "Of course. Please tell me your name and what it's about, "
+        "and someone will call you back on this number."
+    )
+    message_taken_line: str = "Thank you, I've passed that on. Someone will call you back. Goodbye!"
+    silence_timeout: float = Field(default=10.0, ge=0)  # caller silent this long (0: never)
+    still_there_line: str = "Are you still there?"
+    silence_goodbye_line: str = "I'll let you go now. Please call back any time. Goodbye!"
 
     @field_validator("numbers")
     @classmethod
@@ -118,20 +506,16 @@ class AgentProfile(BaseModel):
     @field_validator("relay")
     @classmethod
     def _relay_attributes(cls, attrs: dict[str, Any]) -> dict[str, Any]:
-        unknown = sorted(set(attrs) - RELAY_ATTRIBUTES)
-        if unknown:
-            raise ValueError(f"unknown ConversationRelay attributes: {', '.join(unknown)}")
-        for key in (
-            "interruptible",
-            "welcome_greeting_interruptible",
-            "report_input_during_agent_speech",
-        ):
-            if key in attrs and attrs[key] not in _INPUT_KINDS:
-                raise ValueError(f"{key} must be one of {', '.join(_INPUT_KINDS)}")
+        own = {k: v for k, v in attrs.items() if k in RELAY_OWN_KEYS}
+        for key, value in own.items():
+            if not isinstance(value, bool):
+                raise ValueError(f"{key} must be true or false")
+        twiml = {k: v for k, v in attrs.items() if k not in RELAY_OWN_KEYS}
+        checked = check_attributes(twiml, RELAY_ATTRIBUTES, what="ConversationRelay")
         # Pitfall 1 in the ConversationRelay notes: its default changed in May 2025.
         if "report_input_during_agent_speech" not in attrs:
             raise ValueError("report_input_during_agent_speech must be set explicitly")
-        return attrs
+        return {**checked, **own}
 
     @field_validator("keypad")
     @classmethod
@@ -140,6 +524,52 @@ class AgentProfile(BaseModel):
             if key not in "0123456789*#" or len(key) != 1:
                 raise ValueError(f"keypad key {key!r} must be one of 0-9, * or #")
         return keypad
+
+    # -- ConversationRelay (h4-protocol): the switches of [relay] and the TwiML's plain values --
+
+    @property
+    def source(self) -> Path | None:
+        """The profile file this agent was loaded from (None when built in code)."""
+        return self._source
+
+    @property
+    def mid_call_config(self) -> bool:
+        """``[relay] mid_call_config = true``: send ``config``/``hints`` and the extended
+        ``language`` frame during calls (off by default while their field names are unconfirmed)."""
+        return bool(self.relay.get("mid_call_config", False))
+
+    @property
+    def readback_uninterruptible(self) -> bool:
+        """``[relay] readback_uninterruptible = true``: a price or booking read back cannot be
+        interrupted (with ``mid_call_config``)."""
+        return bool(self.relay.get("readback_uninterruptible", False))
+
+    def relay_attributes(self) -> dict[str, Scalar]:
+        """The ``<ConversationRelay>`` attributes (snake_case), without relay's own switches;
+        with ``[failover]`` on, ``events`` also asks for ``config-updated``."""
+        attrs = {k: v for k, v in self.relay.items() if k not in RELAY_OWN_KEYS}
+        if self.failover is not None and self.failover.enabled:
+            attrs["events"] = with_event(attrs.get("events"), "config-updated")
+        return attrs
+
+    def twiml_options(
+        self, *, parameters: Mapping[str, str] | None = None, welcome_greeting: str | None = None
+    ) -> TwimlOptions:
+        """Everything :func:`relay.protocol.twiml.connect` needs, as plain values.
+
+        ``welcome_greeting`` overrides the agent's greeting (a resumed call greets differently);
+        ``""`` plays none. The ``agent`` parameter always names this agent.
+        """
+        failover = self.failover if self.failover is not None and self.failover.enabled else None
+        greeting = self.welcome_greeting if welcome_greeting is None else welcome_greeting
+        return TwimlOptions(
+            relay=self.relay_attributes(),
+            languages=[option.attributes() for option in self.languages],
+            failover=failover.attributes() if failover is not None else None,
+            failover_languages=failover.language_attributes() if failover is not None else [],
+            parameters={"agent": self.name, **(parameters or {})},
+            welcome_greeting=greeting or None,
+        )
 
     @property
     def language(self) -> str:
@@ -168,12 +598,14 @@ def load_profile(path: Path) -> AgentProfile:
         raise ConfigError(f"{path}: cannot read agent profile: {exc}") from exc
     raw.setdefault("name", path.stem)
     try:
-        return AgentProfile.model_validate(raw)
+        profile = AgentProfile.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         )
         raise ConfigError(f"{path}: invalid agent profile: {problems}") from exc
+    profile._source = path
+    return profile
 
 
 @dataclass

@@ -30,11 +30,16 @@ class Settings(BaseSettings):
     openai_api_key: str | None = Field(default=None, alias="OPENAI_API_KEY")
     openai_base_url: str | None = Field(default=None, alias="OPENAI_BASE_URL")
     llm_model: str | None = Field(default=None, alias="RELAY_LLM_MODEL")
-    llm_first_token_timeout: float = Field(default=8.0, gt=0, alias="RELAY_LLM_FIRST_TOKEN_TIMEOUT")
+    # The LLM client's time limits, in seconds (an agent's [llm] table may override each).
+    # Connecting (TCP, TLS, or a free pooled connection); each attempt's wait for the first
+    # token; the longest pause between chunks once a reply has started; and the turn's budget
+    # for getting a reply started, every retry included (never less than the first-token wait).
+    llm_connect_timeout: float = Field(default=3.0, gt=0, alias="RELAY_LLM_CONNECT_TIMEOUT")
+    llm_first_token_timeout: float = Field(default=3.0, gt=0, alias="RELAY_LLM_FIRST_TOKEN_TIMEOUT")
+    llm_read_timeout: float = Field(default=10.0, gt=0, alias="RELAY_LLM_READ_TIMEOUT")
+    llm_turn_timeout: float = Field(default=4.5, gt=0, alias="RELAY_LLM_TURN_TIMEOUT")
     llm_max_retries: int = Field(default=2, ge=0, le=10, alias="RELAY_LLM_MAX_RETRIES")
-    llm_transport: Literal["lean", "httpx", "fast", "sdk"] = Field(
-        default="lean", alias="RELAY_LLM_TRANSPORT"
-    )  # "fast" is the old name of "httpx"
+    llm_transport: Literal["aiohttp", "lean"] = Field(default="aiohttp", alias="RELAY_LLM_TRANSPORT")
     max_tool_rounds: int = Field(default=5, ge=1, le=20, alias="RELAY_MAX_TOOL_ROUNDS")
 
     # Twilio and ElevenLabs.
@@ -66,6 +71,26 @@ class Settings(BaseSettings):
     knowledge_autoload: bool = Field(default=True, alias="RELAY_KNOWLEDGE_AUTOLOAD")
     embeddings: Literal["local", "openai"] = Field(default="local", alias="RELAY_EMBEDDINGS")
     embedding_model: str = Field(default="text-embedding-3-small", alias="RELAY_EMBEDDING_MODEL")
+    # How often a running server looks for knowledge changes made elsewhere (CLI, admin API,
+    # another worker), in seconds; and the port of the Chroma server `relay serve --workers N`
+    # runs when CHROMA_URL is unset (0: any free port).
+    knowledge_refresh: float = Field(default=1.0, ge=0, alias="RELAY_KNOWLEDGE_REFRESH")
+    chroma_port: int = Field(default=0, ge=0, le=65535, alias="RELAY_CHROMA_PORT")
+    # Worker processes of `relay serve` (`--workers`).
+    workers: int = Field(default=1, ge=1, le=64, alias="RELAY_WORKERS")
+    # The recorder: events kept while the database is down (beyond, the oldest are dropped),
+    # and the longest a hang-up's and the shutdown's flushes wait, in seconds.
+    recorder_max_events: int = Field(default=200_000, ge=100, alias="RELAY_RECORDER_MAX_EVENTS")
+    recorder_flush_timeout: float = Field(default=2.0, gt=0, alias="RELAY_RECORDER_FLUSH_TIMEOUT")
+    recorder_stop_timeout: float = Field(default=10.0, gt=0, alias="RELAY_RECORDER_STOP_TIMEOUT")
+
+    # After a call (relay.services.postcall): outcomes, cost, analysis, webhook, e-mail.
+    prices_path: Path | None = Field(default=None, alias="RELAY_PRICES")  # default data/prices.toml
+    analysis_enabled: bool = Field(default=False, alias="RELAY_ANALYSIS")
+    webhook_secret: str | None = Field(default=None, alias="RELAY_WEBHOOK_SECRET")
+    webhook_max_attempts: int = Field(default=8, ge=1, le=50, alias="RELAY_WEBHOOK_MAX_ATTEMPTS")
+    smtp_url: str | None = Field(default=None, alias="RELAY_SMTP_URL")  # smtp://host:port
+    email_from: str | None = Field(default=None, alias="RELAY_EMAIL_FROM")
 
     # Operations.
     admin_token: str | None = Field(default=None, alias="RELAY_ADMIN_TOKEN")
@@ -75,6 +100,29 @@ class Settings(BaseSettings):
         default="info", alias="RELAY_LOG_LEVEL"
     )
     log_format: Literal["auto", "json", "console"] = Field(default="auto", alias="RELAY_LOG_FORMAT")
+
+    # The ConversationRelay socket's limits (h4-protocol; README "Frames and limits").
+    ws_idle_seconds: float = Field(default=300.0, ge=0, alias="RELAY_WS_IDLE_SECONDS")
+    ws_max_frame_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=64 * 1024, le=64 * 1024 * 1024, alias="RELAY_WS_MAX_FRAME_BYTES"
+    )
+    ws_max_invalid_per_second: int = Field(
+        default=1000, ge=0, alias="RELAY_WS_MAX_INVALID_PER_SECOND"
+    )
+
+    # Running for real: health, metrics, drain, admission, retention (README "Operations").
+    metrics_token: str | None = Field(default=None, alias="RELAY_METRICS_TOKEN")
+    ready_probe_seconds: float = Field(default=15.0, gt=0, alias="RELAY_READY_PROBE_SECONDS")
+    recorder_backlog_limit: int = Field(default=50_000, ge=1, alias="RELAY_RECORDER_BACKLOG_LIMIT")
+    drain_seconds: float = Field(default=120.0, ge=0, alias="RELAY_DRAIN_SECONDS")
+    max_calls: int | None = Field(default=None, ge=0, alias="RELAY_MAX_CALLS")
+    max_llm_concurrency: int | None = Field(default=None, ge=1, alias="RELAY_MAX_LLM_CONCURRENCY")
+    rate_limit_per_second: float = Field(default=2.0, gt=0, alias="RELAY_RATE_LIMIT_PER_SECOND")
+    rate_limit_burst: int = Field(default=20, ge=1, alias="RELAY_RATE_LIMIT_BURST")
+    retention_days: float | None = Field(default=None, gt=0, alias="RELAY_RETENTION_DAYS")
+    mask_numbers_after_days: float | None = Field(
+        default=None, gt=0, alias="RELAY_MASK_NUMBERS_AFTER_DAYS"
+    )
 
     @field_validator("public_url")
     @classmethod
@@ -125,6 +173,11 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{(self.data_dir / 'relay.db').resolve()}"
+
+    @property
+    def prices(self) -> Path:
+        """The price table: ``RELAY_PRICES`` or ``prices.toml`` in the data directory."""
+        return self.prices_path or self.data_dir / "prices.toml"
 
     @property
     def knowledge_path(self) -> Path:

@@ -24,19 +24,41 @@ class ProtocolError(RelayError):
 
 
 class LLMError(RelayError):
-    """The language model could not produce (or finish) a reply."""
+    """The language model could not produce (or finish) a reply.
 
-    def __init__(self, message: str, *, retryable: bool = False, status: int | None = None) -> None:
+    ``kind`` says what failed, as counted: ``connect``, ``timeout``, ``status``,
+    ``malformed``, ``stream-broken`` or ``config``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool = False,
+        status: int | None = None,
+        kind: str = "stream-broken",
+        retry_after: float | None = None,
+    ) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.status = status
+        self.kind = kind
+        self.retry_after = retry_after  # seconds the server asked us to wait (Retry-After)
 
 
 class FirstTokenTimeout(LLMError):
     """The model sent nothing within the first-token deadline."""
 
     def __init__(self, seconds: float) -> None:
-        super().__init__(f"no first token within {seconds:.1f}s", retryable=True)
+        super().__init__(f"no first token within {seconds:.1f}s", retryable=True, kind="timeout")
+
+
+class LLMConfigError(LLMError):
+    """The LLM URL answers, but not with an event stream (a JSON body, a redirect): the base
+    URL or a proxy in front of it is misconfigured. Never retried."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=False, kind="config")
 
 
 class ToolError(RelayError):

@@ -1,32 +1,21 @@
 """structlog, configured once: JSON when not on a terminal, readable console output on one.
 
-Every line of a call carries ``call_sid`` (bound in the session's context). Phone numbers are
-masked at info level and above.
+Every line of a call carries ``call_sid`` (bound in the session's context). Phone numbers,
+e-mail and street addresses are masked at info level and above, by the same masker as
+``relay sessions export --redact`` (:mod:`relay.privacy`).
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from collections.abc import MutableMapping
 from typing import Any, Literal
 
+import orjson
 import structlog
 
-_PHONE = re.compile(r"\+?\d[\d\s\-().]{6,}\d")
-
-
-def mask_phone(value: str) -> str:
-    """'+61390001234' -> '+6139*****34': enough to tell calls apart, not to dial."""
-
-    def hide(match: re.Match[str]) -> str:
-        digits = match.group(0)
-        if len(digits) <= 6:
-            return digits
-        return digits[:4] + "*" * (len(digits) - 6) + digits[-2:]
-
-    return _PHONE.sub(hide, value)
+from relay.privacy import mask_text
 
 
 def _mask_processor(
@@ -36,7 +25,7 @@ def _mask_processor(
         return event
     for key, value in event.items():
         if isinstance(value, str) and key not in ("call_sid", "timestamp", "level", "logger"):
-            event[key] = mask_phone(value)
+            event[key] = mask_text(value)
     return event
 
 
@@ -50,8 +39,29 @@ class _Stderr:
         sys.stderr.flush()
 
 
+#: Loggers of libraries (and of ``knowledge``) that talk too much below WARNING.
+_NOISY = ("httpx", "httpcore", "chromadb", "alembic", "onnxruntime", "urllib3")
+
+
+def _orjson_dumps(value: Any, **kwargs: Any) -> str:
+    """JSONRenderer's serializer: orjson, with structlog's fallback for other objects."""
+    return orjson.dumps(
+        value, default=kwargs.get("default"), option=orjson.OPT_NON_STR_KEYS
+    ).decode()
+
+
+class _StructlogHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The one root handler relay installs: standard-library records, rendered by structlog."""
+
+
 def configure(level: str = "info", fmt: Literal["auto", "json", "console"] = "auto") -> None:
-    """Configure structlog and the standard library logging it sits on."""
+    """Configure structlog, and route the standard library's records through it.
+
+    structlog's own loggers render directly (fast path). Records of every other logger (uvicorn,
+    chromadb, alembic, ``knowledge``, Python warnings) reach one root handler whose
+    :class:`structlog.stdlib.ProcessorFormatter` runs the same processors and renderer, so in
+    JSON mode every line on stderr is one JSON object (rendered with orjson).
+    """
     as_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     numeric = logging.getLevelName(level.upper())
     processors: list[Any] = [
@@ -63,7 +73,7 @@ def configure(level: str = "info", fmt: Literal["auto", "json", "console"] = "au
         structlog.processors.format_exc_info,
     ]
     renderer: Any = (
-        structlog.processors.JSONRenderer()
+        structlog.processors.JSONRenderer(serializer=_orjson_dumps)
         if as_json
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
@@ -73,6 +83,24 @@ def configure(level: str = "info", fmt: Literal["auto", "json", "console"] = "au
         logger_factory=structlog.PrintLoggerFactory(file=_Stderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
-    logging.basicConfig(level=numeric, stream=sys.stderr, format="%(message)s")
-    for noisy in ("httpx", "httpcore", "chromadb", "alembic"):
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.add_logger_name, *processors],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+    )
+    handler = _StructlogHandler(_Stderr())
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _StructlogHandler)]:
+        root.removeHandler(old)
+    if as_json:  # a plain handler someone else installed would print non-JSON lines
+        for other in [h for h in root.handlers if type(h) is logging.StreamHandler]:
+            root.removeHandler(other)
+    root.addHandler(handler)
+    root.setLevel(numeric)
+    logging.captureWarnings(as_json)  # warnings.warn() output as log records, not raw lines
+    for noisy in _NOISY:
         logging.getLogger(noisy).setLevel(max(numeric, logging.WARNING))
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access", "knowledge"):
+        library = logging.getLogger(name)  # uvicorn may have given them handlers of their own
+        library.handlers.clear()
+        library.propagate = True

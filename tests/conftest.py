@@ -24,9 +24,9 @@ import pytest_asyncio
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from relay.cli.call import SimulatedCall, serve_in_process, sign
 from relay.config import Settings, load_settings
 from relay.testing import ScriptedLLM
+from relay.testing.simcall import SimulatedCall, serve_in_process, sign
 from relay.web.app import Runtime, create_app
 
 REPO = Path(__file__).resolve().parents[1]
@@ -283,6 +283,7 @@ class Relay:
             await call.close()
         await self.watch.wait_idle()
         await self.runtime.deps.recorder.flush()
+        assert_requests_valid(self.llm)
 
 
 @asynccontextmanager
@@ -323,6 +324,13 @@ async def running_relay(
         finally:
             for call in relay.calls:
                 await call.close()
+        assert_requests_valid(relay.llm)
+
+
+def assert_requests_valid(llm: ScriptedLLM) -> None:
+    """Every request relay sent the scripted model was one OpenAI accepts (the scripted server
+    answers any other with OpenAI's 400, see relay.testing.openai_rules)."""
+    assert not llm.rejected, f"requests OpenAI would refuse (request number, error): {llm.rejected}"
 
 
 @pytest.fixture
@@ -343,9 +351,31 @@ def start_relay(
     return start
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A module's shared relay runs on each database its ``RELAY_DATABASES`` lists (default
+    SQLite only): ``RELAY_DATABASES = ["sqlite", "postgres"]`` runs the module twice."""
+    if "relay_database" in metafunc.fixturenames:
+        databases = getattr(metafunc.module, "RELAY_DATABASES", ["sqlite"])
+        metafunc.parametrize("relay_database", databases, indirect=True, scope="module")
+
+
+@pytest.fixture(scope="module")
+def relay_database(request: pytest.FixtureRequest) -> str:
+    """The database of the module's shared relay: "sqlite" or "postgres"."""
+    return str(getattr(request, "param", "sqlite"))
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def shared_relay(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Relay]:
+async def shared_relay(
+    tmp_path_factory: pytest.TempPathFactory, relay_database: str, request: pytest.FixtureRequest
+) -> AsyncIterator[Relay]:
     """One relay (and fake LLM) for a whole test module; see :func:`relay`."""
+    database: dict[str, str] = {}
+    if relay_database == "postgres":
+        from relay.testing import postgres
+
+        server = request.getfixturevalue("postgres_server")
+        database["DATABASE_URL"] = await postgres.create_database(server)
     with pytest.MonkeyPatch.context() as env:
         for name in _SETTINGS_ENV:
             env.delenv(name, raising=False)
@@ -355,8 +385,12 @@ async def shared_relay(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterato
         seed_business_tables(data)
         prompts.mkdir()
         (prompts / SHIPPED_AGENT.name).write_text(agent_toml(), encoding="utf-8")
-        async with running_relay(lambda **o: settings_for(data, prompts, **o)) as running:
+        async with running_relay(
+            lambda **o: settings_for(data, prompts, **database, **o)
+        ) as running:
             yield running
+    if database:
+        await postgres.drop_database(server, database["DATABASE_URL"])
 
 
 @pytest_asyncio.fixture(loop_scope="module")
@@ -377,3 +411,40 @@ async def relay(shared_relay: Relay, request: pytest.FixtureRequest) -> AsyncIte
         yield shared_relay
     finally:
         await shared_relay.end_test()
+
+
+# -- databases: every test taking ``database_url`` runs on SQLite and on PostgreSQL ------------
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Any:
+    """A PostgreSQL server for the session: ``RELAY_TEST_POSTGRES_URL`` (``.ci/run`` starts one),
+    else a throwaway cluster started here; skipped only when PostgreSQL is not installed."""
+    import os
+
+    from relay.testing import postgres
+
+    url = os.environ.get(postgres.ENV)
+    if url:
+        yield url
+        return
+    if postgres.binaries() is None:
+        pytest.skip("PostgreSQL is not installed (initdb not found)")
+    with postgres.cluster() as started:
+        yield started
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """A fresh, empty database: a SQLite file, or a new database on :func:`postgres_server`."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'relay.db'}"
+        return
+    from relay.testing import postgres
+
+    server = request.getfixturevalue("postgres_server")
+    url = await postgres.create_database(server)
+    try:
+        yield url
+    finally:
+        await postgres.drop_database(server, url)

@@ -252,3 +252,143 @@ def test_an_unknown_time_zone_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError, match=r"timezone.*not a time zone"):
         load_profile(path)
+
+
+# -- every <ConversationRelay>/<Language> attribute of the twilio package (issue 10) ---------
+
+SAMPLES = {
+    "language": "en-AU", "tts_language": "multi", "transcription_language": "en-AU",
+    "tts_provider": "ElevenLabs", "voice": "UgBBYS2sOqTuMpoF3BR0", "transcription_provider": "Deepgram",
+    "speech_model": "nova-3-general", "welcome_greeting_interruptible": "speech",
+    "interruptible": "any", "interrupt_sensitivity": "high", "hints": "Keystone",
+    "elevenlabs_text_normalization": "off", "tts_text_normalization": "on",
+    "intelligence_service": "GA123", "customer_name": "A caller", "debug": "debugging",
+    "events": "speaker-events", "include_in_prompt": "prompt-segments", "speech_timeout": "auto",
+    "eager_eot_threshold": 0.5, "eot_threshold": 0.8,
+}  # fmt: skip
+
+
+def test_every_attribute_of_the_twilio_package_is_accepted(tmp_path: Path) -> None:
+    import inspect
+    import re
+
+    from twilio.twiml.voice_response import Connect, ConversationRelay
+
+    from relay.agents import LANGUAGE_ATTRIBUTES, RELAY_ATTRIBUTES
+
+    def snake(name: str) -> str:
+        return re.sub(r"(?<!^)([A-Z])", r"_\1", name).lower()
+
+    package = {snake(n) for n in inspect.signature(Connect.conversation_relay).parameters}
+    assert package - {"self", "url", "welcome_greeting", "kwargs"} <= RELAY_ATTRIBUTES
+    language = set(inspect.signature(ConversationRelay.language).parameters)
+    assert language - {"self", "code", "kwargs"} <= LANGUAGE_ATTRIBUTES
+    for new in ("application_reconnect", "include_in_prompt", "partial_prompt_on_hangup",
+                "eager_eot_threshold", "customer_name", "turn_detection", "echo_prompt_filtering"):  # fmt: skip
+        assert new in RELAY_ATTRIBUTES
+
+    lines = []
+    for name in sorted(RELAY_ATTRIBUTES - {"report_input_during_agent_speech"}):
+        value = SAMPLES.get(name, True)
+        lines.append(f"{name} = {value!r}".replace("True", "true").replace("'", '"'))
+    languages = "\n".join(
+        [
+            "[[languages]]",
+            'code = "en-AU"',
+            'hints = "Brunswick"',
+            "asr_smart_format = true",
+            'tts_text_normalization = "off"',
+            "tts_language_text_normalization = true",
+        ]
+    )
+    path = write(tmp_path, "all", extra=languages, relay="\n".join(lines))
+
+    agent = load_profile(path)
+    assert set(agent.relay) == RELAY_ATTRIBUTES
+    assert agent.languages[0].attributes() == {
+        "code": "en-AU",
+        "hints": "Brunswick",
+        "asr_smart_format": True,
+        "tts_text_normalization": "off",
+        "tts_language_text_normalization": True,
+    }
+
+
+@pytest.mark.parametrize(
+    ("relay", "message"),
+    [
+        ("eager_eot_threshold = 0.95", "eager_eot_threshold must be a number from 0.3 to 0.9"),
+        ('application_reconnect = "yes"', "application_reconnect must be true or false"),
+        ('include_in_prompt = "everything"', "include_in_prompt unknown everything"),
+        ('events = "speaker-events bogus"', "events unknown bogus"),
+        ("speech_timeout = -1", "speech_timeout must be milliseconds"),
+        ('interrupt_sensitivity = "extreme"', "interrupt_sensitivity must be one of low"),
+        ('tts_provider = "Acme"', "tts_provider must be one of Google, Amazon, ElevenLabs"),
+        ('language = "english please"', "language must be a BCP-47 language"),
+        ("speech_timout = 500", "speech_timout (did you mean speech_timeout?)"),
+        ('mid_call_config = "on"', "mid_call_config must be true or false"),
+        ('url = "wss://elsewhere/ws"', "unknown ConversationRelay attributes: url"),
+    ],
+)
+def test_invalid_relay_attributes_are_refused(tmp_path: Path, relay: str, message: str) -> None:
+    path = write(tmp_path, "bad", relay=relay)
+
+    with pytest.raises(ConfigError) as caught:
+        load_profile(path)
+
+    assert str(path) in str(caught.value)
+    assert message in str(caught.value)
+
+
+def test_an_unknown_language_attribute_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "bad", extra='[[languages]]\ncode = "en-AU"\nspeed = 2')
+
+    with pytest.raises(ConfigError, match="unknown <Language> attributes: speed"):
+        load_profile(path)
+
+
+def test_relay_switches_default_off_and_are_not_twiml(tmp_path: Path) -> None:
+    plain = load_profile(write(tmp_path, "plain"))
+    assert (plain.mid_call_config, plain.readback_uninterruptible) == (False, False)
+
+    path = write(tmp_path, "on", relay="mid_call_config = true\nreadback_uninterruptible = true")
+    agent = load_profile(path)
+    assert (agent.mid_call_config, agent.readback_uninterruptible) == (True, True)
+    assert "mid_call_config" not in agent.twiml_options()["relay"]
+    assert "readback_uninterruptible" not in agent.relay_attributes()
+
+
+def test_a_failover_language_must_name_a_backup(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(
+        MINIMAL.format(extra="", relay="")
+        + '\n[failover]\n[[failover.languages]]\ncode = "en-AU"\n',
+        encoding="utf-8",
+    )
+
+    with pytest.raises(ConfigError, match="names no backup"):
+        load_profile(path)
+
+
+def test_twiml_options_are_plain_values(tmp_path: Path) -> None:
+    path = tmp_path / "fo.toml"
+    path.write_text(
+        MINIMAL.format(extra="", relay='events = "speaker-events"')
+        + '\n[failover]\ntts_provider = "Google"\n',
+        encoding="utf-8",
+    )
+    agent = load_profile(path)
+
+    options = agent.twiml_options(parameters={"resumed": "1"}, welcome_greeting="")
+    assert options == {
+        "relay": {
+            "report_input_during_agent_speech": "none",
+            "events": "speaker-events config-updated",
+        },
+        "languages": [],
+        "failover": {"tts_provider": "Google"},
+        "failover_languages": [],
+        "parameters": {"agent": "fo", "resumed": "1"},
+        "welcome_greeting": None,
+    }
+    assert agent.relay["events"] == "speaker-events"  # the profile itself is unchanged

@@ -1,37 +1,49 @@
 """One :class:`CallSession` per ConversationRelay WebSocket.
 
 The receive loop parses and records every frame and never waits on the model: each final
-prompt starts a turn task, which streams the model's tokens to the caller as ``text`` frames.
-A newer final prompt, an ``interrupt`` or a closed socket cancels the running turn. After an
-interrupt the assistant message in the history is cut down to what the caller actually heard,
-so the next request to the model carries only that. One writer task sends every frame.
+prompt starts a :class:`~relay.call.turn.Turn` task, which streams the model's tokens to the
+caller as ``text`` frames. A newer final prompt, an ``interrupt`` or a closed socket cancels the
+running turn. After an interrupt the assistant message in the history (the
+:class:`~relay.call.transcript.Transcript`) is cut down to what the caller actually heard, so
+the next request to the model carries only that. One writer task sends every frame.
+
+The session also keeps the call going when the model fails (:mod:`relay.call.trouble`), when
+the caller goes quiet (:mod:`relay.call.ending`), and runs the keypad (:mod:`relay.call.keypad`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import enum
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, Protocol
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from datetime import datetime
+from typing import Any, Final
 from zoneinfo import ZoneInfo
 
-import httpx
 import orjson
 import structlog
 
-from relay.agents import AgentProfile, AgentRegistry
-from relay.errors import LLMError, ProtocolError, ToolError
-from relay.llm.client import ChatModel, ChatRequest, Done, TextDelta, ToolCall
+from relay.agents import AgentProfile
+from relay.call.ending import Silence, SilenceWatch, is_backchannel
+from relay.call.keypad import Keypad
+from relay.call.ports import (
+    DIGIT_PAUSE,
+    FILLER_AFTER,
+    CallDependencies,
+    CallerDirectory,
+    Retrieved,
+    Retriever,
+)
+from relay.call.transcript import Message, Transcript
+from relay.call.trouble import Offer, Trouble, answer_to_offer
+from relay.call.turn import Cancelled, Turn
+from relay.errors import ProtocolError
+from relay.llm.types import ChatRequest, ToolCall
 from relay.protocol import frames as protocol
 from relay.storage import repository
-from relay.storage.db import Database
-from relay.storage.recorder import Recorder
 from relay.storage.requests import RequestLog
 from relay.tools import (
     CollectDigits,
@@ -39,20 +51,27 @@ from relay.tools import (
     SendDigits,
     SwitchLanguage,
     Tool,
-    ToolContext,
-    ToolRegistry,
-    ToolResult,
     Transfer,
-    invoke,
 )
 from relay.tools.base import SessionAction
 
+__all__ = [
+    "DIGIT_PAUSE",
+    "FILLER_AFTER",
+    "CallDependencies",
+    "CallSession",
+    "CallerDirectory",
+    "Phase",
+    "Retrieved",
+    "Retriever",
+]
+
 log = structlog.get_logger("relay.call.session")
 
-#: After this long, a running tool earns a filler line (sent preemptible, so the answer replaces it).
-FILLER_AFTER = 0.7
-#: A pause this long ends keypad digit collection.
-DIGIT_PAUSE = 3.0
+#: Frames that arrive before ``setup`` are kept (to be recorded under the call) up to these
+#: limits; beyond them they are counted and dropped.
+PRE_SETUP_FRAMES: Final = 64
+PRE_SETUP_BYTES: Final = 256 * 1024
 
 
 class Phase(enum.Enum):
@@ -60,69 +79,6 @@ class Phase(enum.Enum):
     ACTIVE = "active"
     ENDING = "ending"
     CLOSED = "closed"
-
-
-class Retriever(Protocol):
-    """Knowledge retrieval for a turn (see relay.services.retrieval)."""
-
-    async def retrieve(self, agent: AgentProfile, query: str) -> Retrieved | None: ...
-
-
-@dataclass(frozen=True)
-class Retrieved:
-    """Reference material for one turn, and its provenance."""
-
-    message: str  # the system message handed to the model
-    provenance: list[dict[str, Any]]
-    elapsed_ms: float
-    error: str | None = None
-
-
-class CallerDirectory(Protocol):
-    """Finds who is calling, at setup (see relay.services.customers)."""
-
-    async def lookup(self, agent: AgentProfile, phone: str) -> Mapping[str, Any] | None: ...
-
-
-@dataclass
-class CallDependencies:
-    """The shared objects every session uses, built once by the app."""
-
-    agents: AgentRegistry
-    llm: ChatModel
-    recorder: Recorder
-    db: Database
-    http: httpx.AsyncClient
-    tools: ToolRegistry
-    services: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # per agent name
-    retriever: Retriever | None = None
-    directory: CallerDirectory | None = None
-    model_override: str | None = None
-    max_tool_rounds: int = 5
-    now: Callable[[], datetime] = lambda: datetime.now(UTC)
-    speech_seconds: Callable[[str], float] = lambda text: min(8.0, 0.5 + len(text) / 15.0)
-    filler_after: float = FILLER_AFTER
-    digit_pause: float = DIGIT_PAUSE
-
-
-class _Cancelled(enum.Enum):
-    INTERRUPTED = "interrupted"
-    SUPERSEDED = "superseded"
-    CLOSED = "closed"
-
-
-_CANCEL_FLAGS = {_Cancelled.INTERRUPTED: "interrupted", _Cancelled.SUPERSEDED: "superseded"}
-
-
-@dataclass
-class _Turn:
-    """The turn task and what it has said so far."""
-
-    seq: int  # the user message's seq
-    task: asyncio.Task[None] | None = None
-    talking: bool = False  # a talk cycle is open (text sent without last:true)
-    summarised: bool = False  # the turn's rows and summary line have been written
-    cancelled: _Cancelled | None = None
 
 
 class CallSession:
@@ -136,13 +92,13 @@ class CallSession:
         self.session_id = ""
         self.agent: AgentProfile = deps.agents.default
         self.setup: protocol.Setup | None = None
-        self.history: list[dict[str, Any]] = []  # OpenAI messages, without the system prompt
-        self._rows: list[dict[str, Any]] = []  # the stored turn row of each history message
-        self._next_seq = 0
+        self.transcript = Transcript(record=self._record_turn, now=deps.now)
         self._event_seq = 0
         self._requests = RequestLog()  # llm_request bodies: the first in full, then deltas
         self._pre_setup: list[tuple[float, str, dict[str, Any]]] = []
-        self._turn: _Turn | None = None
+        self._pre_setup_bytes = 0
+        self.pre_setup_dropped = 0
+        self._turn: Turn | None = None
         self._out: asyncio.Queue[tuple[str, Callable[[float], None] | None] | None] = (
             asyncio.Queue()
         )
@@ -151,20 +107,24 @@ class CallSession:
         self._customer_task: asyncio.Task[Mapping[str, Any] | None] | None = None
         self._agent_speaking = False
         self._speech_done = asyncio.Event()
-        self._digits: list[str] | None = None
-        self._digit_purpose = ""
-        self._digit_max = 12
-        self._digit_timer: asyncio.TimerHandle | None = None
-        self._language: str | None = None
+        self.keypad = Keypad(self, deps.digit_pause)
+        self.language: str | None = None
         self._tools: dict[str, Tool] = {}
         self._schemas: list[dict[str, Any]] = []
         self._end_sent = False
+        self._cycle: list[str] = []  # the text of the talk cycle being sent
+        self.trouble = Trouble()
+        self.silence = SilenceWatch(0.0, self._silence_fired)
+        self.interrupts = 0
+        self.backchannel_interrupts = 0
+        self._after_interrupt = False
         self.frames_in = 0
         self.frames_out = 0
         self.invalid_frames = 0
         self.outcome: str | None = None
         self.handoff_data: str | None = None
         self.close_code: int | None = None
+        self.close_reason: str | None = None  # set by the socket layer (e.g. "idle")
         self._started = time.perf_counter()
         self._call_started: datetime | None = None  # when a resumed call first started
 
@@ -184,17 +144,22 @@ class CallSession:
     def _receive(self, raw: str | bytes) -> None:
         now = time.perf_counter()
         self.frames_in += 1
-        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
         try:
-            frame = protocol.parse_inbound(text)
+            frame = protocol.parse_inbound(raw)
         except ProtocolError as exc:
             self.invalid_frames += 1
-            self._event("frame_in_invalid", {"raw": text[:8192], "error": str(exc)}, now)
-            log.warning("frame_invalid", error=str(exc)[:300])
+            error = str(exc)[:300]
+            self._event("frame_in_invalid", {**protocol.record_of(raw), "error": error}, now)
+            log.warning("frame_invalid", error=error, size=protocol.frame_size(raw))
             return
-        self._event("frame_in", {"raw": text}, now)
+        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+        # The setup frame is always kept, even when the pre-setup buffer is full.
+        self._event("frame_in", {"raw": text}, now, keep=isinstance(frame, protocol.Setup))
         if isinstance(frame, protocol.Info):
             self._on_info(frame)
+        elif isinstance(frame, protocol.ConfigUpdated):
+            log.info("config_updated", via=frame.via, **frame.details)
+            self._event("config_updated", {"via": frame.via, **frame.details}, now)
         elif isinstance(frame, protocol.Setup):
             if self.setup is not None:
                 log.warning("setup_repeated")
@@ -209,7 +174,8 @@ class CallSession:
         elif isinstance(frame, protocol.Interrupt):
             self._on_interrupt(frame)
         elif isinstance(frame, protocol.Dtmf):
-            self._on_dtmf(frame.digit, now)
+            self.silence.caller_active()
+            self.keypad.pressed(frame.digit, now)
         elif isinstance(frame, protocol.Error):
             log.warning("twilio_error", description=frame.description[:300])
         else:
@@ -228,22 +194,35 @@ class CallSession:
             return ""
         return self.setup.to if self.outbound else self.setup.from_
 
+    @property
+    def tools(self) -> Mapping[str, Tool]:
+        return self._tools
+
+    @property
+    def parameters(self) -> dict[str, str]:
+        return dict(self.setup.custom_parameters) if self.setup else {}
+
     async def _start(self) -> None:
         setup = self.setup
         assert setup is not None
         self.call_sid, self.session_id = setup.call_sid, setup.session_id
+        self.transcript.call_sid, self.transcript.session_id = self.call_sid, self.session_id
         self.agent = self.deps.agents.resolve(setup.custom_parameters, setup.to)
         structlog.contextvars.bind_contextvars(call_sid=self.call_sid)
         self.phase = Phase.ACTIVE
+        self.deps.live[self.call_sid] = self
         for t, kind, data in self._pre_setup:
             self._event(kind, data, t)
         self._pre_setup.clear()
+        if self.pre_setup_dropped:
+            self._event("pre_setup_dropped", {"frames": self.pre_setup_dropped})
         if self.deps.directory is not None and self.caller:
             self._customer_task = asyncio.create_task(
                 self.deps.directory.lookup(self.agent, self.caller), name="relay-caller-lookup"
             )
         self._tools = self.deps.tools.select(self.agent.tools, agent=self.agent.name)
         self._schemas = self.deps.tools.schemas(self._tools)
+        self.silence = SilenceWatch(self.agent.silence_timeout, self._silence_fired)
         resumed = await self._load_history()
         now = self.deps.now()
         self.deps.recorder.call(
@@ -258,7 +237,9 @@ class CallSession:
         )  # fmt: skip
         greeting = setup.custom_parameters.get("greeting", self.agent.welcome_greeting)
         if greeting:
-            self._append("assistant", greeting, spoken_text=greeting)
+            self.transcript.assistant(greeting)
+            # Twilio says the greeting itself (the TwiML's welcomeGreeting).
+            self.silence.agent_finished(self.deps.speech_seconds(greeting))
         log.info(
             "session_started", agent=self.agent.name, resumed=resumed, direction=setup.direction
         )
@@ -273,121 +254,77 @@ class CallSession:
         if call is None:
             return False
         self._call_started = call.started_at
-        for row in turns:
-            message: dict[str, Any] = {"role": row.role, "content": row.content}
-            if row.tool_calls:
-                message["tool_calls"] = row.tool_calls
-            if row.tool_call_id:
-                message["tool_call_id"] = row.tool_call_id
-            self.history.append(message)
-            self._rows.append(
-                {"call_sid": row.call_sid, "seq": row.seq, "session_id": row.session_id,
-                 "role": row.role, "content": row.content, "created_at": row.created_at,
-                 "spoken_text": row.content if row.role == "assistant" else None}
-            )  # fmt: skip
-        self._next_seq = (turns[-1].seq + 1) if turns else 0
+        self.transcript.load(turns)
         return True
 
     # == prompts and turns =================================================================
 
     def _on_prompt(self, frame: protocol.Prompt, now: float) -> None:
+        self.silence.caller_active()
         if not frame.last:
             return  # partial transcripts are recorded, not answered
         text = frame.voice_prompt.strip()
         if not text:
             log.info("prompt_empty")
             return
-        if self._digits is not None:
-            self._finish_digits(reason="speech")
-        self._start_turn(frame.voice_prompt, lang=frame.lang or None, received=now)
+        if self._after_interrupt:
+            self._after_interrupt = False
+            if is_backchannel(text):
+                self.backchannel_interrupts += 1
+                self._event("backchannel_interrupt", {"utterance": text[:100]})
+        if self.keypad.collecting:
+            self.keypad.finish("speech")
+        if self.trouble.offer is not Offer.NONE:
+            self._answer_offer(frame.voice_prompt, lang=frame.lang or None, received=now)
+            return
+        self.start_turn(frame.voice_prompt, lang=frame.lang or None, received=now)
 
-    def _start_turn(self, text: str, *, lang: str | None, received: float) -> None:
+    def start_turn(self, text: str, *, lang: str | None, received: float) -> None:
         previous = self._turn
-        if previous is not None and previous.task is not None and not previous.task.done():
-            self._cancel_turn(previous, _Cancelled.SUPERSEDED)
-        row = self._append("user", text, lang=lang, prompt_received_at=received)
-        turn = _Turn(seq=row["seq"])
-        turn.task = asyncio.create_task(
-            self._run_turn(turn, received, previous), name=f"relay-turn-{turn.seq}"
-        )
+        if previous is not None and previous.running:
+            previous.cancel(Cancelled.SUPERSEDED)
+        message = self.transcript.user(text, lang=lang, prompt_received_at=received)
+        turn = Turn(self, message.seq, received)
+        turn.start(previous)
         self._turn = turn
 
-    def _cancel_turn(self, turn: _Turn, why: _Cancelled) -> None:
-        turn.cancelled = why
-        if turn.task is not None:
-            turn.task.cancel()
-        if turn.talking:
-            # Close the talk cycle the cancelled turn left open.
-            self._send(protocol.Text(token="", last=True))
-            turn.talking = False
+    def _stop_turn(self) -> None:
+        turn = self._turn
+        if turn is not None and turn.running:
+            turn.cancel(Cancelled.SUPERSEDED)
 
-    async def _run_turn(self, turn: _Turn, received: float, previous: _Turn | None) -> None:
-        if previous is not None and previous.task is not None and not previous.task.done():
-            # Let the superseded turn finish its bookkeeping first (it is already cancelled).
-            # asyncio.wait, not await: this turn's own cancellation must not be swallowed (nor
-            # forwarded to the previous task), and the previous turn's outcome is not ours.
-            await asyncio.wait({previous.task})
-        rows: list[dict[str, Any]] = []
-        timings: dict[str, float] = {"prompt_received_at": received}
-        retrieved: Retrieved | None = None
-        try:
-            customer = await self._customer()
-            if self.deps.retriever is not None and self.agent.knowledge_collection:
-                retrieved = await self.deps.retriever.retrieve(self.agent, self._retrieval_query())
-                timings["retrieval_done_at"] = time.perf_counter()
-                if retrieved is not None:
-                    self._event(
-                        "retrieval",
-                        {
-                            "provenance": retrieved.provenance,
-                            "elapsed_ms": retrieved.elapsed_ms,
-                            "error": retrieved.error,
-                        },
-                    )
-            tools = self._tools
-            for round_ in range(1, self.deps.max_tool_rounds + 1):
-                final = round_ == self.deps.max_tool_rounds
-                done, row = await self._llm_round(
-                    turn, rows, timings, retrieved, customer, {} if final else tools
-                )
-                if not done.tool_calls:
-                    break
-                action = await self._run_tools(turn, row, done.tool_calls, tools, customer)
-                if action is not None:
-                    await self._act(turn, action)
-                    if isinstance(action, (Transfer, Hangup, CollectDigits)):
-                        return
-            if not any(row.get("spoken_text") for row in rows) and not turn.talking:
-                # The model answered with nothing to say: never leave the caller in silence.
-                self._apologise(turn, rows, "the model's reply was empty")
-                return
-            self._close_talk(turn)
-        except asyncio.CancelledError:
-            flag = _CANCEL_FLAGS.get(turn.cancelled) if turn.cancelled else None
-            for row in rows:
-                if flag:
-                    row[flag] = True
-                self.deps.recorder.turn(**row)
-            raise
-        except LLMError as exc:
-            self._apologise(turn, rows, str(exc))
-        except Exception as exc:  # a bug must not leave the caller in silence
-            log.exception("turn_failed")
-            self._apologise(turn, rows, f"internal error: {exc!r}")
-        finally:
-            self._summarise_turn(turn, rows, timings, retrieved)
+    def say(self, text: str) -> None:
+        """Say a line outside any turn (a keypad option, a question of the session's own)."""
+        self._stop_turn()
+        self.transcript.assistant(text)
+        self.send(protocol.Text(token=text, last=True))
 
-    def _retrieval_query(self) -> str:
-        """The caller's latest words, with a little recent context."""
-        parts: list[str] = []
-        for message in reversed(self.history):
-            if message["role"] == "user" and message.get("content"):
-                parts.append(message["content"])
-                if len(parts) == 2 or sum(len(p) for p in parts) > 300:
-                    break
-        return " ".join(reversed(parts))
+    # -- what a turn asks of its call (relay.call.turn.TurnHost) ---------------------------
 
-    async def _customer(self) -> Mapping[str, Any] | None:
+    def request(
+        self,
+        tools: Mapping[str, Tool],
+        retrieved: Retrieved | None,
+        customer: Mapping[str, Any] | None,
+        deadline: float,
+    ) -> ChatRequest:
+        return ChatRequest(
+            model=self.deps.model_override or self.agent.model or "gpt-4o-mini",
+            messages=self._messages(retrieved, customer),
+            tools=self._schemas
+            if tools is self._tools
+            else [t.openai_schema() for t in tools.values()],
+            temperature=self.agent.temperature,
+            max_tokens=self.agent.max_tokens,
+            deadline=deadline,
+        )
+
+    def record_request(self, request: ChatRequest, sent_at: float) -> None:
+        # Stored after the session's first request as the change from the previous one.
+        self._event("llm_request", self._requests.record(request.body()), sent_at)
+        self._requests.stored(self._event_seq)
+
+    async def customer(self) -> Mapping[str, Any] | None:
         if self._customer_task is None:
             return None
         try:
@@ -411,456 +348,216 @@ class CallSession:
             context.append(f"{who}: {self.caller}.")
         if customer:
             context.append("Known caller: " + orjson.dumps(customer, default=str).decode())
-        if self._language:
-            context.append(f"The call is now in {self._language}; reply in that language.")
+        if self.language:
+            context.append(f"The call is now in {self.language}; reply in that language.")
         messages: list[dict[str, Any]] = [
             {"role": "system", "content": system + "\n\n" + " ".join(context)}
         ]
         if retrieved is not None and retrieved.message:
             messages.append({"role": "system", "content": retrieved.message})
-        for message in self.history:
-            if (
-                message["role"] == "assistant"
-                and not message.get("content")
-                and not message.get("tool_calls")
-            ):
-                continue  # nothing was heard and nothing was done
-            messages.append(message)
+        messages.extend(self.transcript.openai())
         return messages
 
-    async def _llm_round(
-        self,
-        turn: _Turn,
-        rows: list[dict[str, Any]],
-        timings: dict[str, float],
-        retrieved: Retrieved | None,
-        customer: Mapping[str, Any] | None,
-        tools: Mapping[str, Tool],
-    ) -> tuple[Done, dict[str, Any] | None]:
-        request = ChatRequest(
-            model=self.deps.model_override or self.agent.model or "gpt-4o-mini",
-            messages=self._messages(retrieved, customer),
-            tools=self._schemas
-            if tools is self._tools
-            else [t.openai_schema() for t in tools.values()],
-            temperature=self.agent.temperature,
-            max_tokens=self.agent.max_tokens,
-        )
-        sent_at = time.perf_counter()
-        timings.setdefault("llm_request_at", sent_at)
-        # A snapshot (history messages are edited later: streaming, interruptions), stored
-        # after the session's first request as the change from the previous one.
-        self._event("llm_request", self._requests.record(request.body()), sent_at)
-        self._requests.stored(self._event_seq)
-        pieces: list[str] = []
-        row: dict[str, Any] | None = None
-        message: dict[str, Any] | None = None
-        done: Done | None = None
-        try:
-            async for event in self.deps.llm.stream(request):
-                if isinstance(event, TextDelta):
-                    if message is None:
-                        first = time.perf_counter()
-                        timings.setdefault("first_token_at", first)
-                        row = self._append("assistant", "", spoken_text="")
-                        message = self.history[-1]
-                        rows.append(row)
-                        self._send(
-                            protocol.Text(token=event.text),
-                            on_sent=self._first_frame(turn, rows, timings),
-                        )
-                    else:
-                        self._send(protocol.Text(token=event.text))
-                    turn.talking = True
-                    pieces.append(event.text)
-                    message["content"] += event.text
-                    assert row is not None
-                    row["spoken_text"] = message["content"]
-                    row["content"] = message["content"]
-                else:
-                    done = event
-        finally:
-            timings["last_token_at"] = time.perf_counter()
-            self._event(
-                "llm_response",
-                {"pieces": pieces, "tool_calls": [dataclasses.asdict(tc) for tc in done.tool_calls] if done else [],
-                 "finish_reason": done.finish_reason if done else None, "attempts": done.attempts if done else None,
-                 "complete": done is not None},
-            )  # fmt: skip
-        assert done is not None
-        if done.tool_calls:
-            calls = [
-                {
-                    "id": tc.id,
-                    "type": "function",
-                    "function": {"name": tc.name, "arguments": tc.arguments},
-                }
-                for tc in done.tool_calls
-            ]
-            if message is None:
-                row = self._append("assistant", "", spoken_text="")
-                message = self.history[-1]
-                rows.append(row)
-            message["tool_calls"] = calls
-            assert row is not None
-            row["tool_calls"] = calls
-        if row is not None:
-            self.deps.recorder.turn(**row)
-        return done, row
-
-    def _first_frame(
-        self, turn: _Turn, rows: list[dict[str, Any]], timings: dict[str, float]
-    ) -> Callable[[float], None]:
-        def sent(at: float) -> None:
-            if "first_frame_at" in timings:
-                return
-            timings["first_frame_at"] = at
-            if turn.summarised:
-                # The writer sent the frame after the turn had finished (a reply that arrived
-                # in one read): complete the stored timings now.
-                first_frame_ms = round((at - timings["prompt_received_at"]) * 1000, 3)
-                for row in rows:
-                    row.update(first_frame_at=at, first_frame_ms=first_frame_ms)
-                    self.deps.recorder.turn(**row)
-
-        return sent
-
-    async def _run_tools(
-        self,
-        turn: _Turn,
-        row: dict[str, Any] | None,
-        calls: Sequence[ToolCall],
-        tools: Mapping[str, Tool],
-        customer: Mapping[str, Any] | None,
-    ) -> SessionAction | None:
-        action: SessionAction | None = None
-        filler_sent = False
-        answered: set[str] = set()
-        try:
-            for call in calls:
-                started = time.perf_counter()
-                self._event(
-                    "tool_call", {"id": call.id, "name": call.name, "arguments": call.arguments}
-                )
-                task = asyncio.create_task(
-                    self._call_tool(call, tools, customer), name=f"relay-tool-{call.name}"
-                )
-                try:
-                    if not filler_sent:
-                        done, _ = await asyncio.wait({task}, timeout=self.deps.filler_after)
-                        if not done:
-                            filler_sent = True
-                            filler = _filler(self.agent, turn.seq) + " "
-                            self._send(protocol.Text(token=filler, preemptible=True))
-                            turn.talking = True
-                            self._said(row, filler)
-                    result = await task
-                except asyncio.CancelledError:
-                    task.cancel()
-                    raise
-                elapsed = (time.perf_counter() - started) * 1000
-                self._event(
-                    "tool_result",
-                    {
-                        "id": call.id,
-                        "name": call.name,
-                        "content": result.content,
-                        "data": result.data,
-                        "elapsed_ms": round(elapsed, 2),
-                    },
-                )
-                log.info(
-                    "tool_completed",
-                    tool=call.name,
-                    elapsed_ms=round(elapsed, 1),
-                    error=bool(result.data and "error" in result.data),
-                )
-                self._append("tool", result.content, tool_call_id=call.id, tool_name=call.name)
-                answered.add(call.id)
-                if result.action is not None and action is None:
-                    action = result.action
-        finally:
-            # Every tool call needs an answer in the history, or the next request is invalid.
-            for call in calls:
-                if call.id not in answered:
-                    self._append(
-                        "tool",
-                        "Not done: the caller spoke before this finished.",
-                        tool_call_id=call.id,
-                        tool_name=call.name,
-                    )
-        return action
-
-    def _said(self, row: dict[str, Any] | None, text: str) -> None:
-        """Add words spoken outside the model's stream (a filler) to the message they belong to."""
-        if row is None:
-            return
-        for index in range(len(self._rows) - 1, -1, -1):
-            if self._rows[index] is row:
-                message = self.history[index]
-                message["content"] = (message.get("content") or "") + text
-                row["content"] = message["content"]
-                row["spoken_text"] = (row.get("spoken_text") or "") + text
-                self.deps.recorder.turn(**row)
-                return
-
-    async def _call_tool(
-        self, call: ToolCall, tools: Mapping[str, Tool], customer: Mapping[str, Any] | None
-    ) -> ToolResult:
-        t = tools.get(call.name)
-        if t is None:
-            return ToolResult(
-                f"Error: there is no tool named {call.name}. Available: {', '.join(tools) or 'none'}.",
-                data={"error": "unknown tool"},
-            )
-        try:
-            arguments = t.parse(call.arguments)
-        except ToolError as exc:
-            return ToolResult(str(exc), data={"error": "invalid arguments"})
-        ctx = ToolContext(
-            call_sid=self.call_sid, agent=self.agent, caller=self.caller,
-            db=self.deps.db, http=self.deps.http, now=self.deps.now,
-            services=self.deps.services.get(self.agent.name, {}), tool_call_id=call.id,
-            customer=customer,
-            extras={"parameters": dict(self.setup.custom_parameters) if self.setup else {}},
-        )  # fmt: skip
-        if t.side_effect:
-            return await repository.once(
-                self.deps.db,
-                t.idempotency_key(self.call_sid, arguments),
-                t.name,
-                self.call_sid,
-                lambda: invoke(t, ctx, arguments),
-            )
-        return await invoke(t, ctx, arguments)
-
-    async def _act(self, turn: _Turn, action: SessionAction) -> None:
+    async def act(self, turn: Turn, action: SessionAction) -> None:
         if isinstance(action, SwitchLanguage):
-            self._language = action.code
-            self._send(
+            self.language = action.code
+            self.send(
                 protocol.Language(tts_language=action.code, transcription_language=action.code)
             )
         elif isinstance(action, SendDigits):
-            self._send(protocol.SendDigits(digits=action.digits))
+            self.send(protocol.SendDigits(digits=action.digits))
         elif isinstance(action, CollectDigits):
-            self._close_talk(turn)
-            self._digits, self._digit_purpose, self._digit_max = (
-                [],
-                action.purpose,
-                action.max_digits,
-            )
+            turn.close_talk()
+            self.keypad.collect(action.purpose, action.max_digits)
         elif isinstance(action, Transfer):
             # The end sequence runs on its own: a barge-in must not stop the handoff.
             data = {"reasonCode": "live-agent-handoff", "reason": action.reason, "summary": action.summary,
                     "callSid": self.call_sid, "agent": self.agent.name}  # fmt: skip
             self._spawn(self._end(turn, action.line, data, outcome="transferred"))
         elif isinstance(action, Hangup):
+            data = {"reasonCode": "end-call", "reason": action.reason}
+            self._spawn(self._end(turn, action.line, data, outcome="completed-by-agent"))
+
+    def turn_failed(self, turn: Turn, kind: str, error: str) -> str:
+        """Count a failed turn and choose what the caller hears: the apology, or after
+        failures in a row the offer of a person (the caller's answer is handled without the
+        model, in :meth:`_answer_offer`)."""
+        log.warning("turn_failed_apologised", error=error[:300], kind=kind)
+        self.deps.llm_failures.add(kind)
+        offer = self.trouble.failed(kind)
+        self._event(
+            "llm_failure",
+            {"kind": kind, "error": error[:500], "consecutive": self.trouble.consecutive,
+             "offered": "person" if offer and self.agent.person_number else "message" if offer else None},
+        )  # fmt: skip
+        if not offer:
+            return self.agent.apology_line
+        if self.agent.person_number:
+            self.trouble.offer = Offer.PERSON
+            return self.agent.offer_person_line.replace("{person_name}", self.agent.person_name)
+        self.trouble.offer = Offer.MESSAGE
+        return self.agent.offer_message_line
+
+    def turn_succeeded(self, turn: Turn) -> None:
+        self.trouble.succeeded()
+
+    # -- the offer of a person, answered without the model ------------------------------------
+
+    def _answer_offer(self, text: str, *, lang: str | None, received: float) -> None:
+        offer = self.trouble.offer
+        self._stop_turn()
+        if offer is Offer.TAKING:
+            self.transcript.user(text, lang=lang, prompt_received_at=received)
+            self.trouble.offer = Offer.NONE
+            self._spawn(self._take_message(text))
+            return
+        if not answer_to_offer(text):
+            self._event("llm_failure_offer", {"offer": offer.value, "accepted": False})
+            self.trouble.declined()
+            self.start_turn(text, lang=lang, received=received)
+            return
+        self.transcript.user(text, lang=lang, prompt_received_at=received)
+        self._accept_offer("caller agreed")
+
+    def _accept_offer(self, why: str) -> None:
+        offer = self.trouble.offer
+        self._event("llm_failure_offer", {"offer": offer.value, "accepted": True, "why": why})
+        if offer is Offer.PERSON:
+            self.trouble.offer = Offer.NONE
+            data = {
+                "reasonCode": "live-agent-handoff", "reason": "llm-failure",
+                "summary": "The assistant could not answer (the language model was failing); "
+                           "the caller accepted a person.",
+                "callSid": self.call_sid, "agent": self.agent.name,
+            }  # fmt: skip
             self._spawn(
-                self._end(
-                    turn,
-                    action.line,
-                    {"reasonCode": "end-call", "reason": action.reason},
-                    outcome="completed-by-agent",
-                )
+                self._end(self._turn, self.agent.transfer_line, data, outcome="llm-failure")
+            )
+        elif offer is Offer.MESSAGE:
+            self.trouble.offer = Offer.TAKING
+            self.say(self.agent.take_message_line)
+
+    async def _take_message(self, text: str) -> None:
+        """Store the caller's words as a message with the ``take_message`` tool, when the
+        process has it, then say goodbye and end the call."""
+        tool = self.deps.tools.get("take_message")
+        if tool is not None:
+            tools = {tool.name: tool}
+            name = (self.setup.caller_name if self.setup else "") or "Caller"
+            arguments = orjson.dumps(
+                {"name": name, "phone": "this number", "reason": text}
+            ).decode()
+            call = ToolCall(id=f"call_llm_failure_{uuid.uuid4().hex[:8]}", name="take_message",
+                            arguments=arguments)  # fmt: skip
+            self._event("tool_call", {"id": call.id, "name": call.name, "arguments": arguments})
+            helper = Turn(self, self.transcript.next_seq, time.perf_counter())
+            try:
+                result = await helper.call_tool(call, tools, None)
+            except Exception as exc:  # the caller still gets a goodbye
+                log.error("message_not_taken", error=repr(exc))
+            else:
+                self._event("tool_result", {"id": call.id, "name": call.name,
+                                            "content": result.content, "data": result.data})  # fmt: skip
+        else:
+            self._event("message_left", {"text": text})
+        data = {
+            "reasonCode": "end-call",
+            "reason": "llm-failure",
+            "summary": "The caller left a message.",
+        }
+        await self._end(None, self.agent.message_taken_line, data, outcome="llm-failure")
+
+    # == ending ============================================================================
+
+    def transfer_by_key(self, digit: str) -> None:
+        if self.agent.person_number:
+            data = {
+                "reasonCode": "live-agent-handoff", "reason": f"caller pressed {digit}",
+                "summary": "The caller pressed the keypad to reach a person.",
+                "callSid": self.call_sid, "agent": self.agent.name,
+            }  # fmt: skip
+            self._spawn(
+                self._end(self._turn, self.agent.transfer_line, data, outcome="transferred")
+            )
+        else:
+            self.start_turn(
+                f"(The caller pressed {digit} to reach a person, but nobody is available.)",
+                lang=None,
+                received=time.perf_counter(),
             )
 
+    def end_by_key(self, digit: str) -> None:
+        data = {"reasonCode": "end-call", "reason": f"caller pressed {digit}"}
+        self._spawn(
+            self._end(self._turn, self.agent.goodbye_line, data, outcome="completed-by-caller")
+        )
+
     async def _end(
-        self, turn: _Turn | None, line: str, data: dict[str, Any], *, outcome: str
+        self, turn: Turn | None, line: str, data: dict[str, Any], *, outcome: str
     ) -> None:
         """Speak a last line, let it play, then send ``end`` with the handoff data."""
         if self.phase is not Phase.ACTIVE:
             return
         self.phase = Phase.ENDING
         self.outcome = outcome
-        if turn is not None and turn.task is not None and not turn.task.done():
-            self._cancel_turn(turn, _Cancelled.SUPERSEDED)  # e.g. a keypad transfer mid-answer
+        self.silence.disarm()
+        if turn is not None and turn.running:
+            turn.cancel(Cancelled.SUPERSEDED)  # e.g. a keypad transfer mid-answer
         continuing = turn is not None and turn.talking
         if line:
-            self._append("assistant", line, spoken_text=line)
+            self.transcript.assistant(line)
             self._speech_done.clear()
-            self._send(protocol.Text(token=(" " if continuing else "") + line, last=True))
+            self.send(protocol.Text(token=(" " if continuing else "") + line, last=True))
             if turn is not None:
                 turn.talking = False
             # Wait for Twilio's agentSpeaking "off" (speaker events), or as long as it takes to say.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._speech_done.wait(), self.deps.speech_seconds(line))
         self.handoff_data = orjson.dumps(data).decode()
-        self._send(protocol.End(handoff_data=self.handoff_data))
+        self.send(protocol.End(handoff_data=self.handoff_data))
         self._end_sent = True
         self.deps.recorder.update_call(
             self.call_sid, outcome=outcome, handoff_data=self.handoff_data
         )
         log.info("session_ending", outcome=outcome, reason=data.get("reason"))
 
-    def _close_talk(self, turn: _Turn) -> None:
-        self._send(protocol.Text(token="", last=True))
-        turn.talking = False
+    # -- a caller who goes quiet ---------------------------------------------------------------
 
-    def _apologise(self, turn: _Turn, rows: list[dict[str, Any]], error: str) -> None:
-        log.warning("turn_failed_apologised", error=error[:300])
-        line = self.agent.apology_line
-        spoken = (" " if turn.talking else "") + line
-        self._send(protocol.Text(token=spoken, last=True))
-        turn.talking = False
-        if (
-            rows
-            and self.history
-            and self.history[-1] is not None
-            and self.history[-1].get("role") == "assistant"
-            and not self.history[-1].get("tool_calls")
-        ):
-            message, row = self.history[-1], rows[-1]
-            message["content"] += spoken
-            row.update(content=message["content"], spoken_text=message["content"], error=error)
-        else:
-            row = self._append("assistant", line, spoken_text=line, error=error)
-            rows.append(row)
-        self.deps.recorder.turn(**row)
-        self._event("llm_error", {"error": error})
-
-    def _summarise_turn(
-        self,
-        turn: _Turn,
-        rows: list[dict[str, Any]],
-        timings: dict[str, float],
-        retrieved: Retrieved | None,
-    ) -> None:
-        received = timings["prompt_received_at"]
-        turn.summarised = True
-
-        def ms(key: str) -> float | None:
-            return round((timings[key] - received) * 1000, 3) if key in timings else None
-
-        for row in rows:
-            row.update({k: v for k, v in timings.items() if k != "prompt_received_at"})
-            row["first_token_ms"], row["first_frame_ms"] = (
-                ms("first_token_at"),
-                ms("first_frame_at"),
-            )
-            if retrieved is not None:
-                row["retrieval"] = retrieved.provenance
-            self.deps.recorder.turn(**row)
-        log.info(
-            "turn_completed", seq=turn.seq, outcome=turn.cancelled.value if turn.cancelled else "answered",
-            retrieval_ms=ms("retrieval_done_at"), llm_request_ms=ms("llm_request_at"),
-            first_token_ms=ms("first_token_at"), first_frame_ms=ms("first_frame_at"), last_token_ms=ms("last_token_at"),
-        )  # fmt: skip
+    def _silence_fired(self, stage: Silence) -> None:
+        if self.phase is not Phase.ACTIVE:
+            return  # ending (a transfer, a goodbye) or closed
+        if (self._turn is not None and self._turn.running) or self.keypad.collecting:
+            return  # a tool or an answer is under way, or the caller is typing digits
+        if self.trouble.offer in (Offer.PERSON, Offer.MESSAGE):
+            self._accept_offer("caller said nothing")  # nothing useful: do what was offered
+            return
+        if stage is Silence.LISTENING:
+            self._event("caller_silent", {"action": "re-prompt", "after_s": self.silence.timeout})
+            log.info("caller_silent", action="re-prompt")
+            self.silence.stage = Silence.ASKED
+            self.say(self.agent.still_there_line)
+            return
+        self._event("caller_silent", {"action": "end", "after_s": self.silence.timeout})
+        log.info("caller_silent", action="end")
+        data = {"reasonCode": "end-call", "reason": "caller-silent"}
+        self._spawn(self._end(None, self.agent.silence_goodbye_line, data, outcome="caller-silent"))
 
     # == interruptions =====================================================================
 
     def _on_interrupt(self, frame: protocol.Interrupt) -> None:
+        self.silence.caller_active()
         turn = self._turn
-        if turn is not None and turn.task is not None and not turn.task.done():
-            self._cancel_turn(turn, _Cancelled.INTERRUPTED)
+        if turn is not None and turn.running:
+            turn.cancel(Cancelled.INTERRUPTED)
         elif turn is not None and turn.talking:
-            self._close_talk(turn)
+            turn.close_talk()
         heard = frame.utterance_until_interrupt
-        self._apply_heard(heard)
+        self.transcript.cut_to_heard(heard)
+        self.interrupts += 1
+        self._after_interrupt = True
         log.info(
             "caller_interrupted", heard_chars=len(heard), after_ms=frame.duration_until_interrupt_ms
         )
-
-    def _apply_heard(self, heard: str) -> None:
-        """Cut the assistant's last talk cycle down to what the caller heard."""
-        spoken: list[int] = []
-        for index in range(len(self.history) - 1, -1, -1):
-            role = self.history[index]["role"]
-            if role == "user":
-                break
-            if role == "assistant" and self._rows[index].get("spoken_text"):
-                spoken.append(index)
-        spoken.reverse()
-        remaining = heard
-        for position, index in enumerate(spoken):
-            message, row = self.history[index], self._rows[index]
-            said = row["spoken_text"]
-            if position == len(spoken) - 1:
-                kept, remaining = remaining, ""
-            else:
-                take = min(len(said), len(remaining))
-                kept, remaining = remaining[:take], remaining[take:]
-            message["content"] = kept
-            row.update(content=kept, heard_text=kept, interrupted=True)
-            self.deps.recorder.turn(**row)
-
-    # == keypad ============================================================================
-
-    def _on_dtmf(self, digit: str, now: float) -> None:
-        if self._digits is not None:
-            if digit == "#":
-                self._finish_digits(reason="#")
-                return
-            self._digits.append(digit)
-            if len(self._digits) >= self._digit_max:
-                self._finish_digits(reason="max")
-                return
-            if self._digit_timer is not None:
-                self._digit_timer.cancel()
-            self._digit_timer = asyncio.get_running_loop().call_later(
-                self.deps.digit_pause, self._finish_digits, "pause"
-            )
-            return
-        option = self.agent.keypad.get(digit)
-        if option is None:
-            log.info("dtmf_unmapped", digit=digit)
-            return
-        if option.action == "transfer":
-            if self.agent.person_number:
-                self._spawn(
-                    self._end(
-                        self._turn,
-                        self.agent.transfer_line,
-                        {
-                            "reasonCode": "live-agent-handoff",
-                            "reason": f"caller pressed {digit}",
-                            "summary": "The caller pressed the keypad to reach a person.",
-                            "callSid": self.call_sid,
-                            "agent": self.agent.name,
-                        },
-                        outcome="transferred",
-                    )
-                )
-            else:
-                self._start_turn(
-                    f"(The caller pressed {digit} to reach a person, but nobody is available.)",
-                    lang=None,
-                    received=now,
-                )
-        elif option.action == "say":
-            self._say(option.text)
-        elif option.action == "prompt":
-            self._start_turn(option.text, lang=None, received=now)
-        elif option.action == "end":
-            self._spawn(
-                self._end(
-                    self._turn,
-                    self.agent.goodbye_line,
-                    {"reasonCode": "end-call", "reason": f"caller pressed {digit}"},
-                    outcome="completed-by-caller",
-                )
-            )
-
-    def _finish_digits(self, reason: str) -> None:
-        if self._digit_timer is not None:
-            self._digit_timer.cancel()
-            self._digit_timer = None
-        digits, self._digits = "".join(self._digits or []), None
-        if reason == "speech":
-            return
-        log.info("digits_collected", count=len(digits), ended_by=reason)
-        self._start_turn(
-            f"(Typed on the keypad for {self._digit_purpose}: {digits or 'nothing'})",
-            lang=None,
-            received=time.perf_counter(),
-        )
-
-    def _say(self, text: str) -> None:
-        turn = self._turn
-        if turn is not None and turn.task is not None and not turn.task.done():
-            self._cancel_turn(turn, _Cancelled.SUPERSEDED)
-        row = self._append("assistant", text, spoken_text=text)
-        self.deps.recorder.turn(**row)
-        self._send(protocol.Text(token=text, last=True))
 
     # == info ==============================================================================
 
@@ -869,26 +566,42 @@ class CallSession:
             self._agent_speaking = frame.value == "on"
             if not self._agent_speaking:
                 self._speech_done.set()
+            if self.phase is Phase.ACTIVE:
+                self.silence.agent_speaking(self._agent_speaking)
+        elif frame.name == "clientSpeaking" and frame.value == "on":
+            self.silence.caller_active()
 
-    # == history, recording, sending ========================================================
+    # == recording and sending ==============================================================
 
-    def _append(self, role: str, content: str, **fields: Any) -> dict[str, Any]:
-        message: dict[str, Any] = {"role": role, "content": content}
-        if "tool_call_id" in fields:
-            message["tool_call_id"] = fields["tool_call_id"]
-        row = {
-            "call_sid": self.call_sid, "session_id": self.session_id, "seq": self._next_seq,
-            "role": role, "content": content, "created_at": self.deps.now(), **fields,
-        }  # fmt: skip
-        self._next_seq += 1
-        self.history.append(message)
-        self._rows.append(row)
+    def _append(self, role: str, content: str, **fields: Any) -> Message:
+        """Add a message to the history (kept for relay.call.supervisor's whispers)."""
+        if role == "system":
+            return self.transcript.system(content, **fields)
+        if role == "assistant":
+            return self.transcript.assistant(content, **fields)
+        return self.transcript.user(content, **fields)
+
+    def _record_turn(self, row: dict[str, Any]) -> None:
         self.deps.recorder.turn(**row)
-        return row
 
-    def _event(self, kind: str, data: dict[str, Any], t: float | None = None) -> None:
+    def event(self, kind: str, data: dict[str, Any], t: float | None = None) -> None:
+        self._event(kind, data, t)
+
+    def _event(
+        self, kind: str, data: dict[str, Any], t: float | None = None, *, keep: bool = False
+    ) -> None:
         t = time.perf_counter() if t is None else t
         if self.phase is Phase.WAITING_FOR_SETUP:
+            size = len(data.get("raw", "")) if isinstance(data.get("raw"), str) else 0
+            if not keep and (
+                len(self._pre_setup) >= PRE_SETUP_FRAMES
+                or self._pre_setup_bytes + size > PRE_SETUP_BYTES
+            ):
+                self.pre_setup_dropped += 1
+                if self.pre_setup_dropped == 1:
+                    log.warning("pre_setup_buffer_full", frames=len(self._pre_setup))
+                return
+            self._pre_setup_bytes += size
             self._pre_setup.append((t, kind, data))
         else:
             self._store_event(t, kind, data)
@@ -904,13 +617,23 @@ class CallSession:
             data=data,
         )
 
-    def _send(
+    def send(
         self, frame: protocol.OutboundFrame, *, on_sent: Callable[[float], None] | None = None
     ) -> None:
         if self._end_sent or self.phase is Phase.CLOSED:
             log.warning("send_after_end_dropped", type=frame.type)
             return
+        if isinstance(frame, protocol.Text):
+            # The caller-silence timer runs from the end of each talk cycle.
+            self._cycle.append(frame.token)
+            if frame.last:
+                said, self._cycle = "".join(self._cycle), []
+                self.silence.agent_finished(self.deps.speech_seconds(said))
+            else:
+                self.silence.agent_started()
         self._out.put_nowait((frame.to_json(), on_sent))
+
+    _send = send  # the name used before the split
 
     async def _write_loop(self) -> None:
         """The one writer: frames go out in the order they were queued."""
@@ -943,12 +666,13 @@ class CallSession:
         """The socket closed: cancel everything, record the end, flush the recording."""
         was = self.phase
         self.phase = Phase.CLOSED
-        if self._digit_timer is not None:
-            self._digit_timer.cancel()
+        self.keypad.cancel_timer()
+        self.silence.disarm()
         turn = self._turn
         pending: list[asyncio.Task[Any]] = [*self._side_tasks]
-        if turn is not None and turn.task is not None and not turn.task.done():
-            turn.cancelled = _Cancelled.CLOSED
+        if turn is not None and turn.running:
+            assert turn.task is not None
+            turn.cancelled = Cancelled.CLOSED
             turn.task.cancel()
             pending.append(turn.task)
         if self._customer_task is not None and not self._customer_task.done():
@@ -969,11 +693,25 @@ class CallSession:
             self.phase = Phase.CLOSED
             for t, kind, data in self._pre_setup:
                 self._store_event(t, kind, data)
+            if self.pre_setup_dropped:
+                self._store_event(
+                    time.perf_counter(), "pre_setup_dropped", {"frames": self.pre_setup_dropped}
+                )
             log.warning("session_closed_without_setup", frames=self.frames_in)
             await self.deps.recorder.flush()
             return
         now = self.deps.now()
-        self._event("session_end", {"close_code": self.close_code, "outcome": self.outcome})
+        outcome = self.outcome or (
+            "llm-failure"
+            if self.trouble.consecutive or self.trouble.offer is not Offer.NONE
+            else "hung-up"
+        )
+        self._event(
+            "session_end",
+            {"close_code": self.close_code, "outcome": outcome, "interrupts": self.interrupts,
+             "backchannel_interrupts": self.backchannel_interrupts,
+             "llm_failures": dict(self.trouble.failures), "close_reason": self.close_reason},
+        )  # fmt: skip
         self.deps.recorder.update_session(
             self.session_id,
             ended_at=now,
@@ -981,26 +719,29 @@ class CallSession:
             frames_in=self.frames_in,
             frames_out=self.frames_out,
         )
-        status = "ended" if self._end_sent else "completed"
-        self.deps.recorder.update_call(
-            self.call_sid,
-            status=status,
-            ended_at=now,
-            outcome=self.outcome or "hung-up",
-            turns=self._next_seq,
-        )
+        live = self.deps.live.get(self.call_sid)
+        if live is self or live is None:
+            self.deps.live.pop(self.call_sid, None)
+            status = "ended" if self._end_sent else "completed"
+            self.deps.recorder.update_call(
+                self.call_sid,
+                status=status,
+                ended_at=now,
+                outcome=outcome,
+                turns=self.transcript.next_seq,
+            )
+        else:
+            # A newer socket serves this call now (a reconnect): its record is not ours to end.
+            log.info("late_close_left_live_call_alone", outcome=outcome)
         await self.deps.recorder.flush()
         log.info(
-            "call_session_closed", agent=self.agent.name, outcome=self.outcome or "hung-up",
+            "call_session_closed", agent=self.agent.name, outcome=outcome,
             frames_in=self.frames_in, frames_out=self.frames_out, invalid_frames=self.invalid_frames,
-            turns=self._next_seq, seconds=round(time.perf_counter() - self._started, 1),
+            turns=self.transcript.next_seq, interrupts=self.interrupts,
+            backchannel_interrupts=self.backchannel_interrupts,
+            seconds=round(time.perf_counter() - self._started, 1),
         )  # fmt: skip
         structlog.contextvars.unbind_contextvars("call_sid")
-
-
-def _filler(agent: AgentProfile, seq: int) -> str:
-    lines = agent.filler_lines or ["One moment."]
-    return lines[seq % len(lines)]
 
 
 def _local_time(now: datetime, zone: str) -> str:

@@ -19,14 +19,14 @@ import random
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, TextIO
 from zoneinfo import ZoneInfo
 
 import httpx
-from sqlalchemy import Select, select
 
 from relay.agents import AgentProfile, AgentRegistry
+from relay.cli.common import settings_from
 from relay.domain import pricing
 from relay.domain.places import Gazetteer, distance_km
 from relay.domain.scheduling import (
@@ -35,17 +35,14 @@ from relay.domain.scheduling import (
     available_slots,
     available_windows,
     spoken_date,
-    spoken_time,
 )
 from relay.errors import ConfigError
-from relay.protocol import twiml
-from relay.services import messaging
-from relay.services.customers import bookings_owner, normalise_phone, normalise_rego, service_label
+from relay.services import calendar_feed, messaging
+from relay.services.customers import bookings_owner, normalise_phone, normalise_rego
+from relay.services.reminders import Reminder, send_reminders
 from relay.storage import business as store
-from relay.storage import repository
 from relay.storage.db import Database
 from relay.storage.models import Booking, Customer, Quote, Vehicle
-from relay.tools.base import ToolResult
 
 __all__ = [
     "DEMO_MOBILES",
@@ -393,7 +390,6 @@ async def _demo_moves(
 
 
 def _demo_data(args: argparse.Namespace) -> int:
-    from relay.cli.main import settings_from
     from relay.tools.business import load_services
 
     settings = settings_from(args)
@@ -425,157 +421,6 @@ def _demo_data(args: argparse.Namespace) -> int:
 # == reminders ===================================================================================
 
 
-@dataclass
-class Reminder:
-    """One appointment of the day and what happened to its reminder call."""
-
-    booking: str
-    phone: str
-    name: str
-    when: str
-    what: str
-    outcome: str  # called | would call | not allowed | already called | failed | no number
-    detail: str = ""
-
-
-async def send_reminders(
-    db: Database,
-    http: httpx.AsyncClient,
-    *,
-    agent: AgentProfile,
-    owner: AgentProfile,
-    services: Mapping[str, Any],
-    day: date,
-    now: datetime,
-    allow: Iterable[str],
-    live: bool,
-    dry_run: bool,
-    creds: messaging.TwilioCredentials | None,
-    public_url: str | None,
-    caller_id: str | None,
-) -> list[Reminder]:
-    """Call the customers with an appointment with ``owner`` on ``day`` (in its time zone).
-
-    Each call's TwiML connects to ``agent`` with the booking and a greeting that names the
-    customer, the service and the time. Numbers outside ``allow`` are refused unless ``live``;
-    ``dry_run`` calls nobody. A booking already called (for the same start) is not called
-    again. Needs ``creds``, ``public_url`` and a caller ID unless ``dry_run``.
-    """
-    zone = ZoneInfo(owner.timezone)
-    allowed = {n for n in (normalise_phone(a) for a in allow) if n}
-    sender = caller_id or (owner.numbers[0] if owner.numbers else None)
-    if not dry_run:
-        if creds is None:
-            raise ConfigError(
-                "TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN must be set to place calls (or use --dry-run)"
-            )
-        if not public_url:
-            raise ConfigError(
-                "RELAY_PUBLIC_URL must be set: Twilio connects the reminder calls to it (or use --dry-run)"
-            )
-        if sender is None:
-            raise ConfigError(
-                f"RELAY_CALLER_ID is not set and agent {owner.name!r} has no number to call from"
-            )
-    start = datetime.combine(day, time(0), tzinfo=zone)
-    async with db.session() as session:
-        bookings = (
-            await session.scalars(
-                _day_query(
-                    owner.name,
-                    store.utc(start),
-                    store.utc(datetime.combine(day + timedelta(days=1), time(0), tzinfo=zone)),
-                )
-            )
-        ).all()
-    today = now.astimezone(zone).date()
-    results: list[Reminder] = []
-    for booking in bookings:
-        starts = store.aware(booking.starts_at).astimezone(zone)
-        what = service_label(services, booking.service)
-        item = Reminder(
-            booking=booking.id, phone=booking.phone or "", name=booking.name or "",
-            when=f"{spoken_date(starts.date())} at {spoken_time(starts.time())}", what=what, outcome="",
-        )  # fmt: skip
-        results.append(item)
-        number = normalise_phone(booking.phone)
-        if number is None:
-            item.outcome = "no number"
-            continue
-        if not live and number not in allowed:
-            item.outcome, item.detail = "not allowed", "not on the allow-list; --live calls it"
-            continue
-        if dry_run:
-            item.outcome = "would call"
-            continue
-        assert creds is not None and public_url is not None and sender is not None
-        greeting = _greeting(booking, owner, what, starts, today)
-        document = twiml.connect(
-            agent,
-            ws_url=_ws_url(public_url),
-            action_url=f"{public_url.rstrip('/')}/handoff",
-            parameters={"booking": booking.id, "greeting": greeting},
-            welcome_greeting=greeting,
-        )
-
-        async def call(number: str = number, document: str = document) -> ToolResult:
-            try:
-                sent = await messaging.place_call(
-                    creds, http, to=number, from_=sender, twiml=document
-                )
-            except messaging.TwilioError as exc:
-                return ToolResult(str(exc), data={"error": str(exc)})
-            return ToolResult(f"called: {sent.sid}", data={"sid": sent.sid})
-
-        key = f"remind:{booking.id}:{starts.isoformat()}"
-        result = await repository.once(db, key, "remind", None, call)
-        if result.data and result.data.get("idempotent_replay"):
-            item.outcome, item.detail = "already called", result.content.split(" (Already", 1)[0]
-        elif result.data and "error" in result.data:
-            item.outcome, item.detail = "failed", result.content
-        else:
-            item.outcome, item.detail = (
-                "called",
-                str(result.data.get("sid", "")) if result.data else "",
-            )
-    return results
-
-
-def _day_query(agent: str, start: datetime, end: datetime) -> Select[Booking]:
-    return (
-        select(Booking)
-        .where(
-            Booking.agent == agent,
-            Booking.kind == "appointment",
-            Booking.status == "booked",
-            Booking.starts_at >= start,
-            Booking.starts_at < end,
-        )
-        .order_by(Booking.starts_at, Booking.id)
-    )
-
-
-def _greeting(
-    booking: Booking, owner: AgentProfile, what: str, starts: datetime, today: date
-) -> str:
-    first = (booking.name or "").split(" ")[0]
-    hello = f"Hi {first}," if first else "Hi,"
-    day = (
-        "tomorrow"
-        if starts.date() == today + timedelta(days=1)
-        else f"on {spoken_date(starts.date())}"
-    )
-    return (
-        f"{hello} it's {owner.business_name} calling to remind you about your {what} {day} at "
-        f"{spoken_time(starts.time())}. Does that time still suit you?"
-    )
-
-
-def _ws_url(public_url: str) -> str:
-    scheme, rest = public_url.rstrip("/").split("://", 1)
-    return f"{'wss' if scheme == 'https' else 'ws'}://{rest}/ws"
-
-
 def _reminder_day(text: str, zone: ZoneInfo, now: datetime) -> date:
     today = now.astimezone(zone).date()
     word = text.strip().lower()
@@ -603,7 +448,6 @@ def _allow_list(configured: str | None, flags: Iterable[str]) -> list[str]:
 
 
 def _remind(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
-    from relay.cli.main import settings_from
     from relay.tools.business import load_services
 
     out = out or sys.stdout
@@ -655,9 +499,6 @@ def _remind(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
 
 
 def _feed_url(args: argparse.Namespace) -> int:
-    from relay.cli.main import settings_from
-    from relay.web import feeds
-
     settings = settings_from(args)
     registry = AgentRegistry.load(settings.prompts_dir, default=settings.default_agent)
     registry.get(args.agent)  # AgentNotFound names the agent
@@ -669,5 +510,6 @@ def _feed_url(args: argparse.Namespace) -> int:
             "relay: RELAY_PUBLIC_URL is not set; this URL only works on this machine.",
             file=sys.stderr,
         )
-    print(feeds.feed_url(args.agent, base_url=base, secret=feeds.settings_secret(settings)))
+    secret = calendar_feed.settings_secret(settings)
+    print(calendar_feed.feed_url(args.agent, base_url=base, secret=secret))
     return 0

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from knowledge import FileResult, IngestReport, KnowledgeError, KnowledgeStore
+from relay.cli.common import settings_from
 
 
 def add_parser(commands: Any) -> None:
@@ -68,9 +69,12 @@ def add_parser(commands: Any) -> None:
     search.set_defaults(handler=_search)
 
 
-def _context(args: argparse.Namespace) -> tuple[Any, KnowledgeStore, str]:
+def _context(
+    args: argparse.Namespace, *, existing_ok: bool = True
+) -> tuple[Any, KnowledgeStore, str]:
+    """Settings, the store and the collection, which must be one an agent uses (or, unless
+    loading into it, one that exists already: an old collection can still be listed or dropped)."""
     from relay.agents import AgentRegistry
-    from relay.cli.main import settings_from
 
     settings = settings_from(args, RELAY_LOG_LEVEL="warning")
     agents = AgentRegistry.load(settings.prompts_dir, default=settings.default_agent)
@@ -81,7 +85,16 @@ def _context(args: argparse.Namespace) -> tuple[Any, KnowledgeStore, str]:
         )
     from relay.services.retrieval import open_knowledge
 
-    return settings, open_knowledge(settings).store, name
+    store = open_knowledge(settings).store
+    known = sorted(
+        {a.knowledge_collection for a in agents.agents.values() if a.knowledge_collection}
+    )
+    if name not in known and not (existing_ok and name in store.collections()):
+        raise SystemExit(
+            f"relay knowledge: no agent uses the collection {name!r} (the agents use: "
+            f"{', '.join(known) or 'none'}); set knowledge_collection in the agent's profile first"
+        )
+    return settings, store, name
 
 
 class Progress:
@@ -126,20 +139,19 @@ def _summary(report: IngestReport) -> int:
 
 
 def _add(args: argparse.Namespace) -> int:
-    _, store, name = _context(args)
+    _, store, name = _context(args, existing_ok=False)
     print(f"Loading into '{name}' (! = failed, + added, ~ updated, = unchanged):", file=sys.stderr)
     return _summary(store.add(name, args.paths, progress=Progress(args.paths)))
 
 
 def _sync(args: argparse.Namespace) -> int:
-    _, store, name = _context(args)
+    _, store, name = _context(args, existing_ok=False)
     print(f"Mirroring {args.directory} into '{name}':", file=sys.stderr)
     return _summary(store.sync(name, args.directory, progress=Progress([args.directory])))
 
 
 def _load_shipped(args: argparse.Namespace) -> int:
     from relay.agents import AgentRegistry
-    from relay.cli.main import settings_from
     from relay.services.retrieval import open_knowledge
 
     settings = settings_from(args, RELAY_LOG_LEVEL="warning")

@@ -19,6 +19,9 @@ from typing import Any, TextIO
 
 import orjson
 
+from relay.cli import outcomes as outcomes_cli
+from relay.cli import retention
+from relay.cli.common import settings_from
 from relay.recordings.format import (
     Recording,
     RecordingError,
@@ -55,6 +58,10 @@ def add_parser(commands: Any) -> None:
 
     show = sub.add_parser("show", help="a call as a transcript with per-turn latency")
     show.add_argument("call", metavar="CALL", help="a CallSid, or a recording file")
+    show.add_argument(
+        "--json", action="store_true",
+        help="the call's whole record as one JSON document (with outcomes, fields, usage, cost)",
+    )  # fmt: skip
     show.set_defaults(handler=_show)
 
     export = sub.add_parser("export", help="write a call to a relay-recording JSONL file")
@@ -70,6 +77,8 @@ def add_parser(commands: Any) -> None:
     imp = sub.add_parser("import", help="store a recording file in the database")
     imp.add_argument("file", type=Path, metavar="FILE")
     imp.set_defaults(handler=_import)
+    retention.add_subcommands(sub)  # purge, delete: relay.cli.retention
+    outcomes_cli.add_subcommands(sub)  # analyze, costs: relay.cli.outcomes
 
     sessions.set_defaults(handler=lambda args: (sessions.print_help(), 2)[1])
 
@@ -85,7 +94,6 @@ def _date(text: str) -> datetime:
 
 
 async def _database(args: argparse.Namespace) -> Database:
-    from relay.cli.main import settings_from
 
     settings = settings_from(args, RELAY_LOG_LEVEL="warning")
     db = Database(settings.database)
@@ -156,10 +164,21 @@ def _duration(delta: timedelta) -> str:
 
 def _show(args: argparse.Namespace) -> int:
     path = Path(args.call)
-    if path.suffix == ".jsonl" or path.exists():
+    is_file = path.suffix == ".jsonl" or path.exists()
+    if getattr(args, "json", False) and not is_file:
+        return _run(outcomes_cli.show_json(args, sys.stdout))
+    if is_file:
         recording = Recording.read(path)
+        if "analysis" not in recording.header:  # outcomes, usage, cost from the file itself
+            prices = outcomes_cli.prices_for(settings_from(args))
+            recording.header["analysis"] = outcomes_cli.analysis_of(recording, prices)
     else:
         recording = asyncio.run(_load(args))
+    if getattr(args, "json", False):
+        prices = outcomes_cli.prices_for(settings_from(args))
+        record = outcomes_cli.record_of_file(recording, prices)
+        sys.stdout.write(outcomes_cli.to_json(record).decode())
+        return 0
     sys.stdout.write(render_transcript(recording))
     return 0
 
@@ -167,7 +186,14 @@ def _show(args: argparse.Namespace) -> int:
 async def _load(args: argparse.Namespace) -> Recording:
     db = await _database(args)
     try:
-        return await load_call(db, args.call)
+        recording = await load_call(db, args.call)
+        settings = settings_from(args, RELAY_LOG_LEVEL="warning")
+        analysis = await outcomes_cli.analysis_header(db, args.call, settings)
+        if analysis is None:
+            prices = outcomes_cli.prices_for(settings)
+            analysis = outcomes_cli.analysis_of(recording, prices)
+        recording.header["analysis"] = analysis
+        return recording
     finally:
         await db.close()
 
@@ -204,8 +230,70 @@ def render_transcript(recording: Recording) -> str:
         if turn["role"] == "user":
             lines.extend(_waterfall(turn, turns[index + 1 :]))
     lines.append("")
+    lines.extend(_keypad_presses(recording))
+    lines.extend(_config_updates(recording))  # provider failover and config changes (h4)
+    lines.extend(outcomes_cli.render_analysis(recording))  # outcomes, usage, cost (h8)
     lines.extend(_render_end(recording))
     return "\n".join(lines) + "\n"
+
+
+def _keypad_presses(recording: Recording) -> list[str]:
+    """One line per key the caller pressed: when (from the session's start) and what the agent
+    said next."""
+    lines = []
+    for _session, events in recording.session_events():
+        start = float(events[0].get("t") or 0.0) if events else 0.0
+        for index, event in enumerate(events):
+            frame = _frame_of(event) if event["kind"] == "frame_in" else {}
+            if frame.get("type") != "dtmf":
+                continue
+            said: list[str] = []
+            for later in events[index + 1 :]:
+                reply = _frame_of(later) if later["kind"] == "frame_out" else {}
+                if reply.get("type") == "text":
+                    said.append(str(reply.get("token") or ""))
+                    if reply.get("last"):
+                        break
+                elif later["kind"] == "frame_in" and _frame_of(later).get("type") != "info":
+                    break  # the caller did something else first
+            at = float(event.get("t") or 0.0) - start
+            line = f"Keypad: the caller pressed {frame.get('digit')} at +{at:.1f} s"
+            answer = "".join(said).strip()
+            lines.append(line + (f" → {_quote(_shorten(answer, 160))}" if answer else ""))
+    return lines
+
+
+def _frame_of(event: dict[str, Any]) -> dict[str, Any]:
+    raw = (event.get("data") or {}).get("raw")
+    try:
+        frame = orjson.loads(raw) if isinstance(raw, str) else None
+    except orjson.JSONDecodeError:
+        return {}
+    return frame if isinstance(frame, dict) else {}
+
+
+def _config_updates(recording: Recording) -> list[str]:
+    """One line per ``configUpdated`` Twilio sent (a provider failover, or a ``config`` taking
+    effect), read from the recorded inbound frames: either reading of its shape."""
+    from relay.errors import ProtocolError
+    from relay.protocol import frames as protocol
+
+    lines = []
+    for event in recording.events:
+        if event["kind"] != "frame_in":
+            continue
+        raw = (event.get("data") or {}).get("raw", "")
+        if "configUpdated" not in raw:
+            continue
+        try:
+            frame = protocol.parse_inbound(raw)
+        except ProtocolError:
+            continue
+        if isinstance(frame, protocol.ConfigUpdated):
+            found = ", ".join(f"{k}={v}" for k, v in frame.details.items())
+            detail = found or _shorten(orjson.dumps(frame.payload).decode(), 200)
+            lines.append(f"Configuration updated by Twilio ({frame.via}): {detail}")
+    return lines
 
 
 def _quote(text: str | None) -> str:
@@ -358,7 +446,10 @@ def _export(args: argparse.Namespace) -> int:
 async def _export_async(args: argparse.Namespace) -> int:
     db = await _database(args)
     try:
-        recording = await export_call(db, args.call, redact=args.redact)
+        settings = settings_from(args, RELAY_LOG_LEVEL="warning")
+        analysis = await outcomes_cli.analysis_header(db, args.call, settings, redact=args.redact)
+        extra = {"analysis": analysis} if analysis is not None else None
+        recording = await export_call(db, args.call, redact=args.redact, extra=extra)
     finally:
         await db.close()
     data = recording.dumps()

@@ -470,6 +470,13 @@ class QuoteRequest:
                 )
 
 
+#: What a quote needing a crane or hoist says instead of a price.
+INSPECTION_ONLY: Final = (
+    "Crane and hoist jobs are never priced over the phone: the price is worked out after an "
+    "inspection, so there is no price to give and the move can't be booked yet."
+)
+
+
 class LineKind(StrEnum):
     """What a line of a quote charges for."""
 
@@ -538,7 +545,12 @@ class Quote:
 
         The first gives the total and the breakdown; the second (only when there are notes)
         says what is not included, such as a crane needing an inspection.
+
+        A move that needs a crane or hoist has no phone price at all (the price list says so):
+        no total and no breakdown, only why, so the agent offers an inspection instead.
         """
+        if self.needs_inspection:
+            return " ".join((*self.notes, INSPECTION_ONLY))
         gst = "including GST" if self.gst_included else "plus GST"
         total = format_money(self.total_cents)
         if len(self.lines) == 1:
@@ -549,7 +561,17 @@ class Quote:
         return " ".join((first, *self.notes))
 
     def as_dict(self) -> dict[str, Any]:
-        """A JSON-ready summary for a tool result."""
+        """A JSON-ready summary for a tool result (without any price when it needs an inspection)."""
+        if self.needs_inspection:
+            return {
+                "piano_type": self.piano_type.value,
+                "pickup": self.pickup,
+                "dropoff": self.dropoff,
+                "move_date": self.move_date.isoformat(),
+                "notes": list(self.notes),
+                "needs_inspection": True,
+                "spoken": self.spoken(),
+            }
         return {
             "piano_type": self.piano_type.value,
             "pickup": self.pickup,

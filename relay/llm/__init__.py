@@ -1,1 +1,6 @@
-"""Streaming chat completions from any OpenAI-compatible server, over one transport seam."""
+"""Streaming chat completions from any OpenAI-compatible server.
+
+``types`` (requests, events, the :class:`ChatModel` seam), ``sse`` (the event stream),
+``transport`` (HTTP on aiohttp) and ``client`` (:class:`OpenAIChat`: time limits, retries,
+usage).
+"""

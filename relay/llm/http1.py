@@ -590,3 +590,72 @@ class ConnectionPool:
             conn.close()  # half a request or response: never back to the pool
             raise
         return Response(conn, self)
+
+
+class LeanResponse:
+    """:class:`Response` with the interface of :class:`relay.llm.transport.Response`."""
+
+    __slots__ = ("_response", "status")
+
+    def __init__(self, response: Response) -> None:
+        self._response = response
+        self.status = response.status
+
+    def header(self, name: str) -> str | None:
+        return self._response.header(name)
+
+    async def receive(self) -> bytes:
+        from relay.errors import LLMError
+
+        try:
+            return await self._response.receive()
+        except HTTPError as exc:
+            raise LLMError(f"the LLM stream broke: {exc!r}", retryable=True) from exc
+
+    async def read(self, limit: int) -> bytes:
+        return await self._response.read(limit)
+
+    async def finish(self) -> None:
+        response = self._response
+        if not response.complete:
+            read = 0
+            try:
+                async with asyncio.timeout(0.1):
+                    while data := await response.receive():
+                        read += len(data)
+                        if read > 64 * 1024:
+                            break
+            except (TimeoutError, HTTPError):
+                pass
+        response.close()
+
+    def close(self) -> None:
+        self._response.close()
+
+
+class LeanTransport:
+    """relay's own HTTP/1.1 client behind the transport interface (for comparison)."""
+
+    def __init__(self, pool: ConnectionPool | None = None) -> None:
+        self.pool = pool if pool is not None else ConnectionPool(read_timeout=None)
+        self._endpoints: dict[tuple[str, tuple[tuple[str, str], ...]], Endpoint] = {}
+
+    async def post(
+        self, url: str, headers: Mapping[str, str], body: bytes, *, connect_timeout: float | None
+    ) -> LeanResponse:
+        from relay.errors import LLMError
+
+        key = (url, tuple(headers.items()))
+        endpoint = self._endpoints.get(key)
+        if endpoint is None:
+            endpoint = self._endpoints[key] = Endpoint(url, headers)
+        self.pool.connect_timeout = connect_timeout
+        try:
+            return LeanResponse(await self.pool.post(endpoint, body))
+        except ConnectError as exc:
+            raise LLMError(f"cannot reach the LLM at {url}: {exc}", retryable=True, kind="connect") from exc
+        except HTTPError as exc:
+            raise LLMError(f"LLM request failed: {exc!r}", retryable=True, kind="connect") from exc
+
+    async def aclose(self) -> None:
+        await self.pool.aclose()

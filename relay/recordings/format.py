@@ -63,10 +63,11 @@ is already stored is a no-op when the stored call is the same recording and is r
 otherwise.
 
 Redaction (``export --redact``) masks, in every string of every line, including the raw
-frames and the LLM request bodies: phone numbers (``+61412345678`` becomes ``+61*******78``,
-national numbers like ``0412 345 678`` become ``**** *** *78``; the business's own number, the
-one called on an inbound call, stays so that a replay still reaches the same agent), e-mail
-addresses, and the caller's and known customers' names (from the setup frame, the "Known
+frames and the LLM request bodies, with the masker logs use (:mod:`relay.privacy`): phone
+numbers in any format, found with libphonenumber in the business's region (``+61412345678``
+becomes ``+61*******78``, national numbers like ``0412 345 678`` become ``**** *** *78``; the
+business's own number, the one called on an inbound call, stays so that a replay still reaches
+the same agent), e-mail addresses, street addresses, and the caller's and known customers' names (from the setup frame, the "Known
 caller" context and tool arguments and results). Masking is deterministic, so a redacted
 recording still replays: the masked caller ID in the setup frame gives the same masked
 ``Caller ID`` line in the LLM requests.
@@ -85,6 +86,8 @@ import orjson
 from sqlalchemy import delete, insert, select
 
 from relay.errors import RelayError
+from relay.privacy import Masker, region_of
+from relay.privacy import mask_number as mask_number  # re-exported: the console and tests use it
 from relay.storage.db import Database
 from relay.storage.models import Call, Event, RelaySession, Turn
 from relay.storage.requests import expand_requests
@@ -452,131 +455,12 @@ async def delete_call(db: Database, call_sid: str) -> None:
 
 # == redaction ===========================================================================
 
-# E.164 country codes are prefix-free: two digits for these, one for 1 and 7, three otherwise.
-_CC2 = frozenset({
-    "20", "27", "30", "31", "32", "33", "34", "36", "39", "40", "41", "43", "44", "45", "46",
-    "47", "48", "49", "51", "52", "53", "54", "55", "56", "57", "58", "60", "61", "62", "63",
-    "64", "65", "66", "81", "82", "84", "86", "90", "91", "92", "93", "94", "95", "98",
-})  # fmt: skip
-_INTERNATIONAL = re.compile(r"(?<![\w+*])\+\d(?:[ \-.()]{0,2}\d){6,16}(?![\w*])")
-_NATIONAL = re.compile(r"(?<![\w+*])(?:\(0\d\)|0\d)(?:[ \-]?\d){6,9}(?![\w*])")
-_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
 _NAME_KEYS = frozenset(
     {"name", "caller_name", "customer_name", "full_name", "first_name", "last_name", "contact_name"}
 )
 _KNOWN_CALLER = re.compile(r"Known caller: (\{.*?\})(?=\s|$)", re.S)
-NAME_MASK = "[name]"
-EMAIL_MASK = "[email]"
-
-
-def country_code(digits: str) -> str:
-    if digits[:1] in ("1", "7"):
-        return digits[:1]
-    if digits[:2] in _CC2:
-        return digits[:2]
-    return digits[:3]
-
-
-def mask_number(number: str) -> str:
-    """``+61412345678`` -> ``+61*******78``; ``0412 345 678`` -> ``**** *** *78``."""
-    digits = re.sub(r"\D", "", number)
-    if number.startswith("+"):
-        cc = country_code(digits)
-        return "+" + cc + "*" * (len(digits) - len(cc) - 2) + digits[-2:]
-    keep = len(digits) - 2
-    out, seen = [], 0
-    for char in number:
-        if char.isdigit():
-            out.append("*" if seen < keep else char)
-            seen += 1
-        else:
-            out.append(char)
-    return "".join(out)
-
-
-class Redactor:
-    """Masks phone numbers, e-mail addresses and the given names in text."""
-
-    def __init__(self, names: Iterable[str] = (), keep_numbers: Iterable[str] = ()) -> None:
-        self.keep = {re.sub(r"[^\d+]", "", n) for n in keep_numbers if n}
-        words: set[str] = set()
-        for name in names:
-            name = " ".join(name.split())
-            if len(name) < 2:
-                continue
-            words.add(name)
-            words.update(part for part in name.split() if len(part) >= 2 and part[0].isupper())
-        ordered = sorted(words, key=len, reverse=True)
-        self._names = (
-            re.compile(r"\b(?:" + "|".join(map(re.escape, ordered)) + r")\b") if ordered else None
-        )
-
-    def spans(self, text: str) -> list[tuple[int, int, str]]:
-        """What to mask in ``text``: (start, end, replacement), in order, never overlapping."""
-        found: list[tuple[int, int, str]] = []
-
-        def add(start: int, end: int, replacement: str) -> None:
-            if all(end <= s or start >= e for s, e, _ in found):
-                found.append((start, end, replacement))
-
-        for match in _INTERNATIONAL.finditer(text):
-            masked = self._international(match.group(0))
-            if masked != match.group(0):
-                add(match.start(), match.end(), masked)
-        for match in _NATIONAL.finditer(text):
-            add(match.start(), match.end(), mask_number(match.group(0)))
-        for match in _EMAIL.finditer(text):
-            add(match.start(), match.end(), EMAIL_MASK)
-        if self._names is not None:
-            for match in self._names.finditer(text):
-                add(match.start(), match.end(), NAME_MASK)
-        return sorted(found)
-
-    def text(self, value: str) -> str:
-        return "".join(self.pieces([value]))
-
-    def pieces(self, pieces: Sequence[str]) -> list[str]:
-        """Mask text that was streamed in pieces, as one text, keeping the pieces apart.
-
-        A number or a name cut across pieces (" 0412", " 345", " 678") is masked as a whole;
-        its replacement goes in the piece where it starts. The pieces join to ``text(joined)``.
-        """
-        joined = "".join(pieces)
-        spans = self.spans(joined)
-        if not spans:
-            return list(pieces)
-        out: list[str] = []
-        start = at = index = 0  # the piece's start, the next character to copy, the next span
-        for piece in pieces:
-            end = start + len(piece)
-            part: list[str] = []
-            while at < end:  # a span running past ``end`` leaves the next pieces (partly) empty
-                if index < len(spans) and spans[index][0] == at:
-                    part.append(spans[index][2])
-                    at = spans[index][1]
-                    index += 1
-                else:
-                    stop = min(end, spans[index][0]) if index < len(spans) else end
-                    part.append(joined[at:stop])
-                    at = stop
-            out.append("".join(part))
-            start = end
-        return out
-
-    def _international(self, found: str) -> str:
-        digits = re.sub(r"\D", "", found)
-        if not 8 <= len(digits) <= 15 or "+" + digits in self.keep:
-            return found
-        return mask_number(found)
-
-    def value(self, value: Any) -> Any:
-        if isinstance(value, str):
-            return self.text(value)
-        if isinstance(value, list):
-            return [self.value(v) for v in value]
-        if isinstance(value, dict):
-            return {k: self.value(v) for k, v in value.items()}
-        return value
+#: The masker of :mod:`relay.privacy` (the same one logs use), under its old name here.
+Redactor = Masker
 
 
 def names_in(recording: Recording) -> set[str]:
@@ -636,7 +520,7 @@ def redact_recording(recording: Recording) -> Recording:
         if call.get("direction", "inbound").startswith("inbound")
         else call.get("from_number")
     )
-    redactor = Redactor(names_in(recording), keep_numbers=[own] if own else [])
+    redactor = Masker(names_in(recording), keep_numbers=[own] if own else [], region=region_of(own))
     scrub: Callable[[Any], Any] = redactor.value
     header = {k: (scrub(v) if k == "call" else v) for k, v in recording.header.items()}
     header["redacted"] = True

@@ -14,10 +14,13 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import phonenumbers
 from sqlalchemy import select
 
+from relay import privacy
 from relay.agents import AgentProfile
 from relay.domain.scheduling import Catalogue, spoken_date, spoken_time
+from relay.privacy import DEFAULT_REGION
 from relay.storage import business as store
 from relay.storage.db import Database
 from relay.storage.models import Booking, Customer, Vehicle
@@ -32,28 +35,16 @@ __all__ = [
     "spoken_when",
 ]
 
-_E164 = re.compile(r"^\+[1-9]\d{7,14}$")
-
 
 def normalise_phone(text: str | None, *, country_code: str = "61") -> str | None:
-    """A phone number in E.164, or None if it cannot be one.
+    """A valid phone number in E.164, or None if it cannot be one.
 
     Takes what a caller says or types: ``"0412 345 678"``, ``"(03) 9000 1234"``,
-    ``"+61 412 345 678"``, ``"0061412345678"``. National numbers (a leading 0) get
-    ``country_code``, Australia's by default.
+    ``"+61 412 345 678"``, ``"0061412345678"``. National numbers (a leading 0) are read in the
+    country of ``country_code``, Australia's by default (:func:`relay.privacy.normalise_phone`).
     """
-    if not text:
-        return None
-    raw = re.sub(r"[\s\-().]", "", text)
-    if raw.startswith("00"):
-        raw = "+" + raw[2:]
-    elif raw.startswith("0") and len(raw) == 10 and country_code == "61":
-        raw = "+61" + raw[1:]
-    elif raw.startswith("0") and len(raw) > 1:
-        raw = f"+{country_code}" + raw[1:]
-    elif raw.startswith(country_code) and len(raw) == len(country_code) + 9:
-        raw = "+" + raw
-    return raw if _E164.match(raw) else None
+    region = phonenumbers.region_code_for_country_code(int(country_code))
+    return privacy.normalise_phone(text, region=region if region != "ZZ" else DEFAULT_REGION)
 
 
 def normalise_rego(text: str) -> str:

@@ -23,10 +23,12 @@ if TYPE_CHECKING:
     from twilio.rest import Client
 
 __all__ = [
+    "HTTP_TIMEOUT",
     "HttpxTwilioClient",
     "Sent",
     "TwilioCredentials",
     "TwilioError",
+    "TwilioTimeout",
     "credentials",
     "place_call",
     "send_sms",
@@ -43,6 +45,16 @@ class TwilioError(RelayError):
         super().__init__(message)
         self.status = status
         self.code = code
+
+
+class TwilioTimeout(TwilioError):
+    """The request may have reached Twilio but no answer came in time: whether it took effect
+    is unknown, so it must not be repeated blindly (a text could arrive twice)."""
+
+
+#: Seconds a request to Twilio may take. Tools that call Twilio allow more than this, so the
+#: HTTP timeout (an answer Twilio may still have acted on) always fires before the tool's own.
+HTTP_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -72,7 +84,7 @@ def credentials(
 class HttpxTwilioClient(AsyncHttpClient):  # type: ignore[misc]  # twilio is untyped
     """A ``twilio`` HTTP client that sends through an injected ``httpx.AsyncClient``."""
 
-    def __init__(self, http: httpx.AsyncClient, *, timeout: float = 15.0) -> None:
+    def __init__(self, http: httpx.AsyncClient, *, timeout: float = HTTP_TIMEOUT) -> None:
         super().__init__(_log, is_async=True, timeout=timeout)
         self._http = http
 
@@ -98,6 +110,14 @@ class HttpxTwilioClient(AsyncHttpClient):  # type: ignore[misc]  # twilio is unt
                 timeout=timeout or self.timeout,
                 follow_redirects=allow_redirects,
             )
+        except (httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            # Nothing was sent: safe to report as a plain failure.
+            raise TwilioError(f"could not reach Twilio: {exc.__class__.__name__}: {exc}") from exc
+        except httpx.TimeoutException as exc:
+            raise TwilioTimeout(
+                f"no answer from Twilio in time ({exc.__class__.__name__}); the request may "
+                "have been carried out"
+            ) from exc
         except httpx.HTTPError as exc:
             raise TwilioError(f"could not reach Twilio: {exc.__class__.__name__}: {exc}") from exc
         return Response(response.status_code, response.text, response.headers)

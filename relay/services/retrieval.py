@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +24,20 @@ from knowledge import (
     OpenAIEmbedder,
 )
 from relay.agents import AgentProfile
-from relay.call.session import Retrieved
 from relay.config import Settings
 
 log = structlog.get_logger("relay.services.retrieval")
+
+
+@dataclass(frozen=True)
+class Retrieved:
+    """Reference material for one turn, and its provenance (what a call's ``Retriever`` returns)."""
+
+    message: str  # the system message handed to the model
+    provenance: list[dict[str, Any]]
+    elapsed_ms: float
+    error: str | None = None
+
 
 INTRO = (
     "Reference material from the business's own documents, most relevant first. Answer from it "
@@ -45,8 +56,21 @@ def open_knowledge(settings: Settings) -> AsyncKnowledge:
             base_url=settings.llm_base_url,
             api_key=settings.openai_api_key,
         )
-    store = KnowledgeStore(path=settings.knowledge_path, url=settings.chroma_url, embedder=embedder)
+    store = KnowledgeStore(
+        path=settings.knowledge_path,
+        url=settings.chroma_url or running_chroma_server(settings.data_dir),
+        embedder=embedder,
+        refresh_interval=settings.knowledge_refresh,
+    )
     return AsyncKnowledge(store)
+
+
+def running_chroma_server(data_dir: Path) -> str | None:
+    """The URL of the Chroma server a running ``relay serve --workers N`` supervises for this
+    data directory, so that the CLI and every worker use it rather than the files under it."""
+    from relay.services.chroma_server import discover
+
+    return discover(data_dir)
 
 
 def format_passages(hits: Sequence[Hit]) -> str:
@@ -88,16 +112,17 @@ class KnowledgeRetriever:
             hits = await self.knowledge.search(
                 collection, query, k=self.k, min_score=self.min_score, timeout=self.timeout
             )
-        except KnowledgeError as exc:
+        except Exception as exc:  # any store trouble leaves the turn ungrounded, never fails it
             self.failures += 1
             elapsed = (time.perf_counter() - started) * 1000
+            error = str(exc) if isinstance(exc, KnowledgeError) else repr(exc)
             log.warning(
                 "retrieval_failed",
                 collection=collection,
-                error=str(exc)[:300],
+                error=error[:300],
                 elapsed_ms=round(elapsed, 1),
             )
-            return Retrieved(message="", provenance=[], elapsed_ms=elapsed, error=str(exc))
+            return Retrieved(message="", provenance=[], elapsed_ms=elapsed, error=error)
         elapsed = (time.perf_counter() - started) * 1000
         return Retrieved(
             message=format_passages(hits) if hits else "",
@@ -106,10 +131,17 @@ class KnowledgeRetriever:
         )
 
     async def search(self, collection: str, query: str, k: int = 4) -> list[Hit]:
-        """For the ``search_knowledge`` tool: explicit look-ups, same store, same deadline x4."""
-        return await self.knowledge.search(
-            collection, query, k=k, min_score=0.0, timeout=self.timeout * 4
-        )
+        """For the ``search_knowledge`` tool: explicit look-ups, same store, same deadline x4.
+        Raises only :class:`KnowledgeError`."""
+        try:
+            return await self.knowledge.search(
+                collection, query, k=k, min_score=0.0, timeout=self.timeout * 4
+            )
+        except KnowledgeError:
+            raise
+        except Exception as exc:
+            self.failures += 1
+            raise KnowledgeError(f"knowledge search failed: {exc!r}") from exc
 
     async def autoload(self, agents: Sequence[AgentProfile], documents: Path) -> None:
         """Load ``documents/<collection>/`` into each empty collection (first start)."""

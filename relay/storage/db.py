@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import fcntl
 import json
+import os
+import time
+import zlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -18,13 +25,32 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
+from relay.errors import ConfigError
+
 MIGRATIONS = Path(__file__).with_name("migrations")
+#: The key of the PostgreSQL advisory lock that serialises migrations across processes.
+MIGRATION_LOCK = zlib.crc32(b"relay-migrations") - 2**31
+#: How long a process waits for another one's migrations before giving up.
+MIGRATION_WAIT = 120.0
+
+
+def check_driver(url: str) -> None:
+    """Raise a one-line ConfigError when the database's driver is not installed."""
+    if url.startswith("postgresql"):
+        try:
+            import asyncpg  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                "DATABASE_URL is a PostgreSQL URL but its driver (asyncpg) is not installed: "
+                "pip install 'relay[postgres]'"
+            ) from None
 
 
 class Database:
     """Owns the engine and hands out short units of work (never shared across tasks)."""
 
     def __init__(self, url: str, *, echo: bool = False) -> None:
+        check_driver(url)
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
         # orjson for every JSON column, both ways: several times faster than the standard
@@ -50,9 +76,42 @@ class Database:
         return self.sessions()
 
     async def migrate(self) -> None:
-        """Bring the schema to the newest migration."""
-        async with self.engine.begin() as conn:
+        """Bring the schema to the newest migration, once, whatever the number of processes.
+
+        Several workers start together on the same database: each takes the migration lock
+        (a file lock beside a SQLite file, an advisory lock on PostgreSQL), so the first one
+        migrates and the others find the schema already at the newest revision.
+        """
+        async with self._migration_lock(), self.engine.begin() as conn:
+            if not self.is_sqlite:
+                # Held until this transaction ends; PostgreSQL's DDL is transactional, so the
+                # next process sees either nothing or the whole migration.
+                await conn.execute(
+                    text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK}
+                )
             await conn.run_sync(_upgrade)
+
+    @contextlib.asynccontextmanager
+    async def _migration_lock(self) -> AsyncIterator[None]:
+        path = self.sqlite_path
+        if path is None:
+            yield
+            return
+        lock = path.with_name(path.name + ".migrate-lock")
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            await asyncio.to_thread(_flock, fd, MIGRATION_WAIT)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The SQLite file, or None (PostgreSQL, or an in-memory database)."""
+        if not self.is_sqlite or ":///" not in self.url:
+            return None
+        path = self.url.split(":///", 1)[1].split("?", 1)[0]
+        return None if path in ("", ":memory:") else Path(path)
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -70,6 +129,20 @@ def dumps_json(value: Any) -> str:
         except (TypeError, ValueError) as exc:
             fallback = {"unserialisable": repr(value)[:10_000], "error": repr(exc)}
             return orjson.dumps(fallback).decode()
+
+
+def _flock(fd: int, wait: float) -> None:
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"another process held the migration lock for {wait:.0f}s"
+                ) from None
+            time.sleep(0.05)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any, ClassVar
 
 from sqlalchemy import (
@@ -19,7 +19,76 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+#: Appended to a value cut to its column's length.
+TRUNCATED = "…"
+
+
+class Bounded(TypeDecorator[str]):
+    """``VARCHAR(n)`` that never refuses a row: on databases that enforce the length
+    (PostgreSQL), a longer value is cut to ``n`` characters ending in ``…``. SQLite does not
+    enforce lengths, so there the value is stored whole (and no Python runs per value)."""
+
+    impl = String
+    cache_ok = True
+
+    def bind_processor(self, dialect: Dialect) -> Any:
+        length = self.impl_instance.length  # type: ignore[attr-defined]
+        if dialect.name == "sqlite" or not length:
+            return None
+
+        def cut(value: Any) -> Any:
+            if isinstance(value, str) and len(value) > length:
+                return value[: length - len(TRUNCATED)] + TRUNCATED
+            return value
+
+        return cut
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A UTC time, read back the same on every database: a naive ``datetime`` in UTC.
+
+    SQLite stores and returns naive values; PostgreSQL's ``timestamptz`` returns aware ones,
+    which the rest of relay (written against naive UTC) could not compare with its own. On
+    PostgreSQL a naive value is bound as UTC and values read are converted to naive UTC. On
+    SQLite the dialect's own processing runs unchanged (no extra Python per value).
+    """
+
+    impl = DateTime
+    cache_ok = True
+
+    def __init__(self) -> None:
+        super().__init__(timezone=True)
+
+    def bind_processor(self, dialect: Dialect) -> Any:
+        inner = self.impl_instance.dialect_impl(dialect).bind_processor(dialect)
+        if dialect.name == "sqlite":
+            return inner
+
+        def bind(value: Any) -> Any:
+            if isinstance(value, datetime) and value.tzinfo is None:
+                value = value.replace(tzinfo=UTC)
+            return inner(value) if inner is not None else value
+
+        return bind
+
+    def result_processor(self, dialect: Dialect, coltype: Any) -> Any:
+        inner = self.impl_instance.dialect_impl(dialect).result_processor(dialect, coltype)
+        if dialect.name == "sqlite":
+            return inner
+
+        def result(value: Any) -> Any:
+            if inner is not None:
+                value = inner(value)
+            if isinstance(value, datetime) and value.tzinfo is not None:
+                value = value.astimezone(UTC).replace(tzinfo=None)
+            return value
+
+        return result
+
 
 # SQLite only auto-increments INTEGER PRIMARY KEY; BigInteger elsewhere.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -34,18 +103,18 @@ class Call(Base):
 
     __tablename__ = "calls"
 
-    call_sid: Mapped[str] = mapped_column(String(64), primary_key=True)
-    agent: Mapped[str] = mapped_column(String(64), index=True)
-    from_number: Mapped[str] = mapped_column(String(64), default="")
-    to_number: Mapped[str] = mapped_column(String(64), default="")
-    direction: Mapped[str] = mapped_column(String(32), default="")
-    caller_name: Mapped[str] = mapped_column(String(128), default="")
-    status: Mapped[str] = mapped_column(String(32), default="in-progress")
-    outcome: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    call_sid: Mapped[str] = mapped_column(Bounded(64), primary_key=True)
+    agent: Mapped[str] = mapped_column(Bounded(64), index=True)
+    from_number: Mapped[str] = mapped_column(Bounded(64), default="")
+    to_number: Mapped[str] = mapped_column(Bounded(64), default="")
+    direction: Mapped[str] = mapped_column(Bounded(32), default="")
+    caller_name: Mapped[str] = mapped_column(Bounded(128), default="")
+    status: Mapped[str] = mapped_column(Bounded(32), default="in-progress")
+    outcome: Mapped[str | None] = mapped_column(Bounded(64), nullable=True)
     handoff_data: Mapped[str | None] = mapped_column(Text, nullable=True)
     customer_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
-    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
+    ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     sessions: Mapped[int] = mapped_column(Integer, default=0)
     turns: Mapped[int] = mapped_column(Integer, default=0)
 
@@ -55,11 +124,11 @@ class RelaySession(Base):
 
     __tablename__ = "sessions"
 
-    session_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    call_sid: Mapped[str] = mapped_column(String(64), index=True)
-    agent: Mapped[str] = mapped_column(String(64))
-    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    session_id: Mapped[str] = mapped_column(Bounded(64), primary_key=True)
+    call_sid: Mapped[str] = mapped_column(Bounded(64), index=True)
+    agent: Mapped[str] = mapped_column(Bounded(64))
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     close_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
     resumed: Mapped[bool] = mapped_column(Boolean, default=False)
     frames_in: Mapped[int] = mapped_column(Integer, default=0)
@@ -80,19 +149,19 @@ class Turn(Base):
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    call_sid: Mapped[str] = mapped_column(String(64))
-    session_id: Mapped[str] = mapped_column(String(64))
+    call_sid: Mapped[str] = mapped_column(Bounded(64))
+    session_id: Mapped[str] = mapped_column(Bounded(64))
     seq: Mapped[int] = mapped_column(Integer)
-    role: Mapped[str] = mapped_column(String(16))  # user | assistant | tool
+    role: Mapped[str] = mapped_column(Bounded(16))  # user | assistant | tool
     content: Mapped[str] = mapped_column(Text, default="")
-    lang: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    lang: Mapped[str | None] = mapped_column(Bounded(16), nullable=True)
     interrupted: Mapped[bool] = mapped_column(Boolean, default=False)
     superseded: Mapped[bool] = mapped_column(Boolean, default=False)
     heard_text: Mapped[str | None] = mapped_column(Text, nullable=True)
     spoken_text: Mapped[str | None] = mapped_column(Text, nullable=True)
     tool_calls: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
-    tool_call_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    tool_name: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    tool_call_id: Mapped[str | None] = mapped_column(Bounded(64), nullable=True)
+    tool_name: Mapped[str | None] = mapped_column(Bounded(64), nullable=True)
     retrieval: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     prompt_received_at: Mapped[float | None] = mapped_column(Float, nullable=True)
@@ -103,7 +172,7 @@ class Turn(Base):
     last_token_at: Mapped[float | None] = mapped_column(Float, nullable=True)
     first_token_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
     first_frame_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class Event(Base):
@@ -113,12 +182,12 @@ class Event(Base):
     __table_args__ = (Index("ix_events_call", "call_sid", "session_id", "seq"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    call_sid: Mapped[str] = mapped_column(String(64))
-    session_id: Mapped[str] = mapped_column(String(64))
+    call_sid: Mapped[str] = mapped_column(Bounded(64))
+    session_id: Mapped[str] = mapped_column(Bounded(64))
     seq: Mapped[int] = mapped_column(Integer)
     t: Mapped[float] = mapped_column(Float)  # perf_counter seconds
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    kind: Mapped[str] = mapped_column(String(32))
+    at: Mapped[datetime] = mapped_column(UtcDateTime())
+    kind: Mapped[str] = mapped_column(Bounded(32))
     data: Mapped[dict[str, Any]] = mapped_column(JSON)
 
 
@@ -126,12 +195,12 @@ class Customer(Base):
     __tablename__ = "customers"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    phone: Mapped[str] = mapped_column(String(32), unique=True)
-    name: Mapped[str] = mapped_column(String(128))
-    email: Mapped[str | None] = mapped_column(String(256), nullable=True)
-    address: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    phone: Mapped[str] = mapped_column(Bounded(32), unique=True)
+    name: Mapped[str] = mapped_column(Bounded(128))
+    email: Mapped[str | None] = mapped_column(Bounded(256), nullable=True)
+    address: Mapped[str | None] = mapped_column(Bounded(256), nullable=True)
     notes: Mapped[str | None] = mapped_column(Text, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class Vehicle(Base):
@@ -139,10 +208,10 @@ class Vehicle(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     customer_id: Mapped[int] = mapped_column(ForeignKey("customers.id"), index=True)
-    make: Mapped[str] = mapped_column(String(64))
-    model: Mapped[str] = mapped_column(String(64))
+    make: Mapped[str] = mapped_column(Bounded(64))
+    model: Mapped[str] = mapped_column(Bounded(64))
     year: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    rego: Mapped[str | None] = mapped_column(String(16), nullable=True, index=True)
+    rego: Mapped[str | None] = mapped_column(Bounded(16), nullable=True, index=True)
     odometer_km: Mapped[int | None] = mapped_column(Integer, nullable=True)
     last_service: Mapped[date | None] = mapped_column(Date, nullable=True)
 
@@ -150,18 +219,18 @@ class Vehicle(Base):
 class Quote(Base):
     __tablename__ = "quotes"
 
-    id: Mapped[str] = mapped_column(String(16), primary_key=True)
-    agent: Mapped[str] = mapped_column(String(64))
-    call_sid: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
-    caller: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    id: Mapped[str] = mapped_column(Bounded(16), primary_key=True)
+    agent: Mapped[str] = mapped_column(Bounded(64))
+    call_sid: Mapped[str | None] = mapped_column(Bounded(64), nullable=True, index=True)
+    caller: Mapped[str | None] = mapped_column(Bounded(32), nullable=True)
     inputs: Mapped[dict[str, Any]] = mapped_column(JSON)
     breakdown: Mapped[list[Any]] = mapped_column(JSON)
     total_cents: Mapped[int] = mapped_column(Integer)
-    currency: Mapped[str] = mapped_column(String(3))
+    currency: Mapped[str] = mapped_column(Bounded(3))
     move_date: Mapped[date | None] = mapped_column(Date, nullable=True)
     valid_until: Mapped[date | None] = mapped_column(Date, nullable=True)
-    status: Mapped[str] = mapped_column(String(16), default="quoted")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(Bounded(16), default="quoted")
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class Booking(Base):
@@ -169,24 +238,24 @@ class Booking(Base):
 
     __tablename__ = "bookings"
 
-    id: Mapped[str] = mapped_column(String(16), primary_key=True)
-    agent: Mapped[str] = mapped_column(String(64), index=True)
-    kind: Mapped[str] = mapped_column(String(16))  # move | appointment
+    id: Mapped[str] = mapped_column(Bounded(16), primary_key=True)
+    agent: Mapped[str] = mapped_column(Bounded(64), index=True)
+    kind: Mapped[str] = mapped_column(Bounded(16))  # move | appointment
     quote_id: Mapped[str | None] = mapped_column(
         ForeignKey("quotes.id"), nullable=True, unique=True
     )
-    service: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    service: Mapped[str | None] = mapped_column(Bounded(64), nullable=True)
     customer_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     vehicle_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    phone: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
-    name: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    starts_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
-    ends_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    status: Mapped[str] = mapped_column(String(16), default="booked")  # booked | cancelled
-    call_sid: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    phone: Mapped[str | None] = mapped_column(Bounded(32), nullable=True, index=True)
+    name: Mapped[str | None] = mapped_column(Bounded(128), nullable=True)
+    starts_at: Mapped[datetime] = mapped_column(UtcDateTime(), index=True)
+    ends_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    status: Mapped[str] = mapped_column(Bounded(16), default="booked")  # booked | cancelled
+    call_sid: Mapped[str | None] = mapped_column(Bounded(64), nullable=True)
     notes: Mapped[str | None] = mapped_column(Text, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class Message(Base):
@@ -195,15 +264,15 @@ class Message(Base):
     __tablename__ = "messages"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    agent: Mapped[str] = mapped_column(String(64))
-    call_sid: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    to_number: Mapped[str] = mapped_column(String(32))
-    from_number: Mapped[str] = mapped_column(String(32))
+    agent: Mapped[str] = mapped_column(Bounded(64))
+    call_sid: Mapped[str | None] = mapped_column(Bounded(64), nullable=True)
+    to_number: Mapped[str] = mapped_column(Bounded(32))
+    from_number: Mapped[str] = mapped_column(Bounded(32))
     body: Mapped[str] = mapped_column(Text)
-    twilio_sid: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    status: Mapped[str] = mapped_column(String(16))
+    twilio_sid: Mapped[str | None] = mapped_column(Bounded(64), nullable=True)
+    status: Mapped[str] = mapped_column(Bounded(16))
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class Ticket(Base):
@@ -212,13 +281,13 @@ class Ticket(Base):
     __tablename__ = "tickets"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    agent: Mapped[str] = mapped_column(String(64))
-    call_sid: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    name: Mapped[str] = mapped_column(String(128))
-    phone: Mapped[str] = mapped_column(String(32))
+    agent: Mapped[str] = mapped_column(Bounded(64))
+    call_sid: Mapped[str | None] = mapped_column(Bounded(64), nullable=True)
+    name: Mapped[str] = mapped_column(Bounded(128))
+    phone: Mapped[str] = mapped_column(Bounded(32))
     reason: Mapped[str] = mapped_column(Text)
-    status: Mapped[str] = mapped_column(String(16), default="open")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    status: Mapped[str] = mapped_column(Bounded(16), default="open")
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 class SideEffect(Base):
@@ -226,9 +295,23 @@ class SideEffect(Base):
 
     __tablename__ = "side_effects"
 
-    key: Mapped[str] = mapped_column(String(128), primary_key=True)
-    tool: Mapped[str] = mapped_column(String(64))
-    call_sid: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    status: Mapped[str] = mapped_column(String(16))  # running | done | failed
+    key: Mapped[str] = mapped_column(Bounded(128), primary_key=True)
+    tool: Mapped[str] = mapped_column(Bounded(64))
+    call_sid: Mapped[str | None] = mapped_column(Bounded(64), nullable=True)
+    status: Mapped[str] = mapped_column(Bounded(16))  # running | done | failed
     result: Mapped[str | None] = mapped_column(Text, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class ParkedRecord(Base):
+    """A record the recorder could not write (the database refused that row alone): kept here
+    whole, with the error, for an operator to read (``relay sessions parked``) or fix up."""
+
+    __tablename__ = "parked_records"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    table_name: Mapped[str] = mapped_column(Bounded(32))
+    call_sid: Mapped[str | None] = mapped_column(Bounded(64), nullable=True, index=True)
+    record: Mapped[str] = mapped_column(Text)  # the row as JSON
+    error: Mapped[str] = mapped_column(Text)
+    parked_at: Mapped[datetime] = mapped_column(UtcDateTime())

@@ -19,14 +19,25 @@ second, on the same event loop that streams their answers):
   rather than dicts for the garbage collector to walk. Events then go through the leanest path
   the database allows: on SQLite one prepared ``INSERT`` run with plain tuples, bypassing
   SQLAlchemy's per-row parameter processing; elsewhere a cached Core ``executemany``.
-- A transaction is all or nothing, so a failed batch is put back whole and retried without
+- A transaction is all or nothing. When the database is in trouble (unreachable, locked, a
+  table missing) a failed batch is put back whole and retried with backoff, without
   duplicates; newer updates of the same rows that arrived meanwhile stay on top.
+- When the database refuses a *row* (a constraint, a value it cannot store), the batch is split
+  in halves, again and again, until the rows it refuses stand alone: each is parked in the
+  ``parked_records`` table with its error (``relay.storage.repository.parked_records``),
+  logged and counted (:attr:`Recorder.parked`), and the rest lands.
+
+The backlog is bounded: beyond ``max_events`` buffered events (while the database is down) the
+oldest events are dropped, a tenth at a time, and counted (:attr:`Recorder.dropped_events`);
+calls, sessions and turns are never dropped (they are few, and one row per key). A hang-up's
+flush waits at most ``flush_timeout`` seconds, the shutdown's ``stop_timeout``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -35,11 +46,18 @@ import orjson
 import structlog
 from sqlalchemy import Table, and_, bindparam, insert, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import (
+    DBAPIError,
+    DisconnectionError,
+    InterfaceError,
+    OperationalError,
+    ProgrammingError,
+    SQLAlchemyError,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from relay.storage.db import Database, dumps_json
-from relay.storage.models import Base, Call, Event, RelaySession, Turn
+from relay.storage.models import Base, Call, Event, ParkedRecord, RelaySession, Turn
 
 log = structlog.get_logger("relay.recorder")
 
@@ -50,6 +68,7 @@ _UPSERT_KEYS: dict[type[Any], tuple[str, ...]] = {
 }
 _MODEL_ORDER = (Call, RelaySession, Turn)
 _EVENTS: Table = Base.metadata.tables[Event.__tablename__]
+_PARKED: Table = Base.metadata.tables[ParkedRecord.__tablename__]
 _EVENT_COLUMNS = ("call_sid", "session_id", "seq", "t", "at", "kind", "data")
 #: Rows per ``executemany`` of events: the event loop runs between two of them, so this bounds
 #: how long preparing one statement's parameters holds the loop.
@@ -58,6 +77,10 @@ _KEY_PREFIX = "_key_"  # bind names of the WHERE clause of partial updates
 
 # A buffered event: (sequence number, call_sid, session_id, seq, t, at, kind, data as JSON).
 _BufferedEvent = tuple[int, str, str, int, float, datetime, str, str]
+# One record of a batch being split: an upsert (its key and row) or an event.
+_Item = tuple[tuple[type[Any], tuple[Any, ...]], "_Upsert"] | _BufferedEvent
+#: Used for flush()'s default: the recorder's own ``flush_timeout``.
+_DEFAULT: Any = object()
 
 
 def utcnow() -> datetime:
@@ -92,11 +115,17 @@ class Recorder:
         interval: float = 0.05,
         batch_size: int = 2000,
         max_backoff: float = 5.0,
+        max_events: int = 200_000,
+        flush_timeout: float = 2.0,
+        stop_timeout: float = 10.0,
     ) -> None:
         self._db = db
         self._interval = interval
         self._batch_size = batch_size
         self._max_backoff = max_backoff
+        self.max_events = max_events
+        self.flush_timeout = flush_timeout
+        self.stop_timeout = stop_timeout
         # Rows keyed for upserts (later updates of the same key replace earlier ones) and
         # plain inserts for events.
         # Each buffered record remembers the sequence number it was handed over with, so that
@@ -109,7 +138,10 @@ class Recorder:
         self._progress = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self.failures = 0
+        self.failures = 0  # failed writes (each retried, or split)
+        self.parked = 0  # rows the database refused, kept in parked_records
+        self.lost = 0  # rows the database refused that could not even be parked
+        self.dropped_events = 0  # events dropped because the backlog was full
         self.batches = 0  # transactions committed
         self.statements = 0  # statements those transactions ran
         self._statements: dict[tuple[Any, ...], Any] = {}
@@ -137,7 +169,24 @@ class Recorder:
         self._events.append(
             (self._queued, call_sid, session_id, seq, t, utcnow(), kind, dumps_json(data))
         )
+        if len(self._events) > self.max_events:
+            self._drop_oldest_events()
         self._wake.set()
+
+    def _drop_oldest_events(self) -> None:
+        """Keep the backlog bounded while the database is down: drop the oldest tenth."""
+        excess = len(self._events) - self.max_events
+        if excess <= 0:
+            return
+        count = max(excess, self.max_events // 10)
+        del self._events[:count]
+        self.dropped_events += count
+        log.error(
+            "recorder_backlog_full",
+            dropped_events=count,
+            dropped_total=self.dropped_events,
+            max_events=self.max_events,
+        )
 
     def call(self, **row: Any) -> None:
         """Insert or update a call: a whole row (every required column)."""
@@ -185,8 +234,11 @@ class Recorder:
         if self._task is None:
             self._task = asyncio.create_task(self._run(), name="relay-recorder")
 
-    async def flush(self, timeout: float | None = 30.0) -> bool:
-        """Wait until everything handed over before this call is stored. False on timeout."""
+    async def flush(self, timeout: float | None = _DEFAULT) -> bool:
+        """Wait until everything handed over before this call is stored. False on timeout
+        (by default the recorder's ``flush_timeout``; None waits as long as it takes)."""
+        if timeout is _DEFAULT:
+            timeout = self.flush_timeout
         target = self._queued
         if self._written >= target:
             return True
@@ -200,10 +252,13 @@ class Recorder:
                 return False
         return True
 
-    async def stop(self, timeout: float = 30.0) -> None:
-        """Flush everything, then stop the writer."""
+    async def stop(self, timeout: float | None = None) -> None:
+        """Flush everything (for at most ``timeout`` s, by default ``stop_timeout``), then stop
+        the writer."""
         if self._task is None:
             return
+        if timeout is None:
+            timeout = self.stop_timeout
         stored = await self.flush(timeout)
         if not stored:
             log.error("recorder_flush_incomplete", pending=self.pending)
@@ -235,8 +290,14 @@ class Recorder:
                 events = self._events[: self._batch_size]
                 del self._events[: self._batch_size]
             try:
-                await self._write(upserts, events)
-            except Exception as exc:  # the database, or anything else: keep it all, retry
+                try:
+                    await self._write(upserts, events)
+                except Exception as exc:
+                    if not _refused_rows(exc):
+                        raise
+                    self.failures += 1
+                    await self._isolate(upserts, events, exc)
+            except Exception as exc:  # the database is in trouble: keep it all, retry
                 self.failures += 1
                 self._put_back(upserts, events)
                 log.warning(
@@ -269,6 +330,76 @@ class Recorder:
                 item.partial = item.partial and newer.partial
             self._upserts[key] = item
         self._events[:0] = events
+        if len(self._events) > self.max_events:
+            self._drop_oldest_events()
+
+    async def _isolate(
+        self,
+        upserts: dict[tuple[type[Any], tuple[Any, ...]], _Upsert],
+        events: list[_BufferedEvent],
+        error: BaseException,
+    ) -> None:
+        """Write a batch the database refused, in halves, until each refused row stands alone
+        and is parked. Leaves in ``upserts`` and ``events`` only what is not yet written when
+        the database fails otherwise (then raises, and the caller puts those back)."""
+        ordered = sorted(
+            upserts.items(), key=lambda kv: (_MODEL_ORDER.index(kv[1].model), kv[1].partial)
+        )
+        items: list[_Item] = [*ordered, *events]
+        parts: deque[tuple[list[_Item], BaseException | None]] = deque([(items, error)])
+        while parts:
+            part, refused = parts.popleft()
+            if refused is None:
+                try:
+                    await self._write(*_unzip(part))
+                    continue
+                except Exception as exc:
+                    if not _refused_rows(exc):
+                        _keep_only([part, *(p for p, _ in parts)], upserts, events)
+                        raise
+                    refused = exc
+            if len(part) > 1:
+                middle = len(part) // 2
+                parts.extendleft([(part[middle:], None), (part[:middle], None)])
+                continue
+            try:
+                await self._park(part[0], refused)
+            except Exception:
+                _keep_only([part, *(p for p, _ in parts)], upserts, events)
+                raise
+        upserts.clear()
+        events.clear()
+
+    async def _park(self, item: _Item, error: BaseException) -> None:
+        """Keep a refused row in ``parked_records`` with its error."""
+        if len(item) == 2:
+            upsert = item[1]
+            assert isinstance(upsert, _Upsert)
+            table, row = upsert.model.__tablename__, dict(upsert.row)
+            if upsert.partial:
+                row["_partial_update"] = True
+        else:
+            table = _EVENTS.name
+            row = dict(zip(_EVENT_COLUMNS, item[1:], strict=True))
+            row["data"] = orjson.Fragment(row["data"])
+        message = str(getattr(error, "orig", None) or error) or repr(error)
+        call_sid = row.get("call_sid")
+        async with self._db.engine.begin() as conn:
+            await conn.execute(
+                insert(_PARKED),
+                {
+                    "table_name": table,
+                    "call_sid": call_sid if isinstance(call_sid, str) else None,
+                    "record": dumps_json(row),
+                    "error": message[:4000],
+                    "parked_at": utcnow(),
+                },
+            )
+        self.parked += 1
+        log.error(
+            "recorder_row_parked", table=table, call_sid=call_sid, error=message[:300],
+            parked_total=self.parked,
+        )  # fmt: skip
 
     def _advance(self) -> None:
         waiting = min((u.first for u in self._upserts.values()), default=self._queued + 1)
@@ -357,6 +488,46 @@ class Recorder:
                     for e in events
                 ],
             )  # fmt: skip
+
+
+def _refused_rows(exc: BaseException) -> bool:
+    """Whether the database refused some row of a batch (a constraint, a value it cannot
+    store), rather than being in trouble itself (unreachable, locked, a table missing)."""
+    if isinstance(exc, (OperationalError, ProgrammingError, DisconnectionError, OSError)):
+        return False
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return False
+    if isinstance(exc, InterfaceError):
+        # asyncpg reports a value of the wrong type as an interface error too
+        return "connection" not in str(exc).lower() and "closed" not in str(exc).lower()
+    return not isinstance(exc, (TimeoutError, asyncio.CancelledError))
+
+
+def _unzip(
+    items: list[_Item],
+) -> tuple[dict[tuple[type[Any], tuple[Any, ...]], _Upsert], list[_BufferedEvent]]:
+    upserts: dict[tuple[type[Any], tuple[Any, ...]], _Upsert] = {}
+    events: list[_BufferedEvent] = []
+    for item in items:
+        if len(item) == 2:
+            key, upsert = item
+            assert isinstance(upsert, _Upsert)
+            upserts[key] = upsert
+        else:
+            events.append(item)
+    return upserts, events
+
+
+def _keep_only(
+    parts: list[list[_Item]],
+    upserts: dict[tuple[type[Any], tuple[Any, ...]], _Upsert],
+    events: list[_BufferedEvent],
+) -> None:
+    """Reduce a batch to the records of ``parts`` (those not written yet)."""
+    left_upserts, left_events = _unzip([item for part in parts for item in part])
+    upserts.clear()
+    upserts.update(left_upserts)
+    events[:] = sorted(left_events)
 
 
 def _key_params(model: type[Any], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

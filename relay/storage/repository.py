@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import Literal
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -12,9 +13,6 @@ from sqlalchemy.exc import IntegrityError
 from relay.storage.db import Database
 from relay.storage.models import Call, Event, RelaySession, SideEffect, Turn
 from relay.storage.requests import expand_requests
-
-if TYPE_CHECKING:
-    from relay.tools.base import ToolResult
 
 
 async def call_history(db: Database, call_sid: str) -> tuple[Call | None, list[Turn]]:
@@ -87,34 +85,37 @@ async def count_events(db: Database, call_sid: str) -> int:
         )
 
 
-async def once(
-    db: Database,
-    key: str,
-    tool: str,
-    call_sid: str | None,
-    run: Callable[[], Awaitable[ToolResult]],
-) -> ToolResult:
-    """Run a side effect at most once per idempotency key.
+@dataclass(frozen=True)
+class SideEffectClaim:
+    """What the side-effect ledger answered when a key was claimed.
 
-    The key is claimed in its own transaction before the side effect runs, so two concurrent
-    attempts cannot both run it; a finished one returns the stored result instead.
+    ``state`` is ``claimed`` (this caller may run the side effect now), ``done`` (it ran before;
+    ``result`` is what it said then), ``running`` (another attempt holds the key) or ``unknown``
+    (an earlier attempt got no answer in time and may have taken effect: never run it again).
     """
-    from relay.tools.base import ToolResult
 
+    state: Literal["claimed", "done", "running", "unknown"]
+    result: str | None = None
+
+
+async def claim_side_effect(
+    db: Database, key: str, tool: str, call_sid: str | None
+) -> SideEffectClaim:
+    """Claim an idempotency key in its own transaction, before the side effect runs.
+
+    Two concurrent attempts cannot both get ``claimed``; a failed attempt's key can be claimed
+    again. :func:`relay.tools.ledger.once` builds the tools' at-most-once rule on this.
+    """
     now = datetime.now(UTC)
     try:
         async with db.session() as session, session.begin():
             existing = await session.get(SideEffect, key)
             if existing is not None and existing.status == "done":
-                return ToolResult(
-                    f"{existing.result} (Already done earlier in this call; not repeated.)",
-                    data={"idempotent_replay": True},
-                )
+                return SideEffectClaim("done", existing.result)
             if existing is not None and existing.status == "running":
-                return ToolResult(
-                    "That is already being done; wait for it rather than asking again.",
-                    data={"error": "in progress"},
-                )
+                return SideEffectClaim("running")
+            if existing is not None and existing.status == "unknown":
+                return SideEffectClaim("unknown", existing.result)
             if existing is None:
                 session.add(
                     SideEffect(
@@ -124,22 +125,18 @@ async def once(
             else:
                 existing.status = "running"
     except IntegrityError:
-        return ToolResult(
-            "That is already being done; wait for it rather than asking again.",
-            data={"error": "in progress"},
-        )
-    status = "failed"
-    result: ToolResult | None = None
-    try:
-        result = await run()
-        status = "failed" if result.data and "error" in result.data else "done"
-        return result
-    finally:
-        async with db.session() as session, session.begin():
-            row = await session.get(SideEffect, key)
-            if row is not None:
-                row.status = status
-                row.result = result.content if result is not None else None
+        return SideEffectClaim("running")
+    return SideEffectClaim("claimed")
+
+
+async def settle_side_effect(db: Database, key: str, *, status: str, result: str | None) -> None:
+    """Store how a claimed side effect ended (``done``, ``failed`` or ``unknown``) and what it
+    said."""
+    async with db.session() as session, session.begin():
+        row = await session.get(SideEffect, key)
+        if row is not None:
+            row.status = status
+            row.result = result
 
 
 async def stored_turns(db: Database, call_sid: str) -> Sequence[Turn]:

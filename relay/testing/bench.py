@@ -7,9 +7,9 @@ are not relay's to remove, so the same run also times them on their own:
 (a) the WebSocket hop: the same client against a minimal echo server on the same stack
     (Starlette + uvicorn, started like ``relay serve``) that answers each prompt itself;
 (b) the LLM hop: a warm client streaming the same kind of request (the agent's system prompt
-    and the same amount of history) from the same fake LLM, timed to the first content delta:
-    an ``httpx.AsyncClient`` by default, or relay's own HTTP/1.1 client with
-    ``--baseline-client lean`` (the request as relay's default transport makes it).
+    and the same amount of history) from the same fake LLM, timed to the first content delta.
+    The client is the served transport's own (relay's aiohttp transport by default), so the
+    hop is what relay's HTTP client costs; ``--baseline-client httpx`` times it with httpx.
 
 (c) is relay itself: N concurrent simulated calls. What relay adds is (c) - (a) - (b), per
 percentile. With one call the three are sampled in turn, never overlapping; with many calls the
@@ -54,10 +54,13 @@ from websockets.http11 import Response
 from websockets.uri import parse_uri
 
 from relay.agents import AgentProfile, load_profile
-from relay.llm import http1
-from relay.llm.client import TRANSPORTS, ChatRequest, SSEDecoder, Transport
+from relay.errors import LLMError
+from relay.llm.client import TRANSPORTS, Transport
+from relay.llm.sse import SSEDecoder
+from relay.llm.transport import AiohttpTransport
+from relay.llm.types import ChatRequest
 
-BaselineClient = Literal["httpx", "lean"]
+BaselineClient = Literal["transport", "httpx"]
 T = TypeVar("T")
 
 #: What the simulated callers say, in turn. The fake LLM echoes the first words back, so the
@@ -101,8 +104,8 @@ class BenchOptions:
     think: float = 1.0
     url: str | None = None
     llm_url: str | None = None
-    transport: Transport = "lean"
-    baseline_client: BaselineClient = "httpx"
+    transport: Transport = "aiohttp"
+    baseline_client: BaselineClient = "transport"  # the served transport's own client
     connect_batch: int = 50
     reply_timeout: float = 30.0
     timeout: float | None = None  # the whole run; None estimates it from the rest
@@ -425,7 +428,7 @@ class BenchCall:
 class LLMProbe:
     """A warm client streaming the request relay would make, straight from the fake LLM.
 
-    ``pool`` set: relay's HTTP/1.1 client (the lean transport's); else ``http``.
+    ``client`` set: relay's transport (the served one's client); else ``http``.
     """
 
     def __init__(
@@ -433,17 +436,16 @@ class LLMProbe:
         base_url: str,
         agent: AgentProfile,
         http: httpx.AsyncClient,
-        pool: http1.ConnectionPool | None = None,
+        client: Any = None,
     ) -> None:
         self._http = http
-        self._pool = pool
+        self._client = client
         self._url = base_url.rstrip("/") + "/chat/completions"
         self._headers = {
             "Authorization": "Bearer not-needed",
             "Content-Type": "application/json",
             "Accept": "text/event-stream",
         }
-        self._endpoint = http1.Endpoint(self._url, self._headers)
         self._agent = agent
 
     def _request(self, history: Sequence[tuple[str, str]], prompt: str) -> ChatRequest:
@@ -466,8 +468,8 @@ class LLMProbe:
         """Seconds from starting the request to the first content delta; drains the rest."""
         request = self._request(history, prompt)
         started = time.perf_counter()
-        if self._pool is not None:
-            first = await self._sample_lean(self._pool, orjson.dumps(request.body()))
+        if self._client is not None:
+            first = await self._sample_relay(self._client, orjson.dumps(request.body()))
         else:
             first = await self._sample_httpx(orjson.dumps(request.body()))
         if first is None:
@@ -489,8 +491,8 @@ class LLMProbe:
             await response.aclose()
         return first
 
-    async def _sample_lean(self, pool: http1.ConnectionPool, body: bytes) -> float | None:
-        response = await pool.post(self._endpoint, body)
+    async def _sample_relay(self, client: Any, body: bytes) -> float | None:
+        response = await client.post(self._url, self._headers, body, connect_timeout=5.0)
         first: float | None = None
         try:
             if response.status >= 400:
@@ -542,7 +544,7 @@ class Baselines:
     ) -> None:
         try:
             hop = await self.llm.sample(history, prompt)
-        except (httpx.HTTPError, http1.HTTPError, RuntimeError) as exc:
+        except (httpx.HTTPError, LLMError, RuntimeError) as exc:
             self.errors.append(f"LLM hop: {exc!r}")
         else:
             if keep:
@@ -839,7 +841,7 @@ class _Tally:
 
 async def _metrics(http: httpx.AsyncClient, base: str) -> dict[str, Any] | None:
     try:
-        response = await http.get(base + "/metrics", timeout=10.0)
+        response = await http.get(base + "/metrics.json", timeout=10.0)
         data: dict[str, Any] = response.json()
         return data if response.status_code == 200 else None
     except (httpx.HTTPError, ValueError):
@@ -917,17 +919,17 @@ async def _bench(options: BenchOptions) -> BenchReport:
     notes: list[str] = []
     expectations = Expectations(options.reply_tokens)
     limits = httpx.Limits(max_connections=16, max_keepalive_connections=16)
-    pool = http1.ConnectionPool() if options.baseline_client == "lean" else None
+    client = _transport_client(options) if options.baseline_client == "transport" else None
     async with (
         httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=5.0), limits=limits) as http,
         _targets(options, http, notes) as targets,
         contextlib.AsyncExitStack() as closing,
     ):
-        if pool is not None:
-            closing.push_async_callback(pool.aclose)
+        if client is not None:
+            closing.push_async_callback(client.aclose)
         baselines = Baselines(
             BenchCall(targets.echo_ws, -1),
-            LLMProbe(targets.llm_base, targets.agent, http, pool),
+            LLMProbe(targets.llm_base, targets.agent, http, client),
             expectations,
         )
         await baselines.echo.connect(setup=False)
@@ -1027,6 +1029,15 @@ async def _bench(options: BenchOptions) -> BenchReport:
     )  # fmt: skip
 
 
+def _transport_client(options: BenchOptions) -> Any:
+    """The HTTP client of the served transport, as relay's OpenAIChat makes it."""
+    if options.transport == "lean":
+        from relay.llm.http1 import LeanTransport
+
+        return LeanTransport()
+    return AiohttpTransport()
+
+
 def _by_history(tally: _Tally, baselines: Baselines, ws: Stats) -> list[dict[str, Any]]:
     """p50s by history length (five bands), to show whether the overhead grows with it."""
     if not tally.history or max(tally.history) - min(tally.history) < 10:
@@ -1101,7 +1112,7 @@ def format_report(report: BenchReport) -> str:
         f"{report_history(o)} unmeasured; fake LLM {o['reply_tokens']} tokens, "
         f"{o['token_delay']} s apart (first after {o['first_token_delay']} s); "
         f"think {o['think']} s; transport {o['transport']}; "
-        f"LLM-hop baseline client {o.get('baseline_client', 'httpx')}",
+        f"LLM-hop baseline client {_baseline_name(o)}",
         "",
         f"{'prompt -> first text frame, ms':<40}"
         + "".join(f"{h:>10}" for h in ("p50", "p95", "p99", "mean", "max"))
@@ -1109,7 +1120,7 @@ def format_report(report: BenchReport) -> str:
     ]
     rows = (
         ("(a) WebSocket hop (echo server)", report.ws_hop),
-        (f"(b) LLM hop (warm {o.get('baseline_client', 'httpx')}, 1st delta)", report.llm_hop),
+        (f"(b) LLM hop (warm {_baseline_name(o)}, 1st delta)", report.llm_hop),
         ("(c) relay", report.relay),
     )
     for label, stats in rows:
@@ -1155,6 +1166,11 @@ def format_report(report: BenchReport) -> str:
 
 def report_history(options: dict[str, Any]) -> int:
     return max(int(options["history"]), int(options["warmup"]))
+
+
+def _baseline_name(options: dict[str, Any]) -> str:
+    client = options.get("baseline_client", "httpx")
+    return str(options.get("transport")) if client == "transport" else str(client)
 
 
 def _ms(value: float | None) -> str:
@@ -1213,14 +1229,15 @@ def add_parser(commands: Any) -> None:
     bench.add_argument(
         "--transport",
         choices=TRANSPORTS,
-        default="lean",
-        help="the started server's LLM transport (default lean; fast is the old name of httpx)",
+        default="aiohttp",
+        help="the started server's LLM transport (default aiohttp)",
     )
     bench.add_argument(
         "--baseline-client",
-        choices=("httpx", "lean"),
-        default="httpx",
-        help="the warm client that times the LLM hop (b): httpx (default) or relay's lean one",
+        choices=("transport", "httpx"),
+        default="transport",
+        help="the warm client that times the LLM hop (b): the served transport's own "
+        "(default) or httpx",
     )
     bench.add_argument(
         "--connect-batch", type=int, default=50, help="calls connected at once (default 50)"

@@ -39,10 +39,16 @@ import orjson
 import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from relay.testing.openai_rules import check_chat_request
+
 __all__ = [
     "Break",
     "Fail",
     "FakeLLMServer",
+    "JSONBody",
+    "Malformed",
+    "NoDone",
+    "Redirect",
     "Reply",
     "ScriptedLLM",
     "Stall",
@@ -124,12 +130,13 @@ class Fail:
 
     ``body`` is the whole JSON body; by default it is OpenAI's error shape,
     ``{"error": {"message", "type", "param", "code"}}``, typed for the status. ``retry_after``
-    (seconds) sets the ``retry-after`` and ``retry-after-ms`` headers that clients honour.
+    (seconds) sets the ``retry-after`` and ``retry-after-ms`` headers that clients honour; a
+    string is sent as ``Retry-After`` verbatim (an HTTP date), without ``retry-after-ms``.
     """
 
     status: int = 500
     body: dict[str, Any] | None = None
-    retry_after: float | None = None
+    retry_after: float | str | None = None
 
     def __post_init__(self) -> None:
         if not 400 <= self.status <= 599:
@@ -168,7 +175,40 @@ class Stall:
             raise ValueError("Stall.seconds must not be negative")
 
 
-Reply: TypeAlias = Text | ToolCalls | Fail | Break | Stall
+@dataclass(frozen=True, slots=True)
+class NoDone:
+    """Stream ``reply`` with its finish chunk (and usage chunk when asked) but no
+    ``data: [DONE]``: the body just ends, as some servers do. The answer is complete."""
+
+    reply: Text | ToolCalls
+
+
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    """A 200 event stream whose first chunk is not JSON (``payload``), then the body ends."""
+
+    payload: bytes = b'{"id":"chatcmpl-x","choices":[{"delta":{"content":"Hel'
+
+
+@dataclass(frozen=True, slots=True)
+class JSONBody:
+    """A 200 ``application/json`` body (a non-streamed completion saying ``text``) to a
+    streaming request, as a misconfigured proxy or URL answers."""
+
+    text: str = "Hello."
+
+
+@dataclass(frozen=True, slots=True)
+class Redirect:
+    """A redirect (``status``, 3xx) to ``location``, with no body."""
+
+    location: str = "https://llm.example.com/v1/chat/completions"
+    status: int = 302
+
+
+Reply: TypeAlias = (
+    Text | ToolCalls | Fail | Break | Stall | NoDone | Malformed | JSONBody | Redirect
+)
 """One scripted answer to one chat-completions request."""
 
 
@@ -187,6 +227,11 @@ class ScriptedLLM:
     false (long benchmarks, where keeping every body would grow memory and GC pauses without
     bound). ``push`` and ``requests`` are safe to use from a test thread while the server runs
     in another.
+
+    Every request is first checked as OpenAI checks it (:mod:`relay.testing.openai_rules`:
+    roles, message order and tool-call ids, content types, ``tools``, ``tool_choice``); one it
+    would refuse is answered with OpenAI's HTTP 400 body, consumes no scripted reply, and is
+    kept in ``rejected`` as ``(request number, error body)``. ``validate=False`` turns that off.
     """
 
     def __init__(
@@ -197,6 +242,7 @@ class ScriptedLLM:
         token_delay: float = 0.0,
         first_token_delay: float = 0.0,
         record: bool = True,
+        validate: bool = True,
     ) -> None:
         if token_delay < 0 or first_token_delay < 0:
             raise ValueError("delays must not be negative")
@@ -207,11 +253,22 @@ class ScriptedLLM:
         self.requests: list[dict[str, Any]] = []
         self._record = record
         self._received = 0
+        self._last_prompt: list[str] = []
+        self.validate = validate
+        self.rejected: list[tuple[int, dict[str, Any]]] = []
         self.app: ASGIApp = _ChatCompletionsApp(self)
 
     def push(self, *replies: Reply) -> None:
         """Queue replies for the next requests, after those already queued."""
         self._queue.extend(replies)
+
+    def _prompt_tokens(self, body: dict[str, Any]) -> tuple[int, int]:
+        """(prompt tokens, cached tokens) of a request, like a server with a one-slot prompt
+        cache: the cached part is the prefix shared with the previous request's prompt."""
+        tokens = _prompt_token_list(body)
+        cached = _common_prefix(tokens, self._last_prompt)
+        self._last_prompt = tokens
+        return len(tokens), cached
 
     def _next_reply(self, body: dict[str, Any]) -> Reply:
         self._received += 1
@@ -314,6 +371,14 @@ class _ChatCompletionsApp:
             await _send_json(send, 400, orjson.dumps(_error_body(400, message)))
             return
         llm = self._llm
+        refusal = check_chat_request(body) if llm.validate else None
+        if refusal is not None:  # as OpenAI would: 400, and no scripted reply used
+            llm._received += 1
+            if llm._record:
+                llm.requests.append(body)
+            llm.rejected.append((llm._received, refusal))
+            await _send_json(send, 400, orjson.dumps(refusal))
+            return
         reply = llm._next_reply(body)
         while isinstance(reply, Stall):
             if reply.seconds > 0 and await _client_left_within(receive, reply.seconds):
@@ -322,7 +387,11 @@ class _ChatCompletionsApp:
         if isinstance(reply, Fail):
             await _send_failure(send, reply)
             return
-        plan = _Plan(reply)
+        if isinstance(reply, Malformed | JSONBody | Redirect):
+            await _send_oddity(send, body, reply)
+            return
+        plan = _Plan(reply.reply if isinstance(reply, NoDone) else reply)
+        plan.no_done = isinstance(reply, NoDone)
         if body.get("stream") is True:
             await self._stream(send, body, plan)
         else:
@@ -342,8 +411,10 @@ class _ChatCompletionsApp:
         else:
             tail = envelope.finish(plan.finish_reason)
             if include_usage:
-                tail += envelope.usage(_usage(body, plan.completion_tokens))
-            tail += _DONE
+                prompt, cached = self._llm._prompt_tokens(body)
+                tail += envelope.usage(_usage(body, plan.completion_tokens, prompt, cached))
+            if not plan.no_done:
+                tail += _DONE
 
         # Events due at the same moment go out in one write: every write is a syscall, and
         # at 1,000 paced streams the syscalls are what the server spends its time on.
@@ -412,10 +483,11 @@ class _ChatCompletionsApp:
 class _Plan:
     """What a text-like reply streams: content pieces, tool calls, and how it ends."""
 
-    __slots__ = ("broken", "calls", "completion_tokens", "finish_reason", "pieces")
+    __slots__ = ("broken", "calls", "completion_tokens", "finish_reason", "no_done", "pieces")
 
     def __init__(self, reply: Text | ToolCalls | Break) -> None:
         self.broken = False
+        self.no_done = False
         self.calls: list[_EncodedCall] = []
         self.finish_reason = "stop"
         if isinstance(reply, Text):
@@ -489,7 +561,7 @@ class _Envelope:
         choice = b',"logprobs":null,"finish_reason":"' + reason.encode() + b'"}]'
         return self._prefix + b"{}" + choice + self._finish_suffix
 
-    def usage(self, usage: dict[str, int]) -> bytes:
+    def usage(self, usage: dict[str, Any]) -> bytes:
         return self._head + b'[],"usage":' + orjson.dumps(usage) + b"}\n\n"
 
 
@@ -538,12 +610,36 @@ async def _send_json(
 async def _send_failure(send: Send, fail: Fail) -> None:
     body = fail.body if fail.body is not None else _error_body(fail.status)
     headers: tuple[tuple[bytes, bytes], ...] = ()
-    if fail.retry_after is not None:
+    if isinstance(fail.retry_after, str):
+        headers = ((b"retry-after", fail.retry_after.encode()),)
+    elif fail.retry_after is not None:
         headers = (
             (b"retry-after", b"%d" % math.ceil(fail.retry_after)),
             (b"retry-after-ms", b"%d" % round(fail.retry_after * 1000)),
         )
     await _send_json(send, fail.status, orjson.dumps(body), headers)
+
+
+async def _send_oddity(
+    send: Send, body: dict[str, Any], reply: Malformed | JSONBody | Redirect
+) -> None:
+    if isinstance(reply, Redirect):
+        headers = ((b"location", reply.location.encode()), (b"content-length", b"0"))
+        await send({"type": "http.response.start", "status": reply.status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+    elif isinstance(reply, JSONBody):
+        completion = {
+            "id": _completion_id(), "object": "chat.completion", "created": int(time.time()),
+            "model": _model_of(body),
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.text},
+                         "finish_reason": "stop"}],
+            "usage": _usage(body, len(_split_text(reply.text))),
+        }  # fmt: skip
+        await _send_json(send, 200, orjson.dumps(completion))
+    else:
+        await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+        payload = b"data: " + reply.payload + b"\n\n"
+        await send({"type": "http.response.body", "body": payload, "more_body": False})
 
 
 async def _method_not_allowed(send: Send, method: str, path: str, allowed: bytes) -> None:
@@ -579,13 +675,53 @@ def _error_body(status: int, message: str | None = None) -> dict[str, Any]:
     return {"error": {"message": text, "type": kind, "param": None, "code": code}}
 
 
-def _usage(body: dict[str, Any], completion_tokens: int) -> dict[str, int]:
-    prompt_tokens = _estimate_prompt_tokens(body)
+def _usage(
+    body: dict[str, Any], completion_tokens: int, prompt_tokens: int | None = None, cached: int = 0
+) -> dict[str, Any]:
+    """OpenAI's ``usage`` object; ``cached`` prompt tokens came from the prompt cache."""
+    if prompt_tokens is None:
+        prompt_tokens = _estimate_prompt_tokens(body)
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
-    }
+        "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": 0, "audio_tokens": 0,
+            "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0,
+        },
+    }  # fmt: skip
+
+
+def _prompt_token_list(body: dict[str, Any]) -> list[str]:
+    """The prompt as the fake tokenizer sees it: the tool schemas, then each message framed
+    by 4 tokens (as :func:`_estimate_prompt_tokens` counts), in order."""
+    tokens: list[str] = []
+    tools = body.get("tools")
+    if isinstance(tools, list) and tools:
+        tokens.extend(_TOKEN_RE.findall(orjson.dumps(tools).decode()))
+    messages = body.get("messages")
+    for message in messages if isinstance(messages, list) else ():
+        role = message.get("role") if isinstance(message, dict) else None
+        tokens.append(f"<|{role}|>")
+        tokens.append("<|content|>")
+        if isinstance(message, dict):
+            tokens.extend(_TOKEN_RE.findall(_text_of(message.get("content"))))
+            calls = message.get("tool_calls")
+            if calls:
+                tokens.extend(_TOKEN_RE.findall(orjson.dumps(calls).decode()))
+        tokens.append("<|end|>")
+        tokens.append("\n")
+    return tokens
+
+
+def _common_prefix(a: list[str], b: list[str]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def _estimate_prompt_tokens(body: dict[str, Any]) -> int:

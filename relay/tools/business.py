@@ -26,7 +26,7 @@ from relay.domain.pricing import load_pricing
 from relay.domain.scheduling import BusinessCalendar, SchedulingError, load_calendar, load_catalogue
 from relay.errors import ConfigError, RelayError
 from relay.services.customers import bookings_owner
-from relay.tools import appointments, customers, messages, piano, reference
+from relay.tools import appointments, customers, mail, messages, piano, reference
 from relay.tools.base import Tool
 from relay.tools.common import OWNER
 
@@ -38,6 +38,7 @@ TOOLS: list[Tool] = [
     *customers.TOOLS,
     *messages.TOOLS,
     *reference.TOOLS,
+    *mail.TOOLS,
 ]
 
 #: What each name in a profile's ``[data]`` table is, and how it is read.

@@ -163,16 +163,20 @@ async def quote_piano_move(
                 currency=priced.currency,
                 move_date=day,
                 valid_until=priced.valid_until,
-                status="quoted",
+                status=INSPECTION if priced.needs_inspection else "quoted",
                 created_at=store.utc(now),
             )
         )
 
+    if priced.needs_inspection:
+        return _inspection_needed(ctx, quote_id, priced)
     nexts = []
     if "find_move_dates" in ctx.agent.tools and "book_move" in ctx.agent.tools:
         nexts.append(f"offer to book it (find_move_dates, then book_move with quote_id {quote_id})")
     if "send_quote_sms" in ctx.agent.tools:
         nexts.append("offer to text it (send_quote_sms)")
+    if "send_quote_email" in ctx.agent.tools:
+        nexts.append("offer to e-mail it (send_quote_email, after reading the address back)")
     then = f" Then {' or '.join(nexts)}." if nexts else ""
     content = (
         f"Quote {quote_id}: moving {_article(priced.piano_type.spoken_name)} from {start.label} "
@@ -322,7 +326,7 @@ async def book_move(
     )
 
 
-@tool(side_effect=True, timeout=15.0)
+@tool(side_effect=True, timeout=messaging.HTTP_TIMEOUT + 10.0)
 async def send_quote_sms(ctx: ToolContext, quote_id: str) -> ToolResult:
     """Text a quote to the mobile the caller is calling from. Offer it after giving a quote, and send it only if the caller wants it.
 
@@ -360,7 +364,11 @@ async def send_quote_sms(ctx: ToolContext, quote_id: str) -> ToolResult:
         quote = await session.get(QuoteRow, _quote_id(quote_id))
     if quote is None or quote.agent != owner(ctx):
         raise ToolError(f"There is no quote {quote_id!r}. Check the id from quote_piano_move.")
+    _refuse_inspection_quote(quote)
     body = _quote_text(ctx, quote)
+    earlier = await _earlier_text(ctx, to, body)
+    if earlier is not None:
+        return earlier
     row = Message(
         agent=ctx.agent.name,
         call_sid=ctx.call_sid or None,
@@ -370,8 +378,20 @@ async def send_quote_sms(ctx: ToolContext, quote_id: str) -> ToolResult:
         created_at=store.utc(ctx.now()),
         status="sending",
     )
+    # Stored before the request: a send that times out or is cut off stays on record, so it
+    # is never repeated blindly.
+    await _save(ctx, row)
     try:
         sent = await messaging.send_sms(creds, ctx.http, to=to, from_=sender, body=body)
+    except messaging.TwilioTimeout as exc:
+        row.status, row.error = UNKNOWN, str(exc)
+        await _save(ctx, row)
+        return ToolResult(
+            "The text may or may not have gone through (no answer in time), so it was not sent "
+            "again. Tell the caller it should arrive shortly, and offer to read the quote so "
+            "they can write it down in case it doesn't.",
+            data={"error": "send outcome unknown", "unknown": True},
+        )
     except messaging.TwilioError as exc:
         row.status, row.error = "failed", str(exc)
         await _save(ctx, row)
@@ -388,6 +408,32 @@ async def send_quote_sms(ctx: ToolContext, quote_id: str) -> ToolResult:
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+#: The status of a saved quote for a crane or hoist job: no phone price, never booked as is.
+INSPECTION = "inspection"
+
+
+def _inspection_needed(ctx: ToolContext, quote_id: str, priced: pricing.Quote) -> ToolResult:
+    """A crane or hoist job: no price, no booking; offer an inspection or a message."""
+    offer = (
+        "Offer to arrange an inspection: take a message (take_message) with their name, number, "
+        "the piano, both addresses and the stairs, so the office calls back to book it."
+        if "take_message" in ctx.agent.tools
+        else "Offer to have the office call back to arrange an inspection."
+    )
+    return ToolResult(
+        f"No price over the phone for this move. {priced.spoken()} Do not give any price or "
+        f"estimate, and do not book it. {offer}",
+        data={**priced.as_dict(), "quote_id": quote_id, "no_phone_price": True},
+    )
+
+
+def _refuse_inspection_quote(quote: QuoteRow) -> None:
+    if quote.status == INSPECTION:
+        raise ToolError(
+            f"Quote {quote.id} is a crane or hoist job: it has no phone price and can't be "
+            "booked or sent until it has been inspected. Offer an inspection or take a message."
+        )
 
 
 def _place(places: Gazetteer, text: str, end: str) -> Any:
@@ -439,6 +485,7 @@ async def _valid_quote(
         raise ToolError(
             f"There is no quote {qid}. Use the quote id from quote_piano_move, or make a new quote."
         )
+    _refuse_inspection_quote(quote)
     today = now.astimezone(calendar.zone).date()
     if quote.valid_until is not None and quote.valid_until < today:
         raise ToolError(
@@ -484,8 +531,44 @@ def _quote_text(ctx: ToolContext, quote: QuoteRow) -> str:
 
 
 async def _save(ctx: ToolContext, row: Message) -> None:
+    """Insert ``row``, or update it when it was saved before (its id is set)."""
     async with ctx.db.session() as session, session.begin():
-        session.add(row)
+        merged = await session.merge(row)
+        await session.flush()
+        row.id = merged.id
+
+
+#: The status of a text whose request got no answer in time: it may have been sent.
+UNKNOWN = "unknown"
+
+
+async def _earlier_text(ctx: ToolContext, to: str, body: str) -> ToolResult | None:
+    """A result when this very text was already sent (or may have been) on this call."""
+    if not ctx.call_sid:
+        return None
+    async with ctx.db.session() as session:
+        earlier = await session.scalar(
+            select(Message)
+            .where(
+                Message.call_sid == ctx.call_sid,
+                Message.to_number == to,
+                Message.body == body,
+                Message.status != "failed",
+            )
+            .limit(1)
+        )
+    if earlier is None:
+        return None
+    if earlier.status in (UNKNOWN, "sending"):
+        return ToolResult(
+            "That text was already tried on this call and may have gone through, so it is not "
+            "sent again. Tell the caller it should arrive shortly; offer to read the quote instead.",
+            data={"error": "send outcome unknown", "unknown": True, "not_repeated": True},
+        )
+    return ToolResult(
+        "That text was already sent on this call; it was not sent again.",
+        data={"message_sid": earlier.twilio_sid, "status": earlier.status, "not_repeated": True},
+    )
 
 
 TOOLS = [quote_piano_move, find_move_dates, book_move, send_quote_sms]

@@ -67,8 +67,21 @@ def _denied() -> Response:
 
 
 def _knowledge(request: Request) -> AsyncKnowledge | None:
-    knowledge: AsyncKnowledge | None = request.app.state.runtime.extras.get("knowledge")
+    knowledge: AsyncKnowledge | None = request.app.state.runtime.knowledge
     return knowledge
+
+
+def _unknown_collection(request: Request) -> Response | None:
+    """404 for a collection no agent uses (an upload must never create one by mistake)."""
+    name = request.path_params["collection"]
+    agents = request.app.state.runtime.deps.agents.agents.values()
+    known = sorted({a.knowledge_collection for a in agents if a.knowledge_collection})
+    if name in known:
+        return None
+    return JSONResponse(
+        {"error": f"no knowledge collection {name!r}: the agents use {', '.join(known) or 'none'}"},
+        status_code=404,
+    )
 
 
 def _off() -> Response:
@@ -91,6 +104,8 @@ async def list_documents(request: Request) -> Response:
     knowledge = _knowledge(request)
     if knowledge is None:
         return _off()
+    if (unknown := _unknown_collection(request)) is not None:
+        return unknown
     docs = await knowledge.list_documents(request.path_params["collection"])
     return JSONResponse({"documents": [_json(d) for d in docs]})
 
@@ -101,6 +116,8 @@ async def upload(request: Request) -> Response:
     knowledge = _knowledge(request)
     if knowledge is None:
         return _off()
+    if (unknown := _unknown_collection(request)) is not None:
+        return unknown
     length = int(request.headers.get("content-length") or 0)
     if length > MAX_UPLOAD_BYTES * 5:
         return JSONResponse(
@@ -148,6 +165,8 @@ async def show_document(request: Request) -> Response:
     knowledge = _knowledge(request)
     if knowledge is None:
         return _off()
+    if (unknown := _unknown_collection(request)) is not None:
+        return unknown
     try:
         detail = await knowledge.show(
             request.path_params["collection"], request.path_params["doc_id"]
@@ -163,6 +182,8 @@ async def delete_document(request: Request) -> Response:
     knowledge = _knowledge(request)
     if knowledge is None:
         return _off()
+    if (unknown := _unknown_collection(request)) is not None:
+        return unknown
     removed = await knowledge.remove(
         request.path_params["collection"], request.path_params["doc_id"]
     )
@@ -177,6 +198,8 @@ async def search(request: Request) -> Response:
     knowledge = _knowledge(request)
     if knowledge is None:
         return _off()
+    if (unknown := _unknown_collection(request)) is not None:
+        return unknown
     query = request.query_params.get("q", "").strip()
     if not query:
         return JSONResponse({"error": "give the question as ?q="}, status_code=400)
@@ -186,6 +209,8 @@ async def search(request: Request) -> Response:
         return JSONResponse({"error": "k must be a number"}, status_code=400)
     try:
         hits = await knowledge.search(request.path_params["collection"], query, k=k, timeout=5.0)
+    except UnknownCollection as exc:  # no document was ever loaded into it
+        return JSONResponse({"error": str(exc)}, status_code=404)
     except KnowledgeError as exc:
         return JSONResponse({"error": str(exc)}, status_code=503)
     return JSONResponse({"hits": [_json(h) for h in hits]})

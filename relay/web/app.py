@@ -9,15 +9,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
 import resource
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
-import openai
 import orjson
 import structlog
 from starlette.applications import Starlette
@@ -29,17 +29,28 @@ from starlette.websockets import WebSocket, WebSocketState
 from relay.agents import AgentProfile, AgentRegistry
 from relay.call.session import CallDependencies, CallSession
 from relay.config import Settings
-from relay.llm.client import ChatModel, OpenAIChat
+from relay.llm.client import OpenAIChat
+from relay.llm.types import ChatModel, Timeouts
 from relay.protocol import twiml
 from relay.protocol.signatures import SignatureChecker
 from relay.services import messaging
 from relay.services.customers import CustomerDirectory
+from relay.services.postcall import PostCall
 from relay.storage import repository
-from relay.storage.db import Database
+from relay.storage.db import Database, check_driver
 from relay.storage.recorder import Recorder
 from relay.tools import ToolRegistry, default_registry
 from relay.tools.business import load_services
-from relay.web import feeds
+from relay.web import console, feeds, operations, postcall
+from relay.web.socket import RelaySocket, SocketLimits
+
+if TYPE_CHECKING:
+    from knowledge import AsyncKnowledge
+    from relay.call.supervisor import Supervisor
+    from relay.services.retrieval import KnowledgeRetriever
+    from relay.web.drain import Drain
+    from relay.web.health import ModelProbe
+    from relay.web.operations import Operations
 
 log = structlog.get_logger("relay.web.app")
 
@@ -56,6 +67,26 @@ class Runtime:
     started: float = field(default_factory=time.monotonic)
     active_sessions: int = 0
     sessions_total: int = 0
+    #: The knowledge store and its retriever (None when knowledge is off or not opened yet).
+    knowledge: AsyncKnowledge | None = None
+    retriever: KnowledgeRetriever | None = None
+    #: Closed at shutdown, after the recorder has flushed.
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    #: The calendar feed's token key, made once (bytes: never shown by /metrics).
+    feed_secret: bytes | None = None
+    #: The console's cookie key and whether it has users (checked at most every few seconds).
+    console_key: bytes | None = None
+    console_users_cached: tuple[float, bool] | None = None
+    #: Watches live sessions (idle reaping, replacement of a call's older socket).
+    supervisor: Supervisor | None = None
+    #: Readiness: the model's reachability, probed in the background, and the drain switch.
+    model_probe: ModelProbe | None = None
+    drain: Drain | None = None
+    #: Admission (call cap, rate limits) and the metrics sampler: relay.web.operations.
+    ops: Operations | None = None
+    #: Outcomes, cost, analysis, webhook and owner e-mail after each call (relay.web.postcall).
+    postcall: PostCall | None = None
+    #: Deprecated: an untyped bag, kept only while callers move to the typed fields above.
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -77,7 +108,12 @@ def create_app(
             registry.select(agent.tools, agent=agent.name)  # unknown tool names fail at start
         db = Database(settings.database)
         await db.migrate()
-        recorder = Recorder(db)
+        recorder = Recorder(
+            db,
+            max_events=settings.recorder_max_events,
+            flush_timeout=settings.recorder_flush_timeout,
+            stop_timeout=settings.recorder_stop_timeout,
+        )
         await recorder.start()
         http = httpx.AsyncClient(
             timeout=httpx.Timeout(30.0, connect=5.0),
@@ -85,19 +121,16 @@ def create_app(
         )
         model = llm
         if model is None:
-            client = openai.AsyncOpenAI(
-                api_key=settings.llm_api_key(),
-                base_url=settings.llm_base_url,
-                # openai 3 is typed for httpx2 but works with httpx, which respx can intercept.
-                http_client=http,  # type: ignore[arg-type]
-            )
             model = OpenAIChat(
-                client,
-                http=http,
-                first_token_timeout=settings.llm_first_token_timeout,
+                settings.llm_base_url,
+                settings.llm_api_key(),
+                timeouts=Timeouts(
+                    connect=settings.llm_connect_timeout, first_token=settings.llm_first_token_timeout,
+                    read=settings.llm_read_timeout, turn=settings.llm_turn_timeout,
+                ),
                 max_retries=settings.llm_max_retries,
                 transport=settings.llm_transport,
-            )
+            )  # fmt: skip
         twilio = messaging.credentials(
             settings.twilio_account_sid, settings.twilio_auth_token, settings.twilio_from_number
         )
@@ -120,6 +153,9 @@ def create_app(
         background: list[asyncio.Task[Any]] = []
         if settings.knowledge_enabled:
             background.append(await _start_knowledge(runtime))
+        background.append(console.start(runtime))  # supervisor commands (relay.web.console)
+        stop_ops = await operations.start(runtime, background, probe_model=llm is None)
+        postcall.start(runtime, background)  # outcomes, cost, webhook, e-mail after each call
         if configure is not None:
             result = configure(runtime)
             if hasattr(result, "__await__"):
@@ -147,12 +183,12 @@ def create_app(
             yield
         finally:
             gc.unfreeze()  # what start-up built may be collected again once it is let go
+            stop_ops()  # SIGTERM back to uvicorn's handler
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
             await recorder.stop()
-            closers = runtime.extras.get("closers", [])
-            for close in closers:
+            for close in runtime.closers:
                 with contextlib.suppress(Exception):
                     await close()
             if llm is None and isinstance(model, OpenAIChat):
@@ -165,14 +201,15 @@ def create_app(
         Route("/twiml", incoming_call, methods=["POST"]),
         Route("/handoff", connect_action, methods=["POST"]),
         WebSocketRoute("/ws", conversation_relay),
-        Route("/healthz", health, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
+        *operations.routes(),  # /healthz, /readyz, /metrics (Prometheus)
+        Route("/metrics.json", metrics, methods=["GET"]),
     ]
     routes.extend(feeds.routes())
+    routes.extend(console.routes())  # /console: answers 404 until sign-in is configured
     if settings.admin_token:
         from relay.web import admin
 
-        routes.extend(admin.routes())
+        routes.extend(operations.limit_admin(admin.routes()))
     return Starlette(routes=routes, lifespan=lifespan)
 
 
@@ -205,9 +242,10 @@ async def _start_knowledge(runtime: Runtime) -> asyncio.Task[Any]:
         timeout=settings.knowledge_timeout,
     )
     deps.retriever = retriever
-    runtime.extras["knowledge"] = knowledge
-    runtime.extras["retriever"] = retriever
-    runtime.extras.setdefault("closers", []).append(knowledge.aclose)
+    runtime.knowledge = knowledge
+    runtime.retriever = retriever
+    runtime.closers.append(knowledge.aclose)
+    runtime.extras["knowledge"] = knowledge  # until relay.web.health reads runtime.knowledge
     for name in deps.agents.agents:
         services = dict(deps.services.get(name, {}))
         services["knowledge"] = retriever
@@ -224,16 +262,51 @@ async def _start_knowledge(runtime: Runtime) -> asyncio.Task[Any]:
     return asyncio.create_task(warm(), name="relay-knowledge-warm-up")
 
 
+def app_from_env() -> Starlette:
+    """The app with settings from the environment: the factory each worker process of
+    ``relay serve --workers N`` runs (``uvicorn --factory relay.web.app:app_from_env``)."""
+    from relay import logging as relay_logging
+    from relay.config import load_settings
+
+    settings = load_settings()
+    relay_logging.configure(settings.log_level, settings.log_format)
+    log.info("worker_starting", pid=os.getpid())
+    return create_app(settings)
+
+
 def preflight(settings: Settings, tools: ToolRegistry | None = None) -> AgentRegistry:
     """Check what start-up will need (profiles, tools, business tables, LLM key) and raise a
     ConfigError naming the variable or file, before any server starts."""
     settings.llm_api_key()
+    check_driver(settings.database)  # one line naming the missing database driver
     agents = AgentRegistry.load(settings.prompts_dir, default=settings.default_agent)
     registry = tools or default_registry()
     for agent in agents.agents.values():
         registry.select(agent.tools, agent=agent.name)
         load_services(agent, settings.data_dir)
+    if settings.elevenlabs_api_key:
+        _check_voices(settings, agents)
     return agents
+
+
+def _check_voices(settings: Settings, agents: AgentRegistry) -> None:
+    """With ``ELEVENLABS_API_KEY`` set: every agent's ElevenLabs voice must exist (a wrong id
+    stops the start, naming the profile file). A key ElevenLabs refuses stops it too; an
+    unreachable ElevenLabs only warns (Twilio, not relay, talks to it during calls)."""
+    from relay.errors import ConfigError
+    from relay.services.voices import VoiceError, Voices, check_agent_voices
+
+    try:
+        with Voices(settings.elevenlabs_api_key or "") as voices:
+            checked = check_agent_voices(
+                agents.agents.values(), voices, prompts_dir=settings.prompts_dir
+            )
+    except VoiceError as exc:
+        if "(401)" in str(exc):
+            raise ConfigError(str(exc)) from exc
+        log.warning("voices_unchecked", error=str(exc)[:300])
+        return
+    log.info("voices_checked", voices=checked)
 
 
 def _runtime(request: Request | WebSocket) -> Runtime:
@@ -253,12 +326,17 @@ async def _signed_form(request: Request) -> dict[str, str] | None:
     runtime = _runtime(request)
     form = await request.form()
     if not runtime.signatures.check_http(request.url, request.headers, form):
-        log.warning("signature_rejected", path=request.url.path)
+        request.state.refusal = operations.forged(request)  # 429 once a source floods
+        if request.state.refusal is None:  # a throttled flood is counted, not logged
+            log.warning("signature_rejected", path=request.url.path)
         return None
     return {k: v for k, v in form.items() if isinstance(v, str)}
 
 
-def _forbidden() -> Response:
+def _forbidden(request: Request) -> Response:
+    refusal: Response | None = getattr(request.state, "refusal", None)
+    if refusal is not None:
+        return refusal
     return Response(
         "Forbidden: invalid Twilio signature\n", status_code=403, media_type="text/plain"
     )
@@ -278,8 +356,11 @@ async def incoming_call(request: Request) -> Response:
     """``POST /twiml``: the voice webhook. Answers with ``<Connect><ConversationRelay>``."""
     form = await _signed_form(request)
     if form is None:
-        return _forbidden()
+        return _forbidden(request)
     agent = _runtime(request).deps.agents.for_number(form.get("To"))
+    busy = operations.admit(_runtime(request), agent, form)  # over the call cap, or draining
+    if busy is not None:
+        return busy
     ws_url, action = _urls(request)
     log.info(
         "call_incoming",
@@ -287,14 +368,15 @@ async def incoming_call(request: Request) -> Response:
         call_sid=form.get("CallSid", ""),
         direction=form.get("Direction", ""),
     )
-    return Response(twiml.connect(agent, ws_url=ws_url, action_url=action), media_type=TWIML)
+    document = twiml.connect(ws_url=ws_url, action_url=action, **agent.twiml_options())
+    return Response(document, media_type=TWIML)
 
 
 async def connect_action(request: Request) -> Response:
     """``POST /handoff``: Twilio's ``<Connect action>`` after a session ends. Always TwiML."""
     form = await _signed_form(request)
     if form is None:
-        return _forbidden()
+        return _forbidden(request)
     runtime = _runtime(request)
     try:
         return Response(await _after_session(request, runtime, form), media_type=TWIML)
@@ -332,12 +414,13 @@ async def _after_session(request: Request, runtime: Runtime, form: dict[str, str
     if status == "ended":
         handoff = _handoff_data(form.get("HandoffData"))
         if handoff.get("reasonCode") == "live-agent-handoff" or handoff.get("person"):
-            if agent.person_number:
+            number = handoff.get("takeoverNumber") or agent.person_number  # console take-over
+            if number:
                 if call is not None:
                     deps.recorder.update_call(call_sid, status="transferred", outcome="transferred")
                 return twiml.dial(
                     say=agent.handoff_say,
-                    number=agent.person_number,
+                    number=number,
                     caller_id=form.get("To") or None,
                 )
             return twiml.say_and_hang_up(agent.no_person_line)
@@ -356,7 +439,9 @@ async def _after_session(request: Request, runtime: Runtime, form: dict[str, str
             had_history=call is not None,
         )
         return twiml.connect(
-            agent, ws_url=ws_url, action_url=action, parameters=params, welcome_greeting=greeting
+            ws_url=ws_url,
+            action_url=action,
+            **agent.twiml_options(parameters=params, welcome_greeting=greeting),
         )
     return twiml.empty()
 
@@ -385,33 +470,25 @@ async def conversation_relay(websocket: WebSocket) -> None:
         await websocket.close(code=1008)  # before accept: the server answers the upgrade with 403
         return
     await websocket.accept()
-    session = CallSession(runtime.deps, websocket.send_text)
+    sock = RelaySocket(websocket, SocketLimits.from_settings(runtime.settings))
+    session = CallSession(runtime.deps, sock.send)
     runtime.active_sessions += 1
     runtime.sessions_total += 1
+    operations.session_opened(runtime, session)
+    supervisor = runtime.supervisor
+    if supervisor is not None:
+        supervisor.watch(session)
     try:
-        await session.run(_frames(websocket, session))
+        await session.run(sock.frames(session))  # limits and idle reaping: relay.web.socket
     finally:
         runtime.active_sessions -= 1
+        operations.session_closed(runtime, session)
+        postcall.session_closed(runtime, session)
+        if supervisor is not None:
+            supervisor.forget(session)
         if websocket.application_state is WebSocketState.CONNECTED:
             with contextlib.suppress(Exception):
                 await websocket.close(code=1000)
-
-
-async def _frames(websocket: WebSocket, session: CallSession) -> AsyncIterator[str | bytes]:
-    while True:
-        message = await websocket.receive()
-        if message["type"] == "websocket.disconnect":
-            session.close_code = message.get("code")
-            return
-        text = message.get("text")
-        if text is not None:
-            yield text
-        elif message.get("bytes") is not None:
-            yield message["bytes"]
-
-
-async def health(request: Request) -> Response:
-    return JSONResponse({"status": "ok"})
 
 
 async def metrics(request: Request) -> Response:
@@ -427,13 +504,12 @@ async def metrics(request: Request) -> Response:
             "max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
             "uptime_s": round(time.monotonic() - runtime.started, 1),
             **_retrieval_counters(runtime),
-            **{k: v for k, v in runtime.extras.items() if isinstance(v, (int, float, str))},
         }
     )
 
 
 def _retrieval_counters(runtime: Runtime) -> dict[str, int]:
-    retriever = runtime.extras.get("retriever")
+    retriever = runtime.retriever
     if retriever is None:
         return {}
     return {"retrievals": retriever.retrievals, "retrieval_failures": retriever.failures}

@@ -16,7 +16,7 @@ import orjson
 import pytest
 from sqlalchemy import select
 
-from relay.llm.client import ChatRequest, Done, TextDelta
+from relay.llm.types import ChatRequest, Done, TextDelta
 from relay.storage import repository
 from relay.storage.models import Event
 from relay.testing import Break, Fail, ScriptedLLM, Stall, Text, ToolCall, ToolCalls
@@ -618,7 +618,7 @@ async def test_a_cancelled_turn_does_not_cancel_the_caller_lookup(
         await call.connect()
         await call.prompt("Hello")
         # The first turn (its user message is seq 1) waits for the lookup...
-        await until(lambda: any(awaiting(t, "_customer") for t in turn_tasks().values()))
+        await until(lambda: any(awaiting(t, "customer") for t in turn_tasks().values()))
         # ...and is cancelled while it waits.
         if cancel == "newer prompt":
             await call.prompt("Hello, is that Keystone?")

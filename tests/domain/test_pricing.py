@@ -9,6 +9,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from relay.domain.pricing import (
@@ -469,10 +470,16 @@ def test_spoken_includes_the_inspection_note(rules: PricingRules) -> None:
         piano_type="grand", pickup="a", dropoff="b", move_date=WED_NEXT, needs_crane=True
     )
 
-    spoken = quote(rules, request, today=MON, distance_km=2.0).spoken()
+    priced = quote(rules, request, today=MON, distance_km=2.0)
+    spoken = priced.spoken()
 
-    assert spoken.startswith("The total is $800 including GST for the grand piano. ")
-    assert spoken.endswith("which we price after an inspection, so it isn't included.")
+    # Crane jobs are never priced over the phone: no total, no breakdown, only why.
+    assert spoken.startswith("A crane or hoist is needed, which we price after an inspection")
+    assert "$" not in spoken and "total" not in spoken.lower()
+    data = priced.as_dict()
+    assert data["needs_inspection"] is True
+    assert "total" not in data and "total_cents" not in data and "lines" not in data
+    assert "$" not in orjson.dumps(data).decode()
 
 
 def test_as_dict_is_plain_data(rules: PricingRules) -> None:

@@ -1,24 +1,40 @@
-"""OpenAIChat against the scripted OpenAI-compatible server, over every transport."""
+"""OpenAIChat against the scripted OpenAI-compatible server (real uvicorn, real sockets)."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import email.utils
 import itertools
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
-import openai
 import orjson
 import pytest
 import pytest_asyncio
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from relay.cli.call import serve_in_process
-from relay.errors import FirstTokenTimeout, LLMError
-from relay.llm.client import ChatRequest, Done, LLMEvent, OpenAIChat, SSEDecoder, TextDelta
-from relay.testing import Break, Fail, ScriptedLLM, Stall, Text, ToolCall, ToolCalls
+from relay.errors import FirstTokenTimeout, LLMConfigError, LLMError
+from relay.llm.client import OpenAIChat, retry_after
+from relay.llm.sse import SSEDecoder
+from relay.llm.types import ChatRequest, Done, LLMEvent, TextDelta, Timeouts, Usage
+from relay.testing import (
+    Break,
+    Fail,
+    JSONBody,
+    Malformed,
+    NoDone,
+    Redirect,
+    ScriptedLLM,
+    Stall,
+    Text,
+    ToolCall,
+    ToolCalls,
+)
+from relay.testing.simcall import serve_in_process
 
 REQUEST = ChatRequest(
     model="gpt-4o-mini",
@@ -26,7 +42,7 @@ REQUEST = ChatRequest(
     temperature=0.3,
     max_tokens=100,
 )
-TRANSPORTS = ["lean", "httpx", "sdk"]
+TRANSPORTS = ["aiohttp", "lean"]
 
 Connect = Callable[..., AbstractAsyncContextManager[OpenAIChat]]
 
@@ -82,13 +98,11 @@ def connect(server: tuple[Switchboard, str], transport: str) -> Connect:
     async def make(llm: ScriptedLLM | ASGIApp, **options: Any) -> AsyncIterator[OpenAIChat]:
         options.setdefault("backoff", 0.001)
         board.use(llm.app if isinstance(llm, ScriptedLLM) else llm)
-        async with httpx.AsyncClient() as http:
-            client = openai.AsyncOpenAI(base_url=base_url, api_key="sk-test", http_client=http)
-            chat = OpenAIChat(client, http=http, transport=transport, **options)  # type: ignore[arg-type]
-            try:
-                yield chat
-            finally:
-                await chat.aclose()
+        chat = OpenAIChat(base_url, "sk-test", transport=transport, **options)  # type: ignore[arg-type]
+        try:
+            yield chat
+        finally:
+            await chat.aclose()
 
     return make
 
@@ -109,7 +123,9 @@ async def test_text_streams_as_separate_untrimmed_deltas(connect: Connect) -> No
         events = await collect(chat)
 
     assert texts(events) == ["Hel", "lo", " there", ",", " friend", "."]
-    assert events[-1] == Done(finish_reason="stop", tool_calls=(), attempts=1, usage=None)
+    done = events[-1]
+    assert isinstance(done, Done)
+    assert (done.finish_reason, done.tool_calls, done.attempts) == ("stop", (), 1)
     assert sum(isinstance(e, Done) for e in events) == 1
 
 
@@ -134,6 +150,7 @@ async def test_the_request_body_is_what_openai_expects(connect: Connect) -> None
     [body] = llm.requests
     assert body["model"] == "m-1"
     assert body["stream"] is True
+    assert body["stream_options"] == {"include_usage": True}
     assert body["messages"] == list(REQUEST.messages)
     assert body["tools"] == tools
     assert body["temperature"] == 0.3
@@ -219,7 +236,7 @@ async def test_client_errors_are_not_retried(connect: Connect, status: int) -> N
 
 async def test_first_token_timeout(connect: Connect) -> None:
     llm = ScriptedLLM([Stall(30, then=Text("too late"))])
-    async with connect(llm, first_token_timeout=0.2, max_retries=0) as chat:
+    async with connect(llm, timeouts=Timeouts(first_token=0.2), max_retries=0) as chat:
         with pytest.raises(FirstTokenTimeout):
             await collect(chat)
 
@@ -228,7 +245,7 @@ async def test_first_token_timeout(connect: Connect) -> None:
 
 async def test_a_first_token_timeout_is_retried(connect: Connect) -> None:
     llm = ScriptedLLM([Stall(30, then=Text("too late")), Text("On time.")])
-    async with connect(llm, first_token_timeout=0.5, max_retries=1) as chat:
+    async with connect(llm, timeouts=Timeouts(first_token=0.5), max_retries=1) as chat:
         events = await collect(chat)
 
     assert "".join(texts(events)) == "On time."
@@ -260,14 +277,17 @@ async def test_a_break_before_any_token_is_retried(connect: Connect) -> None:
 
 
 async def test_an_unreachable_server_is_an_llm_error(transport: str) -> None:
-    async with httpx.AsyncClient() as http:
-        client = openai.AsyncOpenAI(base_url="http://127.0.0.1:9/v1", api_key="k", http_client=http)
-        chat = OpenAIChat(client, http=http, transport=transport, max_retries=1, backoff=0.001)  # type: ignore[arg-type]
-        with pytest.raises(LLMError) as caught:
-            await collect(chat)
-        await chat.aclose()
+    chat = OpenAIChat(
+        "http://127.0.0.1:9/v1", "k", transport=transport, max_retries=1, backoff=0.001
+    )  # type: ignore[arg-type]
+    with pytest.raises(LLMError) as caught:
+        await collect(chat)
+    await chat.aclose()
 
     assert caught.value.retryable
+    assert caught.value.kind == "connect"
+    assert chat.failures.snapshot()["connect"] == 2
+    assert chat.failures.turns_failed == 1
 
 
 def sse_app(*pieces: bytes, pause: float = 0.0) -> ASGIApp:
@@ -339,10 +359,7 @@ async def test_a_stream_cut_before_done_is_an_error_retried_if_nothing_was_said(
 ) -> None:
     board, _ = server
     async with connect(sse_app(b": nothing yet\n\n"), max_retries=1) as chat:
-        if transport == "sdk":  # the openai SDK takes the end of the body as the end
-            assert await collect(chat) == [Done("stop")]
-            return
-        with pytest.raises(LLMError, match="without \\[DONE\\]"):
+        with pytest.raises(LLMError, match="without a finish_reason or \\[DONE\\]"):
             await collect(chat)
 
     assert len(board.clients) == 2
@@ -394,8 +411,6 @@ async def test_a_cancelled_stream_does_not_give_its_connection_back(
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        if transport == "lean":
-            assert chat._pool.idle_connections() == 0
         llm.token_delay = 0.0
         events = await collect(chat)
 
@@ -408,7 +423,7 @@ async def test_a_stream_left_after_its_first_delta_closes_its_connection(
     connect: Connect, server: tuple[Switchboard, str]
 ) -> None:
     board, _ = server
-    llm = ScriptedLLM([Text("One two three four five."), Text("Fresh.")])
+    llm = ScriptedLLM([Text("One two three four five."), Text("Fresh.")], token_delay=0.05)
     async with connect(llm) as chat:
         stream = chat.stream(REQUEST)
         async for event in stream:
@@ -421,13 +436,10 @@ async def test_a_stream_left_after_its_first_delta_closes_its_connection(
     assert board.ports[0] != board.ports[1]
 
 
-async def test_fast_is_the_old_name_of_httpx_and_unknown_names_fail() -> None:
-    async with httpx.AsyncClient() as http:
-        client = openai.AsyncOpenAI(base_url="http://llm.test/v1", api_key="k", http_client=http)
-        assert OpenAIChat(client, http=http, transport="fast").transport == "httpx"  # type: ignore[arg-type]
-        assert OpenAIChat(client, http=http).transport == "lean"  # type: ignore[arg-type]
-        with pytest.raises(ValueError, match="unknown LLM transport"):
-            OpenAIChat(client, http=http, transport="h2")  # type: ignore[arg-type]
+async def test_unknown_transports_fail() -> None:
+    assert OpenAIChat("http://llm.test/v1").transport == "aiohttp"
+    with pytest.raises(ValueError, match="unknown LLM transport"):
+        OpenAIChat("http://llm.test/v1", transport="h2")  # type: ignore[arg-type]
 
 
 # --- SSEDecoder ---------------------------------------------------------------------------------
@@ -455,3 +467,242 @@ async def test_sse_events_are_the_same_however_the_bytes_are_cut() -> None:
 async def test_sse_events_without_data_are_skipped() -> None:
     decoder = SSEDecoder()
     assert decoder.feed(b": keep-alive\n\nevent: ping\n\n\n\ndata: x\n\n") == [b"x"]
+
+
+# --- Trouble: what is retried, what is not, and within which time ---------------------------
+
+
+class Waits:
+    """Records the client's back-off waits instead of sleeping them."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.seconds.append(seconds)
+
+
+async def test_a_stream_ended_after_a_finish_reason_without_done_is_complete(
+    connect: Connect,
+) -> None:
+    llm = ScriptedLLM([NoDone(Text("All done here.")), Text("never")])
+    async with connect(llm, max_retries=2) as chat:
+        events = await collect(chat)
+
+    assert "".join(texts(events)) == "All done here."
+    done = events[-1]
+    assert isinstance(done, Done) and done.finish_reason == "stop" and done.attempts == 1
+    assert done.usage is not None and not done.usage.estimated  # the usage chunk came first
+    assert len(llm.requests) == 1
+    assert chat.failures.total == 0
+
+
+async def test_tool_calls_ended_without_done_are_complete(connect: Connect) -> None:
+    llm = ScriptedLLM([NoDone(ToolCalls([ToolCall("end_call", {"reason": "bye"}, id="c1")]))])
+    async with connect(llm) as chat:
+        [done] = await collect(chat)
+
+    assert isinstance(done, Done) and done.finish_reason == "tool_calls"
+    assert [(c.id, c.name) for c in done.tool_calls] == [("c1", "end_call")]
+
+
+async def test_a_malformed_first_chunk_is_retried_like_a_5xx(connect: Connect) -> None:
+    llm = ScriptedLLM([Malformed(), Text("Second try.")])
+    async with connect(llm, max_retries=2) as chat:
+        events = await collect(chat)
+
+    assert "".join(texts(events)) == "Second try."
+    assert isinstance(events[-1], Done) and events[-1].attempts == 2
+    assert chat.failures.snapshot() == {
+        "connect": 0, "timeout": 0, "status": 0, "malformed": 1, "stream-broken": 0, "config": 0,
+    }  # fmt: skip
+
+
+async def test_a_malformed_chunk_after_words_is_raised_not_retried(connect: Connect) -> None:
+    body = b"data: " + chunk("Hi") + b"\n\ndata: {not json\n\n"
+    received: list[LLMEvent] = []
+    async with connect(sse_app(body), max_retries=2) as chat:
+        with pytest.raises(LLMError) as caught:
+            async for event in chat.stream(REQUEST):
+                received.append(event)
+
+    assert texts(received) == ["Hi"]
+    assert caught.value.kind == "malformed" and not caught.value.retryable
+
+
+async def test_a_json_body_is_a_configuration_error_never_retried(
+    connect: Connect, server: tuple[Switchboard, str]
+) -> None:
+    _, base_url = server
+    llm = ScriptedLLM([JSONBody("Hello."), Text("never")])
+    async with connect(llm, max_retries=2) as chat:
+        with pytest.raises(LLMConfigError) as caught:
+            await collect(chat)
+
+    message = str(caught.value)
+    assert f"{base_url}/chat/completions" in message
+    assert "application/json" in message and "not text/event-stream" in message
+    assert caught.value.kind == "config" and not caught.value.retryable
+    assert len(llm.requests) == 1
+    assert chat.failures["config"] == 1
+
+
+async def test_a_redirect_is_a_configuration_error_naming_the_location(
+    connect: Connect, server: tuple[Switchboard, str]
+) -> None:
+    _, base_url = server
+    llm = ScriptedLLM([Redirect("https://api.example.com/v1/chat/completions"), Text("never")])
+    async with connect(llm, max_retries=2) as chat:
+        with pytest.raises(LLMConfigError) as caught:
+            await collect(chat)
+
+    message = str(caught.value)
+    assert f"{base_url}/chat/completions" in message and "HTTP 302" in message
+    assert "https://api.example.com/v1/chat/completions" in message
+    assert len(llm.requests) == 1  # not followed, not retried
+
+
+@pytest.mark.parametrize("status", [429, 503])
+async def test_retry_after_is_honoured(connect: Connect, status: int) -> None:
+    llm = ScriptedLLM([Fail(status, retry_after=1.5), Text("Thanks for waiting.")])
+    waits = Waits()
+    async with connect(llm, max_retries=2, timeouts=Timeouts(turn=10)) as chat:
+        chat.sleep = waits
+        events = await collect(chat)
+
+    assert "".join(texts(events)) == "Thanks for waiting."
+    assert waits.seconds == [1.5]  # retry-after-ms, the more precise of the two headers
+
+
+async def test_retry_after_as_an_http_date(connect: Connect) -> None:
+    when = email.utils.format_datetime(datetime.now(UTC) + timedelta(seconds=3), usegmt=True)
+    llm = ScriptedLLM([Fail(429, retry_after=when), Text("Ok.")])
+    waits = Waits()
+    async with connect(llm, max_retries=1, timeouts=Timeouts(turn=10)) as chat:
+        chat.sleep = waits
+        await collect(chat)
+
+    [wait] = waits.seconds
+    assert 1.0 < wait <= 3.0
+
+
+async def test_a_retry_after_beyond_the_turn_budget_gives_up_at_once(connect: Connect) -> None:
+    llm = ScriptedLLM([Fail(429, retry_after=30), Text("never")])
+    waits = Waits()
+    async with connect(llm, max_retries=2, timeouts=Timeouts(turn=4.5)) as chat:
+        chat.sleep = waits
+        with pytest.raises(LLMError) as caught:
+            await collect(chat)
+
+    assert caught.value.status == 429 and caught.value.retry_after == 30
+    assert waits.seconds == []
+    assert len(llm.requests) == 1
+
+
+async def test_retry_after_values() -> None:
+    def header(values: dict[str, str]) -> Any:
+        return lambda name: values.get(name)
+
+    assert retry_after(header({})) is None
+    assert retry_after(header({"retry-after": "2"})) == 2.0
+    assert retry_after(header({"retry-after": "0.5"})) == 0.5
+    assert retry_after(header({"retry-after": "-3"})) == 0.0
+    assert retry_after(header({"retry-after": "2", "retry-after-ms": "1250"})) == 1.25
+    assert retry_after(header({"retry-after": "soon"})) is None
+    date = "Sun, 06 Dec 2026 10:00:30 GMT"
+    now = datetime(2026, 12, 6, 10, 0, 0, tzinfo=UTC).timestamp()
+    assert retry_after(header({"retry-after": date}), now=now) == 30.0
+    assert retry_after(header({"retry-after": date}), now=now + 60) == 0.0
+
+
+async def test_the_turn_budget_bounds_every_attempt(connect: Connect) -> None:
+    llm = ScriptedLLM(default=Stall(30, then=Text("too late")))
+    async with connect(llm, max_retries=10, timeouts=Timeouts(first_token=0.2, turn=0.3)) as chat:
+        with pytest.raises(FirstTokenTimeout):
+            await collect(chat)
+
+    assert 1 <= len(llm.requests) <= 2  # not the 11 attempts max_retries allows
+    assert chat.failures["timeout"] == len(llm.requests)
+
+
+async def test_a_request_deadline_shortens_the_turn(connect: Connect) -> None:
+    llm = ScriptedLLM(default=Stall(30, then=Text("too late")))
+    request = dataclasses.replace(REQUEST, deadline=time.perf_counter() + 0.2)
+    async with connect(llm, max_retries=5, timeouts=Timeouts(first_token=20, turn=20)) as chat:
+        with pytest.raises(FirstTokenTimeout):
+            await asyncio.wait_for(collect(chat, request), 10)
+
+    assert len(llm.requests) == 1
+
+
+async def test_a_slow_model_is_served_when_the_first_token_timeout_allows(
+    connect: Connect,
+) -> None:
+    # RELAY_LLM_FIRST_TOKEN_TIMEOUT=120 for a slow local model: the turn budget (shorter by
+    # default) never cuts a first-token wait short, and nothing else caps it.
+    llm = ScriptedLLM([Stall(0.6, then=Text("Finally."))])
+    async with connect(llm, max_retries=0, timeouts=Timeouts(first_token=5, turn=0.1)) as chat:
+        events = await collect(chat)
+
+    assert "".join(texts(events)) == "Finally."
+
+
+async def test_per_request_timeouts_override_the_client(connect: Connect) -> None:
+    llm = ScriptedLLM([Stall(0.6, then=Text("Agent's own limits."))])
+    request = dataclasses.replace(REQUEST, timeouts=Timeouts(first_token=5))
+    async with connect(llm, max_retries=0, timeouts=Timeouts(first_token=0.1)) as chat:
+        events = await collect(chat, request)
+
+    assert "".join(texts(events)) == "Agent's own limits."
+
+
+async def test_a_pause_between_chunks_beyond_the_read_timeout_fails_the_stream(
+    connect: Connect,
+) -> None:
+    llm = ScriptedLLM([Text("One two three.")], token_delay=1.0)
+    received: list[LLMEvent] = []
+    async with connect(llm, max_retries=2, timeouts=Timeouts(read=0.2)) as chat:
+        with pytest.raises(LLMError) as caught:
+            async for event in chat.stream(REQUEST):
+                received.append(event)
+
+    assert texts(received) == ["One"]
+    assert caught.value.kind == "timeout" and not caught.value.retryable
+    assert len(llm.requests) == 1
+
+
+# --- Usage ------------------------------------------------------------------------------------
+
+
+async def test_usage_from_the_stream_with_cached_tokens(connect: Connect) -> None:
+    llm = ScriptedLLM([Text("Hello there."), Text("Sure.")])
+    async with connect(llm) as chat:
+        first = await collect(chat)
+        longer = [*REQUEST.messages, {"role": "assistant", "content": "Hello there."},
+                  {"role": "user", "content": "Can you help?"}]  # fmt: skip
+        second = await collect(chat, dataclasses.replace(REQUEST, messages=longer))
+
+    one, two = first[-1], second[-1]
+    assert isinstance(one, Done) and isinstance(two, Done)
+    assert one.usage is not None and two.usage is not None
+    # system (4 + 3 tokens) + user (4 + 2 tokens); the reply is 3 deltas.
+    assert one.usage == Usage(
+        prompt_tokens=13, completion_tokens=3, cached_tokens=one.usage.cached_tokens
+    )
+    assert two.usage == Usage(prompt_tokens=13 + 7 + 8, completion_tokens=2, cached_tokens=13)
+    assert not two.usage.estimated
+    assert two.usage.as_dict() == {
+        "prompt_tokens": 28, "completion_tokens": 2, "total_tokens": 30,
+        "prompt_tokens_details": {"cached_tokens": 13}, "estimated": False,
+    }  # fmt: skip
+
+
+async def test_usage_is_estimated_when_the_server_sends_none(connect: Connect) -> None:
+    body = b"data: " + chunk("Twelve chars") + b"\n\ndata: [DONE]\n\n"
+    async with connect(sse_app(body)) as chat:
+        events = await collect(chat)
+
+    done = events[-1]
+    assert isinstance(done, Done) and done.usage is not None
+    # "Be brief." (9 chars) and "Hi there" (8): 4 + 2 and 4 + 2, plus 3 to prime the reply.
+    assert done.usage == Usage(prompt_tokens=15, completion_tokens=3, estimated=True)

@@ -322,3 +322,160 @@ def test_end_carries_handoff_data_as_a_string() -> None:
     assert sent == {"type": "end", "handoffData": data}
     assert orjson.loads(sent["handoffData"])["reasonCode"] == "live-agent-handoff"
     assert orjson.loads(protocol.End().to_json()) == {"type": "end"}
+
+
+# -- late 2026: configUpdated (inbound) and config / hints / extended language (outbound) -------
+
+
+@pytest.mark.parametrize(
+    ("frame", "via", "details"),
+    [
+        (
+            {"type": "configUpdated", "ttsProvider": "Google", "voice": "en-AU-Neural2-A"},
+            "frame",
+            {"ttsProvider": "Google", "voice": "en-AU-Neural2-A"},
+        ),
+        (
+            {"type": "info", "name": "configUpdated", "value": {"transcriptionProvider": "Google"}},
+            "info",
+            {"transcriptionProvider": "Google"},
+        ),
+        (
+            {
+                "type": "info",
+                "name": "configUpdated",
+                "value": '{"tts": {"provider": "Amazon"}}',
+                "ts": 1,
+            },
+            "info",
+            {"provider": "Amazon"},
+        ),
+        (
+            {"type": "info", "name": "configUpdated", "value": "failover"},
+            "info",
+            {"value": "failover"},
+        ),
+        ({"type": "configUpdated", "config": [1, 2]}, "frame", {}),
+    ],
+)
+def test_config_updated_is_accepted_in_both_readings(
+    frame: dict[str, Any], via: str, details: dict[str, str]
+) -> None:
+    parsed = protocol.parse_inbound(raw(frame))
+
+    assert isinstance(parsed, protocol.ConfigUpdated)
+    assert parsed.type == "configUpdated"
+    assert (parsed.via, parsed.details, parsed.payload) == (via, details, frame)
+
+
+def test_other_info_frames_stay_info() -> None:
+    assert protocol.parse_inbound(raw({"type": "info", "name": "tokensPlayed", "value": "Hi"})) == (
+        protocol.Info(name="tokensPlayed", value="Hi")
+    )
+
+
+def test_config_frame_uses_twilio_attribute_names_and_sends_only_what_changes() -> None:
+    assert orjson.loads(protocol.config_frame(dtmf_detection=True).to_json()) == {
+        "type": "config",
+        "dtmfDetection": True,
+    }
+    frame = protocol.config_frame(
+        interruptible="none", report_input_during_agent_speech="speech", speech_timeout="auto",
+        eot_threshold=0.7, ignore_backchannel=True, echo_prompt_filtering=True,
+        interrupt_sensitivity="low", language="es-ES", voice="v", tts_text_normalization="on",
+    )  # fmt: skip
+    assert orjson.loads(frame.to_json()) == {
+        "type": "config", "interruptible": "none", "reportInputDuringAgentSpeech": "speech",
+        "speechTimeout": "auto", "eotThreshold": 0.7, "ignoreBackchannel": True,
+        "echoPromptFiltering": True, "interruptSensitivity": "low", "language": "es-ES",
+        "voice": "v", "ttsTextNormalization": "on",
+    }  # fmt: skip
+    assert protocol.is_mid_call(frame)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},
+        {"language": "es-ES"},
+        {"interruptible": "sometimes"},
+        {"eot_threshold": 1.5},
+        {"speech_timeout": -1},
+        {"interrupt_sensitivity": "max"},
+    ],
+)
+def test_invalid_config_frames_are_refused(settings: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        protocol.config_frame(**settings)
+    with pytest.raises(ValidationError):
+        protocol.Config.model_validate({"type": "config", "dtmfDetection": True, "bogus": 1})
+
+
+def test_hints_frame() -> None:
+    frame = protocol.hints_frame(["Brunswick", " Mornington  Peninsula ", "", "Brunswick"])
+
+    assert orjson.loads(frame.to_json()) == {
+        "type": "hints",
+        "hints": "Brunswick,Mornington Peninsula",
+    }
+    assert orjson.loads(protocol.hints_frame(["Geelong"], language="en-AU").to_json()) == {
+        "type": "hints",
+        "hints": "Geelong",
+        "language": "en-AU",
+    }
+    assert protocol.is_mid_call(frame)
+    with pytest.raises(ValueError, match="comma"):
+        protocol.hints_frame(["Brunswick, VIC"])
+    with pytest.raises(ValidationError):
+        protocol.hints_frame([" "])
+
+
+def test_the_extended_language_frame_declares_and_switches() -> None:
+    plain = protocol.language_frame(tts_language="it-IT", transcription_language="it-IT")
+    assert not plain.declares and not protocol.is_mid_call(plain)
+    assert orjson.loads(plain.to_json()) == {
+        "type": "language",
+        "ttsLanguage": "it-IT",
+        "transcriptionLanguage": "it-IT",
+    }
+
+    frame = protocol.language_frame(
+        tts_language="fr-FR", transcription_language="fr-FR", voice="v", tts_provider="ElevenLabs",
+        transcription_provider="Deepgram", speech_model="nova-3-general",
+    )  # fmt: skip
+    assert frame.declares and protocol.is_mid_call(frame)
+    assert orjson.loads(frame.to_json()) == {
+        "type": "language", "ttsLanguage": "fr-FR", "transcriptionLanguage": "fr-FR",
+        "voice": "v", "ttsProvider": "ElevenLabs", "transcriptionProvider": "Deepgram",
+        "speechModel": "nova-3-general",
+    }  # fmt: skip
+    with pytest.raises(ValidationError, match="ttsLanguage"):
+        protocol.language_frame(transcription_language="fr-FR", voice="v")
+    with pytest.raises(ValidationError, match="transcriptionLanguage"):
+        protocol.language_frame(tts_language="fr-FR", speech_model="nova-3-general")
+
+
+@pytest.mark.parametrize(
+    ("description", "kind"),
+    [
+        ('Invalid message received, code: 64107, {"type":"config","dtmfDetection":true}', "config"),
+        ('Invalid message received, code: 64107, {"type":"hints","hints":"a"', "hints"),
+        ("Invalid message received, code: 64107", ""),
+        ("Something else, code: 64101", None),
+    ],
+)
+def test_rejected_frame_type(description: str, kind: str | None) -> None:
+    assert protocol.rejected_frame_type(protocol.Error(description=description)) == kind
+
+
+def test_record_of_keeps_the_size_and_at_most_the_cap() -> None:
+    assert protocol.record_of('{"type":"dtmf","digit":"1"}') == {
+        "raw": '{"type":"dtmf","digit":"1"}',
+        "size": 27,
+    }
+    big = "é" * 10_000
+    record = protocol.record_of(big)
+    assert record == {"raw": "é" * protocol.RECORD_CAP, "size": 20_000, "truncated": True}
+    binary = protocol.record_of(b"\xff\xfeab")
+    assert binary == {"raw": "\ufffd\ufffdab", "size": 4, "binary": True}
+    assert protocol.record_of("\ud800x")["raw"] == "?x"  # no lone surrogate reaches storage

@@ -1,7 +1,7 @@
 """X-Twilio-Signature on the webhooks and on the WebSocket upgrade.
 
 Requests are signed exactly as Twilio signs them (twilio's RequestValidator, through
-relay.cli.call.sign): HTTP webhooks over the public https URL plus the sorted form fields, the
+relay.testing.simcall.sign): HTTP webhooks over the public https URL plus the sorted form fields, the
 upgrade over the wss:// URL as written in TwiML with no parameters.
 """
 
@@ -13,8 +13,8 @@ import pytest
 import websockets
 from starlette.datastructures import URL, FormData, Headers
 
-from relay.cli.call import sign
 from relay.protocol.signatures import SignatureChecker
+from relay.testing.simcall import sign
 
 TOKEN = "secret-token"
 #: Tests on the shared relay fixture run in the module's event loop.

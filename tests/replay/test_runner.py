@@ -22,10 +22,9 @@ from xml.etree import ElementTree
 
 import pytest
 
-from relay.cli.call import SimulatedCall, serve_in_process
 from relay.cli.main import main
 from relay.config import Settings
-from relay.llm.client import ChatRequest
+from relay.llm.types import ChatRequest
 from relay.recordings.format import Recording, export_call
 from relay.replay.runner import (
     Masker,
@@ -36,6 +35,7 @@ from relay.replay.runner import (
     run_replays,
 )
 from relay.testing import FakeLLMServer, ScriptedLLM, Text, ToolCall, ToolCalls, echo_reply
+from relay.testing.simcall import SimulatedCall, serve_in_process
 from relay.tools import ToolContext, ToolRegistry, ToolResult, default_registry, tool
 from relay.tools.base import SwitchLanguage
 from relay.web.app import Runtime, create_app

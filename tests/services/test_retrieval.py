@@ -46,7 +46,7 @@ async def test_the_llm_request_carries_the_right_passage_and_the_turn_records_it
         RELAY_KNOWLEDGE_AUTOLOAD="false",
         RELAY_KNOWLEDGE_MIN_SCORE="0.2",
     ) as relay:
-        knowledge = relay.runtime.extras["knowledge"]
+        knowledge = relay.runtime.knowledge
         report = await knowledge.sync("piano-removals", data_dir / "knowledge" / "piano-removals")
         assert {str(f.status) for f in report.files} == {"added"}
         call = relay.call()
@@ -78,7 +78,7 @@ class BrokenKnowledge:
 
 async def test_a_call_survives_a_failing_store(start_relay: Any) -> None:
     def configure(runtime: Any) -> None:
-        runtime.extras["retriever"].knowledge = BrokenKnowledge()
+        runtime.retriever.knowledge = BrokenKnowledge()
 
     llm = ScriptedLLM([Text("Happy to help.")])
     async with start_relay(
@@ -87,7 +87,7 @@ async def test_a_call_survives_a_failing_store(start_relay: Any) -> None:
         call = relay.call()
         await call.connect()
         reply = await call.say("Do you store pianos?")
-        metrics = (await relay.http.get(relay.base_url + "/metrics")).json()
+        metrics = (await relay.http.get(relay.base_url + "/metrics.json")).json()
         await call.close()
 
     assert reply.text == "Happy to help."

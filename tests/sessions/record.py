@@ -30,11 +30,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from relay.cli.call import SimulatedCall, serve_in_process
 from relay.config import load_settings
 from relay.logging import configure as configure_logging
 from relay.recordings.format import export_call
 from relay.testing import Fail, FakeLLMServer, ScriptedLLM, Text, ToolCall, ToolCalls
+from relay.testing.simcall import SimulatedCall, serve_in_process
 from relay.web.app import Runtime, create_app
 
 HERE = Path(__file__).resolve().parent
@@ -210,8 +210,18 @@ CALLS: dict[str, tuple[Script, dict[str, Any]]] = {
 }  # fmt: skip
 
 
-async def record(names: list[str], out_dir: Path, *, quiet: bool = False) -> list[Path]:
-    """Make the calls named, one after the other on one app, and write their recordings."""
+async def record(
+    names: list[str],
+    out_dir: Path,
+    *,
+    quiet: bool = False,
+    calls: dict[str, tuple[Script, dict[str, Any]]] | None = None,
+) -> list[Path]:
+    """Make the calls named, one after the other on one app, and write their recordings.
+
+    ``calls`` holds the scripts by name (default :data:`CALLS`, the committed recordings).
+    """
+    calls = CALLS if calls is None else calls
     with tempfile.TemporaryDirectory() as tmp:
         scratch = Path(tmp)
         llm = ScriptedLLM()
@@ -230,7 +240,7 @@ async def record(names: list[str], out_dir: Path, *, quiet: bool = False) -> lis
                         session_id=sid("VX", name),
                     )
                     await call.connect()
-                    await CALLS[name][0](call, llm)
+                    await calls[name][0](call, llm)
                     await call.close()
                     while runtimes[0].active_sessions:  # noqa: ASYNC110 - a count, not an event
                         await asyncio.sleep(0.01)
@@ -238,7 +248,7 @@ async def record(names: list[str], out_dir: Path, *, quiet: bool = False) -> lis
                 written = []
                 for name in names:
                     recording = await export_call(
-                        runtimes[0].deps.db, sid("CA", name), extra=CALLS[name][1]
+                        runtimes[0].deps.db, sid("CA", name), extra=calls[name][1]
                     )
                     path = out_dir / f"{name}.jsonl"
                     recording.write(path)

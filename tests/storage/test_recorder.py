@@ -26,8 +26,9 @@ NOW = datetime(2026, 11, 21, 9, 30, tzinfo=UTC)
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'relay.db'}")
+async def db(database_url: str) -> AsyncIterator[Database]:
+    """A fresh database: SQLite, then PostgreSQL (``database_url`` in tests/conftest.py)."""
+    database = Database(database_url)
     await database.migrate()
     try:
         yield database
@@ -307,17 +308,38 @@ async def test_handing_records_over_never_waits(db: Database) -> None:
 async def add_trigger(db: Database, name: str, table: str, when: str, op: str = "INSERT") -> None:
     """A real failure inside the database: the statement aborts when ``when`` holds."""
     async with db.engine.begin() as conn:
+        if db.is_sqlite:
+            await conn.execute(
+                text(
+                    f"CREATE TRIGGER {name} BEFORE {op} ON {table} WHEN {when} "
+                    "BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
+                )
+            )
+            return
         await conn.execute(
             text(
-                f"CREATE TRIGGER {name} BEFORE {op} ON {table} WHEN {when} "
-                "BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
+                f"CREATE FUNCTION {name}_fn() RETURNS trigger AS $$ BEGIN IF {when} THEN "
+                "RAISE EXCEPTION 'injected failure'; END IF; RETURN NEW; END $$ LANGUAGE plpgsql"
+            )
+        )
+        await conn.execute(
+            text(
+                f"CREATE TRIGGER {name} BEFORE {op} ON {table} FOR EACH ROW EXECUTE FUNCTION {name}_fn()"
             )
         )
 
 
-async def drop_trigger(db: Database, name: str) -> None:
+async def drop_trigger(db: Database, name: str, table: str) -> None:
     async with db.engine.begin() as conn:
-        await conn.execute(text(f"DROP TRIGGER {name}"))
+        await conn.execute(text(f"DROP TRIGGER {name}" + ("" if db.is_sqlite else f" ON {table}")))
+
+
+async def parked_rows(db: Database) -> list[tuple[str, str | None, dict[str, Any], str]]:
+    async with db.engine.connect() as conn:
+        rows = await conn.execute(
+            text("SELECT table_name, call_sid, record, error FROM parked_records ORDER BY id")
+        )
+        return [(r[0], r[1], orjson.loads(r[2]), r[3]) for r in rows]
 
 
 async def test_rows_with_different_columns_go_in_one_transaction_of_few_statements(
@@ -415,44 +437,70 @@ async def test_partial_updates_of_rows_written_earlier_are_batched(
         assert (session.close_code, session.frames_in, session.frames_out) == (1000, n, 2 * n)
 
 
-async def test_a_failure_in_the_middle_of_a_batch_is_retried_without_duplicates(
-    db: Database,
-) -> None:
+async def test_a_row_the_database_refuses_is_parked_and_the_rest_lands(db: Database) -> None:
     rec = Recorder(db, interval=0.001, max_backoff=0.05)
     await rec.start()
     try:
         record_call(rec)
         record_turn(rec, 0, "Hello!")
         assert await rec.flush()
-        failures = WriteFailures(db)
-        # The database refuses event 1200: the batch's upserts and its first events (more than
-        # one executemany of them) are already in when it fails.
+        # The database refuses event 1200 (of 1,500 in one batch) and one turn, every time.
         await add_trigger(db, "no_1200", "events", "NEW.seq = 1200")
-        statements = rec.statements
+        await add_trigger(db, "no_poison", "turns", "NEW.content = 'poison'")
         record_turn(rec, 1, "Hi")
         record_turn(rec, 0, "Hello, how can I help?")
+        record_turn(rec, 2, "poison")
         rec.update_call("CA1", outcome="hung-up")
         for seq in range(1, 1501):
             record_event(rec, seq)
-        await failures.wait()
-        await failures.wait()  # and again on the retry
-        assert rec.statements == statements  # nothing of the batch was committed
-        assert rec.pending == 1503
-        async with db.session() as session:
-            assert (await session.scalars(select(Event))).all() == []
-
-        await drop_trigger(db, "no_1200")
+        assert await rec.flush(timeout=10)  # everything is stored or parked
+        assert rec.pending == 0
+        assert (rec.parked, rec.lost) == (2, 0)
+        record_event(rec, 1501)  # and the recorder goes on
         assert await rec.flush(timeout=10)
     finally:
         await rec.stop()
 
-    assert await events_of(db) == [(seq, f"frame {seq}") for seq in range(1, 1501)]
+    assert await events_of(db) == [(seq, f"frame {seq}") for seq in range(1, 1502) if seq != 1200]
     call, turns = await repository.call_history(db, "CA1")
     assert [(t.seq, t.content) for t in turns] == [(0, "Hello, how can I help?"), (1, "Hi")]
     assert call is not None and call.outcome == "hung-up"
+    parked = await parked_rows(db)
+    assert [(table, sid) for table, sid, _, _ in parked] == [("turns", "CA1"), ("events", "CA1")]
+    (_, _, turn, turn_error), (_, _, event, event_error) = parked
+    assert (turn["seq"], turn["content"], turn["role"]) == (2, "poison", "assistant")
+    assert (event["seq"], event["kind"], event["data"]) == (1200, "frame_in", {"raw": "frame 1200"})
+    assert "injected failure" in turn_error and "injected failure" in event_error
 
 
-async def test_a_failing_upsert_keeps_newer_updates_that_arrive_while_it_retries(
+async def test_a_value_too_long_for_its_column_never_loses_the_row(db: Database) -> None:
+    rec = Recorder(db, interval=0.001)
+    await rec.start()
+    try:
+        record_call(rec)
+        rec.update_call("CA1", outcome="x" * 500, caller_name="N" * 1000)
+        record_turn(rec, 0, "Hello!", tool_name="t" * 300)
+        rec.event(call_sid="CA1", session_id="VXCA1", seq=1, t=1.0, kind="k" * 100, data={})
+        assert await rec.flush(timeout=10)
+    finally:
+        await rec.stop()
+
+    assert rec.parked == 0
+    call, [turn] = await repository.call_history(db, "CA1")
+    [event] = await repository.call_events(db, "CA1")
+    assert call is not None
+    if db.is_sqlite:  # SQLite does not enforce lengths: stored whole
+        assert (len(call.outcome or ""), len(turn.tool_name or ""), len(event.kind)) == (
+            500,
+            300,
+            100,
+        )
+    else:  # cut to the column, marked
+        assert call.outcome == "x" * 63 + "…" and call.caller_name == "N" * 127 + "…"
+        assert turn.tool_name == "t" * 63 + "…" and event.kind == "k" * 31 + "…"
+
+
+async def test_a_failing_table_keeps_newer_updates_that_arrive_while_it_retries(
     db: Database,
 ) -> None:
     rec = Recorder(db, interval=0.001, max_backoff=0.05)
@@ -463,8 +511,9 @@ async def test_a_failing_upsert_keeps_newer_updates_that_arrive_while_it_retries
         record_turn(rec, 1, "Hi")
         assert await rec.flush()
         failures = WriteFailures(db)
-        # The database refuses to mark a turn interrupted, on every retry, until it is fixed.
-        await add_trigger(db, "no_poison", "turns", "NEW.interrupted = 1", op="UPDATE")
+        # The turns table is gone (a database in trouble, not a bad row): retried until back.
+        async with db.engine.begin() as conn:
+            await conn.execute(text("ALTER TABLE turns RENAME TO turns_away"))
 
         record_turn(rec, 1, "Hi", interrupted=True)
         record_turn(rec, 2, "Sure", spoken_text="Sure")
@@ -476,12 +525,15 @@ async def test_a_failing_upsert_keeps_newer_updates_that_arrive_while_it_retries
         rec.update_call("CA1", outcome="hung-up")
         record_turn(rec, 2, "Sure thing", spoken_text="Sure thing")
         await failures.wait()
+        assert rec.pending > 0 and rec.parked == 0
 
-        await drop_trigger(db, "no_poison")
+        async with db.engine.begin() as conn:
+            await conn.execute(text("ALTER TABLE turns_away RENAME TO turns"))
         assert await rec.flush(timeout=10)
     finally:
         await rec.stop()
 
+    assert rec.parked == 0
     call, turns = await repository.call_history(db, "CA1")
     assert [(t.seq, t.content, t.interrupted, t.heard_text) for t in turns] == [
         (0, "Hello!", False, None),
@@ -490,6 +542,33 @@ async def test_a_failing_upsert_keeps_newer_updates_that_arrive_while_it_retries
     ]
     assert call is not None and (call.status, call.outcome) == ("completed", "hung-up")
     assert await events_of(db) == [(1, "frame 1")]
+
+
+async def test_the_backlog_is_bounded_by_dropping_the_oldest_events_never_turns(
+    db: Database,
+) -> None:
+    rec = Recorder(db, max_events=100)  # not started: as if the database were down
+    record_call(rec)
+    for seq in range(1, 1001):
+        record_event(rec, seq)
+        record_turn(rec, seq, f"turn {seq}")
+    assert len(rec._events) <= 100
+    assert rec.dropped_events == 1000 - len(rec._events)
+    await rec.start()
+    try:
+        assert await rec.flush(timeout=10)
+    finally:
+        await rec.stop()
+    stored = await events_of(db)
+    assert stored == [(seq, f"frame {seq}") for seq in range(1001 - len(stored), 1001)]
+    _, turns = await repository.call_history(db, "CA1")
+    assert len(turns) == 1000  # never dropped
+
+
+async def test_a_flush_waits_at_most_its_deadline(db: Database) -> None:
+    rec = Recorder(db, flush_timeout=0.05)  # not started: nothing will be written
+    record_call(rec)
+    assert await rec.flush() is False  # the default deadline, not 30 s
 
 
 async def test_odd_values_in_event_data_never_block_the_recorder(
@@ -656,12 +735,14 @@ def test_request_deltas_rebuild_every_body_whatever_changes() -> None:
         assert [orjson.dumps(e["data"]["body"]) for e in events] == sent
 
 
-def test_event_times_are_stored_as_sqlalchemy_stores_them_on_sqlite(db: Database) -> None:
+def test_event_times_are_stored_as_sqlalchemy_stores_them_on_sqlite() -> None:
     from datetime import timedelta
+
+    from sqlalchemy.dialects.sqlite import aiosqlite
 
     from relay.storage.recorder import sqlite_datetime
 
-    dialect = db.engine.dialect
+    dialect = aiosqlite.dialect()
     column = Base.metadata.tables["events"].c.at
     process = column.type.dialect_impl(dialect).bind_processor(dialect)
     assert process is not None

@@ -498,7 +498,10 @@ async def test_the_exact_sse_wire_format(server: FakeLLMServer, http: httpx.Asyn
         "prompt_tokens",
         "completion_tokens",
         "total_tokens",
+        "prompt_tokens_details",
+        "completion_tokens_details",
     }
+    assert set(usage["usage"]["prompt_tokens_details"]) == {"cached_tokens", "audio_tokens"}
     assert isinstance(usage["created"], int)
     assert len({c["id"] for c in parsed}) == 1
 
@@ -519,7 +522,8 @@ async def test_path_without_v1(server: FakeLLMServer, http: httpx.AsyncClient) -
     server.llm.push(Text("Root."))
     root = server.base_url.removesuffix("/v1")
 
-    response = await http.post(root + "/chat/completions", json={"model": "m", "messages": []})
+    hello = [{"role": "user", "content": "hi"}]
+    response = await http.post(root + "/chat/completions", json={"model": "m", "messages": hello})
 
     assert response.json()["choices"][0]["message"]["content"] == "Root."
 

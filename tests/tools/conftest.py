@@ -16,9 +16,8 @@ import orjson
 import pytest
 
 from relay.agents import AgentProfile, AgentRegistry
-from relay.storage import repository
 from relay.storage.db import Database
-from relay.tools import ToolContext, ToolRegistry, ToolResult, default_registry, invoke
+from relay.tools import ToolContext, ToolRegistry, ToolResult, default_registry, invoke, ledger
 from relay.tools.business import load_services
 
 REPO = Path(__file__).resolve().parents[2]
@@ -30,8 +29,9 @@ CALLER = "+61412000111"
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'relay.db'}")
+async def db(database_url: str) -> AsyncIterator[Database]:
+    """A fresh database: SQLite, then PostgreSQL (``database_url`` in tests/conftest.py)."""
+    database = Database(database_url)
     await database.migrate()
     try:
         yield database
@@ -85,7 +85,7 @@ class Phone:
         )  # fmt: skip
         if tool.side_effect:
             key = tool.idempotency_key(self.call_sid, parsed)
-            return await repository.once(
+            return await ledger.once(
                 self.db, key, tool.name, self.call_sid, lambda: invoke(tool, ctx, parsed)
             )
         return await invoke(tool, ctx, parsed)

@@ -19,11 +19,12 @@ def test_tool_names() -> None:
         "quote_piano_move", "find_move_dates", "book_move", "send_quote_sms",
         "find_available_slots", "book_appointment", "reschedule_appointment", "cancel_appointment",
         "appointment_status", "lookup_vehicle", "take_message", "search_knowledge",
+        "send_quote_email",
     ]  # fmt: skip
     side_effects = {t.name for t in business.TOOLS if t.side_effect}
     assert side_effects == {
         "book_move", "send_quote_sms", "book_appointment", "reschedule_appointment",
-        "cancel_appointment", "take_message",
+        "cancel_appointment", "take_message", "send_quote_email",
     }  # fmt: skip
 
 

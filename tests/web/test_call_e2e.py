@@ -14,6 +14,7 @@ from relay.storage import repository
 from relay.testing import ScriptedLLM, Text, ToolCall, ToolCalls
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")  # the relay fixture is shared by the module
+RELAY_DATABASES = ["sqlite", "postgres"]  # every call here runs on both (tests/conftest.py)
 
 PERSON = "+61390001299"
 TRANSFER_LINE = "No worries, I'll put you through to someone from our office now."
@@ -398,14 +399,14 @@ async def test_the_caller_hanging_up_mid_reply_stops_the_turn(relay: Any) -> Non
 async def test_healthz_and_metrics(relay: Any) -> None:
     relay.llm.push(Text("Hi."))
     health = await relay.http.get(relay.base_url + "/healthz")
-    before = (await relay.http.get(relay.base_url + "/metrics")).json()
+    before = (await relay.http.get(relay.base_url + "/metrics.json")).json()
     call = relay.call()
     await call.connect()
     await call.say("hello")
-    during = (await relay.http.get(relay.base_url + "/metrics")).json()
+    during = (await relay.http.get(relay.base_url + "/metrics.json")).json()
     await call.close()
     await relay.session_closed()
-    after = (await relay.http.get(relay.base_url + "/metrics")).json()
+    after = (await relay.http.get(relay.base_url + "/metrics.json")).json()
 
     assert health.status_code == 200
     assert health.json() == {"status": "ok"}

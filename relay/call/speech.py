@@ -1,0 +1,397 @@
+"""What is sent to Twilio is speech: a streaming filter between the model and the caller.
+
+A model writes for a screen: Markdown lists, emphasis, headings, links, code, emoji, line breaks
+and long paragraphs. ConversationRelay reads every character aloud. :class:`Speech` turns the
+model's tokens into plain spoken sentences as they stream, holding back at most the word being
+written (and, while an amount of money is being said, the words of that amount), and applies the
+promises relay keeps whatever the model does:
+
+- **length**: a reply stops at the first sentence end after ``max_words`` words;
+- **prices**: an amount of money is spoken only when this call's tool results (or the passages
+  retrieved from the business's own documents) produced it; otherwise the amount is not sent and
+  the filter stops with ``"price"``, so the session can bridge ("let me work out the exact price")
+  and ask the model again with the quote tool required;
+- **bookings**: a sentence that tells the caller a job is booked (``"you're all booked"``, ``"I've
+  booked"``, ``"your booking is confirmed"``...) is cut before the claim unless a booking tool
+  succeeded in this call; the filter stops with ``"booking"``.
+
+The filter is pure (no I/O, no clock), so it is tested word by word and costs a few microseconds a
+token.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+
+__all__ = [
+    "Emit",
+    "Speech",
+    "amounts_in",
+    "claims_booking",
+    "spoken_amount",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Emit:
+    """What to send now (``text``, possibly empty) and why the reply must stop, if it must."""
+
+    text: str = ""
+    stop: str | None = None  # None | "limit" | "price" | "booking"
+
+
+_NUMBER_WORDS: dict[str, int] = {
+    "zero": 0, "oh": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6,
+    "seven": 7, "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13,
+    "fourteen": 14, "fifteen": 15, "sixteen": 16, "seventeen": 17, "eighteen": 18,
+    "nineteen": 19, "twenty": 20, "thirty": 30, "forty": 40, "fifty": 50, "sixty": 60,
+    "seventy": 70, "eighty": 80, "ninety": 90,
+}  # fmt: skip
+_SCALES = {"hundred": 100, "thousand": 1_000, "million": 1_000_000, "grand": 1_000}
+_CURRENCY = {"dollar", "dollars", "bucks", "aud", "usd", "cents", "cent"}
+_JOINERS = {"and", "point", "a"}
+_DIGITS = re.compile(r"^(?:[A-Z]{0,2}\$|\$)?\d[\d,]*(?:\.\d+)?[kK]?$")
+_MONEY_IN_TEXT = re.compile(
+    r"(?:\$\s?(\d[\d,]*(?:\.\d{1,2})?))|(\d[\d,]*(?:\.\d{1,2})?)\s?(?:dollars|AUD)\b"
+)
+_SENTENCE_END = re.compile(r"[.!?][\"')\]]*$")
+_STRIP_EDGES = ".,;:!?\"'()[]{}\u201c\u201d\u2018\u2019"
+
+# A claim that a job is booked, in the words a model uses. Promises ("I'll book that") and
+# questions ("shall I book it?") are not claims; past and present perfect statements are.
+_BOOKING_CLAIM = re.compile(
+    r"\b(?:"
+    r"(?:you'?re|you are|we'?re|we are|it'?s|it is|that'?s|that is|is|are|has been|have been|"
+    r"was|were)\s+(?:now\s+|all\s+|officially\s+)*(?:booked|scheduled|reserved|locked\s+in|confirmed)"
+    r"|(?:i|we)\s*(?:'ve|have|just|'ve just|have just)\s+(?:booked|scheduled|reserved|locked|"
+    r"confirmed|made\s+(?:the|your|a)\s+booking)"
+    r"|(?:i|we)\s+(?:booked|scheduled|reserved)\b"
+    r"|booking\s+(?:is|has\s+been)\s+(?:confirmed|made|done|set|locked)"
+    r"|all\s+booked|all\s+set\s+for"
+    r")",
+    re.IGNORECASE,
+)
+
+
+def claims_booking(sentence: str) -> bool:
+    """Whether ``sentence`` tells the caller that something is booked."""
+    return _BOOKING_CLAIM.search(sentence.replace("\u2019", "'")) is not None
+
+
+def amounts_in(text: str) -> set[Decimal]:
+    """Every amount of money written in ``text`` (``$420.50``, ``$1,234``, ``650 dollars``)."""
+    found: set[Decimal] = set()
+    for match in _MONEY_IN_TEXT.finditer(text):
+        raw = (match.group(1) or match.group(2)).replace(",", "")
+        try:
+            found.add(Decimal(raw))
+        except InvalidOperation:
+            continue
+    return found
+
+
+def spoken_amount(words: Iterable[str]) -> Decimal | None:
+    """The amount of money in a phrase as spoken or written, or None if it names no money.
+
+    ``["$420.50"]`` → 420.50; ``["four", "hundred", "and", "twenty", "dollars", "and", "fifty",
+    "cents"]`` → 420.50; ``["650", "dollars"]`` → 650; ``["3", "pianos"]`` → None.
+    """
+    tokens = [w.strip(_STRIP_EDGES).lower() for w in words]
+    tokens = [t for t in tokens if t]
+    money = any("$" in t for t in tokens) or any(t in _CURRENCY for t in tokens)
+    if not money:
+        return None
+    dollars: Decimal | None = None
+    cents = Decimal(0)
+    current = 0
+    total = 0
+    seen_words = False
+    after_dollars = False
+    for token in tokens:
+        bare = token.split("$")[-1].replace(",", "")
+        if token in ("dollar", "dollars", "bucks", "aud", "usd"):
+            if seen_words:
+                dollars = Decimal(total + current)
+                total = current = 0
+                seen_words = False
+            after_dollars = True
+            continue
+        if token in ("cents", "cent"):
+            if seen_words:
+                cents = Decimal(total + current) / 100
+                total = current = 0
+                seen_words = False
+            continue
+        if bare and _DIGITS.match(bare):
+            value = bare[:-1] if bare[-1] in "kK" else bare
+            try:
+                number = Decimal(value)
+            except InvalidOperation:
+                return None
+            if bare[-1] in "kK":
+                number *= 1000
+            if after_dollars:
+                cents = number / 100
+            else:
+                dollars = number
+            continue
+        for part in token.split("-"):
+            if part in _NUMBER_WORDS:
+                current += _NUMBER_WORDS[part]
+                seen_words = True
+            elif part == "hundred":
+                current = max(current, 1) * 100
+                seen_words = True
+            elif part in _SCALES:
+                total += max(current, 1) * _SCALES[part]
+                current = 0
+                seen_words = True
+    if seen_words:
+        if dollars is None and not after_dollars:
+            dollars = Decimal(total + current)
+        else:
+            cents = Decimal(total + current) / 100
+    if dollars is None:
+        return cents if cents else None
+    return dollars + cents
+
+
+def _numberish(token: str) -> bool:
+    bare = token.strip(_STRIP_EDGES).lower()
+    if not bare:
+        return False
+    if "$" in bare or _DIGITS.match(bare):
+        return True
+    if bare in _CURRENCY or bare in _SCALES:
+        return True
+    return all(part in _NUMBER_WORDS for part in bare.split("-"))
+
+
+def _is_emoji(char: str) -> bool:
+    if char in "\u200d\ufe0f\ufe0e\u20e3":
+        return True
+    code = ord(char)
+    if 0x1F000 <= code <= 0x1FAFF or 0x2600 <= code <= 0x27BF or 0x1F900 <= code <= 0x1F9FF:
+        return True
+    return unicodedata.category(char) == "So"
+
+
+_LINK_TAIL = re.compile(r"\]\([^)\s]*\)?")
+_LIST_MARKER = re.compile("^(?:[-*+\u2022\u2013\u2014]|\\d{1,2}[.)]|[a-zA-Z][.)])$")
+_HEADING = re.compile(r"^#{1,6}$")
+_URL_SCHEME = re.compile(r"^<?https?://", re.IGNORECASE)
+
+
+def _clean_word(word: str) -> str:
+    """One word with its Markdown and emoji removed (links keep their text)."""
+    word = _LINK_TAIL.sub("", word)
+    word = _URL_SCHEME.sub("", word).rstrip(">")
+    word = "".join(ch for ch in word if not _is_emoji(ch))
+    word = word.replace("**", "").replace("__", "").replace("~~", "").replace("`", "")
+    word = word.replace("*", "").replace("|", "").lstrip("[").replace("]", "")
+    if word.startswith("_") or word.endswith("_"):
+        word = word.strip("_")
+    return word
+
+
+@dataclass
+class Speech:
+    """A streaming Markdown-to-speech filter with the price, booking and length guards.
+
+    ``allowed_amounts`` and ``booked`` are read when an amount or a claim is met, so they see
+    tool results that arrive during the call.
+    """
+
+    max_words: int | None = None
+    allowed_amounts: Callable[[], set[Decimal]] = field(default=lambda: set())
+    booked: Callable[[], bool] = field(default=lambda: True)
+    guard_prices: bool = True
+    guard_bookings: bool = True
+
+    def __post_init__(self) -> None:
+        self._raw = ""
+        self._said: list[str] = []  # what has been emitted, word by word
+        self._sentence: list[str] = []  # the words of the sentence being said
+        self._held: list[str] = []  # an amount being said, held until it is complete
+        self._line_start = True
+        self._pending_break = False
+        self._in_code = False
+        self._skip_break = False
+        self._words = 0
+        self._stopped: str | None = None
+        self.blocked: list[str] = []  # what the guards kept from the caller
+
+    @property
+    def text(self) -> str:
+        """Everything emitted so far: what the caller hears."""
+        return " ".join(self._said)
+
+    @property
+    def stopped(self) -> str | None:
+        return self._stopped
+
+    def feed(self, token: str) -> Emit:
+        if self._stopped:
+            return Emit(stop=self._stopped)
+        self._raw += token
+        pieces = re.split(r"(\s+)", self._raw)
+        # The last piece is a word still being written unless the buffer ends with space.
+        self._raw = "" if pieces[-1] == "" else pieces.pop()
+        return self._process(pieces)
+
+    def close(self) -> Emit:
+        """The stream ended: say what is held, if it may be said."""
+        if self._stopped:
+            return Emit(stop=self._stopped)
+        pieces = [self._raw]
+        self._raw = ""
+        out = self._process(pieces)
+        if self._stopped:
+            return out
+        tail = self._release_held(final=True)
+        return Emit(out.text + tail.text, tail.stop)
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _process(self, pieces: list[str]) -> Emit:
+        out: list[str] = []
+        for piece in pieces:
+            if not piece:
+                continue
+            if piece.isspace():
+                if "\n" in piece and (self._in_code or self._skip_break):
+                    self._skip_break = False
+                    self._line_start = True
+                    continue
+                if "\n" in piece:
+                    if self._held:
+                        released = self._release_held(final=True)
+                        out.append(released.text)
+                        if released.stop:
+                            return Emit("".join(out), released.stop)
+                    self._line_start = True
+                    self._pending_break = True
+                continue
+            emitted = self._word(piece)
+            out.append(emitted.text)
+            if emitted.stop:
+                return Emit("".join(out), emitted.stop)
+        return Emit("".join(out))
+
+    def _word(self, raw: str) -> Emit:
+        if raw.startswith("```"):
+            # A code block is not read out; the text around it reads as one sentence.
+            self._in_code = not self._in_code
+            self._pending_break = False
+            self._skip_break = not self._in_code
+            return Emit()
+        if self._in_code:
+            return Emit()
+        prefix = ""
+        if self._line_start:
+            self._line_start = False
+            if _LIST_MARKER.match(raw) or _HEADING.match(raw) or raw == ">":
+                self._line_start = True  # the item's first word is still to come
+                if self._pending_break:
+                    self._pending_break = False
+                    prefix = self._break_punctuation(list_item=not _HEADING.match(raw))
+                return self._emit_prefix(prefix)
+            raw = raw.lstrip("#>")
+            if self._pending_break:
+                self._pending_break = False
+                prefix = self._break_punctuation(list_item=False)
+        word = _clean_word(raw)
+        if not word:
+            return self._emit_prefix(prefix)
+        if self.guard_prices and (_numberish(word) or (self._held and word.lower() in _JOINERS)):
+            if prefix:
+                self._said_append_punctuation(prefix)
+            self._held.append(word)
+            if _SENTENCE_END.search(word):
+                return self._with_prefix(prefix, self._release_held(final=True))
+            return Emit(self._render_prefix(prefix))
+        released = self._release_held(final=False) if self._held else Emit()
+        if released.stop:
+            return released
+        said = self._say(word, prefix)
+        return Emit(released.text + said.text, said.stop)
+
+    def _emit_prefix(self, prefix: str) -> Emit:
+        if prefix:
+            self._said_append_punctuation(prefix)
+            return Emit(self._render_prefix(prefix))
+        return Emit()
+
+    def _with_prefix(self, prefix: str, emit: Emit) -> Emit:
+        return Emit(self._render_prefix(prefix) + emit.text, emit.stop)
+
+    def _render_prefix(self, prefix: str) -> str:
+        return prefix
+
+    def _said_append_punctuation(self, mark: str) -> None:
+        if self._said:
+            self._said[-1] += mark.strip()
+
+    def _break_punctuation(self, *, list_item: bool) -> str:
+        if not self._said or _SENTENCE_END.search(self._said[-1]) or self._said[-1][-1] in ",;:":
+            return ""
+        if list_item:
+            return ","
+        self._sentence = []
+        return "."
+
+    def _release_held(self, *, final: bool) -> Emit:
+        """The amount being held is complete: say it if a tool produced it."""
+        held, self._held = self._held, []
+        while held and held[-1].lower().strip(_STRIP_EDGES) in _JOINERS:
+            held.pop()  # "two pianos and" - the joiner belongs to what follows
+        if not held:
+            return Emit()
+        amount = spoken_amount(held)
+        if amount is not None and not self._amount_allowed(amount):
+            self.blocked.append(" ".join(held))
+            self._stopped = "price"
+            return Emit(stop="price")
+        out: list[str] = []
+        for word in held:
+            said = self._say(word, "")
+            out.append(said.text)
+            if said.stop:
+                return Emit("".join(out), said.stop)
+        return Emit("".join(out))
+
+    def _amount_allowed(self, amount: Decimal) -> bool:
+        for allowed in self.allowed_amounts():
+            if abs(allowed - amount) < Decimal("0.01"):
+                return True
+            if amount == amount.to_integral_value() and abs(allowed - amount) < 1:
+                return True  # "four hundred and twenty dollars" for $420.50
+        return False
+
+    def _say(self, word: str, prefix: str) -> Emit:
+        if self.guard_bookings:
+            sentence = " ".join([*self._sentence, word])
+            if claims_booking(sentence) and not self.booked():
+                self.blocked.append(sentence)
+                self._stopped = "booking"
+                return Emit(stop="booking")
+        if prefix:
+            self._said_append_punctuation(prefix)
+        text = (prefix if prefix else "") + (" " if self._said else "") + word
+        self._said.append(word)
+        self._sentence.append(word)
+        self._words += 1
+        if _SENTENCE_END.search(word):
+            self._sentence = []
+            if self.max_words is not None and self._words >= self.max_words:
+                self._stopped = "limit"
+                return Emit(text, "limit")
+        elif self.max_words is not None and self._words >= self.max_words * 2:
+            self._said[-1] += "."
+            self._stopped = "limit"
+            return Emit(text + ".", "limit")
+        return Emit(text)

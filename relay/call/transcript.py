@@ -1,0 +1,284 @@
+"""The call's history: one list of typed messages, each with its stored turn row.
+
+What the model is sent must obey OpenAI's order rule: an assistant message with ``tool_calls`` is
+followed at once by one ``tool`` message per call id, before any other message. Here that holds
+by construction: :meth:`Transcript.add_tool_calls` appends, in the same step, a placeholder tool
+message for every call (saying the call was not done because the caller spoke), and
+:meth:`Transcript.answer` later fills a placeholder in place. A user message that arrives while
+a tool runs therefore always lands after the answers, never between the call and its answer.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+#: What a tool message says until its tool has answered, and for good if it never does.
+NOT_DONE = "Not done: the caller spoke before this finished."
+
+
+class Role(enum.StrEnum):
+    SYSTEM = "system"  # a note for the model mid-call (a supervisor's whisper)
+    USER = "user"
+    ASSISTANT = "assistant"
+    TOOL = "tool"
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallItem:
+    """One function call of an assistant message, as OpenAI writes it in the history."""
+
+    id: str
+    name: str
+    arguments: str
+
+    def openai(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": self.arguments},
+        }
+
+
+@dataclass(eq=False, slots=True)
+class Message:
+    """One message of the history and the turn row it is stored as (``row``, kept in step)."""
+
+    role: Role
+    content: str
+    row: dict[str, Any]
+    tool_calls: tuple[ToolCallItem, ...] = ()  # assistant messages only
+    tool_call_id: str | None = None  # tool messages only
+    answered: bool = True  # False for a tool message still waiting for its tool
+
+    @property
+    def seq(self) -> int:
+        seq: int = self.row["seq"]
+        return seq
+
+    @property
+    def spoken(self) -> str:
+        """What was sent to the caller's ear for this message (assistant messages)."""
+        return str(self.row.get("spoken_text") or "")
+
+    def set_content(self, text: str) -> None:
+        self.content = text
+        self.row["content"] = text
+
+    def openai(self) -> dict[str, Any]:
+        """This message as the model is sent it (a fresh dict each time: a snapshot)."""
+        message: dict[str, Any] = {"role": self.role.value, "content": self.content}
+        if self.tool_calls:
+            message["tool_calls"] = [call.openai() for call in self.tool_calls]
+        if self.tool_call_id is not None:
+            message["tool_call_id"] = self.tool_call_id
+        return message
+
+
+class StoredTurn(Protocol):
+    """A stored turn row, as a resumed session reads it back (``relay.storage.models.Turn``)."""
+
+    @property
+    def call_sid(self) -> str: ...
+    @property
+    def session_id(self) -> str: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def role(self) -> str: ...
+    @property
+    def content(self) -> str: ...
+    @property
+    def tool_calls(self) -> list[Any] | None: ...
+    @property
+    def tool_call_id(self) -> str | None: ...
+    @property
+    def tool_name(self) -> str | None: ...
+    @property
+    def created_at(self) -> datetime: ...
+
+
+@dataclass
+class Transcript:
+    """The history of one call. ``record`` stores a turn row (an upsert by call and seq)."""
+
+    record: Callable[[dict[str, Any]], None]
+    now: Callable[[], datetime]
+    call_sid: str = ""
+    session_id: str = ""
+    messages: list[Message] = field(default_factory=list)
+    next_seq: int = 0
+
+    def __iter__(self) -> Iterator[Message]:
+        return iter(self.messages)
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    @property
+    def last(self) -> Message | None:
+        return self.messages[-1] if self.messages else None
+
+    # -- adding ----------------------------------------------------------------------------
+
+    def _add(self, role: Role, content: str, fields: dict[str, Any]) -> Message:
+        row = {
+            "call_sid": self.call_sid, "session_id": self.session_id, "seq": self.next_seq,
+            "role": role.value, "content": content, "created_at": self.now(), **fields,
+        }  # fmt: skip
+        self.next_seq += 1
+        message = Message(role, content, row, tool_call_id=fields.get("tool_call_id"))
+        self.messages.append(message)
+        self.record(row)
+        return message
+
+    def system(self, text: str, **fields: Any) -> Message:
+        """A note for the model from here on (the caller never hears it)."""
+        return self._add(Role.SYSTEM, text, fields)
+
+    def user(self, text: str, **fields: Any) -> Message:
+        return self._add(Role.USER, text, fields)
+
+    def assistant(self, text: str = "", **fields: Any) -> Message:
+        """An assistant message; ``spoken_text`` defaults to ``text`` (what was said)."""
+        fields.setdefault("spoken_text", text)
+        return self._add(Role.ASSISTANT, text, fields)
+
+    def add_tool_calls(
+        self, into: Message | None, calls: Sequence[ToolCallItem]
+    ) -> tuple[Message, list[Message]]:
+        """Attach ``calls`` to the assistant message ``into`` and append, at once, one placeholder
+        tool message per call. Returns the assistant message and the placeholders, in order.
+
+        ``into`` must be the last message for the calls to belong to it; otherwise (or with no
+        message) a new, empty assistant message carries them, so the order rule always holds.
+        """
+        if into is None or into is not self.last or into.role is not Role.ASSISTANT:
+            into = self.assistant("")
+        into.tool_calls = tuple(calls)
+        into.row["tool_calls"] = [call.openai() for call in calls]
+        self.record(into.row)
+        placeholders = []
+        for call in calls:
+            placeholder = self._add(
+                Role.TOOL, NOT_DONE, {"tool_call_id": call.id, "tool_name": call.name}
+            )
+            placeholder.answered = False
+            placeholders.append(placeholder)
+        return into, placeholders
+
+    def answer(self, placeholder: Message, content: str) -> None:
+        """Fill a tool message in place with its tool's result."""
+        placeholder.set_content(content)
+        placeholder.answered = True
+        self.record(placeholder.row)
+
+    def say(self, message: Message, text: str) -> None:
+        """Add words said outside the model's stream (a filler line) to ``message``."""
+        message.set_content(message.content + text)
+        message.row["spoken_text"] = message.spoken + text
+        self.record(message.row)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def openai(self) -> list[dict[str, Any]]:
+        """The history as the model is sent it (without the system messages)."""
+        return [
+            m.openai()
+            for m in self.messages
+            # An assistant message nothing was heard of and nothing was done by: left out.
+            if m.role is not Role.ASSISTANT or m.content or m.tool_calls
+        ]
+
+    def recent_user_text(self, *, messages: int = 2, chars: int = 300) -> str:
+        """The caller's latest words, with a little recent context (the retrieval query)."""
+        parts: list[str] = []
+        for message in reversed(self.messages):
+            if message.role is Role.USER and message.content:
+                parts.append(message.content)
+                if len(parts) == messages or sum(len(p) for p in parts) > chars:
+                    break
+        return " ".join(reversed(parts))
+
+    # -- barge-in ----------------------------------------------------------------------------
+
+    def cut_to_heard(self, heard: str) -> list[Message]:
+        """Cut the assistant's last talk cycle (since the last user message) down to what the
+        caller heard. Returns the messages changed (already recorded)."""
+        spoken: list[Message] = []
+        for message in reversed(self.messages):
+            if message.role is Role.USER:
+                break
+            if message.role is Role.ASSISTANT and message.spoken:
+                spoken.append(message)
+        spoken.reverse()
+        remaining = heard
+        for position, message in enumerate(spoken):
+            if position == len(spoken) - 1:
+                kept, remaining = remaining, ""
+            else:
+                take = min(len(message.spoken), len(remaining))
+                kept, remaining = remaining[:take], remaining[take:]
+            message.set_content(kept)
+            message.row.update(heard_text=kept, interrupted=True)
+            self.record(message.row)
+        return spoken
+
+    # -- a resumed call ------------------------------------------------------------------------
+
+    def load(self, turns: Iterable[StoredTurn]) -> None:
+        """Rebuild the history from stored rows, keeping the order rule even for rows written
+        by an older version: each call's answer follows its call, stray answers are dropped and
+        missing ones become :data:`NOT_DONE`."""
+        rows = sorted(turns, key=lambda t: t.seq)
+        answers = {t.tool_call_id: t for t in rows if t.role == Role.TOOL and t.tool_call_id}
+        top = -1
+        for turn in rows:
+            top = max(top, turn.seq)
+            if turn.role == Role.TOOL:
+                continue  # placed after the assistant message that called it
+            role = Role(turn.role) if turn.role in Role._value2member_map_ else Role.USER
+            row = {
+                "call_sid": turn.call_sid, "seq": turn.seq, "session_id": turn.session_id,
+                "role": role.value, "content": turn.content, "created_at": turn.created_at,
+                "spoken_text": turn.content if role is Role.ASSISTANT else None,
+            }  # fmt: skip
+            message = Message(role, turn.content, row)
+            self.messages.append(message)
+            for raw in turn.tool_calls or ():
+                call = _tool_call_item(raw)
+                if call is None:
+                    continue
+                message.tool_calls = (*message.tool_calls, call)
+                answer = answers.pop(call.id, None)
+                content = answer.content if answer is not None else NOT_DONE
+                tool_row = {
+                    "call_sid": turn.call_sid, "seq": answer.seq if answer else None,
+                    "session_id": turn.session_id, "role": "tool", "content": content,
+                    "tool_call_id": call.id, "tool_name": call.name,
+                    "created_at": answer.created_at if answer else turn.created_at,
+                }  # fmt: skip
+                self.messages.append(Message(Role.TOOL, content, tool_row, tool_call_id=call.id))
+        self.next_seq = top + 1
+        # Answers with no stored row get a seq now (recorded, so the next resume finds them).
+        for message in self.messages:
+            if message.row.get("seq") is None:
+                message.row["seq"] = self.next_seq
+                self.next_seq += 1
+                self.record(message.row)
+
+
+def _tool_call_item(raw: Any) -> ToolCallItem | None:
+    if not isinstance(raw, dict):
+        return None
+    function = raw.get("function")
+    if not isinstance(function, dict) or not isinstance(raw.get("id"), str):
+        return None
+    return ToolCallItem(
+        id=raw["id"],
+        name=str(function.get("name", "")),
+        arguments=str(function.get("arguments", "")),
+    )

@@ -1,0 +1,420 @@
+"""One turn: from the caller's final prompt to the end of the agent's answer.
+
+A turn runs as its own task: retrieval, then rounds of model streaming and tool calls, each
+token sent to the caller as it arrives. An interrupt, a newer prompt or a closed socket cancels
+it. The caller is never left in silence: a filler line when no token has come for a while, a
+budget after which a stalled model gets the apology (or, after two failures in a row, the offer
+of a person, see :mod:`relay.call.trouble`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+import structlog
+
+from relay.agents import AgentProfile
+from relay.call.ports import CallDependencies, Retrieved
+from relay.call.transcript import Message, ToolCallItem, Transcript
+from relay.call.trouble import failure_kind
+from relay.errors import LLMError, ToolError
+from relay.llm.types import ChatRequest, Done, TextDelta, ToolCall
+from relay.protocol import frames as protocol
+from relay.tools import (
+    CollectDigits,
+    Hangup,
+    Tool,
+    ToolContext,
+    ToolResult,
+    Transfer,
+    invoke,
+    ledger,
+)
+from relay.tools.base import SessionAction
+
+log = structlog.get_logger("relay.call.turn")
+
+
+class Cancelled(enum.Enum):
+    INTERRUPTED = "interrupted"
+    SUPERSEDED = "superseded"
+    CLOSED = "closed"
+
+
+_CANCEL_FLAGS = {Cancelled.INTERRUPTED: "interrupted", Cancelled.SUPERSEDED: "superseded"}
+
+
+class TurnBudgetExceeded(LLMError):
+    """The model sent nothing (or stopped sending) within the turn's budget."""
+
+    def __init__(self, seconds: float, *, started: bool) -> None:
+        what = "stalled for" if started else "sent no token within"
+        super().__init__(f"the model {what} {seconds:.1f}s (turn budget)", kind="turn-budget")
+
+
+class TurnHost(Protocol):
+    """What a turn needs from its call (:class:`relay.call.session.CallSession`)."""
+
+    deps: CallDependencies
+    transcript: Transcript
+
+    @property
+    def agent(self) -> AgentProfile: ...
+    @property
+    def call_sid(self) -> str: ...
+    @property
+    def caller(self) -> str: ...
+    @property
+    def tools(self) -> Mapping[str, Tool]: ...
+    @property
+    def parameters(self) -> dict[str, str]: ...
+
+    def send(
+        self, frame: protocol.OutboundFrame, *, on_sent: Callable[[float], None] | None = None
+    ) -> None: ...
+    def event(self, kind: str, data: dict[str, Any], t: float | None = None) -> None: ...
+    def request(self, tools: Mapping[str, Tool], retrieved: Retrieved | None,
+                customer: Mapping[str, Any] | None, deadline: float) -> ChatRequest: ...  # fmt: skip
+    def record_request(self, request: ChatRequest, sent_at: float) -> None: ...
+    async def customer(self) -> Mapping[str, Any] | None: ...
+    async def act(self, turn: Turn, action: SessionAction) -> None: ...
+    def turn_failed(self, turn: Turn, kind: str, error: str) -> str: ...
+    def turn_succeeded(self, turn: Turn) -> None: ...
+
+
+class Turn:
+    """The turn task and what it has said so far."""
+
+    def __init__(self, host: TurnHost, seq: int, received: float) -> None:
+        self.host = host
+        self.seq = seq  # the user message's seq
+        self.task: asyncio.Task[None] | None = None
+        self.talking = False  # a talk cycle is open (text sent without last:true)
+        self.summarised = False  # the turn's rows and summary line have been written
+        self.cancelled: Cancelled | None = None
+        self.tool_running = False
+        self.messages: list[Message] = []  # the assistant messages of this turn
+        self.timings: dict[str, float] = {"prompt_received_at": received}
+        self.retrieved: Retrieved | None = None
+        self._reply: Message | None = None  # the assistant message of the current round
+        self._heard = False  # the model's words or a tool filler went out (not just a wait filler)
+
+    @property
+    def running(self) -> bool:
+        return self.task is not None and not self.task.done()
+
+    def start(self, previous: Turn | None) -> None:
+        self.task = asyncio.create_task(self._run(previous), name=f"relay-turn-{self.seq}")
+
+    def cancel(self, why: Cancelled) -> None:
+        self.cancelled = why
+        if self.task is not None:
+            self.task.cancel()
+        if self.talking:
+            self.close_talk()  # close the talk cycle the cancelled turn left open
+
+    def close_talk(self) -> None:
+        self.host.send(protocol.Text(token="", last=True))
+        self.talking = False
+
+    # -- the turn ----------------------------------------------------------------------------
+
+    async def _run(self, previous: Turn | None) -> None:
+        host = self.host
+        if previous is not None and previous.running:
+            # Let the superseded turn finish its bookkeeping first (it is already cancelled).
+            # asyncio.wait, not await: this turn's own cancellation must not be swallowed (nor
+            # forwarded to the previous task), and the previous turn's outcome is not ours.
+            assert previous.task is not None
+            await asyncio.wait({previous.task})
+        try:
+            customer = await host.customer()
+            retriever = host.deps.retriever
+            if retriever is not None and host.agent.knowledge_collection:
+                query = host.transcript.recent_user_text()
+                self.retrieved = await retriever.retrieve(host.agent, query)
+                self.timings["retrieval_done_at"] = time.perf_counter()
+                if self.retrieved is not None:
+                    host.event(
+                        "retrieval",
+                        {
+                            "provenance": self.retrieved.provenance,
+                            "elapsed_ms": self.retrieved.elapsed_ms,
+                            "error": self.retrieved.error,
+                        },
+                    )
+            tools = host.tools
+            rounds = host.deps.max_tool_rounds
+            for round_ in range(1, rounds + 1):
+                final = round_ == rounds
+                started = self.timings["prompt_received_at"] if round_ == 1 else None
+                done = await self._llm_round(customer, {} if final else tools, started)
+                if not done.tool_calls:
+                    break
+                action = await self._run_tools(done.tool_calls, tools, customer)
+                if action is not None:
+                    await host.act(self, action)
+                    if isinstance(action, (Transfer, Hangup, CollectDigits)):
+                        host.turn_succeeded(self)
+                        return
+            if not self._heard:
+                # The model answered with nothing to say: never leave the caller in silence.
+                self._fail("empty-reply", "the model's reply was empty")
+                return
+            host.turn_succeeded(self)
+            self.close_talk()
+        except asyncio.CancelledError:
+            flag = _CANCEL_FLAGS.get(self.cancelled) if self.cancelled else None
+            for message in self.messages:
+                if flag:
+                    message.row[flag] = True
+                host.deps.recorder.turn(**message.row)
+            raise
+        except LLMError as exc:
+            self._fail(failure_kind(exc), str(exc))
+        except Exception as exc:  # a bug must not leave the caller in silence
+            log.exception("turn_failed")
+            self._fail("internal-error", f"internal error: {exc!r}")
+        finally:
+            self._summarise()
+
+    # -- one model round -----------------------------------------------------------------------
+
+    async def _llm_round(
+        self, customer: Mapping[str, Any] | None, tools: Mapping[str, Tool], started: float | None
+    ) -> Done:
+        host, agent = self.host, self.host.agent
+        loop = asyncio.get_running_loop()
+        now = time.perf_counter()
+        # The first round's budget runs from the prompt; a later round's from its request.
+        budget_ends = (started if started is not None else now) + agent.llm_turn_budget
+        request = host.request(tools, self.retrieved, customer, budget_ends)
+        self.timings.setdefault("llm_request_at", now)
+        host.record_request(request, now)
+        self._reply = None
+        pieces: list[str] = []
+        done: Done | None = None
+        filler: asyncio.TimerHandle | None = None
+        if agent.llm_filler_after > 0 and not self._heard and not self.talking:
+            wait = (started if started is not None else now) + agent.llm_filler_after - now
+            filler = loop.call_later(max(0.0, wait), self._wait_filler)
+        try:
+            async with asyncio.timeout_at(loop.time() + budget_ends - now) as scope:
+                async for event in host.deps.llm.stream(request):
+                    if isinstance(event, TextDelta):
+                        if filler is not None:
+                            filler.cancel()
+                        self._stream_text(event.text, bool(pieces))
+                        pieces.append(event.text)
+                        scope.reschedule(loop.time() + agent.llm_stall_after)
+                    else:
+                        done = event
+        except TimeoutError as exc:
+            seconds = agent.llm_stall_after if pieces else budget_ends - now
+            raise TurnBudgetExceeded(seconds, started=bool(pieces)) from exc
+        finally:
+            if filler is not None:
+                filler.cancel()
+            self.timings["last_token_at"] = time.perf_counter()
+            host.event(
+                "llm_response",
+                {"pieces": pieces, "tool_calls": [dataclasses.asdict(tc) for tc in done.tool_calls] if done else [],
+                 "finish_reason": done.finish_reason if done else None, "attempts": done.attempts if done else None,
+                 "complete": done is not None},
+            )  # fmt: skip
+        if done is None:
+            raise LLMError("the model's stream ended without finishing", kind="stream-broken")
+        if done.tool_calls:
+            calls = [ToolCallItem(tc.id, tc.name, tc.arguments) for tc in done.tool_calls]
+            into, _ = host.transcript.add_tool_calls(self._reply, calls)
+            if into is not self._reply:
+                self.messages.append(into)
+                self._reply = into
+        elif self._reply is not None:
+            host.deps.recorder.turn(**self._reply.row)
+        return done
+
+    def _stream_text(self, text: str, more: bool) -> None:
+        host = self.host
+        if not more:
+            self.timings.setdefault("first_token_at", time.perf_counter())
+        if self._reply is None:
+            self._reply = host.transcript.assistant("")
+            self.messages.append(self._reply)
+        if not more:
+            host.send(protocol.Text(token=text), on_sent=self._first_frame)
+        else:
+            host.send(protocol.Text(token=text))
+        self.talking = True
+        self._heard = True
+        reply = self._reply
+        reply.set_content(reply.content + text)
+        reply.row["spoken_text"] = reply.content
+
+    def _wait_filler(self) -> None:
+        """No token yet: say a short filler line, preemptible so the answer cuts it off."""
+        if self.cancelled is not None or not self.running or self._heard or self.talking:
+            return
+        line = _filler(self.host.agent, self.seq) + " "
+        self.host.send(protocol.Text(token=line, preemptible=True))
+        self.talking = True
+        self._reply = self.host.transcript.assistant(line)
+        self.messages.append(self._reply)
+        self.host.event("filler", {"reason": "waiting-for-model", "line": line})
+
+    def _first_frame(self, at: float) -> None:
+        if "first_frame_at" in self.timings:
+            return
+        self.timings["first_frame_at"] = at
+        if self.summarised:
+            # The writer sent the frame after the turn had finished (a reply that arrived in
+            # one read): complete the stored timings now.
+            first_frame_ms = round((at - self.timings["prompt_received_at"]) * 1000, 3)
+            for message in self.messages:
+                message.row.update(first_frame_at=at, first_frame_ms=first_frame_ms)
+                self.host.deps.recorder.turn(**message.row)
+
+    # -- tools -------------------------------------------------------------------------------
+
+    async def _run_tools(
+        self,
+        calls: Sequence[ToolCall],
+        tools: Mapping[str, Tool],
+        customer: Mapping[str, Any] | None,
+    ) -> SessionAction | None:
+        host = self.host
+        # Placeholders were added with the calls: every call has its answer from the start.
+        answers = host.transcript.messages[-len(calls) :]
+        action: SessionAction | None = None
+        filler_sent = False
+        self.tool_running = True
+        try:
+            for call, answer in zip(calls, answers, strict=True):
+                assert answer.tool_call_id == call.id
+                started = time.perf_counter()
+                host.event(
+                    "tool_call", {"id": call.id, "name": call.name, "arguments": call.arguments}
+                )
+                task = asyncio.create_task(
+                    self.call_tool(call, tools, customer), name=f"relay-tool-{call.name}"
+                )
+                try:
+                    if not filler_sent:
+                        finished, _ = await asyncio.wait({task}, timeout=host.deps.filler_after)
+                        if not finished:
+                            filler_sent = True
+                            self._tool_filler()
+                    result = await task
+                except asyncio.CancelledError:
+                    task.cancel()
+                    raise
+                elapsed = (time.perf_counter() - started) * 1000
+                host.event(
+                    "tool_result",
+                    {"id": call.id, "name": call.name, "content": result.content,
+                     "data": result.data, "elapsed_ms": round(elapsed, 2)},
+                )  # fmt: skip
+                log.info(
+                    "tool_completed",
+                    tool=call.name,
+                    elapsed_ms=round(elapsed, 1),
+                    error=bool(result.data and "error" in result.data),
+                )
+                host.transcript.answer(answer, result.content)
+                if result.action is not None and action is None:
+                    action = result.action
+        finally:
+            self.tool_running = False
+        return action
+
+    def _tool_filler(self) -> None:
+        line = _filler(self.host.agent, self.seq) + " "
+        self.host.send(protocol.Text(token=line, preemptible=True))
+        self.talking = True
+        self._heard = True
+        if self._reply is not None:
+            # Words the caller heard belong in the history, with the calls they came with.
+            self.host.transcript.say(self._reply, line)
+
+    async def call_tool(
+        self, call: ToolCall, tools: Mapping[str, Tool], customer: Mapping[str, Any] | None
+    ) -> ToolResult:
+        host = self.host
+        t = tools.get(call.name)
+        if t is None:
+            return ToolResult(
+                f"Error: there is no tool named {call.name}. Available: {', '.join(tools) or 'none'}.",
+                data={"error": "unknown tool"},
+            )
+        try:
+            arguments = t.parse(call.arguments)
+        except ToolError as exc:
+            return ToolResult(str(exc), data={"error": "invalid arguments"})
+        deps = host.deps
+        ctx = ToolContext(
+            call_sid=host.call_sid, agent=host.agent, caller=host.caller,
+            db=deps.db, http=deps.http, now=deps.now,
+            services=deps.services.get(host.agent.name, {}), tool_call_id=call.id,
+            customer=customer, extras={"parameters": dict(host.parameters)},
+        )  # fmt: skip
+        if t.side_effect:
+            return await ledger.once(
+                deps.db,
+                t.idempotency_key(host.call_sid, arguments),
+                t.name,
+                host.call_sid,
+                lambda: invoke(t, ctx, arguments),
+            )
+        return await invoke(t, ctx, arguments)
+
+    # -- failure and summary -----------------------------------------------------------------
+
+    def _fail(self, kind: str, error: str) -> None:
+        """Say the apology (or the offer of a person) instead of an answer."""
+        host = self.host
+        line = host.turn_failed(self, kind, error)
+        spoken = (" " if self.talking else "") + line
+        host.send(protocol.Text(token=spoken, last=True))
+        self.talking = False
+        last = host.transcript.last
+        if self.messages and last is self.messages[-1] and not last.tool_calls:
+            last.set_content(last.content + spoken)
+            last.row.update(spoken_text=last.content, error=error)
+            host.deps.recorder.turn(**last.row)
+        else:
+            self.messages.append(host.transcript.assistant(line, error=error))
+        host.event("llm_error", {"error": error})
+
+    def _summarise(self) -> None:
+        timings = self.timings
+        received = timings["prompt_received_at"]
+        self.summarised = True
+
+        def ms(key: str) -> float | None:
+            return round((timings[key] - received) * 1000, 3) if key in timings else None
+
+        for message in self.messages:
+            row = message.row
+            row.update({k: v for k, v in timings.items() if k != "prompt_received_at"})
+            row["first_token_ms"], row["first_frame_ms"] = (
+                ms("first_token_at"),
+                ms("first_frame_at"),
+            )
+            if self.retrieved is not None:
+                row["retrieval"] = self.retrieved.provenance
+            self.host.deps.recorder.turn(**row)
+        log.info(
+            "turn_completed", seq=self.seq, outcome=self.cancelled.value if self.cancelled else "answered",
+            retrieval_ms=ms("retrieval_done_at"), llm_request_ms=ms("llm_request_at"),
+            first_token_ms=ms("first_token_at"), first_frame_ms=ms("first_frame_at"), last_token_ms=ms("last_token_at"),
+        )  # fmt: skip
+
+
+def _filler(agent: AgentProfile, seq: int) -> str:
+    lines = agent.filler_lines or ["One moment."]
+    return lines[seq % len(lines)]

@@ -1,0 +1,259 @@
+"""``relay sessions analyze`` and ``relay sessions costs``; the outcomes, usage and cost that
+``sessions show`` (text and ``--json``) and ``sessions export`` add to a call.
+
+``analyze --since DATE`` re-runs the outcomes, the cost and (with ``RELAY_ANALYSIS=true``) the
+model pass over old calls, for example after an agent's ``[analysis]`` fields changed; it sends
+no webhooks and no e-mails. ``costs`` sums what calls cost: per call, per outcome, per booking
+and per agent, with tokens per model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+import httpx
+import orjson
+
+from relay.agents import AgentRegistry
+from relay.cli.common import settings_from
+from relay.config import Settings
+from relay.recordings.format import Recording
+from relay.services import costs
+from relay.services.analysis import Analyser
+from relay.services.postcall import PostCall, analyse_since, call_record, derive
+from relay.storage.db import Database
+from relay.storage.outcomes import analyses, get_analysis
+
+
+def add_subcommands(sub: Any) -> None:
+    analyze = sub.add_parser(
+        "analyze", help="work out outcomes, cost and analysis fields again for past calls"
+    )
+    analyze.add_argument(
+        "--since", type=_date, required=True, help="calls started at or after (YYYY-MM-DD, UTC)"
+    )
+    analyze.add_argument("--until", type=_date, help="calls started before this date")
+    analyze.add_argument("--agent", help="only this agent's calls")
+    analyze.add_argument(
+        "--no-model", action="store_true",
+        help="outcomes and cost only, even with RELAY_ANALYSIS=true (no model pass)",
+    )  # fmt: skip
+    analyze.set_defaults(handler=_analyze)
+
+    report = sub.add_parser("costs", help="what calls cost: per call, per outcome, per booking")
+    report.add_argument("--since", type=_date, help="calls that ended at or after this date")
+    report.add_argument("--until", type=_date, help="calls that ended before this date")
+    report.add_argument("--agent", help="only this agent's calls")
+    report.add_argument("--json", action="store_true", help="print one JSON document")
+    report.set_defaults(handler=_costs)
+
+
+def _date(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a date like 2026-03-10 or 2026-03-10T09:30"
+        ) from exc
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+async def _open(args: argparse.Namespace) -> tuple[Settings, Database]:
+    settings = settings_from(args, RELAY_LOG_LEVEL="warning")
+    db = Database(settings.database)
+    await db.migrate()
+    return settings, db
+
+
+def prices_for(settings: Settings) -> costs.PriceTable:
+    """The price table the settings point at (``RELAY_PRICES`` or ``data/prices.toml``)."""
+    return costs.load_prices(settings.prices)
+
+
+def to_json(value: Any) -> bytes:
+    return (
+        orjson.dumps(value, default=str, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS)
+        + b"\n"
+    )
+
+
+# == analyze ===============================================================================
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    result: int = asyncio.run(_analyze_async(args, sys.stdout))
+    return result
+
+
+async def _analyze_async(args: argparse.Namespace, out: TextIO) -> int:
+    settings, db = await _open(args)
+    agents = AgentRegistry.load(settings.prompts_dir, default=settings.default_agent)
+    async with httpx.AsyncClient() as http:
+        analyser = None
+        if settings.analysis_enabled and not args.no_model:
+            analyser = Analyser(
+                http, base_url=settings.llm_base_url, api_key=settings.llm_api_key(),
+                default_model=settings.llm_model or "gpt-4o-mini",
+            )  # fmt: skip
+        postcall = PostCall(db, agents, costs.load_prices(settings.prices), analyser=analyser)
+        try:
+            done = await analyse_since(
+                postcall, since=args.since, until=args.until, agent=args.agent
+            )
+        finally:
+            await db.close()
+    failed = sum(1 for row in done if row.get("analysis_error"))
+    for row in done:
+        fields = ", ".join(
+            f"{k}={v}" for k, v in (row.get("fields") or {}).items() if k != "summary"
+        )
+        out.write(
+            f"{row['call_sid']}  {','.join(row['outcomes'])}  "
+            f"{row['cost']['total']:.4f} {row['cost']['currency']}"
+            + (f"  {fields}" if fields else "")
+            + (f"  (analysis failed: {row['analysis_error']})" if row.get("analysis_error") else "")
+            + "\n"
+        )
+    out.write(
+        f"Analysed {len(done)} call(s)"
+        + (" with the model pass" if analyser is not None else " (outcomes and cost)")
+        + (f"; the model pass failed for {failed}" if failed else "")
+        + ".\n"
+    )
+    return 1 if failed else 0
+
+
+# == costs =================================================================================
+
+
+def _costs(args: argparse.Namespace) -> int:
+    result: int = asyncio.run(_costs_async(args, sys.stdout))
+    return result
+
+
+async def _costs_async(args: argparse.Namespace, out: TextIO) -> int:
+    _, db = await _open(args)
+    try:
+        rows = await analyses(db, agent=args.agent, since=args.since, until=args.until)
+    finally:
+        await db.close()
+    report = costs.summarise(
+        {"agent": r.agent, "outcomes": r.outcomes, "cost": r.cost, "usage": r.usage} for r in rows
+    )
+    if args.json:
+        out.write(to_json(report).decode())
+        return 0
+    if not report["calls"]:
+        out.write("No analysed calls (run `relay sessions analyze --since ...`).\n")
+        return 0
+    cur = report["currency"]
+    out.write(f"{report['calls']} call(s), {report['total']:.4f} {cur} in all, ")
+    out.write(f"{report['per_call']:.4f} {cur} a call")
+    if report["per_booking"] is not None:
+        out.write(f", {report['per_booking']:.4f} {cur} per booking ({report['bookings']})")
+    out.write(".\n\nPer outcome (average cost of the calls with it):\n")
+    for name, entry in report["per_outcome"].items():
+        out.write(f"  {name:<14}{entry['calls']:>6} call(s)  {entry['per_call']:.4f} {cur}\n")
+    out.write("\nPer agent:\n")
+    for name, entry in report["agents"].items():
+        out.write(f"  {name}: {entry['calls']} call(s), {entry['cost']:.4f} {cur}\n")
+        for model, tokens in (entry["usage"].get("models") or {}).items():
+            out.write(
+                f"    {model}: {tokens.get('prompt_tokens', 0)} prompt "
+                f"({tokens.get('cached_tokens', 0)} cached), "
+                f"{tokens.get('completion_tokens', 0)} completion tokens\n"
+            )
+    return 0
+
+
+# == show and export =======================================================================
+
+
+async def analysis_header(
+    db: Database, call_sid: str, settings: Settings, *, redact: bool = False
+) -> dict[str, Any] | None:
+    """What ``show`` and ``export`` add to a recording's header: the stored analysis, or none
+    when the call was never analysed. Redacted: without the free-text fields."""
+    stored = await get_analysis(db, call_sid)
+    if stored is None:
+        return None
+    header: dict[str, Any] = {
+        "outcomes": stored.outcomes, "ending": stored.ending,
+        "fields": {} if redact else stored.fields,
+        "summary": None if redact else stored.summary,
+        "usage": stored.usage, "cost": stored.cost,
+    }  # fmt: skip
+    return header
+
+
+def analysis_of(recording: Recording, prices: costs.PriceTable) -> dict[str, Any]:
+    """Outcomes, usage and cost worked out from a recording file (no database)."""
+    stored = {
+        "call": recording.call,
+        "events": recording.events,
+        "sessions": recording.sessions,
+        "ledger": [],
+        "sms_bodies": [],
+    }
+    return {**derive(stored, prices), "fields": {}, "summary": None}
+
+
+def render_analysis(recording: Recording) -> list[str]:
+    """The ``sessions show`` lines for a recording's header ``analysis``."""
+    analysis = recording.header.get("analysis")
+    if not isinstance(analysis, dict):
+        return []
+    lines = [f"Outcomes: {', '.join(analysis.get('outcomes') or []) or '-'}"]
+    if analysis.get("summary"):
+        lines.append(f"Summary: {analysis['summary']}")
+    for name, value in (analysis.get("fields") or {}).items():
+        if name != "summary":
+            lines.append(f"  {name}: {value if value is not None else '-'}")
+    usage = analysis.get("usage") or {}
+    for model, entry in (usage.get("models") or {}).items():
+        estimated = " (estimated)" if entry.get("estimated_requests") else ""
+        lines.append(
+            f"Usage {model}: {entry.get('requests', 0)} request(s), "
+            f"{entry.get('prompt_tokens', 0)} prompt ({entry.get('cached_tokens', 0)} cached), "
+            f"{entry.get('completion_tokens', 0)} completion tokens{estimated}"
+        )
+    cost = analysis.get("cost") or {}
+    if cost:
+        cur = cost.get("currency", "")
+        lines.append(
+            f"Cost: {cost.get('total', 0):.4f} {cur} (model {cost.get('llm', 0):.4f}, "
+            f"ConversationRelay {cost.get('minutes', 0)} min {cost.get('conversation_relay', 0):.4f}, "
+            f"SMS {cost.get('sms_segments', 0)} segment(s) {cost.get('sms', 0):.4f})"
+        )
+    return lines
+
+
+async def show_json(args: argparse.Namespace, out: TextIO) -> int:
+    """``sessions show CALL --json``: the call's whole record as one JSON document."""
+    settings, db = await _open(args)
+    try:
+        record = await call_record(db, args.call, costs.load_prices(settings.prices))
+    finally:
+        await db.close()
+    if record is None:
+        print(f"relay: no call {args.call!r}", file=sys.stderr)
+        return 1
+    out.write(to_json(record).decode())
+    return 0
+
+
+def record_of_file(recording: Recording, prices: costs.PriceTable) -> dict[str, Any]:
+    """``show FILE --json``: a recording file as the same document."""
+    analysis = recording.header.get("analysis")
+    extra = analysis if isinstance(analysis, dict) else analysis_of(recording, prices)
+    return {
+        "call": recording.call,
+        **{k: extra.get(k) for k in ("outcomes", "fields", "summary", "usage", "cost")},
+        "sessions": recording.sessions,
+        "turns": recording.turns,
+        "events": recording.events,
+    }

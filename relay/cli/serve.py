@@ -1,0 +1,94 @@
+"""``relay serve`` (the service) and ``relay fake-llm`` (the scripted model, for trying relay)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import uvicorn
+
+from relay.cli.common import settings_from
+from relay.testing import FakeLLMServer, ScriptedLLM, echo_reply, serve_fake_llm
+
+
+def add_parser(commands: Any) -> None:
+    serve = commands.add_parser(
+        "serve", help="run the service (webhooks and the ConversationRelay WebSocket)"
+    )
+    serve.add_argument("--host", help="interface to listen on (RELAY_HOST, default 0.0.0.0)")
+    serve.add_argument("--port", type=int, help="port (RELAY_PORT, default 8080)")
+    serve.add_argument(
+        "--workers", type=int,
+        help="worker processes (RELAY_WORKERS, default 1); more than one runs a Chroma server",
+    )  # fmt: skip
+    serve.add_argument(
+        "--fake-llm", action="store_true",
+        help="answer with the built-in scripted model instead of a real LLM (for trying relay offline)",
+    )  # fmt: skip
+    serve.set_defaults(handler=_serve)
+
+    fake = commands.add_parser(
+        "fake-llm", help="run the scripted OpenAI-compatible streaming server"
+    )
+    fake.add_argument("--host", default="127.0.0.1")
+    fake.add_argument("--port", type=int, default=8081)
+    fake.add_argument(
+        "--token-delay", type=float, default=0.02, help="seconds between streamed tokens"
+    )
+    fake.add_argument(
+        "--first-token-delay", type=float, default=0.0, help="seconds before the first token"
+    )
+    fake.add_argument("--reply-tokens", type=int, default=20, help="tokens per reply")
+    fake.set_defaults(handler=_fake_llm)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    # Imported here, not above: the app pulls in the whole service (about a second), which
+    # every other command would pay for at start. Not a cycle: relay.web imports no CLI.
+    from relay.web.app import create_app, preflight
+    from relay.web.socket import uvicorn_ws_options
+
+    overrides: dict[str, Any] = {}
+    if args.host:
+        overrides["RELAY_HOST"] = args.host
+    if args.port:
+        overrides["RELAY_PORT"] = args.port
+    if getattr(args, "workers", None):
+        overrides["RELAY_WORKERS"] = args.workers
+    fake = None
+    if args.fake_llm:
+        fake = FakeLLMServer(ScriptedLLM(default=echo_reply))
+        fake.__enter__()
+        overrides["OPENAI_BASE_URL"] = fake.base_url
+    try:
+        settings = settings_from(args, **overrides)
+        preflight(settings)  # fail now, naming the variable or file, not inside uvicorn
+        options: dict[str, Any] = dict(
+            host=settings.host,
+            port=settings.port,
+            proxy_headers=True,
+            forwarded_allow_ips="*",
+            **uvicorn_ws_options(settings),  # frame limit, no pings: relay.web.socket
+            log_config=None,
+            access_log=False,
+        )
+        if settings.workers > 1:  # migrations once, a Chroma server, N processes
+            from relay.cli.workers import serve_workers
+
+            return serve_workers(settings, overrides, options)
+        uvicorn.run(create_app(settings), **options)
+    finally:
+        if fake is not None:
+            fake.__exit__(None, None, None)
+    return 0
+
+
+def _fake_llm(args: argparse.Namespace) -> int:
+    serve_fake_llm(
+        args.host,
+        args.port,
+        token_delay=args.token_delay,
+        first_token_delay=args.first_token_delay,
+        reply_tokens=args.reply_tokens,
+    )
+    return 0

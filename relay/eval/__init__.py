@@ -1,0 +1,1 @@
+"""``relay eval``: agent scenarios played by a model caller over the real WebSocket path."""

@@ -1,0 +1,360 @@
+"""What changed: LLM requests against the recorded ones, and the call turn by turn.
+
+A :class:`Masker` hides what must not count as a change (the current-time line, random
+references, the recording's ``ignore`` patterns) before anything is compared.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from relay.recordings.format import Recording, RecordingError
+from relay.replay.script import parse_frame
+
+_TIME_LINE = re.compile(r"Current date and time: [^.\n]*\.")
+#: The references relay's tools make up at random (``relay.storage.business``): quote ids
+#: (``Q482913``) and six-digit booking references, also as spelt out for speech
+#: (``4 8 2 9 1 3``). Always ignored, so that a call exported as it is replays unchanged; in
+#: cassette mode the new value is carried into the recorded answers that say it.
+REFERENCES = (r"\bQ\d{6}\b", r"(?<![\d.,$])\b\d{6}\b(?![.,]\d)", r"\b\d(?: \d){5}\b")
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """An LLM request that is not the one recorded."""
+
+    number: int
+    summary: str
+    diff: str
+
+
+class Masker:
+    """Hides what must not count as a change: the time line, random references and the
+    ``ignore`` patterns (the recording's and the command line's)."""
+
+    def __init__(self, patterns: Iterable[str] = (), *, references: bool = False) -> None:
+        wanted = [*(REFERENCES if references else ()), *patterns]
+        try:
+            self.patterns = [re.compile(p) for p in dict.fromkeys(wanted)]
+        except re.error as exc:
+            raise RecordingError(f"bad ignore pattern: {exc}") from exc
+
+    def __call__(self, text: str) -> str:
+        text = _TIME_LINE.sub("Current date and time: (now).", text)
+        for pattern in self.patterns:
+            text = pattern.sub("<ignored>", text)
+        return text
+
+
+def message_text(message: Mapping[str, Any]) -> str:
+    content = message.get("content")
+    text = (
+        content
+        if isinstance(content, str)
+        else orjson.dumps(content).decode()
+        if content is not None
+        else ""
+    )
+    for call in message.get("tool_calls") or []:
+        function = call.get("function") or {}
+        text += f"\n{function.get('name')}({function.get('arguments')})"
+    return text
+
+
+def _render_messages(
+    messages: Sequence[Mapping[str, Any]], mask: Callable[[str], str]
+) -> list[str]:
+    lines: list[str] = []
+    for index, message in enumerate(messages):
+        role = message.get("role")
+        head = f"[{index}] {role}"
+        if message.get("tool_call_id"):
+            head += f" (answer to {message['tool_call_id']})"
+        content = message.get("content")
+        text = (
+            content
+            if isinstance(content, str)
+            else ""
+            if content is None
+            else orjson.dumps(content).decode()
+        )
+        body = mask(text).split("\n") if text else [""]
+        lines.append(f"{head}: {body[0]}")
+        lines.extend(f"    {line}" for line in body[1:])
+        for call in message.get("tool_calls") or []:
+            function = call.get("function") or {}
+            lines.append(
+                f"    calls {function.get('name')}({mask(str(function.get('arguments')))}) as {call.get('id')}"
+            )
+    return lines
+
+
+def _tool_names(body: Mapping[str, Any]) -> list[str]:
+    return sorted(str((t.get("function") or {}).get("name")) for t in body.get("tools") or [])
+
+
+def render_request(body: Mapping[str, Any], mask: Callable[[str], str]) -> str:
+    lines = _render_messages(body.get("messages") or [], mask)
+    lines.append(f"tools: {', '.join(_tool_names(body)) or 'none'}")
+    return "\n".join(lines)
+
+
+def compare_requests(
+    recorded: Mapping[str, Any], now: Mapping[str, Any], mask: Callable[[str], str]
+) -> tuple[str, str] | None:
+    """(summary, diff) when the requests differ in their messages or tool names, else None."""
+    problems: list[str] = []
+    diff: list[str] = []
+    old = _render_messages(recorded.get("messages") or [], mask)
+    new = _render_messages(now.get("messages") or [], mask)
+    if old != new:
+        changed = sum(1 for a, b in zip(old, new, strict=False) if a != b) + abs(
+            len(old) - len(new)
+        )
+        problems.append(f"messages differ ({changed} line{'s' if changed != 1 else ''})")
+        diff.extend(
+            line.rstrip("\n")
+            for line in difflib.unified_diff(old, new, "recorded", "now", n=1, lineterm="")
+        )
+    old_tools, new_tools = _tool_names(recorded), _tool_names(now)
+    if old_tools != new_tools:
+        gone = sorted(set(old_tools) - set(new_tools))
+        added = sorted(set(new_tools) - set(old_tools))
+        problems.append("tools differ")
+        if gone:
+            diff.append(f"- tools no longer offered: {', '.join(gone)}")
+        if added:
+            diff.append(f"+ tools offered now: {', '.join(added)}")
+    if not problems:
+        return None
+    return "; ".join(problems), "\n".join(diff)
+
+
+# == what was said: transcripts and their comparison =====================================
+
+
+@dataclass
+class Item:
+    """One line of a call as the comparison sees it."""
+
+    kind: str  # caller | agent | tool | end | language | digits | error
+    text: str
+    key: tuple[Any, ...] = ()
+    server_side: bool = False  # only known from the server's own recording
+
+
+def _handoff(raw: Any) -> dict[str, Any]:
+    if not isinstance(raw, str):
+        return {}
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return {"raw": raw}
+    if not isinstance(data, dict):
+        return {"raw": raw}
+    data.pop("callSid", None)  # differs on purpose with --url
+    return data
+
+
+def parse_arguments(raw: Any) -> Any:
+    try:
+        return orjson.loads(raw) if isinstance(raw, str) else raw
+    except orjson.JSONDecodeError:
+        return raw
+
+
+def transcript(
+    events: Iterable[Mapping[str, Any]], mask: Callable[[str], str] = lambda s: s
+) -> list[Item]:
+    """The call as items in order: caller actions, agent talk cycles, tools, the end."""
+    items: list[Item] = []
+    cycle: list[str] | None = None
+    cycle_at = 0
+    tools: dict[str, int] = {}
+
+    def close_cycle() -> None:
+        nonlocal cycle
+        if cycle is not None:
+            text = "".join(cycle)
+            if text:
+                items[cycle_at] = Item("agent", text, ("agent", mask(text)))
+            else:
+                items[cycle_at] = Item("skip", "")
+            cycle = None
+
+    for event in events:
+        kind, data = event.get("kind"), event.get("data") or {}
+        if kind in ("frame_in", "frame_in_invalid"):
+            frame = parse_frame(data.get("raw"))
+            ftype = frame.get("type")
+            if ftype == "prompt" and frame.get("last", True):
+                items.append(Item("caller", str(frame.get("voicePrompt", ""))))
+            elif ftype == "dtmf":
+                items.append(Item("caller", f"[presses {frame.get('digit')}]"))
+            elif ftype == "interrupt":
+                items.append(
+                    Item(
+                        "caller",
+                        f"[interrupts; heard {quoted(frame.get('utteranceUntilInterrupt'))}]",
+                    )
+                )
+        elif kind == "frame_out":
+            frame = parse_frame(data.get("raw"))
+            ftype = frame.get("type")
+            if ftype == "text":
+                if cycle is None:
+                    cycle, cycle_at = [], len(items)
+                    items.append(Item("skip", ""))
+                cycle.append(str(frame.get("token") or ""))
+                if frame.get("last"):
+                    close_cycle()
+            elif ftype == "end":
+                handoff = _handoff(frame.get("handoffData"))
+                reason = handoff.get("reasonCode", "end")
+                items.append(
+                    Item(
+                        "end",
+                        f"{reason} {orjson.dumps(handoff).decode()}",
+                        ("end", mask(orjson.dumps(handoff, option=orjson.OPT_SORT_KEYS).decode())),
+                    )
+                )
+            elif ftype == "language":
+                code = frame.get("ttsLanguage") or frame.get("transcriptionLanguage")
+                items.append(Item("language", f"switches to {code}", ("language", code)))
+            elif ftype == "sendDigits":
+                items.append(
+                    Item(
+                        "digits", f"presses {frame.get('digits')}", ("digits", frame.get("digits"))
+                    )
+                )
+        elif kind == "tool_call":
+            tools[str(data.get("id"))] = len(items)
+            name, arguments = data.get("name"), str(data.get("arguments"))
+            items.append(
+                Item(
+                    "tool",
+                    f"{name}({arguments}) → (no result)",
+                    ("tool", name, mask(arguments), None),
+                    True,
+                )
+            )
+        elif kind == "tool_result":
+            at = tools.get(str(data.get("id")))
+            content = str(data.get("content") or "")
+            if at is not None:
+                old = items[at]
+                name, arguments = old.key[1], old.key[2]
+                items[at] = Item(
+                    "tool",
+                    old.text.rsplit(" → ", 1)[0] + f" → {quoted(content)}",
+                    ("tool", name, arguments, mask(content)),
+                    True,
+                )
+        elif kind == "llm_error":
+            error = str(data.get("error") or "")
+            items.append(Item("error", f"LLM failed: {shorten(error, 160)}", ("error",), True))
+    close_cycle()
+    return [item for item in items if item.kind != "skip"]
+
+
+def quoted(text: Any) -> str:
+    return '"' + str(text or "").replace("\n", " ") + '"'
+
+
+def shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@dataclass
+class Line:
+    mark: str  # " " caller, "=" same, "-" recorded only, "+" now only
+    kind: str
+    text: str
+
+
+def _segments(items: list[Item]) -> list[tuple[Item | None, list[Item]]]:
+    """The items split at each caller action: (the caller's item, what followed it)."""
+    segments: list[tuple[Item | None, list[Item]]] = [(None, [])]
+    for item in items:
+        if item.kind == "caller":
+            segments.append((item, []))
+        else:
+            segments[-1][1].append(item)
+    return segments
+
+
+def compare_transcripts(
+    recorded: list[Item], now: list[Item], *, server_side: bool
+) -> tuple[list[Line], list[tuple[Item | None, Item | None]]]:
+    """A turn-by-turn listing and the changed pairs (recorded, now).
+
+    Both sides carry the same caller actions (they were sent again), so the agent's items are
+    compared caller turn by caller turn. Without the server's own record (``--url``), tool
+    calls and LLM failures are left out on both sides.
+    """
+
+    def keep(item: Item) -> bool:
+        return server_side or not item.server_side
+
+    lines: list[Line] = []
+    changes: list[tuple[Item | None, Item | None]] = []
+    old_segments, new_segments = _segments(recorded), _segments(now)
+    for index in range(max(len(old_segments), len(new_segments))):
+        old_caller, old_items = old_segments[index] if index < len(old_segments) else (None, [])
+        new_caller, new_items = new_segments[index] if index < len(new_segments) else (None, [])
+        if old_caller is not None:
+            lines.append(Line(" " if new_caller is not None else "-", "caller", old_caller.text))
+        elif new_caller is not None:
+            lines.append(Line("+", "caller", new_caller.text))
+        old = [i for i in old_items if keep(i)]
+        new = [i for i in new_items if keep(i)]
+        matcher = difflib.SequenceMatcher(
+            None, [i.key for i in old], [i.key for i in new], autojunk=False
+        )
+        for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+            if tag == "equal":
+                lines.extend(Line("=", i.kind, i.text) for i in old[i1:i2])
+                continue
+            lines.extend(Line("-", i.kind, i.text) for i in old[i1:i2])
+            lines.extend(Line("+", i.kind, i.text) for i in new[j1:j2])
+            olds, news = old[i1:i2], new[j1:j2]
+            for n in range(max(len(olds), len(news))):
+                changes.append(
+                    (olds[n] if n < len(olds) else None, news[n] if n < len(news) else None)
+                )
+    return lines, changes
+
+
+def history_changes(
+    recorded: Recording, replayed: Recording, mask: Callable[[str], str]
+) -> list[str]:
+    """Differences between the stored conversation histories (what the model will be sent)."""
+
+    def rows(recording: Recording) -> list[str]:
+        out = []
+        for turn in recording.turns:
+            text = f"#{turn['seq']} {turn['role']}"
+            if turn.get("tool_name"):
+                text += f" {turn['tool_name']}"
+            text += f": {quoted(mask(str(turn.get('content') or '')))}"
+            if turn.get("interrupted"):
+                text += f" (interrupted; heard {quoted(mask(str(turn.get('heard_text') or '')))})"
+            if turn.get("superseded"):
+                text += " (superseded)"
+            out.append(text)
+        return out
+
+    old, new = rows(recorded), rows(replayed)
+    if old == new:
+        return []
+    return [
+        line
+        for line in difflib.unified_diff(old, new, "recorded", "now", n=0, lineterm="")
+        if line[:1] in "+-" and line[:3] not in ("---", "+++")
+    ]

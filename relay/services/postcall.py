@@ -1,0 +1,314 @@
+"""After a call ends: its outcomes, usage and cost; the optional analysis; the webhook; the
+owner's e-mail. Runs off the call's hot path, after the session has closed and flushed.
+
+:meth:`PostCall.call_ended` is what the app calls when a session's socket handler returns;
+the work runs in a background task and never raises into the caller. :meth:`PostCall.process`
+does the work for one call and is also what ``relay sessions analyze`` re-runs over old calls.
+:func:`call_record` is the call's whole record as one JSON document (``sessions show --json``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from sqlalchemy import select
+
+from relay.agents import AgentProfile, AgentRegistry
+from relay.services import costs, outcomes
+from relay.services.analysis import Analyser, AnalysisError
+from relay.services.email import EmailError, SmtpSettings, send_email
+from relay.services.webhooks import WebhookOutbox
+from relay.storage import repository
+from relay.storage.db import Database
+from relay.storage.models import Message, SideEffect
+from relay.storage.outcomes import CallAnalysis, Email, get_analysis, save_analysis
+
+log = structlog.get_logger("relay.services.postcall")
+
+#: Outcomes the owner is e-mailed about (when the agent names an ``owner_email``).
+NOTIFY_ON = frozenset({"booked", "rescheduled", "cancelled", "message-taken", "transferred"})
+
+
+def _columns(row: Any) -> dict[str, Any]:
+    return {c.key: getattr(row, c.key) for c in row.__table__.columns}
+
+
+async def _gather(db: Database, call_sid: str) -> dict[str, Any] | None:
+    """Everything stored about a call, as plain data."""
+    call = await repository.get_call(db, call_sid)
+    if call is None:
+        return None
+    events = await repository.call_events(db, call_sid)
+    sessions = await repository.call_sessions(db, call_sid)
+    _, turns = await repository.call_history(db, call_sid)
+    async with db.session() as session:
+        ledger = (
+            await session.scalars(select(SideEffect).where(SideEffect.call_sid == call_sid))
+        ).all()
+        texts = (
+            await session.scalars(
+                select(Message.body).where(Message.call_sid == call_sid, Message.status != "failed")
+            )
+        ).all()
+    return {
+        "call": _columns(call),
+        "events": [_columns(e) for e in events],
+        "sessions": [_columns(s) for s in sessions],
+        "turns": [_columns(t) for t in turns],
+        "ledger": [_columns(row) for row in ledger],
+        "sms_bodies": list(texts),
+    }
+
+
+def derive(stored: Mapping[str, Any], prices: costs.PriceTable) -> dict[str, Any]:
+    """Outcomes, usage and cost of a call from what :func:`_gather` returned."""
+    found = outcomes.derive(stored["call"], stored["events"], stored["ledger"])
+    usage = costs.usage_of(stored["events"])
+    cost = costs.cost_of(
+        prices,
+        usage,
+        minutes=costs.session_minutes(stored["sessions"]),
+        sms_bodies=stored["sms_bodies"],
+    )
+    return {"outcomes": found, "usage": usage, "cost": cost}
+
+
+@dataclass
+class PostCall:
+    """The post-call work of one process."""
+
+    db: Database
+    agents: AgentRegistry
+    prices: costs.PriceTable
+    outbox: WebhookOutbox | None = None
+    analyser: Analyser | None = None
+    smtp: SmtpSettings | None = None
+    now: Callable[[], datetime] = lambda: datetime.now(UTC)
+    processed: int = 0
+    failures: int = 0
+    _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def call_ended(self, call_sid: str) -> None:
+        """A session of ``call_sid`` closed (its recording flushed): process it in the background."""
+        if not call_sid or call_sid.startswith("unknown-"):
+            return
+        task = asyncio.create_task(self._safely(call_sid), name=f"relay-postcall-{call_sid}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _safely(self, call_sid: str) -> None:
+        try:
+            await self.process(call_sid)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # never into the app: the call is over, log and count
+            self.failures += 1
+            log.error("postcall_failed", call_sid=call_sid, error=repr(exc)[:300])
+
+    async def idle(self) -> None:
+        """Wait for the post-call work already started (tests, shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def aclose(self, timeout: float = 10.0) -> None:
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def process(
+        self, call_sid: str, *, analyse: bool = True, deliver: bool = True
+    ) -> dict[str, Any] | None:
+        """Compute and store a call's outcomes, usage and cost; run the analysis pass (when an
+        analyser is set and ``analyse``); queue the webhook and e-mail the owner (``deliver``).
+        Returns the stored analysis as plain data, or None for an unknown call."""
+        stored = await _gather(self.db, call_sid)
+        if stored is None:
+            return None
+        call = stored["call"]
+        derived = derive(stored, self.prices)
+        agent = self.agents.agents.get(call["agent"])
+        previous = await get_analysis(self.db, call_sid)
+        values: dict[str, Any] = {
+            "call_sid": call_sid,
+            "agent": call["agent"],
+            "ending": call.get("outcome"),
+            "outcomes": derived["outcomes"],
+            "fields": previous.fields if previous is not None else {},
+            "summary": previous.summary if previous is not None else None,
+            "usage": derived["usage"],
+            "cost": derived["cost"],
+            "cost_total": derived["cost"]["total"],
+            "currency": derived["cost"]["currency"],
+            "ended_at": call.get("ended_at"),
+            "computed_at": self.now(),
+            "analysed_at": previous.analysed_at if previous is not None else None,
+            "analysis_error": previous.analysis_error if previous is not None else None,
+        }
+        if analyse and self.analyser is not None and agent is not None:
+            try:
+                result = await self.analyser.analyse(agent, stored["turns"], derived["outcomes"])
+            except AnalysisError as exc:
+                values["analysis_error"] = str(exc)[:500]
+                log.warning("analysis_failed", call_sid=call_sid, error=str(exc)[:300])
+            else:
+                summary = result.fields.get("summary")
+                values.update(
+                    fields=result.fields,
+                    summary=summary if isinstance(summary, str) else None,
+                    analysed_at=self.now(),
+                    analysis_error=None,
+                )
+        await save_analysis(self.db, values)
+        self.processed += 1
+        log.info(
+            "call_outcomes", call_sid=call_sid, outcomes=derived["outcomes"],
+            cost=derived["cost"]["total"], tokens=derived["usage"]["prompt_tokens"]
+            + derived["usage"]["completion_tokens"],
+        )  # fmt: skip
+        if deliver and agent is not None:
+            await self._deliver(agent, call, values)
+        return values
+
+    async def _deliver(
+        self, agent: AgentProfile, call: Mapping[str, Any], values: Mapping[str, Any]
+    ) -> None:
+        if self.outbox is not None and agent.webhook_url:
+            await self.outbox.enqueue(
+                call_sid=values["call_sid"], agent=agent.name, url=agent.webhook_url,
+                document=webhook_document(call, values),
+            )  # fmt: skip
+        if self.smtp is not None and agent.owner_email and NOTIFY_ON & set(values["outcomes"]):
+            await self._notify_owner(agent, call, values)
+
+    async def _notify_owner(
+        self, agent: AgentProfile, call: Mapping[str, Any], values: Mapping[str, Any]
+    ) -> None:
+        """E-mail the owner about the call, at most once per call (the side-effect ledger)."""
+        assert self.smtp is not None and agent.owner_email
+        key = f"notify_owner:{values['call_sid']}"
+        claim = await repository.claim_side_effect(self.db, key, "notify_owner", values["call_sid"])
+        if claim.state != "claimed":
+            return
+        subject = f"{agent.business_name}: call {', '.join(values['outcomes'])}"
+        body = notification_text(call, values)
+        status, error = "sent", None
+        try:
+            await send_email(self.smtp, to=agent.owner_email, subject=subject, body=body)
+        except EmailError as exc:
+            status, error = "failed", str(exc)
+            log.warning("owner_email_failed", call_sid=values["call_sid"], error=str(exc)[:300])
+        async with self.db.session() as session, session.begin():
+            session.add(
+                Email(
+                    agent=agent.name, call_sid=values["call_sid"], kind="notification",
+                    to_address=agent.owner_email, subject=subject, status=status, error=error,
+                    created_at=self.now(),
+                )
+            )  # fmt: skip
+        await repository.settle_side_effect(
+            self.db, key, status="done" if status == "sent" else "failed", result=subject
+        )
+
+
+def webhook_document(call: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """What the post-call webhook sends."""
+    return {
+        "event": "call.ended",
+        "call_sid": values["call_sid"],
+        "agent": values["agent"],
+        "ending": values.get("ending"),
+        "started_at": _iso(call.get("started_at")),
+        "ended_at": _iso(call.get("ended_at")),
+        "outcomes": list(values["outcomes"]),
+        "fields": dict(values.get("fields") or {}),
+        "summary": values.get("summary"),
+        "usage": values["usage"],
+        "cost": values["cost"],
+    }
+
+
+def notification_text(call: Mapping[str, Any], values: Mapping[str, Any]) -> str:
+    lines = [
+        f"Call {values['call_sid']} to {values['agent']}",
+        f"From: {call.get('from_number') or 'withheld'}"
+        + (f" ({call['caller_name']})" if call.get("caller_name") else ""),
+        f"Started: {_iso(call.get('started_at'))}",
+        f"Outcomes: {', '.join(values['outcomes'])}",
+    ]
+    if values.get("summary"):
+        lines.append(f"Summary: {values['summary']}")
+    for name, value in (values.get("fields") or {}).items():
+        if name != "summary" and value is not None:
+            lines.append(f"{name}: {value}")
+    return "\n".join(lines) + "\n"
+
+
+def _iso(value: Any) -> str | None:
+    if isinstance(value, datetime):
+        return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
+    return None if value is None else str(value)
+
+
+async def call_record(
+    db: Database, call_sid: str, prices: costs.PriceTable
+) -> dict[str, Any] | None:
+    """A call's whole record as one JSON-ready document: the call, its sessions, turns and
+    events, and its ``outcomes``, ``fields``, ``summary``, ``usage`` and ``cost`` (the stored
+    analysis, or computed now when the call was never analysed)."""
+    stored = await _gather(db, call_sid)
+    if stored is None:
+        return None
+    analysis: CallAnalysis | None = await get_analysis(db, call_sid)
+    if analysis is not None:
+        extra = {
+            "outcomes": analysis.outcomes, "fields": analysis.fields, "summary": analysis.summary,
+            "usage": analysis.usage, "cost": analysis.cost,
+            "analysed_at": _iso(analysis.analysed_at),
+        }  # fmt: skip
+    else:
+        extra = {**derive(stored, prices), "fields": {}, "summary": None, "analysed_at": None}
+    return {
+        "call": stored["call"],
+        **extra,
+        "sessions": stored["sessions"],
+        "turns": stored["turns"],
+        "events": stored["events"],
+        "side_effects": stored["ledger"],
+    }
+
+
+async def analyse_since(
+    postcall: PostCall,
+    *,
+    since: datetime,
+    until: datetime | None = None,
+    agent: str | None = None,
+    limit: int = 100_000,
+) -> list[dict[str, Any]]:
+    """Re-run outcomes, cost and (when set up) the analysis over calls started since ``since``.
+    No webhook and no e-mail: those belong to the moment a call ends."""
+    calls = await repository.list_calls(
+        postcall.db, agent=agent, since=since, until=until, limit=limit
+    )
+    done = []
+    for call in reversed(calls):  # oldest first
+        values = await postcall.process(call.call_sid, deliver=False)
+        if values is not None:
+            done.append(values)
+    return done
+
+
+def total_usage(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    total: dict[str, Any] = {}
+    for row in rows:
+        costs.add_usage(total, row.get("usage") or {})
+    return total

@@ -1,0 +1,194 @@
+"""Retention and privacy: how long call records stay, and deleting one call on request.
+
+* :func:`purge` deletes transcripts (``turns``), events (every frame, and the model request and
+  response bodies, which are events) and parked recorder rows older than a number of days, and
+  clears the handoff
+  summary of the calls they belong to. The ``calls`` and ``sessions`` rows stay: they are the
+  aggregates (agent, outcome, times, turn counts) that reports are built from.
+* :func:`mask_numbers` replaces the phone numbers of calls older than a number of days with a
+  masked form that keeps the country and area prefix (``+614xxxxxxxx``), in the call row and in
+  whatever of its transcript and events is still stored; the caller's name is cleared.
+* :func:`delete_call` removes everything recorded about one call (a caller's request):
+  the call, its sessions, turns, events, parked recorder rows and tool idempotency records. Business records made
+  during the call (bookings, quotes, messages, tickets) are the business's own and stay; the
+  report counts them so the operator can act on them too.
+
+The server runs :func:`run_daily` once a day when ``RELAY_RETENTION_DAYS`` or
+``RELAY_MASK_NUMBERS_AFTER_DAYS`` is set; ``relay sessions purge`` and ``relay sessions
+delete`` do the same by hand. Every function is idempotent (several workers may run it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+from sqlalchemy import JSON, Text, cast, delete, func, or_, select, type_coerce, update
+
+from relay.storage.db import Database
+from relay.storage.models import (
+    Booking,
+    Call,
+    Event,
+    Message,
+    ParkedRecord,
+    Quote,
+    RelaySession,
+    SideEffect,
+    Ticket,
+    Turn,
+)
+
+log = structlog.get_logger("relay.services.retention")
+
+DAY = 86_400.0
+#: Characters of a number kept when it is masked: "+614" (country and mobile prefix).
+KEEP = 4
+
+
+@dataclass
+class Report:
+    """Rows changed, by table."""
+
+    rows: dict[str, int] = field(default_factory=dict)
+
+    def add(self, table: str, count: int | None) -> None:
+        self.rows[table] = self.rows.get(table, 0) + (count or 0)
+
+    @property
+    def total(self) -> int:
+        return sum(self.rows.values())
+
+
+def mask(number: str) -> str:
+    """``+61412345678`` → ``+614xxxxxxxx``: the prefix kept, every later character an ``x``."""
+    if len(number) <= KEEP:
+        return number
+    return number[:KEEP] + "x" * (len(number) - KEEP)
+
+
+async def purge(db: Database, *, older_than_days: float, now: datetime | None = None) -> Report:
+    """Delete transcripts, events and model bodies older than ``older_than_days``."""
+    cutoff = (now or datetime.now(UTC)) - timedelta(days=older_than_days)
+    report = Report()
+    async with db.engine.begin() as conn:
+        old_calls = select(Call.call_sid).where(Call.started_at < cutoff)
+        result = await conn.execute(
+            delete(Turn).where(or_(Turn.created_at < cutoff, Turn.call_sid.in_(old_calls)))
+        )
+        report.add("turns", result.rowcount)
+        result = await conn.execute(
+            delete(Event).where(or_(Event.at < cutoff, Event.call_sid.in_(old_calls)))
+        )
+        report.add("events", result.rowcount)
+        result = await conn.execute(delete(ParkedRecord).where(ParkedRecord.parked_at < cutoff))
+        report.add("parked_records", result.rowcount)
+        result = await conn.execute(
+            update(Call)
+            .where(Call.started_at < cutoff, Call.handoff_data.is_not(None))
+            .values(handoff_data=None)
+        )
+        report.add("calls", result.rowcount)
+    log.info("retention_purged", older_than_days=older_than_days, **report.rows)
+    return report
+
+
+async def mask_numbers(
+    db: Database, *, older_than_days: float, now: datetime | None = None
+) -> Report:
+    """Mask the phone numbers (and clear the caller's name) of calls older than the cutoff."""
+    cutoff = (now or datetime.now(UTC)) - timedelta(days=older_than_days)
+    report = Report()
+    async with db.engine.begin() as conn:
+        rows = (
+            await conn.execute(
+                select(Call.call_sid, Call.from_number, Call.to_number).where(
+                    Call.started_at < cutoff,
+                    or_(Call.from_number.not_like("%x%"), Call.to_number.not_like("%x%")),
+                )
+            )
+        ).all()
+        for call_sid, from_number, to_number in rows:
+            numbers = {n for n in (from_number, to_number) if n and "x" not in n}
+            await conn.execute(
+                update(Call)
+                .where(Call.call_sid == call_sid)
+                .values(from_number=mask(from_number), to_number=mask(to_number), caller_name="")
+            )
+            report.add("calls", 1)
+            numbers = {n for n in numbers if len(n) > KEEP}
+            if not numbers:
+                continue
+            as_text = cast(Event.data, Text)
+            for model, column, value in (
+                (Turn, Turn.content, None),
+                (Event, as_text, "data"),
+                (ParkedRecord, ParkedRecord.record, None),
+            ):
+                changed = _replaced(column, numbers)
+                name = value or column.key
+                result = await conn.execute(
+                    update(model)
+                    .where(model.call_sid == call_sid, or_(*[column.contains(n) for n in numbers]))
+                    .values({name: _json(db, changed) if model is Event else changed})
+                )
+                report.add(model.__tablename__, result.rowcount)
+    if report.total:
+        log.info("retention_masked", older_than_days=older_than_days, **report.rows)
+    return report
+
+
+def _replaced(column: Any, numbers: set[str]) -> Any:
+    """``column`` with every number in ``numbers`` masked, longest first (one SQL expression)."""
+    expression = column
+    for number in sorted(numbers, key=len, reverse=True):
+        expression = func.replace(expression, number, mask(number))
+    return expression
+
+
+def _json(db: Database, text: Any) -> Any:
+    # SQLite keeps JSON as text; Postgres needs the text cast back to its json type.
+    return type_coerce(text, JSON) if db.is_sqlite else cast(text, JSON)
+
+
+async def delete_call(db: Database, call_sid: str) -> Report:
+    """Delete everything recorded about ``call_sid``. ``rows`` also counts (as ``kept_*``) the
+    business records made during the call, which are not deleted."""
+    report = Report()
+    async with db.engine.begin() as conn:
+        for model in (Turn, Event, RelaySession, SideEffect, ParkedRecord, Call):
+            result = await conn.execute(delete(model).where(model.call_sid == call_sid))
+            report.add(model.__tablename__, result.rowcount)
+        for kept in (Booking, Quote, Message, Ticket):
+            count = await conn.scalar(
+                select(func.count()).select_from(kept).where(kept.call_sid == call_sid)
+            )
+            if count:
+                report.rows[f"kept_{kept.__tablename__}"] = int(count)
+    log.info("call_deleted", call_sid=call_sid, **report.rows)
+    return report
+
+
+async def run_daily(
+    db: Database,
+    *,
+    retention_days: float | None,
+    mask_after_days: float | None,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    every: float = DAY,
+) -> None:
+    """Purge and mask now, then once every ``every`` seconds, until cancelled. A failure is
+    logged and retried at the next round: retention never stops the service."""
+    while True:
+        try:
+            if retention_days is not None:
+                await purge(db, older_than_days=retention_days, now=now())
+            if mask_after_days is not None:
+                await mask_numbers(db, older_than_days=mask_after_days, now=now())
+        except Exception as exc:
+            log.error("retention_failed", error=repr(exc)[:300])
+        await asyncio.sleep(every)

@@ -1,0 +1,50 @@
+"""The operator console at ``/console``: server-rendered pages for owners and editors.
+
+Off (404) until ``RELAY_ADMIN_TOKEN`` is set or a console user exists (``relay users add``).
+Everything is read from the database, so any worker serves any page, and the live pages see
+calls served by every worker. See ``relay.web.console.auth`` for sign-in, cookies and CSRF.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from starlette.routing import BaseRoute, Route
+
+from relay.call.supervisor import Supervisor
+
+
+def routes() -> list[BaseRoute]:
+    from relay.web.console import views as v
+
+    get, post = ["GET"], ["POST"]
+    return [
+        Route("/console", v.home, methods=get),
+        Route("/console/sign-in", v.sign_in_page, methods=get),
+        Route("/console/sign-in", v.sign_in, methods=post),
+        Route("/console/sign-out", v.sign_out, methods=post),
+        Route("/console/calls", v.calls, methods=get),
+        Route("/console/calls/{call_sid}", v.call_page, methods=get),
+        Route("/console/calls/{call_sid}/export", v.export, methods=get),
+        Route("/console/calls/{call_sid}/command", v.command, methods=post),
+        Route("/console/live", v.live, methods=get),
+        Route("/console/api/live", v.live_api, methods=get),
+        Route("/console/api/calls/{call_sid}/stream", v.stream, methods=get),
+        Route("/console/quotes", v.quotes, methods=get),
+        Route("/console/bookings", v.bookings, methods=get),
+        Route("/console/bookings/{booking_id}/{action}", v.booking_action, methods=post),
+        Route("/console/messages", v.messages, methods=get),
+        Route("/console/messages/{ticket_id}/done", v.ticket_done, methods=post),
+        Route("/console/knowledge", v.knowledge, methods=get),
+        Route("/console/knowledge/upload", v.knowledge_upload, methods=post),
+        Route("/console/knowledge/remove", v.knowledge_remove, methods=post),
+        Route("/console/static/{name}", v.static, methods=get),
+    ]
+
+
+def start(runtime: Any) -> asyncio.Task[None]:
+    """The worker's supervisor: delivers console commands to the calls this worker serves."""
+    supervisor = Supervisor(runtime.deps.db)
+    runtime.supervisor = supervisor
+    return asyncio.create_task(supervisor.run(), name="relay-console-supervisor")

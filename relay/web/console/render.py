@@ -1,0 +1,64 @@
+"""Jinja2 templates of the console, and small formatting helpers they use."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.requests import Request
+from starlette.responses import HTMLResponse
+
+from relay.recordings.format import mask_number
+
+HERE = Path(__file__).parent
+TEMPLATES = HERE / "templates"
+STATIC = HERE / "static"
+
+
+def _when(value: datetime | None) -> str:
+    if value is None:
+        return ""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    whole = round(seconds)
+    minutes, secs = divmod(whole, 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _money(cents: int | None, currency: str = "") -> str:
+    if cents is None:
+        return ""
+    return f"{currency} {cents / 100:,.2f}".strip()
+
+
+def _mask(number: str | None) -> str:
+    return mask_number(number) if number else ""
+
+
+env = Environment(
+    loader=FileSystemLoader(str(TEMPLATES)),
+    autoescape=select_autoescape(["html"]),
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+env.filters.update(when=_when, duration=_duration, money=_money, mask=_mask)
+
+
+def render(
+    request: Request, template: str, session: Any = None, *, status_code: int = 200, **context: Any
+) -> HTMLResponse:
+    html = env.get_template(template).render(request=request, session=session, **context)
+    return HTMLResponse(html, status_code=status_code)
+
+
+def render_error(request: Request, status: int, title: str, message: str) -> HTMLResponse:
+    return render(request, "error.html", None, status_code=status, title=title, message=message)

@@ -1,0 +1,618 @@
+"""The console's pages and actions (routes are listed in ``relay.web.console``)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+import orjson
+import structlog
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
+
+from relay.recordings.format import export_call
+from relay.storage import console as store
+from relay.storage.models import Ticket
+from relay.web.console import auth, charts, queries
+from relay.web.console.auth import Session, guard
+from relay.web.console.render import render, render_error
+
+log = structlog.get_logger("relay.web.console")
+
+#: How often the live transcript stream looks for new events.
+STREAM_POLL = 0.25
+MAX_UPLOAD_BYTES = 20_000_000
+_E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+
+
+def _runtime(request: Request) -> Any:
+    return request.app.state.runtime
+
+
+def _db(request: Request) -> Any:
+    return _runtime(request).deps.db
+
+
+def _agents(request: Request) -> list[str]:
+    return sorted(_runtime(request).deps.agents.agents)
+
+
+def _day(text: str | None) -> date | None:
+    if not text:
+        return None
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        return None
+
+
+def _start_of(day: date | None) -> datetime | None:
+    return datetime.combine(day, time(0), tzinfo=UTC) if day else None
+
+
+def _page(request: Request) -> int:
+    try:
+        return max(1, int(request.query_params.get("page", "1")))
+    except ValueError:
+        return 1
+
+
+def _page_links(request: Request, page: int, more: bool) -> dict[str, str | None]:
+    params = dict(request.query_params)
+
+    def link(n: int) -> str:
+        return request.url.path + "?" + urlencode({**params, "page": str(n)})
+
+    return {"prev": link(page - 1) if page > 1 else None, "next": link(page + 1) if more else None}
+
+
+# -- sign-in ------------------------------------------------------------------------------------
+
+
+async def sign_in_page(request: Request) -> Response:
+    if not await auth.enabled(request):
+        return auth.not_found()
+    response = render(request, "sign_in.html", None, csrf="", next=_next(request), error=None)
+    csrf = await auth.signin_token(request, response)
+    # Rendered again with the token now that the cookie carrying it is set.
+    page = render(request, "sign_in.html", None, csrf=csrf, next=_next(request), error=None)
+    page.raw_headers.extend(h for h in response.raw_headers if h[0] == b"set-cookie")
+    page.headers["Cache-Control"] = "no-store"
+    return page
+
+
+def _next(request: Request, value: str | None = None) -> str:
+    target = value if value is not None else request.query_params.get("next", "")
+    # Only paths inside the console: never an open redirect.
+    if target.startswith("/console") and not target.startswith("//") and "\\" not in target:
+        return target
+    return "/console"
+
+
+async def sign_in(request: Request) -> Response:
+    if not await auth.enabled(request):
+        return auth.not_found()
+    form = await request.form()
+    given = str(form.get("csrf") or "")
+    target = _next(request, str(form.get("next") or ""))
+    if not await auth.signin_csrf_ok(request, given):
+        return render_error(
+            request, 403, "Not allowed", "The sign-in form was out of date; reload it."
+        )
+    runtime = _runtime(request)
+    token = str(form.get("token") or "")
+    username = str(form.get("username") or "").strip()
+    password = str(form.get("password") or "")
+    user: tuple[str, str, bool] | None = None
+    admin = runtime.settings.admin_token
+    if token and admin:
+        import hmac
+
+        if hmac.compare_digest(token.encode(), admin.encode()):
+            user = (auth.ADMIN_USER, "owner", True)
+    elif username and password:
+        found = await store.authenticate(runtime.deps.db, username, password)
+        if found is not None:
+            user = (found.username, found.role, False)
+    if user is None:
+        log.warning("console_sign_in_failed", username=username or None, token=bool(token))
+        csrf = await auth.signin_token(request)
+        return render(
+            request,
+            "sign_in.html",
+            None,
+            status_code=401,
+            csrf=csrf,
+            next=target,
+            error="That did not match. Check the token, or the user name and password.",
+        )
+    name, role, is_token = user
+    if role != "owner" and not target.startswith("/console/knowledge"):
+        target = "/console/knowledge"
+    response = RedirectResponse(target, status_code=303)
+    await auth.start_session(request, response, user=name, role=role, token=is_token)
+    log.info("console_signed_in", user=name, role=role)
+    return response
+
+
+@guard(role="editor")
+async def sign_out(request: Request, session: Session) -> Response:
+    response = RedirectResponse("/console/sign-in", status_code=303)
+    auth.end_session(request, response)
+    return response
+
+
+# -- home: analytics ------------------------------------------------------------------------------
+
+PERIODS = {"day": 1, "week": 7, "month": 30, "quarter": 91}
+
+
+@guard()
+async def home(request: Request, session: Session) -> Response:
+    agent = request.query_params.get("agent", "")
+    period = request.query_params.get("period", "week")
+    days = PERIODS.get(period, 7)
+    until = datetime.now(UTC)
+    since = until - timedelta(days=days)
+    figures = await queries.analytics(_db(request), agent=agent, since=since, until=until)
+    calls_chart = charts.bars([(d, float(n)) for d, n, _ in figures.per_day], title="Calls per day")
+    latency_chart = charts.bars(
+        figures.first_word_per_day, title="Prompt to first word, p95 per day", unit=" ms"
+    )
+    return render(
+        request,
+        "home.html",
+        session,
+        figures=figures,
+        agents=_agents(request),
+        agent=agent,
+        period=period,
+        periods=list(PERIODS),
+        calls_chart=calls_chart,
+        latency_chart=latency_chart,
+    )
+
+
+# -- calls ----------------------------------------------------------------------------------------
+
+
+@guard()
+async def calls(request: Request, session: Session) -> Response:
+    q = request.query_params
+    page = _page(request)
+    until = _day(q.get("until"))
+    filters = queries.CallFilters(
+        agent=q.get("agent", ""),
+        since=_start_of(_day(q.get("since"))),
+        until=_start_of(until + timedelta(days=1)) if until else None,
+        outcome=q.get("outcome", ""),
+        caller=q.get("caller", ""),
+        words=q.get("q", ""),
+        page=page,
+    )
+    rows, more = await queries.search_calls(_db(request), filters)
+    _, outcomes = await queries.agents_and_outcomes(_db(request), _agents(request))
+    return render(
+        request,
+        "calls.html",
+        session,
+        calls=rows,
+        agents=_agents(request),
+        outcomes=outcomes,
+        q=q,
+        page=page,
+        links=_page_links(request, page, more),
+    )
+
+
+@guard()
+async def call_page(request: Request, session: Session) -> Response:
+    call_sid = request.path_params["call_sid"]
+    detail = await queries.call_detail(_db(request), call_sid)
+    if detail is None:
+        return render_error(request, 404, "No such call", f"There is no call {call_sid}.")
+    top = max((w.total for w in detail.waterfalls), default=0.0) or 1.0
+    return render(
+        request,
+        "call.html",
+        session,
+        d=detail,
+        top=top,
+        replay=f"relay replay {call_sid}",
+        live=detail.call.ended_at is None,
+    )
+
+
+@guard()
+async def export(request: Request, session: Session) -> Response:
+    call_sid = request.path_params["call_sid"]
+    redact = request.query_params.get("redact", "1") != "0"
+    try:
+        recording = await export_call(_db(request), call_sid, redact=redact)
+    except Exception as exc:
+        return render_error(request, 404, "Cannot export", str(exc)[:300])
+    name = f"{call_sid}{'-redacted' if redact else ''}.jsonl"
+    return Response(
+        recording.dumps(),
+        media_type="application/x-ndjson",
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
+
+
+# -- live calls -----------------------------------------------------------------------------------
+
+
+@guard()
+async def live(request: Request, session: Session) -> Response:
+    rows = await queries.live_calls(_db(request))
+    return render(request, "live.html", session, calls=rows, now=datetime.now(UTC))
+
+
+@guard()
+async def live_api(request: Request, session: Session) -> Response:
+    now = datetime.now(UTC)
+    rows = await queries.live_calls(_db(request), now)
+    from relay.recordings.format import mask_number
+
+    return JSONResponse(
+        {
+            "calls": [
+                {
+                    "call_sid": c.call_sid,
+                    "agent": c.agent,
+                    "caller": mask_number(c.from_number) if c.from_number else "",
+                    "seconds": int((now - c.started_at).total_seconds()),
+                    "state": c.state,
+                }
+                for c in rows
+            ]
+        }
+    )
+
+
+@guard()
+async def stream(request: Request, session: Session) -> Response:
+    """Server-Sent Events: the call's transcript lines as they are recorded (any worker)."""
+    call_sid = request.path_params["call_sid"]
+    db = _db(request)
+    try:
+        after = int(request.headers.get("last-event-id") or request.query_params.get("after", "0"))
+    except ValueError:
+        after = 0
+
+    async def events() -> AsyncIterator[bytes]:
+        last = after
+        idle = 0.0
+        yield b"retry: 1000\n\n"
+        while True:
+            rows = await queries.new_events(db, call_sid, last)
+            for event in rows:
+                last = event.id
+                for line in queries.stream_lines(event):
+                    yield b"id: %d\nevent: line\ndata: %s\n\n" % (event.id, orjson.dumps(line))
+            if rows:
+                idle = 0.0
+                continue
+            if await queries.call_ended(db, call_sid):
+                yield b"event: ended\ndata: {}\n\n"
+                return
+            if await request.is_disconnected():
+                return
+            idle += STREAM_POLL
+            if idle >= 15:
+                idle = 0.0
+                yield b": keep-alive\n\n"
+            await asyncio.sleep(STREAM_POLL)
+
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+@guard()
+async def command(request: Request, session: Session) -> Response:
+    call_sid = request.path_params["call_sid"]
+    form = await request.form()
+    kind = str(form.get("kind") or "")
+    argument = str(form.get("argument") or "").strip()
+    if kind not in store.COMMANDS:
+        return JSONResponse({"error": "kind must be whisper, takeover or end"}, status_code=400)
+    if kind == "whisper" and not argument:
+        return JSONResponse({"error": "write the note to whisper"}, status_code=400)
+    if kind == "takeover" and argument and not _E164.match(argument):
+        return JSONResponse(
+            {"error": "the number to take over on must be in E.164 form, e.g. +61390001234"},
+            status_code=400,
+        )
+    if kind != "whisper" and await queries.call_ended(_db(request), call_sid):
+        return JSONResponse({"error": "the call has ended"}, status_code=409)
+    command_id = await store.add_command(
+        _db(request), call_sid, kind, argument[:2000], session.user
+    )
+    log.info("console_command", call_sid=call_sid, kind=kind, by=session.user)
+    if request.headers.get(auth.CSRF_HEADER):
+        return JSONResponse({"id": command_id, "kind": kind, "status": "pending"})
+    return RedirectResponse(f"/console/calls/{call_sid}", status_code=303)
+
+
+# -- quotes, bookings, messages ----------------------------------------------------------------------
+
+
+@guard()
+async def quotes(request: Request, session: Session) -> Response:
+    q = request.query_params
+    page = _page(request)
+    rows, more = await queries.list_quotes(
+        _db(request), agent=q.get("agent", ""), status=q.get("status", ""), page=page
+    )
+    return render(
+        request,
+        "quotes.html",
+        session,
+        quotes=rows,
+        agents=_agents(request),
+        q=q,
+        links=_page_links(request, page, more),
+    )
+
+
+@guard()
+async def bookings(request: Request, session: Session) -> Response:
+    q = request.query_params
+    page = _page(request)
+    since_day = _day(q.get("since"))
+    until_day = _day(q.get("until"))
+    rows, more = await queries.list_bookings(
+        _db(request),
+        agent=q.get("agent", ""),
+        status=q.get("status", ""),
+        since=_start_of(since_day),
+        until=_start_of(until_day + timedelta(days=1)) if until_day else None,
+        page=page,
+    )
+    return render(
+        request,
+        "bookings.html",
+        session,
+        bookings=rows,
+        agents=_agents(request),
+        q=q,
+        links=_page_links(request, page, more),
+        flash=q.get("done"),
+    )
+
+
+@guard()
+async def booking_action(request: Request, session: Session) -> Response:
+    from relay.web.console import actions
+
+    booking_id = request.path_params["booking_id"]
+    action = request.path_params["action"]
+    form = await request.form()
+    try:
+        message = await actions.booking_action(
+            _runtime(request),
+            booking_id,
+            action,
+            {k: str(v) for k, v in form.items()},
+            session.user,
+        )
+    except actions.ActionError as exc:
+        if request.headers.get(auth.CSRF_HEADER):
+            return JSONResponse({"error": str(exc)}, status_code=409)
+        return render_error(request, 409, "Not done", str(exc))
+    if request.headers.get(auth.CSRF_HEADER):
+        return JSONResponse({"done": message})
+    return RedirectResponse("/console/bookings?" + urlencode({"done": message}), status_code=303)
+
+
+@guard()
+async def messages(request: Request, session: Session) -> Response:
+    q = request.query_params
+    page = _page(request)
+    status = q.get("status", "open")
+    tickets, more = await queries.list_tickets(
+        _db(request), agent=q.get("agent", ""), status=status, page=page
+    )
+    sms = await queries.list_sms(_db(request), agent=q.get("agent", ""))
+    return render(
+        request,
+        "messages.html",
+        session,
+        tickets=tickets,
+        sms=sms,
+        agents=_agents(request),
+        q=q,
+        status=status,
+        links=_page_links(request, page, more),
+    )
+
+
+@guard()
+async def ticket_done(request: Request, session: Session) -> Response:
+    try:
+        ticket_id = int(request.path_params["ticket_id"])
+    except ValueError:
+        return JSONResponse({"error": "no such message"}, status_code=404)
+    async with _db(request).session() as db_session, db_session.begin():
+        ticket = await db_session.get(Ticket, ticket_id)
+        if ticket is None:
+            return JSONResponse({"error": "no such message"}, status_code=404)
+        ticket.status = "done"
+    log.info("console_ticket_done", ticket=ticket_id, by=session.user)
+    if request.headers.get(auth.CSRF_HEADER):
+        return JSONResponse({"id": ticket_id, "status": "done"})
+    return RedirectResponse("/console/messages", status_code=303)
+
+
+# -- knowledge ------------------------------------------------------------------------------------
+
+
+def _collections(request: Request) -> dict[str, str]:
+    """Agent name -> knowledge collection, for agents that have one."""
+    return {
+        name: agent.knowledge_collection
+        for name, agent in sorted(_runtime(request).deps.agents.agents.items())
+        if agent.knowledge_collection
+    }
+
+
+@guard(role="editor")
+async def knowledge(request: Request, session: Session) -> Response:
+    return await _knowledge_page(request, session, request.query_params.get("agent", ""))
+
+
+async def _knowledge_page(
+    request: Request,
+    session: Session,
+    agent: str,
+    results: list[dict[str, Any]] | None = None,
+    status_code: int = 200,
+) -> Response:
+    collections = _collections(request)
+    agent = agent or next(iter(collections), "")
+    store_ = _runtime(request).knowledge
+    documents: list[Any] = []
+    error = None
+    hits: list[Any] = []
+    message = ""
+    question = request.query_params.get("ask", "").strip()
+    collection = collections.get(agent, "")
+    if store_ is None:
+        error = "The knowledge store is turned off (RELAY_KNOWLEDGE=false)."
+    elif collection:
+        from knowledge import KnowledgeError
+
+        try:
+            documents = await store_.list_documents(collection, timeout=10.0)
+            if question:
+                hits, message = await _ask(request, collection, question)
+        except KnowledgeError as exc:
+            error = str(exc)
+    return render(
+        request,
+        "knowledge.html",
+        session,
+        status_code=status_code,
+        agents=list(collections),
+        agent=agent,
+        collection=collection,
+        documents=documents,
+        error=error,
+        question=question,
+        hits=hits,
+        message=message,
+        results=results,
+    )
+
+
+async def _ask(request: Request, collection: str, question: str) -> tuple[list[Any], str]:
+    """Exactly what a turn's retrieval hands the model: the same k, threshold and wording."""
+    from relay.services.retrieval import format_passages
+
+    runtime = _runtime(request)
+    retriever = runtime.retriever
+    k = retriever.k if retriever is not None else runtime.settings.knowledge_k
+    min_score = (
+        retriever.min_score if retriever is not None else runtime.settings.knowledge_min_score
+    )
+    assert runtime.knowledge is not None
+    hits = await runtime.knowledge.search(
+        collection, question, k=k, min_score=min_score, timeout=10.0
+    )
+    return hits, format_passages(hits) if hits else ""
+
+
+@guard(role="editor")
+async def knowledge_upload(request: Request, session: Session) -> Response:
+    from knowledge import DocumentError, KnowledgeError
+
+    collections = _collections(request)
+    form = await request.form(max_files=50)
+    agent = str(form.get("agent") or "")
+    collection = collections.get(agent)
+    store_ = _runtime(request).knowledge
+    if collection is None or store_ is None:
+        return render_error(request, 400, "Cannot upload", "Pick an agent with a knowledge base.")
+    files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
+    results: list[dict[str, Any]] = []
+    for item in files:
+        name = item.filename or "upload"
+        data = await item.read(MAX_UPLOAD_BYTES + 1)
+        if not data and not name:
+            continue
+        if len(data) > MAX_UPLOAD_BYTES:
+            results.append(
+                {"path": name, "status": "failed", "chunks": 0,
+                 "error": f"over the size limit of {MAX_UPLOAD_BYTES} bytes"}
+            )  # fmt: skip
+            continue
+        try:
+            result = await store_.add_bytes(collection, name, data, timeout=120.0)
+        except DocumentError as exc:
+            results.append({"path": name, "status": "failed", "chunks": 0, "error": str(exc)})
+            continue
+        except KnowledgeError as exc:
+            results.append({"path": name, "status": "failed", "chunks": 0, "error": str(exc)})
+            continue
+        results.append(
+            {"path": result.path, "status": str(result.status), "chunks": result.chunks,
+             "error": result.error, "version": result.version}
+        )  # fmt: skip
+    if not results:
+        results.append({"path": "", "status": "failed", "chunks": 0, "error": "choose a file"})
+    log.info("console_upload", agent=agent, files=len(results), by=session.user)
+    if request.headers.get(auth.CSRF_HEADER):
+        return JSONResponse(
+            {"results": results, "failed": sum(1 for r in results if r["status"] == "failed")}
+        )
+    # The page itself, not a redirect: the results need no state kept between requests.
+    failed = sum(1 for r in results if r["status"] == "failed")
+    return await _knowledge_page(
+        request,
+        session,
+        agent,
+        results,
+        200 if not failed else (207 if failed < len(results) else 422),
+    )
+
+
+@guard(role="editor")
+async def knowledge_remove(request: Request, session: Session) -> Response:
+    collections = _collections(request)
+    form = await request.form()
+    agent = str(form.get("agent") or "")
+    doc_id = str(form.get("doc_id") or "")
+    collection = collections.get(agent)
+    store_ = _runtime(request).knowledge
+    if collection is None or store_ is None or not doc_id:
+        return render_error(request, 400, "Cannot remove", "Pick an agent and a document.")
+    removed = await store_.remove(collection, doc_id, timeout=30.0)
+    if not removed:
+        return render_error(request, 404, "Cannot remove", f"There is no document {doc_id}.")
+    log.info("console_document_removed", agent=agent, doc_id=doc_id, by=session.user)
+    return RedirectResponse("/console/knowledge?" + urlencode({"agent": agent}), status_code=303)
+
+
+# -- static -------------------------------------------------------------------------------------------
+
+
+async def static(request: Request) -> Response:
+    from relay.web.console.render import STATIC
+
+    name = request.path_params["name"]
+    if not await auth.enabled(request) or name not in ("console.css", "console.js"):
+        return auth.not_found()
+    media = "text/css" if name.endswith(".css") else "text/javascript"
+    return Response(
+        (STATIC / name).read_bytes(),
+        media_type=media,
+        headers={"Cache-Control": "public, max-age=300"},
+    )

@@ -1,0 +1,220 @@
+"""Running relay for real: what the app wires in for health, metrics, drain, admission and
+retention (each in its own module; this one only connects them to the app).
+
+``start`` runs in the lifespan; it sets ``runtime.ops`` (:class:`Operations`: the call gate, the
+rate limiter, the metrics sampler), ``runtime.drain`` and ``runtime.model_probe``. The handlers
+in :mod:`relay.web.app` call :func:`admit`, :func:`forged`, :func:`session_opened` and
+:func:`session_closed`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from relay import metrics
+from relay.agents import AgentProfile
+from relay.services import retention
+from relay.web import drain as drain_
+from relay.web import health
+from relay.web.admission import CallGate, LimitedModel, RateLimiter, busy_twiml, too_many
+
+log = structlog.get_logger("relay.web.operations")
+
+#: How often the sampled gauges (recorder backlog, failure counters kept by other objects)
+#: are brought up to date; a scrape also samples first.
+SAMPLE_EVERY = 5.0
+
+
+async def start(
+    runtime: Any, background: list[asyncio.Task[Any]], *, probe_model: bool = True
+) -> Callable[[], None]:
+    """Build and start everything; returns what the lifespan calls when it ends.
+
+    ``probe_model`` is False when the model is an in-process fake (no server to probe)."""
+    settings, deps = runtime.settings, runtime.deps
+    gate = CallGate(settings.max_calls)
+    sampler = _Sampler(runtime)
+    limiter = RateLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
+    runtime.ops = Operations(gate=gate, limiter=limiter, sampler=sampler)
+    drain = drain_.Drain(gate, deps.recorder, settings.drain_seconds)
+    runtime.drain = drain
+    if settings.max_llm_concurrency is not None:
+        deps.llm = LimitedModel(deps.llm, settings.max_llm_concurrency)
+    if probe_model:
+        probe = health.model_probe(runtime)
+        await probe.probe()  # the first answer before the first /readyz
+        background.append(asyncio.create_task(probe.run(), name="relay-model-probe"))
+    background.append(asyncio.create_task(sampler.run(), name="relay-metrics-sampler"))
+    if settings.retention_days is not None or settings.mask_numbers_after_days is not None:
+        background.append(
+            asyncio.create_task(
+                retention.run_daily(
+                    deps.db,
+                    retention_days=settings.retention_days,
+                    mask_after_days=settings.mask_numbers_after_days,
+                    now=lambda: deps.now(),
+                ),
+                name="relay-retention",
+            )
+        )
+    restore_signal = drain_.install(drain)
+
+    def stop() -> None:
+        restore_signal()
+        metrics.process_exited(os.getpid())  # this worker's live gauges leave the sums
+
+    return stop
+
+
+@dataclass
+class Operations:
+    """This process's admission state and metrics sampler (``runtime.ops``)."""
+
+    gate: CallGate
+    limiter: RateLimiter
+    sampler: _Sampler
+
+
+def routes() -> list[BaseRoute]:
+    return [*health.routes(), Route("/metrics", prometheus, methods=["GET"])]
+
+
+def limit_admin(routes: list[Any]) -> list[Any]:
+    """The admin API's routes, each behind the per-source rate limit."""
+    for route in routes:
+        route.app = _AdminLimit(route.app)
+    return routes
+
+
+# -- admission ------------------------------------------------------------------------------
+
+
+def admit(runtime: Any, agent: AgentProfile, form: dict[str, str]) -> Response | None:
+    """None to connect the call, or the polite TwiML when this process cannot take it."""
+    ops: Operations | None = runtime.ops
+    drain: drain_.Drain | None = runtime.drain
+    reason = None
+    if drain is not None and drain.draining:
+        reason = "draining"
+    elif ops is not None and ops.gate.full:
+        reason = "capacity"
+    if reason is None:
+        return None
+    metrics.CALLS_REJECTED.labels(reason).inc()
+    log.warning("call_refused", reason=reason, call_sid=form.get("CallSid", ""), agent=agent.name)
+    return Response(busy_twiml(agent, form.get("To")), media_type="application/xml")
+
+
+def forged(request: Request) -> Response | None:
+    """A request failed the signature check: 429 once its source is over the limit, else None
+    (the caller answers 403)."""
+    ops: Operations | None = request.app.state.runtime.ops
+    if ops is None:
+        return None
+    wait = ops.limiter.take("forged:" + _client(request.scope))
+    return too_many(wait, "forged") if wait > 0 else None
+
+
+def session_opened(runtime: Any, session: Any) -> None:
+    if runtime.ops is not None:
+        runtime.ops.gate.enter(session)
+
+
+def session_closed(runtime: Any, session: Any) -> None:
+    if runtime.ops is not None:
+        runtime.ops.gate.leave(session)
+    if session.setup is not None:
+        metrics.call_ended(session.agent.name, session.outcome or "hung-up")
+    if session.invalid_frames:
+        metrics.INVALID_FRAMES.inc(session.invalid_frames)
+
+
+# -- metrics ----------------------------------------------------------------------------------
+
+
+class _Sampler:
+    """Brings gauges and counters kept by other objects (the recorder, the retriever) into the
+    Prometheus instruments, as increments: nothing on the call path waits for it."""
+
+    def __init__(self, runtime: Any) -> None:
+        self.runtime = runtime
+        self._recorder_failures = 0
+        self._knowledge_failures = 0
+
+    def sample(self) -> None:
+        recorder = self.runtime.deps.recorder
+        metrics.RECORDER_BACKLOG.set(recorder.pending)
+        failures = recorder.failures
+        if failures > self._recorder_failures:
+            metrics.RECORDER_FAILURES.inc(failures - self._recorder_failures)
+        self._recorder_failures = failures
+        retriever = self.runtime.retriever
+        failed = getattr(retriever, "failures", 0)
+        if failed > self._knowledge_failures:
+            metrics.KNOWLEDGE_FAILURES.inc(failed - self._knowledge_failures)
+        self._knowledge_failures = failed
+
+    async def run(self) -> None:
+        while True:
+            self.sample()
+            await asyncio.sleep(SAMPLE_EVERY)
+
+
+async def prometheus(request: Request) -> Response:
+    """``GET /metrics``: the text exposition format (bearer ``RELAY_METRICS_TOKEN`` if set)."""
+    runtime = request.app.state.runtime
+    token: str | None = runtime.settings.metrics_token
+    if token and not _bearer_ok(request, token):
+        return Response(
+            "Unauthorized\n",
+            status_code=401,
+            media_type="text/plain",
+            headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+        )
+    if runtime.ops is not None:
+        runtime.ops.sampler.sample()
+    body = await asyncio.to_thread(metrics.exposition) if metrics.multiprocess_dir() else None
+    return Response(body or metrics.exposition(), media_type=metrics.CONTENT_TYPE)
+
+
+def _bearer_ok(request: Request, token: str) -> bool:
+    given = request.headers.get("authorization", "")
+    scheme, _, value = given.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        value.strip().encode(), token.encode()
+    )
+
+
+# -- rate limits ------------------------------------------------------------------------------
+
+
+def _client(scope: Scope) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
+
+
+class _AdminLimit:
+    """ASGI wrapper: the admin API, per source, at the configured rate."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ops: Operations | None = scope["app"].state.runtime.ops
+        if ops is not None:
+            wait = ops.limiter.take("admin:" + _client(scope))
+            if wait > 0:
+                await too_many(wait, "admin")(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

@@ -1,0 +1,62 @@
+"""Wiring of the post-call work (relay.services.postcall) into the app: built in the lifespan
+from the settings, handed each closed session, closed at shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from relay.services import costs
+from relay.services.analysis import Analyser
+from relay.services.email import smtp_settings
+from relay.services.postcall import PostCall
+from relay.services.webhooks import WebhookOutbox
+
+if TYPE_CHECKING:
+    from relay.call.session import CallSession
+    from relay.web.app import Runtime
+
+
+def start(runtime: Runtime, background: list[asyncio.Task[Any]]) -> PostCall:
+    """Build the post-call work, start the webhook outbox, give tools the SMTP settings."""
+    settings, deps = runtime.settings, runtime.deps
+    smtp = smtp_settings(settings.smtp_url, settings.email_from)
+    if smtp is not None:
+        deps.services = {
+            name: {**services, "smtp": smtp} for name, services in deps.services.items()
+        }
+    outbox = None
+    if any(agent.webhook_url for agent in deps.agents.agents.values()):
+        outbox = WebhookOutbox(
+            deps.db,
+            deps.http,
+            secret=settings.webhook_secret,
+            max_attempts=settings.webhook_max_attempts,
+        )
+        background.append(asyncio.create_task(outbox.run(), name="relay-webhook-outbox"))
+    analyser = None
+    if settings.analysis_enabled:
+        analyser = Analyser(
+            deps.http,
+            base_url=settings.llm_base_url,
+            api_key=settings.llm_api_key(),
+            default_model=settings.llm_model or "gpt-4o-mini",
+        )
+    postcall = PostCall(
+        deps.db,
+        deps.agents,
+        costs.load_prices(settings.prices),
+        outbox=outbox,
+        analyser=analyser,
+        smtp=smtp,
+        now=lambda: deps.now(),
+    )
+    runtime.postcall = postcall
+    runtime.closers.insert(0, postcall.aclose)
+    return postcall
+
+
+def session_closed(runtime: Runtime, session: CallSession) -> None:
+    """A session's handler returned (its recording is flushed): work out how the call went."""
+    if runtime.postcall is not None:
+        runtime.postcall.call_ended(session.call_sid)

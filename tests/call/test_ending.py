@@ -1,0 +1,226 @@
+"""How a call ends on its own, and what its summary counts: a caller who goes quiet is asked
+once whether they are still there, then told goodbye and the call ended; interrupts whose
+utterance is only a backchannel are counted. Also the session's own limits: a bounded buffer
+before ``setup`` and a late close that leaves a live call alone.
+
+The agent's silence is shortened in its profile and speech is made instant, so the waits are
+for frames (with a time limit), never for time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from sqlalchemy import select
+
+from relay.call.ending import is_backchannel
+from relay.storage import repository
+from relay.storage.models import Event
+from relay.testing import ScriptedLLM, Text, ToolCall, ToolCalls
+from tests.conftest import SHIPPED_AGENT, agent_toml
+
+#: Tests using the shared ``relay`` fixture run in the module's event loop.
+shared = pytest.mark.asyncio(loop_scope="module")
+
+STILL_THERE = "Are you still there?"
+GOODBYE = "I'll let you go now. Please call back any time. Goodbye!"
+
+
+def write_agent(prompts_dir: Path, **fields: Any) -> None:
+    head = "".join(f"{k} = {orjson.dumps(v).decode()}\n" for k, v in fields.items())
+    (prompts_dir / SHIPPED_AGENT.name).write_text(head + agent_toml(), encoding="utf-8")
+
+
+def instant_speech(runtime: Any) -> None:
+    runtime.deps.speech_seconds = lambda text: 0.0
+
+
+def strip(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in f.items() if k != "_t"} for f in frames]
+
+
+async def events(relay: Any, call_sid: str, kind: str) -> list[dict[str, Any]]:
+    async with relay.runtime.deps.db.session() as session:
+        rows = await session.scalars(
+            select(Event).where(Event.call_sid == call_sid, Event.kind == kind).order_by(Event.seq)
+        )
+        return [e.data for e in rows]
+
+
+async def test_a_silent_caller_is_asked_once_then_told_goodbye_and_the_call_ends(
+    start_relay: Any, prompts_dir: Path
+) -> None:
+    write_agent(prompts_dir, silence_timeout=0.2)
+    async with start_relay(configure=instant_speech) as relay:
+        call = relay.call()
+        await call.connect()  # the greeting is said; then nothing from the caller
+        asked = await call.next_frame()
+        goodbye = await call.next_frame()
+        end = await call.next_frame()
+        await call.close()
+        await relay.session_closed()
+        row = await repository.get_call(relay.runtime.deps.db, call.call_sid)
+        silent = await events(relay, call.call_sid, "caller_silent")
+        _, turns = await repository.call_history(relay.runtime.deps.db, call.call_sid)
+
+    assert strip([asked, goodbye]) == [
+        {"type": "text", "token": STILL_THERE, "last": True},
+        {"type": "text", "token": GOODBYE, "last": True},
+    ]
+    assert end is not None and end["type"] == "end"
+    assert orjson.loads(end["handoffData"]) == {"reasonCode": "end-call", "reason": "caller-silent"}
+    assert row is not None and row.outcome == "caller-silent"
+    assert [e["action"] for e in silent] == ["re-prompt", "end"]
+    assert [t.content for t in turns if t.role == "assistant"][-2:] == [STILL_THERE, GOODBYE]
+
+
+async def test_a_caller_who_answers_the_re_prompt_carries_on(
+    start_relay: Any, prompts_dir: Path
+) -> None:
+    write_agent(prompts_dir, silence_timeout=0.2)
+    llm = ScriptedLLM([Text("Great. How can I help?")])
+    async with start_relay(llm, configure=instant_speech) as relay:
+        call = relay.call()
+        await call.connect()
+        asked = await call.next_frame()
+        reply = await call.say("Yes, sorry, I'm here")
+        asked_again = await call.next_frame()  # silent again: asked again, not told goodbye
+
+    assert asked is not None and asked["token"] == STILL_THERE
+    assert reply.text == "Great. How can I help?"
+    assert asked_again is not None and asked_again["token"] == STILL_THERE
+
+
+async def test_with_speaker_events_silence_counts_from_the_end_of_playback(
+    start_relay: Any, prompts_dir: Path
+) -> None:
+    write_agent(prompts_dir, silence_timeout=0.2)
+    llm = ScriptedLLM([Text("Sure.")])
+
+    def slow_speech(runtime: Any) -> None:
+        runtime.deps.speech_seconds = lambda text: 60.0  # the estimate would wait a minute
+
+    async with start_relay(llm, configure=slow_speech) as relay:
+        call = relay.call()
+        await call.connect()
+        await call.info("agentSpeaking", "on")
+        reply = await call.say("Hello")
+        await call.info("agentSpeaking", "off")  # Twilio: playback finished
+        asked = await call.next_frame()
+
+    assert reply.text == "Sure."
+    assert asked is not None and asked["token"] == STILL_THERE
+
+
+async def test_no_re_prompt_while_the_caller_types_digits(
+    start_relay: Any, prompts_dir: Path
+) -> None:
+    write_agent(prompts_dir, silence_timeout=0.1)
+    llm = ScriptedLLM(
+        [
+            ToolCalls([ToolCall("collect_digits", {"purpose": "booking reference"})]),
+            Text("Thanks, found it."),
+        ]
+    )
+
+    def configure(runtime: Any) -> None:
+        instant_speech(runtime)
+        runtime.deps.digit_pause = 0.5  # longer than the silence timeout
+
+    async with start_relay(llm, configure=configure) as relay:
+        call = relay.call()
+        await call.connect()
+        await call.say("My booking reference?")  # the talk cycle closes: digits are awaited
+        await asyncio.sleep(0.4)  # gives a wrong re-prompt its chance; nothing is timed
+        await call.dtmf("4")
+        await call.dtmf("2")
+        await call.dtmf("#")
+        reply = await call.reply()
+
+    assert reply.text == "Thanks, found it."
+    assert STILL_THERE not in [f.get("token") for f in call.frames]
+
+
+@shared
+async def test_backchannel_interrupts_are_counted_in_the_call_summary(relay: Any) -> None:
+    relay.llm.push(Text("We move pianos."), Text("And we store them."), Text("Yes."))
+    call = relay.call()
+    await call.connect()
+    await call.say("What do you do?")
+    await call.interrupt("We move")
+    await call.say("uh-huh")
+    await call.interrupt("And we")
+    await call.say("Do you go to Geelong?")
+    await call.close()
+    await relay.session_closed()
+
+    backchannel = await events(relay, call.call_sid, "backchannel_interrupt")
+    [end] = await events(relay, call.call_sid, "session_end")
+    assert backchannel == [{"utterance": "uh-huh"}]
+    assert (end["interrupts"], end["backchannel_interrupts"]) == (2, 1)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("uh-huh", True),
+        ("Yeah, okay.", True),
+        ("mm", True),
+        ("I see", True),
+        ("Mm-hmm, right", True),
+        ("yeah but how much", False),
+        ("wait", False),
+        ("", False),
+    ],
+)
+def test_backchannel_detection(text: str, expected: bool) -> None:
+    assert is_backchannel(text) is expected
+
+
+@shared
+async def test_frames_before_setup_are_kept_up_to_a_limit(relay: Any) -> None:
+    relay.llm.push(Text("Hi."))
+    call = relay.call()
+    await call.connect(setup=False)
+    for n in range(100):
+        await call.send({"type": "info", "name": "noise", "value": str(n)})
+    await call.send_setup()
+    reply = await call.say("Hello")
+    await call.close()
+    await relay.session_closed()
+
+    async with relay.runtime.deps.db.session() as session:
+        kinds = (
+            await session.scalars(select(Event.kind).where(Event.call_sid == call.call_sid))
+        ).all()
+    assert reply.text == "Hi."
+    assert kinds.count("frame_in") == 64 + 2  # 64 kept before setup; the setup and the prompt
+    assert await events(relay, call.call_sid, "pre_setup_dropped") == [{"frames": 36}]
+
+
+@shared
+async def test_a_late_close_of_an_old_socket_leaves_the_live_call_alone(relay: Any) -> None:
+    relay.llm.push(Text("Hello again."))
+    old = relay.call()
+    await old.connect()
+    new = relay.call(call_sid=old.call_sid)  # Twilio reconnected the call on a new socket
+    await new.connect()
+    reply = await new.say("Are you there?")
+    await old.close()  # ...and the old socket's close arrives late
+    await relay.session_closed(1)
+    live = await repository.get_call(relay.runtime.deps.db, old.call_sid)
+    await new.close()
+    await relay.session_closed(2)
+    ended = await repository.get_call(relay.runtime.deps.db, old.call_sid)
+
+    assert reply.text == "Hello again."
+    assert live is not None and (live.status, live.outcome, live.ended_at) == (
+        "in-progress",
+        None,
+        None,
+    )
+    assert ended is not None and (ended.status, ended.outcome) == ("completed", "hung-up")

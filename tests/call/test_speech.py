@@ -1,0 +1,149 @@
+"""The speech filter: Markdown becomes spoken sentences; prices and bookings are guarded."""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+
+import pytest
+
+from relay.call.speech import Emit, Speech, amounts_in, claims_booking, spoken_amount
+
+
+def run(speech: Speech, tokens: list[str]) -> tuple[str, str | None]:
+    sent: list[str] = []
+    stop: str | None = None
+    for token in tokens:
+        emit = speech.feed(token)
+        sent.append(emit.text)
+        if emit.stop:
+            stop = emit.stop
+            break
+    else:
+        emit = speech.close()
+        sent.append(emit.text)
+        stop = emit.stop
+    return "".join(sent), stop
+
+
+def chars(text: str) -> list[str]:
+    """A reply streamed in awkward pieces: three characters at a time."""
+    return [text[i : i + 3] for i in range(0, len(text), 3)]
+
+
+@pytest.mark.parametrize(
+    ("reply", "heard"),
+    [
+        ("Hello there, how can I help?", "Hello there, how can I help?"),
+        (
+            "We offer:\n- **storage**\n- *moving*\n- tuning\n\nAnything else?",
+            "We offer: storage, moving, tuning. Anything else?",
+        ),
+        (
+            "## Our hours\nWe open at 8.\n1. Call us\n2. Book online",
+            "Our hours. We open at 8. Call us, Book online",
+        ),
+        ("See [our prices](https://example.com/prices) page 🎹!", "See our prices page !"),
+        ("Use `code` and ```\nprint(1)\n``` done", "Use code and done"),
+        ("Line one\nline two", "Line one. line two"),
+    ],
+)
+def test_markdown_and_line_breaks_become_speech(reply: str, heard: str) -> None:
+    for tokens in (re.findall(r"\s*\S+", reply), chars(reply), [reply]):
+        speech = Speech(guard_prices=False, guard_bookings=False)
+        text, stop = run(speech, tokens)
+        assert stop is None
+        assert text == heard
+        assert speech.text == heard
+        assert "\n" not in text and "*" not in text and "#" not in text
+
+
+def test_holds_back_at_most_the_word_being_written() -> None:
+    speech = Speech(guard_prices=False, guard_bookings=False)
+    assert speech.feed("Hello") == Emit("")
+    assert speech.feed(" the") == Emit("Hello")
+    assert speech.feed("re friend") == Emit(" there")
+
+
+def test_a_long_reply_stops_at_the_sentence_end_after_the_limit() -> None:
+    speech = Speech(max_words=5, guard_prices=False, guard_bookings=False)
+    text, stop = run(speech, chars("One two three. Four five six seven. Eight nine ten."))
+    assert (text, stop) == ("One two three. Four five six seven.", "limit")
+
+
+def test_an_amount_a_tool_produced_is_said() -> None:
+    speech = Speech(allowed_amounts=lambda: {Decimal("420.50")})
+    text, stop = run(speech, chars("The total is $420.50 including GST."))
+    assert (text, stop) == ("The total is $420.50 including GST.", None)
+    speech = Speech(allowed_amounts=lambda: {Decimal("420.50")})
+    text, stop = run(speech, chars("That's four hundred and twenty dollars and fifty cents."))
+    assert stop is None and text.endswith("fifty cents.")
+
+
+def test_an_invented_amount_is_never_heard() -> None:
+    speech = Speech(allowed_amounts=lambda: {Decimal("420.50")})
+    text, stop = run(
+        speech, chars("The total price is six hundred and fifty dollars. Shall I book?")
+    )
+    assert stop == "price"
+    assert text == "The total price is"
+    assert speech.blocked == ["six hundred and fifty dollars."]
+    speech = Speech(allowed_amounts=set)
+    text, stop = run(speech, chars("It costs $650 to move."))
+    assert (text, stop) == ("It costs", "price")
+
+
+def test_numbers_that_are_not_money_pass() -> None:
+    speech = Speech(allowed_amounts=set)
+    text, stop = run(speech, chars("We can move 2 pianos on the 24th with three movers and a van."))
+    assert stop is None
+    assert text == "We can move 2 pianos on the 24th with three movers and a van."
+
+
+def test_a_booking_claim_needs_a_booking() -> None:
+    speech = Speech(booked=lambda: False)
+    text, stop = run(speech, chars("Great news. You're all booked for Tuesday."))
+    assert (text, stop) == ("Great news. You're all", "booking")
+    speech = Speech(booked=lambda: True)
+    text, stop = run(speech, chars("Great news. You're all booked for Tuesday."))
+    assert (text, stop) == ("Great news. You're all booked for Tuesday.", None)
+    speech = Speech(booked=lambda: False)
+    text, stop = run(speech, chars("Shall I book it for Tuesday? I'll book it once you confirm."))
+    assert stop is None
+
+
+@pytest.mark.parametrize(
+    "sentence",
+    [
+        "I've booked your piano move",
+        "Your booking is confirmed",
+        "You are booked in for Monday",
+        "That's all set for Friday",
+        "We have scheduled the crew",
+        "It\u2019s booked",
+    ],
+)
+def test_claims(sentence: str) -> None:
+    assert claims_booking(sentence)
+
+
+@pytest.mark.parametrize(
+    "sentence",
+    ["Would you like me to book it?", "I'll book it now", "Booking takes a minute", "Let me check"],
+)
+def test_not_claims(sentence: str) -> None:
+    assert not claims_booking(sentence)
+
+
+def test_spoken_amounts() -> None:
+    assert spoken_amount(["$1,234.50"]) == Decimal("1234.50")
+    assert spoken_amount(["650", "dollars"]) == Decimal(650)
+    assert spoken_amount(["twenty-five", "dollars"]) == Decimal(25)
+    assert spoken_amount(["one", "thousand", "two", "hundred", "bucks"]) == Decimal(1200)
+    assert spoken_amount(["3", "pianos"]) is None
+    assert amounts_in("Total $420.50: base $300, stairs $120.50 and 15 dollars") == {
+        Decimal("420.50"),
+        Decimal(300),
+        Decimal("120.50"),
+        Decimal(15),
+    }

@@ -1,0 +1,250 @@
+"""The call's history keeps OpenAI's order rule by construction: an assistant message with tool
+calls is followed at once by one tool message per call, whatever the caller does meanwhile.
+
+The scripted model refuses (HTTP 400, as OpenAI does) any request that breaks a rule, and the
+``relay`` fixtures fail a test that caused one; these tests also check the order directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from relay.call.transcript import NOT_DONE, Role, ToolCallItem, Transcript
+from relay.storage import repository
+from relay.testing import ScriptedLLM, Text, ToolCall, ToolCalls
+from relay.testing.openai_rules import check_chat_request
+from relay.tools import ToolRegistry
+from relay.tools.calls import TOOLS
+
+WAIT = 10.0
+
+
+def roles(request: dict[str, Any]) -> list[tuple[str, str]]:
+    """(role, content or tool_call_id) of a request's messages after the system prompt."""
+    out = []
+    for m in request["messages"][1:]:
+        if m.get("tool_calls"):
+            out.append((m["role"], "calls " + ",".join(c["id"] for c in m["tool_calls"])))
+        elif m["role"] == "tool":
+            out.append(("tool", f"{m['tool_call_id']}: {m['content']}"))
+        else:
+            out.append((m["role"], m["content"]))
+    return out
+
+
+class SlowTool:
+    """``switch_language`` made slow: it waits for a gate the test never opens."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.cancelled = 0
+        original = next(t for t in TOOLS if t.name == "switch_language")
+
+        async def slow(ctx: Any, language: str) -> Any:
+            self.started.set()
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                raise
+            return await original.function(ctx, language)  # pragma: no cover
+
+        self.tools = [dataclasses.replace(t, function=slow) if t is original else t for t in TOOLS]
+
+    def configure(self, runtime: Any) -> None:
+        runtime.deps.tools = ToolRegistry(self.tools)
+        runtime.deps.filler_after = 60.0  # no filler line: the frames are exactly the replies
+
+
+async def read_reply(call: Any) -> str:
+    """The text of the next complete talk cycle, skipping empty closing frames."""
+    said: list[str] = []
+    while True:
+        frame = await call.next_frame(WAIT)
+        assert frame is not None, "the socket closed"
+        if frame["type"] == "text":
+            said.append(frame["token"])
+            if frame.get("last") and "".join(said):
+                return "".join(said)
+
+
+@pytest.mark.parametrize("barge_in", ["final prompt", "interrupt then prompt"])
+async def test_the_caller_speaking_during_a_slow_tool_keeps_every_request_valid(
+    start_relay: Any, barge_in: str
+) -> None:
+    slow = SlowTool()
+    llm = ScriptedLLM(
+        [
+            ToolCalls([ToolCall("switch_language", {"language": "Spanish"}, id="call_slow")]),
+            Text("Sure, English it is."),
+            Text("You're welcome."),
+        ]
+    )
+    async with start_relay(llm, configure=slow.configure) as relay:
+        call = relay.call()
+        await call.connect()
+        await call.prompt("Do you speak Spanish?")
+        await asyncio.wait_for(slow.started.wait(), WAIT)  # the tool is running...
+        if barge_in == "interrupt then prompt":
+            await call.interrupt("")  # ...when the caller barges in
+        await call.prompt("Actually, English is fine")
+        first = await read_reply(call)
+        second = await call.say("Thanks")
+        await call.close()
+        await relay.session_closed()
+        _, turns = await repository.call_history(relay.runtime.deps.db, call.call_sid)
+
+    assert first == "Sure, English it is."
+    assert second.text == "You're welcome."
+    assert slow.cancelled == 1
+    assert llm.rejected == []
+    assert [check_chat_request(r) for r in llm.requests] == [None, None, None]
+    assert roles(llm.requests[1])[1:] == [
+        ("user", "Do you speak Spanish?"),
+        ("assistant", "calls call_slow"),
+        ("tool", "call_slow: " + NOT_DONE),
+        ("user", "Actually, English is fine"),
+    ]
+    assert roles(llm.requests[2])[-3:] == [
+        ("user", "Actually, English is fine"),
+        ("assistant", "Sure, English it is."),
+        ("user", "Thanks"),
+    ]
+    # Stored in the same order, so a resumed call reads a valid history back.
+    assert [(t.role, t.tool_call_id) for t in turns[1:5]] == [
+        ("user", None),
+        ("assistant", None),
+        ("tool", "call_slow"),
+        ("user", None),
+    ]
+
+
+async def test_a_resumed_call_sends_a_valid_history(start_relay: Any) -> None:
+    slow = SlowTool()
+    llm = ScriptedLLM(
+        [
+            ToolCalls([ToolCall("switch_language", {"language": "Spanish"}, id="call_slow")]),
+            Text("Where were we?"),
+        ]
+    )
+    async with start_relay(llm, configure=slow.configure) as relay:
+        call = relay.call()
+        await call.connect()
+        await call.prompt("Do you speak Spanish?")
+        await asyncio.wait_for(slow.started.wait(), WAIT)
+        await call.drop()  # the socket dies with the tool running
+        await relay.session_closed()
+        again = relay.call(call_sid=call.call_sid)
+        await again.connect()
+        reply = await again.say("Hello? Are you there?")
+
+    assert reply.text == "Where were we?"
+    assert llm.rejected == []
+    history = roles(llm.requests[1])
+    asked = history.index(("user", "Do you speak Spanish?"))
+    assert history[asked + 1 : asked + 3] == [
+        ("assistant", "calls call_slow"),
+        ("tool", "call_slow: " + NOT_DONE),
+    ]
+    assert history[-1] == ("user", "Hello? Are you there?")
+
+
+# -- the transcript on its own -------------------------------------------------------------
+
+
+def transcript() -> tuple[Transcript, list[dict[str, Any]]]:
+    recorded: list[dict[str, Any]] = []
+    t = Transcript(record=lambda row: recorded.append(dict(row)), now=lambda: datetime.now(UTC))
+    t.call_sid, t.session_id = "CA1", "VX1"
+    return t, recorded
+
+
+def test_tool_calls_get_their_answers_at_once_and_later_messages_follow_them() -> None:
+    t, _ = transcript()
+    t.user("What does it cost?")
+    reply = t.assistant("Let me check.")
+    calls = [ToolCallItem("call_a", "quote", "{}"), ToolCallItem("call_b", "dates", "{}")]
+    into, (a, b) = t.add_tool_calls(reply, calls)
+    t.user("Hello?")  # the caller speaks while the tools run
+    t.answer(a, "Quote: $544.")
+
+    assert into is reply and a.answered and not b.answered
+    assert [(m.role, m.content) for m in t] == [
+        (Role.USER, "What does it cost?"),
+        (Role.ASSISTANT, "Let me check."),
+        (Role.TOOL, "Quote: $544."),
+        (Role.TOOL, NOT_DONE),
+        (Role.USER, "Hello?"),
+    ]
+    assert [m.seq for m in t] == [0, 1, 2, 3, 4]
+    body = {"model": "m", "messages": t.openai()}
+    assert check_chat_request(body) is None
+
+
+def test_calls_for_a_message_that_is_no_longer_last_go_on_a_new_message() -> None:
+    t, _ = transcript()
+    reply = t.assistant("Let me see")
+    t.system("Note from your supervisor: be brief.")
+    into, [answer] = t.add_tool_calls(reply, [ToolCallItem("call_a", "quote", "{}")])
+
+    assert into is not reply and t.messages[-2] is into and t.messages[-1] is answer
+    assert check_chat_request({"model": "m", "messages": t.openai()}) is None
+
+
+@dataclass
+class Row:
+    call_sid: str
+    session_id: str
+    seq: int
+    role: str
+    content: str
+    created_at: datetime
+    tool_calls: list[Any] | None = None
+    tool_call_id: str | None = None
+    tool_name: str | None = None
+
+
+def test_a_history_stored_out_of_order_is_loaded_in_a_valid_order() -> None:
+    # What the old session stored when the caller spoke during a tool: call, user, answer.
+    now = datetime.now(UTC)
+    call = {"id": "call_a", "type": "function", "function": {"name": "quote", "arguments": "{}"}}
+    other = {"id": "call_b", "type": "function", "function": {"name": "dates", "arguments": "{}"}}
+    rows = [
+        Row("CA1", "VX1", 0, "assistant", "Hi!", now),
+        Row("CA1", "VX1", 1, "user", "A quote please", now),
+        Row("CA1", "VX1", 2, "assistant", "", now, tool_calls=[call, other]),
+        Row("CA1", "VX1", 3, "user", "Hello?", now),
+        Row("CA1", "VX1", 4, "tool", "Quote: $544.", now, tool_call_id="call_a"),
+        Row("CA1", "VX1", 5, "tool", "stray", now, tool_call_id="call_zzz"),
+    ]
+    t, recorded = transcript()
+    t.load(rows)
+
+    assert [(m.role.value, m.content) for m in t] == [
+        ("assistant", "Hi!"),
+        ("user", "A quote please"),
+        ("assistant", ""),
+        ("tool", "Quote: $544."),
+        ("tool", NOT_DONE),
+        ("user", "Hello?"),
+    ]
+    assert check_chat_request({"model": "m", "messages": t.openai()}) is None
+    assert t.next_seq == 7  # the missing answer was given seq 6 and recorded
+    assert [(r["seq"], r["tool_call_id"]) for r in recorded] == [(6, "call_b")]
+
+
+def test_cutting_to_what_was_heard_keeps_the_tool_calls() -> None:
+    t, _ = transcript()
+    t.user("Quote please")
+    reply = t.assistant("Let me work that out for you. ")
+    t.add_tool_calls(reply, [ToolCallItem("call_a", "quote", "{}")])
+    t.cut_to_heard("Let me")
+
+    assert reply.content == "Let me" and reply.row["interrupted"] is True
+    assert reply.tool_calls and check_chat_request({"model": "m", "messages": t.openai()}) is None

@@ -1,0 +1,230 @@
+"""The LLM trouble policy, session side: a filler line when the model is slow, the apology
+within the turn's budget, and after two failed turns in a row the offer of a person, carried
+out without the model when the caller agrees or says nothing useful.
+
+Every test runs against a real relay (uvicorn, WebSocket) and the scripted model; the agent's
+timings are shortened in its profile. Waiting is for frames, never for time.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy import select
+
+from relay.call.trouble import answer_to_offer
+from relay.storage import repository
+from relay.storage.models import Event, Ticket
+from relay.testing import Fail, ScriptedLLM, Stall, Text
+from tests.conftest import SHIPPED_AGENT, agent_toml
+
+APOLOGY = "Sorry, I've hit a snag on my end. Could you say that again for me?"
+OFFER_PERSON = (
+    "I'm sorry, I'm having real trouble on my end. "
+    "Would you like me to put you through to someone from our office?"
+)
+OFFER_MESSAGE = (
+    "I'm sorry, I'm having real trouble on my end. "
+    "Would you like to leave a message so someone can call you back?"
+)
+TRANSFER = "No worries, I'll put you through to someone from our office now."
+
+
+def write_agent(prompts_dir: Path, *, person: bool = True, **fields: Any) -> None:
+    """The test agent with extra top-level fields (and without its person, if asked)."""
+    text = agent_toml([*_TOOLS, "take_message"] if not person else _TOOLS)
+    if not person:
+        text = re.sub(r"^person_number = .*\n", "", text, flags=re.M)
+    head = "".join(f"{k} = {orjson.dumps(v).decode()}\n" for k, v in fields.items())
+    (prompts_dir / SHIPPED_AGENT.name).write_text(head + text, encoding="utf-8")
+
+
+_TOOLS = ["transfer_to_person", "end_call", "switch_language", "send_digits", "collect_digits"]
+
+
+def quick_speech(runtime: Any) -> None:
+    """Lines take no time to say (the session waits that long before sending ``end``)."""
+    runtime.deps.speech_seconds = lambda text: 0.0
+
+
+def strip(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in f.items() if k != "_t"} for f in frames]
+
+
+async def events(relay: Any, call_sid: str, kind: str) -> list[dict[str, Any]]:
+    async with relay.runtime.deps.db.session() as session:
+        rows = await session.scalars(
+            select(Event).where(Event.call_sid == call_sid, Event.kind == kind).order_by(Event.seq)
+        )
+        return [e.data for e in rows]
+
+
+async def test_a_stalled_model_gets_a_filler_then_the_apology_within_the_budget(
+    start_relay: Any, prompts_dir: Path
+) -> None:
+    write_agent(prompts_dir, llm_filler_after=0.05, llm_turn_budget=0.4)
+    llm = ScriptedLLM([Stall(30, then=Text("Far too late.")), Text("I'm back.")])
+    async with start_relay(llm, RELAY_LLM_MAX_RETRIES="0") as relay:
+        call = relay.call()
+        await call.connect()
+        stalled = await call.say("Hello?")
+        after = await call.say("Are you there?")
+        await call.close()
+        await relay.session_closed()
+        failures = await events(relay, call.call_sid, "llm_failure")
+        _, turns = await repository.call_history(relay.runtime.deps.db, call.call_sid)
+        counts = relay.runtime.deps.llm_failures.counts()
+
+    filler = "One moment while I check that. "  # the agent's filler line for turn 1
+    assert strip(stalled.frames) == [
+        {"type": "text", "token": filler, "last": False, "preemptible": True},
+        {"type": "text", "token": " " + APOLOGY, "last": True},
+    ]
+    assert after.text == "I'm back."
+    assert [(f["kind"], f["consecutive"]) for f in failures] == [("turn-budget", 1)]
+    assert counts.get("turn-budget", 0) >= 1
+    # What the caller heard is the history: the filler, then the apology.
+    said = [t for t in turns if t.role == "assistant" and t.error]
+    assert [(t.content, "turn budget" in (t.error or "")) for t in said] == [
+        (filler + " " + APOLOGY, True)
+    ]
+
+
+async def test_a_quick_model_gets_no_filler(start_relay: Any, prompts_dir: Path) -> None:
+    write_agent(prompts_dir, llm_filler_after=5.0)
+    llm = ScriptedLLM([Text("Hi there.")])
+    async with start_relay(llm) as relay:
+        call = relay.call()
+        await call.connect()
+        reply = await call.say("Hello?")
+
+    assert strip(reply.frames) == [
+        {"type": "text", "token": "Hi", "last": False},
+        {"type": "text", "token": " there", "last": False},
+        {"type": "text", "token": ".", "last": False},
+        {"type": "text", "token": "", "last": True},
+    ]
+
+
+async def test_after_two_failures_a_person_is_offered_and_the_call_transferred_on_yes(
+    start_relay: Any, prompts_dir: Path
+) -> None:
+    write_agent(prompts_dir, llm_filler_after=0)
+    llm = ScriptedLLM([Fail(503), Fail(503)])  # then the script is exhausted: 500s
+    async with start_relay(llm, configure=quick_speech, RELAY_LLM_MAX_RETRIES="0") as relay:
+        call = relay.call()
+        await call.connect()
+        first = await call.say("Hello?")
+        second = await call.say("Hello, can you hear me?")
+        handoff = await call.say("Yes please")
+        end = await call.next_frame()
+        await call.close()  # Twilio hangs up the socket after `end`
+        await relay.session_closed()
+        row = await repository.get_call(relay.runtime.deps.db, call.call_sid)
+        failures = await events(relay, call.call_sid, "llm_failure")
+        offers = await events(relay, call.call_sid, "llm_failure_offer")
+
+    assert first.text == APOLOGY
+    assert second.text == OFFER_PERSON  # not another apology
+    assert handoff.text == TRANSFER
+    assert end is not None and end["type"] == "end"
+    data = orjson.loads(end["handoffData"])
+    assert (data["reasonCode"], data["reason"]) == ("live-agent-handoff", "llm-failure")
+    assert len(llm.requests) == 2  # the caller's "yes" was understood without the model
+    assert row is not None and row.outcome == "llm-failure"
+    assert [(f["kind"], f["consecutive"], f["offered"]) for f in failures] == [
+        ("status", 1, None),
+        ("status", 2, "person"),
+    ]
+    assert offers == [{"offer": "person", "accepted": True, "why": "caller agreed"}]
+
+
+async def test_a_caller_who_declines_goes_back_to_the_model(
+    start_relay: Any, prompts_dir: Path
+) -> None:
+    write_agent(prompts_dir, llm_filler_after=0)
+    llm = ScriptedLLM([Fail(503), Fail(503), Text("I'm back, sorry about that.")])
+    async with start_relay(llm, RELAY_LLM_MAX_RETRIES="0") as relay:
+        call = relay.call()
+        await call.connect()
+        await call.say("Hello?")
+        offered = await call.say("Hello?")
+        back = await call.say("No thanks, I'll wait")
+
+    assert offered.text == OFFER_PERSON
+    assert back.text == "I'm back, sorry about that."
+    assert back.end is None
+
+
+async def test_a_caller_who_says_nothing_after_the_offer_is_put_through(
+    start_relay: Any, prompts_dir: Path
+) -> None:
+    write_agent(prompts_dir, llm_filler_after=0, silence_timeout=0.2)
+    llm = ScriptedLLM([Fail(503), Fail(503)])
+
+    async with start_relay(llm, configure=quick_speech, RELAY_LLM_MAX_RETRIES="0") as relay:
+        call = relay.call()
+        await call.connect()
+        await call.say("Hello?")
+        offered = await call.say("Hello?")
+        handoff = await call.reply()  # nothing said: after the silence, the transfer
+        end = await call.next_frame()
+
+    assert offered.text == OFFER_PERSON
+    assert handoff.text == TRANSFER
+    assert end is not None and end["type"] == "end"
+
+
+async def test_without_a_person_a_message_is_offered_and_taken(
+    start_relay: Any, prompts_dir: Path
+) -> None:
+    write_agent(prompts_dir, person=False, llm_filler_after=0)
+    llm = ScriptedLLM([Fail(503), Fail(503)])
+    async with start_relay(llm, configure=quick_speech, RELAY_LLM_MAX_RETRIES="0") as relay:
+        call = relay.call()
+        await call.connect()
+        await call.say("Hello?")
+        offered = await call.say("Is anyone there?")
+        asked = await call.say("Yeah okay")
+        goodbye = await call.say("It's Sam, I need a quote for moving an upright to Geelong")
+        end = await call.next_frame()
+        await call.close()
+        await relay.session_closed()
+        row = await repository.get_call(relay.runtime.deps.db, call.call_sid)
+        async with relay.runtime.deps.db.session() as session:
+            tickets = (await session.scalars(select(Ticket))).all()
+
+    assert offered.text == OFFER_MESSAGE
+    assert asked.text.startswith("Of course. Please tell me your name")
+    assert goodbye.text == "Thank you, I've passed that on. Someone will call you back. Goodbye!"
+    assert end is not None and end["type"] == "end"
+    assert [(t.phone, t.reason, t.call_sid) for t in tickets] == [
+        (call.from_, "It's Sam, I need a quote for moving an upright to Geelong", call.call_sid)
+    ]
+    assert row is not None and row.outcome == "llm-failure"
+
+
+async def test_a_call_that_hangs_up_while_the_model_fails_records_llm_failure(
+    start_relay: Any, prompts_dir: Path
+) -> None:
+    write_agent(prompts_dir, llm_filler_after=0)
+    llm = ScriptedLLM([Fail(503)])
+    async with start_relay(llm, RELAY_LLM_MAX_RETRIES="0") as relay:
+        call = relay.call()
+        await call.connect()
+        await call.say("Hello?")
+        await call.close()
+        await relay.session_closed()
+        row = await repository.get_call(relay.runtime.deps.db, call.call_sid)
+
+    assert row is not None and row.outcome == "llm-failure"
+
+
+def test_answers_to_the_offer() -> None:
+    for yes in ("yes", "Yes please.", "yeah", "sure, go ahead", "okay", "", "um what", "hello?"):
+        assert answer_to_offer(yes), yes
+    for no in ("no", "No thanks.", "nope", "not right now", "don't bother"):
+        assert not answer_to_offer(no), no

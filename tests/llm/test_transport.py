@@ -1,0 +1,323 @@
+"""OpenAIChat on its aiohttp transport against scripted raw HTTP/1.1 servers on loopback.
+
+Each server runs a handler per accepted connection and records what it received, so a test
+states exactly which bytes the client sends, which connections it opens or reuses, and how it
+takes what a server (or a proxy) gets wrong.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from types import TracebackType
+from typing import Any
+
+import orjson
+import pytest
+
+from relay.errors import LLMError
+from relay.llm.client import OpenAIChat
+from relay.llm.transport import MAX_LINE_SIZE
+from relay.llm.types import ChatRequest, Done, LLMEvent, TextDelta, Timeouts
+
+pytestmark = pytest.mark.asyncio
+
+REQUEST = ChatRequest(model="m", messages=[{"role": "user", "content": "Hi"}], include_usage=False)
+
+
+class Peer:
+    """The server's side of one connection."""
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, index: int
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.index = index  # 0 for the first connection the server accepted
+
+    async def request(self) -> bytes | None:
+        """The next request (head and body), or None when the client closed the connection."""
+        try:
+            head = await self.reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return None
+        found = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head)
+        body = await self.reader.readexactly(int(found.group(1))) if found else b""
+        return head + body
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+
+Handler = Callable[[Peer], Awaitable[None]]
+
+
+class RawServer:
+    """Runs ``handler`` for each connection; the connection is closed when it returns."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler = handler
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    async def __aenter__(self) -> RawServer:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        peer = Peer(reader, writer, self.connections)
+        self.connections += 1
+        original = peer.request
+
+        async def recording() -> bytes | None:
+            request = await original()
+            if request is not None:
+                self.requests.append(request)
+            return request
+
+        peer.request = recording  # type: ignore[method-assign]
+        try:
+            await self.handler(peer)
+        except ConnectionError:
+            pass
+        finally:
+            self._tasks.discard(task)
+            writer.close()
+            with contextlib.suppress(ConnectionError, asyncio.CancelledError):
+                await writer.wait_closed()
+
+
+def chunked(*pieces: bytes) -> bytes:
+    return b"".join(b"%x\r\n%b\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+
+
+CHUNKED_HEAD = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+)
+
+
+def event(content: str | None = None, finish: str | None = None) -> bytes:
+    delta = {"content": content} if content is not None else {}
+    choice = {"index": 0, "delta": delta, "finish_reason": finish}
+    return b"data: " + orjson.dumps({"choices": [choice]}) + b"\n\n"
+
+
+def sse(text: str) -> bytes:
+    return CHUNKED_HEAD + chunked(event(text), event(finish="stop"), b"data: [DONE]\n\n")
+
+
+@contextlib.asynccontextmanager
+async def chat_on(base_url: str, **options: Any) -> AsyncIterator[OpenAIChat]:
+    options.setdefault("backoff", 0.001)
+    options.setdefault("max_retries", 0)
+    chat = OpenAIChat(base_url, "sk-test", **options)
+    try:
+        yield chat
+    finally:
+        await chat.aclose()
+
+
+async def collect(chat: OpenAIChat) -> list[LLMEvent]:
+    return [e async for e in chat.stream(REQUEST)]
+
+
+async def test_the_request_is_what_openai_expects() -> None:
+    async def handler(peer: Peer) -> None:
+        while await peer.request() is not None:
+            await peer.send(sse("Hi."))
+
+    async with RawServer(handler) as server, chat_on(server.base_url) as chat:
+        first = await collect(chat)
+        assert first[0] == TextDelta("Hi.") and isinstance(first[-1], Done)
+        await collect(chat)
+
+    head, body = server.requests[0].split(b"\r\n\r\n", 1)
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"POST /v1/chat/completions HTTP/1.1"
+    headers = {k.lower(): v for k, v in (line.split(b": ", 1) for line in lines[1:])}
+    assert headers[b"host"] == b"127.0.0.1:%d" % server.port
+    assert headers[b"content-type"] == b"application/json"
+    assert headers[b"accept"] == b"text/event-stream"
+    assert headers[b"accept-encoding"] == b"identity"
+    assert headers[b"authorization"] == b"Bearer sk-test"
+    assert headers[b"content-length"] == b"%d" % len(body)
+    assert b"cookie" not in headers
+    assert orjson.loads(body) == REQUEST.body()
+    assert server.connections == 1  # the second request reused the connection
+
+
+async def test_a_pooled_connection_the_server_closed_is_sent_again_on_a_fresh_one() -> None:
+    async def handler(peer: Peer) -> None:
+        await peer.request()
+        await peer.send(sse("Hello."))
+        if peer.index == 0:
+            await peer.request()  # the close crosses the next request on the wire
+            return
+        while await peer.request() is not None:
+            await peer.send(sse("Again."))
+
+    async with RawServer(handler) as server, chat_on(server.base_url) as chat:
+        await collect(chat)
+        second = await collect(chat)  # max_retries=0: this is the transport's resend
+
+    assert second[0] == TextDelta("Hello.")  # the fresh connection's first answer
+    assert isinstance(second[-1], Done) and second[-1].attempts == 1
+    assert server.connections == 2
+    assert chat.failures.total == 0
+
+
+async def test_a_connection_closed_without_an_answer_twice_is_a_connect_error() -> None:
+    async def handler(peer: Peer) -> None:
+        await peer.request()
+
+    async with RawServer(handler) as server, chat_on(server.base_url) as chat:
+        with pytest.raises(LLMError) as caught:
+            await collect(chat)
+
+    assert caught.value.kind == "connect" and caught.value.retryable
+    assert server.connections == 2  # sent once more, never a third time
+
+
+async def test_a_server_that_stops_talking_mid_body_is_a_read_timeout() -> None:
+    async def handler(peer: Peer) -> None:
+        await peer.request()
+        await peer.send(CHUNKED_HEAD + b"%x\r\n%b\r\n" % (len(event("first")), event("first")))
+        await asyncio.sleep(30)
+
+    received: list[LLMEvent] = []
+    async with (
+        RawServer(handler) as server,
+        chat_on(server.base_url, timeouts=Timeouts(read=0.2)) as chat,
+    ):
+        with pytest.raises(LLMError) as caught:
+            async for item in chat.stream(REQUEST):
+                received.append(item)
+
+    assert received == [TextDelta("first")]
+    assert caught.value.kind == "timeout"
+    assert "paused for more than 0.2s" in str(caught.value)
+
+
+async def test_a_broken_response_is_malformed() -> None:
+    async def handler(peer: Peer) -> None:
+        await peer.request()
+        await peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: nope\r\n\r\n")
+
+    async with RawServer(handler) as server, chat_on(server.base_url) as chat:
+        with pytest.raises(LLMError) as caught:
+            await collect(chat)
+
+    assert caught.value.kind == "malformed" and caught.value.retryable
+
+
+async def test_headers_beyond_the_limits_are_refused() -> None:
+    async def handler(peer: Peer) -> None:
+        await peer.request()
+        huge = b"X-Padding: " + b"a" * (MAX_LINE_SIZE + 10) + b"\r\n"
+        await peer.send(b"HTTP/1.1 200 OK\r\n" + huge + b"Content-Length: 0\r\n\r\n")
+
+    async with RawServer(handler) as server, chat_on(server.base_url) as chat:
+        with pytest.raises(LLMError) as caught:
+            await collect(chat)
+
+    assert caught.value.kind == "malformed"
+
+
+async def test_a_body_cut_short_is_a_broken_stream_after_what_came_before() -> None:
+    async def handler(peer: Peer) -> None:
+        await peer.request()
+        await peer.send(CHUNKED_HEAD + b"%x\r\n%b\r\n" % (len(event("first")), event("first")))
+
+    received: list[LLMEvent] = []
+    async with RawServer(handler) as server, chat_on(server.base_url) as chat:
+        with pytest.raises(LLMError) as caught:
+            async for item in chat.stream(REQUEST):
+                received.append(item)
+
+    assert received == [TextDelta("first")]
+    assert caught.value.kind == "stream-broken" and not caught.value.retryable
+
+
+async def test_a_close_delimited_stream_with_a_finish_reason_is_complete() -> None:
+    async def handler(peer: Peer) -> None:
+        await peer.request()
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
+        await peer.send(head + event("Done") + event(finish="stop"))
+
+    async with RawServer(handler) as server, chat_on(server.base_url) as chat:
+        events = await collect(chat)
+
+    assert events[0] == TextDelta("Done")
+    assert isinstance(events[-1], Done) and events[-1].finish_reason == "stop"
+
+
+async def test_nothing_listening_is_a_connect_error() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens once it is closed
+    async with chat_on(f"http://127.0.0.1:{port}/v1") as chat:
+        with pytest.raises(LLMError) as caught:
+            await collect(chat)
+
+    assert caught.value.kind == "connect"
+    assert f"127.0.0.1:{port}" in str(caught.value)
+
+
+async def test_the_connect_timeout_covers_the_tls_handshake() -> None:
+    async def silent(peer: Peer) -> None:
+        await asyncio.sleep(30)  # takes the TCP connection, never answers the TLS hello
+
+    async with (
+        RawServer(silent) as server,
+        chat_on(
+            f"https://127.0.0.1:{server.port}/v1", timeouts=Timeouts(connect=0.2, first_token=20)
+        ) as chat,
+    ):
+        with pytest.raises(LLMError) as caught:
+            await asyncio.wait_for(collect(chat), 10)
+
+    assert caught.value.kind == "connect"
+    assert "within 0.2s" in str(caught.value)
+
+
+async def test_the_proxy_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def proxy(peer: Peer) -> None:
+        while await peer.request() is not None:
+            await peer.send(sse("Via the proxy."))
+
+    async with RawServer(proxy) as server:
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{server.port}")
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        async with chat_on("http://llm.internal.example/v1") as chat:
+            events = await collect(chat)
+
+    assert events[0] == TextDelta("Via the proxy.")
+    assert server.requests[0].startswith(
+        b"POST http://llm.internal.example/v1/chat/completions HTTP/1.1\r\n"
+    )

@@ -1,0 +1,166 @@
+"""An unchanged agent always replays as a pass: the cases that used to report false regressions.
+
+Each call is recorded fresh through the app (tests/sessions/record.py's harness: uvicorn, a
+SimulatedCall over a real WebSocket, the scripted LLM over HTTP), exported exactly as
+``relay sessions export`` writes it (no ``ignore`` patterns added by hand), then replayed
+against the same agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import io
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from relay.llm.types import ChatRequest
+from relay.recordings.format import Recording
+from relay.replay.cassette import Cassette, CassetteLLM
+from relay.replay.compare import Masker
+from relay.replay.runner import Options, Report, run_replays
+from relay.testing import FakeLLMServer, ScriptedLLM, Stall, Text, ToolCall, ToolCalls
+from relay.testing.simcall import SimulatedCall
+
+SESSIONS = Path(__file__).resolve().parents[1] / "sessions"
+
+
+def _record_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "relay_tests_faithful_record", SESSIONS / "record.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+RECORD = _record_module()
+
+
+async def _requests(llm: ScriptedLLM, count: int) -> None:
+    """Until the scripted model has received ``count`` requests (a condition, not a delay)."""
+    async with asyncio.timeout(10):
+        while len(llm.requests) < count:  # noqa: ASYNC110 - the server runs in another thread
+            await asyncio.sleep(0.005)
+
+
+async def _record_and_replay(
+    tmp_path: Path, name: str, script: Any, **options: Any
+) -> tuple[Recording, Report, str]:
+    [path] = await RECORD.record(
+        [name], tmp_path / "recorded", quiet=True, calls={name: (script, {"notes": name})}
+    )
+    recording = Recording.read(path)
+    assert recording.ignore == []  # as exported: nothing added by hand
+    settings = RECORD.settings(tmp_path / "replay", **options.pop("settings", {}))
+    out = io.StringIO()
+    options.setdefault("fast", True)
+    [report] = await run_replays([recording], settings, Options(**options), out=out, verbose=True)
+    return recording, report, out.getvalue()
+
+
+@pytest.fixture
+def recorded_dir(tmp_path: Path) -> Path:
+    (tmp_path / "recorded").mkdir()
+    return tmp_path
+
+
+async def test_a_quote_replays_as_a_pass_with_its_new_random_id(recorded_dir: Path) -> None:
+    recording, report, out = await _record_and_replay(recorded_dir, "quote", RECORD.quote)
+    assert not report.failed, out
+    assert not report.divergences and not report.changes and not report.history, out
+    assert report.replayed is not None
+
+    def quote_ids(rec: Recording) -> list[str]:
+        return [t["content"][6:13] for t in rec.turns if t.get("tool_name") == "quote_piano_move"]
+
+    assert quote_ids(report.replayed) != quote_ids(recording)  # a new random id, same verdict
+
+
+async def test_a_key_pressed_just_before_hang_up_replays_as_a_pass(recorded_dir: Path) -> None:
+    async def script(call: SimulatedCall, llm: ScriptedLLM) -> None:
+        llm.push(Text("Hello! How can I help?"), Stall(5.0, Text("What kind of piano is it?")))
+        await call.say("Hello?")
+        await call.dtmf("1")  # the keypad's "I'd like a quote" prompt: a turn asks the model
+        await _requests(llm, 2)
+        await call.close()  # hung up while the model was still thinking
+
+    recording, report, out = await _record_and_replay(recorded_dir, "key-then-hang-up", script)
+    assert [e["kind"] for e in recording.events].count("llm_request") == 2
+    assert not report.failed, out
+    assert "[presses 1]" in out
+
+
+async def test_an_interrupt_before_the_models_request_replays_as_a_pass(
+    recorded_dir: Path,
+) -> None:
+    async def script(call: SimulatedCall, llm: ScriptedLLM) -> None:
+        llm.push(
+            Text("Hello! How can I help?"),
+            Stall(5.0, Text("We cover all of Melbourne.")),  # cut off: never answered
+            Text("Yes, we go to Geelong every week."),
+        )
+        await call.say("Hello?")
+        await call.prompt("What areas do you cover?")
+        await _requests(llm, 2)
+        await call.interrupt("", duration_ms=300)  # before any answer came
+        await call.say("Do you go to Geelong?")
+
+    recording, report, out = await _record_and_replay(recorded_dir, "early-interrupt", script)
+    assert [e["kind"] for e in recording.events].count("llm_request") == 3
+    assert not report.failed, out
+    assert "Yes, we go to Geelong every week." in out
+
+
+async def test_a_request_the_recording_never_made_is_no_divergence_when_its_turn_is_cut_off() -> (
+    None
+):
+    """The other order: now the request goes out before the caller's interrupt or hang-up
+    lands (it did not then). It waits a moment, is cancelled with its turn, leaves no trace."""
+    recording = Recording.read(SESSIONS / "interruption.jsonl")
+    cassette = Cassette(recording, Masker())
+    llm = CassetteLLM(cassette, grace=5.0)
+    request = ChatRequest(model="m", messages=[{"role": "user", "content": "not recorded"}])
+
+    async def consume() -> None:
+        async for _ in llm.stream(request):
+            pass
+
+    task = asyncio.create_task(consume())
+    await asyncio.sleep(0)  # the stream is waiting out its grace
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert cassette.served == 0 and cassette.position == 0 and cassette.divergences == []
+
+
+async def test_a_handoff_without_speaker_events_replays_as_a_pass_in_live_mode(
+    recorded_dir: Path,
+) -> None:
+    transfer = ToolCalls([
+        ToolCall("transfer_to_person", {"reason": "caller asked for a person", "summary": "A grand."},
+                 id="call_transfer_1"),
+    ])  # fmt: skip
+
+    async def script(call: SimulatedCall, llm: ScriptedLLM) -> None:
+        llm.push(transfer)
+        await call.prompt("Can I talk to a real person please?")
+        await call.reply()
+        end = await call.reply(timeout=15)  # no agentSpeaking "off": the line plays out first
+        assert end.end is not None
+
+    live = ScriptedLLM([transfer])
+    async with FakeLLMServer(live) as fake:
+        _, report, out = await _record_and_replay(
+            recorded_dir,
+            "quiet-handoff",
+            script,
+            mode="live",
+            settings={"OPENAI_BASE_URL": fake.base_url},
+        )
+    assert not report.failed, out
+    assert "live-agent-handoff" in out

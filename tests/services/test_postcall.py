@@ -1,0 +1,323 @@
+"""After the call: outcomes derived from what happened, token usage and cost, the optional
+analysis pass and the signed webhook, through the real app (uvicorn, WebSocket, scripted model,
+real tools on SQLite) and a real local HTTP receiver."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import httpx
+import orjson
+import pytest
+import respx
+from aiohttp import web
+
+from relay.services import costs, webhooks
+from relay.storage.outcomes import get_analysis
+from relay.testing import ScriptedLLM, Text, ToolCall, ToolCalls
+
+REPO = Path(__file__).resolve().parents[2]
+MEL = ZoneInfo("Australia/Melbourne")
+NOW = datetime(2026, 11, 19, 10, 0, tzinfo=MEL)
+TUESDAY = "2026-11-24"
+SECRET = "whsec-test-0123456789"
+TWILIO_SID = "AC" + "0" * 32
+MESSAGES_URL = f"https://api.twilio.com/2010-04-01/Accounts/{TWILIO_SID}/Messages.json"
+QUOTE_ARGS = {
+    "piano_type": "upright",
+    "pickup": "Brunswick",
+    "dropoff": "Coburg",
+    "move_date": TUESDAY,
+}
+
+
+@dataclass
+class Receiver:
+    """A webhook receiver on 127.0.0.1: keeps every request (headers and raw body)."""
+
+    port: int = 0
+    received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        async def hook(request: web.Request) -> web.Response:
+            self.received.append((dict(request.headers), await request.read()))
+            self.arrived.set()
+            return web.Response(status=204)
+
+        app = web.Application()
+        app.router.add_post("/hook", hook)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", self.port)
+        await site.start()
+        if not self.port:
+            self.port = self.runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def piano_profile(prompts: Path, **extra: str) -> None:
+    text = (REPO / "prompts" / "piano-removals.toml").read_text(encoding="utf-8")
+    head = "".join(f'{key} = "{value}"\n' for key, value in extra.items())
+    # Top-level keys must come before the first table.
+    (prompts / "piano-removals.toml").write_text(head + text, encoding="utf-8")
+
+
+@pytest.fixture
+def piano_prompts(tmp_path: Path) -> Callable[..., Path]:
+    def make(**extra: str) -> Path:
+        path = tmp_path / "piano-prompts"
+        path.mkdir(exist_ok=True)
+        piano_profile(path, **extra)
+        return path
+
+    return make
+
+
+@pytest.fixture
+def relay_with(
+    start_relay: Callable[..., AbstractAsyncContextManager[Any]], data_dir: Path
+) -> Callable[..., AbstractAsyncContextManager[Any]]:
+    shutil.copy(REPO / "data" / "prices.toml", data_dir / "prices.toml")
+
+    @asynccontextmanager
+    async def start(llm: ScriptedLLM, prompts: Path, **settings: Any) -> AsyncIterator[Any]:
+        def configure(runtime: Any) -> None:
+            runtime.deps.now = lambda: NOW
+            if runtime.postcall.outbox is not None:
+                runtime.postcall.outbox.base = 0.05  # retry soon in tests
+                runtime.postcall.outbox.poll = 0.05
+
+        async with start_relay(
+            llm, configure=configure, RELAY_PROMPTS_DIR=str(prompts), **settings
+        ) as relay:
+            yield relay
+
+    return start
+
+
+async def finished(relay: Any, call: Any) -> None:
+    await call.close()
+    await relay.session_closed()
+    await relay.runtime.postcall.idle()
+
+
+async def test_a_scripted_call_that_quotes_books_and_texts_has_exactly_those_outcomes(
+    relay_with: Callable[..., AbstractAsyncContextManager[Any]],
+    piano_prompts: Callable[..., Path],
+) -> None:
+    llm = ScriptedLLM(
+        [
+            ToolCalls([ToolCall("quote_piano_move", QUOTE_ARGS)]),
+            Text("That's $350 including GST."),
+        ]
+    )
+    async with relay_with(
+        llm, piano_prompts(), TWILIO_ACCOUNT_SID=TWILIO_SID, RELAY_SMS_FROM="+61400000999"
+    ) as relay:
+        call = relay.call(to="+61390001234")
+        await call.connect()
+        await call.say("How much to move my upright from Brunswick to Coburg on Tuesday?")
+        quote_id = _quote_id(relay.llm.requests[1])
+        relay.llm.push(
+            ToolCalls([ToolCall("book_move", {"quote_id": quote_id, "date": TUESDAY,
+                        "window": "morning", "confirmed": True, "name": "Ann Lee"})]),
+            Text("Booked."),
+            ToolCalls([ToolCall("send_quote_sms", {"quote_id": quote_id})]),
+            Text("Texted."),
+        )  # fmt: skip
+        await call.say("Yes, book the morning please, name Ann Lee.")
+        with respx.mock(assert_all_mocked=False, assert_all_called=False) as twilio:
+            twilio.route(host="127.0.0.1").pass_through()
+            sms = twilio.post(MESSAGES_URL).mock(
+                return_value=httpx.Response(201, json={"sid": "SM" + "1" * 32, "status": "queued"})
+            )
+            await call.say("And text me the quote.")
+        assert sms.call_count == 1
+        await finished(relay, call)
+
+        analysis = await get_analysis(relay.runtime.deps.db, call.call_sid)
+    assert analysis is not None
+    assert analysis.outcomes == ["quoted", "booked", "sms-sent"]
+    usage = analysis.usage
+    assert usage["requests"] == 6 and not usage["estimated"]
+    [model] = usage["models"]
+    assert model == "gpt-4o-mini"
+    # The scripted server counts the prompt deterministically; the cost follows the table.
+    expected = costs.cost_of(
+        costs.load_prices(REPO / "data" / "prices.toml"), usage, minutes=1,
+        sms_bodies=["x" * 200],  # the quote text takes two segments
+    )  # fmt: skip
+    assert analysis.cost == expected
+    assert analysis.cost["sms_segments"] == 2 and analysis.cost["minutes"] == 1
+    fresh = usage["prompt_tokens"] - usage["cached_tokens"]
+    assert analysis.cost_total == pytest.approx(
+        (fresh * 0.15 + usage["cached_tokens"] * 0.075 + usage["completion_tokens"] * 0.60) / 1e6
+        + 0.07
+        + 2 * 0.0515
+    )
+
+
+def _quote_id(request: dict[str, Any]) -> str:
+    tool = next(m for m in request["messages"] if m["role"] == "tool")
+    return str(tool["content"].split(":", 1)[0].split()[-1])
+
+
+async def test_a_message_call_and_a_silent_call(
+    relay_with: Callable[..., AbstractAsyncContextManager[Any]],
+    piano_prompts: Callable[..., Path],
+) -> None:
+    llm = ScriptedLLM(
+        [
+            ToolCalls([ToolCall("take_message", {"name": "Bo", "phone": "this number",
+                                                  "reason": "Crane job in Kew"})]),
+            Text("Someone will call you back."),
+        ]
+    )  # fmt: skip
+    async with relay_with(llm, piano_prompts()) as relay:
+        call = relay.call(to="+61390001234")
+        await call.connect()
+        await call.say("Can someone call me back about a crane job?")
+        await finished(relay, call)
+        silent = relay.call(to="+61390001234")
+        await silent.connect()
+        await silent.close()
+        await relay.session_closed(2)
+        await relay.runtime.postcall.idle()
+        db = relay.runtime.deps.db
+        message = await get_analysis(db, call.call_sid)
+        nothing = await get_analysis(db, silent.call_sid)
+    assert message is not None and message.outcomes == ["message-taken"]
+    assert nothing is not None and nothing.outcomes == ["abandoned"]
+    assert nothing.usage["requests"] == 0 and nothing.cost["llm"] == 0
+
+
+async def test_the_webhook_arrives_once_signed_with_the_analysis_fields(
+    relay_with: Callable[..., AbstractAsyncContextManager[Any]],
+    piano_prompts: Callable[..., Path],
+) -> None:
+    receiver = Receiver()
+    await receiver.start()
+    llm = ScriptedLLM([Text("We move pianos all over Melbourne.")])
+    try:
+        async with relay_with(
+            llm, piano_prompts(webhook_url=receiver.url),
+            RELAY_WEBHOOK_SECRET=SECRET, RELAY_ANALYSIS="true",
+        ) as relay:  # fmt: skip
+            call = relay.call(to="+61390001234")
+            await call.connect()
+            await call.say("Do you go to Geelong?")
+            relay.llm.push(
+                ToolCalls([ToolCall("record_call_analysis", {
+                    "summary": "Asked whether we serve Geelong.", "reason": "service area",
+                    "sentiment": "happy"})])
+            )  # fmt: skip
+            await finished(relay, call)
+            await asyncio.wait_for(receiver.arrived.wait(), 10)
+            await relay.runtime.postcall.outbox.deliver_due()  # nothing left to send
+            analysis_request = relay.llm.requests[-1]
+    finally:
+        await receiver.stop()
+
+    [(headers, body)] = receiver.received
+    assert webhooks.verify(SECRET, headers[webhooks.HEADER], body)
+    t = int(headers[webhooks.HEADER].split(",")[0].removeprefix("t="))
+    assert not webhooks.verify(SECRET, headers[webhooks.HEADER], body + b" ")
+    assert not webhooks.verify("other", headers[webhooks.HEADER], body)
+    assert headers[webhooks.HEADER] == webhooks.signature(SECRET, body, timestamp=t)
+    document = orjson.loads(body)
+    assert document["call_sid"] == call.call_sid and document["agent"] == "piano-removals"
+    assert document["outcomes"] == ["answered-only"]
+    # "happy" is not one of the sentiment values: dropped, not stored.
+    assert document["fields"] == {
+        "summary": "Asked whether we serve Geelong.", "reason": "service area", "sentiment": None,
+    }  # fmt: skip
+    assert document["summary"] == "Asked whether we serve Geelong."
+    assert document["usage"]["models"]["gpt-4o-mini"]["requests"] == 1
+    assert document["cost"]["currency"] == "USD"
+    assert analysis_request["stream"] is False
+    assert analysis_request["tool_choice"]["function"]["name"] == "record_call_analysis"
+    schema = analysis_request["tools"][0]["function"]["parameters"]
+    assert schema["properties"]["sentiment"]["enum"] == ["positive", "neutral", "negative"]
+    assert "Do you go to Geelong?" in analysis_request["messages"][1]["content"]
+
+
+async def test_the_webhook_is_retried_until_the_receiver_is_up_and_survives_a_restart(
+    relay_with: Callable[..., AbstractAsyncContextManager[Any]],
+    piano_prompts: Callable[..., Path],
+) -> None:
+    port = _free_port()
+    receiver = Receiver(port=port)
+    prompts = piano_prompts(webhook_url=receiver.url)
+    llm = ScriptedLLM([Text("Hello.")])
+    async with relay_with(llm, prompts, RELAY_WEBHOOK_SECRET=SECRET) as relay:
+        call = relay.call(to="+61390001234")
+        await call.connect()
+        await call.say("Hi")
+        await finished(relay, call)
+        outbox = relay.runtime.postcall.outbox
+        for _ in range(200):  # the receiver is down: attempts fail and are rescheduled
+            [row] = await outbox.rows(call.call_sid)
+            if row.attempts >= 2:
+                break
+            await asyncio.sleep(0.05)
+        assert row.status == "pending" and row.attempts >= 2 and "Connect" in (row.last_error or "")
+        settings = relay.settings
+    # A new process on the same database delivers what the first one could not.
+    await receiver.start()
+    try:
+        async with relay_with(ScriptedLLM(), prompts, DATABASE_URL=settings.database,
+                              RELAY_WEBHOOK_SECRET=SECRET) as again:  # fmt: skip
+            await asyncio.wait_for(receiver.arrived.wait(), 10)
+            for _ in range(200):  # the answer reached the receiver; wait for it to be stored
+                [row] = await again.runtime.postcall.outbox.rows(call.call_sid)
+                if row.status != "pending":
+                    break
+                await asyncio.sleep(0.02)
+    finally:
+        await receiver.stop()
+    assert row.status == "delivered"
+    [(headers, body)] = receiver.received
+    assert webhooks.verify(SECRET, headers[webhooks.HEADER], body)
+    assert orjson.loads(body)["call_sid"] == call.call_sid
+
+
+async def test_a_webhook_is_parked_after_the_last_attempt(tmp_path: Path) -> None:
+    from relay.storage.db import Database
+
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'r.db'}")
+    await db.migrate()
+    async with httpx.AsyncClient() as http:
+        outbox = webhooks.WebhookOutbox(db, http, secret=SECRET, max_attempts=3, base=0)
+        url = f"http://127.0.0.1:{_free_port()}/hook"
+        assert await outbox.enqueue(call_sid="CA1", agent="a", url=url, document={"n": 1})
+        for _ in range(5):
+            await outbox.deliver_due()
+        [row] = await outbox.rows("CA1")
+    await db.close()
+    assert (row.status, row.attempts) == ("parked", 3)

@@ -1,0 +1,220 @@
+"""Retention and privacy on a real SQLite file: purge by age, delete one call, mask numbers;
+and the ``relay sessions purge`` / ``relay sessions delete`` commands over the same file."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import pytest_asyncio
+from sqlalchemy import func, select
+
+from relay.cli.main import main
+from relay.services import retention
+from relay.storage.db import Database
+from relay.storage.models import Booking, Call, Event, ParkedRecord, RelaySession, SideEffect, Turn
+
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+CALLER = "+61412345678"
+LINE = "+61390001234"
+
+
+@pytest_asyncio.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'relay.db'}")
+    await database.migrate()
+    try:
+        yield database
+    finally:
+        await database.close()
+
+
+async def add_call(db: Database, call_sid: str, started: datetime, **extra: Any) -> None:
+    """A call as the recorder leaves it: the call, a session, two turns, frames, a model body."""
+    setup = orjson.dumps({"type": "setup", "callSid": call_sid, "from": CALLER, "to": LINE})
+    async with db.session() as session, session.begin():
+        session.add(
+            Call(
+                call_sid=call_sid, agent="piano-removals", from_number=CALLER, to_number=LINE,
+                direction="inbound", caller_name="Jo Citizen", status="completed",
+                outcome="completed-by-agent", started_at=started,
+                ended_at=started + timedelta(minutes=3), turns=2,
+                handoff_data='{"summary": "Jo wants a piano moved"}', **extra,
+            )
+        )  # fmt: skip
+        session.add(
+            RelaySession(
+                session_id="VX" + call_sid, call_sid=call_sid, agent="piano-removals",
+                started_at=started, frames_in=3, frames_out=4,
+            )
+        )  # fmt: skip
+        for seq, (role, content) in enumerate(
+            [("user", "Hi, it's Jo."), ("assistant", f"I have your number as {CALLER}.")]
+        ):
+            session.add(
+                Turn(
+                    call_sid=call_sid, session_id="VX" + call_sid, seq=seq, role=role,
+                    content=content, created_at=started + timedelta(seconds=seq),
+                )
+            )  # fmt: skip
+        for seq, (kind, data) in enumerate(
+            [
+                ("frame_in", {"raw": setup.decode()}),
+                (
+                    "llm_request",
+                    {"messages": [{"role": "system", "content": f"Caller ID: {CALLER}."}]},
+                ),
+            ],
+            1,
+        ):
+            session.add(
+                Event(
+                    call_sid=call_sid, session_id="VX" + call_sid, seq=seq, t=float(seq),
+                    at=started + timedelta(seconds=seq), kind=kind, data=data,
+                )
+            )  # fmt: skip
+        session.add(
+            SideEffect(
+                key="book:" + call_sid, tool="book_move", call_sid=call_sid, status="done",
+                result="{}", created_at=started,
+            )
+        )  # fmt: skip
+        session.add(
+            ParkedRecord(
+                table_name="turns", call_sid=call_sid, record=f'{{"content": "{CALLER}"}}',
+                error="too long", parked_at=started,
+            )
+        )  # fmt: skip
+
+
+async def count(db: Database, model: Any, call_sid: str) -> int:
+    async with db.session() as session:
+        result = await session.scalar(
+            select(func.count()).select_from(model).where(model.call_sid == call_sid)
+        )
+    return int(result or 0)
+
+
+async def test_purge_deletes_old_transcripts_events_and_bodies_and_keeps_the_aggregates(
+    db: Database,
+) -> None:
+    await add_call(db, "CA-old", NOW - timedelta(days=40))
+    await add_call(db, "CA-new", NOW - timedelta(days=2))
+
+    report = await retention.purge(db, older_than_days=30, now=NOW)
+    again = await retention.purge(db, older_than_days=30, now=NOW)
+
+    assert report.rows == {"turns": 2, "events": 2, "parked_records": 1, "calls": 1}
+    assert again.total == 0  # idempotent: several workers may run it
+    for model in (Turn, Event, ParkedRecord):
+        assert await count(db, model, "CA-old") == 0
+        assert await count(db, model, "CA-new") > 0
+    async with db.session() as session:
+        old = await session.get(Call, "CA-old")
+        new = await session.get(Call, "CA-new")
+    assert old is not None and new is not None
+    assert (old.agent, old.outcome, old.turns) == ("piano-removals", "completed-by-agent", 2)
+    assert old.handoff_data is None  # the summary is transcript too
+    assert new.handoff_data is not None
+    assert await count(db, RelaySession, "CA-old") == 1
+
+
+async def test_delete_call_removes_everything_about_one_call_only(db: Database) -> None:
+    await add_call(db, "CA-gone", NOW - timedelta(days=1))
+    await add_call(db, "CA-kept", NOW - timedelta(days=1))
+    async with db.session() as session, session.begin():
+        session.add(
+            Booking(
+                id="B1", agent="piano-removals", kind="move", phone=CALLER, call_sid="CA-gone",
+                starts_at=NOW, ends_at=NOW + timedelta(hours=2), created_at=NOW, updated_at=NOW,
+            )
+        )  # fmt: skip
+
+    report = await retention.delete_call(db, "CA-gone")
+
+    assert report.rows == {
+        "turns": 2, "events": 2, "sessions": 1, "side_effects": 1, "parked_records": 1,
+        "calls": 1, "kept_bookings": 1,
+    }  # fmt: skip
+    for model in (Call, RelaySession, Turn, Event, SideEffect, ParkedRecord):
+        assert await count(db, model, "CA-gone") == 0
+        assert await count(db, model, "CA-kept") == 1 or model in (Turn, Event)
+    assert await count(db, Turn, "CA-kept") == 2
+    assert await count(db, Booking, "CA-gone") == 1  # the business's own record stays
+
+
+async def test_mask_numbers_after_days_keeps_the_aggregates(db: Database) -> None:
+    await add_call(db, "CA-old", NOW - timedelta(days=100))
+    await add_call(db, "CA-new", NOW - timedelta(days=1))
+
+    report = await retention.mask_numbers(db, older_than_days=90, now=NOW)
+    again = await retention.mask_numbers(db, older_than_days=90, now=NOW)
+
+    assert report.rows == {"calls": 1, "turns": 1, "events": 2, "parked_records": 1}
+    assert again.total == 0
+    async with db.session() as session:
+        old = await session.get(Call, "CA-old")
+        new = await session.get(Call, "CA-new")
+        turns = (await session.scalars(select(Turn).where(Turn.call_sid == "CA-old"))).all()
+        events = (await session.scalars(select(Event).where(Event.call_sid == "CA-old"))).all()
+    assert old is not None and new is not None
+    assert (old.from_number, old.to_number, old.caller_name) == ("+614xxxxxxxx", "+613xxxxxxxx", "")
+    assert (old.agent, old.outcome, old.turns) == ("piano-removals", "completed-by-agent", 2)
+    assert old.started_at.replace(tzinfo=UTC) == NOW - timedelta(days=100)
+    assert new.from_number == CALLER
+    assert turns[1].content == "I have your number as +614xxxxxxxx."
+    assert all(CALLER not in orjson.dumps(e.data).decode() for e in events)
+    setup = orjson.loads(events[0].data["raw"])  # still valid JSON, numbers masked
+    assert (setup["from"], setup["to"]) == ("+614xxxxxxxx", "+613xxxxxxxx")
+
+
+def test_mask_keeps_the_prefix() -> None:
+    assert retention.mask("+61412345678") == "+614xxxxxxxx"
+    assert retention.mask("+1") == "+1"
+
+
+def test_cli_purge_and_delete(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import asyncio
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}"
+    monkeypatch.setenv("DATABASE_URL", url)
+    monkeypatch.setenv("RELAY_DATA_DIR", str(tmp_path))
+
+    async def seed() -> None:
+        database = Database(url)
+        await database.migrate()
+        now = datetime.now(UTC)
+        await add_call(database, "CA-ancient", now - timedelta(days=400))
+        await add_call(database, "CA-recent", now - timedelta(days=1))
+        await database.close()
+
+    asyncio.run(seed())
+    purged = main(["sessions", "purge", "--older-than", "365"])
+    purge_out = capsys.readouterr().out
+    deleted = main(["sessions", "delete", "CA-recent"])
+    delete_out = capsys.readouterr().out
+    missing = main(["sessions", "delete", "CA-nobody"])
+    missing_out = capsys.readouterr().out
+
+    async def remaining() -> tuple[int, int, int]:
+        database = Database(url)
+        try:
+            return (
+                await count(database, Turn, "CA-ancient"),
+                await count(database, Call, "CA-ancient"),
+                await count(database, Call, "CA-recent"),
+            )
+        finally:
+            await database.close()
+
+    assert purged == 0
+    assert "turns: 2" in purge_out.splitlines() and "events: 2" in purge_out.splitlines()
+    assert deleted == 0 and "calls: 1" in delete_out.splitlines()
+    assert missing == 1 and "no call CA-nobody" in missing_out
+    assert asyncio.run(remaining()) == (0, 1, 0)

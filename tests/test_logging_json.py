@@ -1,0 +1,166 @@
+"""JSON logging is JSON on every line: structlog's own events and the standard library's records
+(uvicorn, chromadb, alembic, ``knowledge``) rendered by structlog's ProcessorFormatter."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+import structlog
+
+from relay import logging as relay_logging
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def reset_logging() -> Iterator[None]:
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    logging.captureWarnings(False)
+    structlog.reset_defaults()
+
+
+def lines_of(text: str) -> list[dict[str, Any]]:
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert lines, "nothing was logged"
+    parsed = []
+    for line in lines:
+        try:
+            parsed.append(orjson.loads(line))
+        except orjson.JSONDecodeError:  # pragma: no cover - the assertion below explains
+            pytest.fail(f"not a JSON line: {line!r}")
+    return parsed
+
+
+def test_library_records_are_json_lines(
+    reset_logging: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    relay_logging.configure("info", "json")
+    capsys.readouterr()
+
+    logging.getLogger("uvicorn.error").info("Started server process [%d]", 4242)
+    logging.getLogger("uvicorn.access").info('127.0.0.1 - "GET /healthz HTTP/1.1" 200')
+    logging.getLogger("alembic.runtime.migration").info("Context impl SQLiteImpl.")  # filtered
+    logging.getLogger("alembic.runtime.migration").warning("Running upgrade  -> 0001")
+    logging.getLogger("chromadb.telemetry").info("Anonymized telemetry enabled.")  # filtered
+    logging.getLogger("chromadb.api").error("collection %r is gone", "piano-removals")
+    try:
+        raise ValueError("bad chunk")
+    except ValueError:
+        logging.getLogger("knowledge.store").exception("ingest failed for %s", "faq.md")
+    logging.getLogger("some.library").warning("caller +61412345678 said hi")
+    structlog.get_logger("relay.test").info("relay_event", n=1)
+
+    lines = lines_of(capsys.readouterr().err)
+    by_event = {line["event"]: line for line in lines}
+    caller = next(e for e in by_event if e.startswith("caller "))
+    assert set(by_event) == {
+        "Started server process [4242]",
+        '127.0.0.1 - "GET /healthz HTTP/1.1" 200',
+        "Running upgrade  -> 0001",
+        "collection 'piano-removals' is gone",
+        "ingest failed for faq.md",
+        caller,
+        "relay_event",
+    }
+    assert by_event["Started server process [4242]"]["logger"] == "uvicorn.error"
+    assert by_event["Started server process [4242]"]["level"] == "info"
+    assert by_event["Running upgrade  -> 0001"]["logger"] == "alembic.runtime.migration"
+    assert by_event["collection 'piano-removals' is gone"]["level"] == "error"
+    failed = by_event["ingest failed for faq.md"]
+    assert failed["logger"] == "knowledge.store"
+    assert "ValueError: bad chunk" in failed["exception"]
+    assert all("timestamp" in line for line in lines)
+    assert "+61412345678" not in caller  # the same masking as relay's own events
+    assert by_event["relay_event"]["n"] == 1
+
+
+def test_console_mode_renders_library_records_too(
+    reset_logging: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    relay_logging.configure("info", "console")
+    capsys.readouterr()
+
+    logging.getLogger("uvicorn.error").info("Application startup complete.")
+
+    err = capsys.readouterr().err
+    assert "Application startup complete." in err and "uvicorn.error" in err
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.mark.slow
+def test_a_real_relay_serve_logs_json_on_every_line(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    for business in ("piano-removals", "car-service"):
+        shutil.copytree(ROOT / "data" / business, data / business)
+    port = _free_port()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RELAY_", "OPENAI_", "TWILIO_", "ELEVENLABS_", "DATABASE_"))
+    }
+    env.update(
+        RELAY_LOG_FORMAT="json",
+        RELAY_PROMPTS_DIR=str(ROOT / "prompts"),
+        RELAY_DATA_DIR=str(data),
+        DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'relay.db'}",
+        RELAY_KNOWLEDGE="false",
+        RELAY_DRAIN_SECONDS="1",
+        PYTHONWARNINGS="default",
+    )
+    command = [
+        sys.executable, "-c", "from relay.cli.main import main; raise SystemExit(main())",
+        "serve", "--fake-llm", "--host", "127.0.0.1", "--port", str(port),
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "relay serve did not start"
+            time.sleep(0.1)
+        httpx.post(f"http://127.0.0.1:{port}/twiml", data={"To": "+61390001234"}, timeout=5)
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            out, err = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:  # pragma: no cover
+            process.kill()
+            out, err = process.communicate()
+
+    lines = lines_of(err.decode())
+    loggers = {line.get("logger") for line in lines}
+    events = [line["event"] for line in lines]
+    assert "uvicorn.error" in loggers, events
+    assert "relay_started" in events
+    assert any(str(port) in e for e in events if isinstance(e, str))  # "Uvicorn running on ..."
+    assert out.decode().strip() == ""  # nothing on stdout either

@@ -1,0 +1,155 @@
+"""relay.privacy: phone numbers through libphonenumber, and the one masker logs and exports share."""
+
+from __future__ import annotations
+
+import io
+import re
+
+import pytest
+import structlog
+
+from relay import logging as relay_logging
+from relay.privacy import (
+    ADDRESS_MASK,
+    EMAIL_MASK,
+    NAME_MASK,
+    Masker,
+    mask_number,
+    mask_text,
+    normalise_phone,
+    region_of,
+)
+
+
+@pytest.mark.parametrize(
+    ("said", "e164"),
+    [
+        ("0412 345 678", "+61412345678"),
+        ("0412-345-678", "+61412345678"),
+        ("(03) 9000 1234", "+61390001234"),
+        ("+61 412 345 678", "+61412345678"),
+        ("0061412345678", "+61412345678"),
+        ("61412345678", "+61412345678"),
+        ("+1 415 555 2671", "+14155552671"),
+    ],
+)
+def test_a_number_as_said_becomes_e164(said: str, e164: str) -> None:
+    assert normalise_phone(said) == e164
+
+
+@pytest.mark.parametrize("said", ["", None, "12345", "0412", "555-555-0123", "call me", "+61412"])
+def test_what_is_not_a_valid_number_is_none(said: str | None) -> None:
+    assert normalise_phone(said) is None
+
+
+def test_national_numbers_are_read_in_the_region() -> None:
+    assert normalise_phone("(415) 555-2671", region="US") == "+14155552671"
+    assert normalise_phone("(415) 555-2671") is None  # not an Australian number
+    assert region_of("+14155552671") == "US" and region_of("+61390001234") == "AU"
+    assert region_of(None) == "AU" and region_of("not a number") == "AU"
+
+
+@pytest.mark.parametrize(
+    ("number", "masked"),
+    [
+        ("+61412345678", "+61*******78"),
+        ("+14155552671", "+1********71"),
+        ("+353861234567", "+353*******67"),
+        ("0412 345 678", "**** *** *78"),
+        ("555-555-0123", "***-***-**23"),
+    ],
+)
+def test_a_masked_number_keeps_its_country_code_and_last_two_digits(
+    number: str, masked: str
+) -> None:
+    assert mask_number(number) == masked
+
+
+#: The caller's number, +61 412 345 678, in the ways people say and type it.
+SAID = ["+61 412 345 678", "0412 345 678", "0412-345-678", "0412345678", "(04) 1234 5678"]
+
+
+@pytest.mark.parametrize(
+    "number", [*SAID, "555-555-0123", "5555550123", "(03) 9123 4567", "+1 (415) 555-2671"]
+)
+def test_numbers_in_every_format_are_masked(number: str) -> None:
+    out = Masker().text(f"You can reach me on {number}, thanks.")
+    digits = re.sub(r"\D", "", number)
+    assert digits[:-2] not in re.sub(r"\D", "", out), out
+    assert out.startswith("You can reach me on ") and out.endswith(", thanks.")
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "12 Smith Street",
+        "3/45 Lygon St",
+        "221b Baker St",
+        "Unit 4, 22 King William Rd",
+        "1600 Pennsylvania Avenue",
+        "7 elm court",
+        "150 Flinders Lane",
+        "9 Victoria Parade",
+    ],
+)
+def test_street_addresses_are_masked(address: str) -> None:
+    out = Masker().text(f"Pick it up from {address}, Brunswick please.")
+    assert out == f"Pick it up from {ADDRESS_MASK}, Brunswick please."
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "We need 2 men at our place by 9.",
+        "It is $1,250 for 3 hours on Tuesday the 24th, quote Q482913, booking 482913.",
+        "The reference is 4 8 2 9 1 3.",
+        "CA0123456789abcdef on 2026-03-10T22:30:00.000000+00:00, t=2214.698529662",
+        "HTTP 500 from http://127.0.0.1:8081/v1/chat/completions after 12345678 µs",
+        "uuid 3f2a1b4c-1234-5678-9abc-def012345678",
+    ],
+)
+def test_references_ids_times_and_prices_stay(text: str) -> None:
+    assert Masker().text(text) == text.replace(" 12345678 ", " ******78 ")
+
+
+def test_names_emails_and_the_business_line() -> None:
+    masker = Masker(["Jane Citizen"], keep_numbers=["+61390001234"])
+    out = masker.text(
+        "Jane Citizen (jane.citizen@example.com) rang +61390001234 and (03) 9000 1234 from "
+        "0412 345 678; Jane lives at 12 Smith Street."
+    )
+    assert out == (
+        f"{NAME_MASK} ({EMAIL_MASK}) rang +61390001234 and (03) 9000 1234 from **** *** *78; "
+        f"{NAME_MASK} lives at {ADDRESS_MASK}."
+    )
+    assert masker.text(out) == out  # idempotent: a masked text masks to itself
+
+
+def test_a_number_cut_across_streamed_pieces_is_masked_as_a_whole() -> None:
+    pieces = ["Call me on 04", "12 345", " 678 or at 12 Smith", " Street."]
+    masked = Masker().pieces(pieces)
+    assert len(masked) == len(pieces)
+    assert "".join(masked) == f"Call me on **** *** *78 or at {ADDRESS_MASK}."
+
+
+def test_logs_use_the_same_masker(monkeypatch: pytest.MonkeyPatch) -> None:
+    err = io.StringIO()
+    monkeypatch.setattr("sys.stderr", err)
+    relay_logging.configure("info", "json")
+    try:
+        log = structlog.get_logger("relay.test")
+        line = (
+            "caller 555-555-0123 / 5555550123 / 0412 345 678 at 12 Smith Street, jane@example.com"
+        )
+        log.info("caller_said", text=line, call_sid="CA0123456789")
+        log.debug("caller_said_debug", text="0412 345 678")  # debug is below the level anyway
+    finally:
+        structlog.reset_defaults()
+    out = err.getvalue()
+    assert mask_text(line) in out and "CA0123456789" in out
+    for secret in ("555-555-0123", "5555550123", "0412 345 678", "Smith", "jane@example.com"):
+        assert secret not in out
+
+
+def test_a_number_at_the_end_of_a_sentence_is_masked() -> None:
+    assert Masker().text("Call 5555550123. Or 0412345678!") == "Call ********23. Or ********78!"

@@ -1,0 +1,167 @@
+"""The console in a real browser: Debian's Chromium driven by Playwright, against a real relay
+(uvicorn, the scripted model, simulated Twilio calls over a real WebSocket).
+
+Needs ``apt-get install -y chromium`` (Playwright's own browser download cannot run here);
+skipped when no Chromium binary exists. Screenshots go to ``docs/console/``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from relay.storage.models import Booking, Ticket
+from relay.testing import ScriptedLLM, Text
+from tests.web.console.conftest import ADMIN_TOKEN
+
+CHROMIUM = os.environ.get("RELAY_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+SHOTS = Path(__file__).resolve().parents[3] / "docs" / "console"
+#: The longest the browser waits for something to appear (a limit, not an expectation).
+SECOND = 1000
+
+pytestmark = [
+    pytest.mark.asyncio,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="no chromium binary (apt-get install chromium)"),
+]
+
+INSURANCE = b"""# Insurance
+
+Every move is insured for up to $50,000 against damage in transit, at no extra cost.
+Grand pianos over $50,000 can be covered for their full value on request.
+"""
+
+
+@pytest_asyncio.fixture
+async def browser() -> AsyncIterator[Any]:
+    playwright = pytest.importorskip("playwright.async_api")
+    async with playwright.async_playwright() as p:
+        chromium = await p.chromium.launch(
+            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
+        )
+        try:
+            yield chromium
+        finally:
+            await chromium.close()
+
+
+async def shot(page: Any, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=False)
+
+
+async def test_an_owner_runs_the_console_in_a_browser(start_relay: Any, browser: Any) -> None:
+    llm = ScriptedLLM([Text("Happy to help with your upright. Where is it now?")])
+    async with start_relay(
+        llm,
+        RELAY_ADMIN_TOKEN=ADMIN_TOKEN,
+        RELAY_KNOWLEDGE="true",
+        RELAY_KNOWLEDGE_AUTOLOAD="false",
+        RELAY_KNOWLEDGE_MIN_SCORE="0.2",
+    ) as relay:
+        context = await browser.new_context(viewport={"width": 1100, "height": 900})
+        page = await context.new_page()
+        page.set_default_timeout(10 * SECOND)
+
+        # Sign in with the admin token.
+        await page.goto(relay.base_url + "/console")
+        assert "/console/sign-in" in page.url
+        await page.get_by_role("textbox", name="Admin token").fill(ADMIN_TOKEN)
+        await page.get_by_role("button", name="Sign in with the token").click()
+        await page.wait_for_url(relay.base_url + "/console")
+        await page.get_by_role("heading", name="How the phone line is doing").wait_for()
+
+        # Watch a live call: it appears on the live page, then its transcript streams in.
+        call = relay.call()
+        await call.connect()
+        await page.goto(relay.base_url + "/console/live")
+        await page.get_by_role("link", name="+61*******78").click()
+        await page.wait_for_url(f"**/console/calls/{call.call_sid}")
+        await page.locator("#live-state", has_text="live").wait_for()
+        await call.say("I need to move my upright piano")
+        transcript = page.locator("#transcript")
+        # Each line is on screen within a second of the frame (the stream polls every 250 ms).
+        await transcript.locator("li.caller", has_text="I need to move my upright piano").wait_for(
+            timeout=2 * SECOND
+        )
+        await transcript.locator("li.agent", has_text="Where is it now?").wait_for(timeout=2 * SECOND)
+        await shot(page, "live-call")
+        await call.close()
+        await relay.session_closed()
+        await page.locator("#live-state", has_text="ended").wait_for()
+
+        # Open the finished call.
+        await page.reload()
+        await page.get_by_role("heading", name="Latency per turn").wait_for()
+        assert await page.locator("ol.transcript li.caller").first.inner_text() == (
+            "Caller I need to move my upright piano"
+        )
+        assert await page.locator("#replay").input_value() == f"relay replay {call.call_sid}"
+        await shot(page, "call")
+
+        # Upload a document (and one that fails), then ask it a question.
+        await page.goto(relay.base_url + "/console/knowledge")
+        await page.get_by_label("Files").set_input_files(
+            [
+                {"name": "insurance.md", "mimeType": "text/markdown", "buffer": INSURANCE},
+                {"name": "broken.pdf", "mimeType": "application/pdf", "buffer": b"not a pdf"},
+            ]
+        )
+        await page.get_by_role("button", name="Upload").click()
+        results = page.locator("#upload-results")
+        await results.locator("li.ok", has_text="insurance.md: added").wait_for()
+        await results.locator("li.error", has_text="broken.pdf: failed").wait_for()
+        await page.locator("#documents td", has_text="insurance.md").first.wait_for()
+        await page.get_by_label("What a caller might ask").fill("Is my piano insured during the move?")
+        await page.get_by_role("button", name="Ask").click()
+        answer = page.locator("#answer")
+        await answer.locator("blockquote", has_text="insured for up to $50,000").wait_for()
+        await shot(page, "knowledge")
+
+        # Mark a message done and confirm a booking.
+        now = datetime.now(UTC)
+        async with relay.runtime.deps.db.session() as session, session.begin():
+            session.add(Ticket(agent="piano-removals", call_sid=call.call_sid, name="Ann Lee",
+                               phone="+61412000111", reason="Wants a quote for a grand.",
+                               status="open", created_at=now))  # fmt: skip
+            session.add(Booking(id="246810", agent="piano-removals", kind="move",
+                                phone="+61412000222", name="Bea", starts_at=now + timedelta(days=2),
+                                ends_at=now + timedelta(days=2, hours=4), status="booked",
+                                created_at=now, updated_at=now))  # fmt: skip
+        await page.goto(relay.base_url + "/console/messages")
+        ticket = page.locator("li.ticket", has_text="Ann Lee")
+        await ticket.get_by_role("button", name="Done").click()
+        await page.wait_for_url(relay.base_url + "/console/messages")
+        assert await page.locator("li.ticket", has_text="Ann Lee").count() == 0
+        await page.goto(relay.base_url + "/console/messages?status=done")
+        await page.locator("li.ticket", has_text="Ann Lee").locator(".status", has_text="done").wait_for()
+
+        await page.goto(relay.base_url + "/console/bookings")
+        booking = page.locator("#booking-246810")
+        await booking.get_by_role("button", name="Confirm").click()
+        await page.locator("#booking-246810 .status", has_text="confirmed by admin").wait_for()
+        await shot(page, "bookings")
+
+        # The home page on a phone screen.
+        phone = await browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
+        await phone.add_cookies(await context.cookies())
+        small = await phone.new_page()
+        await small.goto(relay.base_url + "/console")
+        await small.get_by_role("heading", name="How the phone line is doing").wait_for()
+        width = await small.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, f"the page scrolls sideways on a phone ({width}px)"
+        await shot(small, "home-phone")
+        await phone.close()
+
+        # Signing out ends the session.
+        await page.get_by_role("button", name="Sign out").click()
+        await page.wait_for_url("**/console/sign-in")
+        await page.goto(relay.base_url + "/console/calls")
+        assert "/console/sign-in" in page.url
+        await context.close()

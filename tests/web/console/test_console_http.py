@@ -1,0 +1,480 @@
+"""The console over real HTTP against a running relay: every refusal (console off, no session,
+forged cookie, bad CSRF, editor on an owner page), the pages built from real calls, the live
+transcript stream (Server-Sent Events) and supervisor commands reaching the call."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from sqlalchemy import select
+
+from relay.storage import console as store
+from relay.storage.console import BookingConfirmation, CallCommand
+from relay.storage.models import Booking, Quote, Ticket
+from relay.testing import Text, ToolCall, ToolCalls
+from tests.conftest import WAIT
+from tests.web.console.conftest import ADMIN_TOKEN, csrf_in, sign_in
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+PAGES = [
+    "/console",
+    "/console/live",
+    "/console/calls",
+    "/console/calls/CA123",
+    "/console/calls/CA123/export",
+    "/console/quotes",
+    "/console/bookings",
+    "/console/messages",
+    "/console/knowledge",
+]
+APIS = ["/console/api/live", "/console/api/calls/CA123/stream"]
+POSTS = [
+    "/console/sign-out",
+    "/console/calls/CA123/command",
+    "/console/bookings/123456/confirm",
+    "/console/bookings/123456/cancel",
+    "/console/messages/1/done",
+    "/console/knowledge/upload",
+    "/console/knowledge/remove",
+]
+OWNER_ONLY = [p for p in PAGES if not p.startswith("/console/knowledge")]
+
+
+def db(relay: Any) -> Any:
+    return relay.runtime.deps.db
+
+
+# -- refusals ----------------------------------------------------------------------------------
+
+
+async def test_console_is_off_until_a_token_or_a_user_exists(start_relay: Any) -> None:
+    async with start_relay() as relay, httpx.AsyncClient(base_url=relay.base_url) as http:
+        for path in [*PAGES, *APIS, "/console/sign-in", "/console/static/console.css"]:
+            assert (await http.get(path)).status_code == 404, path
+        assert (await http.post("/console/sign-in", data={})).status_code == 404
+        assert (await http.post("/console/messages/1/done")).status_code == 404
+
+        await store.add_user(db(relay), "olive", "a long password", "owner")
+        relay.runtime.console_users_cached = None  # the per-worker cache lasts a few seconds
+        response = await http.get("/console")
+        assert response.status_code == 303
+        assert response.headers["location"] == "/console/sign-in?next=%2Fconsole"
+        browser = await sign_in(
+            relay.base_url, token=None, username="olive", password="a long password"
+        )
+        assert (await browser.http.get("/console/calls")).status_code == 200
+        await browser.http.aclose()
+
+
+async def test_every_page_and_route_refuses_without_a_session(relay: Any) -> None:
+    async with httpx.AsyncClient(base_url=relay.base_url) as http:
+        for path in PAGES:
+            response = await http.get(path)
+            assert response.status_code == 303, path
+            assert response.headers["location"].startswith("/console/sign-in?next=%2Fconsole"), path
+        for path in APIS:
+            response = await http.get(path)
+            assert response.status_code == 401, path
+            assert response.json() == {"error": "sign in first"}
+        for path in POSTS:
+            response = await http.post(path, data={"csrf": "x", "kind": "end"})
+            assert response.status_code == 401, path
+
+
+async def test_a_forged_or_tampered_cookie_is_no_session(relay: Any) -> None:
+    browser = await sign_in(relay.base_url)
+    cookie = browser.http.cookies["relay_console"]
+    body, _, mac = cookie.partition(".")
+    payload = orjson.loads(__import__("base64").urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    payload["r"] = "owner"
+    payload["u"] = "mallory"
+    forged = __import__("base64").urlsafe_b64encode(orjson.dumps(payload)).decode().rstrip("=")
+    async with httpx.AsyncClient(base_url=relay.base_url) as http:
+        for value in (forged + "." + mac, cookie[:-2] + "AA", "garbage"):
+            http.cookies.set("relay_console", value, path="/console")
+            assert (await http.get("/console/calls")).status_code == 303
+            assert (await http.get("/console/api/live")).status_code == 401
+    await browser.http.aclose()
+
+
+async def test_sign_in_cookie_flags_and_sign_out(relay: Any) -> None:
+    async with httpx.AsyncClient(base_url=relay.base_url) as http:
+        page = await http.get("/console/sign-in")
+        csrf = csrf_in(page.text)
+        response = await http.post(
+            "/console/sign-in", data={"csrf": csrf, "token": ADMIN_TOKEN, "next": "/console/calls"}
+        )
+        assert response.status_code == 303
+        assert response.headers["location"] == "/console/calls"
+        cookie = next(
+            c for c in response.headers.get_list("set-cookie") if c.startswith("relay_console=")
+        )
+        flags = [part.strip().lower() for part in cookie.split(";")]
+        assert "httponly" in flags and "samesite=lax" in flags and "path=/console" in flags
+        assert "secure" not in flags  # plain http
+        calls = await http.get("/console/calls")
+        assert calls.status_code == 200
+        out = await http.post("/console/sign-out", data={"csrf": csrf_in(calls.text)})
+        assert out.status_code == 303
+        assert (await http.get("/console/calls")).status_code == 303
+
+    async with httpx.AsyncClient(
+        base_url=relay.base_url, headers={"X-Forwarded-Proto": "https"}
+    ) as http:
+        page = await http.get("/console/sign-in")
+        pre = page.headers["set-cookie"]
+        assert "secure" in [part.strip().lower() for part in pre.split(";")]
+        # httpx keeps Secure cookies away from http://, so hand the sign-in cookie over.
+        response = await http.post(
+            "/console/sign-in",
+            data={"csrf": csrf_in(page.text), "token": ADMIN_TOKEN},
+            headers={"Cookie": pre.split(";")[0]},
+        )
+        assert response.status_code == 303
+        cookie = next(
+            c for c in response.headers.get_list("set-cookie") if c.startswith("relay_console=")
+        )
+        assert "secure" in [part.strip().lower() for part in cookie.split(";")]
+
+
+async def test_sign_in_refuses_a_wrong_token_and_a_forged_form(relay: Any) -> None:
+    async with httpx.AsyncClient(base_url=relay.base_url) as http:
+        page = await http.get("/console/sign-in")
+        csrf = csrf_in(page.text)
+        wrong = await http.post("/console/sign-in", data={"csrf": csrf, "token": "nope"})
+        assert wrong.status_code == 401
+        assert "relay_console=" not in wrong.headers.get("set-cookie", "")
+        forged = await http.post("/console/sign-in", data={"csrf": "forged", "token": ADMIN_TOKEN})
+        assert forged.status_code == 403
+    async with httpx.AsyncClient(base_url=relay.base_url) as http:  # no sign-in cookie at all
+        response = await http.post("/console/sign-in", data={"csrf": csrf, "token": ADMIN_TOKEN})
+        assert response.status_code == 403
+
+
+async def test_actions_refuse_a_missing_or_forged_csrf_token(relay: Any) -> None:
+    async with db(relay).session() as session, session.begin():
+        ticket = Ticket(agent="piano-removals", name="Ann", phone="+61412000111",
+                        reason="Call back about a grand", status="open",
+                        created_at=datetime.now(UTC))  # fmt: skip
+        session.add(ticket)
+        await session.flush()
+        ticket_id = ticket.id
+    browser = await sign_in(relay.base_url)
+    path = f"/console/messages/{ticket_id}/done"
+    for data, headers in (
+        ({}, {}),
+        ({"csrf": "forged"}, {}),
+        ({}, {"X-CSRF-Token": "forged"}),
+        ({"csrf": browser.csrf + "x"}, {}),
+    ):
+        response = await browser.http.post(path, data=data, headers=headers)
+        assert response.status_code == 403, (data, headers)
+        assert "CSRF" in response.json()["error"]
+    async with db(relay).session() as session:
+        assert (await session.get(Ticket, ticket_id)).status == "open"  # type: ignore[union-attr]
+
+    done = await browser.http.post(path, headers={"X-CSRF-Token": browser.csrf})
+    assert done.status_code == 200
+    assert done.json() == {"id": ticket_id, "status": "done"}
+    async with db(relay).session() as session:
+        assert (await session.get(Ticket, ticket_id)).status == "done"  # type: ignore[union-attr]
+    # Another session's token is no good either.
+    other = await sign_in(relay.base_url)
+    assert other.csrf != browser.csrf
+    response = await browser.http.post(path, data={"csrf": other.csrf})
+    assert response.status_code == 403
+    await browser.http.aclose()
+    await other.http.aclose()
+
+
+async def test_an_editor_gets_knowledge_only(relay: Any) -> None:
+    await store.add_user(db(relay), "eddie", "editor password 1", "editor")
+    browser = await sign_in(
+        relay.base_url, token=None, username="eddie", password="editor password 1"
+    )
+    assert (await browser.http.get("/console/knowledge")).status_code == 200
+    for path in OWNER_ONLY:
+        response = await browser.http.get(path)
+        assert response.status_code == 403, path
+        assert "for owners only" in response.text
+    assert (await browser.http.get("/console/api/live")).status_code == 403
+    for path in POSTS:
+        if path.startswith(("/console/knowledge", "/console/sign-out")):
+            continue
+        response = await browser.http.post(path, data={"csrf": browser.csrf, "kind": "end"})
+        assert response.status_code == 403, path
+    # Removing the user ends their session at once.
+    assert await store.remove_user(db(relay), "eddie")
+    assert (await browser.http.get("/console/knowledge")).status_code == 303
+    await browser.http.aclose()
+
+
+async def test_a_wrong_password_is_refused(relay: Any) -> None:
+    await store.add_user(db(relay), "pat", "right password 1", "owner")
+    async with httpx.AsyncClient(base_url=relay.base_url) as http:
+        page = await http.get("/console/sign-in")
+        response = await http.post(
+            "/console/sign-in",
+            data={"csrf": csrf_in(page.text), "username": "pat", "password": "wrong password"},
+        )
+        assert response.status_code == 401
+        assert (await http.get("/console/calls")).status_code == 303
+
+
+async def test_passwords_are_salted_scrypt_hashes() -> None:
+    one, two = store.hash_password("same password"), store.hash_password("same password")
+    assert one != two and one.startswith("scrypt$")
+    assert store.check_password("same password", one)
+    assert not store.check_password("other password", one)
+    assert not store.check_password("same password", "garbage")
+
+
+# -- pages from real calls ------------------------------------------------------------------------
+
+
+async def test_the_call_page_shows_what_happened(relay: Any) -> None:
+    relay.llm.push(
+        Text("We move upright and grand pianos."),
+        ToolCalls([ToolCall("collect_digits", {"purpose": "your postcode", "max_digits": 4})]),
+        Text("Thanks, 3000 is the city."),
+    )
+    call = relay.call()
+    await call.connect()
+    await call.say("What do you move?")
+    await call.prompt("Let me type my postcode")
+    await call.reply()
+    for digit in "3000":
+        await call.dtmf(digit)
+    await call.reply()
+    await call.close()
+    await relay.session_closed()
+    await relay.runtime.deps.recorder.flush()
+
+    browser = await sign_in(relay.base_url)
+    listing = await browser.http.get("/console/calls", params={"q": "postcode"})
+    assert call.call_sid in listing.text
+    assert (
+        call.call_sid
+        not in (
+            await browser.http.get("/console/calls", params={"q": "no such words anywhere"})
+        ).text
+    )
+    assert (
+        call.call_sid
+        in (await browser.http.get("/console/calls", params={"caller": "412345"})).text
+    )
+    page = await browser.http.get(f"/console/calls/{call.call_sid}")
+    assert page.status_code == 200
+    html = page.text
+    for expected in (
+        "What do you move?",
+        "We move upright and grand pianos.",
+        "collect_digits",
+        "your postcode",
+        "<kbd>3</kbd>",
+        "Thanks, 3000 is the city.",
+        "Latency per turn",
+        f"relay replay {call.call_sid}",
+        "hung-up",
+    ):
+        assert expected in html, expected
+    export = await browser.http.get(
+        f"/console/calls/{call.call_sid}/export", params={"redact": "0"}
+    )
+    assert export.status_code == 200
+    header = orjson.loads(export.content.splitlines()[0])
+    assert call.call_sid in export.text and "+61412345678" in export.text, header
+    redacted = await browser.http.get(
+        f"/console/calls/{call.call_sid}/export", params={"redact": "1"}
+    )
+    assert "+61412345678" not in redacted.text
+    home = await browser.http.get("/console")
+    assert home.status_code == 200 and "<svg" in home.text
+    await browser.http.aclose()
+
+
+async def read_stream(response: httpx.Response, until: Any) -> list[dict[str, Any]]:
+    """SSE ``line`` events until ``until(lines)`` is true."""
+    lines: list[dict[str, Any]] = []
+    event = ""
+    async for raw in response.aiter_lines():
+        if raw.startswith("event: "):
+            event = raw[7:]
+        elif raw.startswith("data: ") and event == "line":
+            lines.append(orjson.loads(raw[6:]))
+            if until(lines):
+                return lines
+    return lines
+
+
+async def test_live_list_stream_and_supervisor_commands(relay: Any) -> None:
+    relay.llm.push(Text("Hello, how can I help?"), Text("Sure, one moment."))
+    call = relay.call()
+    await call.connect()
+    browser = await sign_in(relay.base_url)
+
+    async def listed() -> dict[str, Any]:
+        while True:
+            live = (await browser.http.get("/console/api/live")).json()["calls"]
+            mine = [c for c in live if c["call_sid"] == call.call_sid]
+            if mine:
+                return mine[0]
+            await asyncio.sleep(0.05)
+
+    entry = await asyncio.wait_for(listed(), WAIT)
+    assert entry["agent"] == "piano-removals" and entry["caller"] == "+61*******78"
+    live_page = await browser.http.get("/console/live")
+    assert call.call_sid in live_page.text
+
+    async with browser.http.stream("GET", f"/console/api/calls/{call.call_sid}/stream") as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        await call.say("Hi, is anyone there?")
+
+        def replied(lines: list[dict[str, Any]]) -> bool:
+            return any(line.get("last") for line in lines if line["type"] == "agent")
+
+        lines = await asyncio.wait_for(read_stream(stream, replied), WAIT)
+    assert lines[0] == {"type": "caller", "text": "Hi, is anyone there?"}
+    said = "".join(line["text"] for line in lines if line["type"] == "agent")
+    assert said == "Hello, how can I help?"
+
+    page = await browser.http.get(f"/console/calls/{call.call_sid}")
+    assert "Live transcript" in page.text and "Whisper" in page.text
+    headers = {"X-CSRF-Token": browser.csrf}
+    whisper = await browser.http.post(
+        f"/console/calls/{call.call_sid}/command",
+        data={"kind": "whisper", "argument": "Offer the Tuesday discount."},
+        headers=headers,
+    )
+    assert whisper.json()["status"] == "pending"
+    bad = await browser.http.post(
+        f"/console/calls/{call.call_sid}/command",
+        data={"kind": "takeover", "argument": "not a number"},
+        headers=headers,
+    )
+    assert bad.status_code == 400
+
+    async def applied() -> None:
+        while True:
+            async with db(relay).session() as session:
+                status = await session.scalar(
+                    select(CallCommand.status).where(CallCommand.call_sid == call.call_sid)
+                )
+            if status == "done":
+                return
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(applied(), WAIT)
+    await call.say("Any deals?")
+    note = relay.llm.requests[-1]["messages"][-2]
+    assert note == {
+        "role": "system",
+        "content": "Note from your supervisor (the caller cannot hear this): Offer the Tuesday discount.",
+    }
+
+    end = await browser.http.post(
+        f"/console/calls/{call.call_sid}/command", data={"kind": "end"}, headers=headers
+    )
+    assert end.status_code == 200
+    line = await call.next_frame()
+    assert line is not None and line["type"] == "text"
+    assert line["token"] == "Thanks for calling Keystone Piano Movers. Have a lovely day!"
+    await call.info("agentSpeaking", "off")
+    final = await call.next_frame()
+    assert final is not None and final["type"] == "end"
+    assert orjson.loads(final["handoffData"]) == {
+        "reasonCode": "end-call",
+        "reason": "ended from the console",
+    }
+    await call.close()
+    await relay.session_closed()
+    await browser.http.aclose()
+
+
+async def test_take_over_dials_the_number_given(relay: Any) -> None:
+    call = relay.call()
+    await call.connect()
+    browser = await sign_in(relay.base_url)
+
+    async def started() -> None:
+        while True:
+            page = await browser.http.get(f"/console/calls/{call.call_sid}")
+            if page.status_code == 200:
+                return
+            await asyncio.sleep(0.05)
+
+    await asyncio.wait_for(started(), WAIT)
+    response = await browser.http.post(
+        f"/console/calls/{call.call_sid}/command",
+        data={"kind": "takeover", "argument": "+61390009999"},
+        headers={"X-CSRF-Token": browser.csrf},
+    )
+    assert response.status_code == 200
+    line = await call.next_frame()
+    assert line is not None and line["type"] == "text"
+    await call.info("agentSpeaking", "off")
+    end = await call.next_frame()
+    assert end is not None and end["type"] == "end"
+    data = orjson.loads(end["handoffData"])
+    assert data["takeoverNumber"] == "+61390009999"
+    await call.close()
+    await relay.session_closed()
+    form = {
+        "AccountSid": "AC" + "0" * 32, "CallSid": call.call_sid, "SessionId": call.session_id,
+        "From": call.from_, "To": call.to, "Direction": "inbound", "ApiVersion": "2010-04-01",
+        "SessionStatus": "ended", "CallStatus": "in-progress", "HandoffData": end["handoffData"],
+    }  # fmt: skip
+    twiml = await relay.post("/handoff", form)
+    assert "<Number>+61390009999</Number>" in twiml.text
+    await browser.http.aclose()
+
+
+# -- quotes, bookings, messages ---------------------------------------------------------------------
+
+
+async def test_bookings_confirm_and_cancel_and_quotes_list(relay: Any) -> None:
+    now = datetime.now(UTC)
+    async with db(relay).session() as session, session.begin():
+        session.add(
+            Quote(id="Q111111", agent="piano-removals", call_sid=None, caller="+61412000222",
+                  inputs={"piano": "upright"}, breakdown=[{"kind": "base", "label": "Upright piano move",
+                  "amount_cents": 42000, "phrase": "x"}], total_cents=42000, currency="AUD",
+                  status="booked", created_at=now)
+        )  # fmt: skip
+        await session.flush()
+        session.add(
+            Booking(id="654321", agent="piano-removals", kind="move", quote_id="Q111111",
+                    phone="+61412000222", name="Bea", starts_at=now + timedelta(days=3),
+                    ends_at=now + timedelta(days=3, hours=4), status="booked",
+                    created_at=now, updated_at=now)
+        )  # fmt: skip
+    browser = await sign_in(relay.base_url)
+    quotes = await browser.http.get("/console/quotes", params={"status": "booked"})
+    assert "Q111111" in quotes.text and "AUD 420.00" in quotes.text
+    page = await browser.http.get("/console/bookings")
+    assert "654321" in page.text
+    confirm = await browser.http.post(
+        "/console/bookings/654321/confirm", data={"csrf": browser.csrf}
+    )
+    assert confirm.status_code == 303
+    async with db(relay).session() as session:
+        confirmation = await session.get(BookingConfirmation, "654321")
+    assert confirmation is not None and confirmation.confirmed_by == "admin"
+    assert "confirmed by admin" in (await browser.http.get("/console/bookings")).text
+    cancel = await browser.http.post(
+        "/console/bookings/654321/cancel", headers={"X-CSRF-Token": browser.csrf}
+    )
+    assert cancel.json() == {"done": "Cancelled booking 654321."}
+    async with db(relay).session() as session:
+        assert (await session.get(Booking, "654321")).status == "cancelled"  # type: ignore[union-attr]
+    again = await browser.http.post(
+        "/console/bookings/654321/cancel", headers={"X-CSRF-Token": browser.csrf}
+    )
+    assert again.status_code == 409
+    await browser.http.aclose()

@@ -1,0 +1,166 @@
+"""SIGTERM to a real ``relay serve`` process: live replies complete, then the process exits.
+
+The model is ``relay fake-llm`` in its own process, slow enough (0.1 s a token) that a reply is
+still streaming when the signal arrives."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from relay.testing.simcall import SimulatedCall, sign
+from relay.web import drain as drain_
+
+AUTH_TOKEN = "test-auth-token-0123456789abcdef"
+REPLY_TOKENS = 20
+WAIT = 20.0  # the longest a test waits for a process to get somewhere (a limit)
+RELAY = [sys.executable, "-c", "import sys; from relay.cli import main; sys.exit(main())"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def wait_healthy(url: str, process: subprocess.Popen[bytes]) -> None:
+    async with httpx.AsyncClient() as http, asyncio.timeout(WAIT):
+        while True:
+            assert process.poll() is None, f"exited with {process.returncode}"
+            try:
+                if (await http.get(url)).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+def fake_llm() -> Iterator[str]:
+    port = free_port()
+    process = subprocess.Popen(
+        [*RELAY, "fake-llm", "--port", str(port), "--token-delay", "0.1",
+         "--reply-tokens", str(REPLY_TOKENS)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        asyncio.run(wait_healthy(f"http://127.0.0.1:{port}/healthz", process))
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        process.terminate()
+        process.wait(WAIT)
+
+
+def start_relay(data_dir: Path, prompts_dir: Path, llm: str, **env: str) -> tuple[Any, str]:
+    """``relay serve`` on a free port; its log goes to ``data_dir/serve.log``."""
+    port = free_port()
+    environ = {
+        k: v for k, v in os.environ.items() if not k.startswith(("RELAY_", "OPENAI_", "TWILIO_"))
+    }
+    environ.update(
+        RELAY_DATA_DIR=str(data_dir), RELAY_PROMPTS_DIR=str(prompts_dir),
+        TWILIO_AUTH_TOKEN=AUTH_TOKEN, OPENAI_BASE_URL=llm, RELAY_KNOWLEDGE="false",
+        RELAY_LOG_FORMAT="json", RELAY_LOG_LEVEL="info", **env,
+    )  # fmt: skip
+    environ.pop("DATABASE_URL", None)
+    with open(data_dir / "serve.log", "wb") as log:
+        process = subprocess.Popen(
+            [*RELAY, "serve", "--host", "127.0.0.1", "--port", str(port)],
+            env=environ, stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    return process, f"127.0.0.1:{port}"
+
+
+async def exited(process: subprocess.Popen[bytes]) -> int:
+    code = await asyncio.wait_for(asyncio.to_thread(process.wait), WAIT)
+    return code
+
+
+async def test_sigterm_lets_the_reply_in_progress_finish_then_the_process_exits(
+    clean_env: None, data_dir: Path, prompts_dir: Path, fake_llm: str
+) -> None:
+    process, host = start_relay(data_dir, prompts_dir, fake_llm, RELAY_DRAIN_SECONDS="60")
+    try:
+        await wait_healthy(f"http://{host}/readyz", process)
+        call = SimulatedCall(f"ws://{host}/ws", auth_token=AUTH_TOKEN)
+        await call.connect()
+        await call.prompt("Could you tell me about moving an upright piano across town please")
+        first = await call.next_frame()
+        process.send_signal(signal.SIGTERM)
+        frames = [first]
+        while not (frames[-1] is None or (frames[-1]["type"] == "text" and frames[-1]["last"])):
+            frames.append(await call.next_frame())
+        async with httpx.AsyncClient() as http:
+            ready = await http.get(f"http://{host}/readyz")
+            form = {"CallSid": "CA" + "2" * 32, "From": "+61412345678", "To": "+61390001234"}
+            twiml = await http.post(
+                f"http://{host}/twiml",
+                data=form,
+                headers={"X-Twilio-Signature": sign(AUTH_TOKEN, f"http://{host}/twiml", form)},
+            )
+        still_running = process.poll() is None
+        await call.close()  # the caller hangs up: the drain has nothing left to wait for
+        code = await exited(process)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    log = (data_dir / "serve.log").read_text()
+
+    tokens = [f for f in frames if f is not None and f["type"] == "text" and f["token"]]
+    assert frames[-1] is not None and frames[-1]["last"] is True, log
+    assert len(tokens) == REPLY_TOKENS  # the whole reply, not cut
+    assert ready.status_code == 503 and ready.json()["checks"]["draining"]["ok"] is False
+    assert "<Dial" in twiml.text and "<Connect" not in twiml.text  # the polite busy answer
+    assert still_running
+    assert code in (0, -signal.SIGTERM)
+    events = [orjson.loads(line)["event"] for line in log.splitlines() if line.startswith("{")]
+    assert "drain_started" in events and "drain_finished" in events
+    assert events.index("drain_finished") < events.index("relay_stopped")
+
+
+async def test_sigterm_after_the_deadline_hands_the_caller_over_and_records_the_outcome(
+    clean_env: None, data_dir: Path, prompts_dir: Path, fake_llm: str
+) -> None:
+    process, host = start_relay(data_dir, prompts_dir, fake_llm, RELAY_DRAIN_SECONDS="0.5")
+    try:
+        await wait_healthy(f"http://{host}/readyz", process)
+        call = SimulatedCall(f"ws://{host}/ws", auth_token=AUTH_TOKEN)
+        await call.connect()
+        await call.say("Hello")  # one whole turn, then the caller says nothing more
+        process.send_signal(signal.SIGTERM)
+        line = await call.next_frame(WAIT)
+        await call.info("agentSpeaking", "off")
+        end = await call.next_frame(WAIT)
+        await call.close()
+        code = await exited(process)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+    assert line is not None and line["token"] == drain_.TO_PERSON_LINE and line["last"] is True
+    assert end is not None and end["type"] == "end"
+    assert orjson.loads(end["handoffData"])["reason"] == "server-shutdown"
+    assert code in (0, -signal.SIGTERM)
+    from relay.storage import repository
+    from relay.storage.db import Database
+
+    db = Database(f"sqlite+aiosqlite:///{data_dir / 'relay.db'}")
+    try:
+        stored = await repository.get_call(db, call.call_sid)
+    finally:
+        await db.close()
+    assert stored is not None and stored.outcome == "server-shutdown"  # the recorder was flushed

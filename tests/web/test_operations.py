@@ -1,0 +1,356 @@
+"""Running relay for real: /healthz and /readyz, Prometheus /metrics, the call cap and its polite
+answer, rate limits on forged webhooks and the admin API, the model concurrency cap, and the
+drain (started in-process here; tests/web/test_drain_signal.py sends a real SIGTERM)."""
+
+from __future__ import annotations
+
+import asyncio
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from prometheus_client.parser import text_string_to_metric_families
+
+from relay.storage import repository
+from relay.storage.db import Database
+from relay.testing import ScriptedLLM, Text
+from relay.web import drain as drain_
+from relay.web.admission import BUSY_NO_PERSON, BUSY_TO_PERSON, RateLimiter
+
+PERSON = "+61390001299"
+WAIT = 10.0  # the longest a test waits for the server to get somewhere
+SERVICES = (
+    "We move upright and grand pianos across Melbourne and regional Victoria, store them in a "
+    "climate-controlled warehouse, and tune them once they arrive."
+)
+
+
+def twiml_form(call_sid: str = "CA" + "1" * 32, **fields: str) -> dict[str, str]:
+    return {
+        "AccountSid": "AC" + "0" * 32, "CallSid": call_sid, "From": "+61412345678",
+        "To": "+61390001234", "Direction": "inbound", "CallStatus": "ringing",
+        "ApiVersion": "2010-04-01", **fields,
+    }  # fmt: skip
+
+
+async def scrape(
+    relay: Any, **headers: str
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of /metrics, parsed by Prometheus' own parser: {(name, labels): value}."""
+    response = await relay.http.get(relay.base_url + "/metrics", headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain; version=")
+    samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    """Wait for the server to get somewhere (a limit, never an expectation)."""
+    async with asyncio.timeout(WAIT):
+        while not condition():  # noqa: ASYNC110 (the server's state, no event to wait on)
+            await asyncio.sleep(0.01)
+
+
+def value(samples: dict[Any, float], name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def drain_frames(call: Any) -> list[dict[str, Any]]:
+    """Frames up to and including the next ``last: true`` text frame."""
+    frames = []
+    while True:
+        frame = await call.next_frame()
+        assert frame is not None, frames
+        frames.append(frame)
+        if frame["type"] == "text" and frame["last"]:
+            return frames
+
+
+# -- health ------------------------------------------------------------------------------------
+
+
+async def test_readyz_lists_every_dependency_and_follows_failures_and_recovery(
+    start_relay: Any,
+) -> None:
+    async with start_relay() as relay:
+        runtime = relay.runtime
+        live = await relay.http.get(relay.base_url + "/healthz")
+        ready = await relay.http.get(relay.base_url + "/readyz")
+
+        probe = runtime.model_probe
+        good_url = probe._url
+        probe._url = "http://127.0.0.1:9/v1/models"  # nothing listens on the discard port
+        await probe.probe()  # what the background loop does every RELAY_READY_PROBE_SECONDS
+        model_down = await relay.http.get(relay.base_url + "/readyz")
+        probe._url = good_url
+        await probe.probe()
+
+        good_db = runtime.deps.db
+        broken = Database(f"sqlite+aiosqlite:///{relay.settings.data_dir}")  # a directory
+        runtime.deps.db = broken
+        db_down = await relay.http.get(relay.base_url + "/readyz")
+        runtime.deps.db = good_db
+        await broken.close()
+        recovered = await relay.http.get(relay.base_url + "/readyz")
+        live_while_db_down = live.status_code
+
+    assert (live.status_code, live.json()) == (200, {"status": "ok"})
+    assert ready.status_code == 200
+    body = ready.json()
+    assert body["status"] == "ready"
+    assert set(body["checks"]) == {"database", "knowledge", "model", "recorder", "draining"}
+    assert all(check["ok"] for check in body["checks"].values())
+    assert body["checks"]["knowledge"]["detail"] == "disabled"  # RELAY_KNOWLEDGE=false in tests
+
+    assert model_down.status_code == 503
+    assert model_down.json()["checks"]["model"]["ok"] is False
+    assert model_down.json()["checks"]["database"]["ok"] is True
+    assert db_down.status_code == 503
+    checks = db_down.json()["checks"]
+    assert checks["database"]["ok"] is False and checks["database"]["detail"]
+    assert checks["model"]["ok"] is True
+    assert recovered.status_code == 200
+    assert live_while_db_down == 200
+
+
+async def test_readyz_database_check_leaves_nothing_behind(start_relay: Any) -> None:
+    async with start_relay() as relay:
+        for _ in range(3):
+            assert (await relay.http.get(relay.base_url + "/readyz")).status_code == 200
+        async with relay.runtime.deps.db.session() as session:
+            from sqlalchemy import func, select
+
+            from relay.storage.models import Event
+
+            count = await session.scalar(select(func.count()).select_from(Event))
+    assert count == 0
+
+
+async def test_readyz_recorder_backlog_over_its_limit_is_not_ready(start_relay: Any) -> None:
+    async with start_relay(RELAY_RECORDER_BACKLOG_LIMIT="1") as relay:
+        recorder = relay.runtime.deps.recorder
+        # Stop the writer so records stay buffered, then hand two over.
+        await recorder.stop()
+        recorder.update_call("CA-backlog", status="in-progress")
+        recorder.update_call("CA-backlog2", status="in-progress")
+        backlog = await relay.http.get(relay.base_url + "/readyz")
+        await recorder.start()
+        await recorder.flush()
+        ready = await relay.http.get(relay.base_url + "/readyz")
+
+    assert backlog.status_code == 503
+    assert backlog.json()["checks"]["recorder"] == {"ok": False, "detail": "backlog 2 of 1"}
+    assert ready.status_code == 200
+
+
+# -- metrics -----------------------------------------------------------------------------------
+
+
+async def test_metrics_in_prometheus_text_format_before_and_after_a_call(
+    start_relay: Any,
+) -> None:
+    async with start_relay(ScriptedLLM([Text("Hi there.")])) as relay:
+        agent = relay.runtime.deps.agents.default.name
+        before = await scrape(relay)
+        call = relay.call()
+        await call.connect()
+        await call.say("hello")
+        during = await scrape(relay)
+        await call.send("not json at all")
+        await call.close()
+        await relay.session_closed()
+        after = await scrape(relay)
+        json_view = (await relay.http.get(relay.base_url + "/metrics.json")).json()
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert value(during, "relay_live_calls") == value(before, "relay_live_calls") + 1
+    assert value(after, "relay_live_calls") == value(before, "relay_live_calls")
+    assert delta("relay_calls_started_total", agent=agent) == 1
+    assert delta("relay_calls_ended_total", agent=agent, outcome="hung-up") == 1
+    assert delta("relay_turns_total", agent=agent, outcome="answered") == 1
+    assert delta("relay_first_frame_seconds_count", agent=agent) == 1
+    assert delta("relay_first_frame_seconds_sum", agent=agent) > 0
+    assert delta("relay_model_first_token_seconds_count", agent=agent) == 1
+    assert delta("relay_invalid_frames_total") == 1
+    assert value(after, "relay_recorder_backlog") == 0
+    assert json_view["sessions_total"] >= 1  # the JSON view stays at /metrics.json
+
+
+async def test_metrics_token_protects_the_endpoint(start_relay: Any) -> None:
+    async with start_relay(RELAY_METRICS_TOKEN="s3cret-metrics") as relay:
+        anonymous = await relay.http.get(relay.base_url + "/metrics")
+        wrong = await relay.http.get(
+            relay.base_url + "/metrics", headers={"Authorization": "Bearer nope"}
+        )
+        samples = await scrape(relay, Authorization="Bearer s3cret-metrics")
+
+    assert anonymous.status_code == 401
+    assert anonymous.headers["www-authenticate"].startswith("Bearer")
+    assert wrong.status_code == 401
+    assert ("relay_live_calls", ()) in samples
+
+
+# -- admission ---------------------------------------------------------------------------------
+
+
+async def test_over_the_call_cap_twiml_answers_politely_then_connects_again(
+    start_relay: Any,
+) -> None:
+    async with start_relay(RELAY_MAX_CALLS="1") as relay:
+        call = relay.call()
+        await call.connect()
+        await until(lambda: bool(relay.runtime.ops.gate.live))  # the server took the socket
+        refused = await relay.post("/twiml", twiml_form())
+        await call.close()
+        await relay.session_closed()
+        accepted = await relay.post("/twiml", twiml_form())
+
+    assert refused.status_code == 200
+    root = ET.fromstring(refused.text)
+    assert [c.tag for c in root] == ["Say", "Dial"]
+    assert root[0].text == BUSY_TO_PERSON
+    assert [n.text for n in root[1].iter("Number")] == [PERSON]
+    assert root[1].attrib["callerId"] == "+61390001234"
+    connect = ET.fromstring(accepted.text).find("Connect")
+    assert connect is not None and connect.find("ConversationRelay") is not None
+
+
+async def test_forged_webhooks_are_rate_limited_by_source_but_signed_ones_never(
+    start_relay: Any,
+) -> None:
+    async with start_relay(RELAY_RATE_LIMIT_BURST="3", RELAY_RATE_LIMIT_PER_SECOND="0.01") as relay:
+        forged = [await relay.post("/twiml", twiml_form(), signature="forged") for _ in range(5)]
+        signed = [await relay.post("/twiml", twiml_form()) for _ in range(5)]
+        forged_handoff = await relay.post("/handoff", twiml_form(), signature="forged")
+
+    assert [r.status_code for r in forged] == [403, 403, 403, 429, 429]
+    assert int(forged[3].headers["retry-after"]) >= 1
+    assert [r.status_code for r in signed] == [200] * 5
+    assert all(ET.fromstring(r.text).find("Connect") is not None for r in signed)
+    assert forged_handoff.status_code == 429
+
+
+async def test_admin_api_is_rate_limited_by_source(start_relay: Any) -> None:
+    async with start_relay(
+        RELAY_ADMIN_TOKEN="admin-token",
+        RELAY_RATE_LIMIT_BURST="2",
+        RELAY_RATE_LIMIT_PER_SECOND="0.01",
+    ) as relay:
+        headers = {"Authorization": "Bearer admin-token"}
+        url = relay.base_url + "/admin/knowledge/piano-removals/documents"
+        answers = [await relay.http.get(url, headers=headers) for _ in range(3)]
+
+    assert [r.status_code == 429 for r in answers] == [False, False, True]
+    assert int(answers[2].headers["retry-after"]) >= 1
+
+
+def test_token_bucket_refills_at_its_rate() -> None:
+    limiter = RateLimiter(rate=2.0, burst=2)
+    assert [limiter.take("a", now=0.0) for _ in range(3)] == [0.0, 0.0, 0.5]
+    assert limiter.take("b", now=0.0) == 0.0  # another source has its own bucket
+    assert limiter.take("a", now=0.5) == 0.0  # one token back after half a second
+    assert limiter.take("a", now=0.5) == 0.5
+
+
+async def test_model_concurrency_cap_queues_the_second_request_and_measures_the_wait(
+    start_relay: Any,
+) -> None:
+    llm = ScriptedLLM([Text(SERVICES), Text(SERVICES)], token_delay=0.01)
+    async with start_relay(llm, RELAY_MAX_LLM_CONCURRENCY="1") as relay:
+        before = await scrape(relay)
+        first, second = relay.call(), relay.call()
+        await first.connect()
+        await second.connect()
+        replies = await asyncio.gather(first.say("What do you do?"), second.say("And you?"))
+        after = await scrape(relay)
+
+    assert [r.text for r in replies] == [SERVICES, SERVICES]
+    # One request at a time: one reply's last frame comes before the other's first frame.
+    ends = sorted(replies, key=lambda r: r.frames[0]["_t"])
+    assert ends[0].frames[-1]["_t"] <= ends[1].frames[0]["_t"]
+    count = "relay_model_queue_seconds_count"
+    assert value(after, count) - value(before, count) == 2
+
+
+# -- drain -------------------------------------------------------------------------------------
+
+
+async def test_drain_lets_a_live_reply_finish_refuses_new_calls_and_turns_readyz_503(
+    start_relay: Any,
+) -> None:
+    llm = ScriptedLLM([Text(SERVICES)], token_delay=0.02)
+    async with start_relay(llm, RELAY_DRAIN_SECONDS="30") as relay:
+        call = relay.call()
+        await call.connect()
+        await call.prompt("What do you do?")
+        first = await call.next_frame()
+        drained = relay.runtime.drain.start()
+        ready = await relay.http.get(relay.base_url + "/readyz")
+        refused = await relay.post("/twiml", twiml_form())
+        rest = await drain_frames(call)
+        still_draining = not drained.done()
+        await call.close()
+        await asyncio.wait_for(drained, 10)
+        await relay.session_closed()
+        stored = await repository.get_call(relay.runtime.deps.db, call.call_sid)
+
+    assert first is not None and first["type"] == "text"
+    text = first["token"] + "".join(f["token"] for f in rest if f["type"] == "text")
+    assert text == SERVICES  # the reply in progress was not cut
+    assert [f["type"] for f in rest].count("end") == 0
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["draining"] == {"ok": False, "detail": "draining"}
+    assert ET.fromstring(refused.text)[0].text == BUSY_TO_PERSON
+    assert still_draining
+    assert stored is not None and stored.outcome == "hung-up"
+
+
+async def test_after_the_drain_deadline_the_caller_is_handed_to_a_person(
+    start_relay: Any,
+) -> None:
+    async with start_relay(RELAY_DRAIN_SECONDS="0") as relay:
+        call = relay.call()
+        await call.connect()
+        await until(lambda: bool(relay.runtime.ops.gate.live))
+        drained = relay.runtime.drain.start()
+        line = await call.next_frame()
+        await call.info("agentSpeaking", "off")
+        end = await call.next_frame()
+        await call.close()
+        await asyncio.wait_for(drained, 10)
+        await relay.runtime.deps.recorder.flush()
+        stored = await repository.get_call(relay.runtime.deps.db, call.call_sid)
+        handoff = await relay.post(
+            "/handoff",
+            twiml_form(
+                call.call_sid,
+                SessionStatus="ended",
+                CallStatus="in-progress",
+                HandoffData=end["handoffData"] if end else "",
+            ),
+        )
+
+    assert line is not None and line == {
+        "type": "text", "token": drain_.TO_PERSON_LINE, "last": True, "_t": line["_t"]
+    }  # fmt: skip
+    assert end is not None and end["type"] == "end"
+    data = orjson.loads(end["handoffData"])
+    assert (data["reasonCode"], data["reason"]) == ("live-agent-handoff", "server-shutdown")
+    assert stored is not None and stored.outcome == "server-shutdown"
+    dial = ET.fromstring(handoff.text).find("Dial")
+    assert dial is not None and [n.text for n in dial.iter("Number")] == [PERSON]
+
+
+def test_busy_answer_without_a_person_says_goodbye() -> None:
+    from relay.agents import AgentProfile
+    from relay.web.admission import busy_twiml
+
+    agent = AgentProfile.model_construct(person_number=None)
+    root = ET.fromstring(busy_twiml(agent, "+61390001234"))
+    assert [(c.tag, c.text) for c in root] == [("Say", BUSY_NO_PERSON), ("Hangup", None)]
