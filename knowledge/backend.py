@@ -143,11 +143,11 @@ class ChromaBackend:
 
     def close(self) -> None:
         """Release the client (its HTTP connections or its files); reopened on next use."""
-        with self._lock:
-            client, self._client = self._client, None
+        with self._lock:  # held while closing: a client reopened meanwhile would get the
+            client, self._client = self._client, None  # old System from chromadb's cache
             self._collections.clear()
-        if client is not None:
-            _close_client(client)
+            if client is not None:
+                _close_client(client)
 
     def ping(self) -> None:
         """Raise :class:`StoreUnavailable` unless the store answers."""

@@ -458,6 +458,47 @@ class KnowledgeStore:
                 raise KnowledgeError(f"collection {collection!r} returned deleted chunks")
         return hits
 
+    def snapshot(self, collection: str) -> tuple[tuple[int, int], list[tuple[Hit, list[float]]]]:
+        """Every chunk of a collection (as a :class:`Hit` with score 0) with its vector, and
+        the change marker they were read at (see :meth:`changes`), for an in-memory index
+        (:mod:`knowledge.memindex`). Raises like :meth:`search`."""
+        marker = self.changes()
+        handle = self._collection(collection, create=False)
+        if handle is None:
+            raise UnknownCollection(f"no collection {collection!r}")
+        records = self._backend.get(handle, include=["embeddings", "documents", "metadatas"])
+        rows: list[tuple[Hit, list[float]]] = []
+        try:
+            for chunk_id, vector, text, meta in zip(
+                records["ids"],
+                records["embeddings"],
+                records["documents"],
+                records["metadatas"],
+                strict=True,
+            ):
+                hit = Hit(
+                    chunk_id=chunk_id,
+                    doc_id=str(meta["doc_id"]),
+                    doc_version=int(meta["doc_version"]),
+                    source=str(meta["source"]),
+                    heading_path=list(json.loads(meta["heading_path"])),
+                    text=text,
+                    score=0.0,
+                )
+                rows.append((hit, list(vector)))
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise KnowledgeError(f"unexpected answer from the vector store: {exc!r}") from exc
+        return marker, rows
+
+    def changes(self, *, refresh: bool = True) -> tuple[int, int]:
+        """A marker that moves whenever documents change, in this process or (seen through
+        :meth:`refresh`, so within ``refresh_interval``) in another. ``refresh=False`` only
+        reads attributes (no I/O): the changes this process made or has already seen."""
+        if refresh:
+            self.refresh()
+        written = self._manifest.written_generation if self._manifest is not None else 0
+        return (self.reloads, written)
+
     def _query(
         self, collection: str, handle: Collection, vector: list[float], k: int, min_score: float
     ) -> list[Hit] | None:

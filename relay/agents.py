@@ -80,9 +80,18 @@ LANGUAGE_ATTRIBUTES = _keywords(ConversationRelay.language) - {"code"}
 
 
 def _boolean(value: Any) -> Scalar:
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"  # written as TwiML would: "true"
     if not isinstance(value, bool):
         raise ValueError("must be true or false")
     return value
+
+
+def _input_kind(value: Any) -> Scalar:
+    """none | dtmf | speech | any; the legacy booleans (true = any, false = none) still work."""
+    if isinstance(value, bool) or value in INPUT_KINDS:
+        return value  # type: ignore[no-any-return]
+    raise ValueError(f"must be one of {', '.join(INPUT_KINDS)}")
 
 
 def _one_of(*allowed: str) -> Callable[[Any], Scalar]:
@@ -117,13 +126,19 @@ def _language(value: Any) -> Scalar:
 
 def _number(low: float, high: float) -> Callable[[Any], Scalar]:
     def check(value: Any) -> Scalar:
+        number = value
+        if isinstance(value, str):  # "0.7", as it would be written in TwiML
+            try:
+                number = float(value)
+            except ValueError:
+                number = None
         if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not low <= value <= high
+            isinstance(number, bool)
+            or not isinstance(number, int | float)
+            or not low <= number <= high
         ):
             raise ValueError(f"must be a number from {low:g} to {high:g}")
-        return value
+        return value  # type: ignore[no-any-return]
 
     return check
 
@@ -133,6 +148,8 @@ def _speech_timeout(value: Any) -> Scalar:
         return "auto"
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
     raise ValueError('must be milliseconds of silence (an integer) or "auto"')
 
 
@@ -169,8 +186,8 @@ _CHECKS: dict[str, Callable[[Any], Scalar]] = {
     "transcription_provider": _provider("Google", "Deepgram"),
     "voice": _text,
     "speech_model": _text,
-    "welcome_greeting_interruptible": _one_of(*INPUT_KINDS),
-    "interruptible": _one_of(*INPUT_KINDS),
+    "welcome_greeting_interruptible": _input_kind,
+    "interruptible": _input_kind,
     "report_input_during_agent_speech": _one_of(*INPUT_KINDS),
     "interrupt_sensitivity": _one_of("low", "medium", "high"),
     "elevenlabs_text_normalization": _one_of(*_NORMALIZATION),
@@ -227,6 +244,48 @@ def check_attributes(
     return checked
 
 
+_VOICE_ID = re.compile(r"^[A-Za-z0-9]{10,40}$")
+_VOICE_MODEL = re.compile(r"^[a-z][a-z0-9_]*$")
+_VOICE_TUNING = re.compile(r"^(\d+(?:\.\d+)?)_(\d+(?:\.\d+)?)_(\d+(?:\.\d+)?)$")
+
+
+def elevenlabs_voice_problem(voice: str) -> str | None:
+    """What is wrong with a Twilio ElevenLabs voice string
+    ``<voiceId>[-<modelId>][-<speed>_<stability>_<similarity>]`` (notes, section 5), or None.
+    The model is free text (new models such as v4 Turbo have tokens not known here)."""
+    parts = voice.split("-")
+    if not _VOICE_ID.match(parts[0]):
+        return f"{voice!r} does not start with an ElevenLabs voice id (see: relay voices list)"
+    rest = parts[1:]
+    if len(rest) > 2:
+        return f"{voice!r} is not <voiceId>[-<model>][-<speed>_<stability>_<similarity>]"
+    for index, part in enumerate(rest):
+        tuning = _VOICE_TUNING.match(part)
+        if tuning:
+            if index != len(rest) - 1:
+                return f"{voice!r}: the tuning comes last"
+            speed, stability, similarity = (float(x) for x in tuning.groups())
+            if not 0.7 <= speed <= 1.2:
+                return f"{voice!r}: speed {speed:g} is outside 0.7-1.2"
+            if not (0 <= stability <= 1 and 0 <= similarity <= 1):
+                return f"{voice!r}: stability and similarity must be from 0.0 to 1.0"
+        elif index > 0 or not _VOICE_MODEL.match(part):
+            return f"{voice!r}: {part!r} is neither a model (flash_v2_5) nor tuning (1.0_0.8_0.8)"
+    return None
+
+
+def _multi_problems(where: str, stt: Any, model: Any, tts: str | None) -> list[str]:
+    """``multi`` (auto-detected language) needs Deepgram nova-2/nova-3 and ElevenLabs."""
+    problems = []
+    if stt is not None and str(stt).lower() != "deepgram":
+        problems.append(f'{where}: "multi" needs transcription_provider "Deepgram"')
+    if model is not None and model not in ("nova-2-general", "nova-3-general"):
+        problems.append(f'{where}: "multi" needs speech_model nova-2-general or nova-3-general')
+    if tts is not None and tts.lower() != "elevenlabs":
+        problems.append(f'{where}: "multi" needs tts_provider "ElevenLabs"')
+    return problems
+
+
 def with_event(events: Scalar | None, token: str) -> str:
     """``events`` with ``token`` added once."""
     tokens = str(events or "").replace(",", " ").split()
@@ -257,7 +316,7 @@ class LanguageOption(BaseModel):
     @classmethod
     def _attributes(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            rest = {k: v for k, v in data.items() if k not in ("code", "name")}
+            rest = {k: v for k, v in data.items() if k not in ("code", "name") and v is not None}
             checked = check_attributes(rest, LANGUAGE_ATTRIBUTES, what="<Language>")
             data = {**data, **checked}
         return data
@@ -524,6 +583,40 @@ class AgentProfile(BaseModel):
             if key not in "0123456789*#" or len(key) != 1:
                 raise ValueError(f"keypad key {key!r} must be one of 0-9, * or #")
         return keypad
+
+    @model_validator(mode="after")
+    def _voices_and_multi(self) -> AgentProfile:
+        """Combinations Twilio refuses by ending the call (notes 2.5, 4.4, 5, pitfall 10)."""
+        relay = self.relay
+        parent_tts = str(relay.get("tts_provider", "ElevenLabs"))
+        problems = []
+        voice = relay.get("voice")
+        if isinstance(voice, str) and parent_tts.lower() == "elevenlabs":
+            problem = elevenlabs_voice_problem(voice)
+            if problem:
+                problems.append(f"relay.voice: {problem}")
+        if "multi" in (relay.get("language"), relay.get("transcription_language")):
+            problems += _multi_problems(
+                "relay", relay.get("transcription_provider"), relay.get("speech_model"), None
+            )
+        if relay.get("tts_language") == "multi" and parent_tts.lower() != "elevenlabs":
+            problems.append('relay: tts_language "multi" needs tts_provider "ElevenLabs"')
+        for option in self.languages:
+            tts = option.tts_provider or parent_tts
+            if option.voice and tts.lower() == "elevenlabs":
+                problem = elevenlabs_voice_problem(option.voice)
+                if problem:
+                    problems.append(f"languages {option.code}: voice: {problem}")
+            if option.code == "multi":
+                problems += _multi_problems(
+                    "languages multi",
+                    option.transcription_provider or relay.get("transcription_provider"),
+                    option.speech_model or relay.get("speech_model"),
+                    tts,
+                )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     # -- ConversationRelay (h4-protocol): the switches of [relay] and the TwiML's plain values --
 

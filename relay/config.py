@@ -107,7 +107,7 @@ class Settings(BaseSettings):
         default=4 * 1024 * 1024, ge=64 * 1024, le=64 * 1024 * 1024, alias="RELAY_WS_MAX_FRAME_BYTES"
     )
     ws_max_invalid_per_second: int = Field(
-        default=1000, ge=0, alias="RELAY_WS_MAX_INVALID_PER_SECOND"
+        default=2000, ge=0, alias="RELAY_WS_MAX_INVALID_PER_SECOND"
     )
 
     # Running for real: health, metrics, drain, admission, retention (README "Operations").
@@ -119,6 +119,8 @@ class Settings(BaseSettings):
     max_llm_concurrency: int | None = Field(default=None, ge=1, alias="RELAY_MAX_LLM_CONCURRENCY")
     rate_limit_per_second: float = Field(default=2.0, gt=0, alias="RELAY_RATE_LIMIT_PER_SECOND")
     rate_limit_burst: int = Field(default=20, ge=1, alias="RELAY_RATE_LIMIT_BURST")
+    # Whose X-Forwarded-For / -Proto uvicorn believes: "*" (anyone) or the proxy's addresses.
+    forwarded_allow_ips: str = Field(default="*", alias="RELAY_FORWARDED_ALLOW_IPS")
     retention_days: float | None = Field(default=None, gt=0, alias="RELAY_RETENTION_DAYS")
     mask_numbers_after_days: float | None = Field(
         default=None, gt=0, alias="RELAY_MASK_NUMBERS_AFTER_DAYS"

@@ -116,7 +116,17 @@ def observe_first_frame(agent: str, seconds: float) -> None:
     FIRST_FRAME.labels(agent).observe(seconds)
 
 
+#: Tool names come from the model, which may invent them: at most this many become labels.
+MAX_TOOL_LABELS = 64
+_tool_labels: set[str] = set()
+
+
 def observe_tool(tool: str, seconds: float) -> None:
+    if tool not in _tool_labels:
+        if len(_tool_labels) >= MAX_TOOL_LABELS:
+            tool = "other"
+        else:
+            _tool_labels.add(tool)
     TOOL.labels(tool).observe(seconds)
 
 

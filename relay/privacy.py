@@ -5,7 +5,7 @@ the agent's (taken from its own number), Australia by default:
 
 * :func:`normalise_phone` turns what a caller says or types into E.164, or None when it is not a
   valid number (``"0412 345 678"`` -> ``"+61412345678"``);
-* :class:`Masker` finds numbers in every format (``+61 412 345 678``, ``(03) 9123 4567``,
+* :class:`Redactor` finds numbers in every format (``+61 412 345 678``, ``(03) 9123 4567``,
   ``0412-345-678``, ``555-555-0123``, ``5555550123``), e-mail addresses, street addresses
   (a house number, a street name and a street type, Australian and US types) and the names it
   is given, and masks them. A number keeps its country code and last two digits
@@ -35,7 +35,7 @@ __all__ = [
     "DEFAULT_REGION",
     "EMAIL_MASK",
     "NAME_MASK",
-    "Masker",
+    "Redactor",
     "is_e164",
     "mask_number",
     "mask_text",
@@ -144,7 +144,7 @@ def mask_number(number: str) -> str:
     return "".join(out)
 
 
-class Masker:
+class Redactor:
     """Masks phone numbers, e-mail addresses, street addresses and the given names in text.
 
     ``keep_numbers`` are left as they are (the business's own line, so a masked recording still
@@ -273,8 +273,8 @@ class Masker:
 
 
 @functools.lru_cache(maxsize=8)
-def _default(region: str) -> Masker:
-    return Masker(region=region)
+def _default(region: str) -> Redactor:
+    return Redactor(region=region)
 
 
 def mask_text(text: str, *, region: str = DEFAULT_REGION) -> str:

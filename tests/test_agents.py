@@ -392,3 +392,77 @@ def test_twiml_options_are_plain_values(tmp_path: Path) -> None:
         "welcome_greeting": None,
     }
     assert agent.relay["events"] == "speaker-events"  # the profile itself is unchanged
+
+
+@pytest.mark.parametrize(
+    ("relay", "message"),
+    [
+        ('voice = "Mark"', "does not start with an ElevenLabs voice id"),
+        ('voice = "UgBBYS2sOqTuMpoF3BR0-flash_v2_5-1.5_0.8_0.8"', "speed 1.5 is outside 0.7-1.2"),
+        ('voice = "UgBBYS2sOqTuMpoF3BR0-1.0_1.8_0.8"', "stability and similarity"),
+        ('voice = "UgBBYS2sOqTuMpoF3BR0-1.0_0.8_0.8-flash_v2_5"', "the tuning comes last"),
+        (
+            'language = "multi"\ntranscription_provider = "Google"',
+            '"multi" needs transcription_provider',
+        ),
+        ('language = "multi"\nspeech_model = "telephony"', '"multi" needs speech_model'),
+        ('tts_language = "multi"\ntts_provider = "Google"', '"multi" needs tts_provider'),
+    ],
+)
+def test_combinations_twilio_refuses_are_refused(tmp_path: Path, relay: str, message: str) -> None:
+    path = write(tmp_path, "bad", relay=relay)
+
+    with pytest.raises(ConfigError) as caught:
+        load_profile(path)
+
+    assert str(path) in str(caught.value) and message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "relay",
+    [
+        'voice = "UgBBYS2sOqTuMpoF3BR0"',
+        'voice = "UgBBYS2sOqTuMpoF3BR0-flash_v2_5"',
+        'voice = "XrExE9yKIg1WjnnlVkGX-1.2_0.6_0.8"',
+        'voice = "NYC9WEgkq1u4jiqBseQ9-turbo_v2_5-0.8_0.8_0.6"',
+        'voice = "NYC9WEgkq1u4jiqBseQ9-some_new_model-1_1_1"',  # model tokens are free text
+        'tts_provider = "Google"\nvoice = "en-AU-Neural2-A"',  # not ElevenLabs: not checked
+        'language = "multi"\ntranscription_provider = "Deepgram"\nspeech_model = "nova-3-general"',
+    ],
+)
+def test_valid_voices_and_multi(tmp_path: Path, relay: str) -> None:
+    load_profile(write(tmp_path, "good", relay=relay))
+
+
+def test_a_language_voice_is_checked_against_its_provider(tmp_path: Path) -> None:
+    google = '[[languages]]\ncode = "es-ES"\ntts_provider = "Google"\nvoice = "es-ES-Neural2-A"'
+    load_profile(write(tmp_path, "good", extra=google))
+
+    bad = '[[languages]]\ncode = "es-ES"\nvoice = "es-ES-Neural2-A"'  # inherits ElevenLabs
+    with pytest.raises(ConfigError, match="languages es-ES: voice"):
+        load_profile(write(tmp_path, "bad", extra=bad))
+
+
+def test_a_profile_survives_a_round_trip_through_model_dump() -> None:
+    for agent in AgentRegistry.load(SHIPPED_PROMPTS).agents.values():
+        again = AgentProfile.model_validate(agent.model_dump())
+        assert again.twiml_options() == agent.twiml_options()
+
+
+def test_values_written_as_twiml_would_are_accepted(tmp_path: Path) -> None:
+    relay = "\n".join(
+        [
+            "interruptible = true",  # the legacy boolean: any
+            "welcome_greeting_interruptible = false",  # none
+            'speech_timeout = "1200"',
+            'eager_eot_threshold = "0.5"',
+            'dtmf_detection = "true"',
+        ]
+    )
+    agent = load_profile(write(tmp_path, "twimlish", relay=relay))
+
+    assert agent.relay["interruptible"] is True
+    assert agent.relay["welcome_greeting_interruptible"] is False
+    assert agent.relay["speech_timeout"] == 1200
+    assert agent.relay["eager_eot_threshold"] == "0.5"
+    assert agent.relay["dtmf_detection"] is True

@@ -20,7 +20,7 @@ def test_defaults() -> None:
     settings = load_settings()
 
     assert settings.llm_base_url == OPENAI_DEFAULT_BASE_URL
-    assert settings.llm_transport == "lean"
+    assert settings.llm_transport == "aiohttp"
     assert settings.llm_max_retries == 2
     assert settings.public_url is None
     assert settings.twilio_auth_token is None
@@ -35,7 +35,7 @@ def test_overrides_use_the_environment_names(tmp_path: Path) -> None:
         RELAY_DATA_DIR=str(tmp_path / "d"),
         RELAY_PROMPTS_DIR=str(tmp_path / "p"),
         TWILIO_AUTH_TOKEN="tok",
-        RELAY_LLM_TRANSPORT="sdk",
+        RELAY_LLM_TRANSPORT="lean",
         RELAY_LLM_FIRST_TOKEN_TIMEOUT="1.5",
     )
 
@@ -43,7 +43,7 @@ def test_overrides_use_the_environment_names(tmp_path: Path) -> None:
     assert settings.data_dir == tmp_path / "d"
     assert settings.prompts_dir == tmp_path / "p"
     assert settings.twilio_auth_token == "tok"
-    assert settings.llm_transport == "sdk"
+    assert settings.llm_transport == "lean"
     assert settings.llm_first_token_timeout == 1.5
 
 

@@ -92,3 +92,39 @@ def test_the_grafana_dashboard_reads_only_series_relay_exports() -> None:
     assert used, "the dashboard has no relay series"
     assert used <= exported, used - exported
     assert len(used) >= 15
+
+
+def test_invented_tool_names_cannot_grow_the_label_set_without_bound() -> None:
+    for number in range(metrics.MAX_TOOL_LABELS + 10):
+        metrics.observe_tool(f"invented_{number}", 0.01)
+    found = samples(metrics.exposition().decode())
+    tools = {dict(labels)["tool"] for name, labels in found if name == "relay_tool_seconds_count"}
+
+    assert len(tools) <= metrics.MAX_TOOL_LABELS + 1
+    assert "other" in tools
+
+
+def test_the_alert_rules_read_only_series_relay_exports() -> None:
+    import re
+
+    import yaml
+    from prometheus_client.metrics import MetricWrapperBase
+
+    exported: set[str] = set()
+    for instrument in vars(metrics).values():
+        if isinstance(instrument, MetricWrapperBase):
+            name, kind = instrument._name, instrument._type
+            suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}
+            exported.update(name + s for s in suffixes.get(kind, [""]))
+    rules = yaml.safe_load(
+        (Path(__file__).parents[1] / "deploy" / "prometheus-alerts.yml").read_text()
+    )
+    used = {
+        name
+        for group in rules["groups"]
+        for rule in group["rules"]
+        for name in re.findall(r"\brelay_[a-z_]+", rule["expr"])
+    }
+
+    assert len(used) >= 8
+    assert used <= exported, used - exported

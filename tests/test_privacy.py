@@ -13,7 +13,7 @@ from relay.privacy import (
     ADDRESS_MASK,
     EMAIL_MASK,
     NAME_MASK,
-    Masker,
+    Redactor,
     mask_number,
     mask_text,
     normalise_phone,
@@ -73,7 +73,7 @@ SAID = ["+61 412 345 678", "0412 345 678", "0412-345-678", "0412345678", "(04) 1
     "number", [*SAID, "555-555-0123", "5555550123", "(03) 9123 4567", "+1 (415) 555-2671"]
 )
 def test_numbers_in_every_format_are_masked(number: str) -> None:
-    out = Masker().text(f"You can reach me on {number}, thanks.")
+    out = Redactor().text(f"You can reach me on {number}, thanks.")
     digits = re.sub(r"\D", "", number)
     assert digits[:-2] not in re.sub(r"\D", "", out), out
     assert out.startswith("You can reach me on ") and out.endswith(", thanks.")
@@ -93,7 +93,7 @@ def test_numbers_in_every_format_are_masked(number: str) -> None:
     ],
 )
 def test_street_addresses_are_masked(address: str) -> None:
-    out = Masker().text(f"Pick it up from {address}, Brunswick please.")
+    out = Redactor().text(f"Pick it up from {address}, Brunswick please.")
     assert out == f"Pick it up from {ADDRESS_MASK}, Brunswick please."
 
 
@@ -109,11 +109,11 @@ def test_street_addresses_are_masked(address: str) -> None:
     ],
 )
 def test_references_ids_times_and_prices_stay(text: str) -> None:
-    assert Masker().text(text) == text.replace(" 12345678 ", " ******78 ")
+    assert Redactor().text(text) == text.replace(" 12345678 ", " ******78 ")
 
 
 def test_names_emails_and_the_business_line() -> None:
-    masker = Masker(["Jane Citizen"], keep_numbers=["+61390001234"])
+    masker = Redactor(["Jane Citizen"], keep_numbers=["+61390001234"])
     out = masker.text(
         "Jane Citizen (jane.citizen@example.com) rang +61390001234 and (03) 9000 1234 from "
         "0412 345 678; Jane lives at 12 Smith Street."
@@ -127,7 +127,7 @@ def test_names_emails_and_the_business_line() -> None:
 
 def test_a_number_cut_across_streamed_pieces_is_masked_as_a_whole() -> None:
     pieces = ["Call me on 04", "12 345", " 678 or at 12 Smith", " Street."]
-    masked = Masker().pieces(pieces)
+    masked = Redactor().pieces(pieces)
     assert len(masked) == len(pieces)
     assert "".join(masked) == f"Call me on **** *** *78 or at {ADDRESS_MASK}."
 
@@ -152,4 +152,4 @@ def test_logs_use_the_same_masker(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_a_number_at_the_end_of_a_sentence_is_masked() -> None:
-    assert Masker().text("Call 5555550123. Or 0412345678!") == "Call ********23. Or ********78!"
+    assert Redactor().text("Call 5555550123. Or 0412345678!") == "Call ********23. Or ********78!"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 import structlog
@@ -40,6 +41,8 @@ class Keypad:
         self._purpose = ""
         self._max = 12
         self._timer: asyncio.TimerHandle | None = None
+        #: Told when collection starts (True) and stops (False): mid-call config (h4).
+        self.on_change: Callable[[bool], None] | None = None
 
     @property
     def collecting(self) -> bool:
@@ -47,6 +50,8 @@ class Keypad:
 
     def collect(self, purpose: str, max_digits: int) -> None:
         self._digits, self._purpose, self._max = [], purpose, max_digits
+        if self.on_change is not None:
+            self.on_change(True)
 
     def pressed(self, digit: str, now: float) -> None:
         if self._digits is not None:
@@ -78,6 +83,8 @@ class Keypad:
         """Stop collecting; unless the caller spoke instead, the digits become a message."""
         self.cancel_timer()
         digits, self._digits = "".join(self._digits or []), None
+        if self.on_change is not None:
+            self.on_change(False)
         if reason == "speech":
             return
         log.info("digits_collected", count=len(digits), ended_by=reason)

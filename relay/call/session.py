@@ -26,9 +26,12 @@ from zoneinfo import ZoneInfo
 import orjson
 import structlog
 
+from relay import metrics
 from relay.agents import AgentProfile
 from relay.call.ending import Silence, SilenceWatch, is_backchannel
+from relay.call.escalation import Escalation
 from relay.call.keypad import Keypad
+from relay.call.midcall import MidCall
 from relay.call.ports import (
     DIGIT_PAUSE,
     FILLER_AFTER,
@@ -38,10 +41,9 @@ from relay.call.ports import (
     Retriever,
 )
 from relay.call.transcript import Message, Transcript
-from relay.call.trouble import Offer, Trouble, answer_to_offer
 from relay.call.turn import Cancelled, Turn
 from relay.errors import ProtocolError
-from relay.llm.types import ChatRequest, ToolCall
+from relay.llm.types import ChatRequest, Timeouts
 from relay.protocol import frames as protocol
 from relay.storage import repository
 from relay.storage.requests import RequestLog
@@ -108,12 +110,14 @@ class CallSession:
         self._agent_speaking = False
         self._speech_done = asyncio.Event()
         self.keypad = Keypad(self, deps.digit_pause)
+        self.midcall = MidCall(deps.agents.default, self.send)  # mid-call config (h4)
+        self.keypad.on_change = self.midcall.digits  # mid-call config (h4)
         self.language: str | None = None
         self._tools: dict[str, Tool] = {}
         self._schemas: list[dict[str, Any]] = []
         self._end_sent = False
         self._cycle: list[str] = []  # the text of the talk cycle being sent
-        self.trouble = Trouble()
+        self.escalation = Escalation(self)  # the offer of a person when the model fails
         self.silence = SilenceWatch(0.0, self._silence_fired)
         self.interrupts = 0
         self.backchannel_interrupts = 0
@@ -178,6 +182,7 @@ class CallSession:
             self.keypad.pressed(frame.digit, now)
         elif isinstance(frame, protocol.Error):
             log.warning("twilio_error", description=frame.description[:300])
+            self.midcall.error(frame)  # mid-call config (h4)
         else:
             log.info("frame_unknown", type=frame.type)
 
@@ -195,6 +200,10 @@ class CallSession:
         return self.setup.to if self.outbound else self.setup.from_
 
     @property
+    def caller_name(self) -> str:
+        return self.setup.caller_name if self.setup else ""
+
+    @property
     def tools(self) -> Mapping[str, Tool]:
         return self._tools
 
@@ -208,6 +217,8 @@ class CallSession:
         self.call_sid, self.session_id = setup.call_sid, setup.session_id
         self.transcript.call_sid, self.transcript.session_id = self.call_sid, self.session_id
         self.agent = self.deps.agents.resolve(setup.custom_parameters, setup.to)
+        # mid-call config (h4)
+        self.midcall.use(self.agent, self.deps.services.get(self.agent.name))
         structlog.contextvars.bind_contextvars(call_sid=self.call_sid)
         self.phase = Phase.ACTIVE
         self.deps.live[self.call_sid] = self
@@ -240,6 +251,7 @@ class CallSession:
             self.transcript.assistant(greeting)
             # Twilio says the greeting itself (the TwiML's welcomeGreeting).
             self.silence.agent_finished(self.deps.speech_seconds(greeting))
+        metrics.call_started(self.agent.name)
         log.info(
             "session_started", agent=self.agent.name, resumed=resumed, direction=setup.direction
         )
@@ -262,7 +274,12 @@ class CallSession:
     def _on_prompt(self, frame: protocol.Prompt, now: float) -> None:
         self.silence.caller_active()
         if not frame.last:
-            return  # partial transcripts are recorded, not answered
+            # Partial transcripts are recorded, not answered; a retriever may start on them.
+            prefetch = getattr(self.deps.retriever, "prefetch", None)
+            if prefetch is not None and frame.voice_prompt.strip():
+                previous = self.transcript.recent_user_text(messages=1)
+                prefetch(self.agent, frame.voice_prompt, previous=previous, key=self.session_id)
+            return
         text = frame.voice_prompt.strip()
         if not text:
             log.info("prompt_empty")
@@ -272,10 +289,14 @@ class CallSession:
             if is_backchannel(text):
                 self.backchannel_interrupts += 1
                 self._event("backchannel_interrupt", {"utterance": text[:100]})
+        self.midcall.prompt()  # mid-call config (h4)
         if self.keypad.collecting:
             self.keypad.finish("speech")
-        if self.trouble.offer is not Offer.NONE:
-            self._answer_offer(frame.voice_prompt, lang=frame.lang or None, received=now)
+        lang = frame.lang or None
+        if self.escalation.offered:
+            self.escalation.answer(frame.voice_prompt, lang=lang, received=now)
+            return
+        if self.escalation.asked_for_person(frame.voice_prompt, lang=lang, received=now):
             return
         self.start_turn(frame.voice_prompt, lang=frame.lang or None, received=now)
 
@@ -288,14 +309,14 @@ class CallSession:
         turn.start(previous)
         self._turn = turn
 
-    def _stop_turn(self) -> None:
+    def stop_turn(self) -> None:
         turn = self._turn
         if turn is not None and turn.running:
             turn.cancel(Cancelled.SUPERSEDED)
 
     def say(self, text: str) -> None:
         """Say a line outside any turn (a keypad option, a question of the session's own)."""
-        self._stop_turn()
+        self.stop_turn()
         self.transcript.assistant(text)
         self.send(protocol.Text(token=text, last=True))
 
@@ -307,15 +328,17 @@ class CallSession:
         retrieved: Retrieved | None,
         customer: Mapping[str, Any] | None,
         deadline: float,
+        leave_out: Message | None = None,
     ) -> ChatRequest:
         return ChatRequest(
             model=self.deps.model_override or self.agent.model or "gpt-4o-mini",
-            messages=self._messages(retrieved, customer),
+            messages=self._messages(retrieved, customer, leave_out),
             tools=self._schemas
             if tools is self._tools
             else [t.openai_schema() for t in tools.values()],
             temperature=self.agent.temperature,
             max_tokens=self.agent.max_tokens,
+            timeouts=Timeouts.of(self.agent.llm),
             deadline=deadline,
         )
 
@@ -338,7 +361,10 @@ class CallSession:
             return None
 
     def _messages(
-        self, retrieved: Retrieved | None, customer: Mapping[str, Any] | None
+        self,
+        retrieved: Retrieved | None,
+        customer: Mapping[str, Any] | None,
+        leave_out: Message | None = None,
     ) -> list[dict[str, Any]]:
         system = self.agent.system_prompt
         now = self.deps.now()
@@ -355,7 +381,7 @@ class CallSession:
         ]
         if retrieved is not None and retrieved.message:
             messages.append({"role": "system", "content": retrieved.message})
-        messages.extend(self.transcript.openai())
+        messages.extend(self.transcript.openai(leave_out))
         return messages
 
     async def act(self, turn: Turn, action: SessionAction) -> None:
@@ -379,93 +405,11 @@ class CallSession:
             self._spawn(self._end(turn, action.line, data, outcome="completed-by-agent"))
 
     def turn_failed(self, turn: Turn, kind: str, error: str) -> str:
-        """Count a failed turn and choose what the caller hears: the apology, or after
-        failures in a row the offer of a person (the caller's answer is handled without the
-        model, in :meth:`_answer_offer`)."""
-        log.warning("turn_failed_apologised", error=error[:300], kind=kind)
-        self.deps.llm_failures.add(kind)
-        offer = self.trouble.failed(kind)
-        self._event(
-            "llm_failure",
-            {"kind": kind, "error": error[:500], "consecutive": self.trouble.consecutive,
-             "offered": "person" if offer and self.agent.person_number else "message" if offer else None},
-        )  # fmt: skip
-        if not offer:
-            return self.agent.apology_line
-        if self.agent.person_number:
-            self.trouble.offer = Offer.PERSON
-            return self.agent.offer_person_line.replace("{person_name}", self.agent.person_name)
-        self.trouble.offer = Offer.MESSAGE
-        return self.agent.offer_message_line
+        """A failed turn: the apology, or after failures in a row the offer of a person."""
+        return self.escalation.failed(kind, error)
 
     def turn_succeeded(self, turn: Turn) -> None:
-        self.trouble.succeeded()
-
-    # -- the offer of a person, answered without the model ------------------------------------
-
-    def _answer_offer(self, text: str, *, lang: str | None, received: float) -> None:
-        offer = self.trouble.offer
-        self._stop_turn()
-        if offer is Offer.TAKING:
-            self.transcript.user(text, lang=lang, prompt_received_at=received)
-            self.trouble.offer = Offer.NONE
-            self._spawn(self._take_message(text))
-            return
-        if not answer_to_offer(text):
-            self._event("llm_failure_offer", {"offer": offer.value, "accepted": False})
-            self.trouble.declined()
-            self.start_turn(text, lang=lang, received=received)
-            return
-        self.transcript.user(text, lang=lang, prompt_received_at=received)
-        self._accept_offer("caller agreed")
-
-    def _accept_offer(self, why: str) -> None:
-        offer = self.trouble.offer
-        self._event("llm_failure_offer", {"offer": offer.value, "accepted": True, "why": why})
-        if offer is Offer.PERSON:
-            self.trouble.offer = Offer.NONE
-            data = {
-                "reasonCode": "live-agent-handoff", "reason": "llm-failure",
-                "summary": "The assistant could not answer (the language model was failing); "
-                           "the caller accepted a person.",
-                "callSid": self.call_sid, "agent": self.agent.name,
-            }  # fmt: skip
-            self._spawn(
-                self._end(self._turn, self.agent.transfer_line, data, outcome="llm-failure")
-            )
-        elif offer is Offer.MESSAGE:
-            self.trouble.offer = Offer.TAKING
-            self.say(self.agent.take_message_line)
-
-    async def _take_message(self, text: str) -> None:
-        """Store the caller's words as a message with the ``take_message`` tool, when the
-        process has it, then say goodbye and end the call."""
-        tool = self.deps.tools.get("take_message")
-        if tool is not None:
-            tools = {tool.name: tool}
-            name = (self.setup.caller_name if self.setup else "") or "Caller"
-            arguments = orjson.dumps(
-                {"name": name, "phone": "this number", "reason": text}
-            ).decode()
-            call = ToolCall(id=f"call_llm_failure_{uuid.uuid4().hex[:8]}", name="take_message",
-                            arguments=arguments)  # fmt: skip
-            self._event("tool_call", {"id": call.id, "name": call.name, "arguments": arguments})
-            helper = Turn(self, self.transcript.next_seq, time.perf_counter())
-            try:
-                result = await helper.call_tool(call, tools, None)
-            except Exception as exc:  # the caller still gets a goodbye
-                log.error("message_not_taken", error=repr(exc))
-            else:
-                self._event("tool_result", {"id": call.id, "name": call.name,
-                                            "content": result.content, "data": result.data})  # fmt: skip
-        else:
-            self._event("message_left", {"text": text})
-        data = {
-            "reasonCode": "end-call",
-            "reason": "llm-failure",
-            "summary": "The caller left a message.",
-        }
-        await self._end(None, self.agent.message_taken_line, data, outcome="llm-failure")
+        self.escalation.succeeded()
 
     # == ending ============================================================================
 
@@ -491,6 +435,11 @@ class CallSession:
         self._spawn(
             self._end(self._turn, self.agent.goodbye_line, data, outcome="completed-by-caller")
         )
+
+    def end_call(self, line: str, data: dict[str, Any], *, outcome: str) -> None:
+        """Say ``line``, let it play, then send ``end`` with ``data`` as the handoff data, and
+        record ``outcome``; whatever the call was doing is stopped. Once per call."""
+        self.spawn(self._end(self._turn, line, data, outcome=outcome))
 
     async def _end(
         self, turn: Turn | None, line: str, data: dict[str, Any], *, outcome: str
@@ -528,9 +477,8 @@ class CallSession:
             return  # ending (a transfer, a goodbye) or closed
         if (self._turn is not None and self._turn.running) or self.keypad.collecting:
             return  # a tool or an answer is under way, or the caller is typing digits
-        if self.trouble.offer in (Offer.PERSON, Offer.MESSAGE):
-            self._accept_offer("caller said nothing")  # nothing useful: do what was offered
-            return
+        if self.escalation.silence():
+            return  # nothing useful said after the offer of a person: it is carried out
         if stage is Silence.LISTENING:
             self._event("caller_silent", {"action": "re-prompt", "after_s": self.silence.timeout})
             log.info("caller_silent", action="re-prompt")
@@ -554,6 +502,7 @@ class CallSession:
         heard = frame.utterance_until_interrupt
         self.transcript.cut_to_heard(heard)
         self.interrupts += 1
+        metrics.interrupted(self.agent.name)
         self._after_interrupt = True
         log.info(
             "caller_interrupted", heard_chars=len(heard), after_ms=frame.duration_until_interrupt_ms
@@ -568,6 +517,7 @@ class CallSession:
                 self._speech_done.set()
             if self.phase is Phase.ACTIVE:
                 self.silence.agent_speaking(self._agent_speaking)
+            self.midcall.agent_speaking(self._agent_speaking)  # mid-call config (h4)
         elif frame.name == "clientSpeaking" and frame.value == "on":
             self.silence.caller_active()
 
@@ -586,6 +536,7 @@ class CallSession:
 
     def event(self, kind: str, data: dict[str, Any], t: float | None = None) -> None:
         self._event(kind, data, t)
+        self.midcall.observe(kind, data)  # mid-call config (h4)
 
     def _event(
         self, kind: str, data: dict[str, Any], t: float | None = None, *, keep: bool = False
@@ -623,6 +574,7 @@ class CallSession:
         if self._end_sent or self.phase is Phase.CLOSED:
             log.warning("send_after_end_dropped", type=frame.type)
             return
+        frame = self.midcall.outbound(frame)  # mid-call config (h4)
         if isinstance(frame, protocol.Text):
             # The caller-silence timer runs from the end of each talk cycle.
             self._cycle.append(frame.token)
@@ -655,10 +607,13 @@ class CallSession:
             if on_sent is not None:
                 on_sent(sent)
 
-    def _spawn(self, coro: Awaitable[Any]) -> None:
+    def spawn(self, coro: Awaitable[Any]) -> None:
+        """Run ``coro`` on its own (cancelled when the socket closes)."""
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)
         self._side_tasks.add(task)
         task.add_done_callback(self._side_tasks.discard)
+
+    _spawn = spawn  # the name relay.web.drain and relay.call.supervisor use
 
     # == close ============================================================================
 
@@ -701,16 +656,13 @@ class CallSession:
             await self.deps.recorder.flush()
             return
         now = self.deps.now()
-        outcome = self.outcome or (
-            "llm-failure"
-            if self.trouble.consecutive or self.trouble.offer is not Offer.NONE
-            else "hung-up"
-        )
+        outcome = self.outcome or ("llm-failure" if self.escalation.failing else "hung-up")
+        self.outcome = outcome  # what the web layer counts (relay.web.operations)
         self._event(
             "session_end",
             {"close_code": self.close_code, "outcome": outcome, "interrupts": self.interrupts,
              "backchannel_interrupts": self.backchannel_interrupts,
-             "llm_failures": dict(self.trouble.failures), "close_reason": self.close_reason},
+             "llm_failures": dict(self.escalation.state.failures), "close_reason": self.close_reason},
         )  # fmt: skip
         self.deps.recorder.update_session(
             self.session_id,

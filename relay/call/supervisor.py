@@ -20,11 +20,9 @@ import contextlib
 from typing import TYPE_CHECKING
 
 import structlog
-from sqlalchemy import select, update
 
-from relay.storage.console import CallCommand, PendingCommand
+from relay.storage.console import PendingCommand, take_pending
 from relay.storage.db import Database
-from relay.storage.recorder import utcnow
 
 if TYPE_CHECKING:
     from relay.call.session import CallSession
@@ -64,26 +62,7 @@ class Supervisor:
         from relay.call.session import Phase
 
         live = {s.call_sid: s for s in self.sessions if s.call_sid and s.phase is Phase.ACTIVE}
-        if not live:
-            return 0
-        async with self.db.session() as session, session.begin():
-            rows = (
-                await session.scalars(
-                    select(CallCommand)
-                    .where(CallCommand.status == "pending", CallCommand.call_sid.in_(list(live)))
-                    .order_by(CallCommand.id)
-                )
-            ).all()
-            if not rows:
-                return 0
-            await session.execute(
-                update(CallCommand)
-                .where(CallCommand.id.in_([r.id for r in rows]))
-                .values(status="done", done_at=utcnow())
-            )
-            pending = [
-                (r.call_sid, PendingCommand(r.id, r.kind, r.argument, r.created_by)) for r in rows
-            ]
+        pending = await take_pending(self.db, list(live))
         for call_sid, command in pending:
             apply(live[call_sid], command)
         self.applied += len(pending)
@@ -92,7 +71,7 @@ class Supervisor:
 
 def apply(session: CallSession, command: PendingCommand) -> None:
     """Act on one command in ``session`` (called on the session's event loop)."""
-    session._event(
+    session.event(
         "supervisor",
         {"kind": command.kind, "argument": command.argument, "by": command.created_by},
     )
@@ -109,17 +88,12 @@ def apply(session: CallSession, command: PendingCommand) -> None:
         }
         if command.argument:
             data["takeoverNumber"] = command.argument
-        session._spawn(
-            session._end(session._turn, session.agent.transfer_line, data, outcome="transferred")
-        )
+        session.end_call(session.agent.transfer_line, data, outcome="transferred")
     elif command.kind == "end":
-        session._spawn(
-            session._end(
-                session._turn,
-                session.agent.goodbye_line,
-                {"reasonCode": "end-call", "reason": "ended from the console"},
-                outcome="ended-by-supervisor",
-            )
+        session.end_call(
+            session.agent.goodbye_line,
+            {"reasonCode": "end-call", "reason": "ended from the console"},
+            outcome="ended-by-supervisor",
         )
 
 

@@ -53,6 +53,9 @@ class Message:
     tool_calls: tuple[ToolCallItem, ...] = ()  # assistant messages only
     tool_call_id: str | None = None  # tool messages only
     answered: bool = True  # False for a tool message still waiting for its tool
+    # The message as the model is sent it, built once per change: requests share it (never
+    # changed in place, so a request already serialised or recorded keeps what it said).
+    _wire: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
     def seq(self) -> int:
@@ -67,15 +70,24 @@ class Message:
     def set_content(self, text: str) -> None:
         self.content = text
         self.row["content"] = text
+        self._wire = None
+
+    def set_tool_calls(self, calls: Sequence[ToolCallItem]) -> None:
+        self.tool_calls = tuple(calls)
+        self.row["tool_calls"] = [call.openai() for call in calls]
+        self._wire = None
 
     def openai(self) -> dict[str, Any]:
-        """This message as the model is sent it (a fresh dict each time: a snapshot)."""
-        message: dict[str, Any] = {"role": self.role.value, "content": self.content}
-        if self.tool_calls:
-            message["tool_calls"] = [call.openai() for call in self.tool_calls]
-        if self.tool_call_id is not None:
-            message["tool_call_id"] = self.tool_call_id
-        return message
+        """This message as the model is sent it. Treat it as read-only: it is shared by every
+        request until the message changes (then a new dict is built)."""
+        if self._wire is None:
+            message: dict[str, Any] = {"role": self.role.value, "content": self.content}
+            if self.tool_calls:
+                message["tool_calls"] = [call.openai() for call in self.tool_calls]
+            if self.tool_call_id is not None:
+                message["tool_call_id"] = self.tool_call_id
+            self._wire = message
+        return self._wire
 
 
 class StoredTurn(Protocol):
@@ -158,8 +170,7 @@ class Transcript:
         """
         if into is None or into is not self.last or into.role is not Role.ASSISTANT:
             into = self.assistant("")
-        into.tool_calls = tuple(calls)
-        into.row["tool_calls"] = [call.openai() for call in calls]
+        into.set_tool_calls(calls)
         self.record(into.row)
         placeholders = []
         for call in calls:
@@ -184,14 +195,18 @@ class Transcript:
 
     # -- reading -----------------------------------------------------------------------------
 
-    def openai(self) -> list[dict[str, Any]]:
-        """The history as the model is sent it (without the system messages)."""
-        return [
-            m.openai()
-            for m in self.messages
+    def openai(self, leave_out: Message | None = None) -> list[dict[str, Any]]:
+        """The history as the model is sent it (without the system prompt), less ``leave_out``
+        (a line said while the model had not answered yet, which its answer continues)."""
+        out = []
+        for m in self.messages:
+            wire = m._wire or m.openai()
             # An assistant message nothing was heard of and nothing was done by: left out.
-            if m.role is not Role.ASSISTANT or m.content or m.tool_calls
-        ]
+            if (wire["content"] or m.role is not Role.ASSISTANT or m.tool_calls) and (
+                m is not leave_out
+            ):
+                out.append(wire)
+        return out
 
     def recent_user_text(self, *, messages: int = 2, chars: int = 300) -> str:
         """The caller's latest words, with a little recent context (the retrieval query)."""
@@ -253,6 +268,7 @@ class Transcript:
                 if call is None:
                     continue
                 message.tool_calls = (*message.tool_calls, call)
+                message._wire = None
                 answer = answers.pop(call.id, None)
                 content = answer.content if answer is not None else NOT_DONE
                 tool_row = {

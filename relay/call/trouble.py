@@ -44,6 +44,11 @@ _YES: Final = frozenset(
     ]
 )
 _NO: Final = frozenset(["no", "nope", "nah", "don't", "dont", "not", "never"])
+#: Words that, from a caller the model has just failed, mean "let me talk to a person".
+_PERSON: Final = re.compile(
+    r"\b(?:person|human|operator|receptionist|manager)\b"
+    r"|\b(?:talk|speak|through|transfer|connect)\b.*\b(?:someone|somebody|office|staff)\b"
+)
 
 
 class FailureCounter:
@@ -116,3 +121,8 @@ def answer_to_offer(text: str) -> bool:
     said_no = any(w in _NO for w in words)
     said_yes = any(w in _YES for w in words)
     return not said_no or (said_yes and words[0] in _YES)
+
+
+def wants_person(text: str) -> bool:
+    """Whether the caller asks for a person ("can I talk to someone?", "a real person please")."""
+    return _PERSON.search(text.lower()) is not None

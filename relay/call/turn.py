@@ -13,17 +13,18 @@ import asyncio
 import dataclasses
 import enum
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
 
 import structlog
 
+from relay import metrics
 from relay.agents import AgentProfile
 from relay.call.ports import CallDependencies, Retrieved
 from relay.call.transcript import Message, ToolCallItem, Transcript
 from relay.call.trouble import failure_kind
 from relay.errors import LLMError, ToolError
-from relay.llm.types import ChatRequest, Done, TextDelta, ToolCall
+from relay.llm.types import ChatRequest, Done, TextDelta, Timeouts, ToolCall
 from relay.protocol import frames as protocol
 from relay.tools import (
     CollectDigits,
@@ -38,6 +39,8 @@ from relay.tools import (
 from relay.tools.base import SessionAction
 
 log = structlog.get_logger("relay.call.turn")
+
+_T = TypeVar("_T")
 
 
 class Cancelled(enum.Enum):
@@ -79,7 +82,8 @@ class TurnHost(Protocol):
     ) -> None: ...
     def event(self, kind: str, data: dict[str, Any], t: float | None = None) -> None: ...
     def request(self, tools: Mapping[str, Tool], retrieved: Retrieved | None,
-                customer: Mapping[str, Any] | None, deadline: float) -> ChatRequest: ...  # fmt: skip
+                customer: Mapping[str, Any] | None, deadline: float,
+                leave_out: Message | None) -> ChatRequest: ...  # fmt: skip
     def record_request(self, request: ChatRequest, sent_at: float) -> None: ...
     async def customer(self) -> Mapping[str, Any] | None: ...
     async def act(self, turn: Turn, action: SessionAction) -> None: ...
@@ -103,6 +107,9 @@ class Turn:
         self.retrieved: Retrieved | None = None
         self._reply: Message | None = None  # the assistant message of the current round
         self._heard = False  # the model's words or a tool filler went out (not just a wait filler)
+        self._waited = False  # a filler line was said while waiting for the model
+        self._answers: list[Message] = []  # the tool messages of the current round's calls
+        self._filler: asyncio.TimerHandle | None = None  # the wait filler, while armed
 
     @property
     def running(self) -> bool:
@@ -132,12 +139,33 @@ class Turn:
             # forwarded to the previous task), and the previous turn's outcome is not ours.
             assert previous.task is not None
             await asyncio.wait({previous.task})
+        received = self.timings["prompt_received_at"]
+        # From the prompt on: the caller hears a filler line if nothing else comes in time.
+        self._arm_filler(received)
         try:
-            customer = await host.customer()
+            # A caller lookup or retrieval still running when the turn's budget is spent is
+            # given up: the turn goes on without it (ungrounded) rather than in silence.
+            ready_by = received + _limits(host)[0]
+            customer = await _by(ready_by, host.customer(), None, "caller_lookup")
             retriever = host.deps.retriever
             if retriever is not None and host.agent.knowledge_collection:
                 query = host.transcript.recent_user_text()
-                self.retrieved = await retriever.retrieve(host.agent, query)
+                # A retriever with ``retrieve_turn`` (KnowledgeRetriever) may keep the previous
+                # turn's material for a turn that asks nothing new ("yes please").
+                retrieve_turn = getattr(retriever, "retrieve_turn", None)
+                self.retrieved = await _by(
+                    ready_by,
+                    retriever.retrieve(host.agent, query)
+                    if retrieve_turn is None
+                    else retrieve_turn(
+                        host.agent,
+                        query,
+                        latest=host.transcript.recent_user_text(messages=1),
+                        previous=previous.retrieved if previous is not None else None,
+                    ),
+                    Retrieved("", [], 0.0, error="retrieval timed out"),
+                    "retrieval",
+                )
                 self.timings["retrieval_done_at"] = time.perf_counter()
                 if self.retrieved is not None:
                     host.event(
@@ -146,7 +174,8 @@ class Turn:
                             "provenance": self.retrieved.provenance,
                             "elapsed_ms": self.retrieved.elapsed_ms,
                             "error": self.retrieved.error,
-                        },
+                        }
+                        | ({"reused": True} if self.retrieved.reused else {}),
                     )
             tools = host.tools
             rounds = host.deps.max_tool_rounds
@@ -176,11 +205,13 @@ class Turn:
                 host.deps.recorder.turn(**message.row)
             raise
         except LLMError as exc:
+            metrics.model_failed(exc)
             self._fail(failure_kind(exc), str(exc))
         except Exception as exc:  # a bug must not leave the caller in silence
             log.exception("turn_failed")
             self._fail("internal-error", f"internal error: {exc!r}")
         finally:
+            self._disarm_filler()
             self._summarise()
 
     # -- one model round -----------------------------------------------------------------------
@@ -191,47 +222,53 @@ class Turn:
         host, agent = self.host, self.host.agent
         loop = asyncio.get_running_loop()
         now = time.perf_counter()
-        # The first round's budget runs from the prompt; a later round's from its request.
-        budget_ends = (started if started is not None else now) + agent.llm_turn_budget
-        request = host.request(tools, self.retrieved, customer, budget_ends)
+        budget, stall = _limits(host)
+        # The first round's budget runs from the prompt (but the model gets at least half of
+        # it, however long the caller lookup and retrieval took); a later round's from its
+        # request.
+        budget_ends = max((started if started is not None else now) + budget, now + budget / 2)
+        if started is None:
+            self._reply = None  # a later round: its words start a new message
+        # A filler said while the turn was getting ready is the caller's, not the model's: the
+        # reply continues it, but the request does not show it to the model.
+        request = host.request(tools, self.retrieved, customer, budget_ends, self._reply)
         self.timings.setdefault("llm_request_at", now)
         host.record_request(request, now)
-        self._reply = None
         pieces: list[str] = []
         done: Done | None = None
-        filler: asyncio.TimerHandle | None = None
-        if agent.llm_filler_after > 0 and not self._heard and not self.talking:
-            wait = (started if started is not None else now) + agent.llm_filler_after - now
-            filler = loop.call_later(max(0.0, wait), self._wait_filler)
+        if started is None:
+            self._arm_filler(now)  # a later round: its own wait (armed only if nothing was said)
         try:
             async with asyncio.timeout_at(loop.time() + budget_ends - now) as scope:
                 async for event in host.deps.llm.stream(request):
                     if isinstance(event, TextDelta):
-                        if filler is not None:
-                            filler.cancel()
+                        self._disarm_filler()
                         self._stream_text(event.text, bool(pieces))
                         pieces.append(event.text)
-                        scope.reschedule(loop.time() + agent.llm_stall_after)
+                        scope.reschedule(loop.time() + stall)
                     else:
                         done = event
         except TimeoutError as exc:
-            seconds = agent.llm_stall_after if pieces else budget_ends - now
+            seconds = stall if pieces else budget_ends - now
             raise TurnBudgetExceeded(seconds, started=bool(pieces)) from exc
         finally:
-            if filler is not None:
-                filler.cancel()
+            self._disarm_filler()
             self.timings["last_token_at"] = time.perf_counter()
             host.event(
                 "llm_response",
                 {"pieces": pieces, "tool_calls": [dataclasses.asdict(tc) for tc in done.tool_calls] if done else [],
                  "finish_reason": done.finish_reason if done else None, "attempts": done.attempts if done else None,
-                 "complete": done is not None},
+                 "complete": done is not None, "model": request.model,
+                 "usage": done.usage.as_dict() if done and done.usage else None},
             )  # fmt: skip
         if done is None:
             raise LLMError("the model's stream ended without finishing", kind="stream-broken")
+        metrics.model_replied(
+            agent.name, request.model, done.usage.as_dict() if done.usage else None
+        )
         if done.tool_calls:
             calls = [ToolCallItem(tc.id, tc.name, tc.arguments) for tc in done.tool_calls]
-            into, _ = host.transcript.add_tool_calls(self._reply, calls)
+            into, self._answers = host.transcript.add_tool_calls(self._reply, calls)
             if into is not self._reply:
                 self.messages.append(into)
                 self._reply = into
@@ -256,13 +293,27 @@ class Turn:
         reply.set_content(reply.content + text)
         reply.row["spoken_text"] = reply.content
 
+    def _arm_filler(self, since: float) -> None:
+        after = self.host.agent.llm_filler_after
+        if after <= 0 or self._heard or self.talking or self._filler is not None:
+            return
+        delay = max(0.0, since + after - time.perf_counter())
+        self._filler = asyncio.get_running_loop().call_later(delay, self._wait_filler)
+
+    def _disarm_filler(self) -> None:
+        if self._filler is not None:
+            self._filler.cancel()
+            self._filler = None
+
     def _wait_filler(self) -> None:
         """No token yet: say a short filler line, preemptible so the answer cuts it off."""
+        self._filler = None
         if self.cancelled is not None or not self.running or self._heard or self.talking:
             return
         line = _filler(self.host.agent, self.seq) + " "
         self.host.send(protocol.Text(token=line, preemptible=True))
         self.talking = True
+        self._waited = True
         self._reply = self.host.transcript.assistant(line)
         self.messages.append(self._reply)
         self.host.event("filler", {"reason": "waiting-for-model", "line": line})
@@ -271,6 +322,7 @@ class Turn:
         if "first_frame_at" in self.timings:
             return
         self.timings["first_frame_at"] = at
+        metrics.observe_first_frame(self.host.agent.name, at - self.timings["prompt_received_at"])
         if self.summarised:
             # The writer sent the frame after the turn had finished (a reply that arrived in
             # one read): complete the stored timings now.
@@ -289,9 +341,9 @@ class Turn:
     ) -> SessionAction | None:
         host = self.host
         # Placeholders were added with the calls: every call has its answer from the start.
-        answers = host.transcript.messages[-len(calls) :]
+        answers = self._answers
         action: SessionAction | None = None
-        filler_sent = False
+        filler_sent = self._waited  # one filler line per wait is enough
         self.tool_running = True
         try:
             for call, answer in zip(calls, answers, strict=True):
@@ -314,6 +366,7 @@ class Turn:
                     task.cancel()
                     raise
                 elapsed = (time.perf_counter() - started) * 1000
+                metrics.observe_tool(call.name, elapsed / 1000)
                 host.event(
                     "tool_result",
                     {"id": call.id, "name": call.name, "content": result.content,
@@ -344,33 +397,7 @@ class Turn:
     async def call_tool(
         self, call: ToolCall, tools: Mapping[str, Tool], customer: Mapping[str, Any] | None
     ) -> ToolResult:
-        host = self.host
-        t = tools.get(call.name)
-        if t is None:
-            return ToolResult(
-                f"Error: there is no tool named {call.name}. Available: {', '.join(tools) or 'none'}.",
-                data={"error": "unknown tool"},
-            )
-        try:
-            arguments = t.parse(call.arguments)
-        except ToolError as exc:
-            return ToolResult(str(exc), data={"error": "invalid arguments"})
-        deps = host.deps
-        ctx = ToolContext(
-            call_sid=host.call_sid, agent=host.agent, caller=host.caller,
-            db=deps.db, http=deps.http, now=deps.now,
-            services=deps.services.get(host.agent.name, {}), tool_call_id=call.id,
-            customer=customer, extras={"parameters": dict(host.parameters)},
-        )  # fmt: skip
-        if t.side_effect:
-            return await ledger.once(
-                deps.db,
-                t.idempotency_key(host.call_sid, arguments),
-                t.name,
-                host.call_sid,
-                lambda: invoke(t, ctx, arguments),
-            )
-        return await invoke(t, ctx, arguments)
+        return await call_tool(self.host, call, tools, customer)
 
     # -- failure and summary -----------------------------------------------------------------
 
@@ -378,6 +405,7 @@ class Turn:
         """Say the apology (or the offer of a person) instead of an answer."""
         host = self.host
         line = host.turn_failed(self, kind, error)
+        metrics.apologised(host.agent.name)
         spoken = (" " if self.talking else "") + line
         host.send(protocol.Text(token=spoken, last=True))
         self.talking = False
@@ -408,11 +436,70 @@ class Turn:
             if self.retrieved is not None:
                 row["retrieval"] = self.retrieved.provenance
             self.host.deps.recorder.turn(**row)
+        cancelled = self.cancelled.value if self.cancelled else None
+        metrics.turn_completed(self.host.agent.name, cancelled, timings)
         log.info(
             "turn_completed", seq=self.seq, outcome=self.cancelled.value if self.cancelled else "answered",
             retrieval_ms=ms("retrieval_done_at"), llm_request_ms=ms("llm_request_at"),
             first_token_ms=ms("first_token_at"), first_frame_ms=ms("first_frame_at"), last_token_ms=ms("last_token_at"),
         )  # fmt: skip
+
+
+async def call_tool(
+    host: TurnHost, call: ToolCall, tools: Mapping[str, Tool], customer: Mapping[str, Any] | None
+) -> ToolResult:
+    """Run one tool call for the call ``host`` (side effects at most once, via the ledger); a
+    tool's failure comes back as an error result for the model, never as an exception."""
+    t = tools.get(call.name)
+    if t is None:
+        return ToolResult(
+            f"Error: there is no tool named {call.name}. Available: {', '.join(tools) or 'none'}.",
+            data={"error": "unknown tool"},
+        )
+    try:
+        arguments = t.parse(call.arguments)
+    except ToolError as exc:
+        return ToolResult(str(exc), data={"error": "invalid arguments"})
+    deps = host.deps
+    ctx = ToolContext(
+        call_sid=host.call_sid, agent=host.agent, caller=host.caller,
+        db=deps.db, http=deps.http, now=deps.now,
+        services=deps.services.get(host.agent.name, {}), tool_call_id=call.id,
+        customer=customer, extras={"parameters": dict(host.parameters)},
+    )  # fmt: skip
+    if t.side_effect:
+        return await ledger.once(
+            deps.db,
+            t.idempotency_key(host.call_sid, arguments),
+            t.name,
+            host.call_sid,
+            lambda: invoke(t, ctx, arguments),
+        )
+    return await invoke(t, ctx, arguments)
+
+
+async def _by(deadline: float, work: Awaitable[_T], fallback: _T, what: str) -> _T:
+    """``work``'s result, or ``fallback`` when it is not done by ``deadline`` (perf_counter)."""
+    try:
+        async with asyncio.timeout(max(0.0, deadline - time.perf_counter())):
+            return await work
+    except TimeoutError:
+        log.warning("turn_preparation_timed_out", what=what)
+        return fallback
+
+
+def _limits(host: TurnHost) -> tuple[float, float]:
+    """(turn budget, stall limit) in seconds: the agent's, stretched to the LLM client's own
+    first-token and read timeouts where those are longer (a slow local model is configured
+    there, and the session must not cut it short)."""
+    agent = host.agent
+    budget, stall = agent.llm_turn_budget, agent.llm_stall_after
+    client = getattr(host.deps.llm, "timeouts", None)
+    if isinstance(client, Timeouts):
+        limits = Timeouts.of(agent.llm).over(client)
+        budget = max(budget, limits.first_token or 0.0)
+        stall = max(stall, limits.read or 0.0)
+    return budget, stall
 
 
 def _filler(agent: AgentProfile, seq: int) -> str:

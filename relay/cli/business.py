@@ -43,6 +43,7 @@ from relay.services.reminders import Reminder, send_reminders
 from relay.storage import business as store
 from relay.storage.db import Database
 from relay.storage.models import Booking, Customer, Quote, Vehicle
+from relay.tools.business import load_services
 
 __all__ = [
     "DEMO_MOBILES",
@@ -390,8 +391,6 @@ async def _demo_moves(
 
 
 def _demo_data(args: argparse.Namespace) -> int:
-    from relay.tools.business import load_services
-
     settings = settings_from(args)
     registry = AgentRegistry.load(settings.prompts_dir, default=settings.default_agent)
     chosen = (
@@ -448,8 +447,6 @@ def _allow_list(configured: str | None, flags: Iterable[str]) -> list[str]:
 
 
 def _remind(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
-    from relay.tools.business import load_services
-
     out = out or sys.stdout
     settings = settings_from(args)
     registry = AgentRegistry.load(settings.prompts_dir, default=settings.default_agent)

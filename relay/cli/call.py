@@ -17,9 +17,9 @@ import websockets
 from relay.agents import AgentRegistry
 from relay.cli.common import settings_from
 from relay.testing import FakeLLMServer, ScriptedLLM, echo_reply
-from relay.testing.simcall import SimulatedCall, serve_in_process, sign
+from relay.testing.simcall import SimulatedCall, serve_in_process
 
-__all__ = ["SimulatedCall", "add_parser", "run_terminal_call", "serve_in_process", "sign"]
+__all__ = ["add_parser", "run_terminal_call"]
 
 
 def add_parser(commands: Any) -> None:

@@ -14,11 +14,11 @@ from typing import Any
 
 from relay.cli import business, call, knowledge, replay, serve, sessions, users, voices
 from relay.cli import eval as eval_cli
-from relay.cli.common import Handler, settings_from
+from relay.cli.common import Handler
 from relay.errors import ConfigError, RelayError
 from relay.testing import bench
 
-__all__ = ["build_parser", "main", "settings_from"]
+__all__ = ["build_parser", "main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -51,6 +51,13 @@ def add_subcommands(sub: Any) -> None:
     report.add_argument("--json", action="store_true", help="print one JSON document")
     report.set_defaults(handler=_costs)
 
+    hooks = sub.add_parser("webhooks", help="post-call webhook deliveries: pending, parked, retry")
+    hooks.add_argument("--status", choices=["pending", "delivered", "parked"], help="only these")
+    hooks.add_argument(
+        "--retry", action="store_true", help="send the parked ones again (from attempt 1)"
+    )
+    hooks.set_defaults(handler=_webhooks)
+
 
 def _date(text: str) -> datetime:
     try:
@@ -170,6 +177,51 @@ async def _costs_async(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+# == webhooks ==============================================================================
+
+
+def _webhooks(args: argparse.Namespace) -> int:
+    result: int = asyncio.run(_webhooks_async(args, sys.stdout))
+    return result
+
+
+async def _webhooks_async(args: argparse.Namespace, out: TextIO) -> int:
+    from sqlalchemy import select, update
+
+    from relay.storage.outcomes import WebhookDelivery
+
+    _, db = await _open(args)
+    try:
+        if args.retry:
+            async with db.session() as session, session.begin():
+                result = await session.execute(
+                    update(WebhookDelivery)
+                    .where(WebhookDelivery.status == "parked")
+                    .values(status="pending", attempts=0, next_attempt_at=datetime.now(UTC))
+                )
+            out.write(
+                f"{getattr(result, 'rowcount', 0)} parked delivery(ies) queued again; a running "
+                "relay serve sends them within seconds.\n"
+            )
+            return 0
+        query = select(WebhookDelivery).order_by(WebhookDelivery.id)
+        if args.status:
+            query = query.where(WebhookDelivery.status == args.status)
+        async with db.session() as session:
+            rows = (await session.scalars(query)).all()
+    finally:
+        await db.close()
+    if not rows:
+        out.write("No webhook deliveries.\n")
+    for row in rows:
+        out.write(
+            f"{row.call_sid}  {row.status:<9} attempts {row.attempts}  {row.url}"
+            + (f"  last error: {row.last_error}" if row.last_error else "")
+            + "\n"
+        )
+    return 0
+
+
 # == show and export =======================================================================
 
 
@@ -227,7 +279,9 @@ def render_analysis(recording: Recording) -> list[str]:
         lines.append(
             f"Cost: {cost.get('total', 0):.4f} {cur} (model {cost.get('llm', 0):.4f}, "
             f"ConversationRelay {cost.get('minutes', 0)} min {cost.get('conversation_relay', 0):.4f}, "
-            f"SMS {cost.get('sms_segments', 0)} segment(s) {cost.get('sms', 0):.4f})"
+            f"SMS {cost.get('sms_segments', 0)} segment(s) {cost.get('sms', 0):.4f}"
+            + (f", analysis {cost['analysis']:.4f}" if cost.get("analysis") else "")
+            + ")"
         )
     return lines
 

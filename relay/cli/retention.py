@@ -11,6 +11,7 @@ import asyncio
 from typing import Any
 
 from relay.cli.common import settings_from
+from relay.errors import ConfigError
 from relay.services import retention
 from relay.storage.db import Database
 
@@ -22,7 +23,10 @@ def add_subcommands(sub: Any) -> None:
         help="delete transcripts, events and model bodies older than DAYS (RELAY_RETENTION_DAYS)",
     )
     purge.add_argument(
-        "--older-than", type=_days, required=True, metavar="DAYS", help="age in days"
+        "--older-than",
+        type=_days,
+        metavar="DAYS",
+        help="age in days (default: RELAY_RETENTION_DAYS)",
     )
     purge.add_argument(
         "--mask-numbers",
@@ -59,12 +63,17 @@ def _print(report: retention.Report) -> None:
 
 
 def _purge(args: argparse.Namespace) -> int:
+    settings = settings_from(args, RELAY_LOG_LEVEL="warning")
+    days = args.older_than if args.older_than is not None else settings.retention_days
+    if days is None:
+        raise ConfigError("say how old: --older-than DAYS, or set RELAY_RETENTION_DAYS")
+
     async def run() -> int:
         db = await _open(args)
         try:
-            report = await retention.purge(db, older_than_days=args.older_than)
+            report = await retention.purge(db, older_than_days=days)
             if args.mask_numbers:
-                masked = await retention.mask_numbers(db, older_than_days=args.older_than)
+                masked = await retention.mask_numbers(db, older_than_days=days)
                 for table, count in masked.rows.items():
                     report.rows[f"masked_{table}"] = count
         finally:

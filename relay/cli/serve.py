@@ -67,7 +67,7 @@ def _serve(args: argparse.Namespace) -> int:
             host=settings.host,
             port=settings.port,
             proxy_headers=True,
-            forwarded_allow_ips="*",
+            forwarded_allow_ips=settings.forwarded_allow_ips,  # the proxy's address in production
             **uvicorn_ws_options(settings),  # frame limit, no pings: relay.web.socket
             log_config=None,
             access_log=False,

@@ -30,6 +30,7 @@ from relay.recordings.format import (
     load_call,
     parse_datetime,
 )
+from relay.storage import repository
 from relay.storage.db import Database
 
 BAR_WIDTH = 40
@@ -114,8 +115,6 @@ def _list(args: argparse.Namespace) -> int:
 
 
 async def _list_async(args: argparse.Namespace, out: TextIO) -> int:
-    from relay.storage import repository
-
     db = await _database(args)
     try:
         calls = await repository.list_calls(

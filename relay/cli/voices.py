@@ -19,7 +19,7 @@ import orjson
 from relay.agents import AgentRegistry
 from relay.cli.common import settings_from
 from relay.errors import ConfigError
-from relay.services.voices import Voices, check_agent_voices
+from relay.services.voices import Voices, agent_voices, check_agent_voices
 
 
 def add_parser(commands: Any) -> None:
@@ -59,9 +59,11 @@ def _voices(args: argparse.Namespace) -> Voices:
 def _list(args: argparse.Namespace) -> int:
     with _voices(args) as voices:
         found = voices.list()
+    used = _used_by(args)
     if args.json:
         for voice in found:
-            sys.stdout.write(orjson.dumps(voice.__dict__).decode() + "\n")
+            row = {**voice.__dict__, "used_by": used.get(voice.voice_id, [])}
+            sys.stdout.write(orjson.dumps(row).decode() + "\n")
         return 0
     if not found:
         print("(no voices in this account)")
@@ -69,8 +71,27 @@ def _list(args: argparse.Namespace) -> int:
     width = max(len(v.name) for v in found)
     for voice in sorted(found, key=lambda v: (v.category, v.name.lower())):
         labels = ", ".join(f"{k}: {v}" for k, v in sorted(voice.labels.items()))
-        print(f"{voice.voice_id}  {voice.name:<{width}}  {voice.category:<12} {labels}".rstrip())
+        agents = used.get(voice.voice_id)
+        users = f"  [used by {', '.join(agents)}]" if agents else ""
+        line = f"{voice.voice_id}  {voice.name:<{width}}  {voice.category:<12} {labels}{users}"
+        print(line.rstrip())
     return 0
+
+
+def _used_by(args: argparse.Namespace) -> dict[str, list[str]]:
+    """Voice id → the agents using it (empty when the profiles cannot be read)."""
+    settings = settings_from(args, RELAY_LOG_LEVEL="warning")
+    try:
+        agents = AgentRegistry.load(settings.prompts_dir, default=settings.default_agent)
+    except ConfigError:
+        return {}
+    used: dict[str, list[str]] = {}
+    for agent in agents.agents.values():
+        for _, voice_id in agent_voices(agent):
+            names = used.setdefault(voice_id, [])
+            if agent.name not in names:
+                names.append(agent.name)
+    return used
 
 
 def _preview(args: argparse.Namespace) -> int:

@@ -86,7 +86,7 @@ import orjson
 from sqlalchemy import delete, insert, select
 
 from relay.errors import RelayError
-from relay.privacy import Masker, region_of
+from relay.privacy import Redactor, region_of
 from relay.privacy import mask_number as mask_number  # re-exported: the console and tests use it
 from relay.storage.db import Database
 from relay.storage.models import Call, Event, RelaySession, Turn
@@ -459,8 +459,6 @@ _NAME_KEYS = frozenset(
     {"name", "caller_name", "customer_name", "full_name", "first_name", "last_name", "contact_name"}
 )
 _KNOWN_CALLER = re.compile(r"Known caller: (\{.*?\})(?=\s|$)", re.S)
-#: The masker of :mod:`relay.privacy` (the same one logs use), under its old name here.
-Redactor = Masker
 
 
 def names_in(recording: Recording) -> set[str]:
@@ -520,7 +518,9 @@ def redact_recording(recording: Recording) -> Recording:
         if call.get("direction", "inbound").startswith("inbound")
         else call.get("from_number")
     )
-    redactor = Masker(names_in(recording), keep_numbers=[own] if own else [], region=region_of(own))
+    redactor = Redactor(
+        names_in(recording), keep_numbers=[own] if own else [], region=region_of(own)
+    )
     scrub: Callable[[Any], Any] = redactor.value
     header = {k: (scrub(v) if k == "call" else v) for k, v in recording.header.items()}
     header["redacted"] = True

@@ -146,7 +146,7 @@ class Cassette:
     @property
     def unused(self) -> int:
         """Recorded answers never asked for, leaving out requests cut off before any answer."""
-        return len(self.exchanges) - self.position
+        return sum(1 for e in self.exchanges[self.position :] if not _cut_off(e))
 
     def expected(self, body: Mapping[str, Any]) -> bool:
         """Whether ``body`` is a request the recording has next (nothing is consumed)."""
@@ -161,7 +161,7 @@ class Cassette:
         if index >= len(self.exchanges) or self._matches(index, body):
             return index
         later = index
-        while False:
+        while later < len(self.exchanges) and _cut_off(self.exchanges[later]):
             later += 1
             if later < len(self.exchanges) and self._matches(later, body):
                 return later
@@ -259,7 +259,7 @@ class CassetteLLM:
             # Perhaps a request the recording never made: a turn the caller cut off (an
             # interrupt, a hang-up, a newer prompt) before its request went out then, and a
             # moment later now. Give that frame time to land; a cancelled turn leaves no trace.
-            pass
+            await asyncio.sleep(self.grace)
         exchange = self.cassette.answer(body)
         if exchange is None:
             raise LLMError(f"the recording has no answer for LLM request #{self.cassette.served}")

@@ -38,7 +38,7 @@ class Masker:
     """Hides what must not count as a change: the time line, random references and the
     ``ignore`` patterns (the recording's and the command line's)."""
 
-    def __init__(self, patterns: Iterable[str] = (), *, references: bool = False) -> None:
+    def __init__(self, patterns: Iterable[str] = (), *, references: bool = True) -> None:
         wanted = [*(REFERENCES if references else ()), *patterns]
         try:
             self.patterns = [re.compile(p) for p in dict.fromkeys(wanted)]

@@ -74,7 +74,7 @@ LIVE_SETTLE = 1.0
 #: Live mode, when the recorded call ended at this point: how much longer the caller waits for
 #: the ``end`` frame. An agent without speaker events lets its last line play for as long as it
 #: takes to say (up to 8 s, ``relay.web.app``'s estimate) before it sends ``end``.
-LIVE_ENDING_SETTLE = LIVE_SETTLE
+LIVE_ENDING_SETTLE = LIVE_SETTLE + 8.0
 DEFAULT_LLM_PORT = 8089
 _TURN_STARTS = frozenset({"prompt", "dtmf", "interrupt"})
 

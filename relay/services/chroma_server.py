@@ -62,6 +62,16 @@ def discover(data_dir: Path) -> str | None:
     return url if _listening(port) else None
 
 
+def _die_with_parent() -> None:
+    """In the child, before ``chroma`` starts: be sent SIGTERM if relay dies without stopping
+    it (killed), rather than holding the port and the files. Linux only; elsewhere a no-op."""
+    with contextlib.suppress(Exception):
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def _listening(port: int) -> bool:
     try:
         socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
@@ -124,6 +134,7 @@ class ChromaServer:
             self._process = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 env={**os.environ, "ANONYMIZED_TELEMETRY": "False"},
+                preexec_fn=_die_with_parent,
             )  # fmt: skip
 
     def _wait_ready(self, timeout: float) -> None:

@@ -45,7 +45,7 @@ TOOL_OUTCOMES: Final[Mapping[str, str]] = {
 
 #: Endings where the caller never engaged: the call is abandoned unless something was done.
 SILENT_ENDINGS: Final = frozenset({"caller-silent", "no-input", "silence"})
-#: Event kinds that record a failed model turn.
+#: Event kinds that record a failed model turn (the ending ``llm-failure`` counts too).
 LLM_FAILURE_EVENTS: Final = frozenset({"llm_failure", "llm_error"})
 _ACHIEVEMENTS: Final = frozenset(OUTCOMES) - {"answered-only", "abandoned", "llm-failure"}
 
@@ -75,6 +75,8 @@ def derive(
                 found.add(outcome)
         elif kind in LLM_FAILURE_EVENTS:
             found.add("llm-failure")
+        elif kind == "message_left" and str(data.get("text") or "").strip():
+            found.add("message-taken")  # left with the session itself (no take_message tool)
         elif kind == "llm_response":
             if data.get("complete") and (data.get("pieces") or data.get("tool_calls")):
                 answered = True
@@ -92,6 +94,8 @@ def derive(
     ending = call.get("outcome") or ""
     if ending == "transferred" or call.get("status") == "transferred" or handoff:
         found.add("transferred")
+    if ending == "llm-failure":
+        found.add("llm-failure")
     if not found & _ACHIEVEMENTS:
         if prompts == 0 or ending in SILENT_ENDINGS or not answered:
             found.add("abandoned")

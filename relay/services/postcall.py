@@ -38,14 +38,14 @@ def _columns(row: Any) -> dict[str, Any]:
     return {c.key: getattr(row, c.key) for c in row.__table__.columns}
 
 
-async def _gather(db: Database, call_sid: str) -> dict[str, Any] | None:
-    """Everything stored about a call, as plain data."""
+async def _gather(db: Database, call_sid: str, *, turns: bool = True) -> dict[str, Any] | None:
+    """Everything stored about a call, as plain data (its turns only when ``turns``)."""
     call = await repository.get_call(db, call_sid)
     if call is None:
         return None
     events = await repository.call_events(db, call_sid)
     sessions = await repository.call_sessions(db, call_sid)
-    _, turns = await repository.call_history(db, call_sid)
+    rows = (await repository.call_history(db, call_sid))[1] if turns else []
     async with db.session() as session:
         ledger = (
             await session.scalars(select(SideEffect).where(SideEffect.call_sid == call_sid))
@@ -59,7 +59,7 @@ async def _gather(db: Database, call_sid: str) -> dict[str, Any] | None:
         "call": _columns(call),
         "events": [_columns(e) for e in events],
         "sessions": [_columns(s) for s in sessions],
-        "turns": [_columns(t) for t in turns],
+        "turns": [_columns(t) for t in rows],
         "ledger": [_columns(row) for row in ledger],
         "sms_bodies": list(texts),
     }
@@ -88,10 +88,13 @@ class PostCall:
     outbox: WebhookOutbox | None = None
     analyser: Analyser | None = None
     smtp: SmtpSettings | None = None
-    now: Callable[[], datetime] = lambda: datetime.now(UTC)
+    now: Callable[[], datetime] = lambda: datetime.now(UTC)  # aware, any zone
     processed: int = 0
     failures: int = 0
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+
+    def _utcnow(self) -> datetime:
+        return self.now().astimezone(UTC)
 
     def call_ended(self, call_sid: str) -> None:
         """A session of ``call_sid`` closed (its recording flushed): process it in the background."""
@@ -130,7 +133,8 @@ class PostCall:
         """Compute and store a call's outcomes, usage and cost; run the analysis pass (when an
         analyser is set and ``analyse``); queue the webhook and e-mail the owner (``deliver``).
         Returns the stored analysis as plain data, or None for an unknown call."""
-        stored = await _gather(self.db, call_sid)
+        analysing = analyse and self.analyser is not None
+        stored = await _gather(self.db, call_sid, turns=analysing)
         if stored is None:
             return None
         call = stored["call"]
@@ -149,11 +153,11 @@ class PostCall:
             "cost_total": derived["cost"]["total"],
             "currency": derived["cost"]["currency"],
             "ended_at": call.get("ended_at"),
-            "computed_at": self.now(),
+            "computed_at": self._utcnow(),
             "analysed_at": previous.analysed_at if previous is not None else None,
             "analysis_error": previous.analysis_error if previous is not None else None,
         }
-        if analyse and self.analyser is not None and agent is not None:
+        if analysing and self.analyser is not None and agent is not None:
             try:
                 result = await self.analyser.analyse(agent, stored["turns"], derived["outcomes"])
             except AnalysisError as exc:
@@ -164,9 +168,21 @@ class PostCall:
                 values.update(
                     fields=result.fields,
                     summary=summary if isinstance(summary, str) else None,
-                    analysed_at=self.now(),
+                    analysed_at=self._utcnow(),
                     analysis_error=None,
                 )
+                spent = costs.usage_of(
+                    [
+                        {
+                            "kind": "llm_response",
+                            "data": {"model": result.model, "usage": result.usage},
+                        }
+                    ]
+                )
+                values["usage"]["analysis"] = spent if result.usage else None
+        if previous is not None and "analysis" not in values["usage"]:
+            values["usage"]["analysis"] = previous.usage.get("analysis")
+        self._add_analysis_cost(values)
         await save_analysis(self.db, values)
         self.processed += 1
         log.info(
@@ -177,6 +193,17 @@ class PostCall:
         if deliver and agent is not None:
             await self._deliver(agent, call, values)
         return values
+
+    def _add_analysis_cost(self, values: dict[str, Any]) -> None:
+        """The analysis request's own tokens, priced and added to the call's total."""
+        spent = values["usage"].get("analysis")
+        if not spent:
+            values["usage"].pop("analysis", None)
+            return
+        extra = costs.cost_of(self.prices, spent)["llm"]
+        values["cost"]["analysis"] = extra
+        values["cost"]["total"] = round(values["cost"]["total"] + extra, 8)
+        values["cost_total"] = values["cost"]["total"]
 
     async def _deliver(
         self, agent: AgentProfile, call: Mapping[str, Any], values: Mapping[str, Any]
@@ -211,7 +238,7 @@ class PostCall:
                 Email(
                     agent=agent.name, call_sid=values["call_sid"], kind="notification",
                     to_address=agent.owner_email, subject=subject, status=status, error=error,
-                    created_at=self.now(),
+                    created_at=self._utcnow(),
                 )
             )  # fmt: skip
         await repository.settle_side_effect(

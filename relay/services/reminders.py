@@ -136,9 +136,15 @@ async def send_reminders(
         if claim.state == "running":
             item.outcome, item.detail = "failed", IN_PROGRESS
             continue
+        if claim.state == "unknown":  # an earlier attempt may have called: not blindly again
+            item.outcome, item.detail = "already called", "outcome unknown: not called again"
+            continue
         status, said = "failed", None
         try:
             sent = await messaging.place_call(creds, http, to=number, from_=sender, twiml=document)
+        except messaging.TwilioTimeout as exc:  # the call may have been placed: not again
+            status, said = "unknown", str(exc)
+            item.outcome, item.detail = "failed", f"outcome unknown, not retried: {exc}"
         except messaging.TwilioError as exc:
             said = str(exc)
             item.outcome, item.detail = "failed", said

@@ -180,9 +180,12 @@ async def run_daily(
     mask_after_days: float | None,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
     every: float = DAY,
+    first_after: float = 60.0,
 ) -> None:
-    """Purge and mask now, then once every ``every`` seconds, until cancelled. A failure is
-    logged and retried at the next round: retention never stops the service."""
+    """Purge and mask ``first_after`` seconds after start (not during start-up, when calls
+    reconnect), then once every ``every`` seconds, until cancelled. A failure is logged and
+    retried at the next round: retention never stops the service."""
+    await asyncio.sleep(first_after)
     while True:
         try:
             if retention_days is not None:

@@ -6,8 +6,14 @@ or broken the call goes on without reference material (the failure is logged and
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
+import fcntl
+import os
+import re
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +29,7 @@ from knowledge import (
     KnowledgeStore,
     OpenAIEmbedder,
 )
+from knowledge.memindex import MemoryIndex
 from relay.agents import AgentProfile
 from relay.config import Settings
 
@@ -37,6 +44,8 @@ class Retrieved:
     provenance: list[dict[str, Any]]
     elapsed_ms: float
     error: str | None = None
+    #: The previous turn's material, kept for a turn that asks nothing new (needs_retrieval).
+    reused: bool = False
 
 
 INTRO = (
@@ -89,11 +98,49 @@ def provenance(hits: Sequence[Hit]) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
+#: Words that alone make an utterance an acknowledgement, a greeting or a courtesy: a turn made
+#: only of these (and numbers) asks nothing new of the documents.
+ACKNOWLEDGEMENTS = frozenset({
+    "yes", "yeah", "yea", "yep", "yup", "aye", "no", "nope", "nah", "ok", "okay", "alright",
+    "all", "right", "sure", "fine", "good", "great", "perfect", "lovely", "cool", "awesome",
+    "excellent", "brilliant", "nice", "wonderful", "fantastic", "correct", "exactly",
+    "absolutely", "definitely", "certainly", "thanks", "thank", "you", "ta", "cheers", "please",
+    "hello", "hi", "hey", "bye", "goodbye", "that", "that's", "thats", "it", "is", "sounds",
+    "uh", "um", "umm", "er", "erm", "ah", "oh", "mm", "mhm", "hmm", "understood", "agreed",
+})  # fmt: skip
+_WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)*")
+
+
+def needs_retrieval(utterance: str) -> bool:
+    """Whether a caller's turn may need the documents: not when it has no word (digits, a
+    keypad reply, a number read out) or when every word is an acknowledgement, greeting or
+    courtesy (:data:`ACKNOWLEDGEMENTS`: "yes please", "No thanks.", "okay, great", "bye").
+    Such a turn keeps the previous turn's reference material (relay.call.turn)."""
+    words = _WORD.findall(utterance.lower())
+    return any(word not in ACKNOWLEDGEMENTS for word in words)
+
+
+def turn_query(previous: str, utterance: str, *, chars: int = 300) -> str:
+    """The query a turn searches with once ``utterance`` is the caller's latest message and
+    ``previous`` the one before: the same as ``Transcript.recent_user_text()`` (the latest
+    words with the previous utterance as context, unless the latest alone is long)."""
+    if not previous or len(utterance) > chars:
+        return utterance
+    return f"{previous} {utterance}"
+
+
 class KnowledgeRetriever:
     """The session's :class:`~relay.call.session.Retriever` over an :class:`AsyncKnowledge`."""
 
     def __init__(
-        self, knowledge: AsyncKnowledge, *, k: int = 4, min_score: float = 0.3, timeout: float = 0.5
+        self,
+        knowledge: AsyncKnowledge,
+        *,
+        k: int = 4,
+        min_score: float = 0.3,
+        timeout: float = 0.5,
+        memory_index: bool = True,
+        prefetch_delay: float = 0.25,
     ) -> None:
         self.knowledge = knowledge
         self.k = k
@@ -101,6 +148,98 @@ class KnowledgeRetriever:
         self.timeout = timeout
         self.failures = 0
         self.retrievals = 0
+        self.skipped = 0  # turns that asked nothing new (retrieve_turn)
+        self.prefetched = 0  # query embeddings started from partial transcripts
+        self.prefetch_delay = prefetch_delay
+        self._prefetches: dict[str, asyncio.TimerHandle] = {}
+        #: Searches from memory with cached query vectors (see knowledge.memindex); None: every
+        #: search goes to the store.
+        self.index: MemoryIndex | None = MemoryIndex(knowledge.store) if memory_index else None
+
+    async def _search(
+        self, collection: str, query: str, *, k: int, min_score: float, timeout: float
+    ) -> list[Hit]:
+        if self.index is not None:
+            return await self.index.asearch(
+                collection, query, k=k, min_score=min_score, timeout=timeout
+            )
+        return await self.knowledge.search(
+            collection, query, k=k, min_score=min_score, timeout=timeout
+        )
+
+    def prefetch(self, agent: AgentProfile, partial: str, *, previous: str, key: str) -> None:
+        """Called with each partial transcript (``prompt`` with ``last: false``) while the
+        caller speaks: once the partial has stood for ``prefetch_delay`` seconds with no newer
+        one for the same ``key`` (the call), embed the query the turn will make if the final
+        words are the same (:func:`turn_query` of ``previous``, the caller's last finished
+        utterance, and ``partial``), so that the turn finds its vector ready. Never raises."""
+        index = self.index
+        if index is None or not agent.knowledge_collection or not needs_retrieval(partial):
+            return
+        waiting = self._prefetches.pop(key, None)
+        if waiting is not None:
+            waiting.cancel()
+        query = turn_query(previous, partial)
+
+        def start() -> None:
+            self._prefetches.pop(key, None)
+            try:
+                if index.prefetch(query) is not None:
+                    self.prefetched += 1
+            except Exception as exc:  # a prefetch is only ever a head start
+                log.info("retrieval_prefetch_failed", error=repr(exc)[:200])
+
+        loop = asyncio.get_running_loop()
+        self._prefetches[key] = loop.call_later(self.prefetch_delay, start)
+
+    def counters(self) -> dict[str, float]:
+        """What the retriever did so far (``/metrics.json``; ``relay bench`` reads them)."""
+        counters: dict[str, float] = {
+            "retrievals": self.retrievals,
+            "retrieval_failures": self.failures,
+            "retrieval_skipped": self.skipped,
+            "retrieval_prefetched": self.prefetched,
+        }
+        index = self.index
+        if index is not None:
+            counters |= {
+                "query_embeddings": index.embeddings,
+                "query_cache_hits": index.cache_hits,
+                "query_embed_cpu_ms": round(index.embed_cpu_seconds * 1000, 3),
+                "retrieval_cpu_ms": round(
+                    (index.search_cpu_seconds + index.prefetch_cpu_seconds) * 1000, 3
+                ),
+                "index_rebuilds": index.rebuilds,
+            }
+        return counters
+
+    async def warm_index(self, agents: Sequence[AgentProfile]) -> None:
+        """Build the agents' collections' in-memory matrices now, not on the first call."""
+        index = self.index
+        if index is None:
+            return
+        for collection in {a.knowledge_collection for a in agents if a.knowledge_collection}:
+            try:
+                await asyncio.to_thread(index.search, collection, "warm up", k=1)
+            except KnowledgeError as exc:
+                log.info("knowledge_index_not_warmed", collection=collection, error=str(exc)[:200])
+
+    async def aclose(self) -> None:
+        """Stop the memory index's worker threads."""
+        if self.index is not None:
+            await asyncio.to_thread(self.index.close)
+
+    async def retrieve_turn(
+        self, agent: AgentProfile, query: str, *, latest: str, previous: Retrieved | None
+    ) -> Retrieved | None:
+        """A turn's retrieval: :meth:`retrieve`, unless the caller's latest words ask nothing
+        new (:func:`needs_retrieval`), when the previous turn's material is kept (no search)."""
+        if not needs_retrieval(latest):
+            self.skipped += 1
+            if previous is None or previous.error is not None or not previous.provenance:
+                return None
+            return dataclasses.replace(previous, elapsed_ms=0.0, reused=True)
+        return await self.retrieve(agent, query)
 
     async def retrieve(self, agent: AgentProfile, query: str) -> Retrieved | None:
         collection = agent.knowledge_collection
@@ -109,7 +248,7 @@ class KnowledgeRetriever:
         started = time.perf_counter()
         self.retrievals += 1
         try:
-            hits = await self.knowledge.search(
+            hits = await self._search(
                 collection, query, k=self.k, min_score=self.min_score, timeout=self.timeout
             )
         except Exception as exc:  # any store trouble leaves the turn ungrounded, never fails it
@@ -134,7 +273,7 @@ class KnowledgeRetriever:
         """For the ``search_knowledge`` tool: explicit look-ups, same store, same deadline x4.
         Raises only :class:`KnowledgeError`."""
         try:
-            return await self.knowledge.search(
+            return await self._search(
                 collection, query, k=k, min_score=0.0, timeout=self.timeout * 4
             )
         except KnowledgeError:
@@ -144,7 +283,14 @@ class KnowledgeRetriever:
             raise KnowledgeError(f"knowledge search failed: {exc!r}") from exc
 
     async def autoload(self, agents: Sequence[AgentProfile], documents: Path) -> None:
-        """Load ``documents/<collection>/`` into each empty collection (first start)."""
+        """Load ``documents/<collection>/`` into each empty collection (first start).
+
+        Several workers start together: one loads while the others wait for it (a file lock
+        beside the documents folder), then find the collections full."""
+        async with _exclusive(documents.parent / ".knowledge-autoload.lock"):
+            await self._autoload(agents, documents)
+
+    async def _autoload(self, agents: Sequence[AgentProfile], documents: Path) -> None:
         for agent in agents:
             collection = agent.knowledge_collection
             folder = documents / collection if collection else None
@@ -168,6 +314,23 @@ class KnowledgeRetriever:
                 )
                 continue
             log.info("knowledge_autoloaded", collection=collection, **_totals(report))
+
+
+@contextlib.asynccontextmanager
+async def _exclusive(path: Path) -> AsyncIterator[None]:
+    """An exclusive lock between processes (``flock``), waited for without blocking the loop."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                await asyncio.sleep(0.1)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _totals(report: Any) -> dict[str, int]:

@@ -13,9 +13,10 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from typing import Any
 
-from sqlalchemy import DateTime, Index, Integer, String, Text, select, update
+from sqlalchemy import JSON, Date, DateTime, Index, Integer, String, Text, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -66,6 +67,17 @@ class BookingConfirmation(Base):
     booking_id: Mapped[str] = mapped_column(String(16), primary_key=True)
     confirmed_by: Mapped[str] = mapped_column(String(64))
     confirmed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ConsoleDaily(Base):
+    """One agent's figures for one finished UTC day (the console's analytics rollup)."""
+
+    __tablename__ = "console_daily"
+
+    agent: Mapped[str] = mapped_column(String(64), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    figures: Mapped[dict[str, Any]] = mapped_column(JSON)
+    computed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 # -- passwords ----------------------------------------------------------------------------
@@ -192,6 +204,26 @@ async def shared_secret(db: Database, key: str = "session_secret") -> str:
     return stored
 
 
+async def revoke_session(db: Database, nonce: str, expires: int) -> None:
+    """Refuse a signed-out session's cookie from now on (until it would have expired anyway);
+    forget revocations whose sessions have expired."""
+    now = int(datetime.now(UTC).timestamp())
+    async with db.session() as session, session.begin():
+        if await session.get(ConsoleSetting, f"revoked:{nonce}") is None:
+            session.add(ConsoleSetting(key=f"revoked:{nonce}", value=str(expires)))
+        stale = await session.scalars(
+            select(ConsoleSetting).where(ConsoleSetting.key.like("revoked:%")).limit(1000)
+        )
+        for row in stale:
+            if row.value.isdigit() and int(row.value) < now:
+                await session.delete(row)
+
+
+async def session_revoked(db: Database, nonce: str) -> bool:
+    async with db.session() as session:
+        return await session.get(ConsoleSetting, f"revoked:{nonce}") is not None
+
+
 # -- supervisor commands -------------------------------------------------------------------
 
 
@@ -241,3 +273,26 @@ async def take_commands(db: Database, call_sid: str) -> list[PendingCommand]:
         if result.rowcount != len(ids):  # type: ignore[attr-defined]  # another reader won
             return []
         return [PendingCommand(r.id, r.kind, r.argument, r.created_by) for r in rows]
+
+
+async def take_pending(db: Database, call_sids: list[str]) -> list[tuple[str, PendingCommand]]:
+    """Every pending command of these calls, oldest first, marked done in the same
+    transaction (one query for all of a worker's calls; each command is acted on once)."""
+    if not call_sids:
+        return []
+    async with db.session() as session, session.begin():
+        rows = (
+            await session.scalars(
+                select(CallCommand)
+                .where(CallCommand.status == "pending", CallCommand.call_sid.in_(call_sids))
+                .order_by(CallCommand.id)
+            )
+        ).all()
+        if not rows:
+            return []
+        await session.execute(
+            update(CallCommand)
+            .where(CallCommand.id.in_([r.id for r in rows]))
+            .values(status="done", done_at=datetime.now(UTC))
+        )
+        return [(r.call_sid, PendingCommand(r.id, r.kind, r.argument, r.created_by)) for r in rows]

@@ -35,6 +35,10 @@ class Bounded(TypeDecorator[str]):
     impl = String
     cache_ok = True
 
+    @property
+    def python_type(self) -> type[Any]:
+        return str
+
     def bind_processor(self, dialect: Dialect) -> Any:
         length = self.impl_instance.length  # type: ignore[attr-defined]
         if dialect.name == "sqlite" or not length:
@@ -59,6 +63,10 @@ class UtcDateTime(TypeDecorator[datetime]):
 
     impl = DateTime
     cache_ok = True
+
+    @property
+    def python_type(self) -> type[Any]:
+        return datetime
 
     def __init__(self) -> None:
         super().__init__(timezone=True)

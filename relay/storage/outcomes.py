@@ -12,7 +12,6 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
-    DateTime,
     Float,
     Index,
     Integer,
@@ -24,7 +23,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from relay.storage.db import Database
-from relay.storage.models import Base
+from relay.storage.models import Base, UtcDateTime
 
 
 class CallAnalysis(Base):
@@ -43,9 +42,9 @@ class CallAnalysis(Base):
     cost: Mapped[dict[str, Any]] = mapped_column(JSON)
     cost_total: Mapped[float] = mapped_column(Float, default=0.0)
     currency: Mapped[str] = mapped_column(String(3), default="USD")
-    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    computed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    analysed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
+    computed_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    analysed_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     analysis_error: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
@@ -65,10 +64,10 @@ class WebhookDelivery(Base):
     body: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16))  # pending | delivered | parked
     attempts: Mapped[int] = mapped_column(Integer, default=0)
-    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    next_attempt_at: Mapped[datetime] = mapped_column(UtcDateTime())
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    delivered_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
 
 
 class Email(Base):
@@ -84,7 +83,7 @@ class Email(Base):
     subject: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16))  # sent | failed | unknown
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 async def get_analysis(db: Database, call_sid: str) -> CallAnalysis | None:

@@ -364,9 +364,12 @@ class Recorder:
                 continue
             try:
                 await self._park(part[0], refused)
-            except Exception:
-                _keep_only([part, *(p for p, _ in parts)], upserts, events)
-                raise
+            except Exception as exc:
+                if not _refused_rows(exc):  # the database is in trouble: retry it all later
+                    _keep_only([part, *(p for p, _ in parts)], upserts, events)
+                    raise
+                self.lost += 1  # not even storable as JSON text: logged, counted, let go
+                log.error("recorder_row_lost", error=repr(exc)[:300], lost_total=self.lost)
         upserts.clear()
         events.clear()
 

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from relay.storage.db import Database
-from relay.storage.models import Call, Event, RelaySession, SideEffect, Turn
+from relay.storage.models import Call, Event, ParkedRecord, RelaySession, SideEffect, Turn
 from relay.storage.requests import expand_requests
 
 
@@ -141,3 +141,12 @@ async def settle_side_effect(db: Database, key: str, *, status: str, result: str
 
 async def stored_turns(db: Database, call_sid: str) -> Sequence[Turn]:
     return (await call_history(db, call_sid))[1]
+
+
+async def parked_records(db: Database, *, limit: int = 100) -> Sequence[ParkedRecord]:
+    """The rows the recorder could not write (newest first), each with the database's error."""
+    async with db.session() as session:
+        rows = await session.scalars(
+            select(ParkedRecord).order_by(ParkedRecord.id.desc()).limit(limit)
+        )
+        return rows.all()

@@ -3,7 +3,7 @@
 ``python -m relay.testing.flood`` starts ``relay fake-llm`` and ``relay serve`` as child
 processes (knowledge off, a fresh data directory), then runs the same calls twice: once alone,
 once while 2,000 forged ``POST /twiml`` (a wrong ``X-Twilio-Signature``) arrive as fast as
-``--flood-concurrency`` connections send them. Each call is a real WebSocket speaking
+``--flood-concurrency`` connections send them (from a third process). Each call is a real WebSocket speaking
 ConversationRelay frames; a turn's latency is from its final prompt to the first text frame
 and to the ``last: true`` frame. Prints the figures as JSON.
 
@@ -54,12 +54,14 @@ class Phase:
     incomplete: int = 0
     flood_statuses: Counter[int] = field(default_factory=Counter)
     flood_seconds: float | None = None
+    server: dict[str, float] | None = None  # the server's own prompt → first frame histogram
 
     def summary(self) -> dict[str, Any]:
         return {
             "turns": len(self.first_frame_ms),
             "incomplete_replies": self.incomplete,
             "first_frame_ms": _stats(self.first_frame_ms),
+            "server_first_frame_ms": self.server,
             "reply_ms": _stats(self.reply_ms),
             "flood": {
                 "requests": sum(self.flood_statuses.values()),
@@ -203,13 +205,67 @@ async def _flood(host: str, count: int, concurrency: int, phase: Phase) -> None:
     phase.flood_seconds = time.perf_counter() - started
 
 
+async def _flood_process(host: str, args: argparse.Namespace, phase: Phase) -> None:
+    """The flood from its own process, so that it does not slow down the calls' client (whose
+    event loop time-stamps the frames) any more than it slows down the server."""
+    code = (
+        "import asyncio, json, sys; from relay.testing import flood; p = flood.Phase(); "
+        f"asyncio.run(flood._flood({host!r}, {args.flood}, {args.flood_concurrency}, p)); "
+        "json.dump({'statuses': dict(p.flood_statuses), 'seconds': p.flood_seconds}, sys.stdout)"
+    )
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", code, stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await child.communicate()
+    result = orjson.loads(out)
+    phase.flood_statuses.update({int(k): v for k, v in result["statuses"].items()})
+    phase.flood_seconds = result["seconds"]
+
+
+async def _first_frame_histogram(host: str) -> dict[float, float]:
+    """The server's ``relay_first_frame_seconds`` buckets (cumulative counts by upper bound)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(f"http://{host}/metrics")).text
+    buckets: dict[float, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == "relay_first_frame_seconds":
+            for sample in family.samples:
+                if sample.name.endswith("_bucket"):
+                    bound = float(sample.labels["le"])
+                    buckets[bound] = buckets.get(bound, 0.0) + sample.value
+                elif sample.name.endswith("_sum"):
+                    buckets[-1.0] = buckets.get(-1.0, 0.0) + sample.value
+    return buckets
+
+
+def _server_figures(before: dict[float, float], after: dict[float, float]) -> dict[str, float]:
+    """Mean and bucket-bound p50/p99 of what the server measured during one phase."""
+    delta = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+    total = delta.get(float("inf"), 0.0)
+    if not total:
+        return {}
+
+    def bound(q: float) -> float:
+        return next(b for b in sorted(k for k in delta if k >= 0) if delta[b] >= q * total)
+
+    return {
+        "mean": round(delta.get(-1.0, 0.0) / total * 1000, 2),
+        "p50_at_most": bound(0.5) * 1000,
+        "p99_at_most": bound(0.99) * 1000,
+    }
+
+
 async def _phase(host: str, args: argparse.Namespace, flood: bool) -> Phase:
     phase = Phase()
+    before = await _first_frame_histogram(host)
     calls = [_one_call(host, args.turns, args.pause, phase) for _ in range(args.calls)]
     if flood:
-        await asyncio.gather(*calls, _flood(host, args.flood, args.flood_concurrency, phase))
+        await asyncio.gather(*calls, _flood_process(host, args, phase))
     else:
         await asyncio.gather(*calls)
+    phase.server = _server_figures(before, await _first_frame_histogram(host))
     return phase
 
 

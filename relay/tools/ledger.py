@@ -62,4 +62,4 @@ async def once(
         )
 
 
-__all__ = ["once"]
+__all__ = ["IN_PROGRESS", "once"]

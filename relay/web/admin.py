@@ -8,6 +8,9 @@ token. Routes (``{collection}`` is an agent's knowledge base):
 - ``GET    /admin/knowledge/{collection}/documents/{doc_id}``   versions and chunks
 - ``DELETE /admin/knowledge/{collection}/documents/{doc_id}``   delete a document
 - ``GET    /admin/knowledge/{collection}/search?q=…&k=4``        what retrieval returns
+- ``GET    /admin/recorder/parked?limit=100``                    rows the recorder could not write
+
+A ``{collection}`` no agent uses answers 404 (an upload never creates one by mistake).
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ def routes() -> list[Route]:
             methods=["DELETE"],
         ),
         Route("/admin/knowledge/{collection}/search", search, methods=["GET"]),
+        Route("/admin/recorder/parked", parked, methods=["GET"]),
     ]
 
 
@@ -214,3 +218,29 @@ async def search(request: Request) -> Response:
     except KnowledgeError as exc:
         return JSONResponse({"error": str(exc)}, status_code=503)
     return JSONResponse({"hits": [_json(h) for h in hits]})
+
+
+async def parked(request: Request) -> Response:
+    """The rows the recorder parked (the database refused them), newest first, with errors."""
+    if not _authorised(request):
+        return _denied()
+    from relay.storage import repository
+
+    try:
+        limit = max(1, min(1000, int(request.query_params.get("limit", "100"))))
+    except ValueError:
+        return JSONResponse({"error": "limit must be a number"}, status_code=400)
+    recorder = request.app.state.runtime.deps.recorder
+    rows = await repository.parked_records(request.app.state.runtime.deps.db, limit=limit)
+    return JSONResponse(
+        {
+            "parked_total": recorder.parked,
+            "lost_total": recorder.lost,
+            "dropped_events_total": recorder.dropped_events,
+            "records": [
+                {"id": r.id, "table": r.table_name, "call_sid": r.call_sid, "error": r.error,
+                 "parked_at": r.parked_at.isoformat(), "record": r.record}
+                for r in rows
+            ],
+        }
+    )  # fmt: skip

@@ -6,8 +6,9 @@
   Signed Twilio webhooks are governed by this cap only, never throttled: a busy hour is
   customers calling.
 * :class:`RateLimiter` is a token bucket per client address, for requests that fail the
-  signature check and for the admin API; over the limit they get 429 with ``Retry-After``,
-  before any form parsing or database work.
+  signature check (checked first, so a signed webhook is never refused for its address) and
+  for the admin API (before any work); over the limit they get 429 with ``Retry-After``,
+  which :class:`Tarpit` holds back a little for forgeries.
 * :class:`LimitedModel` caps the model requests in flight (``RELAY_MAX_LLM_CONCURRENCY``) and
   measures the wait for a slot.
 """
@@ -19,15 +20,18 @@ import math
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING
 
-from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from relay import metrics
 from relay.agents import AgentProfile
 from relay.llm.types import ChatModel, ChatRequest, LLMEvent
 from relay.protocol import twiml
+
+if TYPE_CHECKING:
+    from relay.call.session import CallSession
 
 #: Spoken when the process cannot take the call (over the cap, or shutting down).
 BUSY_LINE = "Sorry, all of our lines are busy right now."
@@ -40,7 +44,7 @@ class CallGate:
 
     def __init__(self, max_calls: int | None) -> None:
         self.max_calls = max_calls
-        self.live: set[Any] = set()  # the CallSession objects with an open socket
+        self.live: set[CallSession] = set()  # the sessions with an open socket
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -48,12 +52,12 @@ class CallGate:
     def full(self) -> bool:
         return self.max_calls is not None and len(self.live) >= self.max_calls
 
-    def enter(self, session: Any) -> None:
+    def enter(self, session: CallSession) -> None:
         self.live.add(session)
         self._idle.clear()
         metrics.LIVE_CALLS.inc()
 
-    def leave(self, session: Any) -> None:
+    def leave(self, session: CallSession) -> None:
         if session in self.live:
             self.live.discard(session)
             metrics.LIVE_CALLS.dec()
@@ -106,19 +110,50 @@ class RateLimiter:
         return wait
 
 
-def client_key(request: Request) -> str:
-    """The client's address (behind a proxy, uvicorn's proxy headers have set it)."""
-    return request.client.host if request.client is not None else "unknown"
-
-
-def too_many(wait: float, scope: str) -> Response:
+def too_many(wait: float, scope: str, tarpit: Tarpit | None = None) -> Response:
+    """429 with ``Retry-After``; held back a little first when a ``tarpit`` is given."""
     metrics.RATE_LIMITED.labels(scope).inc()
+    headers = {"Retry-After": str(max(1, math.ceil(wait)))}
+    delay = tarpit.delay(wait) if tarpit is not None else 0.0
+    if delay > 0 and tarpit is not None:
+        return _HeldBack(tarpit, delay, headers)
     return Response(
-        "Too many requests\n",
-        status_code=429,
-        media_type="text/plain",
-        headers={"Retry-After": str(max(1, math.ceil(wait)))},
+        "Too many requests\n", status_code=429, media_type="text/plain", headers=headers
     )
+
+
+class Tarpit:
+    """Holds a throttled source's 429 back for up to ``seconds`` (never longer than its
+    ``Retry-After``), so a client that waits for each answer, as HTTP/1.1 clients do, can only
+    send about one request per ``seconds`` per connection: a flood costs the server a timer per
+    request instead of a parse and a signature check many times a second. At most
+    ``max_held`` answers are held at once; beyond that they go out at once (bounded memory)."""
+
+    def __init__(self, seconds: float = 1.0, *, max_held: int = 1000) -> None:
+        self.seconds = seconds
+        self.max_held = max_held
+        self.held = 0
+
+    def delay(self, wait: float) -> float:
+        if self.held >= self.max_held:
+            return 0.0
+        return min(self.seconds, wait)
+
+
+class _HeldBack(Response):
+    def __init__(self, tarpit: Tarpit, delay: float, headers: dict[str, str]) -> None:
+        super().__init__(
+            "Too many requests\n", status_code=429, media_type="text/plain", headers=headers
+        )
+        self._tarpit, self._delay = tarpit, delay
+        tarpit.held += 1
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await asyncio.sleep(self._delay)
+        finally:
+            self._tarpit.held -= 1
+        await super().__call__(scope, receive, send)
 
 
 class LimitedModel:

@@ -86,8 +86,6 @@ class Runtime:
     ops: Operations | None = None
     #: Outcomes, cost, analysis, webhook and owner e-mail after each call (relay.web.postcall).
     postcall: PostCall | None = None
-    #: Deprecated: an untyped bag, kept only while callers move to the typed fields above.
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 def create_app(
@@ -202,7 +200,7 @@ def create_app(
         Route("/handoff", connect_action, methods=["POST"]),
         WebSocketRoute("/ws", conversation_relay),
         *operations.routes(),  # /healthz, /readyz, /metrics (Prometheus)
-        Route("/metrics.json", metrics, methods=["GET"]),
+        Route("/metrics.json", operations.protected(metrics), methods=["GET"]),
     ]
     routes.extend(feeds.routes())
     routes.extend(console.routes())  # /console: answers 404 until sign-in is configured
@@ -244,8 +242,8 @@ async def _start_knowledge(runtime: Runtime) -> asyncio.Task[Any]:
     deps.retriever = retriever
     runtime.knowledge = knowledge
     runtime.retriever = retriever
+    runtime.closers.append(retriever.aclose)
     runtime.closers.append(knowledge.aclose)
-    runtime.extras["knowledge"] = knowledge  # until relay.web.health reads runtime.knowledge
     for name in deps.agents.agents:
         services = dict(deps.services.get(name, {}))
         services["knowledge"] = retriever
@@ -256,6 +254,7 @@ async def _start_knowledge(runtime: Runtime) -> asyncio.Task[Any]:
             await knowledge.warm_up()
             if settings.knowledge_autoload:
                 await retriever.autoload(list(deps.agents.agents.values()), settings.documents_dir)
+            await retriever.warm_index(list(deps.agents.agents.values()))
         except Exception as exc:  # the service runs without grounding rather than not at all
             log.error("knowledge_unavailable", error=repr(exc)[:300])
 
@@ -286,6 +285,7 @@ def preflight(settings: Settings, tools: ToolRegistry | None = None) -> AgentReg
         load_services(agent, settings.data_dir)
     if settings.elevenlabs_api_key:
         _check_voices(settings, agents)
+    postcall.check(settings)  # the price table, RELAY_SMTP_URL / RELAY_EMAIL_FROM
     return agents
 
 
@@ -508,11 +508,11 @@ async def metrics(request: Request) -> Response:
     )
 
 
-def _retrieval_counters(runtime: Runtime) -> dict[str, int]:
+def _retrieval_counters(runtime: Runtime) -> dict[str, float]:
     retriever = runtime.retriever
     if retriever is None:
         return {}
-    return {"retrievals": retriever.retrievals, "retrieval_failures": retriever.failures}
+    return retriever.counters()
 
 
 def _rss_kb() -> int:

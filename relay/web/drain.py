@@ -12,7 +12,8 @@ every live reply mid-sentence. So the app puts its own SIGTERM handler in front 
    ``server-shutdown``;
 4. flushes the recorder, and only then hands the signal to uvicorn, which stops as usual.
 
-A second SIGTERM, or SIGINT (Ctrl+C), goes straight to uvicorn.
+A second SIGTERM (more than two seconds after the first: a worker under systemd gets the unit's
+SIGTERM and its supervisor's copy at once), or SIGINT (Ctrl+C), goes straight to uvicorn.
 """
 
 from __future__ import annotations
@@ -23,17 +24,22 @@ import threading
 import time
 from collections.abc import Callable
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from relay.web.admission import CallGate
+
+if TYPE_CHECKING:
+    from relay.call.session import CallSession
 
 log = structlog.get_logger("relay.web.drain")
 
 OUTCOME = "server-shutdown"
 TO_PERSON_LINE = "I'm sorry, I have to pass you to a colleague now. Please hold."
 GOODBYE_LINE = "I'm sorry, I have to end the call now. Please call us back in a minute. Goodbye."
+#: A second SIGTERM this soon after the first is the same request, delivered twice.
+REPEAT_WINDOW = 2.0
 #: After the last lines are sent, how long callers get to hear them before the server stops.
 AFTER_LAST_LINES = 15.0
 
@@ -61,6 +67,12 @@ class Drain:
         return self.task
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        except Exception:  # the server must stop even if the drain went wrong
+            log.exception("drain_failed")
+
+    async def _run(self) -> None:
         started = time.monotonic()
         self.draining = True
         log.info("drain_started", live_calls=len(self.gate.live), drain_seconds=self.seconds)
@@ -82,7 +94,7 @@ class Drain:
         )
 
 
-def end_for_shutdown(session: Any) -> None:
+def end_for_shutdown(session: CallSession) -> None:
     """Tell the caller, then hand them to the agent's person or end the call cleanly."""
     agent = session.agent
     if agent.person_number:
@@ -115,11 +127,17 @@ def install(drain: Drain) -> Callable[[], None]:
     loop = asyncio.get_running_loop()
     forward: SignalHandler = previous
 
+    first: list[float] = []
+
     def handler(sig: int, frame: FrameType | None) -> None:
-        if drain.task is not None:  # a second SIGTERM: stop now
+        now = time.monotonic()
+        if not first:
+            first.append(now)
+            loop.call_soon_threadsafe(drain.start, lambda: forward(sig, None))
+        elif now - first[0] >= REPEAT_WINDOW:  # asked again, later: stop now
             forward(sig, frame)
-            return
-        loop.call_soon_threadsafe(drain.start, lambda: forward(sig, None))
+        # Within the window it is the same request delivered twice (systemd signals every
+        # process of the unit, and uvicorn's supervisor forwards the parent's too): ignored.
 
     signal.signal(signal.SIGTERM, handler)
 

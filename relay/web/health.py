@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import structlog
@@ -27,6 +27,9 @@ from starlette.routing import BaseRoute, Route
 
 from relay.storage.db import Database
 from relay.storage.models import Event
+
+if TYPE_CHECKING:
+    from relay.web.app import Runtime
 
 log = structlog.get_logger("relay.web.health")
 
@@ -76,8 +79,10 @@ class ModelProbe:
         started = time.perf_counter()
         try:
             response = await self._http.get(self._url, headers=self._headers, timeout=self.timeout)
-            ok = response.status_code == 200
-            detail = "" if ok else f"HTTP {response.status_code}"
+            status = response.status_code
+            # Some OpenAI-compatible servers have no model list: answering at all is reachable.
+            ok = status == 200 or status in (404, 405)
+            detail = "" if status == 200 else f"HTTP {status}"
         except (httpx.HTTPError, OSError) as exc:
             ok, detail = False, type(exc).__name__
         check = Check(ok=ok, detail=detail, ms=(time.perf_counter() - started) * 1000)
@@ -127,6 +132,25 @@ async def check_database(db: Database) -> Check:
         return Check(ok=False, detail=_short(exc), ms=_since(started))
 
 
+class RecentCheck:
+    """The database check, reused for ``fresh`` seconds: a balancer, an orchestrator and a
+    monitor polling ``/readyz`` every second each must not each cost a write transaction."""
+
+    def __init__(self, fresh: float = 1.0) -> None:
+        self.fresh = fresh
+        self._last: tuple[float, int, Check] | None = None
+
+    async def get(self, db: Database) -> Check:
+        now = time.monotonic()
+        if self._last is not None:
+            at, which, check = self._last
+            if which == id(db) and now - at < self.fresh:
+                return check
+        check = await check_database(db)
+        self._last = (now, id(db), check)
+        return check
+
+
 async def check_knowledge(knowledge: Any) -> Check:
     """The knowledge store lists its collections (embedded Chroma or the Chroma server)."""
     started = time.perf_counter()
@@ -146,11 +170,13 @@ def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
 
 
-async def readiness(runtime: Any) -> dict[str, Check]:
+async def readiness(runtime: Runtime) -> dict[str, Check]:
     """Every dependency's check for ``runtime`` (the app's Runtime)."""
     settings, deps = runtime.settings, runtime.deps
     checks: dict[str, Check] = {}
-    pending: dict[str, Awaitable[Check]] = {"database": check_database(deps.db)}
+    cache = runtime.ops.database_check if runtime.ops is not None else None
+    database = cache.get(deps.db) if cache is not None else check_database(deps.db)
+    pending: dict[str, Awaitable[Check]] = {"database": database}
     knowledge = runtime.knowledge
     if knowledge is not None:
         pending["knowledge"] = check_knowledge(knowledge)
@@ -191,7 +217,7 @@ def routes() -> list[BaseRoute]:
     ]
 
 
-def model_probe(runtime: Any) -> ModelProbe:
+def model_probe(runtime: Runtime) -> ModelProbe:
     """The model probe for ``runtime``'s settings, kept in ``runtime.model_probe``."""
     settings = runtime.settings
     probe = ModelProbe(

@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import hmac
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from starlette.requests import Request
@@ -27,7 +27,18 @@ from relay.agents import AgentProfile
 from relay.services import retention
 from relay.web import drain as drain_
 from relay.web import health
-from relay.web.admission import CallGate, LimitedModel, RateLimiter, busy_twiml, too_many
+from relay.web.admission import (
+    CallGate,
+    LimitedModel,
+    RateLimiter,
+    Tarpit,
+    busy_twiml,
+    too_many,
+)
+
+if TYPE_CHECKING:
+    from relay.call.session import CallSession
+    from relay.web.app import Runtime
 
 log = structlog.get_logger("relay.web.operations")
 
@@ -37,7 +48,7 @@ SAMPLE_EVERY = 5.0
 
 
 async def start(
-    runtime: Any, background: list[asyncio.Task[Any]], *, probe_model: bool = True
+    runtime: Runtime, background: list[asyncio.Task[Any]], *, probe_model: bool = True
 ) -> Callable[[], None]:
     """Build and start everything; returns what the lifespan calls when it ends.
 
@@ -84,10 +95,12 @@ class Operations:
     gate: CallGate
     limiter: RateLimiter
     sampler: _Sampler
+    database_check: health.RecentCheck = field(default_factory=health.RecentCheck)
+    tarpit: Tarpit = field(default_factory=Tarpit)
 
 
 def routes() -> list[BaseRoute]:
-    return [*health.routes(), Route("/metrics", prometheus, methods=["GET"])]
+    return [*health.routes(), Route("/metrics", protected(_prometheus), methods=["GET"])]
 
 
 def limit_admin(routes: list[Any]) -> list[Any]:
@@ -100,7 +113,7 @@ def limit_admin(routes: list[Any]) -> list[Any]:
 # -- admission ------------------------------------------------------------------------------
 
 
-def admit(runtime: Any, agent: AgentProfile, form: dict[str, str]) -> Response | None:
+def admit(runtime: Runtime, agent: AgentProfile, form: dict[str, str]) -> Response | None:
     """None to connect the call, or the polite TwiML when this process cannot take it."""
     ops: Operations | None = runtime.ops
     drain: drain_.Drain | None = runtime.drain
@@ -123,15 +136,15 @@ def forged(request: Request) -> Response | None:
     if ops is None:
         return None
     wait = ops.limiter.take("forged:" + _client(request.scope))
-    return too_many(wait, "forged") if wait > 0 else None
+    return too_many(wait, "forged", ops.tarpit) if wait > 0 else None
 
 
-def session_opened(runtime: Any, session: Any) -> None:
+def session_opened(runtime: Runtime, session: CallSession) -> None:
     if runtime.ops is not None:
         runtime.ops.gate.enter(session)
 
 
-def session_closed(runtime: Any, session: Any) -> None:
+def session_closed(runtime: Runtime, session: CallSession) -> None:
     if runtime.ops is not None:
         runtime.ops.gate.leave(session)
     if session.setup is not None:
@@ -147,7 +160,7 @@ class _Sampler:
     """Brings gauges and counters kept by other objects (the recorder, the retriever) into the
     Prometheus instruments, as increments: nothing on the call path waits for it."""
 
-    def __init__(self, runtime: Any) -> None:
+    def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self._recorder_failures = 0
         self._knowledge_failures = 0
@@ -171,17 +184,28 @@ class _Sampler:
             await asyncio.sleep(SAMPLE_EVERY)
 
 
-async def prometheus(request: Request) -> Response:
-    """``GET /metrics``: the text exposition format (bearer ``RELAY_METRICS_TOKEN`` if set)."""
+def protected(
+    handler: Callable[[Request], Awaitable[Response]],
+) -> Callable[[Request], Awaitable[Response]]:
+    """``handler`` behind ``RELAY_METRICS_TOKEN`` (a bearer token), when it is set."""
+
+    async def guarded(request: Request) -> Response:
+        token: str | None = request.app.state.runtime.settings.metrics_token
+        if token and not _bearer_ok(request, token):
+            return Response(
+                "Unauthorized\n",
+                status_code=401,
+                media_type="text/plain",
+                headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+            )
+        return await handler(request)
+
+    return guarded
+
+
+async def _prometheus(request: Request) -> Response:
+    """``GET /metrics``: the text exposition format."""
     runtime = request.app.state.runtime
-    token: str | None = runtime.settings.metrics_token
-    if token and not _bearer_ok(request, token):
-        return Response(
-            "Unauthorized\n",
-            status_code=401,
-            media_type="text/plain",
-            headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
-        )
     if runtime.ops is not None:
         runtime.ops.sampler.sample()
     body = await asyncio.to_thread(metrics.exposition) if metrics.multiprocess_dir() else None

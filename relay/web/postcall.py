@@ -14,7 +14,15 @@ from relay.services.webhooks import WebhookOutbox
 
 if TYPE_CHECKING:
     from relay.call.session import CallSession
+    from relay.config import Settings
     from relay.web.app import Runtime
+
+
+def check(settings: Settings) -> None:
+    """Raise a ConfigError naming the file or variable when the price table or the SMTP
+    settings are wrong (called before any server starts)."""
+    costs.load_prices(settings.prices)
+    smtp_settings(settings.smtp_url, settings.email_from)
 
 
 def start(runtime: Runtime, background: list[asyncio.Task[Any]]) -> PostCall:

@@ -21,6 +21,7 @@ from relay.call.ending import is_backchannel
 from relay.storage import repository
 from relay.storage.models import Event
 from relay.testing import ScriptedLLM, Text, ToolCall, ToolCalls
+from tests.call.test_transcript import SlowTool
 from tests.conftest import SHIPPED_AGENT, agent_toml
 
 #: Tests using the shared ``relay`` fixture run in the module's event loop.
@@ -224,3 +225,30 @@ async def test_a_late_close_of_an_old_socket_leaves_the_live_call_alone(relay: A
         None,
     )
     assert ended is not None and (ended.status, ended.outcome) == ("completed", "hung-up")
+
+
+async def test_no_re_prompt_while_a_tool_runs(start_relay: Any, prompts_dir: Path) -> None:
+    write_agent(prompts_dir, silence_timeout=0.1)
+    slow = SlowTool()
+    llm = ScriptedLLM(
+        [
+            Text("Sure."),
+            ToolCalls([ToolCall("switch_language", {"language": "Spanish"}, id="call_slow")]),
+        ]
+    )
+
+    def configure(runtime: Any) -> None:
+        slow.configure(runtime)
+        instant_speech(runtime)
+
+    async with start_relay(llm, configure=configure) as relay:
+        call = relay.call()
+        await call.connect()
+        await call.say("Hi")  # a talk cycle ends: the silence timer is armed...
+        await call.prompt("Spanish please")  # ...and this turn's tool never finishes
+        await asyncio.wait_for(slow.started.wait(), 10)
+        await call.info("agentSpeaking", "off")  # playback over: silence would count from here
+        await asyncio.sleep(0.4)  # gives a wrong re-prompt its chance; nothing is timed
+        said = [f.get("token") for f in call.frames]
+
+    assert STILL_THERE not in said

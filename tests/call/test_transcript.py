@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from relay.call.transcript import NOT_DONE, Role, ToolCallItem, Transcript
 from relay.storage import repository
@@ -248,3 +250,38 @@ def test_cutting_to_what_was_heard_keeps_the_tool_calls() -> None:
 
     assert reply.content == "Let me" and reply.row["interrupted"] is True
     assert reply.tool_calls and check_chat_request({"model": "m", "messages": t.openai()}) is None
+
+
+# -- the order rule under any sequence of events ----------------------------------------------
+
+OPERATIONS = st.lists(
+    st.sampled_from(["user", "assistant", "calls", "calls2", "answer", "heard", "system"]),
+    max_size=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(OPERATIONS)
+def test_any_sequence_of_events_gives_a_history_openai_accepts(operations: list[str]) -> None:
+    t, _ = transcript()
+    t.user("Hello")
+    pending: list[Any] = []
+    reply = None
+    for n, op in enumerate(operations):
+        if op == "user":
+            t.user(f"words {n}")
+        elif op == "assistant":
+            reply = t.assistant(f"reply {n}")
+        elif op in ("calls", "calls2"):
+            count = 1 if op == "calls" else 2
+            calls = [ToolCallItem(f"call_{n}_{i}", "quote", "{}") for i in range(count)]
+            reply, answers = t.add_tool_calls(reply, calls)
+            pending.extend(answers)
+        elif op == "answer" and pending:
+            t.answer(pending.pop(0), f"result {n}")
+        elif op == "heard":
+            t.cut_to_heard("reply")
+        elif op == "system":
+            t.system(f"note {n}")
+        assert check_chat_request({"model": "m", "messages": t.openai()}) is None
+    assert [m.seq for m in t] == list(range(len(t)))

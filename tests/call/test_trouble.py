@@ -8,14 +8,17 @@ timings are shortened in its profile. Waiting is for frames, never for time.
 
 from __future__ import annotations
 
+import asyncio
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 from sqlalchemy import select
 
-from relay.call.trouble import answer_to_offer
+from relay.call.trouble import answer_to_offer, wants_person
+from relay.llm.types import ChatRequest, Done, TextDelta
 from relay.storage import repository
 from relay.storage.models import Event, Ticket
 from relay.testing import Fail, ScriptedLLM, Stall, Text
@@ -67,7 +70,9 @@ async def test_a_stalled_model_gets_a_filler_then_the_apology_within_the_budget(
 ) -> None:
     write_agent(prompts_dir, llm_filler_after=0.05, llm_turn_budget=0.4)
     llm = ScriptedLLM([Stall(30, then=Text("Far too late.")), Text("I'm back.")])
-    async with start_relay(llm, RELAY_LLM_MAX_RETRIES="0") as relay:
+    async with start_relay(
+        llm, RELAY_LLM_MAX_RETRIES="0", RELAY_LLM_FIRST_TOKEN_TIMEOUT="0.4"
+    ) as relay:
         call = relay.call()
         await call.connect()
         stalled = await call.say("Hello?")
@@ -84,13 +89,45 @@ async def test_a_stalled_model_gets_a_filler_then_the_apology_within_the_budget(
         {"type": "text", "token": " " + APOLOGY, "last": True},
     ]
     assert after.text == "I'm back."
-    assert [(f["kind"], f["consecutive"]) for f in failures] == [("turn-budget", 1)]
-    assert counts.get("turn-budget", 0) >= 1
+    # The session's budget and the client's first-token timeout end together: either names it.
+    [failure] = failures
+    assert failure["kind"] in ("turn-budget", "timeout") and failure["consecutive"] == 1
+    assert counts.get(failure["kind"], 0) >= 1
     # What the caller heard is the history: the filler, then the apology.
     said = [t for t in turns if t.role == "assistant" and t.error]
-    assert [(t.content, "turn budget" in (t.error or "")) for t in said] == [
-        (filler + " " + APOLOGY, True)
-    ]
+    assert [t.content for t in said] == [filler + " " + APOLOGY]
+
+
+class SilentModel:
+    """A ChatModel that never answers (and has no client timeouts of its own)."""
+
+    def __init__(self) -> None:
+        self.requests: list[ChatRequest] = []
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[TextDelta | Done]:
+        self.requests.append(request)
+        await asyncio.Event().wait()
+        yield Done("stop")  # pragma: no cover
+
+
+async def test_the_session_gives_up_on_a_silent_model_at_the_turn_budget(
+    start_relay: Any, prompts_dir: Path
+) -> None:
+    write_agent(prompts_dir, llm_filler_after=0, llm_turn_budget=0.3)
+    model = SilentModel()
+    async with start_relay(configure=lambda runtime: setattr(runtime.deps, "llm", model)) as relay:
+        call = relay.call()
+        await call.connect()
+        reply = await call.say("Hello?")
+        await call.close()
+        await relay.session_closed()
+        failures = await events(relay, call.call_sid, "llm_failure")
+
+    assert strip(reply.frames) == [{"type": "text", "token": APOLOGY, "last": True}]
+    assert [f["kind"] for f in failures] == ["turn-budget"]
+    [request] = model.requests
+    # The deadline handed to the client is the budget's end, counted from the prompt.
+    assert request.deadline is not None and request.deadline - reply.frames[0]["_t"] < 0.3
 
 
 async def test_a_quick_model_gets_no_filler(start_relay: Any, prompts_dir: Path) -> None:
@@ -228,3 +265,74 @@ def test_answers_to_the_offer() -> None:
         assert answer_to_offer(yes), yes
     for no in ("no", "No thanks.", "nope", "not right now", "don't bother"):
         assert not answer_to_offer(no), no
+
+
+class StuckRetriever:
+    """A knowledge retriever that never answers."""
+
+    def __init__(self) -> None:
+        self.queries: list[str] = []
+
+    async def retrieve(self, agent: Any, query: str) -> Any:
+        self.queries.append(query)
+        await asyncio.Event().wait()
+
+
+async def test_a_stuck_retrieval_leaves_the_turn_ungrounded_not_silent(
+    start_relay: Any, prompts_dir: Path
+) -> None:
+    write_agent(prompts_dir, llm_filler_after=0.05, llm_turn_budget=0.3)
+    retriever = StuckRetriever()
+    llm = ScriptedLLM([Text("Yes, we do.")])
+    async with start_relay(
+        llm,
+        configure=lambda runtime: setattr(runtime.deps, "retriever", retriever),
+        RELAY_LLM_FIRST_TOKEN_TIMEOUT="0.3",
+    ) as relay:
+        call = relay.call()
+        await call.connect()
+        reply = await call.say("Do you move organs?")
+        await call.close()
+        await relay.session_closed()
+        retrieval = await events(relay, call.call_sid, "retrieval")
+
+    assert retriever.queries == ["Do you move organs?"]
+    assert strip(reply.frames)[0] == {
+        "type": "text",
+        "token": "One moment while I check that. ",
+        "last": False,
+        "preemptible": True,
+    }
+    assert "".join(f["token"] for f in reply.frames[1:]) == "Yes, we do."
+    assert [r["error"] for r in retrieval] == ["retrieval timed out"]
+    [request] = llm.requests
+    assert [m["role"] for m in request["messages"]].count("system") == 1  # no reference material
+    # The filler is the caller's: the model is not shown it, and its answer continues it.
+    assert request["messages"][-1] == {"role": "user", "content": "Do you move organs?"}
+
+
+async def test_after_a_failure_asking_for_a_person_gets_one_without_the_model(
+    start_relay: Any, prompts_dir: Path
+) -> None:
+    write_agent(prompts_dir, llm_filler_after=0)
+    llm = ScriptedLLM([Fail(503)])
+    async with start_relay(llm, configure=quick_speech, RELAY_LLM_MAX_RETRIES="0") as relay:
+        call = relay.call()
+        await call.connect()
+        failed = await call.say("How much for a grand?")
+        handoff = await call.say("Can I just talk to a real person please?")
+        end = await call.next_frame()
+
+    assert failed.text == APOLOGY
+    assert handoff.text == TRANSFER
+    assert end is not None and end["type"] == "end"
+    assert orjson.loads(end["handoffData"])["reason"] == "llm-failure"
+    assert len(llm.requests) == 1  # the model, failing, was not asked again
+
+
+def test_asking_for_a_person() -> None:
+    for asked in ("Can I talk to a real person?", "put me through to someone", "a human please",
+                  "I need to speak with the manager", "operator"):  # fmt: skip
+        assert wants_person(asked), asked
+    for other in ("Hello?", "Is anyone there?", "How much is a grand piano?", "Can you hear me?"):
+        assert not wants_person(other), other

@@ -3,6 +3,7 @@ recorded call imported into a scratch database."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -102,3 +103,25 @@ def test_analyze_reruns_the_model_pass_over_old_calls_and_costs_sum_them(
     assert main(["sessions", "export", CALL, "--redact", "-o", str(output)]) == 0
     redacted = orjson.loads(output.read_bytes().splitlines()[0])["analysis"]
     assert redacted["summary"] is None and redacted["fields"] == {}
+
+
+def test_show_a_recording_file_with_its_outcomes_usage_and_cost(
+    clean_env: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("RELAY_DATA_DIR", str(REPO / "data"))
+    monkeypatch.setenv("RELAY_LOG_LEVEL", "error")
+
+    code, out = run(["sessions", "show", str(QUOTE), "--json"], capsys)
+    assert code == 0
+    record = orjson.loads(out)
+    assert record["call"]["call_sid"] == CALL and record["outcomes"] == ["quoted"]
+    assert record["usage"]["models"]["gpt-4o-mini"]["requests"] == 6
+    assert record["cost"]["minutes"] == 1 and record["cost"]["conversation_relay"] == 0.07
+
+    code, text = run(["sessions", "show", str(QUOTE)], capsys)
+    assert code == 0
+    assert "Outcomes: quoted" in text
+    assert re.search(r"Cost: 0\.07\d+ USD \(model 0\.0\d+, ConversationRelay 1 min 0\.0700", text)

@@ -122,12 +122,14 @@ def test_voices_list(
 def test_voices_list_json(
     respx_mock: respx.MockRouter, env: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    respx_mock.get("/v1/voices").respond(json=VOICES)
+    respx_mock.get("/v1/voices").respond(json={"voices": [*VOICES["voices"], MARK_VOICE]})
 
     assert main(["voices", "list", "--json"]) == 0
 
     rows = [orjson.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [r["voice_id"] for r in rows] == [OWN, "21m00Tcm4TlvDq8ikWAM"]
+    assert [r["voice_id"] for r in rows] == [OWN, "21m00Tcm4TlvDq8ikWAM", MARK]
+    assert rows[2]["used_by"] == ["car-service", "piano-removals", "reminders"]
+    assert rows[0]["used_by"] == []
     assert rows[0]["labels"]["gender"] == "female"
     assert rows[0]["preview_url"].endswith("/preview.mp3")
 

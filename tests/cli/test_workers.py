@@ -93,6 +93,7 @@ class Server:
                 self.process.kill()
                 self.process.wait()
         self._reader.join(10)
+        print("\n".join(self.lines))  # shown when the test fails
         if self.process.stdout is not None:
             self.process.stdout.close()
         return self.process.returncode
@@ -134,6 +135,7 @@ async def check_workers(server: Server, db_url: str) -> None:
     workers = server.wait_for("worker_starting", 2)
     assert len({line["pid"] for line in workers}) == 2  # two processes
     server.wait_for("relay_started", 2)  # both through their start-up (migrations included)
+    server.wait_for("Application startup complete.", 2)  # and listening
     async with httpx.AsyncClient() as http:
         for _ in range(4):
             assert (await http.get(server.base + "/healthz")).status_code == 200

@@ -195,7 +195,7 @@ def test_from_call_drafts_a_scenario_that_loads(
     )
 
     scenario = load_scenario(draft)
-    assert scenario.agent == "piano-removals" and scenario.name == "from-fb671926"
+    assert scenario.agent == "piano-removals" and scenario.name == "from-bb671926"
     assert scenario.expect.outcomes == ["quoted"]
     [tool, *_] = scenario.expect.tools
     assert tool.name == "quote_piano_move"

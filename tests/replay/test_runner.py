@@ -24,14 +24,11 @@ import pytest
 
 from relay.cli.main import main
 from relay.config import Settings
-from relay.llm.types import ChatRequest
 from relay.recordings.format import Recording, export_call
 from relay.replay.runner import (
-    Masker,
     Options,
     Report,
     caller_script,
-    compare_requests,
     run_replays,
 )
 from relay.testing import FakeLLMServer, ScriptedLLM, Text, ToolCall, ToolCalls, echo_reply
@@ -126,7 +123,7 @@ async def test_a_quote_replays_with_a_new_quote_id(settings: Settings) -> None:
         )
         return re.findall(r"Q\d{6}", tool)
 
-    assert quote_ids(report.replayed) != quote_ids(report.recorded)  # masked by the ignore pattern
+    assert quote_ids(report.replayed) != quote_ids(report.recorded)  # masked when comparing
     assert "expected: quote_piano_move" not in " ".join(report.checked.failed)
     assert "the agent says something matching /\\$\\d/" in report.checked.passed
 
@@ -137,24 +134,6 @@ async def test_the_recorded_pauses_are_kept_without_fast(settings: Settings) -> 
     recorded = caller_script(_load("keypad"))[0]
     assert sum(step.pause for step in recorded.steps) > 0
     assert report.seconds >= sum(step.pause for step in recorded.steps)
-
-
-def test_the_caller_script_waits_for_the_agent() -> None:
-    [script] = caller_script(_load("interruption"))
-    kinds = [step.kind for step in script.steps]
-    assert kinds == ["setup", "prompt", "interrupt", "prompt", "prompt", "hangup"]
-    setup, _first, interrupt, second, third, hangup = script.steps
-    assert setup.pause == 0 and not setup.wait.talking
-    assert (
-        interrupt.wait.talking
-        and interrupt.wait.cycles == 0
-        and interrupt.wait.chars >= len("We cover all of Melbourne")
-    )
-    assert interrupt.pause == 0  # a barge-in goes as soon as the point is reached
-    assert second.wait.cycles == 1 and not second.wait.talking  # the cut answer's cycle closed
-    assert third.wait.cycles == 2 and hangup.wait.cycles == 3
-    [handoff] = caller_script(_load("handoff"))
-    assert handoff.steps[-1].kind == "hangup" and handoff.steps[-1].wait.ended
 
 
 # == interruptions land at the same point ================================================
@@ -254,29 +233,6 @@ async def test_a_changed_line_of_the_agent_shows_up_as_changed_speech(
     [(before, after)] = report.changes
     assert before is not None and after is not None
     assert before.text.endswith("Have a lovely day!") and after.text.endswith("Cheerio!")
-
-
-def test_the_time_line_is_not_a_divergence() -> None:
-    def body(when: str, text: str = "Hello") -> dict[str, Any]:
-        system = f"You are Kerry.\n\nCurrent date and time: {when}. Caller ID: +61412345678."
-        request = ChatRequest(
-            model="m",
-            messages=[{"role": "system", "content": system}, {"role": "user", "content": text}],
-        )
-        return request.body()
-
-    mask = Masker()
-    assert (
-        compare_requests(
-            body("Wednesday 11 March 2026, 09:30 AM AEDT"),
-            body("Friday 13 March 2026, 04:12 PM AEDT"),
-            mask,
-        )
-        is None
-    )
-    summary, diff = compare_requests(body("x"), body("x", "Goodbye"), mask) or ("", "")
-    assert summary == "messages differ (1 line)"
-    assert "-[1] user: Hello" in diff and "+[1] user: Goodbye" in diff
 
 
 # == live mode ===========================================================================
@@ -553,23 +509,6 @@ async def test_live_mode_over_url_cannot_see_tool_calls(settings: Settings) -> N
     assert report.checked.skipped == [
         "transfer_to_person is called with reason~/(?i)person/ (tool calls cannot be seen over --url in live mode)"
     ]
-
-
-def test_a_request_past_the_end_of_the_recording_is_a_divergence() -> None:
-    from relay.replay.runner import Cassette
-
-    recording = _load("handoff")
-    cassette = Cassette(recording, Masker())
-    body = dict(
-        recording.events[[e["kind"] for e in recording.events].index("llm_request")]["data"]["body"]
-    )
-    assert cassette.answer(body) is not None and not cassette.divergences
-    assert cassette.answer(body) is None
-    [divergence] = cassette.divergences
-    assert (
-        divergence.number == 2
-        and divergence.summary == "an LLM request the recording does not have"
-    )
 
 
 def test_an_app_that_cannot_start_is_a_configuration_error(

@@ -8,6 +8,7 @@ separate process, as an editor would.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -160,3 +161,30 @@ def test_the_admin_api_answers_404_for_a_collection_no_agent_uses(make_settings:
         # An agent's collection with nothing loaded yet: searching it is a 404 too, not a 500.
         empty = client.get("/admin/knowledge/piano-removals/search?q=stairs", headers=token)
         assert empty.status_code == 404
+
+
+async def test_workers_starting_together_load_the_shipped_documents_once(
+    data_dir: Path, prompts_dir: Path
+) -> None:
+    from knowledge import AsyncKnowledge, KnowledgeStore
+    from knowledge.testing import HashingEmbedder
+    from relay.agents import AgentRegistry
+    from relay.services.retrieval import KnowledgeRetriever
+
+    folder = data_dir / "knowledge" / "piano-removals"
+    folder.mkdir(parents=True)
+    for n in range(8):
+        (folder / f"doc{n}.md").write_text(f"# Doc {n}\n\n{STAIRS}{INSURANCE}", encoding="utf-8")
+    agents = list(AgentRegistry.load(prompts_dir).agents.values())
+    stores = [
+        AsyncKnowledge(KnowledgeStore(path=data_dir / "chroma", embedder=HashingEmbedder()))
+        for _ in range(2)
+    ]
+    try:
+        retrievers = [KnowledgeRetriever(k) for k in stores]
+        await asyncio.gather(*(r.autoload(agents, data_dir / "knowledge") for r in retrievers))
+        docs = await stores[0].list_documents("piano-removals")
+    finally:
+        for store in stores:
+            await store.aclose()
+    assert [(d.doc_id, d.version) for d in docs] == [(f"doc{n}.md", 1) for n in range(8)]

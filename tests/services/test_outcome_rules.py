@@ -188,3 +188,16 @@ def test_the_webhook_signature_is_hmac_sha256_of_t_dot_body() -> None:
     assert webhooks.verify("s3cret", header, body, now=1_700_000_100)
     assert not webhooks.verify("s3cret", header, body, now=1_700_000_000 + 301)  # too old
     assert not webhooks.verify("s3cret", "t=x,v1=y", body)
+
+
+def test_an_llm_failure_ending_with_a_message_left_or_a_person() -> None:
+    left = {"kind": "message_left", "data": {"text": "Call me back about my grand."}}
+    assert derive({"outcome": "llm-failure"}, [prompt("hello"), left]) == [
+        "message-taken", "llm-failure",
+    ]  # fmt: skip
+    end = orjson.dumps(
+        {"type": "end", "handoffData": '{"reasonCode":"live-agent-handoff","reason":"llm-failure"}'}
+    ).decode()
+    events = [prompt("hello"), {"kind": "llm_failure", "data": {"kind": "timeout"}},
+              {"kind": "frame_out", "data": {"raw": end}}]  # fmt: skip
+    assert derive({"outcome": "llm-failure"}, events) == ["transferred", "llm-failure"]

@@ -4,7 +4,9 @@ real tools on SQLite) and a real local HTTP receiver."""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import io
 import shutil
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -259,6 +261,14 @@ async def test_the_webhook_arrives_once_signed_with_the_analysis_fields(
     }  # fmt: skip
     assert document["summary"] == "Asked whether we serve Geelong."
     assert document["usage"]["models"]["gpt-4o-mini"]["requests"] == 1
+    # The analysis request is priced too, and counted apart from the call's own requests.
+    assert document["usage"]["analysis"]["models"]["gpt-4o-mini"]["requests"] == 1
+    assert document["cost"]["analysis"] > 0
+    assert document["cost"]["total"] == pytest.approx(
+        document["cost"]["llm"]
+        + document["cost"]["conversation_relay"]
+        + document["cost"]["analysis"]
+    )
     assert document["cost"]["currency"] == "USD"
     assert analysis_request["stream"] is False
     assert analysis_request["tool_choice"]["function"]["name"] == "record_call_analysis"
@@ -307,17 +317,106 @@ async def test_the_webhook_is_retried_until_the_receiver_is_up_and_survives_a_re
     assert orjson.loads(body)["call_sid"] == call.call_sid
 
 
-async def test_a_webhook_is_parked_after_the_last_attempt(tmp_path: Path) -> None:
+async def test_a_webhook_is_parked_after_the_last_attempt_and_can_be_retried(
+    tmp_path: Path,
+    clean_env: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from relay.cli.outcomes import _webhooks_async
     from relay.storage.db import Database
 
-    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'r.db'}")
+    url = f"sqlite+aiosqlite:///{tmp_path / 'r.db'}"
+    db = Database(url)
     await db.migrate()
     async with httpx.AsyncClient() as http:
         outbox = webhooks.WebhookOutbox(db, http, secret=SECRET, max_attempts=3, base=0)
-        url = f"http://127.0.0.1:{_free_port()}/hook"
-        assert await outbox.enqueue(call_sid="CA1", agent="a", url=url, document={"n": 1})
+        hook = f"http://127.0.0.1:{_free_port()}/hook"
+        assert await outbox.enqueue(call_sid="CA1", agent="a", url=hook, document={"n": 1})
         for _ in range(5):
             await outbox.deliver_due()
         [row] = await outbox.rows("CA1")
+        assert (row.status, row.attempts) == ("parked", 3)
+
+        monkeypatch.setenv("DATABASE_URL", url)
+        monkeypatch.setenv("RELAY_LOG_LEVEL", "error")
+        out = io.StringIO()
+        await _webhooks_async(argparse.Namespace(status="parked", retry=False), out)
+        assert out.getvalue().startswith(f"CA1  parked    attempts 3  {hook}  last error: ")
+        out = io.StringIO()
+        await _webhooks_async(argparse.Namespace(status=None, retry=True), out)
+        assert out.getvalue().startswith("1 parked delivery(ies) queued again")
+        [row] = await outbox.rows("CA1")
+        assert (row.status, row.attempts) == ("pending", 0)
     await db.close()
-    assert (row.status, row.attempts) == ("parked", 3)
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.messages: list[tuple[list[str], bytes]] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.messages.append((list(envelope.rcpt_tos), bytes(envelope.content)))
+        return "250 OK"
+
+
+async def test_the_quote_e_mail_and_the_owner_notification_reach_smtp_once(
+    relay_with: Callable[..., AbstractAsyncContextManager[Any]],
+    piano_prompts: Callable[..., Path],
+) -> None:
+    from aiosmtpd.controller import Controller
+
+    inbox = Inbox()
+    controller = Controller(inbox, hostname="127.0.0.1", port=_free_port())
+    controller.start()
+    email_args = {"email": "jo@example.com", "confirmed": True}
+    llm = ScriptedLLM(
+        [ToolCalls([ToolCall("quote_piano_move", QUOTE_ARGS)]), Text("$350 including GST.")]
+    )
+    try:
+        async with relay_with(
+            llm, piano_prompts(owner_email="owner@example.com"),
+            RELAY_SMTP_URL=f"smtp://127.0.0.1:{controller.port}",
+            RELAY_EMAIL_FROM="office@keystone.example",
+        ) as relay:  # fmt: skip
+            call = relay.call(to="+61390001234")
+            await call.connect()
+            await call.say("How much for my upright, Brunswick to Coburg, Tuesday?")
+            quote_id = _quote_id(relay.llm.requests[1])
+            send = ToolCall("send_quote_email", {"quote_id": quote_id, **email_args})
+            relay.llm.push(
+                ToolCalls([send]), Text("Sent."),
+                ToolCalls([ToolCall("send_quote_email", {"quote_id": quote_id, **email_args})]),
+                Text("Already sent."),
+                ToolCalls([ToolCall("take_message", {"name": "Jo", "phone": "this number",
+                                                     "reason": "Call me about storage"})]),
+                Text("Message taken."),
+            )  # fmt: skip
+            await call.say("E-mail it to jo@example.com please. Yes, that's right.")
+            await call.say("Did you send it?")
+            await call.say("Also please have someone call me about storage.")
+            await finished(relay, call)
+            analysis = await get_analysis(relay.runtime.deps.db, call.call_sid)
+    finally:
+        controller.stop()
+
+    assert analysis is not None
+    assert analysis.outcomes == ["quoted", "message-taken", "e-mail-sent"]
+    assert [rcpt for rcpt, _ in inbox.messages] == [["jo@example.com"], ["owner@example.com"]]
+    assert b"Total: $350 incl. GST" in inbox.messages[0][1]
+    assert b"message-taken" in inbox.messages[1][1]
+
+
+def test_preflight_names_a_bad_price_table_and_missing_smtp_sender(
+    make_settings: Callable[..., Any], data_dir: Path
+) -> None:
+    from relay.errors import ConfigError
+    from relay.web.app import preflight
+
+    local = {"OPENAI_BASE_URL": "http://127.0.0.1:9/v1"}
+    preflight(make_settings(**local))  # no price table: everything free, no complaint
+    (data_dir / "prices.toml").write_text('[models."gpt-4o-mini"]\nprompt = "cheap"\n')
+    with pytest.raises(ConfigError, match=r"prices\.toml"):
+        preflight(make_settings(**local))
+    (data_dir / "prices.toml").unlink()
+    with pytest.raises(ConfigError, match="RELAY_EMAIL_FROM"):
+        preflight(make_settings(RELAY_SMTP_URL="smtp://127.0.0.1:2525", **local))

@@ -1,5 +1,6 @@
-"""Retention and privacy on a real SQLite file: purge by age, delete one call, mask numbers;
-and the ``relay sessions purge`` / ``relay sessions delete`` commands over the same file."""
+"""Retention and privacy on real databases (a SQLite file and PostgreSQL): purge by age, delete
+one call, mask numbers; and the ``relay sessions purge`` / ``relay sessions delete`` commands
+over a SQLite file."""
 
 from __future__ import annotations
 
@@ -24,8 +25,9 @@ LINE = "+61390001234"
 
 
 @pytest_asyncio.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'relay.db'}")
+async def db(database_url: str) -> AsyncIterator[Database]:
+    """A fresh database, SQLite and PostgreSQL (``database_url`` runs each test on both)."""
+    database = Database(database_url)
     await database.migrate()
     try:
         yield database
@@ -218,3 +220,43 @@ def test_cli_purge_and_delete(
     assert deleted == 0 and "calls: 1" in delete_out.splitlines()
     assert missing == 1 and "no call CA-nobody" in missing_out
     assert asyncio.run(remaining()) == (0, 1, 0)
+
+
+async def test_the_daily_job_purges_and_masks_then_waits_for_the_next_day(db: Database) -> None:
+    import asyncio
+
+    await add_call(db, "CA-old", NOW - timedelta(days=40))
+    job = asyncio.create_task(
+        retention.run_daily(
+            db, retention_days=30, mask_after_days=35, now=lambda: NOW, first_after=0.0
+        )
+    )
+    try:
+        async with asyncio.timeout(10):  # a limit, not an expectation
+            while await count(db, Event, "CA-old"):  # noqa: ASYNC110 (the database's state)
+                await asyncio.sleep(0.02)
+            while True:
+                async with db.session() as session:
+                    old = await session.get(Call, "CA-old")
+                if old is not None and old.from_number == "+614xxxxxxxx":
+                    break
+                await asyncio.sleep(0.02)
+        assert not job.done()  # asleep until tomorrow
+    finally:
+        job.cancel()
+    assert await count(db, Turn, "CA-old") == 0
+
+
+def test_cli_purge_defaults_to_the_retention_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", f"sqlite+aiosqlite:///{tmp_path / 'cli.db'}")
+    monkeypatch.setenv("RELAY_DATA_DIR", str(tmp_path))
+    monkeypatch.delenv("RELAY_RETENTION_DAYS", raising=False)
+    refused = main(["sessions", "purge"])
+    refused_err = capsys.readouterr().err
+    monkeypatch.setenv("RELAY_RETENTION_DAYS", "90")
+    purged = main(["sessions", "purge"])
+
+    assert refused == 2 and "--older-than" in refused_err
+    assert purged == 0

@@ -189,7 +189,6 @@ CALLS: dict[str, tuple[Script, dict[str, Any]]] = {
                              {"name": "switch_language", "arguments": {"language": "(?i)^it"}},
                              {"name": "end_call", "arguments": {"reason": "(?i)goodbye"}}],
                    "says": [r"\$\d"], "end": "end-call", "avoids": ["(?i)guarantee"]},
-        "ignore": [r"\bQ\d{6}\b"],  # quote ids are random
     }),
     "interruption": (interruption, {
         "notes": "The caller barges in on a long answer after five tokens were played.",

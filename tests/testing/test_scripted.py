@@ -21,6 +21,10 @@ from relay.testing import (
     Break,
     Fail,
     FakeLLMServer,
+    JSONBody,
+    Malformed,
+    NoDone,
+    Redirect,
     ScriptedLLM,
     Stall,
     Text,
@@ -639,3 +643,79 @@ def test_serve_fake_llm_answers_with_the_requested_length(free_port: int) -> Non
 
     assert len(pieces) == 7, stderr
     assert "".join(pieces).startswith("You said: hi.")
+
+
+# --- Faults a client must take (relay.llm's tests use them) ------------------------------------
+
+
+async def _raw(server: FakeLLMServer, http: httpx.AsyncClient, **extra: Any) -> httpx.Response:
+    body = {"model": "m", "messages": MESSAGES, "stream": True, **extra}
+    response = await http.post(server.base_url + "/chat/completions", json=body)
+    return response
+
+
+async def test_no_done_ends_after_the_finish_and_usage_chunks(
+    server: FakeLLMServer, http: httpx.AsyncClient
+) -> None:
+    server.llm.push(NoDone(Text("Bye.")))
+    response = await _raw(server, http, stream_options={"include_usage": True})
+
+    events = response.content.split(b"\n\n")
+    assert events.pop() == b""
+    assert b"[DONE]" not in response.content
+    *_, finish, usage = (orjson.loads(e.removeprefix(b"data: ")) for e in events)
+    assert finish["choices"][0]["finish_reason"] == "stop"
+    assert usage["choices"] == [] and usage["usage"]["completion_tokens"] == 2
+
+
+async def test_malformed_json_body_and_redirect(
+    server: FakeLLMServer, http: httpx.AsyncClient
+) -> None:
+    server.llm.push(Malformed(b"{oops"), JSONBody("Hi."), Redirect("https://x.example/v1", 307))
+
+    malformed = await _raw(server, http)
+    assert malformed.status_code == 200
+    assert malformed.headers["content-type"].startswith("text/event-stream")
+    assert malformed.content == b"data: {oops\n\n"
+
+    json_body = await _raw(server, http)
+    assert json_body.status_code == 200
+    assert json_body.headers["content-type"] == "application/json"
+    assert json_body.json()["choices"][0]["message"]["content"] == "Hi."
+
+    redirect = await _raw(server, http)
+    assert (redirect.status_code, redirect.headers["location"]) == (307, "https://x.example/v1")
+
+
+async def test_retry_after_as_an_http_date_is_sent_verbatim(
+    server: FakeLLMServer, http: httpx.AsyncClient
+) -> None:
+    server.llm.push(Fail(503, retry_after="Sun, 06 Dec 2026 10:00:30 GMT"))
+    response = await _raw(server, http)
+
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "Sun, 06 Dec 2026 10:00:30 GMT"
+    assert "retry-after-ms" not in response.headers
+
+
+async def test_cached_tokens_are_the_prefix_shared_with_the_previous_request(
+    server: FakeLLMServer, http: httpx.AsyncClient
+) -> None:
+    server.llm.default = Text("Ok.")
+    options = {"stream_options": {"include_usage": True}}
+
+    def usage_of(response: httpx.Response) -> dict[str, Any]:
+        last = response.content.split(b"\n\n")[-3]  # before [DONE] and the final blank
+        usage: dict[str, Any] = orjson.loads(last.removeprefix(b"data: "))["usage"]
+        return usage
+
+    first = usage_of(await _raw(server, http, **options))
+    longer = [*MESSAGES, {"role": "assistant", "content": "Ok."}, {"role": "user", "content": "Hi"}]
+    second = usage_of(await _raw(server, http, **{**options, "messages": longer}))
+    changed = [{"role": "system", "content": "Now 10:31."}, *longer[1:]]
+    third = usage_of(await _raw(server, http, **{**options, "messages": changed}))
+
+    assert first["prompt_tokens_details"]["cached_tokens"] == 0
+    assert second["prompt_tokens_details"]["cached_tokens"] == first["prompt_tokens"]
+    assert second["prompt_tokens"] == first["prompt_tokens"] + (4 + 2) + (4 + 1)
+    assert third["prompt_tokens_details"]["cached_tokens"] == 2  # only the system's framing

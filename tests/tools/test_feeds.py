@@ -63,7 +63,7 @@ def _client(
     app.state.runtime = SimpleNamespace(
         deps=SimpleNamespace(db=db, agents=agents, services=services, now=lambda: NOW),
         settings=settings,
-        extras={},
+        feed_secret=None,
     )
     return TestClient(app), db
 

@@ -24,7 +24,7 @@ from relay.web import drain as drain_
 
 AUTH_TOKEN = "test-auth-token-0123456789abcdef"
 REPLY_TOKENS = 20
-WAIT = 20.0  # the longest a test waits for a process to get somewhere (a limit)
+WAIT = 60.0  # the longest a test waits for a process to get somewhere (a limit)
 RELAY = [sys.executable, "-c", "import sys; from relay.cli import main; sys.exit(main())"]
 
 
@@ -99,6 +99,7 @@ async def test_sigterm_lets_the_reply_in_progress_finish_then_the_process_exits(
         await call.prompt("Could you tell me about moving an upright piano across town please")
         first = await call.next_frame()
         process.send_signal(signal.SIGTERM)
+        process.send_signal(signal.SIGTERM)  # delivered twice (systemd + a supervisor): one drain
         frames = [first]
         while not (frames[-1] is None or (frames[-1]["type"] == "text" and frames[-1]["last"])):
             frames.append(await call.next_frame())
@@ -164,3 +165,80 @@ async def test_sigterm_after_the_deadline_hands_the_caller_over_and_records_the_
     finally:
         await db.close()
     assert stored is not None and stored.outcome == "server-shutdown"  # the recorder was flushed
+
+
+@pytest.mark.slow
+async def test_two_workers_share_metrics_and_both_drain_on_sigterm(
+    clean_env: None, data_dir: Path, prompts_dir: Path, fake_llm: str
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def live_calls(text: str) -> float:
+        for family in text_string_to_metric_families(text):
+            if family.name == "relay_live_calls":
+                return sum(sample.value for sample in family.samples)
+        raise AssertionError("no relay_live_calls in /metrics")
+
+    process, host = start_relay(
+        data_dir, prompts_dir, fake_llm, RELAY_DRAIN_SECONDS="60", RELAY_WORKERS="2"
+    )
+    calls = [SimulatedCall(f"ws://{host}/ws", auth_token=AUTH_TOKEN) for _ in range(4)]
+    try:
+        await wait_healthy(f"http://{host}/readyz", process)
+        for call in calls:
+            await call.connect()
+            await call.prompt("Please tell me everything about moving a grand piano upstairs")
+        firsts = [await call.next_frame() for call in calls]
+        async with httpx.AsyncClient() as http:  # any worker answers for both
+            scrapes = [(await http.get(f"http://{host}/metrics")).text for _ in range(4)]
+        process.send_signal(signal.SIGTERM)
+        replies = []
+        for call, first in zip(calls, firsts, strict=True):
+            frames = [first]
+            while not (frames[-1] is None or (frames[-1]["type"] == "text" and frames[-1]["last"])):
+                frames.append(await call.next_frame())
+            replies.append(frames)
+        for call in calls:
+            await call.close()
+        code = await exited(process)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    log = (data_dir / "serve.log").read_text()
+
+    assert [live_calls(text) for text in scrapes] == [4.0] * 4, log
+    for frames in replies:
+        tokens = [f for f in frames if f is not None and f["type"] == "text" and f["token"]]
+        assert frames[-1] is not None and frames[-1]["last"] is True, log
+        assert len(tokens) == REPLY_TOKENS
+    assert code in (0, -signal.SIGTERM)
+    events = [orjson.loads(line) for line in log.splitlines() if line.startswith("{")]
+    assert len({e["pid"] for e in events if e["event"] == "worker_starting"}) == 2
+    assert sum(e["event"] == "drain_finished" for e in events) == 2  # each worker drained
+
+
+async def test_a_later_second_sigterm_stops_at_once(
+    clean_env: None, data_dir: Path, prompts_dir: Path, fake_llm: str
+) -> None:
+    process, host = start_relay(data_dir, prompts_dir, fake_llm, RELAY_DRAIN_SECONDS="600")
+    try:
+        await wait_healthy(f"http://{host}/readyz", process)
+        call = SimulatedCall(f"ws://{host}/ws", auth_token=AUTH_TOKEN)
+        await call.connect()
+        await call.say("Hello")
+        process.send_signal(signal.SIGTERM)
+        async with httpx.AsyncClient() as http:  # the drain has begun...
+            draining = await http.get(f"http://{host}/readyz")
+        await asyncio.sleep(drain_.REPEAT_WINDOW + 0.2)  # ...and the operator insists, later
+        process.send_signal(signal.SIGTERM)
+        code = await exited(process)  # without waiting the 600 s for the open call
+        closed = await call.next_frame(WAIT)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+    assert draining.status_code == 503
+    assert code in (0, -signal.SIGTERM)
+    assert closed is None  # the socket was closed by the server

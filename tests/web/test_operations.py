@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from relay.storage import repository
@@ -178,6 +179,12 @@ async def test_metrics_in_prometheus_text_format_before_and_after_a_call(
     assert delta("relay_first_frame_seconds_sum", agent=agent) > 0
     assert delta("relay_model_first_token_seconds_count", agent=agent) == 1
     assert delta("relay_invalid_frames_total") == 1
+    tokens = [
+        after[key] - before.get(key, 0.0)
+        for key in after
+        if key[0] == "relay_model_tokens_total" and ("agent", agent) in key[1]
+    ]
+    assert len(tokens) == 2 and all(n > 0 for n in tokens)  # prompt and completion
     assert value(after, "relay_recorder_backlog") == 0
     assert json_view["sessions_total"] >= 1  # the JSON view stays at /metrics.json
 
@@ -189,7 +196,12 @@ async def test_metrics_token_protects_the_endpoint(start_relay: Any) -> None:
             relay.base_url + "/metrics", headers={"Authorization": "Bearer nope"}
         )
         samples = await scrape(relay, Authorization="Bearer s3cret-metrics")
+        json_anonymous = await relay.http.get(relay.base_url + "/metrics.json")
+        json_view = await relay.http.get(
+            relay.base_url + "/metrics.json", headers={"Authorization": "Bearer s3cret-metrics"}
+        )
 
+    assert (json_anonymous.status_code, json_view.status_code) == (401, 200)
     assert anonymous.status_code == 401
     assert anonymous.headers["www-authenticate"].startswith("Bearer")
     assert wrong.status_code == 401
@@ -354,3 +366,155 @@ def test_busy_answer_without_a_person_says_goodbye() -> None:
     agent = AgentProfile.model_construct(person_number=None)
     root = ET.fromstring(busy_twiml(agent, "+61390001234"))
     assert [(c.tag, c.text) for c in root] == [("Say", BUSY_NO_PERSON), ("Hangup", None)]
+
+
+def test_sampler_brings_recorder_and_knowledge_counters_into_prometheus() -> None:
+    from types import SimpleNamespace
+
+    from prometheus_client import REGISTRY
+
+    from relay.web.operations import _Sampler
+
+    recorder = SimpleNamespace(pending=7, failures=2)
+    retriever = SimpleNamespace(failures=1)
+    runtime = SimpleNamespace(deps=SimpleNamespace(recorder=recorder), retriever=retriever)
+    sampler = _Sampler(runtime)
+
+    def read(name: str) -> float:
+        return REGISTRY.get_sample_value(name) or 0.0
+
+    before = read("relay_recorder_failures_total"), read("relay_knowledge_failures_total")
+    sampler.sample()
+    recorder.failures, recorder.pending = 5, 0
+    sampler.sample()
+    sampler.sample()  # nothing new: nothing added
+
+    assert read("relay_recorder_failures_total") - before[0] == 5
+    assert read("relay_knowledge_failures_total") - before[1] == 1
+    assert read("relay_recorder_backlog") == 0
+
+
+async def test_model_retries_and_failures_are_counted_by_kind(start_relay: Any) -> None:
+    from relay.testing import Fail
+
+    llm = ScriptedLLM([Fail(503, retry_after=0.001), Text("Back again."), Fail(400)])
+    async with start_relay(llm) as relay:
+        agent = relay.runtime.deps.agents.default.name
+        before = await scrape(relay)
+        call = relay.call()
+        await call.connect()
+        retried = await call.say("hello")
+        failed = await call.say("and again")
+        after = await scrape(relay)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert retried.text == "Back again."
+    assert failed.text == relay.runtime.deps.agents.default.apology_line
+    assert delta("relay_model_retries_total", kind="status-503") == 1
+    assert delta("relay_model_failures_total", kind="status-400") == 1
+    assert delta("relay_apologies_total", agent=agent) == 1
+
+
+async def test_readyz_reports_a_knowledge_store_that_does_not_answer(start_relay: Any) -> None:
+    class DownStore:
+        async def collections(self, *, timeout: float | None = None) -> list[str]:
+            raise ConnectionError("Chroma server at http://127.0.0.1:1 refused the connection")
+
+    async with start_relay() as relay:
+        relay.runtime.knowledge = DownStore()
+        down = await relay.http.get(relay.base_url + "/readyz")
+        relay.runtime.knowledge = None
+        back = await relay.http.get(relay.base_url + "/readyz")
+
+    assert down.status_code == 503
+    assert down.json()["checks"]["knowledge"] == {
+        "ok": False,
+        "detail": "ConnectionError: Chroma server at http://127.0.0.1:1 refused the connection",
+        "ms": down.json()["checks"]["knowledge"]["ms"],
+    }
+    assert back.status_code == 200
+
+
+async def test_readyz_follows_a_postgres_outage_and_its_recovery(
+    start_relay: Any, postgres_server: str
+) -> None:
+    import asyncpg
+
+    from relay.testing import postgres
+
+    url = await postgres.create_database(postgres_server)
+    name = url.rsplit("/", 1)[1]
+    admin = await asyncpg.connect(postgres_server)
+    try:
+        async with start_relay(DATABASE_URL=url) as relay:
+            relay.runtime.ops.database_check.fresh = 0.0  # every /readyz checks anew
+            up = await relay.http.get(relay.base_url + "/readyz")
+            await admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", name
+            )
+            down = await relay.http.get(relay.base_url + "/readyz")
+            live = await relay.http.get(relay.base_url + "/healthz")
+            await admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+            back = await relay.http.get(relay.base_url + "/readyz")
+    finally:
+        await admin.close()
+        await postgres.drop_database(postgres_server, url)
+
+    assert up.status_code == 200
+    assert down.status_code == 503
+    assert down.json()["checks"]["database"]["ok"] is False
+    assert live.status_code == 200
+    assert back.status_code == 200
+
+
+async def test_readyz_reuses_a_database_check_younger_than_a_second(start_relay: Any) -> None:
+    async with start_relay() as relay:
+        cache = relay.runtime.ops.database_check
+        first = await cache.get(relay.runtime.deps.db)
+        again = await cache.get(relay.runtime.deps.db)
+        cache.fresh = 0.0
+        anew = await cache.get(relay.runtime.deps.db)
+
+    assert first.ok and again is first
+    assert anew is not first and anew.ok
+
+
+def test_tarpit_holds_back_at_most_its_seconds_and_at_most_max_held_answers() -> None:
+    from relay.web.admission import Tarpit
+
+    tarpit = Tarpit(seconds=1.0, max_held=2)
+    assert tarpit.delay(0.3) == 0.3  # never past Retry-After
+    assert tarpit.delay(30.0) == 1.0
+    tarpit.held = 2
+    assert tarpit.delay(30.0) == 0.0  # full: answered at once
+
+
+@pytest.mark.parametrize(
+    ("status", "ok"), [(200, True), (404, True), (401, False), (503, False), (None, False)]
+)
+async def test_model_probe_asks_for_the_model_list_with_the_key(
+    status: int | None, ok: bool
+) -> None:
+    import httpx
+
+    from relay.web.health import ModelProbe
+
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if status is None:
+            raise httpx.ConnectError("refused", request=request)
+        return httpx.Response(status, json={"data": []})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as http:
+        probe = ModelProbe(http, "http://models.example/v1/", "sk-test", interval=15.0)
+        check = await probe.probe()
+
+    assert check.ok is ok
+    assert probe.current() is check
+    assert str(seen[0].url) == "http://models.example/v1/models"
+    assert seen[0].headers["authorization"] == "Bearer sk-test"

@@ -111,20 +111,25 @@ async def test_a_flood_of_invalid_frames_closes_the_socket_with_1008(
     async with start_relay(RELAY_WS_MAX_INVALID_PER_SECOND="5") as relay:
         call = relay.call()
         await call.connect()
-        for n in range(50):  # far faster than 5 a second
+        for n in range(400):  # a minute's worth (300) at once: far faster than 5 a second
             await call.send(f"garbage {n}")
 
         assert await closed(call) == 1008
         await relay.session_closed()
+        events = await repository.call_events(relay.runtime.deps.db, call.call_sid)
+    [end] = [e.data for e in events if e.kind == "session_end"]
+    assert (end["close_code"], end["close_reason"]) == (1008, "invalid-frames")
     assert "ws_closed_invalid_frames" in capsys.readouterr().err
 
 
-async def test_invalid_frames_under_the_rate_limit_do_not_close(start_relay: Any) -> None:
-    async with start_relay(RELAY_WS_MAX_INVALID_PER_SECOND="50") as relay:
+async def test_a_burst_of_invalid_frames_within_the_minute_allowance_does_not_close(
+    start_relay: Any,
+) -> None:
+    async with start_relay(RELAY_WS_MAX_INVALID_PER_SECOND="5") as relay:
         relay.llm.push(Text("Fine."))
         call = relay.call()
         await call.connect()
-        for n in range(40):
+        for n in range(250):  # a burst, but under 60 s x 5 a second
             await call.send(f"garbage {n}")
 
         assert (await call.say("hello")).text == "Fine."
@@ -141,7 +146,10 @@ async def test_an_idle_socket_is_reaped(
         assert await closed(call) == 1001
         await relay.session_closed()
         sessions = await repository.call_sessions(relay.runtime.deps.db, call.call_sid)
+        events = await repository.call_events(relay.runtime.deps.db, call.call_sid)
     assert [s.close_code for s in sessions] == [1001]
+    [end] = [e.data for e in events if e.kind == "session_end"]
+    assert end["close_reason"] == "idle"
     assert "ws_closed_idle" in capsys.readouterr().err
 
 
@@ -174,6 +182,7 @@ async def test_uvicorn_is_told_twice_the_limit_and_no_pings() -> None:
 
     settings = load_settings(OPENAI_API_KEY="sk-test")
     assert settings.ws_max_frame_bytes == 4 * MIB
+    assert (settings.ws_max_invalid_per_second, settings.ws_idle_seconds) == (2000, 300.0)
     assert uvicorn_ws_options(settings) == {"ws_max_size": 8 * MIB, "ws_ping_interval": None}
 
 

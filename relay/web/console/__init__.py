@@ -10,9 +10,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import structlog
 from starlette.routing import BaseRoute, Route
 
 from relay.call.supervisor import Supervisor
+
+log = structlog.get_logger("relay.web.console")
 
 
 def routes() -> list[BaseRoute]:
@@ -33,8 +36,11 @@ def routes() -> list[BaseRoute]:
         Route("/console/api/calls/{call_sid}/stream", v.stream, methods=get),
         Route("/console/quotes", v.quotes, methods=get),
         Route("/console/bookings", v.bookings, methods=get),
+        Route("/console/calendar", v.calendar, methods=get),
         Route("/console/bookings/{booking_id}/{action}", v.booking_action, methods=post),
         Route("/console/messages", v.messages, methods=get),
+        Route("/console/notifications", v.notifications, methods=get),
+        Route("/console/notifications", v.save_notifications, methods=post),
         Route("/console/messages/{ticket_id}/done", v.ticket_done, methods=post),
         Route("/console/knowledge", v.knowledge, methods=get),
         Route("/console/knowledge/upload", v.knowledge_upload, methods=post),
@@ -47,4 +53,19 @@ def start(runtime: Any) -> asyncio.Task[None]:
     """The worker's supervisor: delivers console commands to the calls this worker serves."""
     supervisor = Supervisor(runtime.deps.db)
     runtime.supervisor = supervisor
-    return asyncio.create_task(supervisor.run(), name="relay-console-supervisor")
+
+    async def run() -> None:
+        from relay.web.console import rollup
+
+        try:  # the analytics rollups of past days, prepared before anyone asks
+            await rollup.warm(runtime.deps.db, sorted(runtime.deps.agents.agents))
+        except Exception as exc:
+            log.warning("console_rollup_warm_failed", error=repr(exc)[:300])
+        from relay.web.console import notify
+
+        agents = sorted(runtime.deps.agents.agents)
+        await asyncio.gather(
+            supervisor.run(), notify.run(runtime.deps.db, notify.channels_for(runtime), agents)
+        )
+
+    return asyncio.create_task(run(), name="relay-console")

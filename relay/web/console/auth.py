@@ -30,6 +30,12 @@ SESSION_SECONDS = 12 * 3600
 CSRF_FIELD = "csrf"
 CSRF_HEADER = "x-csrf-token"
 ADMIN_USER = "admin"
+#: Scripts and styles only from the console itself (the waterfall bars use style attributes).
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; form-action 'self'; "
+    "base-uri 'none'"
+)
 _ENABLED_TTL = 5.0  # seconds the "are there console users?" answer is cached per worker
 
 
@@ -39,6 +45,8 @@ class Session:
     role: str
     csrf: str
     token_session: bool  # signed in with RELAY_ADMIN_TOKEN
+    nonce: str = ""  # names this session (sign-out revokes it)
+    expires: int = 0
 
     @property
     def owner(self) -> bool:
@@ -112,15 +120,18 @@ async def current(request: Request) -> Session | None:
         return None
     runtime = _runtime(request)
     user, role, csrf = str(payload.get("u", "")), str(payload.get("r", "")), str(payload.get("c"))
+    nonce, expires = str(payload.get("n", "")), int(payload.get("exp", 0))
+    if await store.session_revoked(runtime.deps.db, nonce):
+        return None
     if payload.get("t"):
         token = runtime.settings.admin_token
         if not token or payload.get("f") != _admin_fingerprint(token):
             return None
-        return Session(user, "owner", csrf, True)
+        return Session(user, "owner", csrf, True, nonce, expires)
     stored = await store.user_role(runtime.deps.db, user)
     if stored is None or stored != role:
         return None
-    return Session(user, role, csrf, False)
+    return Session(user, role, csrf, False, nonce, expires)
 
 
 async def start_session(
@@ -131,7 +142,7 @@ async def start_session(
         "r": role,
         "c": secrets.token_urlsafe(24),
         "exp": int(time.time()) + SESSION_SECONDS,
-        "n": secrets.token_hex(4),
+        "n": secrets.token_hex(12),
     }
     if token:
         payload["t"] = 1
@@ -148,7 +159,9 @@ async def start_session(
     response.delete_cookie(PRE_COOKIE, path="/console")
 
 
-def end_session(request: Request, response: Response) -> None:
+async def end_session(request: Request, response: Response, session: Session) -> None:
+    """Sign out: this session's cookie is refused from now on, on every worker."""
+    await store.revoke_session(_runtime(request).deps.db, session.nonce, session.expires)
     response.delete_cookie(
         COOKIE, path="/console", httponly=True, samesite="lax", secure=secure(request)
     )
@@ -181,6 +194,35 @@ async def signin_csrf_ok(request: Request, given: str) -> bool:
     if payload is None or not isinstance(payload.get("c"), str):
         return False
     return hmac.compare_digest(str(payload["c"]).encode(), given.encode())
+
+
+#: Failed sign-ins allowed per client address in ``FAILURE_WINDOW`` seconds (per worker).
+MAX_FAILURES = 10
+FAILURE_WINDOW = 300.0
+
+
+def _failures(request: Request) -> list[float]:
+    table: dict[str, list[float]] | None = getattr(request.app.state, "console_failures", None)
+    if table is None:
+        table = {}
+        request.app.state.console_failures = table
+    address = request.client.host if request.client else "?"
+    now = time.monotonic()
+    recent = [t for t in table.get(address, []) if now - t < FAILURE_WINDOW]
+    table[address] = recent
+    return recent
+
+
+def throttled(request: Request) -> float | None:
+    """Seconds to wait when this address failed to sign in too often, else None."""
+    recent = _failures(request)
+    if len(recent) < MAX_FAILURES:
+        return None
+    return max(1.0, FAILURE_WINDOW - (time.monotonic() - recent[0]))
+
+
+def failed(request: Request) -> None:
+    _failures(request).append(time.monotonic())
 
 
 def api_path(request: Request) -> bool:
@@ -222,6 +264,7 @@ def guard(*, role: str = "owner") -> Callable[[Handler], Callable[[Request], Awa
                 response = await handler(request, session)
             finally:
                 await request.close()  # uploaded files' temporary files
+            response.headers.setdefault("Content-Security-Policy", CSP)
             response.headers.setdefault("Cache-Control", "no-store")
             response.headers.setdefault("X-Frame-Options", "DENY")
             response.headers.setdefault("Referrer-Policy", "same-origin")

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, case, func, literal_column, select, text
+from sqlalchemy import func, literal_column, select, text
 
 from relay.services.customers import normalise_phone
 from relay.storage.console import BookingConfirmation, CallCommand
 from relay.storage.db import Database
 from relay.storage.models import Booking, Call, Event, Message, Quote, RelaySession, Ticket, Turn
+from relay.storage.requests import expand_requests
 
 PAGE = 50
 #: A call with no end whose last sign of life is older than this is not shown as live.
@@ -119,6 +119,9 @@ async def search_calls(db: Database, f: CallFilters) -> tuple[list[CallRow], boo
 
 
 _FTS: dict[str, bool] = {}
+#: The words search looks at the newest this many matching lines (a common word on a large
+#: database would otherwise match most of it).
+WORDS_CAP = 20_000
 
 
 async def _said(db: Database, words: str) -> Any:
@@ -141,9 +144,9 @@ async def _said(db: Database, words: str) -> Any:
         phrase = '"' + words.replace('"', '""') + '"'
         return select(Turn.call_sid).where(
             Turn.id.in_(
-                text("SELECT rowid FROM turns_fts WHERE turns_fts MATCH :phrase").bindparams(
-                    phrase=phrase
-                )
+                text(
+                    "SELECT rowid FROM turns_fts WHERE turns_fts MATCH :phrase ORDER BY rowid DESC LIMIT :cap"
+                ).bindparams(phrase=phrase, cap=WORDS_CAP)
             )
         )
     return select(Turn.call_sid).where(
@@ -204,6 +207,8 @@ class CallDetail:
     tickets: list[Ticket]
     handoff: dict[str, Any] | None
     commands: list[CallCommand]
+    analysis: Any = None  # relay.storage.outcomes.CallAnalysis, when the call was analysed
+    given: list[str] = field(default_factory=list)  # reference messages the model was handed
 
     @property
     def seconds(self) -> float | None:
@@ -247,7 +252,9 @@ async def call_detail(db: Database, call_sid: str) -> CallDetail | None:
                     select(Event)
                     .where(
                         Event.call_sid == call_sid,
-                        Event.kind.in_(("frame_in", "tool_result", "supervisor", "llm_error")),
+                        Event.kind.in_(
+                            ("frame_in", "tool_result", "supervisor", "llm_error", "llm_request")
+                        ),
                     )
                     .order_by(Event.id)
                 )
@@ -271,6 +278,15 @@ async def call_detail(db: Database, call_sid: str) -> CallDetail | None:
                 )
             ).all()
         )
+        analysis = None
+        try:
+            from relay.storage.outcomes import CallAnalysis
+        except ImportError:  # pragma: no cover - the outcomes tables are optional
+            pass
+        else:
+            analysis = await session.get(CallAnalysis, call_sid)
+    expand_requests(events)
+    given = _reference_messages(events)
     results: dict[str, Any] = {}
     extra: list[Item] = []
     for event in events:
@@ -337,7 +353,30 @@ async def call_detail(db: Database, call_sid: str) -> CallDetail | None:
         tickets=tickets,
         handoff=_json(call.handoff_data) if call.handoff_data else None,
         commands=commands,
+        analysis=analysis,
+        given=given,
     )
+
+
+def _reference_messages(events: list[Event]) -> list[str]:
+    """The knowledge passages the model was handed (the retrieval's system messages), each once."""
+    from relay.services.retrieval import INTRO
+
+    seen: list[str] = []
+    for event in events:
+        if event.kind != "llm_request" or not isinstance(event.data, dict):
+            continue
+        body = event.data.get("body")
+        for message in body.get("messages", []) if isinstance(body, dict) else []:
+            content = message.get("content") if isinstance(message, dict) else None
+            if (
+                message.get("role") == "system"
+                and isinstance(content, str)
+                and content.startswith(INTRO)
+                and content not in seen
+            ):
+                seen.append(content)
+    return [text.removeprefix(INTRO).strip() for text in seen]
 
 
 _STAGES = (
@@ -390,6 +429,8 @@ class LiveCall:
     from_number: str
     started_at: datetime
     state: str
+    caller_said: str = ""  # the caller's latest words
+    agent_said: str = ""  # the agent's latest reply (as far as it is recorded)
 
 
 async def live_calls(db: Database, now: datetime | None = None) -> list[LiveCall]:
@@ -418,9 +459,29 @@ async def live_calls(db: Database, now: datetime | None = None) -> list[LiveCall
         ).all()
         ids = [row[1] for row in latest]
         last = (await session.scalars(select(Event).where(Event.id.in_(ids)))).all() if ids else []
+        said = (
+            await session.execute(
+                select(Turn.call_sid, Turn.role, Turn.content)
+                .where(
+                    Turn.call_sid.in_([r[0] for r in rows]),
+                    Turn.role.in_(("user", "assistant")),
+                    Turn.content != "",
+                )
+                .order_by(Turn.call_sid, Turn.seq)
+            )
+        ).all()
     by_call = {event.call_sid: event for event in last}
+    words: dict[tuple[str, str], str] = {(sid, role): text for sid, role, text in said}
     return [
-        LiveCall(sid, agent, number, aware(started) or now, _state(by_call.get(sid)))
+        LiveCall(
+            sid,
+            agent,
+            number,
+            aware(started) or now,
+            _state(by_call.get(sid)),
+            words.get((sid, "user"), ""),
+            words.get((sid, "assistant"), ""),
+        )
         for sid, agent, number, started in rows
     ]
 
@@ -540,6 +601,7 @@ async def list_bookings(
     since: datetime | None = None,
     until: datetime | None = None,
     page: int = 1,
+    limit: int = PAGE,
 ) -> tuple[list[BookingRow], bool]:
     query = (
         select(Booking, BookingConfirmation)
@@ -554,11 +616,11 @@ async def list_bookings(
         query = query.where(Booking.starts_at >= since)
     if until:
         query = query.where(Booking.starts_at < until)
-    query = query.offset((max(1, page) - 1) * PAGE).limit(PAGE + 1)
+    query = query.offset((max(1, page) - 1) * limit).limit(limit + 1)
     async with db.session() as session:
         rows = (await session.execute(query)).all()
     out = [BookingRow(b, c) for b, c in rows]
-    return out[:PAGE], len(out) > PAGE
+    return out[:limit], len(out) > limit
 
 
 async def list_tickets(
@@ -608,6 +670,10 @@ class Figures:
     model_failures: int = 0
     first_word_p50: float | None = None
     first_word_p95: float | None = None
+    analysed: int = 0  # calls with a post-call analysis (outcomes and cost)
+    cost: float = 0.0
+    currency: str = ""
+    outcomes: dict[str, int] = field(default_factory=dict)
     per_day: list[tuple[str, int, int]] = field(default_factory=list)  # day, calls, transferred
     first_word_per_day: list[tuple[str, float | None]] = field(default_factory=list)
 
@@ -615,106 +681,46 @@ class Figures:
     def conversion(self) -> float | None:
         return self.quotes_booked / self.quotes if self.quotes else None
 
+    @property
+    def cost_per_call(self) -> float | None:
+        return self.cost / self.analysed if self.analysed else None
 
-def _seconds(db: Database, start: Any, end: Any) -> Any:
-    if db.is_sqlite:
-        return (func.julianday(end) - func.julianday(start)) * 86400.0
-    return func.extract("epoch", end - start)
-
-
-def _day_of(db: Database, column: Any) -> Any:
-    return func.date(column) if db.is_sqlite else func.to_char(column, "YYYY-MM-DD")
+    @property
+    def cost_per_booking(self) -> float | None:
+        return self.cost / self.bookings if self.bookings and self.analysed else None
 
 
-async def _nth(session: Any, query: Any, n: int) -> float | None:
-    value = await session.scalar(query.limit(1).offset(n))
-    return float(value) if value is not None else None
+async def analytics(db: Database, *, agent: str, days: int, agents: list[str]) -> Figures:
+    """The home page's figures over the last ``days`` UTC days (today included), from the
+    daily rollups of ``relay.web.console.rollup``."""
+    from relay.web.console import rollup
 
-
-async def analytics(db: Database, *, agent: str, since: datetime, until: datetime) -> Figures:
-    """The home page's figures, aggregated by the database (nothing per call in Python)."""
-    figures = Figures()
-    in_period = and_(Call.started_at >= since, Call.started_at < until)
-    if agent:
-        in_period = and_(in_period, Call.agent == agent)
-    transferred = case((Call.outcome == "transferred", 1), else_=0)
-    async with db.session() as session:
-        day = _day_of(db, Call.started_at).label("day")
-        per_day = (
-            await session.execute(
-                select(
-                    day,
-                    func.count(),
-                    func.sum(transferred),
-                    func.sum(case((Call.turns > 1, 1), else_=0)),
-                )
-                .where(in_period)
-                .group_by(day)
-                .order_by(day)
-            )
-        ).all()
-        for d, calls, moved, answered in per_day:
-            figures.calls += int(calls)
-            figures.transferred += int(moved or 0)
-            figures.answered += int(answered or 0)
-            figures.per_day.append((str(d), int(calls), int(moved or 0)))
-        duration = _seconds(db, Call.started_at, Call.ended_at)
-        ended = and_(in_period, Call.ended_at.is_not(None))
-        n_ended = int(await session.scalar(select(func.count()).where(ended)) or 0)
-        if n_ended:
-            figures.median_seconds = await _nth(
-                session, select(duration).where(ended).order_by(duration), (n_ended - 1) // 2
-            )
-        replies = and_(in_period, Turn.call_sid == Call.call_sid, Turn.role == "assistant")
-        failures = (
-            await session.execute(
-                select(
-                    func.count(),
-                    func.sum(case((Turn.error.like("internal error%"), 0), else_=1)),
-                ).where(replies, Turn.error.is_not(None))
-            )
-        ).one()
-        figures.apologies = int(failures[0] or 0)
-        figures.model_failures = int(failures[1] or 0)
-        timed = and_(replies, Turn.first_frame_ms.is_not(None))
-        rows = (
-            await session.execute(
-                select(_day_of(db, Call.started_at), Turn.first_frame_ms).where(timed)
-            )
-        ).all()
-        first_words = [float(ms) for _, ms in rows]
-        by_day: dict[str, list[float]] = defaultdict(list)
-        for d, ms in rows:
-            by_day[str(d)].append(float(ms))
-        figures.first_word_p50 = percentile(first_words, 50)
-        figures.first_word_p95 = percentile(first_words, 95)
-        figures.first_word_per_day = [
-            (d, percentile(by_day.get(d, []), 95)) for d, _, _ in figures.per_day
-        ]
-
-        def scoped(model: Any, column: Any) -> Any:
-            condition = and_(column >= since, column < until)
-            return and_(condition, model.agent == agent) if agent else condition
-
-        figures.messages = int(
-            await session.scalar(
-                select(func.count()).select_from(Ticket).where(scoped(Ticket, Ticket.created_at))
-            )
-            or 0
-        )
-        quote_rows = (
-            await session.execute(
-                select(Quote.status, func.count())
-                .where(scoped(Quote, Quote.created_at))
-                .group_by(Quote.status)
-            )
-        ).all()
-        figures.quotes = sum(int(n) for _, n in quote_rows)
-        figures.quotes_booked = sum(int(n) for s, n in quote_rows if s == "booked")
-        figures.bookings = int(
-            await session.scalar(
-                select(func.count()).select_from(Booking).where(scoped(Booking, Booking.created_at))
-            )
-            or 0
-        )
+    today = datetime.now(UTC).date()
+    period = [today - timedelta(days=n) for n in range(days - 1, -1, -1)]
+    per_day = await rollup.day_figures(db, period, agents, agent or None, today)
+    total = rollup.merge(per_day.values())
+    figures = Figures(
+        calls=total["calls"],
+        answered=total["answered"],
+        transferred=total["transferred"],
+        messages=total["messages"],
+        quotes=total["quotes"],
+        quotes_booked=total["quotes_booked"],
+        bookings=total["bookings"],
+        apologies=total["apologies"],
+        model_failures=total["model_failures"],
+        analysed=total["analysed"],
+        cost=total["cost"],
+        currency=total["currency"],
+        outcomes=dict(sorted(total["outcomes"].items(), key=lambda kv: -kv[1])),
+    )
+    figures.median_seconds = rollup.quantile(total["durations"], 0.5)
+    scale = rollup.FIRST_WORD_BUCKET
+    figures.first_word_p50 = rollup.quantile(total["first_words"], 0.5, scale)
+    figures.first_word_p95 = rollup.quantile(total["first_words"], 0.95, scale)
+    for day in period:
+        f = per_day[day]
+        label = day.isoformat()
+        figures.per_day.append((label, f["calls"], f["transferred"]))
+        figures.first_word_per_day.append((label, rollup.quantile(f["first_words"], 0.95, scale)))
     return figures

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
 
 import orjson
 import structlog
@@ -83,6 +84,8 @@ async def sign_in_page(request: Request) -> Response:
     page = render(request, "sign_in.html", None, csrf=csrf, next=_next(request), error=None)
     page.raw_headers.extend(h for h in response.raw_headers if h[0] == b"set-cookie")
     page.headers["Cache-Control"] = "no-store"
+    page.headers["Content-Security-Policy"] = auth.CSP
+    page.headers["X-Frame-Options"] = "DENY"
     return page
 
 
@@ -104,6 +107,13 @@ async def sign_in(request: Request) -> Response:
         return render_error(
             request, 403, "Not allowed", "The sign-in form was out of date; reload it."
         )
+    wait = auth.throttled(request)
+    if wait is not None:
+        refused = render_error(
+            request, 429, "Too many tries", "Too many failed sign-ins; try again in a few minutes."
+        )
+        refused.headers["Retry-After"] = str(int(wait))
+        return refused
     runtime = _runtime(request)
     token = str(form.get("token") or "")
     username = str(form.get("username") or "").strip()
@@ -120,6 +130,7 @@ async def sign_in(request: Request) -> Response:
         if found is not None:
             user = (found.username, found.role, False)
     if user is None:
+        auth.failed(request)
         log.warning("console_sign_in_failed", username=username or None, token=bool(token))
         csrf = await auth.signin_token(request)
         return render(
@@ -143,7 +154,7 @@ async def sign_in(request: Request) -> Response:
 @guard(role="editor")
 async def sign_out(request: Request, session: Session) -> Response:
     response = RedirectResponse("/console/sign-in", status_code=303)
-    auth.end_session(request, response)
+    await auth.end_session(request, response, session)
     return response
 
 
@@ -157,9 +168,7 @@ async def home(request: Request, session: Session) -> Response:
     agent = request.query_params.get("agent", "")
     period = request.query_params.get("period", "week")
     days = PERIODS.get(period, 7)
-    until = datetime.now(UTC)
-    since = until - timedelta(days=days)
-    figures = await queries.analytics(_db(request), agent=agent, since=since, until=until)
+    figures = await queries.analytics(_db(request), agent=agent, days=days, agents=_agents(request))
     calls_chart = charts.bars([(d, float(n)) for d, n, _ in figures.per_day], title="Calls per day")
     latency_chart = charts.bars(
         figures.first_word_per_day, title="Prompt to first word, p95 per day", unit=" ms"
@@ -268,6 +277,8 @@ async def live_api(request: Request, session: Session) -> Response:
                     "caller": mask_number(c.from_number) if c.from_number else "",
                     "seconds": int((now - c.started_at).total_seconds()),
                     "state": c.state,
+                    "caller_said": c.caller_said,
+                    "agent_said": c.agent_said,
                 }
                 for c in rows
             ]
@@ -390,6 +401,55 @@ async def bookings(request: Request, session: Session) -> Response:
 
 
 @guard()
+async def calendar(request: Request, session: Session) -> Response:
+    """A day or week of bookings, per agent, in the agent's time zone."""
+    q = request.query_params
+    runtime = _runtime(request)
+    agents = runtime.deps.agents.agents
+    agent = q.get("agent") or next(iter(sorted(agents)), "")
+    profile = agents.get(agent)
+    zone = ZoneInfo(profile.timezone if profile is not None else "UTC")
+    span = 1 if q.get("view") == "day" else 7
+    today = datetime.now(zone).date()
+    first = _day(q.get("start")) or (
+        today if span == 1 else today - timedelta(days=today.weekday())
+    )
+    start = datetime.combine(first, time(0), tzinfo=zone)
+    end = start + timedelta(days=span)
+    rows, _ = await queries.list_bookings(
+        _db(request),
+        agent=agent,
+        since=start.astimezone(UTC),
+        until=end.astimezone(UTC),
+        limit=2000,
+    )
+    days = [first + timedelta(days=n) for n in range(span)]
+    by_day: dict[date, list[Any]] = {d: [] for d in days}
+    for row in rows:
+        starts = queries.aware(row.booking.starts_at)
+        assert starts is not None
+        local = starts.astimezone(zone)
+        by_day.setdefault(local.date(), []).append((local, row))
+    base = {"agent": agent, "view": "day" if span == 1 else "week"}
+    return render(
+        request,
+        "calendar.html",
+        session,
+        agents=sorted(agents),
+        agent=agent,
+        zone=str(zone),
+        span=span,
+        days=days,
+        by_day=by_day,
+        today=today,
+        prev="/console/calendar?" + urlencode({**base, "start": str(first - timedelta(days=span))}),
+        next="/console/calendar?" + urlencode({**base, "start": str(first + timedelta(days=span))}),
+        switch="/console/calendar?"
+        + urlencode({"agent": agent, "view": "week" if span == 1 else "day", "start": str(first)}),
+    )
+
+
+@guard()
 async def booking_action(request: Request, session: Session) -> Response:
     from relay.web.console import actions
 
@@ -450,6 +510,75 @@ async def ticket_done(request: Request, session: Session) -> Response:
     if request.headers.get(auth.CSRF_HEADER):
         return JSONResponse({"id": ticket_id, "status": "done"})
     return RedirectResponse("/console/messages", status_code=303)
+
+
+@guard()
+async def notifications(request: Request, session: Session) -> Response:
+    return await _notifications_page(request, session)
+
+
+async def _notifications_page(
+    request: Request, session: Session, error: str | None = None, saved: str | None = None
+) -> Response:
+    from sqlalchemy import select
+
+    from relay.storage.models import SideEffect
+    from relay.web.console import notify
+
+    runtime = _runtime(request)
+    agents = _agents(request)
+    channels = notify.channels_for(runtime)
+    async with _db(request).session() as db_session:
+        recent = (
+            await db_session.execute(
+                select(SideEffect.key, SideEffect.status, SideEffect.result, SideEffect.created_at)
+                .where(SideEffect.tool == "console_notify")
+                .order_by(SideEffect.created_at.desc())
+                .limit(20)
+            )
+        ).all()
+    return render(
+        request,
+        "notifications.html",
+        session,
+        status_code=400 if error else 200,
+        targets=await notify.targets(_db(request), agents),
+        sms_ready={
+            a: bool(channels.twilio.get(a) and channels.twilio[a].from_number) for a in agents
+        },
+        email_ready=channels.smtp is not None,
+        recent=recent,
+        error=error,
+        saved=saved,
+    )
+
+
+@guard()
+async def save_notifications(request: Request, session: Session) -> Response:
+    from relay.services.email import ADDRESS
+    from relay.web.console import notify
+
+    form = await request.form()
+    agent = str(form.get("agent") or "")
+    if agent not in _agents(request):
+        return await _notifications_page(request, session, error="Pick an agent.")
+    sms = str(form.get("sms") or "").strip()
+    email = str(form.get("email") or "").strip()
+    if sms and not _E164.match(sms):
+        return await _notifications_page(
+            request, session, error="The SMS number must be in E.164 form, e.g. +61412345678."
+        )
+    if email and not ADDRESS.match(email):
+        return await _notifications_page(request, session, error="That e-mail address looks wrong.")
+    target = notify.Target(
+        sms=sms,
+        email=email,
+        messages=form.get("messages") == "on",
+        bookings=form.get("bookings") == "on",
+    )
+    await notify.save_target(_db(request), agent, target)
+    log.info("console_notifications_saved", agent=agent, by=session.user)
+    return await _notifications_page(request, session, saved=agent)
 
 
 # -- knowledge ------------------------------------------------------------------------------------

@@ -13,12 +13,14 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 import pytest_asyncio
 
 from relay.storage.models import Booking, Ticket
-from relay.testing import ScriptedLLM, Text
+from relay.testing import ScriptedLLM, Text, ToolCall, ToolCalls
+from tests.conftest import REPO, SHIPPED_PROMPTS
 from tests.web.console.conftest import ADMIN_TOKEN
 
 CHROMIUM = os.environ.get("RELAY_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
@@ -28,7 +30,9 @@ SECOND = 1000
 
 pytestmark = [
     pytest.mark.asyncio,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="no chromium binary (apt-get install chromium)"),
+    pytest.mark.skipif(
+        not Path(CHROMIUM).exists(), reason="no chromium binary (apt-get install chromium)"
+    ),
 ]
 
 INSURANCE = b"""# Insurance
@@ -43,7 +47,8 @@ async def browser() -> AsyncIterator[Any]:
     playwright = pytest.importorskip("playwright.async_api")
     async with playwright.async_playwright() as p:
         chromium = await p.chromium.launch(
-            executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"]
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
         )
         try:
             yield chromium
@@ -56,10 +61,31 @@ async def shot(page: Any, name: str) -> None:
     await page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=False)
 
 
-async def test_an_owner_runs_the_console_in_a_browser(start_relay: Any, browser: Any) -> None:
-    llm = ScriptedLLM([Text("Happy to help with your upright. Where is it now?")])
+def next_tuesday() -> str:
+    today = datetime.now(ZoneInfo("Australia/Melbourne")).date()
+    return str(today + timedelta(days=(1 - today.weekday()) % 7 + 7))
+
+
+async def test_an_owner_runs_the_console_in_a_browser(
+    start_relay: Any, browser: Any, tmp_path: Path, data_dir: Path
+) -> None:
+    prompts = tmp_path / "shipped-prompts"
+    prompts.mkdir()
+    shutil.copy(SHIPPED_PROMPTS / "piano-removals.toml", prompts / "piano-removals.toml")
+    if (REPO / "data" / "prices.toml").exists():
+        shutil.copy(REPO / "data" / "prices.toml", data_dir / "prices.toml")
+    quote = {"piano_type": "upright", "pickup": "Brunswick", "dropoff": "Coburg",
+             "move_date": next_tuesday()}  # fmt: skip
+    llm = ScriptedLLM(
+        [
+            Text("Hello! Yes, I can help with a piano move."),
+            ToolCalls([ToolCall("quote_piano_move", quote)]),
+            Text("Happy to help: that move is quoted, and it's insured. Where is it now?"),
+        ]
+    )
     async with start_relay(
         llm,
+        RELAY_PROMPTS_DIR=str(prompts),
         RELAY_ADMIN_TOKEN=ADMIN_TOKEN,
         RELAY_KNOWLEDGE="true",
         RELAY_KNOWLEDGE_AUTOLOAD="false",
@@ -77,34 +103,6 @@ async def test_an_owner_runs_the_console_in_a_browser(start_relay: Any, browser:
         await page.wait_for_url(relay.base_url + "/console")
         await page.get_by_role("heading", name="How the phone line is doing").wait_for()
 
-        # Watch a live call: it appears on the live page, then its transcript streams in.
-        call = relay.call()
-        await call.connect()
-        await page.goto(relay.base_url + "/console/live")
-        await page.get_by_role("link", name="+61*******78").click()
-        await page.wait_for_url(f"**/console/calls/{call.call_sid}")
-        await page.locator("#live-state", has_text="live").wait_for()
-        await call.say("I need to move my upright piano")
-        transcript = page.locator("#transcript")
-        # Each line is on screen within a second of the frame (the stream polls every 250 ms).
-        await transcript.locator("li.caller", has_text="I need to move my upright piano").wait_for(
-            timeout=2 * SECOND
-        )
-        await transcript.locator("li.agent", has_text="Where is it now?").wait_for(timeout=2 * SECOND)
-        await shot(page, "live-call")
-        await call.close()
-        await relay.session_closed()
-        await page.locator("#live-state", has_text="ended").wait_for()
-
-        # Open the finished call.
-        await page.reload()
-        await page.get_by_role("heading", name="Latency per turn").wait_for()
-        assert await page.locator("ol.transcript li.caller").first.inner_text() == (
-            "Caller I need to move my upright piano"
-        )
-        assert await page.locator("#replay").input_value() == f"relay replay {call.call_sid}"
-        await shot(page, "call")
-
         # Upload a document (and one that fails), then ask it a question.
         await page.goto(relay.base_url + "/console/knowledge")
         await page.get_by_label("Files").set_input_files(
@@ -118,12 +116,59 @@ async def test_an_owner_runs_the_console_in_a_browser(start_relay: Any, browser:
         await results.locator("li.ok", has_text="insurance.md: added").wait_for()
         await results.locator("li.error", has_text="broken.pdf: failed").wait_for()
         await page.locator("#documents td", has_text="insurance.md").first.wait_for()
-        await page.get_by_label("What a caller might ask").fill("Is my piano insured during the move?")
+        await page.get_by_label("What a caller might ask").fill(
+            "Is my piano insured during the move?"
+        )
         await page.get_by_role("button", name="Ask").click()
         answer = page.locator("#answer")
         await answer.locator("blockquote", has_text="insured for up to $50,000").wait_for()
         await shot(page, "knowledge")
 
+        # Watch a live call: it appears on the live page, then its transcript streams in.
+        call = relay.call()
+        await call.connect()
+        await page.goto(relay.base_url + "/console/live")
+        row = page.locator("#live tr", has_text="+61*******78")
+        await row.wait_for()
+        await call.say("Hi, do you move pianos?")
+        # The live list shows each call's latest words (it refreshes every second).
+        await row.locator("td.said", has_text="Hi, do you move pianos?").wait_for(
+            timeout=3 * SECOND
+        )
+        await row.locator("td.said", has_text="I can help with a piano move.").wait_for(
+            timeout=3 * SECOND
+        )
+        await shot(page, "live")
+        await page.get_by_role("link", name="+61*******78").click()
+        await page.wait_for_url(f"**/console/calls/{call.call_sid}")
+        await page.locator("#live-state", has_text="live").wait_for()
+        said = "How much to move my upright piano, and is it insured?"
+        await call.say(said)
+        transcript = page.locator("#transcript")
+        # Each line is on screen within a second of the frame (the stream polls every 250 ms).
+        await transcript.locator("li.caller", has_text=said).wait_for(timeout=2 * SECOND)
+        await transcript.locator("li.tool", has_text="quote_piano_move").wait_for(
+            timeout=2 * SECOND
+        )
+        await transcript.locator("li.agent", has_text="Where is it now?").wait_for(
+            timeout=2 * SECOND
+        )
+        await shot(page, "live-call")
+        await call.close()
+        await relay.session_closed()
+        await page.locator("#live-state", has_text="ended").wait_for()
+
+        # Open the finished call: its quote total, tool calls and passages.
+        await page.reload()
+        await page.get_by_role("heading", name="Latency per turn").wait_for()
+        assert await page.locator("ol.transcript li.caller").nth(1).inner_text() == f"Caller {said}"
+        await page.locator("ol.transcript li.tool", has_text="quote_piano_move").wait_for()
+        total = await page.locator("dd.quote-total").first.inner_text()
+        assert total.startswith("AUD 350.00"), total
+        assert await page.locator("#q-h ~ .card .total").first.inner_text() == "AUD 350.00"
+        await page.locator("pre.given", has_text="insured for up to $50,000").wait_for()
+        assert await page.locator("#replay").input_value() == f"relay replay {call.call_sid}"
+        await shot(page, "call")
         # Mark a message done and confirm a booking.
         now = datetime.now(UTC)
         async with relay.runtime.deps.db.session() as session, session.begin():
@@ -140,7 +185,11 @@ async def test_an_owner_runs_the_console_in_a_browser(start_relay: Any, browser:
         await page.wait_for_url(relay.base_url + "/console/messages")
         assert await page.locator("li.ticket", has_text="Ann Lee").count() == 0
         await page.goto(relay.base_url + "/console/messages?status=done")
-        await page.locator("li.ticket", has_text="Ann Lee").locator(".status", has_text="done").wait_for()
+        await (
+            page.locator("li.ticket", has_text="Ann Lee")
+            .locator(".status", has_text="done")
+            .wait_for()
+        )
 
         await page.goto(relay.base_url + "/console/bookings")
         booking = page.locator("#booking-246810")

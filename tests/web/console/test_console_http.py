@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import orjson
@@ -30,7 +31,9 @@ PAGES = [
     "/console/calls/CA123/export",
     "/console/quotes",
     "/console/bookings",
+    "/console/calendar",
     "/console/messages",
+    "/console/notifications",
     "/console/knowledge",
 ]
 APIS = ["/console/api/live", "/console/api/calls/CA123/stream"]
@@ -40,6 +43,7 @@ POSTS = [
     "/console/bookings/123456/confirm",
     "/console/bookings/123456/cancel",
     "/console/messages/1/done",
+    "/console/notifications",
     "/console/knowledge/upload",
     "/console/knowledge/remove",
 ]
@@ -120,8 +124,15 @@ async def test_sign_in_cookie_flags_and_sign_out(relay: Any) -> None:
         assert "secure" not in flags  # plain http
         calls = await http.get("/console/calls")
         assert calls.status_code == 200
+        assert "script-src 'self'" in calls.headers["content-security-policy"]
+        assert calls.headers["x-frame-options"] == "DENY"
+        copied = http.cookies["relay_console"]
         out = await http.post("/console/sign-out", data={"csrf": csrf_in(calls.text)})
         assert out.status_code == 303
+        assert (await http.get("/console/calls")).status_code == 303
+    # A copy of the signed-out cookie is refused too (on every worker: the DB says so).
+    async with httpx.AsyncClient(base_url=relay.base_url) as http:
+        http.cookies.set("relay_console", copied, path="/console")
         assert (await http.get("/console/calls")).status_code == 303
 
     async with httpx.AsyncClient(
@@ -344,6 +355,16 @@ async def test_live_list_stream_and_supervisor_commands(relay: Any) -> None:
     said = "".join(line["text"] for line in lines if line["type"] == "agent")
     assert said == "Hello, how can I help?"
 
+    [entry] = [
+        c
+        for c in (await browser.http.get("/console/api/live")).json()["calls"]
+        if c["call_sid"] == call.call_sid
+    ]
+    assert (entry["caller_said"], entry["agent_said"]) == (
+        "Hi, is anyone there?",
+        "Hello, how can I help?",
+    )
+    assert "Hi, is anyone there?" in (await browser.http.get("/console/live")).text
     page = await browser.http.get(f"/console/calls/{call.call_sid}")
     assert "Live transcript" in page.text and "Whisper" in page.text
     headers = {"X-CSRF-Token": browser.csrf}
@@ -459,6 +480,17 @@ async def test_bookings_confirm_and_cancel_and_quotes_list(relay: Any) -> None:
     assert "Q111111" in quotes.text and "AUD 420.00" in quotes.text
     page = await browser.http.get("/console/bookings")
     assert "654321" in page.text
+    local_day = (now + timedelta(days=3)).astimezone(ZoneInfo("Australia/Melbourne")).date()
+    day = await browser.http.get(
+        "/console/calendar",
+        params={"agent": "piano-removals", "view": "day", "start": str(local_day)},
+    )
+    assert day.status_code == 200 and "654321" in day.text and "Bea" in day.text
+    week_before = await browser.http.get(
+        "/console/calendar",
+        params={"agent": "piano-removals", "start": str(local_day - timedelta(days=7))},
+    )
+    assert "654321" not in week_before.text
     confirm = await browser.http.post(
         "/console/bookings/654321/confirm", data={"csrf": browser.csrf}
     )
@@ -478,3 +510,108 @@ async def test_bookings_confirm_and_cancel_and_quotes_list(relay: Any) -> None:
     )
     assert again.status_code == 409
     await browser.http.aclose()
+
+
+async def test_bookings_change_through_the_tools_and_rules(start_relay: Any, tmp_path: Any) -> None:
+    """With the shipped agents and their business tables: an appointment is cancelled by the
+    cancel_appointment tool (through the ledger), a move is moved to a free window and refused
+    a day the business does not work."""
+    import shutil
+
+    from relay.storage.models import SideEffect
+    from tests.conftest import SHIPPED_PROMPTS
+
+    prompts = tmp_path / "shipped-prompts"
+    prompts.mkdir()
+    for name in ("piano-removals.toml", "car-service.toml"):
+        shutil.copy(SHIPPED_PROMPTS / name, prompts / name)
+    zone = ZoneInfo("Australia/Melbourne")
+    today = datetime.now(zone).date()
+    wednesday = today + timedelta(days=(2 - today.weekday()) % 7 + 7)
+    sunday = wednesday + timedelta(days=4)
+    starts = datetime.combine(wednesday, datetime.min.time(), tzinfo=zone).replace(hour=8)
+    async with start_relay(RELAY_PROMPTS_DIR=str(prompts), RELAY_ADMIN_TOKEN=ADMIN_TOKEN) as relay:
+        now = datetime.now(UTC)
+        async with db(relay).session() as session, session.begin():
+            session.add(Booking(id="111222", agent="car-service", kind="appointment",
+                                service="logbook-minor", phone="+61412000333", name="Cy",
+                                starts_at=starts + timedelta(hours=1),
+                                ends_at=starts + timedelta(hours=2, minutes=30), status="booked",
+                                created_at=now, updated_at=now))  # fmt: skip
+            session.add(Booking(id="333444", agent="piano-removals", kind="move", phone="+61412000444",
+                                name="Di", starts_at=starts, ends_at=starts + timedelta(hours=4),
+                                status="booked", created_at=now, updated_at=now))  # fmt: skip
+        browser = await sign_in(relay.base_url)
+        headers = {"X-CSRF-Token": browser.csrf}
+
+        cancelled = await browser.http.post("/console/bookings/111222/cancel", headers=headers)
+        assert cancelled.status_code == 200, cancelled.text
+        assert cancelled.json()["done"].startswith("Cancelled the ")
+        async with db(relay).session() as session:
+            assert (await session.get(Booking, "111222")).status == "cancelled"  # type: ignore[union-attr]
+            ledger = (
+                await session.scalars(select(SideEffect.tool).where(SideEffect.status == "done"))
+            ).all()
+        assert "cancel_appointment" in ledger
+
+        moved = await browser.http.post(
+            "/console/bookings/333444/reschedule",
+            data={"date": str(wednesday + timedelta(days=1)), "window": "afternoon"},
+            headers=headers,
+        )
+        assert moved.status_code == 200, moved.text
+        assert "afternoon window" in moved.json()["done"]
+        async with db(relay).session() as session:
+            booking = await session.get(Booking, "333444")
+        assert booking is not None
+        local = queries_aware(booking.starts_at).astimezone(zone)
+        assert (local.date(), local.hour >= 12) == (wednesday + timedelta(days=1), True)
+
+        refused = await browser.http.post(
+            "/console/bookings/333444/reschedule",
+            data={"date": str(sunday), "window": "morning"},
+            headers=headers,
+        )
+        assert refused.status_code == 409
+        assert refused.json()["error"].startswith("Not moved:")
+        await browser.http.aclose()
+
+
+def queries_aware(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+async def test_owner_notification_settings(relay: Any) -> None:
+    from relay.web.console import notify
+
+    browser = await sign_in(relay.base_url)
+    page = await browser.http.get("/console/notifications")
+    assert page.status_code == 200 and "Twilio is not set up" in page.text
+    form = {"csrf": browser.csrf, "agent": "piano-removals", "messages": "on"}
+    bad = await browser.http.post("/console/notifications", data={**form, "sms": "0412 345"})
+    assert bad.status_code == 400 and "E.164" in bad.text
+    good = await browser.http.post(
+        "/console/notifications", data={**form, "sms": "+61412999000", "email": "o@example.com"}
+    )
+    assert good.status_code == 200 and "Saved for piano-removals." in good.text
+    saved = await notify.targets(db(relay), ["piano-removals"])
+    assert saved["piano-removals"] == notify.Target(
+        sms="+61412999000", email="o@example.com", messages=True, bookings=False
+    )
+    await browser.http.aclose()
+
+
+async def test_sign_in_is_throttled_after_repeated_failures(start_relay: Any) -> None:
+    from relay.web.console import auth
+
+    async with (
+        start_relay(RELAY_ADMIN_TOKEN=ADMIN_TOKEN) as relay,
+        httpx.AsyncClient(base_url=relay.base_url) as http,
+    ):
+        csrf = csrf_in((await http.get("/console/sign-in")).text)
+        for _ in range(auth.MAX_FAILURES):
+            wrong = await http.post("/console/sign-in", data={"csrf": csrf, "token": "guess"})
+            assert wrong.status_code == 401
+        blocked = await http.post("/console/sign-in", data={"csrf": csrf, "token": ADMIN_TOKEN})
+        assert blocked.status_code == 429
+        assert 1 <= int(blocked.headers["retry-after"]) <= auth.FAILURE_WINDOW

@@ -53,6 +53,14 @@ def upgrade() -> None:
         sa.Column("confirmed_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("booking_id"),
     )
+    op.create_table(
+        "console_daily",
+        sa.Column("agent", sa.String(length=64), nullable=False),
+        sa.Column("day", sa.Date(), nullable=False),
+        sa.Column("figures", sa.JSON(), nullable=False),
+        sa.Column("computed_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("agent", "day"),
+    )
     # What the console's lists and analytics filter and sort by (100,000 calls and more).
     op.create_index("ix_calls_agent_started", "calls", ["agent", "started_at"])
     op.create_index("ix_calls_ended_started", "calls", ["ended_at", "started_at"])
@@ -106,6 +114,7 @@ def downgrade() -> None:
         ("ix_calls_agent_started", "calls"),
     ):
         op.drop_index(index, table_name=table)
+    op.drop_table("console_daily")
     op.drop_table("booking_confirmations")
     op.drop_index("ix_call_commands_pending", table_name="call_commands")
     op.drop_table("call_commands")

@@ -62,7 +62,7 @@
     });
   });
 
-  // Live calls table: refresh every two seconds.
+  // Live calls table: refresh every second.
   var live = document.getElementById("live");
   if (live) {
     var body = live.querySelector("tbody");
@@ -71,7 +71,7 @@
       fetch(live.dataset.source, { credentials: "same-origin" }).then(function (r) { return r.json(); }).then(function (d) {
         body.textContent = "";
         if (!d.calls.length) {
-          var tr = body.insertRow(); var td = tr.insertCell(); td.colSpan = 4; td.textContent = "No calls right now.";
+          var tr = body.insertRow(); var td = tr.insertCell(); td.colSpan = 5; td.textContent = "No calls right now.";
         }
         d.calls.forEach(function (c) {
           var tr = body.insertRow();
@@ -81,9 +81,19 @@
           tr.insertCell().textContent = c.agent;
           tr.insertCell().textContent = fmt(c.seconds);
           tr.insertCell().textContent = c.state;
+          var said = tr.insertCell();
+          said.className = "said";
+          [["Caller: ", c.caller_said], ["Agent: ", c.agent_said]].forEach(function (pair) {
+            if (!pair[1]) return;
+            if (said.childNodes.length) said.appendChild(document.createElement("br"));
+            var who = document.createElement("span");
+            who.className = "who"; who.textContent = pair[0];
+            said.appendChild(who);
+            said.appendChild(document.createTextNode(pair[1]));
+          });
         });
       });
-    }, 2000);
+    }, 1000);
   }
 
   // Copy buttons.

@@ -1,0 +1,280 @@
+"""The home page's figures from daily rollups, so a quarter of 100,000 calls renders fast.
+
+A finished UTC day (older than yesterday) never changes, so its figures are computed once per
+agent and stored in ``console_daily`` (shared by every worker); today and yesterday are always
+computed live. Durations and prompt-to-first-word times are kept as histograms (1 s and 5 ms
+buckets), which add up across days and agents: the median and the p50/p95 come from the merged
+histogram, exact to the bucket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time as _time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+import structlog
+from sqlalchemy import and_, func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from relay.storage.console import ConsoleDaily
+from relay.storage.db import Database
+from relay.storage.models import Booking, Call, Quote, Ticket, Turn
+
+log = structlog.get_logger("relay.web.console.rollup")
+
+FIRST_WORD_BUCKET = 5.0  # ms
+#: Seconds today's and yesterday's figures are reused by a worker before being recomputed.
+LIVE_TTL = 30.0
+_LIVE: dict[tuple[str, str | None, date], tuple[float, dict[str, Any]]] = {}
+#: Past days the start-up warm-up prepares (the longest period the home page offers).
+WARM_DAYS = 91
+_COUNTS = (
+    "calls",
+    "answered",
+    "transferred",
+    "apologies",
+    "model_failures",
+    "messages",
+    "quotes",
+    "quotes_booked",
+    "bookings",
+)
+
+
+def _bounds(day: date) -> tuple[datetime, datetime]:
+    start = datetime.combine(day, time(0), tzinfo=UTC)
+    return start, start + timedelta(days=1)
+
+
+def _seconds(db: Database, start: Any, end: Any) -> Any:
+    if db.is_sqlite:
+        return (func.julianday(end) - func.julianday(start)) * 86400.0
+    return func.extract("epoch", end - start)
+
+
+async def compute_day(db: Database, day: date, agent: str | None) -> dict[str, Any]:
+    """One day's figures for one agent (``None``: every agent), straight from the tables."""
+    start, end = _bounds(day)
+    calls = and_(Call.started_at >= start, Call.started_at < end)
+    if agent is not None:
+        calls = and_(calls, Call.agent == agent)
+    figures: dict[str, Any] = dict.fromkeys(_COUNTS, 0)
+    durations: Counter[int] = Counter()
+    first_words: Counter[int] = Counter()
+    async with db.session() as session:
+        rows = (
+            await session.execute(
+                select(
+                    Call.outcome, Call.turns, _seconds(db, Call.started_at, Call.ended_at)
+                ).where(calls)
+            )
+        ).all()
+        for outcome, turns, seconds in rows:
+            figures["calls"] += 1
+            figures["answered"] += 1 if turns and turns > 1 else 0
+            figures["transferred"] += 1 if outcome == "transferred" else 0
+            if seconds is not None:
+                durations[round(seconds)] += 1
+        replies = (
+            await session.execute(
+                select(Turn.first_frame_ms, Turn.error).where(
+                    calls, Turn.call_sid == Call.call_sid, Turn.role == "assistant"
+                )
+            )
+        ).all()
+        for first_ms, error in replies:
+            if error:
+                figures["apologies"] += 1
+                figures["model_failures"] += 0 if error.startswith("internal error") else 1
+            if first_ms is not None:
+                first_words[int(first_ms // FIRST_WORD_BUCKET)] += 1
+
+        def made(model: Any) -> Any:
+            condition = and_(model.created_at >= start, model.created_at < end)
+            return and_(condition, model.agent == agent) if agent is not None else condition
+
+        figures["messages"] = int(
+            await session.scalar(select(func.count()).select_from(Ticket).where(made(Ticket))) or 0
+        )
+        for status, count in (
+            await session.execute(
+                select(Quote.status, func.count()).where(made(Quote)).group_by(Quote.status)
+            )
+        ).all():
+            figures["quotes"] += int(count)
+            figures["quotes_booked"] += int(count) if status == "booked" else 0
+        figures["bookings"] = int(
+            await session.scalar(select(func.count()).select_from(Booking).where(made(Booking)))
+            or 0
+        )
+        figures.update(await _outcomes(session, calls))
+    figures["durations"] = {str(k): v for k, v in durations.items()}
+    figures["first_words"] = {str(k): v for k, v in first_words.items()}
+    return figures
+
+
+async def _outcomes(session: Any, calls: Any) -> dict[str, Any]:
+    """Outcomes and cost of the day's analysed calls (the post-call analysis, when present)."""
+    try:
+        from relay.storage.outcomes import CallAnalysis
+    except ImportError:  # pragma: no cover - the outcomes tables are optional
+        return {}
+    rows = (
+        await session.execute(
+            select(CallAnalysis.outcomes, CallAnalysis.cost_total, CallAnalysis.currency).where(
+                calls, CallAnalysis.call_sid == Call.call_sid
+            )
+        )
+    ).all()
+    outcomes: Counter[str] = Counter()
+    cost, currency = 0.0, ""
+    for names, total, unit in rows:
+        outcomes.update(str(n) for n in names or [])
+        cost += float(total or 0.0)
+        currency = currency or str(unit or "")
+    return {"analysed": len(rows), "cost": round(cost, 6), "currency": currency,
+            "outcomes": dict(outcomes)}  # fmt: skip
+
+
+def settled(day: date, today: date) -> bool:
+    """A day whose figures can be stored: nothing recorded on it changes any more."""
+    return day < today - timedelta(days=1)
+
+
+async def stored_days(
+    db: Database, days: Sequence[date], agents: Sequence[str]
+) -> dict[tuple[str, date], dict[str, Any]]:
+    if not days:
+        return {}
+    async with db.session() as session:
+        rows = await session.execute(
+            select(ConsoleDaily.agent, ConsoleDaily.day, ConsoleDaily.figures).where(
+                ConsoleDaily.agent.in_(list(agents)),
+                ConsoleDaily.day >= min(days),
+                ConsoleDaily.day <= max(days),
+            )
+        )
+        return {(a, d): f for a, d, f in rows.all()}
+
+
+async def store_day(db: Database, agent: str, day: date, figures: dict[str, Any]) -> None:
+    values = {"agent": agent, "day": day, "figures": figures, "computed_at": datetime.now(UTC)}
+    insert = sqlite_insert if db.is_sqlite else pg_insert
+    statement = insert(ConsoleDaily).values(**values)
+    statement = statement.on_conflict_do_update(
+        index_elements=["agent", "day"],
+        set_={"figures": statement.excluded.figures, "computed_at": statement.excluded.computed_at},
+    )
+    async with db.session() as session, session.begin():
+        await session.execute(statement)
+
+
+async def first_day(db: Database) -> date | None:
+    async with db.session() as session:
+        earliest = await session.scalar(select(func.min(Call.started_at)))
+    if earliest is None:
+        return None
+    if earliest.tzinfo is None:
+        earliest = earliest.replace(tzinfo=UTC)
+    day: date = earliest.astimezone(UTC).date()
+    return day
+
+
+async def day_figures(
+    db: Database, days: Sequence[date], agents: Sequence[str], agent: str | None, today: date
+) -> dict[date, dict[str, Any]]:
+    """Each day's figures for ``agent`` (None: all of ``agents``), stored days reused."""
+    begin = await first_day(db)
+    out: dict[date, dict[str, Any]] = {}
+    names = [agent] if agent is not None else list(agents)
+    past = [d for d in days if settled(d, today) and begin is not None and d >= begin]
+    have = await stored_days(db, past, names)
+    for day in days:
+        if begin is None or day < begin:
+            out[day] = empty()
+        elif not settled(day, today):
+            key = (db.url, agent, day)
+            cached = _LIVE.get(key)
+            if cached is not None and _time.monotonic() - cached[0] < LIVE_TTL:
+                out[day] = cached[1]
+            else:
+                out[day] = await compute_day(db, day, agent)
+                _LIVE[key] = (_time.monotonic(), out[day])
+        else:
+            parts = []
+            for name in names:
+                figures = have.get((name, day))
+                if figures is None:
+                    figures = await compute_day(db, day, name)
+                    await store_day(db, name, day, figures)
+                parts.append(figures)
+            out[day] = merge(parts)
+    return out
+
+
+def empty() -> dict[str, Any]:
+    return {**dict.fromkeys(_COUNTS, 0), "durations": {}, "first_words": {},
+            "analysed": 0, "cost": 0.0, "currency": "", "outcomes": {}}  # fmt: skip
+
+
+def merge(parts: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    total = empty()
+    durations: Counter[str] = Counter()
+    first_words: Counter[str] = Counter()
+    outcomes: Counter[str] = Counter()
+    for part in parts:
+        for key in _COUNTS:
+            total[key] += int(part.get(key, 0))
+        durations.update(part.get("durations", {}))
+        first_words.update(part.get("first_words", {}))
+        outcomes.update(part.get("outcomes", {}))
+        total["analysed"] += int(part.get("analysed", 0))
+        total["cost"] += float(part.get("cost", 0.0))
+        total["currency"] = total["currency"] or part.get("currency", "")
+    total["durations"], total["first_words"] = dict(durations), dict(first_words)
+    total["outcomes"] = dict(outcomes)
+    return total
+
+
+def quantile(histogram: dict[str, int], q: float, scale: float = 1.0) -> float | None:
+    """The ``q`` quantile (0-1) of a bucket histogram by the nearest-rank method, as the
+    bucket's middle when ``scale`` is given (durations: whole seconds, as stored)."""
+    items = sorted((int(k), v) for k, v in histogram.items() if v)
+    n = sum(v for _, v in items)
+    if n == 0:
+        return None
+    rank = max(0, math.ceil(q * n) - 1)  # nearest rank
+    seen = 0
+    for bucket, count in items:
+        seen += count
+        if seen > rank:
+            return (bucket + 0.5) * scale if scale != 1.0 else float(bucket)
+    return float(items[-1][0]) * scale
+
+
+async def warm(db: Database, agents: Sequence[str], *, days: int = WARM_DAYS) -> int:
+    """Store the settled days of the last ``days`` that are missing; how many were computed."""
+    begin = await first_day(db)
+    if begin is None:
+        return 0
+    today = datetime.now(UTC).date()
+    wanted = [today - timedelta(days=n) for n in range(2, days)]
+    wanted = [d for d in wanted if d >= begin]
+    have = await stored_days(db, wanted, agents)
+    computed = 0
+    for day in wanted:
+        for agent in agents:
+            if (agent, day) in have:
+                continue
+            await store_day(db, agent, day, await compute_day(db, day, agent))
+            computed += 1
+            await asyncio.sleep(0)  # let calls run between days
+    if computed:
+        log.info("console_rollup_warmed", days=computed)
+    return computed

@@ -1,0 +1,106 @@
+"""Migrations on SQLite and PostgreSQL: the schema they build is the models', several processes
+migrating one fresh database at once migrate it once (the lock), and a missing PostgreSQL driver
+is a one-line error naming it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import text
+
+from relay.storage.db import Database
+from relay.storage.models import Base
+
+MIGRATE = (
+    "import asyncio, sys\n"
+    "from relay.storage.db import Database\n"
+    "async def main():\n"
+    "    db = Database(sys.argv[1])\n"
+    "    await db.migrate()\n"
+    "    await db.close()\n"
+    "asyncio.run(main())\n"
+)
+
+
+def _differences(conn: Any) -> list[Any]:
+    """What the models have that the database lacks (or has otherwise). Tables and indexes the
+    database has beyond the models (full-text search, the console's own) are not differences."""
+    context = MigrationContext.configure(conn, opts={"compare_type": False})
+    diffs = [d[0] if isinstance(d, list) else d for d in compare_metadata(context, Base.metadata)]
+    return [d for d in diffs if not str(d[0]).startswith("remove_")]
+
+
+async def test_the_migrations_build_the_models_schema(database_url: str) -> None:
+    db = Database(database_url)
+    try:
+        await db.migrate()
+        await db.migrate()  # again: nothing to do
+        async with db.engine.connect() as conn:
+            assert await conn.run_sync(_differences) == []
+            (version,) = (await conn.execute(text("SELECT version_num FROM alembic_version"))).one()
+    finally:
+        await db.close()
+    heads = sorted(
+        p.name
+        for p in (Path(__file__).parents[2] / "relay/storage/migrations/versions").glob("0*.py")
+    )
+    assert version == heads[-1].split("_", 1)[0]
+
+
+async def test_processes_starting_together_on_a_fresh_database_migrate_it_once(
+    database_url: str,
+) -> None:
+    processes = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            MIGRATE,
+            database_url,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        for _ in range(4)
+    ]
+    results = [await p.communicate() for p in processes]
+    assert [p.returncode for p in processes] == [0, 0, 0, 0], [
+        r[1].decode()[-2000:] for r in results
+    ]
+    db = Database(database_url)
+    try:
+        async with db.engine.connect() as conn:
+            versions = (await conn.execute(text("SELECT version_num FROM alembic_version"))).all()
+            assert await conn.run_sync(_differences) == []
+    finally:
+        await db.close()
+    assert len(versions) == 1
+
+
+def test_a_missing_postgres_driver_is_one_line_naming_it(tmp_path: Path) -> None:
+    program = (
+        "import sys\n"
+        "sys.modules['asyncpg'] = None  # as if relay[postgres] were not installed\n"
+        "from relay.cli import main\n"
+        "sys.exit(main(['serve']))\n"
+    )
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("RELAY_", "OPENAI_"))},
+        "DATABASE_URL": "postgresql://relay@127.0.0.1:9/relay",
+        "OPENAI_BASE_URL": "http://127.0.0.1:9/v1",
+        "RELAY_PROMPTS_DIR": str(Path(__file__).parents[2] / "prompts"),
+        "RELAY_DATA_DIR": str(Path(__file__).parents[2] / "data"),
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", program], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "relay: configuration error: DATABASE_URL is a PostgreSQL URL but its driver (asyncpg) "
+        "is not installed: pip install 'relay[postgres]'"
+    ]

@@ -1,0 +1,110 @@
+"""The home page's figures: daily rollups stored once for settled days, merged exactly."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from sqlalchemy import func, select
+
+from relay.storage.console import ConsoleDaily
+from relay.storage.db import Database
+from relay.storage.models import Call, Quote, Ticket, Turn
+from relay.web.console import charts, queries, rollup
+
+pytestmark = pytest.mark.asyncio
+
+
+@pytest_asyncio.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'relay.db'}")
+    await database.migrate()
+    yield database
+    await database.close()
+
+
+async def add_call(
+    db: Database,
+    sid: str,
+    started: datetime,
+    *,
+    agent: str = "piano-removals",
+    seconds: float = 60,
+    outcome: str = "hung-up",
+    first_ms: list[float] | None = None,
+    error: str | None = None,
+) -> None:
+    async with db.session() as session, session.begin():
+        session.add(Call(call_sid=sid, agent=agent, from_number="+61412345678", started_at=started,
+                         ended_at=started + timedelta(seconds=seconds), outcome=outcome,
+                         status="completed", turns=3))  # fmt: skip
+        for seq, ms in enumerate(first_ms or []):
+            session.add(Turn(call_sid=sid, session_id="VX" + sid, seq=seq, role="assistant",
+                             content="hi", first_frame_ms=ms, error=error if seq == 0 else None,
+                             created_at=started))  # fmt: skip
+
+
+async def test_figures_add_up_across_stored_and_live_days(db: Database) -> None:
+    now = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0)
+    old = now - timedelta(days=4)
+    await add_call(db, "CA1", old, seconds=30, first_ms=[400.0, 500.0])
+    await add_call(db, "CA2", old, seconds=90, outcome="transferred", first_ms=[700.0],
+                   error="the model timed out")  # fmt: skip
+    await add_call(db, "CA3", old, agent="car-service", seconds=50, first_ms=[300.0])
+    await add_call(db, "CA4", now, seconds=200, first_ms=[900.0], error="internal error: boom")
+    async with db.session() as session, session.begin():
+        session.add(Ticket(agent="piano-removals", name="A", phone="+61412000111", reason="x",
+                           status="open", created_at=old))  # fmt: skip
+        for qid, status in (("Q1", "booked"), ("Q2", "quoted"), ("Q3", "quoted"), ("Q4", "quoted")):
+            session.add(Quote(id=qid, agent="piano-removals", inputs={}, breakdown=[],
+                              total_cents=1, currency="AUD", status=status, created_at=old))  # fmt: skip
+
+    agents = ["car-service", "piano-removals"]
+    figures = await queries.analytics(db, agent="", days=7, agents=agents)
+    assert (figures.calls, figures.transferred, figures.answered) == (4, 1, 4)
+    assert (figures.messages, figures.quotes, figures.quotes_booked) == (1, 4, 1)
+    assert figures.conversion == 0.25
+    assert (figures.apologies, figures.model_failures) == (2, 1)
+    assert figures.median_seconds == 50.0  # 30, 50, 90, 200 seconds: the lower middle
+    # 300, 400, 500, 700, 900 ms in 5 ms buckets, reported as the bucket's middle.
+    assert figures.first_word_p50 == 502.5
+    assert figures.first_word_p95 == 902.5
+    assert [n for _, n, _ in figures.per_day] == [0, 0, 3, 0, 0, 0, 1]
+
+    async with db.session() as session:
+        stored = (await session.execute(select(ConsoleDaily.agent, ConsoleDaily.day))).all()
+    # Settled days since the first call are stored (not today or yesterday), per agent.
+    settled = [old.date() + timedelta(days=n) for n in range(3)]
+    assert {(a, d) for a, d in stored} == {(a, d) for a in agents for d in settled}
+
+    piano = await queries.analytics(db, agent="piano-removals", days=7, agents=agents)
+    assert (piano.calls, piano.transferred) == (3, 1)
+
+    # A stored day is not computed again: changes behind its back do not show...
+    async with db.session() as session, session.begin():
+        await session.execute(Call.__table__.delete().where(Call.call_sid == "CA1"))
+    again = await queries.analytics(db, agent="", days=7, agents=agents)
+    assert again.calls == 4
+    # ...until it is recomputed (what the warm-up does for a missing day).
+    async with db.session() as session, session.begin():
+        await session.execute(ConsoleDaily.__table__.delete())
+    assert await rollup.warm(db, agents) == 6
+    assert (await queries.analytics(db, agent="", days=7, agents=agents)).calls == 3
+    async with db.session() as session:
+        assert await session.scalar(select(func.count()).select_from(ConsoleDaily)) == 6
+
+
+async def test_an_empty_database_computes_nothing(db: Database) -> None:
+    assert await rollup.warm(db, ["piano-removals"]) == 0
+    figures = await queries.analytics(db, agent="", days=91, agents=["piano-removals"])
+    assert figures.calls == 0 and figures.median_seconds is None
+    assert len(figures.per_day) == 91
+
+
+async def test_charts_are_labelled_svg() -> None:
+    svg = charts.bars([("2026-12-01", 3.0), ("2026-12-02", None)], title="Calls per day")
+    assert svg.startswith('<svg class="chart"') and 'aria-label="Calls per day"' in svg
+    assert "<title>2026-12-01: 3</title>" in svg and svg.count("<rect") == 1

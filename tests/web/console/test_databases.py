@@ -1,0 +1,105 @@
+"""The console's queries on SQLite and on PostgreSQL: the full-text words search, the caller
+search, live calls, analytics rollups, users and supervisor commands."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import pytest_asyncio
+
+from relay.storage import console as store
+from relay.storage.db import Database
+from relay.storage.models import Call, Event, Turn
+from relay.web.console import queries
+
+pytestmark = pytest.mark.asyncio
+
+
+@pytest_asyncio.fixture
+async def db(database_url: str) -> AsyncIterator[Database]:
+    database = Database(database_url)
+    await database.migrate()
+    yield database
+    await database.close()
+
+
+async def seed(db: Database) -> datetime:
+    now = datetime.now(UTC)
+    rows = [
+        ("CA1", "+61412000001", "I'd like a quote for my grand piano", now - timedelta(days=3), 60),
+        (
+            "CA2",
+            "+61412000002",
+            "Can you service my brakes on Tuesday?",
+            now - timedelta(days=2),
+            90,
+        ),
+        ("CA3", "+61398765432", "Is the upright piano insured?", now - timedelta(minutes=2), None),
+    ]
+    async with db.session() as session, session.begin():
+        for sid, number, said, started, seconds in rows:
+            session.add(Call(call_sid=sid, agent="piano-removals", from_number=number,
+                             started_at=started, status="completed" if seconds else "in-progress",
+                             ended_at=started + timedelta(seconds=seconds) if seconds else None,
+                             outcome="hung-up" if seconds else None, turns=2))  # fmt: skip
+            session.add(Turn(call_sid=sid, session_id="VX" + sid, seq=0, role="user", content=said,
+                             created_at=started))  # fmt: skip
+            session.add(Turn(call_sid=sid, session_id="VX" + sid, seq=1, role="assistant",
+                             content="Sure.", first_frame_ms=420.0, created_at=started))  # fmt: skip
+        session.add(Event(call_sid="CA3", session_id="VXCA3", seq=1, t=1.0, at=now,
+                          kind="tool_call", data={"name": "quote_piano_move"}))  # fmt: skip
+    # A turn updated later (as the recorder does while the reply streams) is found by its new words.
+    async with db.session() as session, session.begin():
+        turn = await session.get(Turn, 2)
+        assert turn is not None and turn.call_sid == "CA1"
+        turn.content = "Sure, a grand piano move from Kew to Geelong."
+    return now
+
+
+async def sids(db: Database, **filters: str) -> list[str]:
+    rows, _ = await queries.search_calls(db, queries.CallFilters(**filters))  # type: ignore[arg-type]
+    return [row.call_sid for row in rows]
+
+
+async def test_searches_live_calls_and_analytics(db: Database) -> None:
+    await seed(db)
+    assert await sids(db) == ["CA3", "CA2", "CA1"]
+    assert await sids(db, words="piano") == ["CA3", "CA1"]
+    assert await sids(db, words="grand piano") == ["CA1"]
+    assert await sids(db, words="Geelong") == ["CA1"]  # words of an updated turn
+    assert await sids(db, words="brakes") == ["CA2"]
+    assert await sids(db, words="zebra") == []
+    assert await sids(db, words='"quoted" OR piano') == []  # taken as a phrase, not a query
+    assert await sids(db, caller="0412 000 002") == ["CA2"]  # a whole number
+    assert await sids(db, caller="000") == ["CA2", "CA1"]  # part of one
+    assert await sids(db, outcome="in-progress") == ["CA3"]
+
+    live = await queries.live_calls(db)
+    assert [(c.call_sid, c.state) for c in live] == [("CA3", "running a tool")]
+
+    figures = await queries.analytics(db, agent="", days=7, agents=["piano-removals"])
+    assert (figures.calls, figures.answered) == (3, 3)
+    assert figures.median_seconds == 60.0
+    assert figures.first_word_p95 == 422.5
+
+
+async def test_users_and_commands(db: Database) -> None:
+    await store.add_user(db, "olive", "a long password", "owner")
+    assert await store.has_users(db)
+    assert await store.authenticate(db, "olive", "a long password") is not None
+    assert await store.authenticate(db, "olive", "wrong") is None
+    assert await store.authenticate(db, "nobody", "a long password") is None
+    await store.add_user(db, "olive", "another password", "editor")  # replaces
+    assert [(u.username, u.role) for u in await store.list_users(db)] == [("olive", "editor")]
+    secret = await store.shared_secret(db)
+    assert secret == await store.shared_secret(db) and len(secret) >= 32
+
+    first = await store.add_command(db, "CA9", "whisper", "hello", "olive")
+    await store.add_command(db, "CA9", "end", "", "olive")
+    taken = await store.take_commands(db, "CA9")
+    assert [(c.id, c.kind) for c in taken] == [(first, "whisper"), (first + 1, "end")]
+    assert await store.take_commands(db, "CA9") == []
+    assert await store.remove_user(db, "olive")
+    assert not await store.has_users(db)
