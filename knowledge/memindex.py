@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import re
 import threading
 import time
@@ -33,8 +34,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from knowledge.errors import EmbeddingError, KnowledgeTimeout
+from knowledge.errors import EmbeddingError, KnowledgeTimeout, UnknownCollection
 from knowledge.models import Hit
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -108,10 +111,35 @@ class MemoryIndex:
         self._lock = threading.Lock()
         self._build_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="knowledge-index")
+        self._closed = threading.Event()
+        self._watcher: threading.Thread | None = None
 
     def close(self) -> None:
-        """Stop the worker threads (after the running jobs)."""
+        """Stop the worker threads (after the running jobs) and the watcher."""
+        self._closed.set()
         self._pool.shutdown(wait=True)
+        watcher = self._watcher
+        if watcher is not None:
+            watcher.join(timeout=10)
+
+    def _watch(self) -> None:
+        """Every ``refresh_interval``: look for changes made elsewhere and rebuild what moved,
+        so that searches never wait for that check (one small SQLite read a second)."""
+        while not self._closed.wait(max(self.store.refresh_interval, 0.05)):
+            for collection in list(self._matrices):
+                try:
+                    self._fresh(collection)
+                except Exception as exc:  # the next search reports it; keep watching
+                    logger.info(
+                        "knowledge_index_check_failed collection=%s error=%r", collection, exc
+                    )
+
+    def _start_watcher(self) -> None:
+        if self._watcher is None and self.store.refresh_interval > 0 and not self._closed.is_set():
+            self._watcher = threading.Thread(
+                target=self._watch, name="knowledge-index-watch", daemon=True
+            )
+            self._watcher.start()
 
     # -- searching ---------------------------------------------------------------------------
 
@@ -130,15 +158,18 @@ class MemoryIndex:
     def search_now(
         self, collection: str, query: str, *, k: int = 4, min_score: float = 0.0
     ) -> list[Hit] | None:
-        """The hits if they can be had without blocking (query vector cached, matrix checked
-        within ``refresh_interval`` and unchanged by this process since); else None."""
+        """The hits if they can be had without blocking: the query vector cached, the matrix
+        unchanged by this process since it was built and checked for changes made elsewhere
+        by the watcher thread (every ``refresh_interval``) lately; else None."""
         key = query_key(query)
         if not key or k <= 0:
             return []
         matrix = self._matrices.get(collection)
+        interval = self.store.refresh_interval
         if (
             matrix is None
-            or time.monotonic() >= matrix.checked_at + self.store.refresh_interval
+            or interval <= 0  # "look on every search": the blocking path does
+            or time.monotonic() >= matrix.checked_at + 3 * interval  # the watcher fell behind
             or matrix.marker != self.store.changes(refresh=False)
         ):
             return None
@@ -300,7 +331,11 @@ class MemoryIndex:
             self._large[collection] = marker
             return None
         self._large.pop(collection, None)
-        marker, rows = self.store.snapshot(collection)
+        try:
+            marker, rows = self.store.snapshot(collection)
+        except UnknownCollection:
+            self._matrices.pop(collection, None)
+            raise
         dimensions = self.store.embedder.dimensions
         vectors = np.asarray([v for _, v in rows], dtype=np.float32).reshape(-1, dimensions)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
@@ -308,6 +343,7 @@ class MemoryIndex:
         matrix = _Matrix(marker, [hit for hit, _ in rows], vectors, time.monotonic())
         self._matrices[collection] = matrix
         self.rebuilds += 1
+        self._start_watcher()
         return matrix
 
 

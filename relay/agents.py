@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal, TypedDict
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import phonenumbers
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -31,6 +32,28 @@ from twilio.twiml.voice_response import Connect, ConversationRelay
 from relay.errors import AgentNotFound, ConfigError
 
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+
+
+def _phone_number(number: str) -> str:
+    """An agent's number, checked with libphonenumber and written in E.164.
+
+    ``"+61 3 9000 1234"`` becomes ``"+61390001234"``. The number must carry its country code and
+    be valid for that country, or at least a full-length possible one: numbers reserved for
+    fiction (``+1 555 …``) pass, so test profiles keep working."""
+    wrong = f"{number!r} is not an E.164 number like +61390001234"
+    try:
+        parsed = phonenumbers.parse(number, None)
+    except phonenumbers.NumberParseException as exc:
+        raise ValueError(wrong) from exc
+    # Valid per libphonenumber, or at least a full-length possible number (fictional +1 555 …).
+    possible = phonenumbers.is_possible_number(parsed) and len(str(parsed.national_number)) >= 7
+    if not (phonenumbers.is_valid_number(parsed) or possible):
+        raise ValueError(f"{wrong} (not a number of its country)")
+    formatted = str(phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164))
+    if not _E164.match(formatted):
+        raise ValueError(wrong)
+    return formatted
+
 
 # -- the <ConversationRelay> and <Language> attributes a profile may set (h4-protocol) -------
 #
@@ -538,13 +561,24 @@ class AgentProfile(BaseModel):
     still_there_line: str = "Are you still there?"
     silence_goodbye_line: str = "I'll let you go now. Please call back any time. Goodbye!"
 
+    # -- What the caller hears of the model's words (relay.call.speech, issue 15): a reply
+    # -- limit in words (ended at a sentence end; 0: none), the price guard (an amount is said
+    # -- only if this call's tool results or the business's documents produced it) and the
+    # -- booking guard (no "you're booked" unless a booking tool succeeded in this call).
+    max_reply_words: int = Field(default=60, ge=0)
+    price_guard: bool = True
+    booking_guard: bool = True
+    price_tool: str | None = None  # required on a re-ask; default: the first known price tool
+    price_bridge_line: str = "Let me work out the exact price for you."
+    booking_bridge_line: str = "Let me just confirm that booking."
+    guard_fallback_line: str = (
+        "I can't confirm that right now. Would you like me to take a message for the team?"
+    )
+
     @field_validator("numbers")
     @classmethod
     def _e164(cls, numbers: list[str]) -> list[str]:
-        for number in numbers:
-            if not _E164.match(number):
-                raise ValueError(f"{number!r} is not an E.164 number like +61390001234")
-        return numbers
+        return [_phone_number(number) for number in numbers]
 
     @field_validator("timezone")
     @classmethod
@@ -558,9 +592,7 @@ class AgentProfile(BaseModel):
     @field_validator("person_number")
     @classmethod
     def _person_e164(cls, number: str | None) -> str | None:
-        if number is not None and not _E164.match(number):
-            raise ValueError(f"{number!r} is not an E.164 number like +61390001234")
-        return number
+        return None if number is None else _phone_number(number)
 
     @field_validator("relay")
     @classmethod

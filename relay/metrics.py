@@ -93,6 +93,15 @@ APOLOGIES = Counter("relay_apologies", "Apologies spoken for a failed turn.", ["
 INTERRUPTS = Counter("relay_interrupts", "Caller barge-ins.", ["agent"])
 INVALID_FRAMES = Counter("relay_invalid_frames", "Inbound frames that did not parse.")
 RECORDER_FAILURES = Counter("relay_recorder_failures", "Recorder write attempts that failed.")
+RECORDER_PARKED = Counter(
+    "relay_recorder_parked", "Rows the database refused, kept in parked_records instead."
+)
+RECORDER_LOST = Counter(
+    "relay_recorder_lost", "Rows the database refused that could not be parked."
+)
+RECORDER_DROPPED = Counter(
+    "relay_recorder_dropped_events", "Events dropped because the recorder's backlog was full."
+)
 RECORDER_BACKLOG = Gauge(
     "relay_recorder_backlog", "Records waiting to be written.", multiprocess_mode="livesum"
 )

@@ -196,6 +196,24 @@ class Redactor:
         return sorted(found)
 
     def _numbers(self, text: str) -> list[tuple[int, int]]:
+        """Every number's span. The matcher takes a run of digit groups as one candidate
+        (``0412 345 678 555-555-0123``) and may find only part of it: look again with what
+        was found blanked out, until nothing new turns up."""
+        spans: list[tuple[int, int]] = []
+        for _ in range(4):
+            found = [
+                (start, end)
+                for start, end in self._numbers_once(text)
+                if all(end <= s or start >= e for s, e in spans)
+            ]
+            if not found:
+                break
+            spans.extend(found)
+            for start, end in found:
+                text = text[:start] + "|" * (end - start) + text[end:]
+        return spans
+
+    def _numbers_once(self, text: str) -> list[tuple[int, int]]:
         spans: list[tuple[int, int]] = []
         for leniency in (Leniency.VALID, Leniency.POSSIBLE):
             for match in PhoneNumberMatcher(text, self.region, leniency=leniency):

@@ -354,8 +354,8 @@ def start_relay(
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """A module's shared relay runs on each database its ``RELAY_DATABASES`` lists (default
     SQLite only): ``RELAY_DATABASES = ["sqlite", "postgres"]`` runs the module twice."""
-    if "relay_database" in metafunc.fixturenames:
-        databases = getattr(metafunc.module, "RELAY_DATABASES", ["sqlite"])
+    databases = getattr(metafunc.module, "RELAY_DATABASES", None)
+    if databases and "relay_database" in metafunc.fixturenames:
         metafunc.parametrize("relay_database", databases, indirect=True, scope="module")
 
 

@@ -466,3 +466,14 @@ def test_values_written_as_twiml_would_are_accepted(tmp_path: Path) -> None:
     assert agent.relay["speech_timeout"] == 1200
     assert agent.relay["eager_eot_threshold"] == "0.5"
     assert agent.relay["dtmf_detection"] is True
+
+
+def test_numbers_are_checked_with_libphonenumber_and_written_in_e164(tmp_path: Path) -> None:
+    extra = 'numbers = ["+61 3 9000 1234", "+1 (555) 000-0000"]\nperson_number = "+61 3 9000 1299"'
+    agent = load_profile(write(tmp_path, "spaced", extra=extra))
+    assert agent.numbers == ["+61390001234", "+15550000000"]
+    assert agent.person_number == "+61390001299"
+
+    for bad in ('"+61 3 9000"', '"0390001234"', '"+999 1234 5678"'):
+        with pytest.raises(ConfigError, match=r"is not an E\.164 number"):
+            load_profile(write(tmp_path, "bad", extra=f"numbers = [{bad}]"))

@@ -153,3 +153,8 @@ def test_logs_use_the_same_masker(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_a_number_at_the_end_of_a_sentence_is_masked() -> None:
     assert Redactor().text("Call 5555550123. Or 0412345678!") == "Call ********23. Or ********78!"
+
+
+def test_two_numbers_side_by_side_are_both_masked() -> None:
+    out = Redactor().text("I have 0412 345 678 555-555-0123, thanks.")
+    assert out == "I have **** *** *78 ***-***-**23, thanks."

@@ -30,6 +30,7 @@ from relay import metrics
 from relay.agents import AgentProfile
 from relay.call.ending import Silence, SilenceWatch, is_backchannel
 from relay.call.escalation import Escalation
+from relay.call.guards import BOOKING_TOOLS, Promises
 from relay.call.keypad import Keypad
 from relay.call.midcall import MidCall
 from relay.call.ports import (
@@ -40,6 +41,7 @@ from relay.call.ports import (
     Retrieved,
     Retriever,
 )
+from relay.call.reconnect import Reconnect
 from relay.call.transcript import Message, Transcript
 from relay.call.turn import Cancelled, Turn
 from relay.errors import ProtocolError
@@ -95,6 +97,7 @@ class CallSession:
         self.agent: AgentProfile = deps.agents.default
         self.setup: protocol.Setup | None = None
         self.transcript = Transcript(record=self._record_turn, now=deps.now)
+        self.promises = Promises()  # amounts and bookings this call's tools produced (issue 15)
         self._event_seq = 0
         self._requests = RequestLog()  # llm_request bodies: the first in full, then deltas
         self._pre_setup: list[tuple[float, str, dict[str, Any]]] = []
@@ -112,6 +115,7 @@ class CallSession:
         self.keypad = Keypad(self, deps.digit_pause)
         self.midcall = MidCall(deps.agents.default, self.send)  # mid-call config (h4)
         self.keypad.on_change = self.midcall.digits  # mid-call config (h4)
+        self.reconnect = Reconnect()  # application reconnect (h11)
         self.language: str | None = None
         self._tools: dict[str, Tool] = {}
         self._schemas: list[dict[str, Any]] = []
@@ -131,6 +135,7 @@ class CallSession:
         self.close_reason: str | None = None  # set by the socket layer (e.g. "idle")
         self._started = time.perf_counter()
         self._call_started: datetime | None = None  # when a resumed call first started
+        self._sessions_before = 0  # sessions the call had before this one (a reconnect)
 
     # == receive loop ======================================================================
 
@@ -139,6 +144,9 @@ class CallSession:
         self._writer = asyncio.create_task(self._write_loop(), name="relay-writer")
         try:
             async for raw in frames:
+                # application reconnect (h11): replayed frames with no setup first
+                if self.frames_in == 0 and await self.reconnect.adopt(self, raw):
+                    await self._start()
                 self._receive(raw)
                 if self.phase is Phase.WAITING_FOR_SETUP and self.setup is not None:
                     await self._start()
@@ -173,6 +181,8 @@ class CallSession:
             # Twilio sends setup first; anything else before it (or after the end) is noted only.
             if self.phase is Phase.WAITING_FOR_SETUP:
                 log.warning("frame_before_setup", type=frame.type)
+        elif self.reconnect.skip(self, frame):  # application reconnect (h11): a replay
+            return
         elif isinstance(frame, protocol.Prompt):
             self._on_prompt(frame, now)
         elif isinstance(frame, protocol.Interrupt):
@@ -221,6 +231,7 @@ class CallSession:
         self.midcall.use(self.agent, self.deps.services.get(self.agent.name))
         structlog.contextvars.bind_contextvars(call_sid=self.call_sid)
         self.phase = Phase.ACTIVE
+        previous = self.deps.live.get(self.call_sid)  # application reconnect (h11)
         self.deps.live[self.call_sid] = self
         for t, kind, data in self._pre_setup:
             self._event(kind, data, t)
@@ -234,24 +245,28 @@ class CallSession:
         self._tools = self.deps.tools.select(self.agent.tools, agent=self.agent.name)
         self._schemas = self.deps.tools.schemas(self._tools)
         self.silence = SilenceWatch(self.agent.silence_timeout, self._silence_fired)
+        await self.reconnect.before_history(self, previous)  # application reconnect (h11)
         resumed = await self._load_history()
         now = self.deps.now()
         self.deps.recorder.call(
             call_sid=self.call_sid, agent=self.agent.name, from_number=setup.from_,
             to_number=setup.to, direction=setup.direction, caller_name=setup.caller_name,
             status="in-progress", outcome=None, ended_at=None,
-            started_at=self._call_started or now,
+            started_at=self._call_started or now, sessions=self._sessions_before + 1,
         )  # fmt: skip
         self.deps.recorder.session(
             session_id=self.session_id, call_sid=self.call_sid, agent=self.agent.name,
             started_at=now, resumed=resumed,
         )  # fmt: skip
         greeting = setup.custom_parameters.get("greeting", self.agent.welcome_greeting)
+        if self.reconnect.active:  # application reconnect (h11): the same session goes on
+            greeting = ""
         if greeting:
             self.transcript.assistant(greeting)
             # Twilio says the greeting itself (the TwiML's welcomeGreeting).
             self.silence.agent_finished(self.deps.speech_seconds(greeting))
         metrics.call_started(self.agent.name)
+        self.reconnect.resumed(self)  # application reconnect (h11)
         log.info(
             "session_started", agent=self.agent.name, resumed=resumed, direction=setup.direction
         )
@@ -266,7 +281,12 @@ class CallSession:
         if call is None:
             return False
         self._call_started = call.started_at
+        self._sessions_before = call.sessions or 0
         self.transcript.load(turns)
+        self.promises.saw_history(m.content for m in self.transcript if m.role == "tool")
+        with contextlib.suppress(Exception):  # the guard then errs on the side of caution
+            done = await repository.tools_done(self.deps.db, self.call_sid)
+            self.promises.booked = self.promises.booked or bool(done & set(BOOKING_TOOLS))
         return True
 
     # == prompts and turns =================================================================
@@ -307,6 +327,13 @@ class CallSession:
         message = self.transcript.user(text, lang=lang, prompt_received_at=received)
         turn = Turn(self, message.seq, received)
         turn.start(previous)
+        self._turn = turn
+
+    def answer_again(self, seq: int) -> None:
+        """Answer the stored user message ``seq`` again (a reply a dropped socket cut off)."""
+        self.stop_turn()
+        turn = Turn(self, seq, time.perf_counter())
+        turn.start(self._turn)
         self._turn = turn
 
     def stop_turn(self) -> None:
@@ -366,22 +393,27 @@ class CallSession:
         customer: Mapping[str, Any] | None,
         leave_out: Message | None = None,
     ) -> list[dict[str, Any]]:
-        system = self.agent.system_prompt
-        now = self.deps.now()
-        context = [f"Current date and time: {_local_time(now, self.agent.timezone)}."]
+        # Cache-friendly (issue 15): what never changes within the call comes first, byte for
+        # byte the same every turn (the system prompt and the call's fixed facts), then the
+        # history, and last one system message with what changes every turn (the time at a
+        # coarse resolution, the language, the passages retrieved for the latest words). A
+        # server's prompt cache (OpenAI, vLLM, llama.cpp) reuses all but that last message.
+        facts: list[str] = []
         if self.caller:
             who = "Number called (an outbound call)" if self.outbound else "Caller ID"
-            context.append(f"{who}: {self.caller}.")
+            facts.append(f"{who}: {self.caller}.")
         if customer:
-            context.append("Known caller: " + orjson.dumps(customer, default=str).decode())
-        if self.language:
-            context.append(f"The call is now in {self.language}; reply in that language.")
-        messages: list[dict[str, Any]] = [
-            {"role": "system", "content": system + "\n\n" + " ".join(context)}
-        ]
-        if retrieved is not None and retrieved.message:
-            messages.append({"role": "system", "content": retrieved.message})
+            facts.append("Known caller: " + orjson.dumps(customer, default=str).decode())
+        system = self.agent.system_prompt + ("\n\n" + " ".join(facts) if facts else "")
+        messages: list[dict[str, Any]] = [{"role": "system", "content": system}]
         messages.extend(self.transcript.openai(leave_out))
+        now = _local_time(self.deps.now(), self.agent.timezone)
+        latest = [f"Current date and time: {now}."]
+        if self.language:
+            latest.append(f"The call is now in {self.language}; reply in that language.")
+        if retrieved is not None and retrieved.message:
+            latest.append(retrieved.message)
+        messages.append({"role": "system", "content": "\n\n".join(latest)})
         return messages
 
     async def act(self, turn: Turn, action: SessionAction) -> None:
@@ -572,7 +604,8 @@ class CallSession:
         self, frame: protocol.OutboundFrame, *, on_sent: Callable[[float], None] | None = None
     ) -> None:
         if self._end_sent or self.phase is Phase.CLOSED:
-            log.warning("send_after_end_dropped", type=frame.type)
+            if not self.reconnect.finishing:  # application reconnect (h11)
+                log.warning("send_after_end_dropped", type=frame.type)
             return
         frame = self.midcall.outbound(frame)  # mid-call config (h4)
         if isinstance(frame, protocol.Text):
@@ -624,6 +657,11 @@ class CallSession:
         self.keypad.cancel_timer()
         self.silence.disarm()
         turn = self._turn
+        # application reconnect (h11): a dropped socket's turn finishes, stored for the next one
+        dropped = self.reconnect.dropped(self, was is Phase.ACTIVE)
+        if dropped and turn is not None and (turn.running or turn.talking):
+            complete = turn.task is not None and await self.reconnect.finish_turn(self, turn.task)
+            self.reconnect.mark_cut_off(self, turn.seq, complete)
         pending: list[asyncio.Task[Any]] = [*self._side_tasks]
         if turn is not None and turn.running:
             assert turn.task is not None
@@ -662,7 +700,8 @@ class CallSession:
             "session_end",
             {"close_code": self.close_code, "outcome": outcome, "interrupts": self.interrupts,
              "backchannel_interrupts": self.backchannel_interrupts,
-             "llm_failures": dict(self.escalation.state.failures), "close_reason": self.close_reason},
+             "llm_failures": dict(self.escalation.state.failures), "close_reason": self.close_reason,
+             "guards": self.promises.summary()},
         )  # fmt: skip
         self.deps.recorder.update_session(
             self.session_id,
@@ -675,6 +714,8 @@ class CallSession:
         if live is self or live is None:
             self.deps.live.pop(self.call_sid, None)
             status = "ended" if self._end_sent else "completed"
+            if dropped:  # application reconnect (h11): Twilio may open a new socket
+                status = "reconnecting"
             self.deps.recorder.update_call(
                 self.call_sid,
                 status=status,
@@ -686,6 +727,7 @@ class CallSession:
             # A newer socket serves this call now (a reconnect): its record is not ours to end.
             log.info("late_close_left_live_call_alone", outcome=outcome)
         await self.deps.recorder.flush()
+        self.reconnect.closed.set()  # application reconnect (h11)
         log.info(
             "call_session_closed", agent=self.agent.name, outcome=outcome,
             frames_in=self.frames_in, frames_out=self.frames_out, invalid_frames=self.invalid_frames,
@@ -697,5 +739,9 @@ class CallSession:
 
 
 def _local_time(now: datetime, zone: str) -> str:
+    """The day and the hour ("Wednesday 11 March 2026, after 2 PM AEDT"): coarse, so the
+    request's last message changes no more than it must."""
     # The profile's zone was checked when it was loaded; ZoneInfo caches instances.
-    return now.astimezone(ZoneInfo(zone)).strftime("%A %d %B %Y, %I:%M %p %Z")
+    local = now.astimezone(ZoneInfo(zone))
+    hour = local.hour % 12 or 12
+    return f"{local:%A} {local.day} {local:%B %Y}, after {hour} {local:%p %Z}"

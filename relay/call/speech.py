@@ -222,6 +222,7 @@ class Speech:
         self._in_code = False
         self._skip_break = False
         self._words = 0
+        self._heading = False  # the line being said is a heading: it ends as a sentence
         self._stopped: str | None = None
         self.blocked: list[str] = []  # what the guards kept from the caller
 
@@ -299,6 +300,7 @@ class Speech:
                 if self._pending_break:
                     self._pending_break = False
                     prefix = self._break_punctuation(list_item=not _HEADING.match(raw))
+                self._heading = bool(_HEADING.match(raw))
                 return self._emit_prefix(prefix)
             raw = raw.lstrip("#>")
             if self._pending_break:
@@ -337,9 +339,10 @@ class Speech:
             self._said[-1] += mark.strip()
 
     def _break_punctuation(self, *, list_item: bool) -> str:
+        heading, self._heading = self._heading, False
         if not self._said or _SENTENCE_END.search(self._said[-1]) or self._said[-1][-1] in ",;:":
             return ""
-        if list_item:
+        if list_item and not heading:
             return ","
         self._sentence = []
         return "."

@@ -4,7 +4,7 @@ A turn runs as its own task: retrieval, then rounds of model streaming and tool 
 token sent to the caller as it arrives. An interrupt, a newer prompt or a closed socket cancels
 it. The caller is never left in silence: a filler line when no token has come for a while, a
 budget after which a stalled model gets the apology (or, after two failures in a row, the offer
-of a person, see :mod:`relay.call.trouble`).
+of a person, see :mod:`relay.call.escalation`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ import structlog
 
 from relay import metrics
 from relay.agents import AgentProfile
+from relay.call.guards import Promises, booking_tool, price_tool
 from relay.call.ports import CallDependencies, Retrieved
+from relay.call.speech import Speech
 from relay.call.transcript import Message, ToolCallItem, Transcript
 from relay.call.trouble import failure_kind
 from relay.errors import LLMError, ToolError
@@ -65,6 +67,7 @@ class TurnHost(Protocol):
 
     deps: CallDependencies
     transcript: Transcript
+    promises: Promises
 
     @property
     def agent(self) -> AgentProfile: ...
@@ -101,7 +104,6 @@ class Turn:
         self.talking = False  # a talk cycle is open (text sent without last:true)
         self.summarised = False  # the turn's rows and summary line have been written
         self.cancelled: Cancelled | None = None
-        self.tool_running = False
         self.messages: list[Message] = []  # the assistant messages of this turn
         self.timings: dict[str, float] = {"prompt_received_at": received}
         self.retrieved: Retrieved | None = None
@@ -110,6 +112,11 @@ class Turn:
         self._waited = False  # a filler line was said while waiting for the model
         self._answers: list[Message] = []  # the tool messages of the current round's calls
         self._filler: asyncio.TimerHandle | None = None  # the wait filler, while armed
+        self._speech: Speech | None = None  # the speech filter of the current round
+        self._said_tail = ""  # the end of the last words sent (a new round may need a space)
+        self._round_fresh = False  # nothing of the current round has been sent yet
+        self._reasked = False  # a guard has asked the model again in this turn (once at most)
+        self._guard_note: str | None = None  # for the re-ask: why, added to the request's end
 
     @property
     def running(self) -> bool:
@@ -179,10 +186,23 @@ class Turn:
                     )
             tools = host.tools
             rounds = host.deps.max_tool_rounds
-            for round_ in range(1, rounds + 1):
-                final = round_ == rounds
+            choice: str | dict[str, Any] | None = None
+            round_ = 0
+            while round_ < rounds:
+                round_ += 1
+                # The last round may not call tools; the schemas are still sent, unchanged, so
+                # the request's prefix stays what a prompt cache has seen.
+                if round_ == rounds and choice is None:
+                    choice = "none"
                 started = self.timings["prompt_received_at"] if round_ == 1 else None
-                done = await self._llm_round(customer, {} if final else tools, started)
+                done, stop = await self._llm_round(customer, tools, started, choice)
+                choice = None
+                if stop in ("price", "booking"):
+                    again, choice = self._guard_tripped(stop)
+                    if not again:
+                        break
+                    rounds += 1  # the re-ask is a round of its own
+                    continue
                 if not done.tool_calls:
                     break
                 action = await self._run_tools(done.tool_calls, tools, customer)
@@ -217,8 +237,15 @@ class Turn:
     # -- one model round -----------------------------------------------------------------------
 
     async def _llm_round(
-        self, customer: Mapping[str, Any] | None, tools: Mapping[str, Tool], started: float | None
-    ) -> Done:
+        self,
+        customer: Mapping[str, Any] | None,
+        tools: Mapping[str, Tool],
+        started: float | None,
+        choice: str | dict[str, Any] | None = None,
+    ) -> tuple[Done, str | None]:
+        """One request and its streamed reply, every word through the speech filter; returns
+        the end of the stream and why the filter stopped it (None, "limit", "price",
+        "booking")."""
         host, agent = self.host, self.host.agent
         loop = asyncio.get_running_loop()
         now = time.perf_counter()
@@ -232,35 +259,64 @@ class Turn:
         # A filler said while the turn was getting ready is the caller's, not the model's: the
         # reply continues it, but the request does not show it to the model.
         request = host.request(tools, self.retrieved, customer, budget_ends, self._reply)
+        request = _adjusted(request, choice, self._guard_note)
+        self._guard_note = None
         self.timings.setdefault("llm_request_at", now)
         host.record_request(request, now)
         pieces: list[str] = []
         done: Done | None = None
+        stop: str | None = None
+        # What the caller hears (and the history keeps) is the model's words made speech, with
+        # the length, price and booking guards (relay.call.speech).
+        self._round_fresh = True
+        speech = self._speech = host.promises.speech(
+            agent, self.retrieved.message if self.retrieved is not None else ""
+        )
         if started is None:
             self._arm_filler(now)  # a later round: its own wait (armed only if nothing was said)
+        stream = host.deps.llm.stream(request)
         try:
             async with asyncio.timeout_at(loop.time() + budget_ends - now) as scope:
-                async for event in host.deps.llm.stream(request):
+                async for event in stream:
                     if isinstance(event, TextDelta):
                         self._disarm_filler()
-                        self._stream_text(event.text, bool(pieces))
+                        if not pieces:
+                            self.timings.setdefault("first_token_at", time.perf_counter())
                         pieces.append(event.text)
                         scope.reschedule(loop.time() + stall)
+                        emit = speech.feed(event.text)
+                        self._stream_text(emit.text)
+                        if emit.stop:
+                            stop = emit.stop
+                            break  # stop consuming: the stream is closed below
                     else:
                         done = event
+                if stop is None:
+                    emit = speech.close()  # the stream ended: the word held back, if it may be
+                    self._stream_text(emit.text)
+                    stop = emit.stop
         except TimeoutError as exc:
             seconds = stall if pieces else budget_ends - now
             raise TurnBudgetExceeded(seconds, started=bool(pieces)) from exc
         finally:
-            self._disarm_filler()
+            aclose = getattr(stream, "aclose", None)
+            if stop is not None and aclose is not None:
+                await aclose()  # the filter stopped the reply: close the stream now
+            # The wait filler stays armed through the tools and the next round: the caller
+            # hears something within llm_filler_after of the prompt, whatever is slow.
             self.timings["last_token_at"] = time.perf_counter()
             host.event(
                 "llm_response",
                 {"pieces": pieces, "tool_calls": [dataclasses.asdict(tc) for tc in done.tool_calls] if done else [],
                  "finish_reason": done.finish_reason if done else None, "attempts": done.attempts if done else None,
                  "complete": done is not None, "model": request.model,
-                 "usage": done.usage.as_dict() if done and done.usage else None},
+                 "usage": done.usage.as_dict() if done and done.usage else None}
+                | ({"stop": stop, "heard": speech.text} if stop else {}),
             )  # fmt: skip
+        if stop is not None and done is None:
+            done = Done(finish_reason=stop)  # the filter stopped the reply: its end is ours
+        elif stop in ("price", "booking") and done is not None and done.tool_calls:
+            done = dataclasses.replace(done, tool_calls=())  # the re-ask decides what to call
         if done is None:
             raise LLMError("the model's stream ended without finishing", kind="stream-broken")
         metrics.model_replied(
@@ -274,16 +330,22 @@ class Turn:
                 self._reply = into
         elif self._reply is not None:
             host.deps.recorder.turn(**self._reply.row)
-        return done
+        return done, stop
 
-    def _stream_text(self, text: str, more: bool) -> None:
+    def _stream_text(self, text: str) -> None:
+        """Send words the speech filter let through; the history keeps exactly them."""
+        if not text:
+            return
         host = self.host
-        if not more:
-            self.timings.setdefault("first_token_at", time.perf_counter())
+        if self._round_fresh:
+            self._round_fresh = False
+            if self.talking and self._said_tail and not self._said_tail.isspace():
+                text = " " + text  # after words of an earlier round, or a bridge line
+        self._said_tail = text[-1:]
         if self._reply is None:
             self._reply = host.transcript.assistant("")
             self.messages.append(self._reply)
-        if not more:
+        if "first_frame_at" not in self.timings:
             host.send(protocol.Text(token=text), on_sent=self._first_frame)
         else:
             host.send(protocol.Text(token=text))
@@ -292,6 +354,63 @@ class Turn:
         reply = self._reply
         reply.set_content(reply.content + text)
         reply.row["spoken_text"] = reply.content
+
+    # -- the guards (issue 15) ---------------------------------------------------------------
+
+    def _guard_tripped(self, stop: str) -> tuple[bool, str | dict[str, Any] | None]:
+        """The speech filter kept an unpriced amount (``"price"``) or an unconfirmed booking
+        (``"booking"``) from the caller. The first time in a turn: a short bridge line, then the
+        model is asked again with the tool that can settle it required; after that: a safe
+        line. Returns (ask again?, the re-ask's ``tool_choice``)."""
+        host, agent = self.host, self.host.agent
+        blocked = self._speech.blocked[-1] if self._speech and self._speech.blocked else ""
+        host.promises.trips[stop] += 1
+        tool = price_tool(agent) if stop == "price" else booking_tool(agent)
+        again = not self._reasked
+        host.event(
+            f"{stop}_guard",
+            {"blocked": blocked, "action": "re-ask" if again else "fallback",
+             "tool": tool if again else None},
+        )  # fmt: skip
+        log.info("guard_tripped", guard=stop, blocked=blocked, again=again)
+        if not again:
+            self._say_line(agent.guard_fallback_line, preemptible=False)
+            return False, None
+        self._reasked = True
+        self._say_line(
+            agent.price_bridge_line if stop == "price" else agent.booking_bridge_line,
+            preemptible=True,
+        )
+        if stop == "price":
+            self._guard_note = (
+                "Say no amount of money that no tool result in this call gave. "
+                + (f"Call {tool} now to work out the exact price." if tool else
+                   "No tool can price this: offer to have the team call back with a price.")
+            )  # fmt: skip
+        else:
+            self._guard_note = (
+                "Nothing is booked yet: no booking tool has succeeded in this call. "
+                + (f"Call {tool} now (confirmed=true only if the caller clearly said yes to "
+                   "your read-back; otherwise read it back and ask)." if tool else
+                   "Do not say it is booked; offer to take a message.")
+            )  # fmt: skip
+        choice = {"type": "function", "function": {"name": tool}} if tool else None
+        return True, choice
+
+    def _say_line(self, line: str, *, preemptible: bool) -> None:
+        """Say a line of relay's own within the turn; the history keeps it with the reply."""
+        host = self.host
+        text = (" " if self.talking else "") + line
+        host.send(protocol.Text(token=text, preemptible=preemptible))
+        self._said_tail = text[-1:]
+        self.talking = True
+        self._heard = True
+        last = host.transcript.last
+        if self._reply is not None and last is self._reply and not last.tool_calls:
+            host.transcript.say(self._reply, text)
+        else:
+            self._reply = host.transcript.assistant(line)
+            self.messages.append(self._reply)
 
     def _arm_filler(self, since: float) -> None:
         after = self.host.agent.llm_filler_after
@@ -314,8 +433,11 @@ class Turn:
         self.host.send(protocol.Text(token=line, preemptible=True))
         self.talking = True
         self._waited = True
-        self._reply = self.host.transcript.assistant(line)
-        self.messages.append(self._reply)
+        if self._reply is not None:  # tools are running: the line goes with their calls
+            self.host.transcript.say(self._reply, line)
+        else:
+            self._reply = self.host.transcript.assistant(line)
+            self.messages.append(self._reply)
         self.host.event("filler", {"reason": "waiting-for-model", "line": line})
 
     def _first_frame(self, at: float) -> None:
@@ -344,48 +466,45 @@ class Turn:
         answers = self._answers
         action: SessionAction | None = None
         filler_sent = self._waited  # one filler line per wait is enough
-        self.tool_running = True
-        try:
-            for call, answer in zip(calls, answers, strict=True):
-                assert answer.tool_call_id == call.id
-                started = time.perf_counter()
-                host.event(
-                    "tool_call", {"id": call.id, "name": call.name, "arguments": call.arguments}
-                )
-                task = asyncio.create_task(
-                    self.call_tool(call, tools, customer), name=f"relay-tool-{call.name}"
-                )
-                try:
-                    if not filler_sent:
-                        finished, _ = await asyncio.wait({task}, timeout=host.deps.filler_after)
-                        if not finished:
-                            filler_sent = True
-                            self._tool_filler()
-                    result = await task
-                except asyncio.CancelledError:
-                    task.cancel()
-                    raise
-                elapsed = (time.perf_counter() - started) * 1000
-                metrics.observe_tool(call.name, elapsed / 1000)
-                host.event(
-                    "tool_result",
-                    {"id": call.id, "name": call.name, "content": result.content,
-                     "data": result.data, "elapsed_ms": round(elapsed, 2)},
-                )  # fmt: skip
-                log.info(
-                    "tool_completed",
-                    tool=call.name,
-                    elapsed_ms=round(elapsed, 1),
-                    error=bool(result.data and "error" in result.data),
-                )
-                host.transcript.answer(answer, result.content)
-                if result.action is not None and action is None:
-                    action = result.action
-        finally:
-            self.tool_running = False
+        for call, answer in zip(calls, answers, strict=True):
+            assert answer.tool_call_id == call.id
+            started = time.perf_counter()
+            host.event("tool_call", {"id": call.id, "name": call.name, "arguments": call.arguments})
+            task = asyncio.create_task(
+                self.call_tool(call, tools, customer), name=f"relay-tool-{call.name}"
+            )
+            try:
+                if not filler_sent:
+                    finished, _ = await asyncio.wait({task}, timeout=host.deps.filler_after)
+                    if not finished:
+                        filler_sent = True
+                        self._tool_filler()
+                result = await task
+            except asyncio.CancelledError:
+                task.cancel()
+                raise
+            elapsed = (time.perf_counter() - started) * 1000
+            metrics.observe_tool(call.name, elapsed / 1000)
+            host.event(
+                "tool_result",
+                {"id": call.id, "name": call.name, "content": result.content,
+                 "data": result.data, "elapsed_ms": round(elapsed, 2)},
+            )  # fmt: skip
+            log.info(
+                "tool_completed",
+                tool=call.name,
+                elapsed_ms=round(elapsed, 1),
+                error=bool(result.data and "error" in result.data),
+            )
+            host.transcript.answer(answer, result.content)
+            host.promises.saw_result(result.content, result.data)
+            if result.action is not None and action is None:
+                action = result.action
         return action
 
     def _tool_filler(self) -> None:
+        if self._waited:
+            return  # a filler line was already said while waiting
         line = _filler(self.host.agent, self.seq) + " "
         self.host.send(protocol.Text(token=line, preemptible=True))
         self.talking = True
@@ -500,6 +619,24 @@ def _limits(host: TurnHost) -> tuple[float, float]:
         budget = max(budget, limits.first_token or 0.0)
         stall = max(stall, limits.read or 0.0)
     return budget, stall
+
+
+def _adjusted(
+    request: ChatRequest, choice: str | dict[str, Any] | None, note: str | None
+) -> ChatRequest:
+    """``request`` with a ``tool_choice`` and a guard's note added to its last (per-turn)
+    system message: the rest of the request, a prompt cache's prefix, is left as it is."""
+    if choice is not None and request.tools:
+        request = dataclasses.replace(request, tool_choice=choice)
+    if note:
+        messages = list(request.messages)
+        last = messages[-1] if messages else None
+        if last is not None and last.get("role") == "system":
+            messages[-1] = {**last, "content": f"{last['content']}\n\n{note}"}
+        else:
+            messages.append({"role": "system", "content": note})
+        request = dataclasses.replace(request, messages=messages)
+    return request
 
 
 def _filler(agent: AgentProfile, seq: int) -> str:

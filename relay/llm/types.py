@@ -71,6 +71,9 @@ class ChatRequest:
     timeouts: Timeouts | None = None
     deadline: float | None = None
     include_usage: bool = True
+    #: "auto" (the default, not sent), "none", "required" or {"type": "function", "function":
+    #: {"name": ...}} (a guard's re-ask requires the quote tool, issue 15).
+    tool_choice: str | dict[str, Any] | None = None
 
     def body(self) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.model, "messages": self.messages, "stream": True}
@@ -78,6 +81,8 @@ class ChatRequest:
             body["stream_options"] = {"include_usage": True}
         if self.tools:
             body["tools"] = self.tools
+            if self.tool_choice is not None:
+                body["tool_choice"] = self.tool_choice
         if self.temperature is not None:
             body["temperature"] = self.temperature
         if self.max_tokens is not None:

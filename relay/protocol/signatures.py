@@ -1,24 +1,82 @@
 """Twilio request signatures on the webhooks and on the WebSocket upgrade.
 
-Both are checked with the twilio package's ``RequestValidator`` against the *public* URL that
-Twilio called (``RELAY_PUBLIC_URL``), because behind a proxy the URL we see is internal. The
-upgrade is signed over the ``wss://`` URL exactly as written in TwiML, with no parameters.
+Both are checked against the *public* URL that Twilio called (``RELAY_PUBLIC_URL``), because
+behind a proxy the URL we see is internal. The upgrade is signed over the ``wss://`` URL exactly
+as written in TwiML, with no parameters.
+
+:class:`FastValidator` computes exactly what the twilio package's ``RequestValidator.validate``
+does for a form or an empty body (HMAC-SHA1 of the URL, with and without its port, followed by
+the sorted parameters; tests compare the two on generated requests), about ten times cheaper: the
+key is set up once, the URL variants are cached, the parameters are joined once. A flood of
+forged webhooks then costs the live calls far less CPU. A malformed URL or signature is a
+failed check, never an exception.
 """
 
 from __future__ import annotations
 
+import base64
+import functools
+import hashlib
+import hmac
 from collections.abc import Mapping
-from urllib.parse import urlsplit
+from typing import Any
+from urllib.parse import urlparse, urlsplit
 
 from starlette.datastructures import URL, FormData, Headers
-from twilio.request_validator import RequestValidator
+from twilio.request_validator import add_port, remove_port
+
+
+class FastValidator:
+    """``RequestValidator.validate`` for form (or empty) bodies, computed once per request."""
+
+    def __init__(self, auth_token: str) -> None:
+        self._mac = hmac.new(auth_token.encode("utf-8"), digestmod=hashlib.sha1)
+
+    def compute_signature(self, uri: str, params: Mapping[str, Any] | None) -> str:
+        """The signature Twilio sends for ``uri`` (exactly as given) and ``params``."""
+        mac = self._mac.copy()
+        mac.update((uri + _joined(params)).encode("utf-8"))
+        return base64.b64encode(mac.digest()).decode("ascii")
+
+    def validate(self, uri: str, params: Mapping[str, Any] | None, signature: str) -> bool:
+        try:
+            variants = _variants(uri)
+            joined = _joined(params)
+            expected = signature.encode("utf-8")
+            valid = False
+            for variant in variants:
+                mac = self._mac.copy()
+                mac.update((variant + joined).encode("utf-8"))
+                valid |= hmac.compare_digest(base64.b64encode(mac.digest()), expected)
+            return valid
+        except (ValueError, TypeError, UnicodeError):  # a bad port, a file, lone surrogates
+            return False
+
+
+@functools.lru_cache(maxsize=1024)
+def _variants(uri: str) -> tuple[str, str]:
+    """The URL without and with its port, as twilio's validator writes them."""
+    parsed = urlparse(uri)
+    return remove_port(parsed), add_port(parsed)
+
+
+def _joined(params: Mapping[str, Any] | None) -> str:
+    """``name + value`` for each distinct name and value, both sorted (twilio's order)."""
+    if not params:
+        return ""
+    multi_items = getattr(params, "multi_items", None)  # Starlette's FormData: one pass
+    pairs = multi_items() if multi_items is not None else params.items()
+    for _, value in pairs:
+        if not isinstance(value, str):
+            raise TypeError("a non-text form field")
+    return "".join(name + value for name, value in sorted(set(pairs)))
 
 
 class SignatureChecker:
     """Validates ``X-Twilio-Signature``; with no auth token every request passes."""
 
     def __init__(self, auth_token: str | None, *, public_url: str | None) -> None:
-        self._validator = RequestValidator(auth_token) if auth_token else None
+        self._validator = FastValidator(auth_token) if auth_token else None
         self._public = urlsplit(public_url) if public_url else None
 
     @property

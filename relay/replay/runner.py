@@ -117,7 +117,9 @@ async def replay(
 ) -> Report:
     """Replay one recording and compare. ``settings`` configures the in-process app."""
     started = time.perf_counter()
-    masker = Masker([*recording.ignore, *options.ignore])
+    masker = Masker(
+        [*recording.ignore, *options.ignore], redacted=bool(recording.header.get("redacted"))
+    )
     name = (
         Path(recording.source).name if recording.source.endswith(".jsonl") else recording.call_sid
     )

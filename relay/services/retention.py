@@ -1,17 +1,19 @@
 """Retention and privacy: how long call records stay, and deleting one call on request.
 
-* :func:`purge` deletes transcripts (``turns``), events (every frame, and the model request and
-  response bodies, which are events) and parked recorder rows older than a number of days, and
-  clears the handoff
-  summary of the calls they belong to. The ``calls`` and ``sessions`` rows stay: they are the
-  aggregates (agent, outcome, times, turn counts) that reports are built from.
+* :func:`purge` deletes, for calls older than a number of days, the transcripts (``turns``),
+  events (every frame, and the model request and response bodies, which are events), parked
+  recorder rows and sent webhook documents, and clears the handoff summary and the post-call
+  summary and fields. The ``calls``, ``sessions`` and ``call_analyses`` rows stay: they are the
+  aggregates (agent, outcomes, times, turn counts, usage, cost) that reports are built from.
 * :func:`mask_numbers` replaces the phone numbers of calls older than a number of days with a
   masked form that keeps the country and area prefix (``+614xxxxxxxx``), in the call row and in
-  whatever of its transcript and events is still stored; the caller's name is cleared.
-* :func:`delete_call` removes everything recorded about one call (a caller's request):
-  the call, its sessions, turns, events, parked recorder rows and tool idempotency records. Business records made
-  during the call (bookings, quotes, messages, tickets) are the business's own and stay; the
-  report counts them so the operator can act on them too.
+  whatever of its transcript, events and post-call documents is still stored; the caller's
+  name is cleared.
+* :func:`delete_call` removes everything recorded about one call (a caller's request): the
+  call, its sessions, turns, events, parked recorder rows, tool idempotency records, post-call
+  analysis and webhook documents. Business records made during the call (bookings, quotes,
+  messages, tickets, e-mails) are the business's own and stay; the report counts them so the
+  operator can act on them too.
 
 The server runs :func:`run_daily` once a day when ``RELAY_RETENTION_DAYS`` or
 ``RELAY_MASK_NUMBERS_AFTER_DAYS`` is set; ``relay sessions purge`` and ``relay sessions
@@ -42,6 +44,7 @@ from relay.storage.models import (
     Ticket,
     Turn,
 )
+from relay.storage.outcomes import CallAnalysis, Email, WebhookDelivery
 
 log = structlog.get_logger("relay.services.retention")
 
@@ -57,7 +60,8 @@ class Report:
     rows: dict[str, int] = field(default_factory=dict)
 
     def add(self, table: str, count: int | None) -> None:
-        self.rows[table] = self.rows.get(table, 0) + (count or 0)
+        if count:
+            self.rows[table] = self.rows.get(table, 0) + count
 
     @property
     def total(self) -> int:
@@ -93,6 +97,24 @@ async def purge(db: Database, *, older_than_days: float, now: datetime | None = 
             .values(handoff_data=None)
         )
         report.add("calls", result.rowcount)
+        # After the call (relay.storage.outcomes): the analysis keeps its outcomes, usage and
+        # cost (aggregates) but loses the summary and fields (about the caller); the webhook
+        # documents already sent (or given up on) go.
+        result = await conn.execute(
+            update(CallAnalysis)
+            .where(
+                CallAnalysis.call_sid.in_(old_calls),
+                or_(CallAnalysis.summary.is_not(None), cast(CallAnalysis.fields, Text) != "{}"),
+            )
+            .values(summary=None, fields={})
+        )
+        report.add("call_analyses", result.rowcount)
+        result = await conn.execute(
+            delete(WebhookDelivery).where(
+                WebhookDelivery.created_at < cutoff, WebhookDelivery.status != "pending"
+            )
+        )
+        report.add("webhook_outbox", result.rowcount)
     log.info("retention_purged", older_than_days=older_than_days, **report.rows)
     return report
 
@@ -123,18 +145,20 @@ async def mask_numbers(
             numbers = {n for n in numbers if len(n) > KEEP}
             if not numbers:
                 continue
-            as_text = cast(Event.data, Text)
-            for model, column, value in (
-                (Turn, Turn.content, None),
-                (Event, as_text, "data"),
-                (ParkedRecord, ParkedRecord.record, None),
-            ):
+            texts: list[tuple[Any, Any, str, bool]] = [  # model, text, column, JSON?
+                (Turn, Turn.content, "content", False),
+                (Event, cast(Event.data, Text), "data", True),
+                (ParkedRecord, ParkedRecord.record, "record", False),
+                (CallAnalysis, CallAnalysis.summary, "summary", False),
+                (CallAnalysis, cast(CallAnalysis.fields, Text), "fields", True),
+                (WebhookDelivery, WebhookDelivery.body, "body", False),
+            ]
+            for model, column, name, is_json in texts:
                 changed = _replaced(column, numbers)
-                name = value or column.key
                 result = await conn.execute(
                     update(model)
                     .where(model.call_sid == call_sid, or_(*[column.contains(n) for n in numbers]))
-                    .values({name: _json(db, changed) if model is Event else changed})
+                    .values({name: _json(db, changed) if is_json else changed})
                 )
                 report.add(model.__tablename__, result.rowcount)
     if report.total:
@@ -160,10 +184,13 @@ async def delete_call(db: Database, call_sid: str) -> Report:
     business records made during the call, which are not deleted."""
     report = Report()
     async with db.engine.begin() as conn:
-        for model in (Turn, Event, RelaySession, SideEffect, ParkedRecord, Call):
+        for model in (
+            Turn, Event, RelaySession, SideEffect, ParkedRecord, CallAnalysis, WebhookDelivery,
+            Call,
+        ):  # fmt: skip
             result = await conn.execute(delete(model).where(model.call_sid == call_sid))
             report.add(model.__tablename__, result.rowcount)
-        for kept in (Booking, Quote, Message, Ticket):
+        for kept in (Booking, Quote, Message, Ticket, Email):
             count = await conn.scalar(
                 select(func.count()).select_from(kept).where(kept.call_sid == call_sid)
             )

@@ -149,6 +149,7 @@ class KnowledgeRetriever:
         self.failures = 0
         self.retrievals = 0
         self.skipped = 0  # turns that asked nothing new (retrieve_turn)
+        self.elapsed_ms_total = 0.0  # wall time of every retrieve()
         self.prefetched = 0  # query embeddings started from partial transcripts
         self.prefetch_delay = prefetch_delay
         self._prefetches: dict[str, asyncio.TimerHandle] = {}
@@ -159,7 +160,8 @@ class KnowledgeRetriever:
     async def _search(
         self, collection: str, query: str, *, k: int, min_score: float, timeout: float
     ) -> list[Hit]:
-        if self.index is not None:
+        # the index serves the store this retriever holds (a test may swap the knowledge)
+        if self.index is not None and self.index.store is getattr(self.knowledge, "store", None):
             return await self.index.asearch(
                 collection, query, k=k, min_score=min_score, timeout=timeout
             )
@@ -199,6 +201,7 @@ class KnowledgeRetriever:
             "retrieval_failures": self.failures,
             "retrieval_skipped": self.skipped,
             "retrieval_prefetched": self.prefetched,
+            "retrieval_ms_total": round(self.elapsed_ms_total, 3),
         }
         index = self.index
         if index is not None:
@@ -263,6 +266,7 @@ class KnowledgeRetriever:
             )
             return Retrieved(message="", provenance=[], elapsed_ms=elapsed, error=error)
         elapsed = (time.perf_counter() - started) * 1000
+        self.elapsed_ms_total += elapsed
         return Retrieved(
             message=format_passages(hits) if hits else "",
             provenance=provenance(hits),

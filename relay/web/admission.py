@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
@@ -40,19 +40,40 @@ BUSY_NO_PERSON = BUSY_LINE + " Please call back in a few minutes. Goodbye."
 
 
 class CallGate:
-    """The live sessions of this process, and the cap on them."""
+    """The live sessions of this process, and the cap on them.
+
+    A call admitted by ``/twiml`` holds a place (:meth:`reserve`) until its socket arrives
+    (:meth:`enter` takes the oldest place) or ``RESERVED_FOR`` seconds pass: calls answered at
+    the same moment cannot all slip under the cap before any of their sockets is open.
+    """
+
+    #: How long an admitted call's place is kept for its socket (Twilio connects in a second).
+    RESERVED_FOR = 15.0
 
     def __init__(self, max_calls: int | None) -> None:
         self.max_calls = max_calls
         self.live: set[CallSession] = set()  # the sessions with an open socket
+        self._reserved: deque[float] = deque()  # when each admitted call's place lapses
         self._idle = asyncio.Event()
         self._idle.set()
 
     @property
     def full(self) -> bool:
-        return self.max_calls is not None and len(self.live) >= self.max_calls
+        if self.max_calls is None:
+            return False
+        now = time.monotonic()
+        while self._reserved and self._reserved[0] <= now:
+            self._reserved.popleft()
+        return len(self.live) + len(self._reserved) >= self.max_calls
+
+    def reserve(self) -> None:
+        """A call was admitted: keep its place until its socket arrives."""
+        if self.max_calls is not None:
+            self._reserved.append(time.monotonic() + self.RESERVED_FOR)
 
     def enter(self, session: CallSession) -> None:
+        if self._reserved:
+            self._reserved.popleft()
         self.live.add(session)
         self._idle.clear()
         metrics.LIVE_CALLS.inc()
@@ -113,8 +134,9 @@ class RateLimiter:
 def too_many(wait: float, scope: str, tarpit: Tarpit | None = None) -> Response:
     """429 with ``Retry-After``; held back a little first when a ``tarpit`` is given."""
     metrics.RATE_LIMITED.labels(scope).inc()
-    headers = {"Retry-After": str(max(1, math.ceil(wait)))}
-    delay = tarpit.delay(wait) if tarpit is not None else 0.0
+    retry_after = max(1, math.ceil(wait))
+    headers = {"Retry-After": str(retry_after)}
+    delay = tarpit.delay(retry_after) if tarpit is not None else 0.0
     if delay > 0 and tarpit is not None:
         return _HeldBack(tarpit, delay, headers)
     return Response(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import os
 import resource
@@ -27,6 +28,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketState
 
 from relay.agents import AgentProfile, AgentRegistry
+from relay.call import reconnect
 from relay.call.session import CallDependencies, CallSession
 from relay.config import Settings
 from relay.llm.client import OpenAIChat
@@ -199,6 +201,7 @@ def create_app(
         Route("/twiml", incoming_call, methods=["POST"]),
         Route("/handoff", connect_action, methods=["POST"]),
         WebSocketRoute("/ws", conversation_relay),
+        WebSocketRoute("/ws/{call_sid}", conversation_relay),  # application reconnect (h11)
         *operations.routes(),  # /healthz, /readyz, /metrics (Prometheus)
         Route("/metrics.json", operations.protected(metrics), methods=["GET"]),
     ]
@@ -362,6 +365,7 @@ async def incoming_call(request: Request) -> Response:
     if busy is not None:
         return busy
     ws_url, action = _urls(request)
+    ws_url = reconnect.socket_url(ws_url, agent, form.get("CallSid", ""))  # (h11)
     log.info(
         "call_incoming",
         agent=agent.name,
@@ -428,6 +432,7 @@ async def _after_session(request: Request, runtime: Runtime, form: dict[str, str
     if status == "failed" and call_status in ("in-progress", "ringing", ""):
         # The socket dropped but the caller is still there: reconnect with the same history.
         ws_url, action = _urls(request)
+        ws_url = reconnect.socket_url(ws_url, agent, call_sid)  # (h11)
         if call is not None:
             deps.recorder.update_call(call_sid, status="reconnecting")
         greeting = agent.resume_greeting if call is not None else None
@@ -472,6 +477,9 @@ async def conversation_relay(websocket: WebSocket) -> None:
     await websocket.accept()
     sock = RelaySocket(websocket, SocketLimits.from_settings(runtime.settings))
     session = CallSession(runtime.deps, sock.send)
+    # application reconnect (h11): the call a reconnected socket names; a way to hand it over
+    session.reconnect.call_sid_hint = str(websocket.path_params.get("call_sid", ""))
+    session.reconnect.close_socket = functools.partial(sock._close, session)
     runtime.active_sessions += 1
     runtime.sessions_total += 1
     operations.session_opened(runtime, session)
@@ -503,6 +511,7 @@ async def metrics(request: Request) -> Response:
             "rss_kb": rss_kb,
             "max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
             "uptime_s": round(time.monotonic() - runtime.started, 1),
+            "pid": os.getpid(),  # one worker's figures (relay bench adds them up)
             **_retrieval_counters(runtime),
         }
     )

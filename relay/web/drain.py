@@ -56,6 +56,7 @@ class Drain:
         self.draining = False
         self.task: asyncio.Task[None] | None = None
         self.ended_by_drain = 0
+        self.handed_over = 0  # calls closed with 1012 for Twilio to reconnect elsewhere (h11)
 
     def start(self, then: Callable[[], None] | None = None) -> asyncio.Task[None]:
         """Begin draining (idempotent); ``then`` runs once the drain has finished."""
@@ -76,9 +77,17 @@ class Drain:
         started = time.monotonic()
         self.draining = True
         log.info("drain_started", live_calls=len(self.gate.live), drain_seconds=self.seconds)
+        # Calls whose agent has application reconnect move to another replica: their socket is
+        # closed (1012) between turns, and Twilio reconnects it (relay.call.reconnect). (h11)
+        deadline = time.monotonic() + self.seconds
+        handing = [
+            asyncio.ensure_future(s.reconnect.hand_over(s, deadline)) for s in list(self.gate.live)
+        ]
         idle = await self.gate.wait_idle(self.seconds)
+        if handing:
+            self.handed_over = sum(await asyncio.gather(*handing))
         if not idle:
-            remaining = list(self.gate.live)
+            remaining = [s for s in self.gate.live if not s.reconnect.handed_over]
             log.warning("drain_deadline_passed", live_calls=len(remaining))
             for session in remaining:
                 end_for_shutdown(session)
@@ -89,6 +98,7 @@ class Drain:
             "drain_finished",
             seconds=round(time.monotonic() - started, 1),
             ended_by_drain=self.ended_by_drain,
+            handed_over=self.handed_over,
             still_live=len(self.gate.live),
             recorder_flushed=flushed,
         )

@@ -68,7 +68,7 @@ class ModelProbe:
         timeout: float = 2.0,
     ) -> None:
         self._http = http
-        self._url = base_url.rstrip("/") + "/models"
+        self.url = base_url.rstrip("/") + "/models"
         self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.interval = interval
         self.timeout = timeout
@@ -78,7 +78,7 @@ class ModelProbe:
     async def probe(self) -> Check:
         started = time.perf_counter()
         try:
-            response = await self._http.get(self._url, headers=self._headers, timeout=self.timeout)
+            response = await self._http.get(self.url, headers=self._headers, timeout=self.timeout)
             status = response.status_code
             # Some OpenAI-compatible servers have no model list: answering at all is reachable.
             ok = status == 200 or status in (404, 405)

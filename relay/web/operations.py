@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import structlog
+from prometheus_client import Counter
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -123,6 +124,8 @@ def admit(runtime: Runtime, agent: AgentProfile, form: dict[str, str]) -> Respon
     elif ops is not None and ops.gate.full:
         reason = "capacity"
     if reason is None:
+        if ops is not None:
+            ops.gate.reserve()
         return None
     metrics.CALLS_REJECTED.labels(reason).inc()
     log.warning("call_refused", reason=reason, call_sid=form.get("CallSid", ""), agent=agent.name)
@@ -160,23 +163,31 @@ class _Sampler:
     """Brings gauges and counters kept by other objects (the recorder, the retriever) into the
     Prometheus instruments, as increments: nothing on the call path waits for it."""
 
+    #: (object, attribute) → the Prometheus counter that follows it.
+    FOLLOWED: tuple[tuple[str, str, Counter], ...] = (
+        ("recorder", "failures", metrics.RECORDER_FAILURES),
+        ("recorder", "parked", metrics.RECORDER_PARKED),
+        ("recorder", "lost", metrics.RECORDER_LOST),
+        ("recorder", "dropped_events", metrics.RECORDER_DROPPED),
+        ("retriever", "failures", metrics.KNOWLEDGE_FAILURES),
+    )
+
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        self._recorder_failures = 0
-        self._knowledge_failures = 0
+        self._seen: dict[tuple[str, str], int] = {}
 
     def sample(self) -> None:
         recorder = self.runtime.deps.recorder
         metrics.RECORDER_BACKLOG.set(recorder.pending)
-        failures = recorder.failures
-        if failures > self._recorder_failures:
-            metrics.RECORDER_FAILURES.inc(failures - self._recorder_failures)
-        self._recorder_failures = failures
-        retriever = self.runtime.retriever
-        failed = getattr(retriever, "failures", 0)
-        if failed > self._knowledge_failures:
-            metrics.KNOWLEDGE_FAILURES.inc(failed - self._knowledge_failures)
-        self._knowledge_failures = failed
+        sources = {"recorder": recorder, "retriever": self.runtime.retriever}
+        for source, attribute, counter in self.FOLLOWED:
+            value = getattr(sources[source], attribute, 0)
+            if not isinstance(value, int):
+                continue
+            before = self._seen.get((source, attribute), 0)
+            if value > before:
+                counter.inc(value - before)
+            self._seen[(source, attribute)] = value
 
     async def run(self) -> None:
         while True:
@@ -208,8 +219,11 @@ async def _prometheus(request: Request) -> Response:
     runtime = request.app.state.runtime
     if runtime.ops is not None:
         runtime.ops.sampler.sample()
-    body = await asyncio.to_thread(metrics.exposition) if metrics.multiprocess_dir() else None
-    return Response(body or metrics.exposition(), media_type=metrics.CONTENT_TYPE)
+    if metrics.multiprocess_dir() is not None:  # reads every worker's files: off the loop
+        body = await asyncio.to_thread(metrics.exposition)
+    else:
+        body = metrics.exposition()
+    return Response(body, media_type=metrics.CONTENT_TYPE)
 
 
 def _bearer_ok(request: Request, token: str) -> bool:

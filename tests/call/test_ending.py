@@ -82,7 +82,7 @@ async def test_a_silent_caller_is_asked_once_then_told_goodbye_and_the_call_ends
 async def test_a_caller_who_answers_the_re_prompt_carries_on(
     start_relay: Any, prompts_dir: Path
 ) -> None:
-    write_agent(prompts_dir, silence_timeout=0.2)
+    write_agent(prompts_dir, silence_timeout=0.5)  # long enough to answer before the goodbye
     llm = ScriptedLLM([Text("Great. How can I help?")])
     async with start_relay(llm, configure=instant_speech) as relay:
         call = relay.call()
@@ -228,7 +228,7 @@ async def test_a_late_close_of_an_old_socket_leaves_the_live_call_alone(relay: A
 
 
 async def test_no_re_prompt_while_a_tool_runs(start_relay: Any, prompts_dir: Path) -> None:
-    write_agent(prompts_dir, silence_timeout=0.1)
+    write_agent(prompts_dir, silence_timeout=0.5)  # long enough to speak before it
     slow = SlowTool()
     llm = ScriptedLLM(
         [
@@ -248,7 +248,7 @@ async def test_no_re_prompt_while_a_tool_runs(start_relay: Any, prompts_dir: Pat
         await call.prompt("Spanish please")  # ...and this turn's tool never finishes
         await asyncio.wait_for(slow.started.wait(), 10)
         await call.info("agentSpeaking", "off")  # playback over: silence would count from here
-        await asyncio.sleep(0.4)  # gives a wrong re-prompt its chance; nothing is timed
+        await asyncio.sleep(1.0)  # gives a wrong re-prompt its chance; nothing is timed
         said = [f.get("token") for f in call.frames]
 
     assert STILL_THERE not in said

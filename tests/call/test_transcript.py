@@ -28,9 +28,11 @@ WAIT = 10.0
 
 
 def roles(request: dict[str, Any]) -> list[tuple[str, str]]:
-    """(role, content or tool_call_id) of a request's messages after the system prompt."""
+    """(role, content or tool_call_id) of a request's conversation (system messages left out)."""
     out = []
-    for m in request["messages"][1:]:
+    for m in request["messages"]:
+        if m["role"] == "system":
+            continue
         if m.get("tool_calls"):
             out.append((m["role"], "calls " + ",".join(c["id"] for c in m["tool_calls"])))
         elif m["role"] == "tool":
@@ -107,7 +109,7 @@ async def test_the_caller_speaking_during_a_slow_tool_keeps_every_request_valid(
     assert slow.cancelled == 1
     assert llm.rejected == []
     assert [check_chat_request(r) for r in llm.requests] == [None, None, None]
-    assert roles(llm.requests[1])[1:] == [
+    assert roles(llm.requests[1])[1:] == [  # after the greeting
         ("user", "Do you speak Spanish?"),
         ("assistant", "calls call_slow"),
         ("tool", "call_slow: " + NOT_DONE),
@@ -285,3 +287,21 @@ def test_any_sequence_of_events_gives_a_history_openai_accepts(operations: list[
             t.system(f"note {n}")
         assert check_chat_request({"model": "m", "messages": t.openai()}) is None
     assert [m.seq for m in t] == list(range(len(t)))
+
+
+def test_a_supervisor_note_survives_a_resume() -> None:
+    now = datetime.now(UTC)
+    rows = [
+        Row("CA1", "VX1", 0, "assistant", "Hi!", now),
+        Row("CA1", "VX1", 1, "system", "Note from your supervisor: offer 10% off.", now),
+        Row("CA1", "VX1", 2, "user", "How much?", now),
+    ]
+    t, recorded = transcript()
+    t.load(rows)
+
+    assert [(m["role"], m["content"]) for m in t.openai()] == [
+        ("assistant", "Hi!"),
+        ("system", "Note from your supervisor: offer 10% off."),
+        ("user", "How much?"),
+    ]
+    assert recorded == [] and t.next_seq == 3

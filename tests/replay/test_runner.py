@@ -159,7 +159,7 @@ async def test_an_interrupt_lands_at_the_same_point_of_the_answer(settings: Sett
             (
                 2,
                 "We cover all of Melbourne",
-                "We cover all of Melbourne and regional Victoria",
+                "We cover all of Melbourne and regional Victoria,",
                 "We cover all of Melbourne",
             )
         ]
@@ -254,7 +254,8 @@ async def test_live_mode_against_a_scripted_llm(settings: Settings) -> None:
             "transfer_to_person is called with reason~/(?i)person/",
         ]
         assert report.changes  # the new summary differs: shown, not a regression in live mode
-        assert fake.llm.requests[0]["messages"][-1]["content"].startswith("I've got a grand piano")
+        [asked] = [m for m in fake.llm.requests[0]["messages"] if m["role"] == "user"]
+    assert asked["content"].startswith("I've got a grand piano")
 
     async with FakeLLMServer(ScriptedLLM(default=echo_reply)) as fake:
         live = settings.model_copy(

@@ -18,6 +18,7 @@ from relay.cli.main import main
 from relay.services import retention
 from relay.storage.db import Database
 from relay.storage.models import Booking, Call, Event, ParkedRecord, RelaySession, SideEffect, Turn
+from relay.storage.outcomes import CallAnalysis, WebhookDelivery
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 CALLER = "+61412345678"
@@ -91,6 +92,21 @@ async def add_call(db: Database, call_sid: str, started: datetime, **extra: Any)
                 error="too long", parked_at=started,
             )
         )  # fmt: skip
+        session.add(
+            CallAnalysis(
+                call_sid=call_sid, agent="piano-removals", outcomes=["quoted"],
+                fields={"callback": CALLER}, summary=f"Jo ({CALLER}) wants a piano moved.",
+                usage={"gpt-4o-mini": {"prompt": 900}}, cost={"total": 0.01}, cost_total=0.01,
+                computed_at=started,
+            )
+        )  # fmt: skip
+        session.add(
+            WebhookDelivery(
+                call_sid=call_sid, agent="piano-removals", url="https://crm.example/hook",
+                body=f'{{"from": "{CALLER}"}}', status="delivered", attempts=1,
+                next_attempt_at=started, created_at=started, delivered_at=started,
+            )
+        )  # fmt: skip
 
 
 async def count(db: Database, model: Any, call_sid: str) -> int:
@@ -110,8 +126,17 @@ async def test_purge_deletes_old_transcripts_events_and_bodies_and_keeps_the_agg
     report = await retention.purge(db, older_than_days=30, now=NOW)
     again = await retention.purge(db, older_than_days=30, now=NOW)
 
-    assert report.rows == {"turns": 2, "events": 2, "parked_records": 1, "calls": 1}
+    assert report.rows == {
+        "turns": 2, "events": 2, "parked_records": 1, "calls": 1, "call_analyses": 1,
+        "webhook_outbox": 1,
+    }  # fmt: skip
     assert again.total == 0  # idempotent: several workers may run it
+    async with db.session() as session:
+        analysis = await session.get(CallAnalysis, "CA-old")
+    assert analysis is not None and (analysis.summary, analysis.fields) == (None, {})
+    assert (analysis.outcomes, analysis.cost_total) == (["quoted"], 0.01)  # the aggregates stay
+    assert await count(db, WebhookDelivery, "CA-old") == 0
+    assert await count(db, WebhookDelivery, "CA-new") == 1
     for model in (Turn, Event, ParkedRecord):
         assert await count(db, model, "CA-old") == 0
         assert await count(db, model, "CA-new") > 0
@@ -140,8 +165,10 @@ async def test_delete_call_removes_everything_about_one_call_only(db: Database) 
 
     assert report.rows == {
         "turns": 2, "events": 2, "sessions": 1, "side_effects": 1, "parked_records": 1,
-        "calls": 1, "kept_bookings": 1,
+        "call_analyses": 1, "webhook_outbox": 1, "calls": 1, "kept_bookings": 1,
     }  # fmt: skip
+    assert await count(db, CallAnalysis, "CA-gone") == 0
+    assert await count(db, CallAnalysis, "CA-kept") == 1
     for model in (Call, RelaySession, Turn, Event, SideEffect, ParkedRecord):
         assert await count(db, model, "CA-gone") == 0
         assert await count(db, model, "CA-kept") == 1 or model in (Turn, Event)
@@ -156,8 +183,25 @@ async def test_mask_numbers_after_days_keeps_the_aggregates(db: Database) -> Non
     report = await retention.mask_numbers(db, older_than_days=90, now=NOW)
     again = await retention.mask_numbers(db, older_than_days=90, now=NOW)
 
-    assert report.rows == {"calls": 1, "turns": 1, "events": 2, "parked_records": 1}
+    assert report.rows == {
+        "calls": 1,
+        "turns": 1,
+        "events": 2,
+        "parked_records": 1,
+        "call_analyses": 2,
+        "webhook_outbox": 1,
+    }  # fmt: skip (call_analyses: its summary, then its fields)
     assert again.total == 0
+    async with db.session() as session:
+        analysis = await session.get(CallAnalysis, "CA-old")
+        hook = (
+            await session.scalars(
+                select(WebhookDelivery).where(WebhookDelivery.call_sid == "CA-old")
+            )
+        ).one()
+    assert analysis is not None and analysis.summary == "Jo (+614xxxxxxxx) wants a piano moved."
+    assert analysis.fields == {"callback": "+614xxxxxxxx"}
+    assert hook.body == '{"from": "+614xxxxxxxx"}'
     async with db.session() as session:
         old = await session.get(Call, "CA-old")
         new = await session.get(Call, "CA-new")

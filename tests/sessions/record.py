@@ -111,7 +111,7 @@ async def quote(call: SimulatedCall, llm: ScriptedLLM) -> None:
 
 def _read_the_quote(body: dict[str, Any]) -> Text:
     """The model reading out the total the quote tool gave (whatever the price list says)."""
-    result = str(body["messages"][-1]["content"])
+    result = next(str(m["content"]) for m in reversed(body["messages"]) if m["role"] == "tool")
     total = re.search(r"The total is (\$[\d,.]+)", result)
     amount = total.group(1) if total else "what the price list says"
     return Text(f"That comes to {amount} including GST. Would you like me to text you the quote?")

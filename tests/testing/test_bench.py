@@ -17,7 +17,7 @@ def test_a_small_run_reports_every_figure_with_no_errors(tmp_path: Path) -> None
     out = tmp_path / "bench.json"
     argv = ["bench", "--calls", "2", "--turns", "2", "--token-delay", "0", "--think", "0"]
 
-    assert main([*argv, "--json", str(out), "--timeout", "120"]) == 0
+    assert main([*argv, "--partials", "2", "--json", str(out), "--timeout", "120"]) == 0
 
     report = json.loads(out.read_text())
     for hop in ("ws_hop", "llm_hop", "relay"):
@@ -34,6 +34,27 @@ def test_a_small_run_reports_every_figure_with_no_errors(tmp_path: Path) -> None
     assert report["frames_lost"] == 0
     assert report["unexpected_frames"] == 0
     assert report["unmeasured_errors"] == 0
+    # knowledge on by default: every measured turn retrieved (or kept) reference material
+    retrieval = report["retrieval"]
+    assert retrieval["turns"] == 4 and retrieval["failures"] == 0
+    assert retrieval["searched"] + retrieval["skipped"] == 4
+    assert isinstance(retrieval["cpu_ms_per_turn"], float)
+    assert report["options"]["knowledge"] is True and report["options"]["workers"] == 1
+    assert isinstance(retrieval["prefetched"], int)  # interim prompts: answered by nothing
+    assert report["connect"]["n"] == 2 and report["connect_failures"] == 0
+
+
+def test_two_workers_without_knowledge(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    argv = ["bench", "--calls", "4", "--turns", "2", "--token-delay", "0", "--think", "0"]
+
+    assert main([*argv, "--workers", "2", "--no-knowledge", "--json", str(out)]) == 0
+
+    report = json.loads(out.read_text())
+    assert report["relay"]["n"] == 8 and report["errors"] == 0 and report["frames_lost"] == 0
+    assert report["retrieval"] == {}
+    assert report["options"]["workers"] == 2 and report["options"]["knowledge"] is False
+    assert report["memory_per_call_kb"] is not None
 
 
 def test_lost_tokens_are_counted_from_the_first_missing_one() -> None:

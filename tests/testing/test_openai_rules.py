@@ -102,7 +102,7 @@ def test_a_user_message_between_a_tool_call_and_its_answer_is_refused() -> None:
             error(
                 "Invalid value: 'robot'. Supported values are: 'system', 'assistant', 'user', "
                 "'function', 'tool', and 'developer'.",
-                "messages.[1].role",
+                "messages[1].role",
                 "invalid_value",
             ),
         ),
@@ -110,32 +110,32 @@ def test_a_user_message_between_a_tool_call_and_its_answer_is_refused() -> None:
             [SYSTEM, {"role": "user", "content": None}],
             error(
                 "Invalid value for 'content': expected a string, got null.",
-                "messages.[1].content",
+                "messages[1].content",
                 "invalid_value",
             ),
         ),
         (
             [SYSTEM, {"role": "user", "content": 42}],
             error(
-                "Invalid type for 'messages.[1].content': expected one of a string or array "
+                "Invalid type for 'messages[1].content': expected one of a string or array "
                 "of objects, but got number instead.",
-                "messages.[1].content",
+                "messages[1].content",
                 "invalid_type",
             ),
         ),
         (
             [SYSTEM, {"role": "tool", "content": "x"}],
             error(
-                "Missing required parameter: 'messages.[1].tool_call_id'.",
+                "Missing parameter 'tool_call_id': messages with role 'tool' must have a "
+                "'tool_call_id'.",
                 "messages.[1].tool_call_id",
-                "missing_required_parameter",
             ),
         ),
         (
             [{"role": "assistant", "content": [{"type": "image_url", "image_url": {}}]}],
             error(
                 "Invalid value: 'image_url'. Supported values are: 'refusal', 'text'.",
-                "messages.[0].content[0].type",
+                "messages[0].content[0].type",
                 "invalid_value",
             ),
         ),

@@ -37,7 +37,9 @@ def action_form(call: Any, **fields: str) -> dict[str, str]:
 
 
 def conversation(request: dict[str, Any]) -> list[tuple[str, str]]:
-    return [(m["role"], m.get("content") or "") for m in request["messages"][1:]]
+    """Between the system prompt and the per-turn system message (last, issue 15)."""
+    assert request["messages"][-1]["role"] == "system"
+    return [(m["role"], m.get("content") or "") for m in request["messages"][1:-1]]
 
 
 def text_of(frames: list[dict[str, Any]]) -> str:

@@ -25,7 +25,20 @@ from relay.web import drain as drain_
 AUTH_TOKEN = "test-auth-token-0123456789abcdef"
 REPLY_TOKENS = 20
 WAIT = 60.0  # the longest a test waits for a process to get somewhere (a limit)
+FIRST_PROMPT = "Could you tell me about moving an upright piano across town please"
+SECOND_PROMPT = "Please tell me everything about moving a grand piano upstairs"
 RELAY = [sys.executable, "-c", "import sys; from relay.cli import main; sys.exit(main())"]
+
+
+def whole_reply(prompt: str) -> str:
+    """What ``relay fake-llm --reply-tokens 20`` answers ``prompt``: its 20 deltas, joined."""
+    from relay.testing.scripted import _EchoOfLength
+
+    return _EchoOfLength(REPLY_TOKENS)({"messages": [{"role": "user", "content": prompt}]}).text
+
+
+def spoken(frames: list[dict[str, Any] | None]) -> str:
+    return "".join(f["token"] for f in frames if f is not None and f["type"] == "text")
 
 
 def free_port() -> int:
@@ -96,7 +109,7 @@ async def test_sigterm_lets_the_reply_in_progress_finish_then_the_process_exits(
         await wait_healthy(f"http://{host}/readyz", process)
         call = SimulatedCall(f"ws://{host}/ws", auth_token=AUTH_TOKEN)
         await call.connect()
-        await call.prompt("Could you tell me about moving an upright piano across town please")
+        await call.prompt(FIRST_PROMPT)
         first = await call.next_frame()
         process.send_signal(signal.SIGTERM)
         process.send_signal(signal.SIGTERM)  # delivered twice (systemd + a supervisor): one drain
@@ -120,9 +133,8 @@ async def test_sigterm_lets_the_reply_in_progress_finish_then_the_process_exits(
             process.wait()
     log = (data_dir / "serve.log").read_text()
 
-    tokens = [f for f in frames if f is not None and f["type"] == "text" and f["token"]]
     assert frames[-1] is not None and frames[-1]["last"] is True, log
-    assert len(tokens) == REPLY_TOKENS  # the whole reply, not cut
+    assert spoken(frames) == whole_reply(FIRST_PROMPT)  # the whole reply, not cut
     assert ready.status_code == 503 and ready.json()["checks"]["draining"]["ok"] is False
     assert "<Dial" in twiml.text and "<Connect" not in twiml.text  # the polite busy answer
     assert still_running
@@ -187,7 +199,7 @@ async def test_two_workers_share_metrics_and_both_drain_on_sigterm(
         await wait_healthy(f"http://{host}/readyz", process)
         for call in calls:
             await call.connect()
-            await call.prompt("Please tell me everything about moving a grand piano upstairs")
+            await call.prompt(SECOND_PROMPT)
         firsts = [await call.next_frame() for call in calls]
         async with httpx.AsyncClient() as http:  # any worker answers for both
             scrapes = [(await http.get(f"http://{host}/metrics")).text for _ in range(4)]
@@ -209,9 +221,8 @@ async def test_two_workers_share_metrics_and_both_drain_on_sigterm(
 
     assert [live_calls(text) for text in scrapes] == [4.0] * 4, log
     for frames in replies:
-        tokens = [f for f in frames if f is not None and f["type"] == "text" and f["token"]]
         assert frames[-1] is not None and frames[-1]["last"] is True, log
-        assert len(tokens) == REPLY_TOKENS
+        assert spoken(frames) == whole_reply(SECOND_PROMPT)
     assert code in (0, -signal.SIGTERM)
     events = [orjson.loads(line) for line in log.splitlines() if line.startswith("{")]
     assert len({e["pid"] for e in events if e["event"] == "worker_starting"}) == 2

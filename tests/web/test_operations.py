@@ -83,11 +83,11 @@ async def test_readyz_lists_every_dependency_and_follows_failures_and_recovery(
         ready = await relay.http.get(relay.base_url + "/readyz")
 
         probe = runtime.model_probe
-        good_url = probe._url
-        probe._url = "http://127.0.0.1:9/v1/models"  # nothing listens on the discard port
+        good_url = probe.url
+        probe.url = "http://127.0.0.1:9/v1/models"  # nothing listens on the discard port
         await probe.probe()  # what the background loop does every RELAY_READY_PROBE_SECONDS
         model_down = await relay.http.get(relay.base_url + "/readyz")
-        probe._url = good_url
+        probe.url = good_url
         await probe.probe()
 
         good_db = runtime.deps.db
@@ -375,7 +375,7 @@ def test_sampler_brings_recorder_and_knowledge_counters_into_prometheus() -> Non
 
     from relay.web.operations import _Sampler
 
-    recorder = SimpleNamespace(pending=7, failures=2)
+    recorder = SimpleNamespace(pending=7, failures=2, parked=1, lost=0, dropped_events=0)
     retriever = SimpleNamespace(failures=1)
     runtime = SimpleNamespace(deps=SimpleNamespace(recorder=recorder), retriever=retriever)
     sampler = _Sampler(runtime)
@@ -383,7 +383,11 @@ def test_sampler_brings_recorder_and_knowledge_counters_into_prometheus() -> Non
     def read(name: str) -> float:
         return REGISTRY.get_sample_value(name) or 0.0
 
-    before = read("relay_recorder_failures_total"), read("relay_knowledge_failures_total")
+    before = (
+        read("relay_recorder_failures_total"),
+        read("relay_knowledge_failures_total"),
+        read("relay_recorder_parked_total"),
+    )
     sampler.sample()
     recorder.failures, recorder.pending = 5, 0
     sampler.sample()
@@ -391,6 +395,7 @@ def test_sampler_brings_recorder_and_knowledge_counters_into_prometheus() -> Non
 
     assert read("relay_recorder_failures_total") - before[0] == 5
     assert read("relay_knowledge_failures_total") - before[1] == 1
+    assert read("relay_recorder_parked_total") - before[2] == 1
     assert read("relay_recorder_backlog") == 0
 
 
@@ -518,3 +523,26 @@ async def test_model_probe_asks_for_the_model_list_with_the_key(
     assert probe.current() is check
     assert str(seen[0].url) == "http://models.example/v1/models"
     assert seen[0].headers["authorization"] == "Bearer sk-test"
+
+
+async def test_calls_admitted_at_once_cannot_all_slip_under_the_cap(start_relay: Any) -> None:
+    def connects(response: Any) -> bool:
+        return ET.fromstring(response.text).find("Connect") is not None
+
+    async with start_relay(RELAY_MAX_CALLS="2") as relay:
+        answers = [
+            await relay.post("/twiml", twiml_form("CA" + str(n) * 32)) for n in range(3)
+        ]  # three calls ring at once: no socket is open yet
+        first, second = relay.call(), relay.call()
+        await first.connect()
+        await second.connect()
+        await until(lambda: len(relay.runtime.ops.gate.live) == 2)
+        while_full = await relay.post("/twiml", twiml_form("CA" + "7" * 32))
+        await first.close()
+        await relay.session_closed()
+        after_one_left = await relay.post("/twiml", twiml_form("CA" + "8" * 32))
+
+    assert [connects(a) for a in answers] == [True, True, False]
+    assert ET.fromstring(answers[2].text)[0].text == BUSY_TO_PERSON
+    assert not connects(while_full)
+    assert connects(after_one_left)

@@ -239,3 +239,13 @@ async def test_a_fuzzed_session_never_loses_the_call(relay: Any) -> None:
 
     await asyncio.to_thread(fuzz)
     assert examples >= 10
+
+
+async def test_the_fuzzcall_tool_loses_no_call(relay: Any) -> None:
+    from relay.testing.fuzzcall import run
+
+    summary = await run(relay.ws_url, 2, 300, 100, 11, auth_token=relay.settings.twilio_auth_token)
+
+    assert summary["lost"] == []
+    assert summary["frames"] == 600
+    assert summary["prompts_answered"] == 6

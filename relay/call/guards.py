@@ -1,0 +1,90 @@
+"""The promises a call keeps whatever the model says (issue 15), call side.
+
+:class:`relay.call.speech.Speech` filters one reply; :class:`Promises` is what it checks against,
+for the whole call:
+
+- **amounts**: every amount of money in this call's tool results (a quote, a service's price, a
+  surcharge), collected as the results arrive (and, on a resumed call, from the stored tool
+  answers). The turn adds the amounts in the passages retrieved from the business's own documents
+  for that turn.
+- **booked**: a booking tool succeeded in this call: a result whose data carries a
+  ``booking_ref`` and no ``error`` (``book_move``, ``book_appointment``,
+  ``reschedule_appointment``; a booking found again is the same) or ``appointment_status``
+  listing the caller's existing bookings (telling a caller about a booking they have is not a
+  made-up claim). Refusals, "not confirmed" answers and errors do not count.
+- **trips**: how often each guard stopped a reply, for the ``session_end`` summary.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from relay.agents import AgentProfile
+from relay.call.speech import Speech, amounts_in
+
+__all__ = ["BOOKING_TOOLS", "PRICE_TOOLS", "Promises", "booking_tool", "price_tool"]
+
+#: Tools that price something, in order of preference for a re-ask after the price guard.
+PRICE_TOOLS = ("quote_piano_move", "find_available_slots")
+#: Tools that make (or move) a booking, in order of preference for a re-ask.
+BOOKING_TOOLS = ("book_move", "book_appointment", "reschedule_appointment")
+
+
+def price_tool(agent: AgentProfile) -> str | None:
+    """The tool a re-ask requires after an unpriced amount: the profile's ``price_tool``, else
+    the first known price tool the agent has (None: the agent cannot price anything)."""
+    if agent.price_tool:
+        return agent.price_tool if agent.price_tool in agent.tools else None
+    return next((name for name in PRICE_TOOLS if name in agent.tools), None)
+
+
+def booking_tool(agent: AgentProfile) -> str | None:
+    return next((name for name in BOOKING_TOOLS if name in agent.tools), None)
+
+
+def _books(data: Mapping[str, Any] | None) -> bool:
+    if not data or "error" in data:
+        return False
+    if data.get("booking_ref"):
+        return True
+    bookings = data.get("bookings")
+    return isinstance(bookings, list) and bool(bookings)
+
+
+@dataclass
+class Promises:
+    """What this call's tools have established, and how often the guards had to step in."""
+
+    amounts: set[Decimal] = field(default_factory=set)
+    booked: bool = False
+    trips: Counter[str] = field(default_factory=Counter)
+
+    def saw_result(self, content: str, data: Mapping[str, Any] | None) -> None:
+        """A tool result arrived: its amounts may be said; a booking it made may be claimed."""
+        self.amounts |= amounts_in(content)
+        if _books(data):
+            self.booked = True
+
+    def saw_history(self, answers: Iterable[str]) -> None:
+        """A resumed call: the amounts in the tool answers stored by the earlier session(s)."""
+        for content in answers:
+            self.amounts |= amounts_in(content)
+
+    def speech(self, agent: AgentProfile, documents: str = "") -> Speech:
+        """A filter for one reply of ``agent``; ``documents``: the passages retrieved for this
+        turn (the business's own words, whose amounts may be said too)."""
+        extra = amounts_in(documents) if documents and agent.price_guard else set()
+        return Speech(
+            max_words=agent.max_reply_words or None,
+            allowed_amounts=lambda: self.amounts | extra,
+            booked=lambda: self.booked,
+            guard_prices=agent.price_guard,
+            guard_bookings=agent.booking_guard,
+        )
+
+    def summary(self) -> dict[str, int]:
+        return {"price": self.trips["price"], "booking": self.trips["booking"]}

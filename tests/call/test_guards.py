@@ -1,0 +1,315 @@
+"""Issue 15 over real WebSockets with the scripted model: what the caller hears is speech, an
+amount of money no tool produced is never heard, a booking no tool made is never claimed, and
+the requests keep a prefix a prompt cache can reuse."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy import select
+
+from relay.storage.models import Event
+from relay.testing import ScriptedLLM, Text, ToolCall, ToolCalls
+from relay.tools import ToolContext, ToolRegistry, ToolResult
+from relay.tools.calls import TOOLS as CALL_TOOLS
+from relay.tools.piano import TOOLS as PIANO_TOOLS
+from tests.conftest import SHIPPED_AGENT
+
+QUOTE = (
+    "Quote Q100001: moving an upright piano from Brunswick to Geelong on Monday the 2nd of "
+    "March 2026. The total is $420.50 including GST."
+)
+QUOTE_ARGS = {
+    "piano_type": "upright",
+    "pickup": "Brunswick",
+    "dropoff": "Geelong",
+    "move_date": "2026-03-02",
+}
+BOOK_ARGS = {
+    "quote_id": "Q100001",
+    "date": "2026-03-02",
+    "window": "morning",
+    "confirmed": True,
+    "name": "Sam",
+}
+
+
+async def fake_quote(ctx: ToolContext, **_: Any) -> ToolResult:
+    return ToolResult(QUOTE, data={"quote_id": "Q100001", "total_cents": 42050})
+
+
+async def fake_book(ctx: ToolContext, **_: Any) -> ToolResult:
+    return ToolResult(
+        "Booked: reference 4 8 2 9 1 3.", data={"booking_ref": "482913", "quote_id": "Q100001"}
+    )
+
+
+def tools(runtime: Any) -> None:
+    """The call tools, and the piano tools with quick fakes for the quote and the booking."""
+    fakes = {"quote_piano_move": fake_quote, "book_move": fake_book}
+    piano = [
+        dataclasses.replace(t, function=fakes[t.name]) if t.name in fakes else t
+        for t in PIANO_TOOLS
+    ]
+    runtime.deps.tools = ToolRegistry([*CALL_TOOLS, *piano])
+
+
+def write_agent(prompts_dir: Path, **fields: Any) -> None:
+    """The shipped piano agent with the quote and booking tools (and its [data] tables)."""
+    text = SHIPPED_AGENT.read_text(encoding="utf-8")
+    tools = ["quote_piano_move", "book_move", "transfer_to_person", "end_call"]
+    text = re.sub(r"^tools = \[.*?^\]", "tools = " + orjson.dumps(tools).decode(), text,
+                  flags=re.S | re.M)  # fmt: skip
+    head = "".join(f"{k} = {orjson.dumps(v).decode()}\n" for k, v in fields.items())
+    (prompts_dir / SHIPPED_AGENT.name).write_text(head + text, encoding="utf-8")
+
+
+async def events(relay: Any, call_sid: str, kind: str) -> list[dict[str, Any]]:
+    async with relay.runtime.deps.db.session() as session:
+        rows = await session.scalars(
+            select(Event).where(Event.call_sid == call_sid, Event.kind == kind).order_by(Event.seq)
+        )
+        return [e.data for e in rows]
+
+
+def said(frames: list[dict[str, Any]]) -> str:
+    return "".join(f["token"] for f in frames if f["type"] == "text")
+
+
+def history(request: dict[str, Any]) -> list[tuple[str, str]]:
+    """The request's messages between the system prompt and the per-turn system message."""
+    messages = request["messages"]
+    assert messages[0]["role"] == "system" and messages[-1]["role"] == "system"
+    return [(m["role"], m.get("content") or "") for m in messages[1:-1]]
+
+
+# -- speech ------------------------------------------------------------------------------------
+
+
+async def test_a_model_that_writes_lists_is_heard_as_sentences(
+    start_relay: Any, prompts_dir: Path
+) -> None:
+    write_agent(prompts_dir)
+    reply_text = (
+        "We move:\n\n- **upright** pianos\n- *grand* pianos 🎹\n\n## Next\n"
+        "1. Tell me the suburbs\n2. Tell me the date"
+    )
+    llm = ScriptedLLM([Text(reply_text), Text("Sure.")])
+    async with start_relay(llm, configure=tools) as relay:
+        call = relay.call()
+        await call.connect()
+        reply = await call.say("What do you move?")
+        await call.say("Okay.")
+        await call.close()
+        await relay.session_closed()
+
+    heard = "We move: upright pianos, grand pianos. Next. Tell me the suburbs, Tell me the date"
+    assert said(reply.frames) == heard
+    for frame in reply.frames:
+        assert not re.search(r"[\n*#`🎹]", frame["token"]), frame
+    # The history keeps what the caller heard, not what the model wrote.
+    assert history(llm.requests[1])[-2:] == [("assistant", heard), ("user", "Okay.")]
+
+
+async def test_a_long_reply_is_cut_at_a_sentence_end(start_relay: Any, prompts_dir: Path) -> None:
+    write_agent(prompts_dir, max_reply_words=8)
+    llm = ScriptedLLM([Text("One two three four five. Six seven eight nine. Ten eleven twelve.")])
+    async with start_relay(llm, configure=tools) as relay:
+        call = relay.call()
+        await call.connect()
+        reply = await call.say("Tell me everything.")
+    assert said(reply.frames) == "One two three four five. Six seven eight nine."
+    assert reply.frames[-1]["last"] is True
+
+
+# -- the price guard -----------------------------------------------------------------------
+
+
+async def test_an_invented_price_is_never_heard_and_the_model_is_asked_again_with_the_quote_tool(
+    start_relay: Any, prompts_dir: Path
+) -> None:
+    write_agent(prompts_dir)
+    llm = ScriptedLLM(
+        [
+            Text("The total price is $650 for that move."),
+            ToolCalls([ToolCall("quote_piano_move", QUOTE_ARGS, id="call_q")]),
+            Text("The total is $420.50 including GST."),
+        ]
+    )
+    async with start_relay(llm, configure=tools) as relay:
+        call = relay.call()
+        await call.connect()
+        reply = await call.say("How much to move my upright from Brunswick to Geelong?")
+        await call.close()
+        await relay.session_closed()
+        guard = await events(relay, call.call_sid, "price_guard")
+        [end] = await events(relay, call.call_sid, "session_end")
+
+    heard = said(reply.frames)
+    assert "650" not in heard and "six hundred" not in heard.lower()
+    bridge = [f for f in reply.frames if "exact price" in f["token"]]
+    assert [{k: v for k, v in f.items() if k != "_t"} for f in bridge] == [
+        {
+            "type": "text",
+            "token": " Let me work out the exact price for you.",
+            "last": False,
+            "preemptible": True,
+        }
+    ]
+    assert heard == (
+        "The total price is Let me work out the exact price for you. "
+        "The total is $420.50 including GST."
+    )
+    first, reask, after = llm.requests
+    assert "tool_choice" not in first
+    assert reask["tool_choice"] == {"type": "function", "function": {"name": "quote_piano_move"}}
+    assert "Call quote_piano_move now" in reask["messages"][-1]["content"]
+    assert reask["tools"] == first["tools"]  # same schemas, byte for byte
+    assert "tool_choice" not in after
+    # What the model is shown of its own first answer is what the caller heard.
+    assert ("assistant", "The total price is Let me work out the exact price for you.") in (
+        history(reask)
+    )
+    assert guard == [{"blocked": "$650", "action": "re-ask", "tool": "quote_piano_move"}]
+    assert end["guards"] == {"price": 1, "booking": 0}
+
+
+async def test_a_price_invented_twice_gets_the_safe_line(
+    start_relay: Any, prompts_dir: Path
+) -> None:
+    write_agent(prompts_dir)
+    llm = ScriptedLLM(
+        [Text("That is $650."), Text("It comes to six hundred and fifty dollars."), Text("x")]
+    )
+    async with start_relay(llm, configure=tools) as relay:
+        call = relay.call()
+        await call.connect()
+        reply = await call.say("How much?")
+        await call.close()
+        await relay.session_closed()
+        guard = await events(relay, call.call_sid, "price_guard")
+
+    assert said(reply.frames) == (
+        "That is Let me work out the exact price for you. It comes to I can't confirm that "
+        "right now. Would you like me to take a message for the team?"
+    )
+    assert reply.frames[-1]["last"] is True
+    assert len(llm.requests) == 2
+    assert [g["action"] for g in guard] == ["re-ask", "fallback"]
+    assert guard[1]["blocked"] == "six hundred and fifty dollars."
+
+
+async def test_an_amount_a_tool_produced_is_heard(start_relay: Any, prompts_dir: Path) -> None:
+    write_agent(prompts_dir)
+    llm = ScriptedLLM(
+        [
+            ToolCalls([ToolCall("quote_piano_move", QUOTE_ARGS, id="call_q")]),
+            Text("That comes to four hundred and twenty dollars and fifty cents."),
+        ]
+    )
+    async with start_relay(llm, configure=tools) as relay:
+        call = relay.call()
+        await call.connect()
+        reply = await call.say("How much?")
+    assert said(reply.frames).endswith(
+        "That comes to four hundred and twenty dollars and fifty cents."
+    )
+    assert len(llm.requests) == 2
+
+
+# -- the booking guard ---------------------------------------------------------------------
+
+
+async def test_a_booking_claim_without_a_booking_is_not_heard(
+    start_relay: Any, prompts_dir: Path
+) -> None:
+    write_agent(prompts_dir)
+    llm = ScriptedLLM(
+        [
+            Text("Great news, you're all booked for Friday morning!"),
+            Text("Before I book it, can I read the details back to you?"),
+        ]
+    )
+    async with start_relay(llm, configure=tools) as relay:
+        call = relay.call()
+        await call.connect()
+        reply = await call.say("Yes, book it.")
+        await call.close()
+        await relay.session_closed()
+        guard = await events(relay, call.call_sid, "booking_guard")
+        [end] = await events(relay, call.call_sid, "session_end")
+
+    heard = said(reply.frames)
+    assert "booked" not in heard
+    assert heard == (
+        "Great news, you're all Let me just confirm that booking. "
+        "Before I book it, can I read the details back to you?"
+    )
+    assert llm.requests[1]["tool_choice"] == {"type": "function", "function": {"name": "book_move"}}
+    assert guard == [
+        {"blocked": "Great news, you're all booked", "action": "re-ask", "tool": "book_move"}
+    ]
+    assert end["guards"] == {"price": 0, "booking": 1}
+
+
+async def test_a_booking_a_tool_made_may_be_claimed(start_relay: Any, prompts_dir: Path) -> None:
+    write_agent(prompts_dir)
+    llm = ScriptedLLM(
+        [
+            ToolCalls([ToolCall("book_move", BOOK_ARGS, id="call_b")]),
+            Text("You're all booked, your reference is 4 8 2 9 1 3."),
+        ]
+    )
+    async with start_relay(llm, configure=tools) as relay:
+        call = relay.call()
+        await call.connect()
+        reply = await call.say("Yes, book it.")
+    assert said(reply.frames).endswith("You're all booked, your reference is 4 8 2 9 1 3.")
+    assert len(llm.requests) == 2
+
+
+# -- cache-friendly requests ---------------------------------------------------------------
+
+
+async def test_every_request_extends_the_previous_one_and_the_cache_covers_it(
+    start_relay: Any, prompts_dir: Path
+) -> None:
+    write_agent(prompts_dir)
+    llm = ScriptedLLM(
+        [
+            Text("Hello, what piano is it?"),
+            Text("An upright, lovely. Where from and to?"),
+            ToolCalls([ToolCall("quote_piano_move", QUOTE_ARGS, id="call_q")]),
+            Text("The total is $420.50 including GST."),
+            Text("Is there anything else?"),
+            Text("Bye now."),
+        ]
+    )
+    lines = ["Hi there.", "An upright.", "Brunswick to Geelong.", "Great.", "No, bye."]
+    async with start_relay(llm, configure=tools) as relay:
+        call = relay.call()
+        await call.connect()
+        for line in lines:
+            await call.say(line)
+        await call.close()
+        await relay.session_closed()
+        responses = await events(relay, call.call_sid, "llm_response")
+
+    requests = llm.requests
+    assert len(requests) == 6
+    for before, after in zip(requests, requests[1:], strict=False):
+        prefix = before["messages"][:-1]  # all but the per-turn system message
+        assert orjson.dumps(after["messages"][: len(prefix)]) == orjson.dumps(prefix)
+        assert orjson.dumps(after["tools"]) == orjson.dumps(before["tools"])
+        assert after["messages"][-1]["role"] == "system"
+        assert after["messages"][-1]["content"].startswith("Current date and time: ")
+    usage = [r["usage"] for r in responses]
+    assert len(usage) == 6
+    # From the third turn on, the server reads at most a quarter of each prompt afresh.
+    for u in usage[3:]:
+        cached = u["prompt_tokens_details"]["cached_tokens"]
+        assert cached >= 0.75 * u["prompt_tokens"], u

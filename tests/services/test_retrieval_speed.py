@@ -1,0 +1,173 @@
+"""Retrieval off the critical path (issue 14): the skip rule for turns that ask nothing new,
+the query a partial transcript prefetches, and both over a real call (real uvicorn and
+WebSockets, the scripted model, a real Chroma store with the hashing embedder)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from knowledge import AsyncKnowledge, KnowledgeStore
+from knowledge.memindex import query_key
+from knowledge.testing import HashingEmbedder
+from relay.call.transcript import Transcript
+from relay.services.retrieval import KnowledgeRetriever, needs_retrieval, turn_query
+from relay.testing import ScriptedLLM, Text
+
+DOCS = {
+    "insurance.md": "# Insurance\n\nEvery piano move includes insurance cover up to fifty "
+    "thousand dollars per piano.\n",
+    "storage.md": "# Storage\n\nWe store pianos in a climate controlled depot, charged weekly.\n",
+    "stairs.md": "# Stairs\n\nWe count every step without a lift at each end of the move.\n",
+}
+
+
+@pytest.mark.parametrize(
+    ("utterance", "needed"),
+    [
+        ("yes please", False),
+        ("No thanks.", False),
+        ("Okay, great!", False),
+        ("Thank you, bye", False),
+        ("That's all, thanks", False),
+        ("uh huh", True),  # "huh" is not on the list: when unsure, search
+        ("0412 345 678", False),
+        ("1 2 3 4 #", False),
+        ("", False),
+        ("Is it insured?", True),
+        ("yes, is my piano insured?", True),
+        ("Do you store pianos", True),
+        ("gracias", True),
+        ("sí", True),
+    ],
+)
+def test_the_skip_rule(utterance: str, needed: bool) -> None:
+    assert needs_retrieval(utterance) is needed
+
+
+@pytest.mark.parametrize(
+    ("said", "latest"),
+    [
+        ([], "Do you store pianos?"),
+        (["Hi, I need a quote."], "Do you store pianos?"),
+        (["one", "two"], "three"),
+        (["short"], "long " * 70),  # the latest alone is over 300 characters
+        (["x" * 400], "and is it insured?"),
+    ],
+)
+def test_the_prefetched_query_is_the_query_the_turn_will_make(said: list[str], latest: str) -> None:
+    transcript = Transcript(record=lambda row: None, now=lambda: datetime.now(UTC))
+    for text in said:
+        transcript.user(text)
+        transcript.assistant("Sure.")
+    previous = transcript.recent_user_text(messages=1)
+    transcript.user(latest)
+    assert turn_query(previous, latest) == transcript.recent_user_text()
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[KnowledgeStore]:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for name, text in DOCS.items():
+        (docs / name).write_text(text, encoding="utf-8")
+    with KnowledgeStore(path=tmp_path / "kb", embedder=HashingEmbedder()) as store:
+        assert store.sync("piano-removals", docs).ok
+        yield store
+
+
+async def test_partials_in_a_row_prefetch_once(store: KnowledgeStore) -> None:
+    retriever = KnowledgeRetriever(AsyncKnowledge(store), prefetch_delay=0.01)
+    try:
+        agent = type("Agent", (), {"knowledge_collection": "piano-removals"})()
+        retriever.prefetch(agent, "Do you", previous="", key="call-1")  # type: ignore[arg-type]
+        retriever.prefetch(agent, "Do you store", previous="", key="call-1")  # type: ignore[arg-type]
+        retriever.prefetch(agent, "yes", previous="", key="call-2")  # type: ignore[arg-type]
+        assert retriever.index is not None
+        for _ in range(500):  # the debounce, then the embedding in a worker thread
+            if retriever.index.cached("do you store"):
+                break
+            await asyncio.sleep(0.01)
+        assert retriever.index.cached("Do you store")
+        assert not retriever.index.cached("Do you") and not retriever.index.cached("yes")
+        assert retriever.prefetched == 1 and retriever.index.embeddings == 1
+    finally:
+        await retriever.aclose()
+        await retriever.knowledge.aclose()
+
+
+def _swap_in(store: KnowledgeStore, holder: dict[str, KnowledgeRetriever]) -> Any:
+    def configure(runtime: Any) -> None:
+        retriever = KnowledgeRetriever(AsyncKnowledge(store), min_score=0.1, prefetch_delay=0.0)
+        runtime.deps.retriever = runtime.retriever = holder["retriever"] = retriever
+
+    return configure
+
+
+def _reference(request: dict[str, Any]) -> list[str]:
+    return [m["content"] for m in request["messages"][1:] if m["role"] == "system"]
+
+
+async def test_a_turn_that_asks_nothing_new_keeps_the_previous_material(
+    start_relay: Any, store: KnowledgeStore
+) -> None:
+    holder: dict[str, KnowledgeRetriever] = {}
+    llm = ScriptedLLM([Text("Yes, it is insured."), Text("Booked."), Text("Stairs are fine.")])
+    async with start_relay(
+        llm, configure=_swap_in(store, holder), RELAY_KNOWLEDGE="false"
+    ) as relay:
+        call = relay.call()
+        await call.connect()
+        await call.say("Is my piano insured during the move?")
+        await call.say("Yes please.")
+        await call.say("And how do you count the stairs?")
+        metrics = (await relay.http.get(relay.base_url + "/metrics.json")).json()
+        await call.close()
+    retriever = holder["retriever"]
+    await retriever.aclose()
+    await retriever.knowledge.aclose()
+
+    first, second, third = (_reference(r) for r in llm.requests)
+    assert len(first) == 1 and "insurance.md" in first[0].split("[2]")[0]
+    assert second == first  # "Yes please." searched nothing and kept the material
+    assert len(third) == 1 and "stairs.md" in third[0].split("[2]")[0]
+    assert metrics["retrievals"] == 2 and metrics["retrieval_skipped"] == 1
+    assert metrics["query_embeddings"] == 2 and metrics["index_rebuilds"] == 1
+
+
+async def test_a_partial_transcript_prefetches_the_final_query(
+    start_relay: Any, store: KnowledgeStore
+) -> None:
+    holder: dict[str, KnowledgeRetriever] = {}
+    llm = ScriptedLLM([Text("We do.")])
+    async with start_relay(
+        llm, configure=_swap_in(store, holder), RELAY_KNOWLEDGE="false"
+    ) as relay:
+        call = relay.call()
+        await call.connect()
+        await call.prompt("do you store pianos", last=False)
+        index = holder["retriever"].index
+        assert index is not None
+        for _ in range(500):  # the prefetch runs in a worker thread
+            if index.cached("Do you store pianos?"):
+                break
+            await asyncio.sleep(0.01)
+        reply = await call.say("Do you store pianos?")
+        metrics = (await relay.http.get(relay.base_url + "/metrics.json")).json()
+        await call.close()
+    retriever = holder["retriever"]
+    await retriever.aclose()
+    await retriever.knowledge.aclose()
+
+    assert reply.text == "We do."
+    [reference] = _reference(llm.requests[0])
+    assert "storage.md" in reference.split("[2]")[0]
+    # one embedding: the partial's; the final found it cached (same words)
+    assert metrics["retrieval_prefetched"] == 1 and metrics["query_embeddings"] == 1
+    assert metrics["query_cache_hits"] >= 1
+    assert query_key("Do you store pianos?") == "do you store pianos"
