@@ -24,7 +24,7 @@ that a later search of the same words finds its vector cached (partial transcrip
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import hashlib
 import logging
 import re
 import threading
@@ -59,6 +59,10 @@ def query_key(query: str) -> str:
     earlier partial one only in case and punctuation ("can you move it" / "Can you move it?")
     shares its vector."""
     return " ".join(_NOT_WORD.sub(" ", query.lower()).split())
+
+
+def _digest(words: str) -> bytes:
+    return hashlib.blake2b(words.encode(), digest_size=16).digest()
 
 
 @dataclass
@@ -106,8 +110,9 @@ class MemoryIndex:
         self.prefetch_cpu_seconds = 0.0  # CPU of prefetched embeddings
         self._matrices: dict[str, _Matrix] = {}
         self._large: dict[str, tuple[int, int]] = {}  # too large, as of this change marker
-        self._vectors: OrderedDict[str, Vector] = OrderedDict()
-        self._inflight: dict[str, Future[Vector]] = {}
+        # keyed by a digest of the words: the callers' words themselves are not kept
+        self._vectors: OrderedDict[bytes, Vector] = OrderedDict()
+        self._inflight: dict[bytes, Future[Vector]] = {}
         self._lock = threading.Lock()
         self._build_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="knowledge-index")
@@ -161,9 +166,10 @@ class MemoryIndex:
         """The hits if they can be had without blocking: the query vector cached, the matrix
         unchanged by this process since it was built and checked for changes made elsewhere
         by the watcher thread (every ``refresh_interval``) lately; else None."""
-        key = query_key(query)
-        if not key or k <= 0:
+        words = query_key(query)
+        if not words or k <= 0:
             return []
+        key = _digest(words)
         matrix = self._matrices.get(collection)
         interval = self.store.refresh_interval
         if (
@@ -220,7 +226,8 @@ class MemoryIndex:
 
     def vector(self, query: str) -> Vector:
         """The query's unit vector: cached, being computed (waited for), or computed now."""
-        key = query_key(query)
+        words = query_key(query)
+        key = _digest(words)
         with self._lock:
             vector = self._vectors.get(key)
             if vector is not None:
@@ -230,19 +237,20 @@ class MemoryIndex:
             pending = self._inflight.get(key)
         if pending is not None:
             return pending.result()
-        return self._embed(key)
+        return self._embed(words)
 
     def cached(self, query: str) -> bool:
         """Whether the query's vector is in the cache."""
         with self._lock:
-            return query_key(query) in self._vectors
+            return _digest(query_key(query)) in self._vectors
 
     def prefetch(self, query: str) -> Future[Vector] | None:
         """Embed ``query`` in the background (unless cached or already under way), so that a
         search of the same words soon after finds its vector ready. None when nothing to do."""
-        key = query_key(query)
-        if not key:
+        words = query_key(query)
+        if not words:
             return None
+        key = _digest(words)
         with self._lock:
             if key in self._vectors or key in self._inflight:
                 return None
@@ -251,7 +259,7 @@ class MemoryIndex:
 
         def run() -> None:
             try:
-                future.set_result(self._embed(key, announced=True))
+                future.set_result(self._embed(words, announced=True))
             except BaseException as exc:
                 future.set_exception(exc)
 
@@ -263,17 +271,18 @@ class MemoryIndex:
             return None
         return future
 
-    def _embed(self, key: str, *, announced: bool = False) -> Vector:
+    def _embed(self, words: str, *, announced: bool = False) -> Vector:
         import numpy as np
 
+        key = _digest(words)
         started = time.thread_time()
         try:
             embedder = self.store.embedder
             embed_array = getattr(embedder, "embed_array", None)
             if callable(embed_array):
-                vector = np.asarray(embed_array([key])[0], dtype=np.float32)
+                vector = np.asarray(embed_array([words])[0], dtype=np.float32)
             else:
-                vector = np.asarray(embedder.embed([key])[0], dtype=np.float32)
+                vector = np.asarray(embedder.embed([words])[0], dtype=np.float32)
             if vector.shape != (embedder.dimensions,):
                 raise EmbeddingError(
                     f"embedder {embedder.name!r} returned a vector of shape {vector.shape}"
@@ -365,5 +374,16 @@ def _top(matrix: _Matrix, vector: Vector, k: int, min_score: float) -> list[Hit]
         score = float(scores[index])
         if score < min_score:
             break
-        hits.append(dataclasses.replace(matrix.hits[index], score=score))
+        hit = matrix.hits[index]
+        hits.append(
+            Hit(
+                hit.chunk_id,
+                hit.doc_id,
+                hit.doc_version,
+                hit.source,
+                hit.heading_path,
+                hit.text,
+                score,
+            )
+        )
     return hits

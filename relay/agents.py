@@ -569,6 +569,10 @@ class AgentProfile(BaseModel):
     price_guard: bool = True
     booking_guard: bool = True
     price_tool: str | None = None  # required on a re-ask; default: the first known price tool
+    # How a re-ask requires the tool: "named" (OpenAI's {"type": "function", ...}) or
+    # "required" (any tool; for servers that only know the string forms, e.g. llama.cpp's
+    # llama-server, which reads a named choice as "auto"). The re-ask's note names it either way.
+    guard_tool_choice: Literal["named", "required"] = "named"
     price_bridge_line: str = "Let me work out the exact price for you."
     booking_bridge_line: str = "Let me just confirm that booking."
     guard_fallback_line: str = (

@@ -69,6 +69,12 @@ class Settings(BaseSettings):
     knowledge_k: int = Field(default=4, ge=1, le=20, alias="RELAY_KNOWLEDGE_K")
     knowledge_min_score: float = Field(default=0.3, ge=0, le=1, alias="RELAY_KNOWLEDGE_MIN_SCORE")
     knowledge_autoload: bool = Field(default=True, alias="RELAY_KNOWLEDGE_AUTOLOAD")
+    # Seconds an interim transcript (partialPrompts) must stand before its query is embedded
+    # ahead of the final one; and query vectors kept in memory (0: no cache).
+    knowledge_prefetch_delay: float = Field(
+        default=0.25, ge=0, alias="RELAY_KNOWLEDGE_PREFETCH_DELAY"
+    )
+    knowledge_query_cache: int = Field(default=4096, ge=0, alias="RELAY_KNOWLEDGE_QUERY_CACHE")
     embeddings: Literal["local", "openai"] = Field(default="local", alias="RELAY_EMBEDDINGS")
     embedding_model: str = Field(default="text-embedding-3-small", alias="RELAY_EMBEDDING_MODEL")
     # How often a running server looks for knowledge changes made elsewhere (CLI, admin API,

@@ -28,20 +28,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final, Protocol
 
 import structlog
 
 from relay.agents import AgentProfile
+from relay.call.ports import CallDependencies
+from relay.call.transcript import Transcript
 from relay.errors import ProtocolError
 from relay.protocol import frames as protocol
 from relay.storage import reconnects as stored
-
-if TYPE_CHECKING:
-    from relay.call.session import CallSession
 
 log = structlog.get_logger("relay.call.reconnect")
 
@@ -49,6 +49,8 @@ log = structlog.get_logger("relay.call.reconnect")
 LIVE: Final = frozenset({"in-progress", "reconnecting"})
 #: Twilio buffers up to this many events during a drop (notes §0.2).
 REPLAY_LIMIT: Final = 500
+#: Seconds without a frame that acts on the call after which the replay is over.
+REPLAY_QUIET: Final = 2.0
 #: How long a dropped socket's running turn may go on so its reply is stored whole.
 FINISH_TURN_SECONDS: Final = 8.0
 #: How long a new socket waits for an older one of the same call (this process) to close.
@@ -62,6 +64,48 @@ CLOSE_SERVICE_RESTART: Final = 1012
 CLOSE_NORMAL: Final = 1000
 
 Key = tuple[str, ...]
+
+
+class _Turn(Protocol):
+    @property
+    def running(self) -> bool: ...
+
+
+class _Keypad(Protocol):
+    @property
+    def collecting(self) -> bool: ...
+
+
+class CallSession(Protocol):
+    """What a reconnect needs of its call (:class:`relay.call.session.CallSession`)."""
+
+    deps: CallDependencies
+    setup: protocol.Setup | None
+    transcript: Transcript
+    close_code: int | None
+    _event_seq: int
+    _end_sent: bool
+
+    @property
+    def agent(self) -> AgentProfile: ...
+    @property
+    def call_sid(self) -> str: ...
+    @property
+    def session_id(self) -> str: ...
+    @property
+    def parameters(self) -> dict[str, str]: ...
+    @property
+    def phase(self) -> enum.Enum: ...
+    @property
+    def _turn(self) -> _Turn | None: ...
+    @property
+    def keypad(self) -> _Keypad: ...
+
+    def event(self, kind: str, data: dict[str, Any], t: float | None = None) -> None: ...
+    def send(
+        self, frame: protocol.OutboundFrame, *, on_sent: Callable[[float], None] | None = None
+    ) -> None: ...
+    def answer_again(self, seq: int) -> None: ...
 
 
 def enabled(agent: AgentProfile) -> bool:
@@ -97,19 +141,28 @@ class Replay:
     The frames that act on the call arriving on the new socket are matched, in order, against
     the ones recorded for the call: while they form a run of consecutive recorded frames (any
     run: Twilio may replay from the drop or from further back), they are replays and skipped.
-    The first frame that breaks the run is new, and so is everything after it.
+    The first frame that breaks the run is new, and so is everything after it. A replay comes
+    as a burst when the socket opens, so a frame after :data:`REPLAY_QUIET` seconds without any
+    (since the resume, or the last frame that acts) is new as well: a caller who says "yes"
+    again a while after the reconnect is answered.
     """
 
-    def __init__(self, recorded: Sequence[Key]) -> None:
+    def __init__(self, recorded: Sequence[Key], now: float | None = None) -> None:
         self.recorded = list(recorded)[-REPLAY_LIMIT:]
         self._starts = list(range(len(self.recorded)))  # where the run may have started
         self._matched = 0
+        self._last = time.monotonic() if now is None else now
         self.active = bool(self.recorded)
         self.skipped = 0
 
-    def handled(self, key: Key | None) -> bool:
+    def handled(self, key: Key | None, now: float | None = None) -> bool:
         """True if this frame was already handled (skip it); ends the replay at a new one."""
         if not self.active or key is None:
+            return False
+        now = time.monotonic() if now is None else now
+        quiet, self._last = now - self._last, now
+        if quiet > REPLAY_QUIET:
+            self.active = False
             return False
         n, recorded = self._matched, self.recorded
         starts = [j for j in self._starts if j + n < len(recorded) and recorded[j + n] == key]
@@ -182,10 +235,12 @@ class Reconnect:
         if not enabled(session.agent) or "resumed" in session.parameters:
             return  # the 64105 path marks its sessions ``resumed``
         deps = session.deps
-        if previous is not None and previous is not session:
-            await _wait_closed(previous)
         try:
-            await deps.recorder.flush(timeout=5.0)
+            if previous is not None and previous is not session:
+                # The old socket of this call, in this process: its turn finishes, its records
+                # are written, before the history is read.
+                await _wait_closed(previous)
+                await deps.recorder.flush(timeout=5.0)
             found = await stored.stored_call(deps.db, session.call_sid)
         except Exception as exc:
             log.error("reconnect_lookup_failed", error=repr(exc)[:300])

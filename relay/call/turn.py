@@ -394,7 +394,10 @@ class Turn:
                    "your read-back; otherwise read it back and ask)." if tool else
                    "Do not say it is booked; offer to take a message.")
             )  # fmt: skip
-        choice = {"type": "function", "function": {"name": tool}} if tool else None
+        choice: str | dict[str, Any] | None = None
+        if tool is not None:
+            named = {"type": "function", "function": {"name": tool}}
+            choice = named if agent.guard_tool_choice == "named" else "required"
         return True, choice
 
     def _say_line(self, line: str, *, preemptible: bool) -> None:

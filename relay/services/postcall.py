@@ -138,6 +138,12 @@ class PostCall:
         if stored is None:
             return None
         call = stored["call"]
+        if deliver and call.get("status") in ("reconnecting", "in-progress"):
+            # The socket closed but the call goes on (application reconnect, or a newer socket
+            # already serves it): its outcome is worked out when its last session closes, so
+            # the webhook and the owner's e-mail never go out with half a call.
+            log.info("postcall_deferred", call_sid=call_sid, status=call.get("status"))
+            return None
         derived = derive(stored, self.prices)
         agent = self.agents.agents.get(call["agent"])
         previous = await get_analysis(self.db, call_sid)

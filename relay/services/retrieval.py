@@ -141,6 +141,7 @@ class KnowledgeRetriever:
         timeout: float = 0.5,
         memory_index: bool = True,
         prefetch_delay: float = 0.25,
+        query_cache: int = 4096,
     ) -> None:
         self.knowledge = knowledge
         self.k = k
@@ -155,7 +156,9 @@ class KnowledgeRetriever:
         self._prefetches: dict[str, asyncio.TimerHandle] = {}
         #: Searches from memory with cached query vectors (see knowledge.memindex); None: every
         #: search goes to the store.
-        self.index: MemoryIndex | None = MemoryIndex(knowledge.store) if memory_index else None
+        self.index: MemoryIndex | None = (
+            MemoryIndex(knowledge.store, cache_size=query_cache) if memory_index else None
+        )
 
     async def _search(
         self, collection: str, query: str, *, k: int, min_score: float, timeout: float
@@ -167,6 +170,13 @@ class KnowledgeRetriever:
             )
         return await self.knowledge.search(
             collection, query, k=k, min_score=min_score, timeout=timeout
+        )
+
+    async def preview(self, collection: str, question: str, *, timeout: float) -> list[Hit]:
+        """The passages a turn asking ``question`` gets (same path, k and threshold), for the
+        console's "ask the documents". Raises like the store."""
+        return await self._search(
+            collection, question, k=self.k, min_score=self.min_score, timeout=timeout
         )
 
     def prefetch(self, agent: AgentProfile, partial: str, *, previous: str, key: str) -> None:

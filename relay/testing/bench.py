@@ -1002,6 +1002,9 @@ async def _bench(options: BenchOptions) -> BenchReport:
         )
         idle = await settle_all(http, targets.relay_http, workers, len(calls))
         rss0, rss, per_call = memory_per_call(idle0, idle, len(calls))
+        if workers > 1:
+            spread = sorted(int(d.get("active_sessions") or 0) for d in idle.values())
+            notes.append(f"idle calls per worker: {spread} ({len(idle)} of {workers} answered)")
         if per_call is not None and len(calls) < 50:
             notes.append("memory per call is only meaningful with many calls (RSS moves in pages)")
 

@@ -87,6 +87,9 @@ class TurnFigures:
     cached_tokens: int = 0
     tools: list[str] = field(default_factory=list)
     amounts: list[tuple[str, bool]] = field(default_factory=list)
+    model_first_s: float | None = None  # the model's first token (the first frame may be a filler)
+    stops: list[str] = field(default_factory=list)  # the speech filter's stops: limit, price...
+    usage_missing: int = 0  # replies cut by the filter before the server sent its usage
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -196,6 +199,16 @@ def llama_server(
 def relay_server(base_url: str, *, timeout: float) -> Iterator[tuple[str, Path]]:
     port = _free_port()
     scratch = Path(tempfile.mkdtemp(prefix="relay-realmodel-"))
+    # The shipped agents, told that this server knows only the string forms of tool_choice
+    # (llama-server reads {"type": "function", ...} as "auto"): a guard's re-ask sends
+    # "required", its note naming the tool.
+    prompts = scratch / "prompts"
+    prompts.mkdir()
+    for profile in (Path.cwd() / "prompts").glob("*.toml"):
+        text = profile.read_text(encoding="utf-8")
+        (prompts / profile.name).write_text(
+            'guard_tool_choice = "required"\n' + text, encoding="utf-8"
+        )
     database = scratch / "relay.db"
     env = {
         **os.environ,
@@ -204,6 +217,7 @@ def relay_server(base_url: str, *, timeout: float) -> Iterator[tuple[str, Path]]
         "RELAY_LLM_MODEL": "qwen2.5-coder-1.5b-instruct",
         "DATABASE_URL": f"sqlite+aiosqlite:///{database}",
         "RELAY_DATA_DIR": str(Path.cwd() / "data"),
+        "RELAY_PROMPTS_DIR": str(prompts),
         "RELAY_LLM_CONNECT_TIMEOUT": "10",
         "RELAY_LLM_FIRST_TOKEN_TIMEOUT": str(timeout),
         "RELAY_LLM_READ_TIMEOUT": str(timeout),
@@ -249,6 +263,17 @@ def attach_recorded(database: Path, call_sid: str, figures: list[TurnFigures]) -
         rows = db.execute(
             "SELECT kind, data FROM events WHERE call_sid = ? ORDER BY id", (call_sid,)
         ).fetchall()
+        turn_rows = db.execute(
+            "SELECT role, first_token_ms FROM turns WHERE call_sid = ? ORDER BY seq", (call_sid,)
+        ).fetchall()
+    asked = -1
+    for role, first_token_ms in turn_rows:
+        if role == "user":
+            asked += 1
+        elif role == "assistant" and 0 <= asked < len(figures) and first_token_ms is not None:
+            figure = figures[asked]
+            if figure.model_first_s is None:
+                figure.model_first_s = float(first_token_ms) / 1000
     turn = -1
     produced: set[Decimal] = set()
     for kind, raw in rows:
@@ -257,6 +282,12 @@ def attach_recorded(database: Path, call_sid: str, figures: list[TurnFigures]) -
             turn += 1
         if not 0 <= turn < len(figures):
             continue
+        if kind == "llm_response" and data.get("stop"):
+            figures[turn].stops.append(str(data["stop"]))
+        if kind in ("price_guard", "booking_guard"):
+            figures[turn].stops.append(f"{kind}: {data.get('blocked')!r} -> {data.get('action')}")
+        if kind == "llm_response" and not data.get("usage"):
+            figures[turn].usage_missing += 1
         if kind == "llm_response" and data.get("usage"):
             usage = data["usage"]
             figures[turn].prompt_tokens += int(usage.get("prompt_tokens") or 0)
@@ -287,10 +318,12 @@ def _spoken_amounts(text: str) -> list[str]:
 
 def report(figures: list[TurnFigures]) -> None:
     print(
-        f"{'turn':>4} {'first word':>11} {'prompt':>7} {'cached':>7} {'re-read':>8}  tools / amounts"
+        f"{'turn':>4} {'first frame':>11} {'model word':>10} {'prompt':>7} {'cached':>7} "
+        f"{'re-read':>8}  tools / amounts / stops"
     )
     for n, f in enumerate(figures, 1):
         first = f"{f.first_word_s:.1f} s" if f.first_word_s is not None else "-"
+        model = f"{f.model_first_s:.1f} s" if f.model_first_s is not None else "-"
         reread = (
             f"{100 * (f.prompt_tokens - f.cached_tokens) / f.prompt_tokens:.0f} %"
             if f.prompt_tokens
@@ -299,9 +332,11 @@ def report(figures: list[TurnFigures]) -> None:
         amounts = ", ".join(f"{a} ({'tool' if ok else 'NOT FROM A TOOL'})" for a, ok in f.amounts)
         markdown = any(ch in f.heard for ch in "*#\n`") or "- " in f.heard[:2]
         print(
-            f"{n:>4} {first:>11} {f.prompt_tokens:>7} {f.cached_tokens:>7} {reread:>8}  "
-            f"{', '.join(f.tools) or '-'}"
+            f"{n:>4} {first:>11} {model:>10} {f.prompt_tokens:>7} {f.cached_tokens:>7} "
+            f"{reread:>8}  {', '.join(f.tools) or '-'}"
             + (f" · {amounts}" if amounts else "")
+            + (f" · stops: {'; '.join(f.stops)}" if f.stops else "")
+            + (f" · {f.usage_missing} reply without usage" if f.usage_missing else "")
             + (" · MARKDOWN HEARD" if markdown else "")
         )
 

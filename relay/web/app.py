@@ -241,6 +241,8 @@ async def _start_knowledge(runtime: Runtime) -> asyncio.Task[Any]:
         k=settings.knowledge_k,
         min_score=settings.knowledge_min_score,
         timeout=settings.knowledge_timeout,
+        prefetch_delay=settings.knowledge_prefetch_delay,
+        query_cache=settings.knowledge_query_cache,
     )
     deps.retriever = retriever
     runtime.knowledge = knowledge

@@ -6,7 +6,10 @@ every live reply mid-sentence. So the app puts its own SIGTERM handler in front 
 
 1. turns ``/readyz`` to 503 (the balancer stops sending calls) and ``/twiml`` to the polite
    busy answer;
-2. lets live calls go on until they end, for at most ``RELAY_DRAIN_SECONDS``;
+2. lets live calls go on until they end, for at most ``RELAY_DRAIN_SECONDS``; a call whose
+   agent has ``application_reconnect = true`` is instead handed over as soon as it is between
+   turns: its socket is closed with 1012 (Service Restart) and Twilio reconnects it to another
+   replica, which resumes it from the shared database (:mod:`relay.call.reconnect`);
 3. then tells each remaining caller a short line and hands them to the agent's person (the
    ``<Connect action>`` dials them) or ends the call cleanly, with the outcome
    ``server-shutdown``;

@@ -5,6 +5,7 @@ the requests keep a prefix a prompt cache can reuse."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import re
 from pathlib import Path
 from typing import Any
@@ -301,7 +302,7 @@ async def test_every_request_extends_the_previous_one_and_the_cache_covers_it(
 
     requests = llm.requests
     assert len(requests) == 6
-    for before, after in zip(requests, requests[1:], strict=False):
+    for before, after in itertools.pairwise(requests):
         prefix = before["messages"][:-1]  # all but the per-turn system message
         assert orjson.dumps(after["messages"][: len(prefix)]) == orjson.dumps(prefix)
         assert orjson.dumps(after["tools"]) == orjson.dumps(before["tools"])
@@ -313,3 +314,43 @@ async def test_every_request_extends_the_previous_one_and_the_cache_covers_it(
     for u in usage[3:]:
         cached = u["prompt_tokens_details"]["cached_tokens"]
         assert cached >= 0.75 * u["prompt_tokens"], u
+
+
+def test_the_strict_server_accepts_a_trailing_system_message_and_a_named_tool_choice() -> None:
+    from relay.testing.openai_rules import check_chat_request
+
+    tool = next(t for t in PIANO_TOOLS if t.name == "quote_piano_move").openai_schema()
+    body = {
+        "model": "gpt-4o-mini",
+        "stream": True,
+        "messages": [
+            {"role": "system", "content": "You are Kerry."},
+            {"role": "user", "content": "How much?"},
+            {"role": "assistant", "content": "The total is"},
+            {"role": "system", "content": "Current date and time: Monday 2 March 2026."},
+        ],
+        "tools": [tool],
+        "tool_choice": {"type": "function", "function": {"name": "quote_piano_move"}},
+    }
+    assert check_chat_request(body) is None
+    assert check_chat_request({**body, "tool_choice": "none"}) is None
+
+
+async def test_a_server_without_named_tool_choice_gets_required(
+    start_relay: Any, prompts_dir: Path
+) -> None:
+    write_agent(prompts_dir, guard_tool_choice="required")
+    llm = ScriptedLLM(
+        [
+            Text("That will be $999."),
+            ToolCalls([ToolCall("quote_piano_move", QUOTE_ARGS, id="call_q")]),
+            Text("It's $420.50."),
+        ]
+    )
+    async with start_relay(llm, configure=tools) as relay:
+        call = relay.call()
+        await call.connect()
+        reply = await call.say("How much?")
+    assert said(reply.frames).endswith("It's $420.50.")
+    assert llm.requests[1]["tool_choice"] == "required"
+    assert "Call quote_piano_move now" in llm.requests[1]["messages"][-1]["content"]

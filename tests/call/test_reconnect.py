@@ -27,6 +27,7 @@ from relay.call import reconnect
 from relay.storage import repository
 from relay.storage.models import Booking, SideEffect
 from relay.testing import ScriptedLLM, Text, ToolCall, ToolCalls
+from relay.testing.scripted import Stall
 
 REPO = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 11, 19, 10, 0, tzinfo=ZoneInfo("Australia/Melbourne"))
@@ -42,6 +43,7 @@ BOOK = "Yes, book the morning please, name Ann Lee, and text me the quote."
 BOOKED = "All booked for Tuesday morning, and I've sent the quote to your phone. Anything else?"
 THANKS = "No, that's all, thanks."
 BYE = "You're welcome, Ann. Bye for now!"
+FREE = "Yes, Tuesday morning is free. Would you like me to hold it for you, Ann?"
 
 
 def reconnect_prompts(root: Path, *, on: bool = True) -> Path:
@@ -96,6 +98,20 @@ async def count(relay: Any, model: Any, call_sid: str) -> int:
         return int(await s.scalar(query) or 0)
 
 
+async def ledger_done(db: Any, call_sid: str, n: int) -> bool:
+    async with db.session() as s:
+        query = select(func.count()).select_from(SideEffect)
+        query = query.where(SideEffect.call_sid == call_sid, SideEffect.status == "done")
+        return int(await s.scalar(query) or 0) >= n
+
+
+async def until(check: Callable[[], Any], timeout: float = 10.0) -> None:
+    """Wait until the async ``check`` holds (a limit, never an expectation)."""
+    async with asyncio.timeout(timeout):
+        while not await check():  # noqa: ASYNC110 (a database row, no event to wait on)
+            await asyncio.sleep(0.02)
+
+
 async def kinds(relay: Any, call_sid: str) -> list[tuple[str, dict[str, Any]]]:
     events = await repository.call_events(relay.runtime.deps.db, call_sid)
     wanted = {"reconnected", "replay_skipped", "reply_cut_off", "reply_repeated"}
@@ -145,15 +161,16 @@ async def test_the_twiml_asks_for_reconnects_on_a_url_that_names_the_call(
 
 @pytest.mark.parametrize("reading", ["fresh-setup", "replay-only"])
 async def test_a_dropped_socket_reconnects_and_the_call_goes_on_without_repeats(
-    reconnecting: Callable[..., AbstractAsyncContextManager[Any]], reading: str
+    reconnecting: Callable[..., AbstractAsyncContextManager[Any]], reading: str, database_url: str
 ) -> None:
+    """On SQLite and on PostgreSQL (the database replicas share)."""
     llm = ScriptedLLM([ToolCalls([ToolCall("quote_piano_move", QUOTE_ARGS)]), Text(QUOTED)])
     with respx.mock(assert_all_mocked=False, assert_all_called=False) as twilio:
         twilio.route(host="127.0.0.1").pass_through()
         sms = twilio.post(MESSAGES_URL).mock(
             return_value=httpx.Response(201, json={"sid": "SM" + "1" * 32, "status": "queued"})
         )
-        async with reconnecting(llm) as relay:
+        async with reconnecting(llm, DATABASE_URL=database_url) as relay:
             first = await cut_off_mid_reply(relay)
             requests_before = len(relay.llm.requests)
             dropped = await repository.get_call(relay.runtime.deps.db, first.call_sid)
@@ -271,6 +288,11 @@ def test_replay_matches_runs_of_recorded_frames_in_order() -> None:
     assert replay.handled(None) is False and replay.active  # partials and info pass through
     assert [replay.handled(k) for k in (b, a)] == [True, False]  # b ends the recorded frames
     assert reconnect.Replay([]).handled(a) is False
+    # A quiet spell ends the replay: the same words said later are a new turn.
+    replay = reconnect.Replay([a, b], now=100.0)
+    assert replay.handled(a, now=101.0) is True
+    assert replay.handled(b, now=101.0 + reconnect.REPLAY_QUIET + 0.1) is False
+    assert not replay.active
 
 
 async def test_drain_hands_a_reconnectable_call_over_with_1012(
@@ -310,7 +332,7 @@ async def test_a_reconnect_at_once_waits_for_the_dropped_socket_and_a_plain_url_
             first = affinity(relay, relay.call(to="+61390001234"))
             await first.connect()
             assert (await first.say(ASK)).text == QUOTED
-            relay.llm.push(Text(BOOKED))
+            relay.llm.push(Text(FREE))
             relay.llm.token_delay = 0.05
             await first.prompt("Is the morning free?")
             frame = await first.next_frame()
@@ -333,7 +355,7 @@ async def test_a_reconnect_at_once_waits_for_the_dropped_socket_and_a_plain_url_
             call = await repository.get_call(relay.runtime.deps.db, first.call_sid)
             requests = list(relay.llm.requests)
 
-    assert again.text == BOOKED  # the whole reply: the old turn finished before the repeat
+    assert again.text == FREE  # the whole reply: the old turn finished before the repeat
     assert bye.text == BYE
     assert users(requests[-1]) == [ASK, "Is the morning free?", THANKS]
     assert len(requests) == 4
@@ -360,3 +382,57 @@ async def test_when_twilio_gives_up_the_64105_action_still_reconnects_the_call(
     assert element.attrib["url"].endswith(f"/ws/{first.call_sid}")
     params = {p.attrib["name"]: p.attrib["value"] for p in element.findall("Parameter")}
     assert params["resumed"] == "1"
+
+
+async def test_a_reply_cut_off_unfinished_is_asked_again_and_the_ledger_stops_a_second_booking(
+    reconnecting: Callable[..., AbstractAsyncContextManager[Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The dropped socket's turn cannot finish in time: the new socket asks the model again
+    for that same user message (once); its repeated book_move and send_quote_sms calls are
+    answered from the idempotency ledger, not run again."""
+    monkeypatch.setattr(reconnect, "FINISH_TURN_SECONDS", 0.2)
+    llm = ScriptedLLM([ToolCalls([ToolCall("quote_piano_move", QUOTE_ARGS)]), Text(QUOTED)])
+    with respx.mock(assert_all_mocked=False, assert_all_called=False) as twilio:
+        twilio.route(host="127.0.0.1").pass_through()
+        sms = twilio.post(MESSAGES_URL).mock(
+            return_value=httpx.Response(201, json={"sid": "SM" + "1" * 32, "status": "queued"})
+        )
+        async with reconnecting(llm) as relay:
+            first = affinity(relay, relay.call(to="+61390001234"))
+            await first.connect()
+            assert (await first.say(ASK)).text == QUOTED
+            qid = quote_id(relay.llm.requests[1])
+            calls = ToolCalls([
+                ToolCall("book_move", {"quote_id": qid, "date": TUESDAY, "window": "morning",
+                                       "confirmed": True, "name": "Ann Lee"}),
+                ToolCall("send_quote_sms", {"quote_id": qid}),
+            ])  # fmt: skip
+            relay.llm.push(calls, Stall(30.0, then=Text(BOOKED)))  # no words come in time
+            await first.prompt(BOOK)
+            db = relay.runtime.deps.db
+            await until(lambda: ledger_done(db, first.call_sid, 2))  # booked and texted
+            frame = await first.next_frame()  # a filler line while the model says nothing
+            assert frame is not None and frame["type"] == "text"
+            await first.drop()
+            await relay.session_closed()
+            relay.llm.push(calls, Text(BOOKED))  # the model, asked again, books again
+            second = affinity(relay, relay.call(call_sid=first.call_sid, to=first.to))
+            await second.connect()
+            await second.prompt(BOOK)  # replayed
+            again = await second.reply()
+            await second.close()
+            await relay.session_closed(2)
+            bookings = await count(relay, Booking, first.call_sid)
+            events = await kinds(relay, first.call_sid)
+            requests = list(relay.llm.requests)
+
+    assert again.text.endswith(BOOKED)
+    assert bookings == 1 and sms.call_count == 1
+    tool_answers = [m["content"] for m in requests[-1]["messages"] if m["role"] == "tool"]
+    assert sum("Already done earlier in this call" in a for a in tool_answers) == 2
+    assert users(requests[-1]) == [ASK, BOOK]
+    assert len(requests) == 6  # 2 + 2, and the cut-off turn asked again once (2 rounds)
+    cut = next(d for k, d in events if k == "reply_cut_off")
+    assert cut["complete"] is False
+    assert [k for k, _ in events].count("replay_skipped") == 1

@@ -46,6 +46,7 @@ def chars(text: str) -> list[str]:
         ("See [our prices](https://example.com/prices) page 🎹!", "See our prices page !"),
         ("Use `code` and ```\nprint(1)\n``` done", "Use code and done"),
         ("Line one\nline two", "Line one. line two"),
+        ("## Hours\n- Monday\n- Tuesday", "Hours. Monday, Tuesday"),  # a heading is a sentence
     ],
 )
 def test_markdown_and_line_breaks_become_speech(reply: str, heard: str) -> None:

@@ -125,7 +125,9 @@ def test_eval_fails_when_a_tool_is_removed_from_the_agent(
     assert code == 1, out
     assert out.splitlines()[0] == "FAIL  piano-quote (piano-removals): 0/1 runs passed (0%)"
     assert "quote_piano_move(piano_type~/(?i)upright/" in out and "ok=False" in out
-    assert "outcome quoted recorded (outcomes: answered-only)" in out
+    # The scripted agent's "$350" (no tool produced it) was kept from the caller by the price
+    # guard, which asked again (issue 15): the script had no reply for that.
+    assert "outcome quoted recorded (outcomes: answered-only" in out
     assert "quote_piano_move" not in {t["function"]["name"] for t in agent.llm.requests[0]["tools"]}
     [failure] = ET.parse(report).getroot().iter("failure")
     assert "quote_piano_move" in (failure.get("message") or "")

@@ -48,7 +48,12 @@ def knowledge_cli(
 
 def reference_of(request: dict[str, Any]) -> list[str]:
     """The reference-material system messages of an LLM request (after the prompt)."""
-    return [m["content"] for m in request["messages"][1:] if m["role"] == "system"]
+    # The per-turn system message (last, issue 15) holds the time, then the passages.
+    texts = [m["content"] for m in request["messages"][1:] if m["role"] == "system"]
+    parts = [
+        "\n\n".join(t.split("\n\n")[1:]) if t.startswith("Current date") else t for t in texts
+    ]
+    return [p for p in parts if p]
 
 
 async def test_a_document_added_by_the_cli_is_used_by_the_next_call_and_removing_it_is_safe(

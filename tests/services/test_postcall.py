@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import re
 import shutil
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -420,3 +421,45 @@ def test_preflight_names_a_bad_price_table_and_missing_smtp_sender(
     (data_dir / "prices.toml").unlink()
     with pytest.raises(ConfigError, match="RELAY_EMAIL_FROM"):
         preflight(make_settings(RELAY_SMTP_URL="smtp://127.0.0.1:2525", **local))
+
+
+async def test_a_socket_that_drops_for_a_reconnect_sends_nothing_until_the_call_ends(
+    relay_with: Callable[..., AbstractAsyncContextManager[Any]],
+    piano_prompts: Callable[..., Path],
+) -> None:
+    receiver = Receiver()
+    await receiver.start()
+    llm = ScriptedLLM([Text("We move pianos all over Melbourne."), Text("Yes, Geelong too.")])
+    prompts = piano_prompts(webhook_url=receiver.url)
+    profile = prompts / "piano-removals.toml"
+    text, n = re.subn(
+        r"^\[relay\]\n", "[relay]\napplication_reconnect = true\n",
+        profile.read_text(encoding="utf-8"), count=1, flags=re.M,
+    )  # fmt: skip
+    assert n == 1
+    profile.write_text(text, encoding="utf-8")
+    try:
+        async with relay_with(llm, prompts, RELAY_WEBHOOK_SECRET=SECRET) as relay:
+            first = relay.call(to="+61390001234")
+            first.url = f"{relay.ws_url}/{first.call_sid}"  # the URL relay's TwiML gives
+            await first.connect()
+            await first.say("Do you move pianos?")
+            await first.drop()  # the network fails; Twilio will reconnect
+            await relay.session_closed()
+            await relay.runtime.postcall.idle()
+            assert await relay.runtime.postcall.outbox.rows(first.call_sid) == []
+            second = relay.call(call_sid=first.call_sid, to=first.to)
+            second.url = first.url
+            await second.connect()
+            assert (await second.say("Do you go to Geelong?")).text == "Yes, Geelong too."
+            await second.close()
+            await relay.session_closed(2)
+            await relay.runtime.postcall.idle()
+            await asyncio.wait_for(receiver.arrived.wait(), 10)
+    finally:
+        await receiver.stop()
+
+    [(_, body)] = receiver.received
+    document = orjson.loads(body)
+    assert document["call_sid"] == first.call_sid
+    assert document["usage"]["models"]["gpt-4o-mini"]["requests"] == 2  # the whole call

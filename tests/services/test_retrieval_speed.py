@@ -110,7 +110,10 @@ def _swap_in(store: KnowledgeStore, holder: dict[str, KnowledgeRetriever]) -> An
 
 
 def _reference(request: dict[str, Any]) -> list[str]:
-    return [m["content"] for m in request["messages"][1:] if m["role"] == "system"]
+    # The per-turn system message (last, issue 15) holds the time, then the passages.
+    texts = [m["content"] for m in request["messages"][1:] if m["role"] == "system"]
+    parts = ["\n\n".join(t.split("\n\n")[1:]) if t.startswith("Current date") else t for t in texts]
+    return [p for p in parts if p]
 
 
 async def test_a_turn_that_asks_nothing_new_keeps_the_previous_material(

@@ -653,9 +653,12 @@ async def _ask(request: Request, collection: str, question: str) -> tuple[list[A
         retriever.min_score if retriever is not None else runtime.settings.knowledge_min_score
     )
     assert runtime.knowledge is not None
-    hits = await runtime.knowledge.search(
-        collection, question, k=k, min_score=min_score, timeout=10.0
-    )
+    if retriever is not None:  # the turn's own path (in-memory index, same query words)
+        hits = await retriever.preview(collection, question, timeout=10.0)
+    else:
+        hits = await runtime.knowledge.search(
+            collection, question, k=k, min_score=min_score, timeout=10.0
+        )
     return hits, format_passages(hits) if hits else ""
 
 

@@ -393,7 +393,7 @@ async def test_live_list_stream_and_supervisor_commands(relay: Any) -> None:
 
     await asyncio.wait_for(applied(), WAIT)
     await call.say("Any deals?")
-    note = relay.llm.requests[-1]["messages"][-2]
+    note = relay.llm.requests[-1]["messages"][-3]  # then the caller's words, the per-turn note
     assert note == {
         "role": "system",
         "content": "Note from your supervisor (the caller cannot hear this): Offer the Tuesday discount.",

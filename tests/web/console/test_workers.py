@@ -77,7 +77,7 @@ async def test_a_console_on_one_worker_runs_a_call_on_another(start_relay: Any) 
         assert serving.runtime.supervisor is not None and serving.runtime.supervisor.applied == 1
         assert console.runtime.supervisor is not None and console.runtime.supervisor.applied == 0
         await call.say("Anything else?")
-        assert serving_llm.requests[-1]["messages"][-2]["content"].endswith(
+        assert serving_llm.requests[-1]["messages"][-3]["content"].endswith(
             "Mention the weekend rate."
         )
         await call.close()
