@@ -39,7 +39,9 @@ class Settings(BaseSettings):
     llm_read_timeout: float = Field(default=10.0, gt=0, alias="RELAY_LLM_READ_TIMEOUT")
     llm_turn_timeout: float = Field(default=4.5, gt=0, alias="RELAY_LLM_TURN_TIMEOUT")
     llm_max_retries: int = Field(default=2, ge=0, le=10, alias="RELAY_LLM_MAX_RETRIES")
-    llm_transport: Literal["aiohttp", "lean"] = Field(default="aiohttp", alias="RELAY_LLM_TRANSPORT")
+    llm_transport: Literal["aiohttp", "lean"] = Field(
+        default="aiohttp", alias="RELAY_LLM_TRANSPORT"
+    )
     max_tool_rounds: int = Field(default=5, ge=1, le=20, alias="RELAY_MAX_TOOL_ROUNDS")
 
     # Twilio and ElevenLabs.

@@ -26,7 +26,15 @@ from typing import Any
 from relay.agents import AgentProfile
 from relay.call.speech import Speech, amounts_in
 
-__all__ = ["BOOKING_TOOLS", "PRICE_TOOLS", "Promises", "booking_tool", "price_tool"]
+__all__ = [
+    "BOOKING_TOOLS",
+    "NOTES_HEAD",
+    "PRICE_TOOLS",
+    "Opening",
+    "Promises",
+    "booking_tool",
+    "price_tool",
+]
 
 #: Tools that price something, in order of preference for a re-ask after the price guard.
 PRICE_TOOLS = ("quote_piano_move", "find_available_slots")
@@ -87,4 +95,56 @@ class Promises:
         )
 
     def summary(self) -> dict[str, int]:
-        return {"price": self.trips["price"], "booking": self.trips["booking"]}
+        return {"price": self.trips["price"], "booking": self.trips["booking"],
+                "echo": self.trips["echo"]}  # fmt: skip
+
+
+#: The start of the per-turn system message (relay.call.session): a reply beginning with it is
+#: the model reading its notes back to the caller.
+NOTES_HEAD = "Current date and time:"
+
+
+class Opening:
+    """The first characters of a model's reply, held until they show what the reply is:
+    ``"say"`` (words for the caller), ``"echo"`` (the per-turn notes read back: a small model
+    given a system message after the caller's words did that, word for word) or ``"call"`` (a
+    tool call written as JSON text, which a server did not parse: no speech ever starts
+    with ``{``)."""
+
+    def __init__(self) -> None:
+        self.raw = ""
+        self.kind: str | None = None
+
+    def feed(self, text: str) -> str | None:
+        """The reply's kind once it is known, else None (keep holding)."""
+        self.raw += text
+        head = self.raw.lstrip()
+        if not head:
+            return None
+        if head.startswith("{"):
+            self.kind = "call"
+        elif head.startswith(NOTES_HEAD):
+            self.kind = "echo"
+        elif NOTES_HEAD.startswith(head):
+            return None
+        else:
+            self.kind = "say"
+        return self.kind
+
+    def tool_call(self, known: Iterable[str]) -> tuple[str, str] | None:
+        """A ``{"name": ..., "arguments": {...}}`` reply as (name, arguments JSON), if it names a
+        known tool."""
+        import json
+
+        try:
+            value, _ = json.JSONDecoder().raw_decode(self.raw.lstrip())
+        except ValueError:
+            return None
+        if not isinstance(value, dict) or value.get("name") not in set(known):
+            return None
+        arguments = value.get("arguments", value.get("parameters", {}))
+        if isinstance(arguments, str):
+            return str(value["name"]), arguments
+        if not isinstance(arguments, dict):
+            return None
+        return str(value["name"]), json.dumps(arguments)

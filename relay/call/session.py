@@ -413,6 +413,9 @@ class CallSession:
             latest.append(f"The call is now in {self.language}; reply in that language.")
         if retrieved is not None and retrieved.message:
             latest.append(retrieved.message)
+        # A small model reads a system message after the caller's words as something to say
+        # (Qwen2.5-Coder-1.5B did, word for word): say so.
+        latest.append("(Notes for you, never to be read out.)")
         messages.append({"role": "system", "content": "\n\n".join(latest)})
         return messages
 

@@ -180,6 +180,8 @@ def _is_emoji(char: str) -> bool:
     return unicodedata.category(char) == "So"
 
 
+_EARLY = re.compile(r"[A-Za-z][A-Za-z']*")
+_NUMBERISH_WORDS = (*_NUMBER_WORDS, *_SCALES, *_CURRENCY)
 _LINK_TAIL = re.compile(r"\]\([^)\s]*\)?")
 _LIST_MARKER = re.compile("^(?:[-*+\u2022\u2013\u2014]|\\d{1,2}[.)]|[a-zA-Z][.)])$")
 _HEADING = re.compile(r"^#{1,6}$")
@@ -223,6 +225,7 @@ class Speech:
         self._skip_break = False
         self._words = 0
         self._heading = False  # the line being said is a heading: it ends as a sentence
+        self._early = ""  # the start of the reply's first word, said before the word ended
         self._stopped: str | None = None
         self.blocked: list[str] = []  # what the guards kept from the caller
 
@@ -242,7 +245,26 @@ class Speech:
         pieces = re.split(r"(\s+)", self._raw)
         # The last piece is a word still being written unless the buffer ends with space.
         self._raw = "" if pieces[-1] == "" else pieces.pop()
-        return self._process(pieces)
+        out = self._process(pieces)
+        if out.stop or self._said or self._held or self._in_code:
+            return out
+        return Emit(out.text + self._say_early())
+
+    def _say_early(self) -> str:
+        """The reply's first word, as far as it is written, when nothing could change it.
+
+        Holding the first word until the next token shows that it ended would add a token's
+        time to every reply's first frame. Plain letters that cannot begin a number, an amount
+        or a Markdown marker are safe to say at once; no booking claim is one word long.
+        """
+        tail = self._raw
+        if len(tail) < 2 or _EARLY.fullmatch(tail) is None or len(tail) <= len(self._early):
+            return ""
+        lowered = tail.lower()
+        if any(word.startswith(lowered) for word in _NUMBERISH_WORDS):
+            return ""
+        said, self._early = tail[len(self._early) :], tail
+        return said
 
     def close(self) -> Emit:
         """The stream ended: say what is held, if it may be said."""
@@ -385,6 +407,10 @@ class Speech:
         if prefix:
             self._said_append_punctuation(prefix)
         text = (prefix if prefix else "") + (" " if self._said else "") + word
+        if self._early:
+            early, self._early = self._early, ""
+            if word.startswith(early):
+                text = word[len(early) :]  # its start was said before the word ended
         self._said.append(word)
         self._sentence.append(word)
         self._words += 1

@@ -20,7 +20,7 @@ import structlog
 
 from relay import metrics
 from relay.agents import AgentProfile
-from relay.call.guards import Promises, booking_tool, price_tool
+from relay.call.guards import Opening, Promises, booking_tool, price_tool
 from relay.call.ports import CallDependencies, Retrieved
 from relay.call.speech import Speech
 from relay.call.transcript import Message, ToolCallItem, Transcript
@@ -197,7 +197,7 @@ class Turn:
                 started = self.timings["prompt_received_at"] if round_ == 1 else None
                 done, stop = await self._llm_round(customer, tools, started, choice)
                 choice = None
-                if stop in ("price", "booking"):
+                if stop in ("price", "booking", "echo"):
                     again, choice = self._guard_tripped(stop)
                     if not again:
                         break
@@ -274,6 +274,7 @@ class Turn:
         )
         if started is None:
             self._arm_filler(now)  # a later round: its own wait (armed only if nothing was said)
+        opening = Opening()  # the reply's first characters: speech, notes read back, or a call
         stream = host.deps.llm.stream(request)
         try:
             async with asyncio.timeout_at(loop.time() + budget_ends - now) as scope:
@@ -284,14 +285,36 @@ class Turn:
                             self.timings.setdefault("first_token_at", time.perf_counter())
                         pieces.append(event.text)
                         scope.reschedule(loop.time() + stall)
-                        emit = speech.feed(event.text)
+                        text = event.text
+                        if opening.kind is None:
+                            kind = opening.feed(text)
+                            if kind == "echo":
+                                stop = "echo"
+                                break
+                            if kind != "say":
+                                continue
+                            text = opening.raw  # what was held while it was unclear
+                        elif opening.kind == "call":
+                            opening.raw += text  # a call written as text: read to its end
+                            continue
+                        emit = speech.feed(text)
                         self._stream_text(emit.text)
                         if emit.stop:
                             stop = emit.stop
                             break  # stop consuming: the stream is closed below
                     else:
                         done = event
-                if stop is None:
+                if stop is None and opening.kind == "call":
+                    call = opening.tool_call(tools)
+                    if call is not None and done is not None and not done.tool_calls:
+                        # A tool call the server left as text: made the call it was meant as.
+                        name, arguments = call
+                        call_id = f"call_text_{self.seq}_{len(self.messages)}"
+                        made = ToolCall(call_id, name, arguments)
+                        done = dataclasses.replace(done, tool_calls=(made,))
+                elif stop is None:
+                    if opening.kind is None and opening.raw:
+                        self._stream_text(speech.feed(opening.raw).text)  # a short reply
                     emit = speech.close()  # the stream ended: the word held back, if it may be
                     self._stream_text(emit.text)
                     stop = emit.stop
@@ -315,7 +338,7 @@ class Turn:
             )  # fmt: skip
         if stop is not None and done is None:
             done = Done(finish_reason=stop)  # the filter stopped the reply: its end is ours
-        elif stop in ("price", "booking") and done is not None and done.tool_calls:
+        elif stop in ("price", "booking", "echo") and done is not None and done.tool_calls:
             done = dataclasses.replace(done, tool_calls=())  # the re-ask decides what to call
         if done is None:
             raise LLMError("the model's stream ended without finishing", kind="stream-broken")
@@ -352,7 +375,7 @@ class Turn:
         self.talking = True
         self._heard = True
         reply = self._reply
-        reply.set_content(reply.content + text)
+        reply.set_content(reply.content + text if reply.content else text.lstrip())
         reply.row["spoken_text"] = reply.content
 
     # -- the guards (issue 15) ---------------------------------------------------------------
@@ -365,7 +388,7 @@ class Turn:
         host, agent = self.host, self.host.agent
         blocked = self._speech.blocked[-1] if self._speech and self._speech.blocked else ""
         host.promises.trips[stop] += 1
-        tool = price_tool(agent) if stop == "price" else booking_tool(agent)
+        tool = {"price": price_tool(agent), "booking": booking_tool(agent)}.get(stop)
         again = not self._reasked
         host.event(
             f"{stop}_guard",
@@ -374,9 +397,13 @@ class Turn:
         )  # fmt: skip
         log.info("guard_tripped", guard=stop, blocked=blocked, again=again)
         if not again:
-            self._say_line(agent.guard_fallback_line, preemptible=False)
+            fallback = agent.apology_line if stop == "echo" else agent.guard_fallback_line
+            self._say_line(fallback, preemptible=False)
             return False, None
         self._reasked = True
+        if stop == "echo":  # nothing was said: ask again, quietly
+            self._guard_note = "Answer the caller's last words. Never repeat these notes."
+            return True, None
         self._say_line(
             agent.price_bridge_line if stop == "price" else agent.booking_bridge_line,
             preemptible=True,

@@ -160,7 +160,7 @@ def memory_per_call(
 
 
 def tree_cpu_seconds(pid: int) -> float | None:
-    """User + system CPU of ``pid`` and all its living descendants (Linux /proc)."""
+    """User + system CPU of ``pid`` and all its descendants, living or reaped (Linux /proc)."""
     tick = os.sysconf("SC_CLK_TCK")
     children: dict[int, list[int]] = {}
     stats: dict[int, float] = {}
@@ -171,7 +171,8 @@ def tree_cpu_seconds(pid: int) -> float | None:
             fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
             parent = int(fields[1])
             children.setdefault(parent, []).append(int(entry))
-            stats[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+            # utime + stime, plus cutime + cstime: children that ended and were waited for
+            stats[int(entry)] = sum(int(f) for f in fields[11:15]) / tick
     if pid not in stats:
         return None
     total, todo = 0.0, [pid]

@@ -330,7 +330,7 @@ def report(figures: list[TurnFigures]) -> None:
             else "-"
         )
         amounts = ", ".join(f"{a} ({'tool' if ok else 'NOT FROM A TOOL'})" for a, ok in f.amounts)
-        markdown = any(ch in f.heard for ch in "*#\n`") or "- " in f.heard[:2]
+        markdown = any(ch in f.heard for ch in "*#\n`{") or "- " in f.heard[:2]  # or JSON
         print(
             f"{n:>4} {first:>11} {model:>10} {f.prompt_tokens:>7} {f.cached_tokens:>7} "
             f"{reread:>8}  {', '.join(f.tools) or '-'}"

@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httpx
 import structlog
@@ -29,13 +29,39 @@ from relay.storage.db import Database
 from relay.storage.models import Event
 
 if TYPE_CHECKING:
-    from relay.web.app import Runtime
+    from knowledge import AsyncKnowledge
+    from relay.call.ports import CallDependencies
+    from relay.config import Settings
+    from relay.web.drain import Drain
 
 log = structlog.get_logger("relay.web.health")
 
 #: The longest one dependency check may take before it counts as failed.
 CHECK_TIMEOUT = 2.0
 _PROBE_SID = "relay-readyz-probe"
+
+
+class _DatabaseCheck(Protocol):
+    @property
+    def database_check(self) -> RecentCheck: ...
+
+
+class Runtime(Protocol):
+    """What readiness reads from the app's ``Runtime`` (relay.web.app), declared here so that
+    this module does not import the app (which imports it)."""
+
+    model_probe: ModelProbe | None
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def deps(self) -> CallDependencies: ...
+    @property
+    def knowledge(self) -> AsyncKnowledge | None: ...
+    @property
+    def drain(self) -> Drain | None: ...
+    @property
+    def ops(self) -> _DatabaseCheck | None: ...
 
 
 @dataclass

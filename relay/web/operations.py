@@ -14,7 +14,7 @@ import hmac
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 from prometheus_client import Counter
@@ -39,7 +39,19 @@ from relay.web.admission import (
 
 if TYPE_CHECKING:
     from relay.call.session import CallSession
-    from relay.web.app import Runtime
+    from relay.services.retrieval import KnowledgeRetriever
+
+
+class Runtime(health.Runtime, Protocol):
+    """What operations reads and sets on the app's ``Runtime`` (relay.web.app), declared here
+    so that this module does not import the app (which imports it)."""
+
+    ops: Operations | None  # settable here (read-only in health's view)
+    drain: drain_.Drain | None
+
+    @property
+    def retriever(self) -> KnowledgeRetriever | None: ...
+
 
 log = structlog.get_logger("relay.web.operations")
 

@@ -4,7 +4,8 @@ from the settings, handed each closed session, closed at shutdown."""
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from relay.services import costs
 from relay.services.analysis import Analyser
@@ -13,9 +14,23 @@ from relay.services.postcall import PostCall
 from relay.services.webhooks import WebhookOutbox
 
 if TYPE_CHECKING:
+    from relay.call.ports import CallDependencies
     from relay.call.session import CallSession
     from relay.config import Settings
-    from relay.web.app import Runtime
+
+
+class Runtime(Protocol):
+    """What the post-call wiring reads and sets on the app's ``Runtime`` (relay.web.app),
+    declared here so that this module does not import the app (which imports it)."""
+
+    postcall: PostCall | None
+
+    @property
+    def settings(self) -> Settings: ...
+    @property
+    def deps(self) -> CallDependencies: ...
+    @property
+    def closers(self) -> list[Callable[[], Awaitable[None]]]: ...
 
 
 def check(settings: Settings) -> None:

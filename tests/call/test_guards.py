@@ -176,7 +176,7 @@ async def test_an_invented_price_is_never_heard_and_the_model_is_asked_again_wit
         history(reask)
     )
     assert guard == [{"blocked": "$650", "action": "re-ask", "tool": "quote_piano_move"}]
-    assert end["guards"] == {"price": 1, "booking": 0}
+    assert end["guards"] == {"price": 1, "booking": 0, "echo": 0}
 
 
 async def test_a_price_invented_twice_gets_the_safe_line(
@@ -254,7 +254,7 @@ async def test_a_booking_claim_without_a_booking_is_not_heard(
     assert guard == [
         {"blocked": "Great news, you're all booked", "action": "re-ask", "tool": "book_move"}
     ]
-    assert end["guards"] == {"price": 0, "booking": 1}
+    assert end["guards"] == {"price": 0, "booking": 1, "echo": 0}
 
 
 async def test_a_booking_a_tool_made_may_be_claimed(start_relay: Any, prompts_dir: Path) -> None:
@@ -354,3 +354,50 @@ async def test_a_server_without_named_tool_choice_gets_required(
     assert said(reply.frames).endswith("It's $420.50.")
     assert llm.requests[1]["tool_choice"] == "required"
     assert "Call quote_piano_move now" in llm.requests[1]["messages"][-1]["content"]
+
+
+# -- what a small model does (Qwen2.5-Coder-1.5B over llama-server) -------------------------
+
+
+async def test_a_reply_that_reads_the_notes_back_is_not_heard_and_is_asked_again(
+    start_relay: Any, prompts_dir: Path
+) -> None:
+    write_agent(prompts_dir)
+    llm = ScriptedLLM(
+        [
+            Text("Current date and time: Sunday 6 December 2026. Reference material from..."),
+            Text("Sure, what kind of piano is it?"),
+        ]
+    )
+    async with start_relay(llm, configure=tools) as relay:
+        call = relay.call()
+        await call.connect()
+        reply = await call.say("I'd like a quote.")
+        await call.close()
+        await relay.session_closed()
+        guard = await events(relay, call.call_sid, "echo_guard")
+        [end] = await events(relay, call.call_sid, "session_end")
+
+    assert said(reply.frames) == "Sure, what kind of piano is it?"
+    assert "Never repeat these notes." in llm.requests[1]["messages"][-1]["content"]
+    assert "tool_choice" not in llm.requests[1]
+    assert [g["action"] for g in guard] == ["re-ask"]
+    assert end["guards"]["echo"] == 1
+
+
+async def test_a_tool_call_written_as_text_is_made(start_relay: Any, prompts_dir: Path) -> None:
+    write_agent(prompts_dir)
+    written = orjson.dumps({"name": "quote_piano_move", "arguments": QUOTE_ARGS}).decode()
+    llm = ScriptedLLM([Text(written), Text("The total is $420.50 including GST.")])
+    async with start_relay(llm, configure=tools) as relay:
+        call = relay.call()
+        await call.connect()
+        reply = await call.say("How much to Geelong?")
+    assert said(reply.frames) == "The total is $420.50 including GST."
+    [assistant] = [m for m in llm.requests[1]["messages"] if m.get("tool_calls")]
+    [made] = assistant["tool_calls"]
+    assert made["function"]["name"] == "quote_piano_move"
+    assert orjson.loads(made["function"]["arguments"]) == QUOTE_ARGS
+    assert llm.requests[1]["messages"][-2] == {
+        "role": "tool", "tool_call_id": made["id"], "content": QUOTE,
+    }  # fmt: skip

@@ -114,9 +114,9 @@ async def test_tokens_are_sent_exactly_as_streamed(relay: Any) -> None:
 
     reply = await call.say("Is my piano okay?")
 
-    # Word by word through the speech filter (issue 15): each word once it is complete, the
-    # line break a sentence end, spaces normalised.
-    assert tokens(reply.frames) == ["Sure,", " the", " piano", ". is", " fine ."]
+    # Word by word through the speech filter (issue 15): each word once it is complete (the
+    # reply's first word as it is written), the line break a sentence end, spaces normalised.
+    assert tokens(reply.frames) == ["Sure", ",", " the", " piano", ". is", " fine ."]
     assert strip(reply.frames)[-1] == LAST
 
 
@@ -169,7 +169,7 @@ async def test_an_empty_prompt_is_not_answered(relay: Any) -> None:
     await call.prompt("   ")
     reply = await call.say("Hello?")
 
-    assert tokens(reply.frames) == ["Yes?"]
+    assert tokens(reply.frames) == ["Yes", "?"]  # the first word as written
     assert len(relay.llm.requests) == 1
     assert conversation(relay.llm.requests[0]) == [("assistant", GREETING), ("user", "Hello?")]
 
@@ -185,7 +185,7 @@ async def test_frames_before_setup_are_recorded_and_ignored(relay: Any) -> None:
     await call.close()
     await relay.session_closed()
 
-    assert tokens(reply.frames) == ["Hi!"]
+    assert tokens(reply.frames) == ["Hi", "!"]
     assert conversation(relay.llm.requests[0]) == [("assistant", GREETING), ("user", "now")]
     events = await repository.call_events(relay.runtime.deps.db, call.call_sid)
     assert [e.data["raw"] for e in events if e.kind == "frame_in"] == call.sent
@@ -416,7 +416,7 @@ async def test_a_twilio_error_frame_does_not_end_the_call(relay: Any) -> None:
     await call.send({"type": "error", "description": "Invalid message received, code: 64107"})
     reply = await call.say("Hello")
 
-    assert tokens(reply.frames) == ["Okay."]
+    assert tokens(reply.frames) == ["Okay", "."]
 
 
 # -- the keypad -------------------------------------------------------------------------------
@@ -460,7 +460,7 @@ async def test_an_unmapped_key_is_ignored(relay: Any) -> None:
     await call.dtmf("7")
     reply = await call.say("hello")
 
-    assert tokens(reply.frames) == ["Hi."]
+    assert tokens(reply.frames) == ["Hi", "."]
     assert len(relay.llm.requests) == 1
 
 
@@ -512,7 +512,8 @@ async def test_send_digits_tool_sends_a_send_digits_frame(relay: Any) -> None:
 
     assert strip(reply.frames) == [
         {"type": "sendDigits", "digits": "ww123#"},
-        {"type": "text", "token": "Done.", "last": False},
+        {"type": "text", "token": "Done", "last": False},  # the first word as it is written
+        {"type": "text", "token": ".", "last": False},
         LAST,
     ]
     tool_reply = [m for m in relay.llm.requests[1]["messages"] if m["role"] == "tool"]

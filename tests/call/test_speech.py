@@ -61,9 +61,20 @@ def test_markdown_and_line_breaks_become_speech(reply: str, heard: str) -> None:
 
 def test_holds_back_at_most_the_word_being_written() -> None:
     speech = Speech(guard_prices=False, guard_bookings=False)
-    assert speech.feed("Hello") == Emit("")
-    assert speech.feed(" the") == Emit("Hello")
+    # The reply's first word is said as it is written: holding it for the next token would
+    # add a token's time to every first frame.
+    assert speech.feed("He") == Emit("He")
+    assert speech.feed("llo") == Emit("llo")
+    assert speech.feed(" the") == Emit("")
     assert speech.feed("re friend") == Emit(" there")
+    assert speech.close() == Emit(" friend")
+    assert speech.text == "Hello there friend"
+
+
+@pytest.mark.parametrize("first", ["Six", "fi", "- ", "**", "1", "$", "A"])
+def test_a_first_word_that_could_become_an_amount_or_markup_is_held(first: str) -> None:
+    speech = Speech(allowed_amounts=set)
+    assert speech.feed(first) == Emit("")
 
 
 def test_a_long_reply_stops_at_the_sentence_end_after_the_limit() -> None:

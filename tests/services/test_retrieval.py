@@ -94,7 +94,7 @@ async def test_a_call_survives_a_failing_store(start_relay: Any) -> None:
     messages = llm.requests[0]["messages"]
     assert [m["role"] for m in messages].count("system") == 2  # the prompt, the per-turn note
     assert messages[-1]["content"].startswith("Current date and time: ")
-    assert "\n" not in messages[-1]["content"]  # no reference material
+    assert "[1]" not in messages[-1]["content"]  # no reference material
     assert metrics["retrieval_failures"] == 1
 
 

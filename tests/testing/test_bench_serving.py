@@ -1,0 +1,103 @@
+"""The figures ``relay bench`` derives from the workers' ``/metrics.json`` (bench_serving)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from relay.services.retrieval import INTRO
+from relay.testing.bench_serving import (
+    copy_documents,
+    memory_per_call,
+    reference_like,
+    retrieval_share,
+    summed,
+    tree_cpu_seconds,
+)
+
+
+def worker(pid: int, **counters: float) -> dict[str, float]:
+    return {"pid": pid, **counters}
+
+
+BEFORE = {
+    11: worker(11, retrievals=10, retrieval_skipped=1, query_embeddings=5, query_cache_hits=5,
+               query_embed_cpu_ms=20.0, retrieval_cpu_ms=21.0, retrieval_ms_total=30.0,
+               rss_kb=1000, active_sessions=0),
+    12: worker(12, retrievals=4, query_embeddings=4, query_embed_cpu_ms=16.0,
+               retrieval_cpu_ms=16.5, retrieval_ms_total=20.0, rss_kb=2000, active_sessions=0),
+}  # fmt: skip
+AFTER = {
+    11: worker(11, retrievals=110, retrieval_skipped=11, query_embeddings=7, query_cache_hits=103,
+               query_embed_cpu_ms=28.0, retrieval_cpu_ms=50.0, retrieval_ms_total=90.0,
+               retrieval_prefetched=2, rss_kb=1600, active_sessions=30),
+    12: worker(12, retrievals=94, retrieval_failures=1, query_embeddings=4,
+               query_embed_cpu_ms=16.0, retrieval_cpu_ms=30.5, retrieval_ms_total=50.0,
+               rss_kb=2600, active_sessions=30),
+}  # fmt: skip
+
+
+def test_the_retrieval_share_adds_up_over_workers() -> None:
+    share = retrieval_share(BEFORE, AFTER, turns=200)
+    # 190 searched + 10 skipped turns; CPU (29 + 14) ms; wall (60 + 30) ms
+    assert share == {
+        "workers_seen": 2,
+        "turns": 200,
+        "searched": 190,
+        "skipped": 10,
+        "failures": 1,
+        "query_embeddings": 2,
+        "query_cache_hits": 98,
+        "prefetched": 2,
+        "cpu_ms_per_turn": 0.215,
+        "wall_ms_per_turn": 0.45,
+        "embed_cpu_ms_per_embedding": 4.0,
+    }
+
+
+def test_a_worker_seen_only_once_is_left_out() -> None:
+    share = retrieval_share({11: BEFORE[11]}, AFTER, turns=100)
+    assert share["workers_seen"] == 1 and share["turns"] == 110
+    assert retrieval_share({}, AFTER, turns=10) == {}
+
+
+def test_memory_per_idle_call_over_workers() -> None:
+    assert memory_per_call(BEFORE, AFTER, calls=60) == (3000, 4200, 20.0)
+    assert summed(AFTER)["active_sessions"] == 60
+
+
+def test_tree_cpu_counts_children_that_ended(tmp_path: Path) -> None:
+    busy = "import time\nt=time.process_time()\nwhile time.process_time()-t<0.3: pass\n"
+    done = tmp_path / "child-ended"
+    script = tmp_path / "busy.py"
+    script.write_text(
+        f"import pathlib, subprocess, sys, time\n"
+        f"subprocess.run([sys.executable, '-c', {busy!r}], check=True)\n"
+        f"pathlib.Path({str(done)!r}).touch()\ntime.sleep(30)\n"
+    )
+    parent = subprocess.Popen([sys.executable, str(script)])
+    try:
+        for _ in range(600):  # until the child has run and ended (bounded)
+            if done.exists():
+                break
+            subprocess.run(["sleep", "0.05"], check=True)
+        used = tree_cpu_seconds(parent.pid)
+        assert done.exists() and used is not None and used >= 0.29
+    finally:
+        parent.kill()
+        parent.wait()
+    assert tree_cpu_seconds(os.getpid()) is not None
+
+
+def test_the_shipped_documents_and_a_reference_of_their_size(tmp_path: Path) -> None:
+    target = copy_documents("piano-removals", tmp_path)
+    assert target == tmp_path / "knowledge" / "piano-removals"
+    assert (target / "insurance.md").is_file()
+    reference = reference_like("piano-removals")
+    assert reference is not None and INTRO in reference and "[4]" in reference
+    with pytest.raises(RuntimeError):
+        copy_documents("no-such-collection", tmp_path)
