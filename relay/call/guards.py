@@ -29,6 +29,7 @@ from relay.call.speech import Speech, amounts_in
 __all__ = [
     "BOOKING_TOOLS",
     "NOTES_HEAD",
+    "NOTES_TAIL",
     "PRICE_TOOLS",
     "Opening",
     "Promises",
@@ -102,6 +103,8 @@ class Promises:
 #: The start of the per-turn system message (relay.call.session): a reply beginning with it is
 #: the model reading its notes back to the caller.
 NOTES_HEAD = "Current date and time:"
+#: Its last line: small models read a system message after the caller's words aloud unless told.
+NOTES_TAIL = "(Notes for you, never to be read out.)"
 
 
 class Opening:

@@ -30,7 +30,7 @@ from relay import metrics
 from relay.agents import AgentProfile
 from relay.call.ending import Silence, SilenceWatch, is_backchannel
 from relay.call.escalation import Escalation
-from relay.call.guards import BOOKING_TOOLS, Promises
+from relay.call.guards import BOOKING_TOOLS, NOTES_TAIL, Promises
 from relay.call.keypad import Keypad
 from relay.call.midcall import MidCall
 from relay.call.ports import (
@@ -415,7 +415,7 @@ class CallSession:
             latest.append(retrieved.message)
         # A small model reads a system message after the caller's words as something to say
         # (Qwen2.5-Coder-1.5B did, word for word): say so.
-        latest.append("(Notes for you, never to be read out.)")
+        latest.append(NOTES_TAIL)
         messages.append({"role": "system", "content": "\n\n".join(latest)})
         return messages
 

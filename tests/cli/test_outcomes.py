@@ -24,8 +24,21 @@ def env(clean_env: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Pat
     monkeypatch.setenv("RELAY_PROMPTS_DIR", str(REPO / "prompts"))
     monkeypatch.setenv("RELAY_DATA_DIR", str(REPO / "data"))
     monkeypatch.setenv("RELAY_LOG_LEVEL", "error")
-    assert main(["sessions", "import", str(QUOTE)]) == 0
+    assert main(["sessions", "import", str(without_usage(QUOTE, tmp_path))]) == 0
     return tmp_path
+
+
+def without_usage(recording: Path, folder: Path) -> Path:
+    """The recording as relay wrote it before responses carried the model's token usage."""
+    lines = []
+    for line in recording.read_text(encoding="utf-8").splitlines():
+        record = orjson.loads(line)
+        if record.get("kind") == "llm_response":
+            record["data"].pop("usage", None)
+        lines.append(orjson.dumps(record).decode())
+    old = folder / "old-quote.jsonl"
+    old.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return old
 
 
 def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
@@ -57,8 +70,17 @@ def test_show_json_is_the_whole_record_with_outcomes_usage_and_cost(
     assert "Outcomes: quoted" in text
     assert "Usage gpt-4o-mini: 6 request(s)" in text and "(estimated)" in text
 
+    # A recording made now carries the usage the model server reported: nothing estimated.
     code, from_file = run(["sessions", "show", str(QUOTE), "--json"], capsys)
-    assert code == 0 and orjson.loads(from_file)["outcomes"] == ["quoted"]
+    assert code == 0
+    fresh = orjson.loads(from_file)
+    assert fresh["outcomes"] == ["quoted"]
+    reported = [e["data"]["usage"] for e in fresh["events"] if e["kind"] == "llm_response"]
+    assert len(reported) == 6 and all(u and not u["estimated"] for u in reported)
+    model = fresh["usage"]["models"]["gpt-4o-mini"]
+    assert model["requests"] == 6 and model["estimated_requests"] == 0
+    assert model["prompt_tokens"] == sum(u["prompt_tokens"] for u in reported)
+    assert model["completion_tokens"] == sum(u["completion_tokens"] for u in reported)
 
 
 def test_analyze_reruns_the_model_pass_over_old_calls_and_costs_sum_them(

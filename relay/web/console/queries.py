@@ -360,6 +360,7 @@ async def call_detail(db: Database, call_sid: str) -> CallDetail | None:
 
 def _reference_messages(events: list[Event]) -> list[str]:
     """The knowledge passages the model was handed (the retrieval's system messages), each once."""
+    from relay.call.guards import NOTES_TAIL
     from relay.services.retrieval import INTRO
 
     seen: list[str] = []
@@ -369,14 +370,16 @@ def _reference_messages(events: list[Event]) -> list[str]:
         body = event.data.get("body")
         for message in body.get("messages", []) if isinstance(body, dict) else []:
             content = message.get("content") if isinstance(message, dict) else None
-            if (
-                message.get("role") == "system"
-                and isinstance(content, str)
-                and content.startswith(INTRO)
-                and content not in seen
-            ):
-                seen.append(content)
-    return [text.removeprefix(INTRO).strip() for text in seen]
+            if message.get("role") != "system" or not isinstance(content, str):
+                continue
+            # The passages sit in the per-turn note, after the time and before its last line.
+            start = content.find(INTRO)
+            if start < 0:
+                continue
+            passages = content[start + len(INTRO) :].split(NOTES_TAIL, 1)[0].strip()
+            if passages and passages not in seen:
+                seen.append(passages)
+    return seen
 
 
 _STAGES = (

@@ -2,13 +2,15 @@
 (uvicorn, the scripted model, simulated Twilio calls over a real WebSocket).
 
 Needs ``apt-get install -y chromium`` (Playwright's own browser download cannot run here);
-skipped when no Chromium binary exists. Screenshots go to ``docs/console/``.
+skipped when no Chromium binary exists. Screenshots go to a temporary folder, or to the folder
+``RELAY_SCREENSHOTS`` names: ``RELAY_SCREENSHOTS=docs/console`` refreshes the README's.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,7 +26,10 @@ from tests.conftest import REPO, SHIPPED_PROMPTS
 from tests.web.console.conftest import ADMIN_TOKEN
 
 CHROMIUM = os.environ.get("RELAY_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-SHOTS = Path(__file__).resolve().parents[3] / "docs" / "console"
+SHOTS = Path(
+    os.environ.get("RELAY_SCREENSHOTS") or Path(tempfile.gettempdir()) / "relay-console-shots"
+)
+SHOTS.mkdir(parents=True, exist_ok=True)
 #: The longest the browser waits for something to appear (a limit, not an expectation).
 SECOND = 1000
 
@@ -57,7 +62,6 @@ async def browser() -> AsyncIterator[Any]:
 
 
 async def shot(page: Any, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
     await page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=False)
 
 
