@@ -88,6 +88,19 @@ def _unknown_collection(request: Request) -> Response | None:
     )
 
 
+def _collection_store(request: Request) -> AsyncKnowledge | Response:
+    """The knowledge store for a request on ``{collection}``, or the answer that refuses it:
+    401 without the admin token, 503 with the store off, 404 for a collection no agent uses."""
+    if not _authorised(request):
+        return _denied()
+    knowledge = _knowledge(request)
+    if knowledge is None:
+        return _off()
+    if (unknown := _unknown_collection(request)) is not None:
+        return unknown
+    return knowledge
+
+
 def _off() -> Response:
     return JSONResponse(
         {"error": "the knowledge store is turned off (RELAY_KNOWLEDGE=false)"}, status_code=503
@@ -103,25 +116,17 @@ def _json(value: Any) -> Any:
 
 
 async def list_documents(request: Request) -> Response:
-    if not _authorised(request):
-        return _denied()
-    knowledge = _knowledge(request)
-    if knowledge is None:
-        return _off()
-    if (unknown := _unknown_collection(request)) is not None:
-        return unknown
+    knowledge = _collection_store(request)
+    if isinstance(knowledge, Response):
+        return knowledge  # refused: no token, store off, or a collection no agent uses
     docs = await knowledge.list_documents(request.path_params["collection"])
     return JSONResponse({"documents": [_json(d) for d in docs]})
 
 
 async def upload(request: Request) -> Response:
-    if not _authorised(request):
-        return _denied()
-    knowledge = _knowledge(request)
-    if knowledge is None:
-        return _off()
-    if (unknown := _unknown_collection(request)) is not None:
-        return unknown
+    knowledge = _collection_store(request)
+    if isinstance(knowledge, Response):
+        return knowledge  # refused: no token, store off, or a collection no agent uses
     length = int(request.headers.get("content-length") or 0)
     if length > MAX_UPLOAD_BYTES * 5:
         return JSONResponse(
@@ -164,13 +169,9 @@ async def upload(request: Request) -> Response:
 
 
 async def show_document(request: Request) -> Response:
-    if not _authorised(request):
-        return _denied()
-    knowledge = _knowledge(request)
-    if knowledge is None:
-        return _off()
-    if (unknown := _unknown_collection(request)) is not None:
-        return unknown
+    knowledge = _collection_store(request)
+    if isinstance(knowledge, Response):
+        return knowledge  # refused: no token, store off, or a collection no agent uses
     try:
         detail = await knowledge.show(
             request.path_params["collection"], request.path_params["doc_id"]
@@ -181,13 +182,9 @@ async def show_document(request: Request) -> Response:
 
 
 async def delete_document(request: Request) -> Response:
-    if not _authorised(request):
-        return _denied()
-    knowledge = _knowledge(request)
-    if knowledge is None:
-        return _off()
-    if (unknown := _unknown_collection(request)) is not None:
-        return unknown
+    knowledge = _collection_store(request)
+    if isinstance(knowledge, Response):
+        return knowledge  # refused: no token, store off, or a collection no agent uses
     removed = await knowledge.remove(
         request.path_params["collection"], request.path_params["doc_id"]
     )
@@ -197,13 +194,9 @@ async def delete_document(request: Request) -> Response:
 
 
 async def search(request: Request) -> Response:
-    if not _authorised(request):
-        return _denied()
-    knowledge = _knowledge(request)
-    if knowledge is None:
-        return _off()
-    if (unknown := _unknown_collection(request)) is not None:
-        return unknown
+    knowledge = _collection_store(request)
+    if isinstance(knowledge, Response):
+        return knowledge  # refused: no token, store off, or a collection no agent uses
     query = request.query_params.get("q", "").strip()
     if not query:
         return JSONResponse({"error": "give the question as ?q="}, status_code=400)
