@@ -9,10 +9,13 @@ from typing import Any
 import orjson
 from sqlalchemy import func, literal_column, select, text
 
+from relay.call.guards import NOTES_TAIL
 from relay.services.customers import normalise_phone
+from relay.services.retrieval import INTRO
 from relay.storage.console import BookingConfirmation, CallCommand
 from relay.storage.db import Database
 from relay.storage.models import Booking, Call, Event, Message, Quote, RelaySession, Ticket, Turn
+from relay.storage.outcomes import CallAnalysis
 from relay.storage.requests import expand_requests
 
 PAGE = 50
@@ -207,7 +210,7 @@ class CallDetail:
     tickets: list[Ticket]
     handoff: dict[str, Any] | None
     commands: list[CallCommand]
-    analysis: Any = None  # relay.storage.outcomes.CallAnalysis, when the call was analysed
+    analysis: CallAnalysis | None = None  # when the call was analysed
     given: list[str] = field(default_factory=list)  # reference messages the model was handed
 
     @property
@@ -278,13 +281,7 @@ async def call_detail(db: Database, call_sid: str) -> CallDetail | None:
                 )
             ).all()
         )
-        analysis = None
-        try:
-            from relay.storage.outcomes import CallAnalysis
-        except ImportError:  # pragma: no cover - the outcomes tables are optional
-            pass
-        else:
-            analysis = await session.get(CallAnalysis, call_sid)
+        analysis = await session.get(CallAnalysis, call_sid)
     expand_requests(events)
     given = _reference_messages(events)
     results: dict[str, Any] = {}
@@ -360,9 +357,6 @@ async def call_detail(db: Database, call_sid: str) -> CallDetail | None:
 
 def _reference_messages(events: list[Event]) -> list[str]:
     """The knowledge passages the model was handed (the retrieval's system messages), each once."""
-    from relay.call.guards import NOTES_TAIL
-    from relay.services.retrieval import INTRO
-
     seen: list[str] = []
     for event in events:
         if event.kind != "llm_request" or not isinstance(event.data, dict):

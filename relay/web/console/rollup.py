@@ -25,6 +25,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from relay.storage.console import ConsoleDaily
 from relay.storage.db import Database
 from relay.storage.models import Booking, Call, Quote, Ticket, Turn
+from relay.storage.outcomes import CallAnalysis
 
 log = structlog.get_logger("relay.web.console.rollup")
 
@@ -121,10 +122,6 @@ async def compute_day(db: Database, day: date, agent: str | None) -> dict[str, A
 
 async def _outcomes(session: Any, calls: Any) -> dict[str, Any]:
     """Outcomes and cost of the day's analysed calls (the post-call analysis, when present)."""
-    try:
-        from relay.storage.outcomes import CallAnalysis
-    except ImportError:  # pragma: no cover - the outcomes tables are optional
-        return {}
     rows = (
         await session.execute(
             select(CallAnalysis.outcomes, CallAnalysis.cost_total, CallAnalysis.currency).where(

@@ -16,7 +16,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 
-from relay.recordings.format import export_call
+from relay.recordings.format import export_call, mask_number
 from relay.storage import console as store
 from relay.storage.models import Ticket
 from relay.web.console import auth, charts, queries
@@ -266,8 +266,6 @@ async def live(request: Request, session: Session) -> Response:
 async def live_api(request: Request, session: Session) -> Response:
     now = datetime.now(UTC)
     rows = await queries.live_calls(_db(request), now)
-    from relay.recordings.format import mask_number
-
     return JSONResponse(
         {
             "calls": [
