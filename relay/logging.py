@@ -80,7 +80,9 @@ def configure(level: str = "info", fmt: Literal["auto", "json", "console"] = "au
     structlog.configure(
         processors=[*processors, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=_Stderr()),  # type: ignore[arg-type]
+        # One write per line (WriteLogger), not print()'s message-then-newline: workers share stderr,
+        # and two writes let another process's line land between them.
+        logger_factory=structlog.WriteLoggerFactory(file=_Stderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
     formatter = structlog.stdlib.ProcessorFormatter(

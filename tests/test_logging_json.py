@@ -164,3 +164,33 @@ def test_a_real_relay_serve_logs_json_on_every_line(tmp_path: Path) -> None:
     assert "relay_started" in events
     assert any(str(port) in e for e in events if isinstance(e, str))  # "Uvicorn running on ..."
     assert out.decode().strip() == ""  # nothing on stdout either
+
+
+def test_processes_sharing_one_pipe_never_split_a_line() -> None:
+    """``relay serve --workers N`` gives every worker the same stderr: each line must be one write,
+    or another process's line lands between a message and its newline (seen in CI)."""
+    code = (
+        "import structlog\n"
+        "from relay.logging import configure\n"
+        "configure(fmt='json')\n"
+        "log = structlog.get_logger()\n"
+        "for i in range(1500):\n"
+        "    log.info('line', i=i, pad='x' * 100)\n"
+        "import logging\n"
+        "for i in range(300):\n"
+        "    logging.getLogger('uvicorn.error').info('library line %d', i)\n"
+    )
+    read, write = os.pipe()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # as in the Dockerfile: no buffer to hide it
+    processes = [
+        subprocess.Popen([sys.executable, "-c", code], stdout=write, stderr=write, env=env)
+        for _ in range(3)
+    ]
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        output = pipe.read()
+    assert [process.wait(timeout=60) for process in processes] == [0, 0, 0]
+    lines = output.splitlines()
+    assert len(lines) == 3 * 1800
+    events = [orjson.loads(line) for line in lines]  # raises on a torn or joined line
+    assert sum(event["event"] == "line" for event in events) == 3 * 1500
