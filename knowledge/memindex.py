@@ -31,7 +31,7 @@ import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from knowledge.errors import EmbeddingError, KnowledgeTimeout, UnknownCollection
@@ -71,6 +71,12 @@ class _Matrix:
     hits: list[Hit]
     vectors: Vector  # (n, d), unit rows
     checked_at: float
+    #: Answers already given from this matrix, by (query digest, k, min_score): a question
+    #: asked again (the same words on another call) costs a dict look-up, not numpy's cold
+    #: start. Dropped with the matrix when the documents change.
+    answers: OrderedDict[tuple[bytes, int, float], list[Hit]] = field(
+        default_factory=OrderedDict
+    )
 
 
 class MemoryIndex:
@@ -158,7 +164,14 @@ class MemoryIndex:
         matrix = self._fresh(collection)
         if matrix is None:
             return self.store.search(collection, query_key(query), k=k, min_score=min_score)
-        return _top(matrix, self.vector(query), k, min_score)
+        key = (_digest(query_key(query)), k, min_score)
+        with self._lock:
+            answer = matrix.answers.get(key)
+            if answer is not None:
+                matrix.answers.move_to_end(key)
+                self.cache_hits += 1
+                return list(answer)
+        return self._answer(matrix, key, self.vector(query))
 
     def search_now(
         self, collection: str, query: str, *, k: int = 4, min_score: float = 0.0
@@ -185,7 +198,22 @@ class MemoryIndex:
                 return None
             self._vectors.move_to_end(key)
             self.cache_hits += 1
-        return _top(matrix, vector, k, min_score)
+            answer = matrix.answers.get((key, k, min_score))
+            if answer is not None:
+                matrix.answers.move_to_end((key, k, min_score))
+                return list(answer)
+        return self._answer(matrix, (key, k, min_score), vector)
+
+    def _answer(self, matrix: _Matrix, key: tuple[bytes, int, float], vector: Vector) -> list[Hit]:
+        """The top hits for ``vector``, kept in the matrix's answers (as many as query vectors
+        are cached)."""
+        hits = _top(matrix, vector, key[1], key[2])
+        if self.cache_size > 0:
+            with self._lock:
+                matrix.answers[key] = hits
+                while len(matrix.answers) > self.cache_size:
+                    matrix.answers.popitem(last=False)
+        return list(hits)
 
     async def asearch(
         self,

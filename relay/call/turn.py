@@ -275,6 +275,7 @@ class Turn:
         if started is None:
             self._arm_filler(now)  # a later round: its own wait (armed only if nothing was said)
         opening = Opening()  # the reply's first characters: speech, notes read back, or a call
+        slack, stall_at = min(0.25, stall / 10), 0.0  # 0: the first token sets the stall limit
         stream = host.deps.llm.stream(request)
         try:
             async with asyncio.timeout_at(loop.time() + budget_ends - now) as scope:
@@ -284,7 +285,14 @@ class Turn:
                         if not pieces:
                             self.timings.setdefault("first_token_at", time.perf_counter())
                         pieces.append(event.text)
-                        scope.reschedule(loop.time() + stall)
+                        # Moved only when a token comes within ``slack`` of the stall deadline,
+                        # not on every token: a reschedule is a timer cancelled and another
+                        # pushed on the loop's heap (5 % of a loaded worker's CPU). The limit
+                        # a stalled model gets is thus between stall and stall + slack.
+                        token_at = loop.time()
+                        if token_at + stall > stall_at:
+                            stall_at = token_at + stall + slack
+                            scope.reschedule(stall_at)
                         text = event.text
                         if opening.kind is None:
                             kind = opening.feed(text)

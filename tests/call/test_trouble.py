@@ -133,6 +133,42 @@ async def test_the_session_gives_up_on_a_silent_model_at_the_turn_budget(
     assert request.deadline is not None and request.deadline - reply.frames[0]["_t"] < 0.3
 
 
+class StallingModel:
+    """A ChatModel that says a few words, quickly, and then nothing ever again."""
+
+    def __init__(self, words: list[str]) -> None:
+        self.words = words
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[TextDelta | Done]:
+        for word in self.words:
+            await asyncio.sleep(0)
+            yield TextDelta(word)
+        await asyncio.Event().wait()
+        yield Done("stop")  # pragma: no cover
+
+
+async def test_a_model_that_stalls_mid_reply_is_given_up_at_the_stall_limit(
+    start_relay: Any, prompts_dir: Path
+) -> None:
+    # The budget is far away: only the stall limit, counted from the last token, can end it.
+    write_agent(prompts_dir, llm_filler_after=0, llm_turn_budget=60, llm_stall_after=0.3)
+    words = ["Let ", "me ", "see, ", "the ", "stairs ", "are "]
+    model = StallingModel(words)
+    async with start_relay(configure=lambda runtime: setattr(runtime.deps, "llm", model)) as relay:
+        call = relay.call()
+        await call.connect()
+        reply = await call.say("How much for the stairs?")
+        await call.close()
+        await relay.session_closed()
+        failures = await events(relay, call.call_sid, "llm_failure")
+
+    said = "".join(f["token"] for f in reply.frames[:-1])
+    assert said.startswith("Let me see,") and reply.frames[-1]["last"] is True
+    assert APOLOGY in reply.frames[-1]["token"]
+    [failure] = failures
+    assert failure["kind"] == "turn-budget" and "stalled for 0.3" in failure["error"]
+
+
 async def test_a_quick_model_gets_no_filler(start_relay: Any, prompts_dir: Path) -> None:
     write_agent(prompts_dir, llm_filler_after=5.0)
     llm = ScriptedLLM([Text("Hi there.")])

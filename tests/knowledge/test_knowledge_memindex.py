@@ -262,3 +262,32 @@ def test_the_labelled_questions_keep_their_top1_and_top3(
         assert ours >= theirs and ours3 == len(questions)
     finally:
         index.close()
+
+
+def test_an_answer_is_kept_until_the_documents_change(
+    index: MemoryIndex, loaded: KnowledgeStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import knowledge.memindex as memindex
+
+    computed: list[int] = []
+    top = memindex._top
+
+    def counting(matrix: object, vector: object, k: int, min_score: float) -> list[object]:
+        computed.append(k)
+        return top(matrix, vector, k, min_score)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(memindex, "_top", counting)
+    question = "Do you tune pianos after the move?"
+    first = index.search("movers", question, k=2)
+    assert index.search_now("movers", "do you tune pianos after the move", k=2) == first
+    assert index.search("movers", question, k=2) == first
+    assert computed == [2]  # asked three times, ranked once
+    first.clear()  # a caller's list is its own: the kept answer is not touched
+    assert len(index.search_now("movers", question, k=2) or []) == 2
+    assert len(index.search_now("movers", question, k=3) or []) == 3  # another k: ranked again
+    assert computed == [2, 3]
+    loaded.add_bytes(
+        "movers", "tuning.md", b"# Tuning\n\nWe tune pianos after the move, tune tune.\n"
+    )
+    assert index.search("movers", question, k=2)[0].doc_id == "tuning.md"  # not the old answer
+    assert computed == [2, 3, 2]
