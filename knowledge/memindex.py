@@ -74,9 +74,7 @@ class _Matrix:
     #: Answers already given from this matrix, by (query digest, k, min_score): a question
     #: asked again (the same words on another call) costs a dict look-up, not numpy's cold
     #: start. Dropped with the matrix when the documents change.
-    answers: OrderedDict[tuple[bytes, int, float], list[Hit]] = field(
-        default_factory=OrderedDict
-    )
+    answers: OrderedDict[tuple[bytes, int, float], list[Hit]] = field(default_factory=OrderedDict)
 
 
 class MemoryIndex:
