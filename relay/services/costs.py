@@ -91,6 +91,10 @@ def load_prices(path: Path) -> PriceTable:
 # == usage ===================================================================================
 
 
+#: The event kinds :func:`usage_of` reads.
+EVENT_KINDS = frozenset({"llm_request", "llm_response"})
+
+
 def usage_of(events: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """Tokens per model over a call's ``llm_response`` events.
 

@@ -47,6 +47,20 @@ TOOL_OUTCOMES: Final[Mapping[str, str]] = {
 SILENT_ENDINGS: Final = frozenset({"caller-silent", "no-input", "silence"})
 #: Event kinds that record a failed model turn (the ending ``llm-failure`` counts too).
 LLM_FAILURE_EVENTS: Final = frozenset({"llm_failure", "llm_error"})
+#: The event kinds :func:`derive` reads; of ``frame_out`` only the ``end`` frames that hand the
+#: call to a person (:func:`reads`).
+EVENT_KINDS: Final = (
+    frozenset({"tool_result", "message_left", "llm_response", "frame_in", "frame_out"})
+    | LLM_FAILURE_EVENTS
+)
+
+
+def reads(kind: str, json_text: str) -> bool:
+    """Whether :func:`derive` could use this stored event (its data as JSON text): a cheap test
+    that skips the reply's token frames, which are most of a call's events."""
+    return kind != "frame_out" or "live-agent-handoff" in json_text
+
+
 _ACHIEVEMENTS: Final = frozenset(OUTCOMES) - {"answered-only", "abandoned", "llm-failure"}
 
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
-from sqlalchemy import func, select
+import orjson
+from sqlalchemy import Text, cast, func, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from relay.storage.db import Database
 from relay.storage.models import Call, Event, ParkedRecord, RelaySession, SideEffect, Turn
@@ -61,6 +63,36 @@ async def call_events(db: Database, call_sid: str) -> list[Event]:
             select(Event).where(Event.call_sid == call_sid).order_by(Event.id)
         )
         events = list(rows.all())
+    expand_requests(events)
+    return events
+
+
+async def call_events_of(
+    session: AsyncSession,
+    call_sid: str,
+    kinds: Collection[str],
+    *,
+    keep: Callable[[str, str], bool] | None = None,
+) -> list[dict[str, Any]]:
+    """A call's events of ``kinds`` in order, as plain dicts (``session_id``, ``seq``, ``kind``,
+    ``data``), every ``llm_request`` with its full ``body``.
+
+    For work that reads a few kinds of a long call (outcomes, usage): no ORM objects, and each
+    row's JSON is decoded only if ``keep(kind, json_text)`` says so (all of them by default),
+    so a call's thousands of token frames cost a substring test each rather than an object
+    and a decode.
+    """
+    query = (
+        select(Event.session_id, Event.seq, Event.kind, cast(Event.data, Text))
+        .where(Event.call_sid == call_sid, Event.kind.in_(sorted(kinds)))
+        .order_by(Event.id)
+    )
+    rows = (await session.execute(query)).all()
+    events = [
+        {"session_id": session_id, "seq": seq, "kind": kind, "data": orjson.loads(text)}
+        for session_id, seq, kind, text in rows
+        if text is not None and (keep is None or keep(kind, text))
+    ]
     expand_requests(events)
     return events
 

@@ -463,3 +463,62 @@ async def test_a_socket_that_drops_for_a_reconnect_sends_nothing_until_the_call_
     document = orjson.loads(body)
     assert document["call_sid"] == first.call_sid
     assert document["usage"]["models"]["gpt-4o-mini"]["requests"] == 2  # the whole call
+
+
+async def test_the_post_call_pass_reads_few_events_and_derives_what_reading_all_would(
+    database_url: str,
+) -> None:
+    """The pass reads only the kinds outcomes and usage need, and of the reply's frames only
+    an ``end`` that hands the call over: the same outcomes and usage as from every event,
+    on SQLite and PostgreSQL (the JSON is read as text there too)."""
+    from sqlalchemy import insert
+
+    from relay.services.postcall import _gather, derive
+    from relay.storage.db import Database
+    from relay.storage.models import Call, Event, RelaySession
+
+    db = Database(database_url)
+    await db.migrate()
+    now = datetime(2026, 12, 1, 9, 0, tzinfo=ZoneInfo("UTC"))
+    raw = lambda frame: {"raw": orjson.dumps(frame).decode()}  # noqa: E731
+    kinds_data = [
+        ("frame_in", raw({"type": "prompt", "voicePrompt": "A person, please.", "last": True})),
+        ("llm_request", {"body": {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "A person, please."}]}}),
+        *[("frame_out", raw({"type": "text", "token": f"word{i} ", "last": False})) for i in range(30)],
+        ("llm_response", {"pieces": ["One moment."], "complete": True, "model": "gpt-4o-mini",
+                          "usage": {"prompt_tokens": 120, "completion_tokens": 4}}),
+        ("tool_result", {"name": "transfer_to_person", "content": "ok"}),
+        ("frame_out", raw({"type": "end", "handoffData": orjson.dumps(
+            {"reasonCode": "live-agent-handoff", "reason": "the caller asked"}).decode()})),
+    ]  # fmt: skip
+    try:
+        async with db.session() as session:
+            await session.execute(
+                insert(Call).values(call_sid="CA1", agent="piano-removals", started_at=now,
+                                    ended_at=now, status="completed", outcome="server-shutdown")
+            )  # fmt: skip
+            await session.execute(
+                insert(RelaySession).values(session_id="S1", call_sid="CA1",
+                                            agent="piano-removals", started_at=now, ended_at=now)
+            )  # fmt: skip
+            await session.execute(
+                insert(Event),
+                [{"call_sid": "CA1", "session_id": "S1", "seq": seq, "t": float(seq), "at": now,
+                  "kind": kind, "data": data} for seq, (kind, data) in enumerate(kinds_data, 1)],
+            )  # fmt: skip
+            await session.commit()
+        every = await _gather(db, "CA1", turns=False)
+        lean = await _gather(db, "CA1", turns=False, every_event=False)
+    finally:
+        await db.engine.dispose()
+
+    assert every is not None and lean is not None
+    assert len(every["events"]) == 35
+    # the 30 token frames are not read; the end frame with the handoff is
+    assert [e["kind"] for e in lean["events"]] == [
+        "frame_in", "llm_request", "llm_response", "tool_result", "frame_out",
+    ]  # fmt: skip
+    prices = costs.PriceTable()
+    assert derive(lean, prices) == derive(every, prices)
+    assert derive(lean, prices)["outcomes"] == ["transferred"]
+    assert derive(lean, prices)["usage"]["prompt_tokens"] == 120
