@@ -206,6 +206,8 @@ class BenchReport:
     #: How long each measured call took to connect (``connect_batch`` at a time).
     connect: Stats | None = None
     connect_failures: int = 0
+    #: Where a measured turn's time went inside relay, on its own clock (:func:`stages_of`).
+    stages: dict[str, Stats] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2)
@@ -789,6 +791,7 @@ class _Targets:
     echo_ws: str
     agent: AgentProfile
     children: dict[str, _Child]
+    database: Path | None = None  # the started server's SQLite file
 
 
 @contextlib.asynccontextmanager
@@ -860,6 +863,7 @@ async def _targets(
         yield _Targets(
             relay_ws=relay_ws, relay_http=f"{scheme}://{parts.netloc}", llm_base=llm_base,
             echo_ws=f"ws://127.0.0.1:{echo_port}/ws", agent=agent, children=children,
+            database=workdir / "data" / "relay.db" if options.url is None else None,
         )  # fmt: skip
     finally:
         # The server first, so that it is not left talking to a stopped LLM.
@@ -1050,6 +1054,9 @@ async def _bench(options: BenchOptions) -> BenchReport:
         for group in _batches(calls, options.connect_batch):
             await asyncio.gather(*(c.close() for c in group))
         await baselines.echo.close()
+        stages: dict[str, Stats] = {}
+        if targets.database is not None:
+            stages = await stages_of(targets.database, started, started + elapsed, tally.turns)
 
     ws, llm, relay = Stats.of(baselines.ws), Stats.of(baselines.llm_hop), Stats.of(tally.first)
     errors = tally.errors + baselines.errors
@@ -1078,7 +1085,59 @@ async def _bench(options: BenchOptions) -> BenchReport:
         retrieval=retrieval_share(served_before, served_after, tally.turns) if knowledge else {},
         connect=Stats.of([c.connect_s for c in calls if c.connect_s is not None]),
         connect_failures=options.calls - len(calls),
+        stages=stages,
     )  # fmt: skip
+
+
+#: The stages of :func:`stages_of`, in the order a turn goes through them.
+STAGES = (
+    "prompt -> passages ready",
+    "prompt -> model request",
+    "model request -> 1st token",
+    "1st token -> 1st frame sent",
+)
+
+
+async def stages_of(database: Path, start: float, end: float, turns: int) -> dict[str, Stats]:
+    """Where the measured turns' time went inside relay, from the timings each turn records
+    (``turns`` rows; ``time.perf_counter``, which on Linux is one clock for every process):
+    the wait for the passages (retrieval, and the event loop's queue before it), the request
+    sent, the model's first token (the model's own time plus the queue), the first text frame
+    written to the socket. Turns whose first frame went out between ``start`` and ``end``;
+    waits up to 5 s for the recorder to write ``turns`` of them. Empty when not on Linux."""
+    import sqlite3
+
+    if not sys.platform.startswith("linux"):
+        return {}
+
+    def read() -> list[tuple[Any, ...]]:
+        if not database.exists():
+            return []
+        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+            return db.execute(
+                "SELECT retrieval_done_at, llm_request_at, first_token_at, first_frame_at, "
+                "first_frame_ms FROM turns WHERE role = 'assistant' AND first_frame_ms IS NOT "
+                "NULL AND first_frame_at BETWEEN ? AND ?",
+                (start, end),
+            ).fetchall()
+
+    deadline = time.monotonic() + 5
+    rows = await asyncio.to_thread(read)
+    while len(rows) < turns and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+        rows = await asyncio.to_thread(read)
+    samples: dict[str, list[float]] = {name: [] for name in STAGES}
+    for passages, request, token, frame, frame_ms in rows:
+        prompt = frame - frame_ms / 1000
+        if passages is not None:
+            samples[STAGES[0]].append(passages - prompt)
+        if request is not None:
+            samples[STAGES[1]].append(request - prompt)
+            if token is not None:
+                samples[STAGES[2]].append(token - request)
+        if token is not None:
+            samples[STAGES[3]].append(frame - token)
+    return {name: Stats.of(values) for name, values in samples.items() if values}
 
 
 def _transport_client(options: BenchOptions) -> Any:
@@ -1213,6 +1272,13 @@ def format_report(report: BenchReport) -> str:
                 _ms(band[k]) for k in ("relay_p50_ms", "llm_hop_p50_ms", "overhead_p50_ms")
             )
             lines.append(f"{band['history']:<26}{band['n']:>6}{relay:>12}{llm:>13}{overhead:>14}")
+        lines.append("")
+    if report.stages:
+        lines.append(f"{'inside relay (its own clock), ms':<40}" + "".join(
+            f"{h:>10}" for h in ("p50", "p95", "p99", "mean", "max")) + f"{'n':>8}")  # fmt: skip
+        for label, stats in report.stages.items():
+            cells = (stats.p50, stats.p95, stats.p99, stats.mean, stats.max)
+            lines.append(f"{label:<40}" + "".join(map(_ms, cells)) + f"{stats.n:>8}")
         lines.append("")
     if report.cpu_percent:
         usage = ", ".join(f"{k} {v}%" for k, v in report.cpu_percent.items())

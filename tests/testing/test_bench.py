@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from relay.cli.main import main
-from relay.testing.bench import Expectations, tokens_lost
+from relay.testing.bench import STAGES, Expectations, Stats, stages_of, tokens_lost
 
 
 def test_a_small_run_reports_every_figure_with_no_errors(tmp_path: Path) -> None:
@@ -42,6 +42,9 @@ def test_a_small_run_reports_every_figure_with_no_errors(tmp_path: Path) -> None
     assert report["options"]["knowledge"] is True and report["options"]["workers"] == 1
     assert isinstance(retrieval["prefetched"], int)  # interim prompts: answered by nothing
     assert report["connect"]["n"] == 2 and report["connect_failures"] == 0
+    # where the time went inside relay: every measured turn, each stage from its own timings
+    assert list(report["stages"]) == list(STAGES)
+    assert all(stage["n"] == 4 for stage in report["stages"].values())
 
 
 def test_two_workers_without_knowledge(tmp_path: Path) -> None:
@@ -65,3 +68,36 @@ def test_lost_tokens_are_counted_from_the_first_missing_one() -> None:
     assert tokens_lost(pieces, text[: -len(pieces[-1])]) == 1
     assert tokens_lost(pieces, "") == len(pieces)
     assert tokens_lost(pieces, pieces[0] + "".join(pieces[2:])) == len(pieces) - 1
+
+
+async def test_the_stages_come_from_the_turns_each_turn_recorded(tmp_path: Path) -> None:
+    import sqlite3
+
+    database = tmp_path / "relay.db"
+    with sqlite3.connect(database) as db:
+        db.execute(
+            "CREATE TABLE turns (role TEXT, retrieval_done_at REAL, llm_request_at REAL, "
+            "first_token_at REAL, first_frame_at REAL, first_frame_ms REAL)"
+        )
+        db.executemany(
+            "INSERT INTO turns VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                # prompt at 100.000: passages 2 ms later, request 3 ms, token 303, frame 304
+                ("assistant", 100.002, 100.003, 100.303, 100.304, 304.0),
+                # no knowledge: no passages
+                ("assistant", None, 200.001, 200.301, 200.303, 303.0),
+                ("user", None, None, None, None, None),
+                ("assistant", 900.0, 900.0, 900.0, 900.1, 100.0),  # outside the phase
+            ],
+        )
+    stages = await stages_of(database, 50.0, 500.0, 2)
+
+    def ms(stats: Stats) -> list[float | None]:
+        return [round(v, 3) if v is not None else None for v in (stats.p50, stats.max)]
+
+    assert list(stages) == list(STAGES)
+    assert stages["prompt -> passages ready"].n == 1
+    assert ms(stages["prompt -> passages ready"]) == [2.0, 2.0]
+    assert ms(stages["prompt -> model request"]) == [2.0, 3.0]
+    assert ms(stages["model request -> 1st token"]) == [300.0, 300.0]
+    assert ms(stages["1st token -> 1st frame sent"]) == [1.5, 2.0]
