@@ -18,6 +18,7 @@ import contextlib
 import enum
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any, Final
@@ -104,9 +105,12 @@ class CallSession:
         self._pre_setup_bytes = 0
         self.pre_setup_dropped = 0
         self._turn: Turn | None = None
-        self._out: asyncio.Queue[tuple[str, Callable[[float], None] | None] | None] = (
-            asyncio.Queue()
-        )
+        # Frames to write, in order. Whoever holds ``_writing`` writes them: the writer task
+        # (woken by ``_wake``) or, for the reply's words, the turn itself (:meth:`write_now`).
+        self._pending: deque[tuple[str, Callable[[float], None] | None]] = deque()
+        self._wake = asyncio.Event()
+        self._writing = asyncio.Lock()
+        self._closing = False
         self._writer: asyncio.Task[None] | None = None
         self._side_tasks: set[asyncio.Task[Any]] = set()
         self._customer_task: asyncio.Task[Mapping[str, Any] | None] | None = None
@@ -604,8 +608,14 @@ class CallSession:
         )
 
     def send(
-        self, frame: protocol.OutboundFrame, *, on_sent: Callable[[float], None] | None = None
+        self,
+        frame: protocol.OutboundFrame,
+        *,
+        on_sent: Callable[[float], None] | None = None,
+        now: bool = False,
     ) -> None:
+        """Queue ``frame`` for the socket. ``now``: the caller awaits :meth:`write_now` next
+        (before anything else can run), so the writer task is not woken for it."""
         if self._end_sent or self.phase is Phase.CLOSED:
             if not self.reconnect.finishing:  # application reconnect (h11)
                 log.warning("send_after_end_dropped", type=frame.type)
@@ -619,29 +629,50 @@ class CallSession:
                 self.silence.agent_finished(self.deps.speech_seconds(said))
             else:
                 self.silence.agent_started()
-        self._out.put_nowait((frame.to_json(), on_sent))
+        self._pending.append((frame.to_json(), on_sent))
+        if not now:
+            self._wake.set()
 
     _send = send  # the name used before the split
 
+    async def write_now(self) -> None:
+        """Write the queued frames from the calling task (the turn streaming a reply), unless
+        a write is under way: its writer then writes them too, in order. A token's frame thus
+        leaves in the event loop pass that brought the token, rather than one pass later when
+        the writer task's turn comes (under load a pass takes milliseconds)."""
+        if self._pending and not self._writing.locked():
+            await self._drain()
+
     async def _write_loop(self) -> None:
-        """The one writer: frames go out in the order they were queued."""
+        """The writer task: writes what :meth:`send` queued, until the session closes."""
         while True:
-            item = await self._out.get()
-            if item is None:
+            await self._wake.wait()
+            self._wake.clear()
+            await self._drain()
+            if self._closing and not self._pending:
                 return
-            text, on_sent = item
+
+    async def _drain(self) -> None:
+        """Write the queued frames in order; one writer at a time."""
+        async with self._writing:
             try:
-                await self._send_raw(text)
-            except Exception as exc:  # the socket is gone: stop sending, keep recording
-                log.info("send_failed", error=repr(exc))
-                self._event("frame_out_failed", {"raw": text, "error": repr(exc)})
-                self.phase = Phase.CLOSED
-                continue
-            sent = time.perf_counter()
-            self.frames_out += 1
-            self._event("frame_out", {"raw": text}, sent)
-            if on_sent is not None:
-                on_sent(sent)
+                while self._pending:
+                    text, on_sent = self._pending.popleft()
+                    try:
+                        await self._send_raw(text)
+                    except Exception as exc:  # the socket is gone: stop sending, keep recording
+                        log.info("send_failed", error=repr(exc))
+                        self._event("frame_out_failed", {"raw": text, "error": repr(exc)})
+                        self.phase = Phase.CLOSED
+                        continue
+                    sent = time.perf_counter()
+                    self.frames_out += 1
+                    self._event("frame_out", {"raw": text}, sent)
+                    if on_sent is not None:
+                        on_sent(sent)
+            finally:
+                if self._pending:  # cancelled while writing (a turn's task): the writer goes on
+                    self._wake.set()
 
     def spawn(self, coro: Awaitable[Any]) -> None:
         """Run ``coro`` on its own (cancelled when the socket closes)."""
@@ -678,7 +709,8 @@ class CallSession:
             task.cancel()
         if pending:
             await asyncio.gather(*pending, return_exceptions=True)
-        self._out.put_nowait(None)
+        self._closing = True
+        self._wake.set()
         if self._writer is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._writer, 1.0)

@@ -81,8 +81,13 @@ class TurnHost(Protocol):
     def parameters(self) -> dict[str, str]: ...
 
     def send(
-        self, frame: protocol.OutboundFrame, *, on_sent: Callable[[float], None] | None = None
+        self,
+        frame: protocol.OutboundFrame,
+        *,
+        on_sent: Callable[[float], None] | None = None,
+        now: bool = False,
     ) -> None: ...
+    async def write_now(self) -> None: ...
     def event(self, kind: str, data: dict[str, Any], t: float | None = None) -> None: ...
     def request(self, tools: Mapping[str, Tool], retrieved: Retrieved | None,
                 customer: Mapping[str, Any] | None, deadline: float,
@@ -306,7 +311,8 @@ class Turn:
                             opening.raw += text  # a call written as text: read to its end
                             continue
                         emit = speech.feed(text)
-                        self._stream_text(emit.text)
+                        if self._stream_text(emit.text, now=True):
+                            await host.write_now()  # the words out in this pass of the loop
                         if emit.stop:
                             stop = emit.stop
                             break  # stop consuming: the stream is closed below
@@ -363,10 +369,11 @@ class Turn:
             host.deps.recorder.turn(**self._reply.row)
         return done, stop
 
-    def _stream_text(self, text: str) -> None:
-        """Send words the speech filter let through; the history keeps exactly them."""
+    def _stream_text(self, text: str, *, now: bool = False) -> bool:
+        """Send words the speech filter let through; the history keeps exactly them. Returns
+        whether a frame was queued (``now``: the caller writes it, see ``CallSession.send``)."""
         if not text:
-            return
+            return False
         host = self.host
         if self._round_fresh:
             self._round_fresh = False
@@ -377,14 +384,15 @@ class Turn:
             self._reply = host.transcript.assistant("")
             self.messages.append(self._reply)
         if "first_frame_at" not in self.timings:
-            host.send(protocol.Text(token=text), on_sent=self._first_frame)
+            host.send(protocol.Text(token=text), on_sent=self._first_frame, now=now)
         else:
-            host.send(protocol.Text(token=text))
+            host.send(protocol.Text(token=text), now=now)
         self.talking = True
         self._heard = True
         reply = self._reply
         reply.set_content(reply.content + text if reply.content else text.lstrip())
         reply.row["spoken_text"] = reply.content
+        return True
 
     # -- the guards (issue 15) ---------------------------------------------------------------
 
