@@ -190,6 +190,8 @@ async def settle_all(
     they were handed; their metrics then (whatever they are at the deadline)."""
     deadline = time.monotonic() + timeout
     snapshot = await worker_metrics(http, base, workers)
+    if not snapshot:  # not relay (``--url`` at another server): nothing to wait for
+        return snapshot
     while time.monotonic() < deadline:
         total = summed(snapshot)
         pending = sum(d.get("recorder_pending") or 0 for d in snapshot.values())

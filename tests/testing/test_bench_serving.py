@@ -101,3 +101,22 @@ def test_the_shipped_documents_and_a_reference_of_their_size(tmp_path: Path) -> 
     assert reference is not None and INTRO in reference and "[4]" in reference
     with pytest.raises(RuntimeError):
         copy_documents("no-such-collection", tmp_path)
+
+
+async def test_settling_a_server_that_is_not_relay_does_not_wait() -> None:
+    """``relay bench --url`` at another server (Twilio's SDK, say): no ``/metrics.json``, so
+    there is nothing to wait for, and the run goes on at once rather than after 30 s."""
+    import httpx
+
+    from relay.testing.bench_serving import settle_all
+
+    asked: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.path)
+        return httpx.Response(404, json={"detail": "Not Found"})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        assert await settle_all(http, "http://tac.test", 1, 0, timeout=30.0) == {}
+    # one round of asking (worker_metrics' 40 attempts), not one every 0.1 s for 30 s
+    assert asked == ["/metrics.json"] * 40
