@@ -105,6 +105,12 @@ RECORDER_DROPPED = Counter(
 RECORDER_BACKLOG = Gauge(
     "relay_recorder_backlog", "Records waiting to be written.", multiprocess_mode="livesum"
 )
+EVENT_LOOP_LAG = Histogram(
+    "relay_event_loop_lag_seconds",
+    "How late a timer fired on the worker's event loop (sampled twice a second): every frame, "
+    "token and turn waits about this long for its turn when the worker is busy.",
+    buckets=_FAST,
+)
 KNOWLEDGE_FAILURES = Counter(
     "relay_knowledge_failures", "Knowledge retrievals that failed or timed out."
 )

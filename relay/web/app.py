@@ -514,9 +514,21 @@ async def metrics(request: Request) -> Response:
             "max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
             "uptime_s": round(time.monotonic() - runtime.started, 1),
             "pid": os.getpid(),  # one worker's figures (relay bench adds them up)
+            **_loop_lag(runtime),
             **_retrieval_counters(runtime),
         }
     )
+
+
+def _loop_lag(runtime: Runtime) -> dict[str, float]:
+    ops = runtime.ops
+    if ops is None:
+        return {}
+    lag = ops.lag
+    return {
+        "event_loop_lag_ms": round(lag.last * 1000, 3),
+        "event_loop_lag_max_ms": round(lag.worst * 1000, 3),
+    }
 
 
 def _retrieval_counters(runtime: Runtime) -> dict[str, float]:

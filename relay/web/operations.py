@@ -80,6 +80,7 @@ async def start(
         await probe.probe()  # the first answer before the first /readyz
         background.append(asyncio.create_task(probe.run(), name="relay-model-probe"))
     background.append(asyncio.create_task(sampler.run(), name="relay-metrics-sampler"))
+    background.append(asyncio.create_task(runtime.ops.lag.run(), name="relay-loop-lag"))
     if settings.retention_days is not None or settings.mask_numbers_after_days is not None:
         background.append(
             asyncio.create_task(
@@ -101,13 +102,42 @@ async def start(
     return stop
 
 
+class LoopLag:
+    """How late the event loop runs what is due: a timer asks to be woken every ``every``
+    seconds and measures how much later it was (``relay_event_loop_lag_seconds``; the last and
+    the largest since the process started in ``/metrics.json``). On an idle worker it is well
+    under a millisecond; tens of milliseconds mean the worker's core is saturated, and every
+    caller on it waits that much more at every step of a turn."""
+
+    def __init__(self, every: float = 0.5) -> None:
+        self.every = every
+        self.last = 0.0
+        self.worst = 0.0
+        self.samples = 0
+
+    def observe(self, seconds: float) -> None:
+        seconds = max(0.0, seconds)
+        self.last = seconds
+        self.worst = max(self.worst, seconds)
+        self.samples += 1
+        metrics.EVENT_LOOP_LAG.observe(seconds)
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + self.every
+            await asyncio.sleep(self.every)
+            self.observe(loop.time() - due)
+
+
 @dataclass
 class Operations:
-    """This process's admission state and metrics sampler (``runtime.ops``)."""
+    """This process's admission state, metrics sampler and loop-lag probe (``runtime.ops``)."""
 
     gate: CallGate
     limiter: RateLimiter
     sampler: _Sampler
+    lag: LoopLag = field(default_factory=LoopLag)
     database_check: health.RecentCheck = field(default_factory=health.RecentCheck)
     tarpit: Tarpit = field(default_factory=Tarpit)
 

@@ -187,6 +187,35 @@ async def test_metrics_in_prometheus_text_format_before_and_after_a_call(
     assert len(tokens) == 2 and all(n > 0 for n in tokens)  # prompt and completion
     assert value(after, "relay_recorder_backlog") == 0
     assert json_view["sessions_total"] >= 1  # the JSON view stays at /metrics.json
+    # the loop-lag histogram is exposed (empty or not) and the JSON view carries its figures
+    assert ("relay_event_loop_lag_seconds_count", ()) in after
+    assert {"event_loop_lag_ms", "event_loop_lag_max_ms"} <= set(json_view)
+
+
+async def test_the_loop_lag_probe_sees_a_blocked_event_loop() -> None:
+    """A worker whose loop is held (here 0.3 s of blocking work) shows it: the probe's timer
+    fires at least that much late. Only a lower bound is asserted: lateness cannot be less."""
+    import time
+
+    from relay.web.operations import LoopLag
+
+    sampled = asyncio.Event()
+
+    class Probe(LoopLag):
+        def observe(self, seconds: float) -> None:
+            super().observe(seconds)
+            sampled.set()
+
+    lag = Probe(every=0.01)
+    task = asyncio.create_task(lag.run())
+    try:
+        await asyncio.sleep(0)  # the probe's timer is set
+        time.sleep(0.3)  # noqa: ASYNC251 - the point: blocking work on the event loop
+        await sampled.wait()
+    finally:
+        task.cancel()
+    assert lag.worst >= 0.25
+    assert lag.last <= lag.worst
 
 
 async def test_metrics_token_protects_the_endpoint(start_relay: Any) -> None:
