@@ -61,6 +61,8 @@ from relay.llm.transport import AiohttpTransport
 from relay.llm.types import ChatRequest
 from relay.testing.bench_serving import (
     copy_documents,
+    lag_buckets,
+    lag_quantiles,
     memory_per_call,
     reference_like,
     retrieval_share,
@@ -208,6 +210,8 @@ class BenchReport:
     connect_failures: int = 0
     #: Where a measured turn's time went inside relay, on its own clock (:func:`stages_of`).
     stages: dict[str, Stats] = field(default_factory=dict)
+    #: How late the server's event loops ran during the measured phase (``lag_quantiles``).
+    loop_lag: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2)
@@ -1028,6 +1032,7 @@ async def _bench(options: BenchOptions) -> BenchReport:
                 baselines.run_alongside(stop, options.unmeasured_turns, options.turns)
             )
         served_before = await worker_metrics(http, targets.relay_http, workers)
+        lag_before = await lag_buckets(http, targets.relay_http)
         cpu_before = _cpu(targets.children)
         started = time.perf_counter()
         try:
@@ -1042,6 +1047,7 @@ async def _bench(options: BenchOptions) -> BenchReport:
             if alongside is not None:
                 await alongside
         served_after = await worker_metrics(http, targets.relay_http, workers)
+        lag = lag_quantiles(lag_before, await lag_buckets(http, targets.relay_http), (0.5, 0.99))
         used = {
             name: after - cpu_before[name]
             for name, after in _cpu(targets.children).items()
@@ -1086,6 +1092,7 @@ async def _bench(options: BenchOptions) -> BenchReport:
         connect=Stats.of([c.connect_s for c in calls if c.connect_s is not None]),
         connect_failures=options.calls - len(calls),
         stages=stages,
+        loop_lag=lag,
     )  # fmt: skip
 
 
@@ -1280,6 +1287,13 @@ def format_report(report: BenchReport) -> str:
             cells = (stats.p50, stats.p95, stats.p99, stats.mean, stats.max)
             lines.append(f"{label:<40}" + "".join(map(_ms, cells)) + f"{stats.n:>8}")
         lines.append("")
+    lag = report.loop_lag
+    if lag.get("samples"):
+        lines.append(
+            f"event loop lag during the measured phase (relay_event_loop_lag_seconds, "
+            f"{lag['samples']} samples over the workers): p50 <= {lag.get('p50_ms')} ms, "
+            f"p99 <= {lag.get('p99_ms')} ms"
+        )
     if report.cpu_percent:
         usage = ", ".join(f"{k} {v}%" for k, v in report.cpu_percent.items())
         lines.append(f"cpu during the measured phase (100% = one core): {usage}")

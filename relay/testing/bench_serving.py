@@ -219,3 +219,51 @@ def reference_like(collection: str, passages: int = 4) -> str | None:
             if len(paragraph) > 200 and len(found) < passages:
                 found.append(f"[{len(found) + 1}] ({path.name}: {path.stem})\n{paragraph.strip()}")
     return "\n\n".join(["Current date and time: Sunday 6 December 2026, 11:00.", INTRO, *found])
+
+
+#: The histogram of relay's event-loop lag probe (relay.web.operations.LoopLag).
+LAG_SERIES = "relay_event_loop_lag_seconds_bucket"
+
+
+async def lag_buckets(http: httpx.AsyncClient, base: str) -> dict[float, float]:
+    """The loop-lag histogram's cumulative buckets (upper bound in seconds → count) from
+    ``/metrics``, every worker added up; empty when the server exposes none."""
+    try:
+        response = await http.get(base + "/metrics", timeout=10.0)
+    except httpx.HTTPError:
+        return {}
+    if response.status_code != 200:
+        return {}
+    buckets: dict[float, float] = {}
+    for line in response.text.splitlines():
+        if not line.startswith(LAG_SERIES + "{"):
+            continue
+        labels, _, value = line.rpartition(" ")
+        bound = labels.split('le="', 1)[1].split('"', 1)[0]
+        le = float("inf") if bound == "+Inf" else float(bound)
+        buckets[le] = buckets.get(le, 0.0) + float(value)
+    return buckets
+
+
+def lag_quantiles(
+    before: dict[float, float], after: dict[float, float], quantiles: tuple[float, ...]
+) -> dict[str, Any]:
+    """How late the loop ran during a phase, from the two scrapes: the number of samples, and
+    each quantile as the upper bound of the bucket it falls in (``"> 10000"`` ms past the last
+    finite bound), in milliseconds."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    total = counts[-1] if counts else 0.0
+    found: dict[str, Any] = {"samples": int(total)}
+    if total <= 0:
+        return found
+    finite = [b for b in bounds if b != float("inf")]
+    for q in quantiles:
+        rank = q * total
+        bound = next((b for b, c in zip(bounds, counts, strict=True) if c >= rank), bounds[-1])
+        key = f"p{round(q * 100)}_ms"
+        if bound == float("inf"):
+            found[key] = f"> {finite[-1] * 1000:g}" if finite else None
+        else:
+            found[key] = round(bound * 1000, 3)
+    return found

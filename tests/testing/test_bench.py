@@ -45,6 +45,7 @@ def test_a_small_run_reports_every_figure_with_no_errors(tmp_path: Path) -> None
     # where the time went inside relay: every measured turn, each stage from its own timings
     assert list(report["stages"]) == list(STAGES)
     assert all(stage["n"] == 4 for stage in report["stages"].values())
+    assert isinstance(report["loop_lag"]["samples"], int)  # read from relay's /metrics
 
 
 def test_two_workers_without_knowledge(tmp_path: Path) -> None:

@@ -120,3 +120,17 @@ async def test_settling_a_server_that_is_not_relay_does_not_wait() -> None:
         assert await settle_all(http, "http://tac.test", 1, 0, timeout=30.0) == {}
     # one round of asking (worker_metrics' 40 attempts), not one every 0.1 s for 30 s
     assert asked == ["/metrics.json"] * 40
+
+
+def test_loop_lag_quantiles_from_two_scrapes_of_the_histogram() -> None:
+    from relay.testing.bench_serving import lag_quantiles
+
+    inf = float("inf")
+    before = {0.001: 10.0, 0.01: 10.0, 0.1: 10.0, inf: 10.0}
+    # during the phase: 90 samples under 1 ms, 8 under 10 ms, 1 under 100 ms, 1 beyond
+    after = {0.001: 100.0, 0.01: 108.0, 0.1: 109.0, inf: 110.0}
+    assert lag_quantiles(before, after, (0.5, 0.9, 0.99, 1.0)) == {
+        "samples": 100, "p50_ms": 1.0, "p90_ms": 1.0, "p99_ms": 100.0, "p100_ms": "> 100",
+    }  # fmt: skip
+    assert lag_quantiles(after, after, (0.5,)) == {"samples": 0}
+    assert lag_quantiles({}, {}, (0.5,)) == {"samples": 0}
