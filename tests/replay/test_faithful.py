@@ -139,3 +139,37 @@ async def test_a_handoff_without_speaker_events_replays_as_a_pass_in_live_mode(
         )
     assert not report.failed, out
     assert "live-agent-handoff" in out
+
+
+async def test_a_call_that_runs_past_the_hour_replays_as_a_pass(
+    start_relay: Any, tmp_path: Path
+) -> None:
+    """The model is told the time to the hour; a call whose second turn comes after the hour
+    struck must be replayed with each turn's own time, not the call's start for all of them."""
+    from datetime import UTC, datetime
+
+    from relay.recordings.format import export_call
+
+    clock = [datetime(2026, 11, 24, 3, 59, 40, tzinfo=UTC)]  # 2:59 PM in Melbourne
+    llm = ScriptedLLM([Text("Hello, how can I help?"), Text("Sure, talk soon.")])
+
+    def configure(runtime: Any) -> None:
+        runtime.deps.now = lambda: clock[0]
+
+    async with start_relay(llm, configure=configure) as relay:
+        call = relay.call()
+        await call.connect()
+        await call.say("Hi there.")
+        clock[0] = datetime(2026, 11, 24, 4, 0, 5, tzinfo=UTC)  # 3:00 PM: the hour has struck
+        await call.say("Thanks, bye.")
+        await call.close()
+        await relay.session_closed()
+        recording = await export_call(relay.runtime.deps.db, call.call_sid)
+        settings = relay.settings
+    times = [r["messages"][-1]["content"].split("\n", 1)[0] for r in llm.requests]
+    assert "after 2 PM" in times[0] and "after 3 PM" in times[1]  # the requests differ
+
+    path = tmp_path / "past-the-hour.jsonl"
+    path.write_bytes(recording.dumps())
+    [report] = await run_replays([Recording.read(path)], settings, Options(fast=True))
+    assert not report.failed, report.regressions
