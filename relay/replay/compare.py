@@ -41,17 +41,36 @@ class Masker:
     ``ignore`` patterns (the recording's and the command line's)."""
 
     def __init__(
-        self, patterns: Iterable[str] = (), *, references: bool = True, redacted: bool = False
+        self,
+        patterns: Iterable[str] = (),
+        *,
+        references: bool = True,
+        redacted: bool = False,
+        fillers: Iterable[str] = (),
     ) -> None:
         self.redacted = redacted
+        #: Filler lines ("One moment while I check that."): said only when the model was slow
+        #: that day, so whether a call has one says nothing about the agent (:meth:`add_fillers`).
+        self.fillers: list[str] = []
+        self.add_fillers(fillers)
         wanted = [*(REFERENCES if references else ()), *patterns]
         try:
             self.patterns = [re.compile(p) for p in dict.fromkeys(wanted)]
         except re.error as exc:
             raise RecordingError(f"bad ignore pattern: {exc}") from exc
 
+    def add_fillers(self, lines: Iterable[str]) -> None:
+        for line in lines:
+            line = line.strip()
+            if line and line not in self.fillers:
+                self.fillers.append(line)
+        self.fillers.sort(key=len, reverse=True)  # a longer line first, if one holds another
+
     def __call__(self, text: str) -> str:
         text = _TIME_LINE.sub("Current date and time: (now).", text)
+        for line in self.fillers:
+            if line in text:
+                text = text.replace(line + " ", "").replace(line, "")
         if self.redacted:
             # A redacted recording's masks (``[name]``, ``**** *** *78``) are in the recorded
             # model answers, and the agent's speech filter drops their brackets and asterisks

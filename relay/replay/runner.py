@@ -37,7 +37,7 @@ import contextlib
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,7 +118,9 @@ async def replay(
     """Replay one recording and compare. ``settings`` configures the in-process app."""
     started = time.perf_counter()
     masker = Masker(
-        [*recording.ignore, *options.ignore], redacted=bool(recording.header.get("redacted"))
+        [*recording.ignore, *options.ignore],
+        redacted=bool(recording.header.get("redacted")),
+        fillers=filler_lines(recording.events),
     )
     name = (
         Path(recording.source).name if recording.source.endswith(".jsonl") else recording.call_sid
@@ -230,6 +232,17 @@ def _replay_settings(settings: Any, options: Options, directory: Path) -> Any:
     return settings.model_copy(update=update)
 
 
+def filler_lines(events: Iterable[Mapping[str, Any]]) -> list[str]:
+    """The filler lines said in a recorded call (its ``filler`` events)."""
+    lines = []
+    for event in events:
+        if event.get("kind") == "filler":
+            line = (event.get("data") or {}).get("line")
+            if isinstance(line, str):
+                lines.append(line)
+    return lines
+
+
 async def _run_in_process(
     recording: Recording,
     scripts: list[SessionScript],
@@ -243,6 +256,12 @@ async def _run_in_process(
 
     def configure(runtime: Runtime) -> None:
         runtimes.append(runtime)
+        if cassette is not None:  # the fillers the agent may say now, if its model is slow
+            cassette.masker.add_fillers(
+                line
+                for agent in runtime.deps.agents.agents.values()
+                for line in (agent.filler_lines or ["One moment."])
+            )
         if cassette is not None and not options.live_retrieval:
             runtime.deps.retriever = CassetteRetriever(cassette) if cassette.retrievals else None
 

@@ -173,3 +173,35 @@ async def test_a_call_that_runs_past_the_hour_replays_as_a_pass(
     path.write_bytes(recording.dumps())
     [report] = await run_replays([Recording.read(path)], settings, Options(fast=True))
     assert not report.failed, report.regressions
+
+
+async def test_a_filler_line_said_while_the_model_was_slow_replays_as_a_pass(
+    start_relay: Any, prompts_dir: Path, tmp_path: Path
+) -> None:
+    """Whether the caller heard "One moment..." depends on how fast the model was that day,
+    not on the agent: a replay (whose model answers at once) is no regression for lacking it."""
+    import orjson
+
+    from relay.recordings.format import export_call
+    from tests.conftest import SHIPPED_AGENT, agent_toml
+
+    profile = "llm_filler_after = 0.05\n" + agent_toml(["transfer_to_person", "end_call"])
+    (prompts_dir / SHIPPED_AGENT.name).write_text(profile, encoding="utf-8")
+    llm = ScriptedLLM([Stall(0.3, then=Text("Hello, how can I help?")), Text("Talk soon.")])
+    async with start_relay(llm) as relay:
+        call = relay.call()
+        await call.connect()
+        first = await call.say("Hi there.")
+        await call.say("Thanks, bye.")
+        await call.close()
+        await relay.session_closed()
+        recording = await export_call(relay.runtime.deps.db, call.call_sid)
+        settings = relay.settings
+    assert first.frames[0].get("preemptible") is True  # the filler was said
+    assert any(e["kind"] == "filler" for e in recording.events)
+
+    path = tmp_path / "filler.jsonl"
+    path.write_bytes(recording.dumps())
+    [report] = await run_replays([Recording.read(path)], settings, Options(fast=True))
+    assert not report.failed, report.regressions
+    assert orjson.loads(path.read_bytes().splitlines()[0])["format"] == "relay-recording"
