@@ -639,7 +639,9 @@ class CallSession:
         """Write the queued frames from the calling task (the turn streaming a reply), unless
         a write is under way: its writer then writes them too, in order. A token's frame thus
         leaves in the event loop pass that brought the token, rather than one pass later when
-        the writer task's turn comes (under load a pass takes milliseconds)."""
+        the writer task's turn comes (under load a pass takes milliseconds). uvicorn's send
+        never suspends, so a turn cancelled (a barge-in) is never cancelled mid-write; under a
+        server whose send waits, such a frame could go out without its ``frame_out`` record."""
         if self._pending and not self._writing.locked():
             await self._drain()
 
