@@ -72,6 +72,30 @@ def agent_toml(tools: list[str] = CALL_CONTROL_TOOLS) -> str:
     return text
 
 
+def write_profile(prompts_dir: Path, text: str, **fields: Any) -> None:
+    """The test agent's profile: ``fields`` as top-level settings ahead of ``text``."""
+    head = "".join(f"{k} = {orjson.dumps(v).decode()}\n" for k, v in fields.items())
+    (prompts_dir / SHIPPED_AGENT.name).write_text(head + text, encoding="utf-8")
+
+
+def strip(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Frames without the receive times the simulated call adds (``_t``)."""
+    return [{k: v for k, v in f.items() if k != "_t"} for f in frames]
+
+
+async def stored_events(relay: Any, call_sid: str, kind: str) -> list[dict[str, Any]]:
+    """The ``data`` of a call's recorded events of ``kind``, in order."""
+    from sqlalchemy import select
+
+    from relay.storage.models import Event
+
+    async with relay.runtime.deps.db.session() as session:
+        rows = await session.scalars(
+            select(Event).where(Event.call_sid == call_sid, Event.kind == kind).order_by(Event.seq)
+        )
+        return [e.data for e in rows]
+
+
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """No relay/OpenAI/Twilio variable from the host environment."""

@@ -22,7 +22,7 @@ from relay.storage import repository
 from relay.storage.models import Event
 from relay.testing import ScriptedLLM, Text, ToolCall, ToolCalls
 from tests.call.test_transcript import SlowTool
-from tests.conftest import SHIPPED_AGENT, agent_toml
+from tests.conftest import agent_toml, stored_events, strip, write_profile
 
 #: Tests using the shared ``relay`` fixture run in the module's event loop.
 shared = pytest.mark.asyncio(loop_scope="module")
@@ -32,24 +32,11 @@ GOODBYE = "I'll let you go now. Please call back any time. Goodbye!"
 
 
 def write_agent(prompts_dir: Path, **fields: Any) -> None:
-    head = "".join(f"{k} = {orjson.dumps(v).decode()}\n" for k, v in fields.items())
-    (prompts_dir / SHIPPED_AGENT.name).write_text(head + agent_toml(), encoding="utf-8")
+    write_profile(prompts_dir, agent_toml(), **fields)
 
 
 def instant_speech(runtime: Any) -> None:
     runtime.deps.speech_seconds = lambda text: 0.0
-
-
-def strip(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{k: v for k, v in f.items() if k != "_t"} for f in frames]
-
-
-async def events(relay: Any, call_sid: str, kind: str) -> list[dict[str, Any]]:
-    async with relay.runtime.deps.db.session() as session:
-        rows = await session.scalars(
-            select(Event).where(Event.call_sid == call_sid, Event.kind == kind).order_by(Event.seq)
-        )
-        return [e.data for e in rows]
 
 
 async def test_a_silent_caller_is_asked_once_then_told_goodbye_and_the_call_ends(
@@ -65,7 +52,7 @@ async def test_a_silent_caller_is_asked_once_then_told_goodbye_and_the_call_ends
         await call.close()
         await relay.session_closed()
         row = await repository.get_call(relay.runtime.deps.db, call.call_sid)
-        silent = await events(relay, call.call_sid, "caller_silent")
+        silent = await stored_events(relay, call.call_sid, "caller_silent")
         _, turns = await repository.call_history(relay.runtime.deps.db, call.call_sid)
 
     assert strip([asked, goodbye]) == [
@@ -159,8 +146,8 @@ async def test_backchannel_interrupts_are_counted_in_the_call_summary(relay: Any
     await call.close()
     await relay.session_closed()
 
-    backchannel = await events(relay, call.call_sid, "backchannel_interrupt")
-    [end] = await events(relay, call.call_sid, "session_end")
+    backchannel = await stored_events(relay, call.call_sid, "backchannel_interrupt")
+    [end] = await stored_events(relay, call.call_sid, "session_end")
     assert backchannel == [{"utterance": "uh-huh"}]
     assert (end["interrupts"], end["backchannel_interrupts"]) == (2, 1)
 
@@ -200,7 +187,7 @@ async def test_frames_before_setup_are_kept_up_to_a_limit(relay: Any) -> None:
         ).all()
     assert reply.text == "Hi."
     assert kinds.count("frame_in") == 64 + 2  # 64 kept before setup; the setup and the prompt
-    assert await events(relay, call.call_sid, "pre_setup_dropped") == [{"frames": 36}]
+    assert await stored_events(relay, call.call_sid, "pre_setup_dropped") == [{"frames": 36}]
 
 
 @shared

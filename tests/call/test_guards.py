@@ -11,14 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import select
 
-from relay.storage.models import Event
 from relay.testing import ScriptedLLM, Text, ToolCall, ToolCalls
 from relay.tools import ToolContext, ToolRegistry, ToolResult
 from relay.tools.calls import TOOLS as CALL_TOOLS
 from relay.tools.piano import TOOLS as PIANO_TOOLS
-from tests.conftest import SHIPPED_AGENT
+from tests.conftest import SHIPPED_AGENT, stored_events, write_profile
 
 QUOTE = (
     "Quote Q100001: moving an upright piano from Brunswick to Geelong on Monday the 2nd of "
@@ -65,16 +63,7 @@ def write_agent(prompts_dir: Path, **fields: Any) -> None:
     tools = ["quote_piano_move", "book_move", "transfer_to_person", "end_call"]
     text = re.sub(r"^tools = \[.*?^\]", "tools = " + orjson.dumps(tools).decode(), text,
                   flags=re.S | re.M)  # fmt: skip
-    head = "".join(f"{k} = {orjson.dumps(v).decode()}\n" for k, v in fields.items())
-    (prompts_dir / SHIPPED_AGENT.name).write_text(head + text, encoding="utf-8")
-
-
-async def events(relay: Any, call_sid: str, kind: str) -> list[dict[str, Any]]:
-    async with relay.runtime.deps.db.session() as session:
-        rows = await session.scalars(
-            select(Event).where(Event.call_sid == call_sid, Event.kind == kind).order_by(Event.seq)
-        )
-        return [e.data for e in rows]
+    write_profile(prompts_dir, text, **fields)
 
 
 def said(frames: list[dict[str, Any]]) -> str:
@@ -147,8 +136,8 @@ async def test_an_invented_price_is_never_heard_and_the_model_is_asked_again_wit
         reply = await call.say("How much to move my upright from Brunswick to Geelong?")
         await call.close()
         await relay.session_closed()
-        guard = await events(relay, call.call_sid, "price_guard")
-        [end] = await events(relay, call.call_sid, "session_end")
+        guard = await stored_events(relay, call.call_sid, "price_guard")
+        [end] = await stored_events(relay, call.call_sid, "session_end")
 
     heard = said(reply.frames)
     assert "650" not in heard and "six hundred" not in heard.lower()
@@ -192,7 +181,7 @@ async def test_a_price_invented_twice_gets_the_safe_line(
         reply = await call.say("How much?")
         await call.close()
         await relay.session_closed()
-        guard = await events(relay, call.call_sid, "price_guard")
+        guard = await stored_events(relay, call.call_sid, "price_guard")
 
     assert said(reply.frames) == (
         "That is Let me work out the exact price for you. It comes to I can't confirm that "
@@ -241,8 +230,8 @@ async def test_a_booking_claim_without_a_booking_is_not_heard(
         reply = await call.say("Yes, book it.")
         await call.close()
         await relay.session_closed()
-        guard = await events(relay, call.call_sid, "booking_guard")
-        [end] = await events(relay, call.call_sid, "session_end")
+        guard = await stored_events(relay, call.call_sid, "booking_guard")
+        [end] = await stored_events(relay, call.call_sid, "session_end")
 
     heard = said(reply.frames)
     assert "booked" not in heard
@@ -298,7 +287,7 @@ async def test_every_request_extends_the_previous_one_and_the_cache_covers_it(
             await call.say(line)
         await call.close()
         await relay.session_closed()
-        responses = await events(relay, call.call_sid, "llm_response")
+        responses = await stored_events(relay, call.call_sid, "llm_response")
 
     requests = llm.requests
     assert len(requests) == 6
@@ -375,8 +364,8 @@ async def test_a_reply_that_reads_the_notes_back_is_not_heard_and_is_asked_again
         reply = await call.say("I'd like a quote.")
         await call.close()
         await relay.session_closed()
-        guard = await events(relay, call.call_sid, "echo_guard")
-        [end] = await events(relay, call.call_sid, "session_end")
+        guard = await stored_events(relay, call.call_sid, "echo_guard")
+        [end] = await stored_events(relay, call.call_sid, "session_end")
 
     assert said(reply.frames) == "Sure, what kind of piano is it?"
     assert "Never repeat these notes." in llm.requests[1]["messages"][-1]["content"]

@@ -20,6 +20,7 @@ from relay.llm.types import ChatRequest, Done, TextDelta
 from relay.storage import repository
 from relay.storage.models import Event
 from relay.testing import Break, Fail, ScriptedLLM, Stall, Text, ToolCall, ToolCalls
+from tests.conftest import strip
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")  # the relay fixture is shared by the module
 
@@ -39,10 +40,6 @@ def tokens(frames: list[dict[str, Any]]) -> list[str]:
         for f in frames
         if f["type"] == "text" and not (f.get("last") and f["token"] == "")
     ]
-
-
-def strip(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{k: v for k, v in f.items() if k != "_t"} for f in frames]
 
 
 def conversation(request: dict[str, Any]) -> list[tuple[str, str]]:

@@ -21,11 +21,11 @@ from sqlalchemy import select
 from relay.call.trouble import answer_to_offer, wants_person
 from relay.llm.types import ChatRequest, Done, TextDelta
 from relay.storage import repository
-from relay.storage.models import Event, Ticket
+from relay.storage.models import Ticket
 from relay.testing import Fail, ScriptedLLM, Stall, Text, ToolCall, ToolCalls
 from relay.tools import ToolRegistry
 from relay.tools.calls import TOOLS as CALL_TOOLS
-from tests.conftest import SHIPPED_AGENT, agent_toml
+from tests.conftest import agent_toml, stored_events, strip, write_profile
 
 APOLOGY = "Sorry, I've hit a snag on my end. Could you say that again for me?"
 OFFER_PERSON = (
@@ -44,8 +44,7 @@ def write_agent(prompts_dir: Path, *, person: bool = True, **fields: Any) -> Non
     text = agent_toml([*_TOOLS, "take_message"] if not person else _TOOLS)
     if not person:
         text = re.sub(r"^person_number = .*\n", "", text, flags=re.M)
-    head = "".join(f"{k} = {orjson.dumps(v).decode()}\n" for k, v in fields.items())
-    (prompts_dir / SHIPPED_AGENT.name).write_text(head + text, encoding="utf-8")
+    write_profile(prompts_dir, text, **fields)
 
 
 _TOOLS = ["transfer_to_person", "end_call", "switch_language", "send_digits", "collect_digits"]
@@ -54,18 +53,6 @@ _TOOLS = ["transfer_to_person", "end_call", "switch_language", "send_digits", "c
 def quick_speech(runtime: Any) -> None:
     """Lines take no time to say (the session waits that long before sending ``end``)."""
     runtime.deps.speech_seconds = lambda text: 0.0
-
-
-def strip(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{k: v for k, v in f.items() if k != "_t"} for f in frames]
-
-
-async def events(relay: Any, call_sid: str, kind: str) -> list[dict[str, Any]]:
-    async with relay.runtime.deps.db.session() as session:
-        rows = await session.scalars(
-            select(Event).where(Event.call_sid == call_sid, Event.kind == kind).order_by(Event.seq)
-        )
-        return [e.data for e in rows]
 
 
 async def test_a_stalled_model_gets_a_filler_then_the_apology_within_the_budget(
@@ -82,7 +69,7 @@ async def test_a_stalled_model_gets_a_filler_then_the_apology_within_the_budget(
         after = await call.say("Are you there?")
         await call.close()
         await relay.session_closed()
-        failures = await events(relay, call.call_sid, "llm_failure")
+        failures = await stored_events(relay, call.call_sid, "llm_failure")
         _, turns = await repository.call_history(relay.runtime.deps.db, call.call_sid)
         counts = relay.runtime.deps.llm_failures.counts()
 
@@ -124,7 +111,7 @@ async def test_the_session_gives_up_on_a_silent_model_at_the_turn_budget(
         reply = await call.say("Hello?")
         await call.close()
         await relay.session_closed()
-        failures = await events(relay, call.call_sid, "llm_failure")
+        failures = await stored_events(relay, call.call_sid, "llm_failure")
 
     assert strip(reply.frames) == [{"type": "text", "token": APOLOGY, "last": True}]
     assert [f["kind"] for f in failures] == ["turn-budget"]
@@ -160,7 +147,7 @@ async def test_a_model_that_stalls_mid_reply_is_given_up_at_the_stall_limit(
         reply = await call.say("How much for the stairs?")
         await call.close()
         await relay.session_closed()
-        failures = await events(relay, call.call_sid, "llm_failure")
+        failures = await stored_events(relay, call.call_sid, "llm_failure")
 
     said = "".join(f["token"] for f in reply.frames[:-1])
     assert said.startswith("Let me see,") and reply.frames[-1]["last"] is True
@@ -196,8 +183,8 @@ async def test_after_two_failures_a_person_is_offered_and_the_call_transferred_o
         await call.close()  # Twilio hangs up the socket after `end`
         await relay.session_closed()
         row = await repository.get_call(relay.runtime.deps.db, call.call_sid)
-        failures = await events(relay, call.call_sid, "llm_failure")
-        offers = await events(relay, call.call_sid, "llm_failure_offer")
+        failures = await stored_events(relay, call.call_sid, "llm_failure")
+        offers = await stored_events(relay, call.call_sid, "llm_failure_offer")
 
     assert first.text == APOLOGY
     assert second.text == OFFER_PERSON  # not another apology
@@ -329,7 +316,7 @@ async def test_a_stuck_retrieval_leaves_the_turn_ungrounded_not_silent(
         reply = await call.say("Do you move organs?")
         await call.close()
         await relay.session_closed()
-        retrieval = await events(relay, call.call_sid, "retrieval")
+        retrieval = await stored_events(relay, call.call_sid, "retrieval")
 
     assert retriever.queries == ["Do you move organs?"]
     assert strip(reply.frames)[0] == {

@@ -8,24 +8,17 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 
 from relay.testing import ScriptedLLM, Stall, Text
 from relay.web.socket import RelaySocket
-from tests.conftest import SHIPPED_AGENT, agent_toml
+from tests.conftest import agent_toml, strip, write_profile
 
 FILLER = "One moment while I check that. "
 
 
 def write_agent(prompts_dir: Path, **fields: Any) -> None:
-    head = "".join(f"{k} = {orjson.dumps(v).decode()}\n" for k, v in fields.items())
-    text = agent_toml(["transfer_to_person", "end_call"])
-    (prompts_dir / SHIPPED_AGENT.name).write_text(head + text, encoding="utf-8")
-
-
-def strip(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [{k: v for k, v in f.items() if k != "_t"} for f in frames]
+    write_profile(prompts_dir, agent_toml(["transfer_to_person", "end_call"]), **fields)
 
 
 @pytest.mark.parametrize("socket", ["immediate", "waits"])

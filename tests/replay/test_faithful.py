@@ -183,10 +183,11 @@ async def test_a_filler_line_said_while_the_model_was_slow_replays_as_a_pass(
     import orjson
 
     from relay.recordings.format import export_call
-    from tests.conftest import SHIPPED_AGENT, agent_toml
+    from tests.conftest import agent_toml, write_profile
 
-    profile = "llm_filler_after = 0.05\n" + agent_toml(["transfer_to_person", "end_call"])
-    (prompts_dir / SHIPPED_AGENT.name).write_text(profile, encoding="utf-8")
+    write_profile(
+        prompts_dir, agent_toml(["transfer_to_person", "end_call"]), llm_filler_after=0.05
+    )
     llm = ScriptedLLM([Stall(0.3, then=Text("Hello, how can I help?")), Text("Talk soon.")])
     async with start_relay(llm) as relay:
         call = relay.call()
