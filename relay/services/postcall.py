@@ -25,7 +25,7 @@ from relay.services.email import EmailError, SmtpSettings, send_email
 from relay.services.webhooks import WebhookOutbox
 from relay.storage import repository
 from relay.storage.db import Database
-from relay.storage.models import Call, Message, RelaySession, SideEffect, Turn
+from relay.storage.models import Call, Message, SideEffect
 from relay.storage.outcomes import CallAnalysis, Email, get_analysis, save_analysis
 
 log = structlog.get_logger("relay.services.postcall")
@@ -43,39 +43,22 @@ async def _gather(
 ) -> dict[str, Any] | None:
     """Everything stored about a call, as plain data (its turns only when ``turns``; of its
     events only those outcomes and usage are derived from unless ``every_event``)."""
-    if every_event:
-        call = await repository.get_call(db, call_sid)
+    async with db.session() as session:
+        # One unit of work (each costs the event loop about 1 ms on SQLite). Outcomes and
+        # usage need few of a long call's events, read as plain data, never as ORM objects:
+        # the post-call pass of a 4-turn call took 10 ms of the event loop's CPU, now ~7 ms
+        # (README, "Outcomes, usage and cost").
+        call = await session.get(Call, call_sid)
         if call is None:
             return None
-        events = [_columns(e) for e in await repository.call_events(db, call_sid)]
-    async with db.session() as session:
-        # One unit of work (each costs the event loop about 1 ms on SQLite), and of a long
-        # call's events only the few outcomes and usage read, never as ORM objects: the
-        # post-call pass of a 4-turn call took 10 ms of the event loop's CPU, now ~3.5 ms
-        # (README, "Post-call work").
-        if not every_event:
-            call = await session.get(Call, call_sid)
-            if call is None:
-                return None
+        if every_event:
+            events = [_columns(e) for e in await repository.call_events_in(session, call_sid)]
+        else:
             events = await repository.call_events_of(
                 session, call_sid, outcomes.EVENT_KINDS | costs.EVENT_KINDS, keep=outcomes.reads
             )
-        sessions = (
-            await session.scalars(
-                select(RelaySession)
-                .where(RelaySession.call_sid == call_sid)
-                .order_by(RelaySession.started_at)
-            )
-        ).all()
-        rows = (
-            (
-                await session.scalars(
-                    select(Turn).where(Turn.call_sid == call_sid).order_by(Turn.seq)
-                )
-            ).all()
-            if turns
-            else []
-        )
+        sessions = await repository.call_sessions_in(session, call_sid)
+        rows = await repository.call_turns_in(session, call_sid) if turns else []
         ledger = (
             await session.scalars(select(SideEffect).where(SideEffect.call_sid == call_sid))
         ).all()
@@ -125,7 +108,10 @@ class PostCall:
     #: wait their turn (an analysis pass is a model request, so more than one at a time).
     concurrency: int = 4
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
-    _slots: asyncio.Semaphore | None = None
+    _slots: asyncio.Semaphore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._slots = asyncio.Semaphore(max(1, self.concurrency))
 
     def _utcnow(self) -> datetime:
         return self.now().astimezone(UTC)
@@ -139,8 +125,6 @@ class PostCall:
         task.add_done_callback(self._tasks.discard)
 
     async def _safely(self, call_sid: str) -> None:
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(max(1, self.concurrency))
         try:
             async with self._slots:
                 await self.process(call_sid)

@@ -23,10 +23,13 @@ async def call_history(db: Database, call_sid: str) -> tuple[Call | None, list[T
         call = await session.get(Call, call_sid)
         if call is None:
             return None, []
-        turns = (
-            await session.scalars(select(Turn).where(Turn.call_sid == call_sid).order_by(Turn.seq))
-        ).all()
-        return call, list(turns)
+        return call, await call_turns_in(session, call_sid)
+
+
+async def call_turns_in(session: AsyncSession, call_sid: str) -> list[Turn]:
+    """A call's turns in order, within a unit of work already open."""
+    rows = await session.scalars(select(Turn).where(Turn.call_sid == call_sid).order_by(Turn.seq))
+    return list(rows.all())
 
 
 async def get_call(db: Database, call_sid: str) -> Call | None:
@@ -59,10 +62,13 @@ async def list_calls(
 async def call_events(db: Database, call_sid: str) -> list[Event]:
     """A call's events in order, every ``llm_request`` with its full ``body``."""
     async with db.session() as session:
-        rows = await session.scalars(
-            select(Event).where(Event.call_sid == call_sid).order_by(Event.id)
-        )
-        events = list(rows.all())
+        return await call_events_in(session, call_sid)
+
+
+async def call_events_in(session: AsyncSession, call_sid: str) -> list[Event]:
+    """:func:`call_events` within a unit of work already open."""
+    rows = await session.scalars(select(Event).where(Event.call_sid == call_sid).order_by(Event.id))
+    events = list(rows.all())
     expand_requests(events)
     return events
 
@@ -99,12 +105,17 @@ async def call_events_of(
 
 async def call_sessions(db: Database, call_sid: str) -> list[RelaySession]:
     async with db.session() as session:
-        rows = await session.scalars(
-            select(RelaySession)
-            .where(RelaySession.call_sid == call_sid)
-            .order_by(RelaySession.started_at)
-        )
-        return list(rows.all())
+        return await call_sessions_in(session, call_sid)
+
+
+async def call_sessions_in(session: AsyncSession, call_sid: str) -> list[RelaySession]:
+    """A call's sessions in the order they started, within a unit of work already open."""
+    rows = await session.scalars(
+        select(RelaySession)
+        .where(RelaySession.call_sid == call_sid)
+        .order_by(RelaySession.started_at)
+    )
+    return list(rows.all())
 
 
 async def count_events(db: Database, call_sid: str) -> int:
