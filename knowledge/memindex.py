@@ -157,18 +157,18 @@ class MemoryIndex:
     ) -> list[Hit]:
         """Like :meth:`KnowledgeStore.search` (same errors), from memory, for the words of
         ``query`` (:func:`query_key`). Blocking."""
-        if not query_key(query) or k <= 0:
+        words = query_key(query)
+        if not words or k <= 0:
             return []
         matrix = self._fresh(collection)
         if matrix is None:
-            return self.store.search(collection, query_key(query), k=k, min_score=min_score)
-        key = (_digest(query_key(query)), k, min_score)
+            return self.store.search(collection, words, k=k, min_score=min_score)
+        key = (_digest(words), k, min_score)
         with self._lock:
-            answer = matrix.answers.get(key)
+            answer = self._kept(matrix, key)
             if answer is not None:
-                matrix.answers.move_to_end(key)
                 self.cache_hits += 1
-                return list(answer)
+                return answer
         return self._answer(matrix, key, self.vector(query))
 
     def search_now(
@@ -196,11 +196,19 @@ class MemoryIndex:
                 return None
             self._vectors.move_to_end(key)
             self.cache_hits += 1
-            answer = matrix.answers.get((key, k, min_score))
+            answer = self._kept(matrix, (key, k, min_score))
             if answer is not None:
-                matrix.answers.move_to_end((key, k, min_score))
-                return list(answer)
+                return answer
         return self._answer(matrix, (key, k, min_score), vector)
+
+    @staticmethod
+    def _kept(matrix: _Matrix, key: tuple[bytes, int, float]) -> list[Hit] | None:
+        """A copy of the answer kept for ``key`` (the caller holds the lock), or None."""
+        answer = matrix.answers.get(key)
+        if answer is None:
+            return None
+        matrix.answers.move_to_end(key)
+        return list(answer)
 
     def _answer(self, matrix: _Matrix, key: tuple[bytes, int, float], vector: Vector) -> list[Hit]:
         """The top hits for ``vector``, kept in the matrix's answers (as many as query vectors

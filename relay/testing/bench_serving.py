@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 #: Counters of the retriever summed over workers (see KnowledgeRetriever.counters).
 _SUMMED = (
@@ -235,13 +236,14 @@ async def lag_buckets(http: httpx.AsyncClient, base: str) -> dict[float, float]:
     if response.status_code != 200:
         return {}
     buckets: dict[float, float] = {}
-    for line in response.text.splitlines():
-        if not line.startswith(LAG_SERIES + "{"):
-            continue
-        labels, _, value = line.rpartition(" ")
-        bound = labels.split('le="', 1)[1].split('"', 1)[0]
-        le = float("inf") if bound == "+Inf" else float(bound)
-        buckets[le] = buckets.get(le, 0.0) + float(value)
+    try:
+        for family in text_string_to_metric_families(response.text):
+            for sample in family.samples:
+                if sample.name == LAG_SERIES:
+                    le = float(sample.labels["le"])  # "+Inf" reads as inf
+                    buckets[le] = buckets.get(le, 0.0) + sample.value
+    except ValueError:  # not the Prometheus text format: not relay
+        return {}
     return buckets
 
 
