@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import re
 import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,19 @@ NOW = datetime(2026, 11, 19, 10, 0, tzinfo=ZoneInfo("Australia/Melbourne"))
 TUESDAY = "2026-11-24"
 TWILIO_SID = "AC" + "0" * 32
 MESSAGES_URL = f"https://api.twilio.com/2010-04-01/Accounts/{TWILIO_SID}/Messages.json"
+
+
+@contextmanager
+def twilio_sms() -> Iterator[respx.Route]:
+    """Twilio's Messages API mocked (queued), everything on 127.0.0.1 passed through; yields
+    the Messages route."""
+    with respx.mock(assert_all_mocked=False, assert_all_called=False) as twilio:
+        twilio.route(host="127.0.0.1").pass_through()
+        yield twilio.post(MESSAGES_URL).mock(
+            return_value=httpx.Response(201, json={"sid": "SM" + "1" * 32, "status": "queued"})
+        )
+
+
 QUOTE_ARGS = {"piano_type": "upright", "pickup": "Brunswick", "dropoff": "Coburg",
               "move_date": TUESDAY}  # fmt: skip
 
@@ -165,11 +178,7 @@ async def test_a_dropped_socket_reconnects_and_the_call_goes_on_without_repeats(
 ) -> None:
     """On SQLite and on PostgreSQL (the database replicas share)."""
     llm = ScriptedLLM([ToolCalls([ToolCall("quote_piano_move", QUOTE_ARGS)]), Text(QUOTED)])
-    with respx.mock(assert_all_mocked=False, assert_all_called=False) as twilio:
-        twilio.route(host="127.0.0.1").pass_through()
-        sms = twilio.post(MESSAGES_URL).mock(
-            return_value=httpx.Response(201, json={"sid": "SM" + "1" * 32, "status": "queued"})
-        )
+    with twilio_sms() as sms:
         async with reconnecting(llm, DATABASE_URL=database_url) as relay:
             first = await cut_off_mid_reply(relay)
             requests_before = len(relay.llm.requests)
@@ -223,11 +232,7 @@ async def test_a_reply_is_given_again_once_only_and_a_new_prompt_ends_the_replay
     reconnecting: Callable[..., AbstractAsyncContextManager[Any]],
 ) -> None:
     llm = ScriptedLLM([ToolCalls([ToolCall("quote_piano_move", QUOTE_ARGS)]), Text(QUOTED)])
-    with respx.mock(assert_all_mocked=False, assert_all_called=False) as twilio:
-        twilio.route(host="127.0.0.1").pass_through()
-        twilio.post(MESSAGES_URL).mock(
-            return_value=httpx.Response(201, json={"sid": "SM" + "1" * 32, "status": "queued"})
-        )
+    with twilio_sms():
         async with reconnecting(llm) as relay:
             first = await cut_off_mid_reply(relay)
             second = affinity(relay, relay.call(call_sid=first.call_sid, to=first.to))
@@ -323,11 +328,7 @@ async def test_a_reconnect_at_once_waits_for_the_dropped_socket_and_a_plain_url_
     and names no call: it sends no setup, on plain ``/ws`` (the one call awaiting a reconnect
     is adopted)."""
     llm = ScriptedLLM([ToolCalls([ToolCall("quote_piano_move", QUOTE_ARGS)]), Text(QUOTED)])
-    with respx.mock(assert_all_mocked=False, assert_all_called=False) as twilio:
-        twilio.route(host="127.0.0.1").pass_through()
-        twilio.post(MESSAGES_URL).mock(
-            return_value=httpx.Response(201, json={"sid": "SM" + "1" * 32, "status": "queued"})
-        )
+    with twilio_sms():
         async with reconnecting(llm) as relay:
             first = affinity(relay, relay.call(to="+61390001234"))
             await first.connect()
@@ -393,11 +394,7 @@ async def test_a_reply_cut_off_unfinished_is_asked_again_and_the_ledger_stops_a_
     answered from the idempotency ledger, not run again."""
     monkeypatch.setattr(reconnect, "FINISH_TURN_SECONDS", 0.2)
     llm = ScriptedLLM([ToolCalls([ToolCall("quote_piano_move", QUOTE_ARGS)]), Text(QUOTED)])
-    with respx.mock(assert_all_mocked=False, assert_all_called=False) as twilio:
-        twilio.route(host="127.0.0.1").pass_through()
-        sms = twilio.post(MESSAGES_URL).mock(
-            return_value=httpx.Response(201, json={"sid": "SM" + "1" * 32, "status": "queued"})
-        )
+    with twilio_sms() as sms:
         async with reconnecting(llm) as relay:
             first = affinity(relay, relay.call(to="+61390001234"))
             await first.connect()
