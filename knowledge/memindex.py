@@ -177,6 +177,15 @@ class MemoryIndex:
         """The hits if they can be had without blocking: the query vector cached, the matrix
         unchanged by this process since it was built and checked for changes made elsewhere
         by the watcher thread (every ``refresh_interval``) lately; else None."""
+        started = time.thread_time()
+        try:
+            return self._search_now(collection, query, k, min_score)
+        finally:
+            self._spent(time.thread_time() - started)
+
+    def _search_now(
+        self, collection: str, query: str, k: int, min_score: float
+    ) -> list[Hit] | None:
         words = query_key(query)
         if not words or k <= 0:
             return []
@@ -232,9 +241,7 @@ class MemoryIndex:
     ) -> list[Hit]:
         """:meth:`search_now` if it can answer, else :meth:`search` in a worker thread;
         raises :class:`KnowledgeTimeout` after ``timeout`` seconds."""
-        started = time.thread_time()
         hits = self.search_now(collection, query, k=k, min_score=min_score)
-        self._spent(time.thread_time() - started)
         if hits is not None:
             return hits
 

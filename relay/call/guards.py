@@ -17,6 +17,7 @@ for the whole call:
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -86,7 +87,7 @@ class Promises:
     def speech(self, agent: AgentProfile, documents: str = "") -> Speech:
         """A filter for one reply of ``agent``; ``documents``: the passages retrieved for this
         turn (the business's own words, whose amounts may be said too)."""
-        extra = amounts_in(documents) if documents and agent.price_guard else set()
+        extra = _document_amounts(documents) if documents and agent.price_guard else frozenset()
         return Speech(
             max_words=agent.max_reply_words or None,
             allowed_amounts=lambda: self.amounts | extra,
@@ -98,6 +99,14 @@ class Promises:
     def summary(self) -> dict[str, int]:
         return {"price": self.trips["price"], "booking": self.trips["booking"],
                 "echo": self.trips["echo"]}  # fmt: skip
+
+
+@functools.lru_cache(maxsize=256)
+def _document_amounts(documents: str) -> frozenset[Decimal]:
+    """The amounts written in a turn's passages. The same passages come back turn after turn
+    (the index keeps its answers), and scanning them is a regex pass over kilobytes of text
+    on the way from the caller's words to the model's request; so it is done once."""
+    return frozenset(amounts_in(documents))
 
 
 #: The start of the per-turn system message (relay.call.session): a reply beginning with it is

@@ -378,6 +378,22 @@ class CallSession:
         self._event("llm_request", self._requests.record(request.body()), sent_at)
         self._requests.stored(self._event_seq)
 
+    @property
+    def customer_ready(self) -> bool:
+        """No caller lookup, or it has finished (:meth:`customer_now` then has its result)."""
+        return self._customer_task is None or self._customer_task.done()
+
+    def customer_now(self) -> Mapping[str, Any] | None:
+        """The finished caller lookup's result (None when it failed, was cancelled or none ran)."""
+        task = self._customer_task
+        if task is None or task.cancelled():
+            return None
+        error = task.exception()
+        if error is not None:
+            log.warning("caller_lookup_failed", error=repr(error))
+            return None
+        return task.result()
+
     async def customer(self) -> Mapping[str, Any] | None:
         if self._customer_task is None:
             return None

@@ -21,7 +21,7 @@ import structlog
 from relay import metrics
 from relay.agents import AgentProfile
 from relay.call.guards import Opening, Promises, booking_tool, price_tool
-from relay.call.ports import CallDependencies, Retrieved
+from relay.call.ports import NOT_READY, CallDependencies, Retrieved
 from relay.call.speech import Speech
 from relay.call.transcript import Message, ToolCallItem, Transcript
 from relay.call.trouble import failure_kind
@@ -94,6 +94,9 @@ class TurnHost(Protocol):
                 leave_out: Message | None) -> ChatRequest: ...  # fmt: skip
     def record_request(self, request: ChatRequest, sent_at: float) -> None: ...
     async def customer(self) -> Mapping[str, Any] | None: ...
+    @property
+    def customer_ready(self) -> bool: ...
+    def customer_now(self) -> Mapping[str, Any] | None: ...
     async def act(self, turn: Turn, action: SessionAction) -> None: ...
     def turn_failed(self, turn: Turn, kind: str, error: str) -> str: ...
     def turn_succeeded(self, turn: Turn) -> None: ...
@@ -158,25 +161,38 @@ class Turn:
             # A caller lookup or retrieval still running when the turn's budget is spent is
             # given up: the turn goes on without it (ungrounded) rather than in silence.
             ready_by = received + _limits(host)[0]
-            customer = await _by(ready_by, host.customer(), None, "caller_lookup")
+            # The caller lookup is usually long done: its result is then taken as it is.
+            customer = (
+                host.customer_now()
+                if host.customer_ready
+                else await _by(ready_by, host.customer(), None, "caller_lookup")
+            )
             retriever = host.deps.retriever
             if retriever is not None and host.agent.knowledge_collection:
                 query = host.transcript.recent_user_text()
-                # A retriever with ``retrieve_turn`` (KnowledgeRetriever) may keep the previous
-                # turn's material for a turn that asks nothing new ("yes please").
+                # A KnowledgeRetriever may keep the previous turn's material for a turn that
+                # asks nothing new ("yes please"), and answers at once when the words' vector
+                # is cached (retrieve_now); other retrievers (the replay's cassette) are awaited.
                 retrieve_turn = getattr(retriever, "retrieve_turn", None)
-                self.retrieved = await _by(
-                    ready_by,
-                    retriever.retrieve(host.agent, query)
-                    if retrieve_turn is None
-                    else retrieve_turn(
-                        host.agent,
-                        query,
-                        latest=host.transcript.recent_user_text(messages=1),
-                        previous=previous.retrieved if previous is not None else None,
-                    ),
-                    Retrieved("", [], 0.0, error="retrieval timed out"),
-                    "retrieval",
+                latest = host.transcript.recent_user_text(messages=1)
+                earlier = previous.retrieved if previous is not None else None
+                retrieve_now = getattr(retriever, "retrieve_now", None)
+                found = (
+                    NOT_READY
+                    if retrieve_now is None
+                    else retrieve_now(host.agent, query, latest=latest, previous=earlier)
+                )
+                self.retrieved = (
+                    found
+                    if found is not NOT_READY
+                    else await _by(
+                        ready_by,
+                        retriever.retrieve(host.agent, query)
+                        if retrieve_turn is None
+                        else retrieve_turn(host.agent, query, latest=latest, previous=earlier),
+                        Retrieved("", [], 0.0, error="retrieval timed out"),
+                        "retrieval",
+                    )
                 )
                 self.timings["retrieval_done_at"] = time.perf_counter()
                 if self.retrieved is not None:
@@ -267,7 +283,9 @@ class Turn:
         request = _adjusted(request, choice, self._guard_note)
         self._guard_note = None
         self.timings.setdefault("llm_request_at", now)
-        host.record_request(request, now)
+        # Recorded in the loop's next pass, once the request is on its way: diffing it against
+        # the previous request is not the caller's wait (the event keeps its own time).
+        loop.call_soon(host.record_request, request, now)
         pieces: list[str] = []
         done: Done | None = None
         stop: str | None = None

@@ -220,17 +220,16 @@ class OpenAIChat:
                 )
         except TimeoutError as exc:
             raise FirstTokenTimeout(wait) from exc
+        watch = _ReadWatch(loop, first_by)
         try:
             await self._check(response, first_by, wait)
             assembler = ChunkAssembler()
             decoder = SSEDecoder()
             read = timeouts.read
             progressed = done = said = False
-            when = first_by
             while not done:
                 try:
-                    async with asyncio.timeout_at(when):
-                        data = await response.receive()
+                    data = await watch.wait(response.receive())
                 except TimeoutError as exc:
                     if not progressed:
                         raise FirstTokenTimeout(wait) from exc
@@ -247,7 +246,7 @@ class OpenAIChat:
                     if text or saw_tool:
                         if not progressed:
                             progressed = True
-                        when = loop.time() + read
+                        watch.when = loop.time() + read
                     if text:
                         yield TextDelta(text)
                         if not said:
@@ -265,6 +264,7 @@ class OpenAIChat:
                 usage = Usage.estimate(request, text, assembler.tool_calls())
             yield assembler.done(attempt, usage)
         finally:
+            watch.close()
             response.close()  # not read to the end (cancelled, failed): the connection closes
 
     async def _check(self, response: _Response, first_by: float, wait: float) -> None:
@@ -335,6 +335,79 @@ def retry_after(header: Any, *, now: float | None = None) -> float | None:
         when = when.replace(tzinfo=UTC)
     current = now if now is not None else datetime.now(UTC).timestamp()
     return max(when.timestamp() - current, 0.0)
+
+
+class _ReadWatch:
+    """The time limit on each of a stream's waits for the server, with one timer per stream.
+
+    ``asyncio.timeout_at`` around every read creates a timer, pushes it on the loop's heap and
+    cancels it again for each token: 5-6 % of a loaded worker's CPU. Here a chunk only moves
+    :attr:`when` (a float). The one timer, when it fires, re-arms at :attr:`when` if that
+    moved, and cancels the task only while it waits for the server past :attr:`when` (the
+    cancellation becomes ``TimeoutError`` as with ``asyncio.timeout``). The consumer's own
+    work between waits is never cancelled: a wait that starts after :attr:`when` goes through
+    ``asyncio.timeout_at``, which gives bytes already received and times out otherwise.
+    """
+
+    __slots__ = (
+        "_armed_at",
+        "_cancelling",
+        "_expired",
+        "_handle",
+        "_loop",
+        "_task",
+        "_waiting",
+        "when",
+    )
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        self._loop = loop
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self.when = when
+        self._handle: asyncio.TimerHandle | None = None
+        self._armed_at = 0.0
+        self._waiting = self._expired = False
+        self._cancelling = 0
+
+    async def wait(self, receive: Awaitable[bytes]) -> bytes:
+        """``await receive``, raising ``TimeoutError`` when it is still waiting at :attr:`when`."""
+        when = self.when
+        if self._loop.time() >= when:
+            async with asyncio.timeout_at(when):
+                return await receive
+        if self._handle is None or self._armed_at > when:
+            if self._handle is not None:
+                self._handle.cancel()
+            self._armed_at = when
+            self._handle = self._loop.call_at(when, self._fire)
+        task = self._task
+        self._cancelling = task.cancelling()
+        self._waiting = True
+        try:
+            return await receive
+        except asyncio.CancelledError:
+            if self._expired and task.uncancel() <= self._cancelling:
+                raise TimeoutError from None
+            raise
+        finally:
+            self._waiting = self._expired = False
+
+    def _fire(self) -> None:
+        self._handle = None
+        if self._loop.time() < self.when:  # a chunk came since: sleep until the new limit
+            self._armed_at = self.when
+            self._handle = self._loop.call_at(self.when, self._fire)
+        elif self._waiting and not self._expired:
+            self._expired = True
+            self._task.cancel()
+        # not waiting: the next wait starts past the limit and is timed on its own
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
 
 
 async def _let_the_first_frame_leave() -> None:

@@ -9,14 +9,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import enum
 import fcntl
 import os
 import re
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import httpx
 import structlog
@@ -80,6 +82,18 @@ def running_chroma_server(data_dir: Path) -> str | None:
     from relay.services.chroma_server import discover
 
     return discover(data_dir)
+
+
+class NotReady(enum.Enum):
+    """:meth:`KnowledgeRetriever.retrieve_now` could not answer without waiting."""
+
+    NOT_READY = "not-ready"
+
+
+NOT_READY: Final = NotReady.NOT_READY
+
+#: Recent answers whose passages message is kept (:meth:`KnowledgeRetriever._material`).
+_MATERIALS_KEPT: Final = 256
 
 
 def format_passages(hits: Sequence[Hit]) -> str:
@@ -153,6 +167,11 @@ class KnowledgeRetriever:
         self.elapsed_ms_total = 0.0  # wall time of every retrieve()
         self.prefetched = 0  # query embeddings started from partial transcripts
         self.prefetch_delay = prefetch_delay
+        #: The passages message and provenance of recent answers, by the hits' identity (the
+        #: memory index hands the same Hit objects back for the same words).
+        self._materials: OrderedDict[
+            tuple[int, ...], tuple[tuple[Hit, ...], str, list[dict[str, Any]]]
+        ] = OrderedDict()
         self._prefetches: dict[str, asyncio.TimerHandle] = {}
         #: Searches from memory with cached query vectors (see knowledge.memindex); None: every
         #: search goes to the store.
@@ -254,6 +273,37 @@ class KnowledgeRetriever:
             return dataclasses.replace(previous, elapsed_ms=0.0, reused=True)
         return await self.retrieve(agent, query)
 
+    def retrieve_now(
+        self, agent: AgentProfile, query: str, *, latest: str, previous: Retrieved | None
+    ) -> Retrieved | NotReady | None:
+        """:meth:`retrieve_turn` when it can be answered without waiting (a turn that asks
+        nothing new, or a query whose vector is cached and whose matrix is current): the
+        common turn then reaches its request without a timeout scope or a coroutine; else
+        :data:`NOT_READY`, and the turn awaits :meth:`retrieve_turn`."""
+        if not needs_retrieval(latest):
+            self.skipped += 1
+            if previous is None or previous.error is not None or not previous.provenance:
+                return None
+            return dataclasses.replace(previous, elapsed_ms=0.0, reused=True)
+        collection = agent.knowledge_collection
+        if not collection or not query.strip():
+            return None
+        index = self.index
+        if index is None or index.store is not getattr(self.knowledge, "store", None):
+            return NOT_READY
+        started = time.perf_counter()
+        try:
+            hits = index.search_now(collection, query, k=self.k, min_score=self.min_score)
+        except Exception:  # the awaited path records and logs it
+            return NOT_READY
+        if hits is None:
+            return NOT_READY
+        self.retrievals += 1
+        message, cited = self._material(hits)
+        elapsed = (time.perf_counter() - started) * 1000
+        self.elapsed_ms_total += elapsed
+        return Retrieved(message=message, provenance=cited, elapsed_ms=elapsed)
+
     async def retrieve(self, agent: AgentProfile, query: str) -> Retrieved | None:
         collection = agent.knowledge_collection
         if not collection or not query.strip():
@@ -275,13 +325,27 @@ class KnowledgeRetriever:
                 elapsed_ms=round(elapsed, 1),
             )
             return Retrieved(message="", provenance=[], elapsed_ms=elapsed, error=error)
+        message, cited = self._material(hits)
         elapsed = (time.perf_counter() - started) * 1000
         self.elapsed_ms_total += elapsed
-        return Retrieved(
-            message=format_passages(hits) if hits else "",
-            provenance=provenance(hits),
-            elapsed_ms=elapsed,
-        )
+        return Retrieved(message=message, provenance=cited, elapsed_ms=elapsed)
+
+    def _material(self, hits: list[Hit]) -> tuple[str, list[dict[str, Any]]]:
+        """The system message and provenance for ``hits``: made once for the same hits (the
+        same objects), since formatting kilobytes of passages is on the way to the request."""
+        if not hits:
+            return "", []
+        key = tuple(map(id, hits))
+        materials = self._materials
+        found = materials.get(key)
+        if found is not None and all(a is b for a, b in zip(found[0], hits, strict=True)):
+            materials.move_to_end(key)
+            return found[1], found[2]
+        made = (tuple(hits), format_passages(hits), provenance(hits))
+        materials[key] = made  # the tuple keeps the hits alive, so their ids stay theirs
+        if len(materials) > _MATERIALS_KEPT:
+            materials.popitem(last=False)
+        return made[1], made[2]
 
     async def search(self, collection: str, query: str, k: int = 4) -> list[Hit]:
         """For the ``search_knowledge`` tool: explicit look-ups, same store, same deadline x4.

@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from relay.agents import AgentProfile
 from relay.errors import FirstTokenTimeout, LLMConfigError, LLMError
-from relay.llm.client import OpenAIChat, retry_after
+from relay.llm.client import OpenAIChat, _ReadWatch, retry_after
 from relay.llm.sse import SSEDecoder
 from relay.llm.types import ChatRequest, Done, LLMEvent, TextDelta, Timeouts, Usage
 from relay.testing import (
@@ -723,3 +723,61 @@ async def test_an_agents_llm_table_overrides_the_settings_it_names() -> None:
     assert Timeouts.of(agent.llm).over(settings) == Timeouts(3.0, 120, 30, 4.5)
     with pytest.raises(ValidationError):
         AgentProfile.model_validate({**agent.model_dump(), "llm": {"first_token": 1}})
+
+
+# --- The read watch: one timer for a stream's waits ----------------------------------------
+
+
+async def test_the_read_watch_times_out_a_wait_past_its_limit_only() -> None:
+    loop = asyncio.get_running_loop()
+    watch = _ReadWatch(loop, loop.time() + 0.05)
+    never: asyncio.Future[bytes] = loop.create_future()
+    with pytest.raises(TimeoutError):
+        await watch.wait(never)
+    watch.close()
+
+
+async def test_the_read_watch_never_cancels_the_consumers_work_between_waits() -> None:
+    loop = asyncio.get_running_loop()
+    watch = _ReadWatch(loop, loop.time() + 0.05)
+    ready: asyncio.Future[bytes] = loop.create_future()
+    ready.set_result(b"one")
+    assert await watch.wait(ready) == b"one"
+    await asyncio.sleep(0.12)  # the consumer's own work, past the limit: not cancelled
+    late: asyncio.Future[bytes] = loop.create_future()
+    late.set_result(b"two")  # already received: handed over, as asyncio.timeout_at would
+    assert await watch.wait(late) == b"two"
+    never: asyncio.Future[bytes] = loop.create_future()
+    with pytest.raises(TimeoutError):
+        await watch.wait(never)  # nothing received and past the limit
+    watch.close()
+
+
+async def test_the_read_watch_follows_a_limit_moved_by_each_chunk() -> None:
+    loop = asyncio.get_running_loop()
+    watch = _ReadWatch(loop, loop.time() + 0.2)
+    for piece in (b"a", b"b", b"c", b"d", b"e", b"f"):
+        arrives: asyncio.Future[bytes] = loop.create_future()
+        loop.call_later(0.05, arrives.set_result, piece)  # each well within 0.2 s of the last
+        assert await watch.wait(arrives) == piece
+        watch.when = loop.time() + 0.2
+    # six chunks 0.05 s apart outlived the first limit (0.2 s) without a timeout
+    watch.close()
+
+
+async def test_an_outside_cancellation_of_a_watched_wait_stays_a_cancellation() -> None:
+    loop = asyncio.get_running_loop()
+
+    async def reader() -> bytes:
+        watch = _ReadWatch(loop, loop.time() + 10)
+        never: asyncio.Future[bytes] = loop.create_future()
+        try:
+            return await watch.wait(never)
+        finally:
+            watch.close()
+
+    task = asyncio.create_task(reader())
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task

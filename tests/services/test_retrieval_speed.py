@@ -16,7 +16,13 @@ from knowledge import AsyncKnowledge, KnowledgeStore
 from knowledge.memindex import query_key
 from knowledge.testing import HashingEmbedder
 from relay.call.transcript import Transcript
-from relay.services.retrieval import KnowledgeRetriever, needs_retrieval, turn_query
+from relay.services.retrieval import (
+    NOT_READY,
+    KnowledgeRetriever,
+    Retrieved,
+    needs_retrieval,
+    turn_query,
+)
 from relay.testing import ScriptedLLM, Text
 
 DOCS = {
@@ -96,6 +102,62 @@ async def test_partials_in_a_row_prefetch_once(store: KnowledgeStore) -> None:
         assert retriever.index.cached("Do you store")
         assert not retriever.index.cached("Do you") and not retriever.index.cached("yes")
         assert retriever.prefetched == 1 and retriever.index.embeddings == 1
+    finally:
+        await retriever.aclose()
+        await retriever.knowledge.aclose()
+
+
+async def test_a_cached_query_is_answered_at_once_as_the_awaited_path_answers_it(
+    store: KnowledgeStore,
+) -> None:
+    retriever = KnowledgeRetriever(AsyncKnowledge(store), min_score=-1.0)
+    agent: Any = type("Agent", (), {"knowledge_collection": "piano-removals"})()
+    query = "Do you store pianos?"
+    try:
+        # words never embedded: the turn must wait (nothing is searched yet)
+        assert retriever.retrieve_now(agent, query, latest=query, previous=None) is NOT_READY
+        assert retriever.retrievals == 0
+        awaited = await retriever.retrieve_turn(agent, query, latest=query, previous=None)
+        assert awaited is not None and awaited.provenance
+        # now cached: answered without waiting, with the same passages and provenance
+        now = retriever.retrieve_now(agent, query, latest=query, previous=None)
+        assert isinstance(now, Retrieved)
+        assert (now.message, now.provenance) == (awaited.message, awaited.provenance)
+        assert retriever.retrievals == 2 and retriever.index is not None
+        assert retriever.index.embeddings == 1
+        # the same hits again: the same message, made once
+        again = retriever.retrieve_now(agent, query, latest=query, previous=None)
+        assert isinstance(again, Retrieved) and again.message is now.message
+        # a turn that asks nothing new keeps the previous material, as retrieve_turn does
+        kept = retriever.retrieve_now(agent, query, latest="Yes please.", previous=now)
+        assert isinstance(kept, Retrieved) and kept.reused and kept.message == now.message
+        assert retriever.skipped == 1
+        assert retriever.retrieve_now(agent, query, latest="Okay.", previous=None) is None
+    finally:
+        await retriever.aclose()
+        await retriever.knowledge.aclose()
+
+
+async def test_a_document_changed_after_an_answer_is_not_answered_from_the_old_matrix(
+    store: KnowledgeStore, tmp_path: Path
+) -> None:
+    retriever = KnowledgeRetriever(AsyncKnowledge(store), min_score=-1.0)
+    agent: Any = type("Agent", (), {"knowledge_collection": "piano-removals"})()
+    query = "Do you store pianos?"
+    try:
+        await retriever.retrieve_turn(agent, query, latest=query, previous=None)
+        assert isinstance(
+            retriever.retrieve_now(agent, query, latest=query, previous=None), Retrieved
+        )
+        extra = tmp_path / "more"
+        extra.mkdir()
+        (extra / "storage.md").write_text("# Storage\n\nWe store pianos for $40 a week.\n")
+        assert store.add("piano-removals", [extra / "storage.md"]).ok
+        # this process's own change: the matrix is stale, so the turn takes the awaited path
+        assert retriever.retrieve_now(agent, query, latest=query, previous=None) is NOT_READY
+        fresh = await retriever.retrieve_turn(agent, query, latest=query, previous=None)
+        assert fresh is not None
+        assert any(p["source"].endswith("storage.md") for p in fresh.provenance)
     finally:
         await retriever.aclose()
         await retriever.knowledge.aclose()
