@@ -55,6 +55,7 @@ from websockets.uri import parse_uri
 
 from relay.agents import AgentProfile, load_profile
 from relay.errors import LLMError
+from relay.heap import settle_heap
 from relay.llm.client import TRANSPORTS, Transport
 from relay.llm.sse import SSEDecoder
 from relay.llm.transport import AiohttpTransport
@@ -1034,6 +1035,9 @@ async def _bench(options: BenchOptions) -> BenchReport:
         served_before = await worker_metrics(http, targets.relay_http, workers)
         lag_before = await lag_buckets(http, targets.relay_http)
         cpu_before = _cpu(targets.children)
+        # The load generator's own full collections (a thousand calls' frames and results)
+        # would be timed as relay's latency: what the run holds so far is frozen first.
+        settle_heap()
         started = time.perf_counter()
         try:
             await asyncio.gather(*(
@@ -1481,6 +1485,7 @@ def _echo_main(argv: Sequence[str]) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args(argv)
+    settle_heap()  # as relay serve's workers do
     # The same uvicorn settings as `relay serve`, so the two differ only in the app.
     uvicorn.run(
         echo_app(), host=args.host, port=args.port, proxy_headers=True, forwarded_allow_ips="*",

@@ -39,6 +39,7 @@ import orjson
 import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from relay.heap import settle_heap
 from relay.testing.openai_rules import check_chat_request
 
 __all__ = [
@@ -976,4 +977,5 @@ def serve_fake_llm(
         ws="none",
         lifespan="on",
     )
+    settle_heap()  # a full collection in the model would be timed as relay's latency
     uvicorn.Server(config).run()

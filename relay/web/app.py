@@ -31,6 +31,7 @@ from relay.agents import AgentProfile, AgentRegistry
 from relay.call import reconnect
 from relay.call.session import CallDependencies, CallSession
 from relay.config import Settings
+from relay.heap import settle_heap
 from relay.llm.client import OpenAIChat
 from relay.llm.types import ChatModel, Timeouts
 from relay.protocol import twiml
@@ -178,7 +179,7 @@ def create_app(
             default_agent=agents.default_name,
             database=_redact_url(settings.database),
         )
-        _settle_heap()
+        settle_heap()  # full collections walk only what calls allocate
         try:
             yield
         finally:
@@ -212,22 +213,6 @@ def create_app(
 
         routes.extend(operations.limit_admin(admin.routes()))
     return Starlette(routes=routes, lifespan=lifespan)
-
-
-def _settle_heap() -> None:
-    """Keep full garbage collections short and rare once calls run.
-
-    Everything start-up built (modules, the agents, clients, the database engine) lives as long
-    as the process: collect what start-up left behind, then move the survivors out of the
-    collector's sight (``gc.freeze``), so a full collection walks only what calls allocate.
-    Full collections also wait for 50 collections of the middle generation rather than 10:
-    with a thousand calls they found almost no garbage, yet each held the event loop for
-    100-300 ms every few seconds.
-    """
-    gc.collect()
-    gc.freeze()
-    young, middle, old = gc.get_threshold()
-    gc.set_threshold(young, middle, max(old, 50))
 
 
 async def _start_knowledge(runtime: Runtime) -> asyncio.Task[Any]:
