@@ -77,6 +77,15 @@ _BOOKING_CLAIM = re.compile(
 )
 
 
+#: Every claim _BOOKING_CLAIM finds ends with one of these words, each after a space: a claim
+#: can thus only appear when a word beginning with one of them is added to the sentence.
+_CLAIM_LAST_WORDS = (
+    "booked", "scheduled", "reserved", "in", "confirmed", "locked", "booking", "made", "done",
+    "set", "for",
+)  # fmt: skip
+_SPACES = re.compile(r"(\s+)")
+
+
 def claims_booking(sentence: str) -> bool:
     """Whether ``sentence`` tells the caller that something is booked."""
     return _BOOKING_CLAIM.search(sentence.replace("\u2019", "'")) is not None
@@ -188,8 +197,19 @@ _HEADING = re.compile(r"^#{1,6}$")
 _URL_SCHEME = re.compile(r"^<?https?://", re.IGNORECASE)
 
 
+#: A character _clean_word may change, or a URL's start: a plain ASCII word without any is
+#: returned as it is (most words of most replies), without the passes below.
+_MARKUP = re.compile(r"[\[\]*_~`|>]|^<?https?://", re.IGNORECASE)
+
+
 def _clean_word(word: str) -> str:
     """One word with its Markdown and emoji removed (links keep their text)."""
+    if word.isascii() and _MARKUP.search(word) is None:
+        return word  # no emoji is ASCII, and nothing _strip_markup looks for is there
+    return _strip_markup(word)
+
+
+def _strip_markup(word: str) -> str:
     word = _LINK_TAIL.sub("", word)
     word = _URL_SCHEME.sub("", word).rstrip(">")
     word = "".join(ch for ch in word if not _is_emoji(ch))
@@ -242,7 +262,7 @@ class Speech:
         if self._stopped:
             return Emit(stop=self._stopped)
         self._raw += token
-        pieces = re.split(r"(\s+)", self._raw)
+        pieces = _SPACES.split(self._raw)
         # The last piece is a word still being written unless the buffer ends with space.
         self._raw = "" if pieces[-1] == "" else pieces.pop()
         out = self._process(pieces)
@@ -398,7 +418,8 @@ class Speech:
         return False
 
     def _say(self, word: str, prefix: str) -> Emit:
-        if self.guard_bookings:
+        # A claim can only end with this word if the word starts with a claim's last word.
+        if self.guard_bookings and word.lower().startswith(_CLAIM_LAST_WORDS):
             sentence = " ".join([*self._sentence, word])
             if claims_booking(sentence) and not self.booked():
                 self.blocked.append(sentence)

@@ -6,7 +6,10 @@ import re
 from decimal import Decimal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from relay.call import speech as speech_module
 from relay.call.speech import Emit, Speech, amounts_in, claims_booking, spoken_amount
 
 
@@ -159,3 +162,44 @@ def test_spoken_amounts() -> None:
         Decimal("120.50"),
         Decimal(15),
     }
+
+
+# --- The fast paths give what the full passes give ----------------------------------------
+
+_WORDISH = st.text(
+    alphabet=st.sampled_from("abcXYZ019.,;:!?'\"()$%-/<>[]*_~`|#&+=@ \u2019\u00e9\u2022\U0001f600"),
+    min_size=1,
+    max_size=12,
+)
+
+
+@given(
+    st.one_of(
+        _WORDISH, st.sampled_from(["https://x.io", "<http://a.b>", "[text](url)", "**bold**"])
+    )
+)
+@settings(max_examples=2000, deadline=None)
+def test_a_word_without_markup_is_kept_as_it_is_only_when_the_full_pass_would_keep_it(
+    word: str,
+) -> None:
+    assert speech_module._clean_word(word) == speech_module._strip_markup(word)
+
+
+_CLAIM_VOCABULARY = [
+    "you're", "You", "are", "we", "We've", "I", "i've", "just", "have", "has", "been", "is",
+    "it's", "that's", "now", "all", "officially", "booked", "Booked.", "scheduled", "reserved,",
+    "locked", "in", "in.", "confirmed!", "made", "the", "your", "a", "booking", "done", "set",
+    "for", "Tuesday", "piano", "move", "bookedness", "format", "made-up", "(booked", "was", "were",
+]  # fmt: skip
+
+
+@given(st.lists(st.sampled_from(_CLAIM_VOCABULARY), min_size=1, max_size=9))
+@settings(max_examples=3000, deadline=None)
+def test_a_booking_claim_first_appears_with_a_word_the_guard_looks_at(words: list[str]) -> None:
+    # Speech._say runs the (quadratic) claim check only for words that begin with a claim's
+    # last word: exact only if no claim can first appear with any other word.
+    for n in range(1, len(words) + 1):
+        now = claims_booking(" ".join(words[:n]))
+        before = n > 1 and claims_booking(" ".join(words[: n - 1]))
+        if now and not before:
+            assert words[n - 1].lower().startswith(speech_module._CLAIM_LAST_WORDS), words[:n]
