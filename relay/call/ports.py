@@ -15,12 +15,12 @@ import httpx
 from relay.agents import AgentProfile, AgentRegistry
 from relay.call.trouble import FailureCounter
 from relay.llm.types import ChatModel
-from relay.services.retrieval import NOT_READY, Retrieved
+from relay.services.retrieval import NotReady, Retrieved
 from relay.storage.db import Database
 from relay.storage.recorder import Recorder
 from relay.tools import ToolRegistry
 
-__all__ = ["NOT_READY", "CallDependencies", "CallerDirectory", "Retrieved", "Retriever"]
+__all__ = ["CallDependencies", "CallerDirectory", "NotReady", "Retrieved", "Retriever"]
 
 #: After this long, a running tool earns a filler line (sent preemptible, so the answer replaces it).
 FILLER_AFTER = 0.7

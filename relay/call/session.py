@@ -395,17 +395,14 @@ class CallSession:
         return task.result()
 
     async def customer(self) -> Mapping[str, Any] | None:
-        if self._customer_task is None:
-            return None
-        try:
+        """The caller lookup's result, once it has finished (:meth:`customer_now`)."""
+        task = self._customer_task
+        if task is not None and not task.done():
             # Shielded: the lookup is shared by every turn, and cancelling this turn (an
             # interrupt, a newer prompt) must not cancel it for the turns that follow.
-            return await asyncio.shield(self._customer_task)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.warning("caller_lookup_failed", error=repr(exc))
-            return None
+            with contextlib.suppress(Exception):  # customer_now logs it
+                await asyncio.shield(task)
+        return self.customer_now()
 
     def _messages(
         self,

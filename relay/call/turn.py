@@ -21,7 +21,7 @@ import structlog
 from relay import metrics
 from relay.agents import AgentProfile
 from relay.call.guards import Opening, Promises, booking_tool, price_tool
-from relay.call.ports import NOT_READY, CallDependencies, Retrieved
+from relay.call.ports import CallDependencies, NotReady, Retrieved, Retriever
 from relay.call.speech import Speech
 from relay.call.transcript import Message, ToolCallItem, Transcript
 from relay.call.trouble import failure_kind
@@ -169,31 +169,7 @@ class Turn:
             )
             retriever = host.deps.retriever
             if retriever is not None and host.agent.knowledge_collection:
-                query = host.transcript.recent_user_text()
-                # A KnowledgeRetriever may keep the previous turn's material for a turn that
-                # asks nothing new ("yes please"), and answers at once when the words' vector
-                # is cached (retrieve_now); other retrievers (the replay's cassette) are awaited.
-                retrieve_turn = getattr(retriever, "retrieve_turn", None)
-                latest = host.transcript.recent_user_text(messages=1)
-                earlier = previous.retrieved if previous is not None else None
-                retrieve_now = getattr(retriever, "retrieve_now", None)
-                found = (
-                    NOT_READY
-                    if retrieve_now is None
-                    else retrieve_now(host.agent, query, latest=latest, previous=earlier)
-                )
-                self.retrieved = (
-                    found
-                    if found is not NOT_READY
-                    else await _by(
-                        ready_by,
-                        retriever.retrieve(host.agent, query)
-                        if retrieve_turn is None
-                        else retrieve_turn(host.agent, query, latest=latest, previous=earlier),
-                        Retrieved("", [], 0.0, error="retrieval timed out"),
-                        "retrieval",
-                    )
-                )
+                self.retrieved = await self._retrieve(retriever, previous, ready_by)
                 self.timings["retrieval_done_at"] = time.perf_counter()
                 if self.retrieved is not None:
                     host.event(
@@ -254,6 +230,33 @@ class Turn:
         finally:
             self._disarm_filler()
             self._summarise()
+
+    async def _retrieve(
+        self, retriever: Retriever, previous: Turn | None, ready_by: float
+    ) -> Retrieved | None:
+        """The turn's reference material. A KnowledgeRetriever may keep the previous turn's
+        material for a turn that asks nothing new ("yes please"), and answers at once when the
+        words' vector is cached (``retrieve_now``); what must wait (an embedding), and other
+        retrievers (the replay's cassette), are awaited within the turn's budget."""
+        transcript, agent = self.host.transcript, self.host.agent
+        query = transcript.recent_user_text()
+        latest = transcript.recent_user_text(messages=1)
+        earlier = previous.retrieved if previous is not None else None
+        retrieve_now: Callable[..., Retrieved | NotReady | None] | None = getattr(
+            retriever, "retrieve_now", None
+        )
+        if retrieve_now is not None:
+            found = retrieve_now(agent, query, latest=latest, previous=earlier)
+            if not isinstance(found, NotReady):
+                return found
+        retrieve_turn = getattr(retriever, "retrieve_turn", None)
+        work = (
+            retriever.retrieve(agent, query)
+            if retrieve_turn is None
+            else retrieve_turn(agent, query, latest=latest, previous=earlier)
+        )
+        timed_out = Retrieved("", [], 0.0, error="retrieval timed out")
+        return await _by(ready_by, work, timed_out, "retrieval")
 
     # -- one model round -----------------------------------------------------------------------
 

@@ -349,16 +349,7 @@ class _ReadWatch:
     ``asyncio.timeout_at``, which gives bytes already received and times out otherwise.
     """
 
-    __slots__ = (
-        "_armed_at",
-        "_cancelling",
-        "_expired",
-        "_handle",
-        "_loop",
-        "_task",
-        "_waiting",
-        "when",
-    )
+    __slots__ = ("_expired", "_handle", "_loop", "_task", "_waiting", "when")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
         self._loop = loop
@@ -367,9 +358,7 @@ class _ReadWatch:
         self._task = task
         self.when = when
         self._handle: asyncio.TimerHandle | None = None
-        self._armed_at = 0.0
         self._waiting = self._expired = False
-        self._cancelling = 0
 
     async def wait(self, receive: Awaitable[bytes]) -> bytes:
         """``await receive``, raising ``TimeoutError`` when it is still waiting at :attr:`when`."""
@@ -377,18 +366,18 @@ class _ReadWatch:
         if self._loop.time() >= when:
             async with asyncio.timeout_at(when):
                 return await receive
-        if self._handle is None or self._armed_at > when:
-            if self._handle is not None:
-                self._handle.cancel()
-            self._armed_at = when
+        handle = self._handle
+        if handle is None or handle.when() > when:
+            if handle is not None:
+                handle.cancel()
             self._handle = self._loop.call_at(when, self._fire)
         task = self._task
-        self._cancelling = task.cancelling()
+        cancelling = task.cancelling()
         self._waiting = True
         try:
             return await receive
         except asyncio.CancelledError:
-            if self._expired and task.uncancel() <= self._cancelling:
+            if self._expired and task.uncancel() <= cancelling:
                 raise TimeoutError from None
             raise
         finally:
@@ -397,7 +386,6 @@ class _ReadWatch:
     def _fire(self) -> None:
         self._handle = None
         if self._loop.time() < self.when:  # a chunk came since: sleep until the new limit
-            self._armed_at = self.when
             self._handle = self._loop.call_at(self.when, self._fire)
         elif self._waiting and not self._expired:
             self._expired = True

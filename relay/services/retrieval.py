@@ -182,14 +182,20 @@ class KnowledgeRetriever:
     async def _search(
         self, collection: str, query: str, *, k: int, min_score: float, timeout: float
     ) -> list[Hit]:
-        # the index serves the store this retriever holds (a test may swap the knowledge)
-        if self.index is not None and self.index.store is getattr(self.knowledge, "store", None):
-            return await self.index.asearch(
-                collection, query, k=k, min_score=min_score, timeout=timeout
-            )
+        index = self._serving_index()
+        if index is not None:
+            return await index.asearch(collection, query, k=k, min_score=min_score, timeout=timeout)
         return await self.knowledge.search(
             collection, query, k=k, min_score=min_score, timeout=timeout
         )
+
+    def _serving_index(self) -> MemoryIndex | None:
+        """The memory index, if it serves the store this retriever holds (a test may swap the
+        knowledge for another)."""
+        index = self.index
+        if index is not None and index.store is getattr(self.knowledge, "store", None):
+            return index
+        return None
 
     async def preview(self, collection: str, question: str, *, timeout: float) -> list[Hit]:
         """The passages a turn asking ``question`` gets (same path, k and threshold), for the
@@ -267,11 +273,15 @@ class KnowledgeRetriever:
         """A turn's retrieval: :meth:`retrieve`, unless the caller's latest words ask nothing
         new (:func:`needs_retrieval`), when the previous turn's material is kept (no search)."""
         if not needs_retrieval(latest):
-            self.skipped += 1
-            if previous is None or previous.error is not None or not previous.provenance:
-                return None
-            return dataclasses.replace(previous, elapsed_ms=0.0, reused=True)
+            return self._reused(previous)
         return await self.retrieve(agent, query)
+
+    def _reused(self, previous: Retrieved | None) -> Retrieved | None:
+        """A turn that asks nothing new: the previous turn's material, if it had any."""
+        self.skipped += 1
+        if previous is None or previous.error is not None or not previous.provenance:
+            return None
+        return dataclasses.replace(previous, elapsed_ms=0.0, reused=True)
 
     def retrieve_now(
         self, agent: AgentProfile, query: str, *, latest: str, previous: Retrieved | None
@@ -281,15 +291,12 @@ class KnowledgeRetriever:
         common turn then reaches its request without a timeout scope or a coroutine; else
         :data:`NOT_READY`, and the turn awaits :meth:`retrieve_turn`."""
         if not needs_retrieval(latest):
-            self.skipped += 1
-            if previous is None or previous.error is not None or not previous.provenance:
-                return None
-            return dataclasses.replace(previous, elapsed_ms=0.0, reused=True)
+            return self._reused(previous)
         collection = agent.knowledge_collection
         if not collection or not query.strip():
             return None
-        index = self.index
-        if index is None or index.store is not getattr(self.knowledge, "store", None):
+        index = self._serving_index()
+        if index is None:
             return NOT_READY
         started = time.perf_counter()
         try:
@@ -299,10 +306,7 @@ class KnowledgeRetriever:
         if hits is None:
             return NOT_READY
         self.retrievals += 1
-        message, cited = self._material(hits)
-        elapsed = (time.perf_counter() - started) * 1000
-        self.elapsed_ms_total += elapsed
-        return Retrieved(message=message, provenance=cited, elapsed_ms=elapsed)
+        return self._found(hits, started)
 
     async def retrieve(self, agent: AgentProfile, query: str) -> Retrieved | None:
         collection = agent.knowledge_collection
@@ -325,6 +329,10 @@ class KnowledgeRetriever:
                 elapsed_ms=round(elapsed, 1),
             )
             return Retrieved(message="", provenance=[], elapsed_ms=elapsed, error=error)
+        return self._found(hits, started)
+
+    def _found(self, hits: list[Hit], started: float) -> Retrieved:
+        """A search's hits as the turn's material; ``started``: when the search began."""
         message, cited = self._material(hits)
         elapsed = (time.perf_counter() - started) * 1000
         self.elapsed_ms_total += elapsed
