@@ -25,6 +25,11 @@ misconfigured URL (:class:`~relay.errors.LLMConfigError`). A stream that ends af
 ``finish_reason`` without ``data: [DONE]`` is complete. Every failed attempt is counted by
 kind in :attr:`OpenAIChat.failures`.
 
+**Pacing** (``read_interval``, ``RELAY_LLM_READ_INTERVAL``): the reply's first words are
+yielded chunk by chunk; once it has said a clause and 20 characters, the stream is read at most
+every ``read_interval`` seconds (the socket left unread in between) and what a read brings is
+one :class:`~relay.llm.types.TextDelta`. See :class:`_Pace`.
+
 **Usage**: ``stream_options.include_usage`` is sent; the final usage chunk (prompt,
 completion and cached prompt tokens) lands in :class:`~relay.llm.types.Done`. A server that
 reports none gets a local estimate, marked ``estimated``.
@@ -35,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import random
+import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
@@ -65,6 +71,10 @@ DEFAULT_TIMEOUTS: Final = Timeouts(connect=3.0, first_token=3.0, read=10.0, turn
 
 #: Error bodies are read up to this size (and quoted up to 500 characters).
 _ERROR_BODY_BYTES: Final = 64 * 1024
+#: A reply's stream is read at intervals (``read_interval``) once it has said a clause's end
+#: and this many characters.
+PACE_AFTER_CHARS: Final = 20
+_CLAUSE_END: Final = re.compile(r"[.,;:!?\n]")
 #: Event-stream media types (``text/event-stream``, with or without parameters).
 _EVENT_STREAM: Final = "text/event-stream"
 
@@ -101,6 +111,7 @@ class _Response(Protocol):
     status: int
 
     def header(self, name: str) -> str | None: ...
+    def hold(self) -> None: ...
     async def receive(self) -> bytes: ...
     async def read(self, limit: int) -> bytes: ...
     async def finish(self) -> None: ...
@@ -119,7 +130,8 @@ class OpenAIChat:
 
     ``base_url`` is the API's base (``https://api.openai.com/v1``); ``api_key`` is sent as a
     bearer token and ``headers`` with every request. ``transport`` names the HTTP client
-    (``http`` replaces the one it would make). Close with :meth:`aclose`.
+    (``http`` replaces the one it would make); ``read_interval`` paces a reply's stream once
+    its first clause is said (0: every chunk as it comes). Close with :meth:`aclose`.
     """
 
     def __init__(
@@ -133,6 +145,7 @@ class OpenAIChat:
         backoff: float = 0.25,
         transport: Transport = "aiohttp",
         max_connections: int = 4000,
+        read_interval: float = 0.0,
         http: _Transport | None = None,
     ) -> None:
         if transport not in TRANSPORTS:
@@ -148,6 +161,9 @@ class OpenAIChat:
         self.timeouts = timeouts.over(DEFAULT_TIMEOUTS)
         self.max_retries = max_retries
         self.backoff = backoff
+        if read_interval < 0:
+            raise ValueError(f"read_interval must be 0 or more, not {read_interval}")
+        self.read_interval = read_interval
         self.transport = transport
         self.failures = FailureCounts()
         #: How back-off and ``Retry-After`` waits are waited (tests record them).
@@ -226,8 +242,12 @@ class OpenAIChat:
             assembler = ChunkAssembler()
             decoder = SSEDecoder()
             read = timeouts.read
-            progressed = done = said = False
+            progressed = done = False
+            pace = _Pace(self.read_interval)
             while not done:
+                if (pause := pace.next_read - loop.time()) > 0:
+                    response.hold()  # what comes meanwhile waits in the kernel, read as one
+                    await asyncio.sleep(pause)
                 try:
                     data = await watch.wait(response.receive())
                 except TimeoutError as exc:
@@ -238,20 +258,35 @@ class OpenAIChat:
                     ) from exc
                 if not data:
                     break
-                for payload in decoder.feed(data):
-                    if payload.startswith(b"[DONE]"):
-                        done = True
-                        break
-                    text, saw_tool = assembler.feed(parse_chunk(payload, retryable=True))
-                    if text or saw_tool:
-                        if not progressed:
-                            progressed = True
-                        watch.when = loop.time() + read
-                    if text:
-                        yield TextDelta(text)
-                        if not said:
-                            said = True
-                            await _let_the_first_frame_leave()
+                moved = tools = False
+                joined: list[str] = []  # paced: everything this read brought is one delta
+                try:
+                    for payload in decoder.feed(data):
+                        if payload.startswith(b"[DONE]"):
+                            done = True
+                            break
+                        text, saw_tool = assembler.feed(parse_chunk(payload, retryable=True))
+                        if (text or saw_tool) and not moved:
+                            moved = progressed = True
+                            watch.when = loop.time() + read
+                        tools = tools or saw_tool
+                        if not text:
+                            continue
+                        if pace.on:
+                            joined.append(text)
+                        else:
+                            yield TextDelta(text)
+                            pace.said(text)
+                except LLMError:
+                    if joined:  # the words before the bad chunk still go to the caller
+                        yield TextDelta("".join(joined))
+                    raise
+                if tools:
+                    pace.stop()  # a tool call is read as it comes: the tool waits for it
+                if joined:
+                    yield TextDelta(joined[0] if len(joined) == 1 else "".join(joined))
+                if pace.on and moved:
+                    pace.next_read = loop.time() + pace.interval
             if done:
                 await response.finish()  # back to the pool before the caller moves on
             elif not assembler.finish_reason:
@@ -337,6 +372,40 @@ def retry_after(header: Any, *, now: float | None = None) -> float | None:
     return max(when.timestamp() - current, 0.0)
 
 
+class _Pace:
+    """How a reply's stream is read (``OpenAIChat.read_interval``).
+
+    The first words go on chunk by chunk, as the model sent them: they are what the caller
+    waits for. Once the reply has said a clause's end and :data:`PACE_AFTER_CHARS` characters
+    (a second or more of speech), the stream is read at most every ``interval`` seconds, and
+    what a read brings is one delta (one text frame). A model writes several times faster than
+    a caller listens, so the later words still reach the caller's speech long before they are
+    spoken, and each read and frame saved is a wake-up and two system calls. A tool call ends
+    the pacing for the rest of the stream.
+    """
+
+    __slots__ = ("_chars", "_clause", "interval", "next_read", "on")
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.on = False
+        self.next_read = 0.0  # a loop.time(); 0: read at once
+        self._chars = 0
+        self._clause = False
+
+    def said(self, text: str) -> None:
+        """``text`` went on as its own delta."""
+        if not self.interval:
+            return
+        self._chars += len(text)
+        self._clause = self._clause or _CLAUSE_END.search(text) is not None
+        self.on = self._chars >= PACE_AFTER_CHARS and self._clause
+
+    def stop(self) -> None:
+        self.interval = self.next_read = 0.0
+        self.on = False
+
+
 class _ReadWatch:
     """The time limit on each of a stream's waits for the server, with one timer per stream.
 
@@ -396,14 +465,3 @@ class _ReadWatch:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
-
-
-async def _let_the_first_frame_leave() -> None:
-    """One pass of the event loop after a turn's first text delta.
-
-    When a whole reply arrives in one read (a fast or local model, or a short answer), every
-    delta would be decoded and handed over before anything else ran, and the session's
-    writer would send the first frame (what the caller is waiting for) only after the last
-    was processed. One pass lets it go out first.
-    """
-    await asyncio.sleep(0)

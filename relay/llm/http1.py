@@ -240,6 +240,9 @@ class _Connection(asyncio.Protocol):
 
     async def wait(self) -> None:
         """Until the parser has something new for the reader (or the connection ends)."""
+        if self._paused and self.transport is not None and not self.transport.is_closing():
+            self._paused = False  # held (nothing is buffered, or the reader would take it)
+            self.transport.resume_reading()
         waiter = self.loop.create_future()
         self.waiter = waiter
         self.waiting_since = self.loop.time()
@@ -258,6 +261,12 @@ class _Connection(asyncio.Protocol):
             self._paused = False
             self.transport.resume_reading()
         return data
+
+    def hold(self) -> None:
+        """Stop reading the socket until :meth:`wait` (see ``Response.hold``)."""
+        if not self._paused and self.transport is not None and not self.transport.is_closing():
+            self._paused = True
+            self.transport.pause_reading()
 
     def idle(self, now: float) -> None:
         """The response was read to the end: the connection waits in the pool."""
@@ -627,6 +636,9 @@ class LeanResponse:
 
     def header(self, name: str) -> str | None:
         return self._response.header(name)
+
+    def hold(self) -> None:
+        self._response._conn.hold()
 
     async def receive(self) -> bytes:
         try:

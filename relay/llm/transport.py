@@ -50,20 +50,34 @@ DRAIN_BYTES: Final = 64 * 1024
 class Response:
     """A streamed response. Close it (:meth:`close`) when done, even after an error."""
 
-    __slots__ = ("_closed", "_content", "_response", "status")
+    __slots__ = ("_closed", "_content", "_held", "_response", "status")
 
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self._response = response
         self._content = response.content
         self._closed = False
+        self._held: asyncio.Transport | None = None
         self.status = response.status
 
     def header(self, name: str) -> str | None:
         """The first value of header ``name`` (any case), or None."""
         return self._response.headers.get(name)
 
+    def hold(self) -> None:
+        """Leave the socket unread until the next :meth:`receive`. What the server sends
+        meanwhile waits in the kernel and is then read at once: no wake-up for each piece."""
+        connection = self._response.connection
+        transport = connection.transport if connection is not None else None
+        if self._held is None and transport is not None and transport.is_reading():
+            transport.pause_reading()
+            self._held = transport
+
     async def receive(self) -> bytes:
         """The next body bytes, whatever arrived since the last call; ``b""`` at the end."""
+        if self._held is not None:
+            held, self._held = self._held, None
+            if not held.is_closing():
+                held.resume_reading()
         try:
             return await self._content.readany()
         except (aiohttp.ClientError, OSError) as exc:

@@ -131,6 +131,7 @@ def create_app(
                 ),
                 max_retries=settings.llm_max_retries,
                 transport=settings.llm_transport,
+                read_interval=settings.llm_read_interval,
             )  # fmt: skip
         twilio = messaging.credentials(
             settings.twilio_account_sid, settings.twilio_auth_token, settings.twilio_from_number

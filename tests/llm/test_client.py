@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from relay.agents import AgentProfile
 from relay.errors import FirstTokenTimeout, LLMConfigError, LLMError
-from relay.llm.client import OpenAIChat, _ReadWatch, retry_after
+from relay.llm.client import OpenAIChat, _Pace, _ReadWatch, retry_after
 from relay.llm.sse import SSEDecoder
 from relay.llm.types import ChatRequest, Done, LLMEvent, TextDelta, Timeouts, Usage
 from relay.testing import (
@@ -781,3 +781,22 @@ async def test_an_outside_cancellation_of_a_watched_wait_stays_a_cancellation() 
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+async def test_a_reply_is_paced_after_a_clause_and_twenty_characters_until_a_tool_call() -> None:
+    pace = _Pace(0.25)
+    pace.said("Sure,")
+    assert not pace.on  # a clause's end, but 5 characters
+    pace.said(" the move is booked")
+    assert pace.on  # 24 characters
+    pace.stop()
+    assert not pace.on and pace.next_read == 0.0
+    pace.said(" and more words, many more than twenty")
+    assert not pace.on  # a tool call ended it for good
+
+    endless = _Pace(0.25)
+    endless.said("a run of words without any end at all")
+    assert not endless.on
+    off = _Pace(0.0)
+    off.said("Sure, the move is booked for Tuesday.")
+    assert not off.on

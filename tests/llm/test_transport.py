@@ -352,3 +352,86 @@ async def test_the_lean_transport_refuses_a_proxy_it_would_ignore(
 
     monkeypatch.setenv("NO_PROXY", "api.openai.com")
     await OpenAIChat("https://api.openai.com/v1", "k", transport="lean").aclose()
+
+
+def _pieces(*pieces: bytes) -> bytes:
+    """Chunked-encoding pieces without the terminating chunk (more follow)."""
+    return b"".join(b"%x\r\n%b\r\n" % (len(p), p) for p in pieces)
+
+
+async def test_after_its_first_clause_a_reply_is_read_one_delta_a_read() -> None:
+    """``read_interval``: the first words go on chunk by chunk, even when one read brought
+    them all; once the reply has said a clause and 20 characters, what a read brings is one
+    delta."""
+    go, written = asyncio.Event(), asyncio.Event()
+    first = ["Sure", ",", " the", " move", " is", " booked"]  # the 6th makes 24 characters
+    later = [" for", " Tuesday", " morning."]
+
+    async def handler(peer: Peer) -> None:
+        await peer.request()
+        await peer.send(CHUNKED_HEAD + _pieces(*(event(text) for text in first)))
+        await go.wait()
+        for text in later:  # three writes
+            await peer.send(_pieces(event(text)))
+        await peer.send(chunked(event(finish="stop"), b"data: [DONE]\n\n"))
+        written.set()
+
+    async with RawServer(handler) as server, chat_on(server.base_url, read_interval=0.05) as chat:
+        stream = chat.stream(REQUEST)
+        said = [await anext(stream) for _ in first]
+        go.set()
+        await written.wait()  # all of it is on its way before the stream is read again
+        rest = [event async for event in stream]
+
+    assert said == [TextDelta(text) for text in first]
+    assert rest[0] == TextDelta("".join(later))
+    assert isinstance(rest[-1], Done) and len(rest) == 2
+
+
+async def test_without_a_read_interval_every_chunk_is_its_own_delta() -> None:
+    chunks = ["Sure", ",", " the", " move", " is", " booked", " for", " Tuesday."]
+
+    async def handler(peer: Peer) -> None:
+        await peer.request()
+        body = [event(text) for text in chunks] + [event(finish="stop"), b"data: [DONE]\n\n"]
+        await peer.send(CHUNKED_HEAD + chunked(*body))  # one write
+
+    async with RawServer(handler) as server, chat_on(server.base_url, read_interval=0) as chat:
+        events = await collect(chat)
+
+    assert events[:-1] == [TextDelta(text) for text in chunks]
+
+
+async def test_a_held_response_leaves_its_socket_unread_until_the_next_receive() -> None:
+    go, written = asyncio.Event(), asyncio.Event()
+
+    async def handler(peer: Peer) -> None:
+        await peer.request()
+        await peer.send(CHUNKED_HEAD + _pieces(event("first")))
+        await go.wait()
+        await peer.send(chunked(event("second"), event(finish="stop"), b"data: [DONE]\n\n"))
+        written.set()
+
+    async with RawServer(handler) as server, chat_on(server.base_url) as chat:
+        response = await chat._transport.post(
+            chat.url, chat._headers, orjson.dumps(REQUEST.body()), connect_timeout=2.0
+        )
+        try:
+            assert b"first" in await response.receive()
+            response.hold()
+            socket_transport = _socket_transport(response)
+            assert not socket_transport.is_reading()
+            go.set()
+            await written.wait()
+            assert not socket_transport.is_reading()
+            assert b"second" in await response.receive()
+            assert socket_transport.is_reading() or socket_transport.is_closing()
+        finally:
+            response.close()
+
+
+def _socket_transport(response: Any) -> asyncio.Transport:
+    inner = response._response
+    if _transport[0] == "lean":
+        return inner._conn.transport  # type: ignore[no-any-return]
+    return inner.connection.transport  # type: ignore[no-any-return]
