@@ -39,9 +39,9 @@ class Settings(BaseSettings):
     llm_read_timeout: float = Field(default=10.0, gt=0, alias="RELAY_LLM_READ_TIMEOUT")
     llm_turn_timeout: float = Field(default=4.5, gt=0, alias="RELAY_LLM_TURN_TIMEOUT")
     llm_max_retries: int = Field(default=2, ge=0, le=10, alias="RELAY_LLM_MAX_RETRIES")
-    # Once a reply has said a clause and 20 characters, its stream is read at most this often
-    # (seconds): what the model sent meanwhile goes to the caller as one text frame. 0: every
-    # chunk as it comes. A model writes far faster than a caller hears, so no word is late.
+    # Once a reply has said a clause's end, its stream is read at most this often (seconds;
+    # sooner while little has been said): what the model sent meanwhile goes to the caller as
+    # one text frame. 0: every chunk as it comes. A model writes far faster than a caller hears.
     llm_read_interval: float = Field(default=0.25, ge=0, le=1.0, alias="RELAY_LLM_READ_INTERVAL")
     llm_transport: Literal["aiohttp", "lean"] = Field(
         default="aiohttp", alias="RELAY_LLM_TRANSPORT"

@@ -26,9 +26,9 @@ misconfigured URL (:class:`~relay.errors.LLMConfigError`). A stream that ends af
 kind in :attr:`OpenAIChat.failures`.
 
 **Pacing** (``read_interval``, ``RELAY_LLM_READ_INTERVAL``): the reply's first words are
-yielded chunk by chunk; once it has said a clause and 20 characters, the stream is read at most
-every ``read_interval`` seconds (the socket left unread in between) and what a read brings is
-one :class:`~relay.llm.types.TextDelta`. See :class:`_Pace`.
+yielded chunk by chunk; once it has said a clause's end, the stream is read at most every
+``read_interval`` seconds (sooner while little has been said; the socket left unread in
+between) and what a read brings is one :class:`~relay.llm.types.TextDelta`. See :class:`_Pace`.
 
 **Usage**: ``stream_options.include_usage`` is sent; the final usage chunk (prompt,
 completion and cached prompt tokens) lands in :class:`~relay.llm.types.Done`. A server that
@@ -71,9 +71,9 @@ DEFAULT_TIMEOUTS: Final = Timeouts(connect=3.0, first_token=3.0, read=10.0, turn
 
 #: Error bodies are read up to this size (and quoted up to 500 characters).
 _ERROR_BODY_BYTES: Final = 64 * 1024
-#: A reply's stream is read at intervals (``read_interval``) once it has said a clause's end
-#: and this many characters.
-PACE_AFTER_CHARS: Final = 20
+#: A paced stream's pause after a read is at most the time the words said so far take to
+#: speak (about 15 characters a second) divided by four: the speech is never left waiting.
+PACE_CHARS_PER_SECOND: Final = 60.0
 _CLAUSE_END: Final = re.compile(r"[.,;:!?\n]")
 #: Event-stream media types (``text/event-stream``, with or without parameters).
 _EVENT_STREAM: Final = "text/event-stream"
@@ -284,9 +284,11 @@ class OpenAIChat:
                 if tools:
                     pace.stop()  # a tool call is read as it comes: the tool waits for it
                 if joined:
-                    yield TextDelta(joined[0] if len(joined) == 1 else "".join(joined))
+                    text = joined[0] if len(joined) == 1 else "".join(joined)
+                    yield TextDelta(text)
+                    pace.said(text)
                 if pace.on and moved:
-                    pace.next_read = loop.time() + pace.interval
+                    pace.next_read = loop.time() + pace.pause()
             if done:
                 await response.finish()  # back to the pool before the caller moves on
             elif not assembler.finish_reason:
@@ -376,30 +378,31 @@ class _Pace:
     """How a reply's stream is read (``OpenAIChat.read_interval``).
 
     The first words go on chunk by chunk, as the model sent them: they are what the caller
-    waits for. Once the reply has said a clause's end and :data:`PACE_AFTER_CHARS` characters
-    (a second or more of speech), the stream is read at most every ``interval`` seconds, and
-    what a read brings is one delta (one text frame). A model writes several times faster than
-    a caller listens, so the later words still reach the caller's speech long before they are
-    spoken, and each read and frame saved is a wake-up and two system calls. A tool call ends
-    the pacing for the rest of the stream.
+    waits for. Once the reply has said a clause's end, each read is followed by a pause of
+    ``interval`` seconds at most, and never more than a quarter of the time the words said so
+    far take to speak (:data:`PACE_CHARS_PER_SECOND`): what a read brings is one delta (one
+    text frame). A model writes several times faster than a caller listens, so the words still
+    reach the caller's speech long before they are due, and each read and frame saved is a
+    wake-up and two system calls. A tool call ends the pacing for the rest of the stream.
     """
 
-    __slots__ = ("_chars", "_clause", "interval", "next_read", "on")
+    __slots__ = ("_chars", "interval", "next_read", "on")
 
     def __init__(self, interval: float) -> None:
         self.interval = interval
         self.on = False
         self.next_read = 0.0  # a loop.time(); 0: read at once
         self._chars = 0
-        self._clause = False
 
     def said(self, text: str) -> None:
-        """``text`` went on as its own delta."""
-        if not self.interval:
-            return
-        self._chars += len(text)
-        self._clause = self._clause or _CLAUSE_END.search(text) is not None
-        self.on = self._chars >= PACE_AFTER_CHARS and self._clause
+        """``text`` went on (as its own delta, or a read's)."""
+        if self.interval:
+            self._chars += len(text)
+            self.on = self.on or _CLAUSE_END.search(text) is not None
+
+    def pause(self) -> float:
+        """Seconds until the next read."""
+        return min(self.interval, self._chars / PACE_CHARS_PER_SECOND)
 
     def stop(self) -> None:
         self.interval = self.next_read = 0.0

@@ -83,13 +83,12 @@ async def test_a_prompt_is_answered_token_by_token_then_closed_with_last(relay: 
 
     reply = await call.say("hi")
 
-    # Token by token until the reply has said a clause and 20 characters; then what one read
-    # of the stream brings (here: the rest) is one frame (RELAY_LLM_READ_INTERVAL, relay.llm).
+    # Token by token until the reply has said a clause's end; then what one read of the stream
+    # brings (here: the rest) is one piece (RELAY_LLM_READ_INTERVAL, relay.llm), which the
+    # speech filter sends on word by word as words complete (the last one at the end).
     assert strip(reply.frames) == [
         {"type": "text", "token": "Hello", "last": False},
-        {"type": "text", "token": " there,", "last": False},
-        {"type": "text", "token": " how", "last": False},
-        {"type": "text", "token": " can I", "last": False},
+        {"type": "text", "token": " there, how can I", "last": False},
         {"type": "text", "token": " help?", "last": False},
         LAST,
     ]
@@ -114,8 +113,8 @@ async def test_tokens_are_sent_exactly_as_streamed(relay: Any) -> None:
 
     # Word by word through the speech filter (issue 15): each word once it is complete (the
     # reply's first word as it is written), the line break a sentence end, spaces normalised.
-    # From the 20th character on, the rest of the read is one piece (the paced stream).
-    assert tokens(reply.frames) == ["Sure", ",", " the", " piano", ". is fine ."]
+    # After the first clause's end, the rest of the read is one piece (the paced stream).
+    assert tokens(reply.frames) == ["Sure", ", the piano. is fine ."]
     assert strip(reply.frames)[-1] == LAST
 
 

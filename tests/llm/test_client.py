@@ -783,20 +783,20 @@ async def test_an_outside_cancellation_of_a_watched_wait_stays_a_cancellation() 
         await task
 
 
-async def test_a_reply_is_paced_after_a_clause_and_twenty_characters_until_a_tool_call() -> None:
+async def test_a_reply_is_paced_after_its_first_clause_and_never_ahead_of_its_speech() -> None:
     pace = _Pace(0.25)
-    pace.said("Sure,")
-    assert not pace.on  # a clause's end, but 5 characters
-    pace.said(" the move is booked")
-    assert pace.on  # 24 characters
+    pace.said("Sure")
+    assert not pace.on  # no clause's end yet: chunk by chunk
+    pace.said(",")
+    assert pace.on
+    assert pace.pause() == pytest.approx(5 / 60)  # "Sure," is a third of a second of speech
+    pace.said(" the move is booked for Tuesday")
+    assert pace.pause() == 0.25  # the interval, once enough has been said
     pace.stop()
     assert not pace.on and pace.next_read == 0.0
-    pace.said(" and more words, many more than twenty")
+    pace.said(" and more words, many more.")
     assert not pace.on  # a tool call ended it for good
 
-    endless = _Pace(0.25)
-    endless.said("a run of words without any end at all")
-    assert not endless.on
     off = _Pace(0.0)
     off.said("Sure, the move is booked for Tuesday.")
     assert not off.on

@@ -361,29 +361,28 @@ def _pieces(*pieces: bytes) -> bytes:
 
 async def test_after_its_first_clause_a_reply_is_read_one_delta_a_read() -> None:
     """``read_interval``: the first words go on chunk by chunk, even when one read brought
-    them all; once the reply has said a clause and 20 characters, what a read brings is one
-    delta."""
+    them all; once the reply has said a clause's end, what a read brings is one delta."""
     go, written = asyncio.Event(), asyncio.Event()
-    first = ["Sure", ",", " the", " move", " is", " booked"]  # the 6th makes 24 characters
-    later = [" for", " Tuesday", " morning."]
+    first = ["Sure", ",", " the", " move"]  # one write: "Sure", "," then " the move" as one
+    later = [" is", " booked", " for", " Tuesday."]
 
     async def handler(peer: Peer) -> None:
         await peer.request()
         await peer.send(CHUNKED_HEAD + _pieces(*(event(text) for text in first)))
         await go.wait()
-        for text in later:  # three writes
+        for text in later:  # four writes
             await peer.send(_pieces(event(text)))
         await peer.send(chunked(event(finish="stop"), b"data: [DONE]\n\n"))
         written.set()
 
     async with RawServer(handler) as server, chat_on(server.base_url, read_interval=0.05) as chat:
         stream = chat.stream(REQUEST)
-        said = [await anext(stream) for _ in first]
+        said = [await anext(stream) for _ in range(3)]
         go.set()
         await written.wait()  # all of it is on its way before the stream is read again
         rest = [event async for event in stream]
 
-    assert said == [TextDelta(text) for text in first]
+    assert said == [TextDelta("Sure"), TextDelta(","), TextDelta(" the move")]
     assert rest[0] == TextDelta("".join(later))
     assert isinstance(rest[-1], Done) and len(rest) == 2
 
