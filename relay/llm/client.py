@@ -284,7 +284,7 @@ class OpenAIChat:
                 if tools:
                     pace.stop()  # a tool call is read as it comes: the tool waits for it
                 if joined:
-                    text = joined[0] if len(joined) == 1 else "".join(joined)
+                    text = "".join(joined)
                     yield TextDelta(text)
                     pace.said(text)
                 if pace.on and moved:

@@ -441,6 +441,10 @@ class Response:
         conn = self._conn
         return conn.complete and not conn.body
 
+    def hold(self) -> None:
+        """Leave the socket unread until the next :meth:`receive` (the kernel keeps what comes)."""
+        self._conn.hold()
+
     async def receive(self) -> bytes:
         """The next body bytes, as they arrived; ``b""`` once the body is complete.
 
@@ -638,7 +642,7 @@ class LeanResponse:
         return self._response.header(name)
 
     def hold(self) -> None:
-        self._response._conn.hold()
+        self._response.hold()
 
     async def receive(self) -> bytes:
         try:
