@@ -301,24 +301,18 @@ class Turn:
         if started is None:
             self._arm_filler(now)  # a later round: its own wait (armed only if nothing was said)
         opening = Opening()  # the reply's first characters: speech, notes read back, or a call
-        slack, stall_at = min(0.25, stall / 10), 0.0  # 0: the first token sets the stall limit
         stream = host.deps.llm.stream(request)
+        watch: _StallWatch | None = None
         try:
             async with asyncio.timeout_at(loop.time() + budget_ends - now) as scope:
+                watch = _StallWatch(loop, scope, stall)
                 async for event in stream:
                     if isinstance(event, TextDelta):
                         self._disarm_filler()
                         if not pieces:
                             self.timings.setdefault("first_token_at", time.perf_counter())
                         pieces.append(event.text)
-                        # Moved only when a token comes within ``slack`` of the stall deadline,
-                        # not on every token: a reschedule is a timer cancelled and another
-                        # pushed on the loop's heap (5 % of a loaded worker's CPU). The limit
-                        # a stalled model gets is thus between stall and stall + slack.
-                        token_at = loop.time()
-                        if token_at + stall > stall_at:
-                            stall_at = token_at + stall + slack
-                            scope.reschedule(stall_at)
+                        watch.token(loop.time())
                         text = event.text
                         if opening.kind is None:
                             kind = opening.feed(text)
@@ -357,6 +351,8 @@ class Turn:
             seconds = stall if pieces else budget_ends - now
             raise TurnBudgetExceeded(seconds, started=bool(pieces)) from exc
         finally:
+            if watch is not None:
+                watch.close()
             aclose = getattr(stream, "aclose", None)
             if stop is not None and aclose is not None:
                 await aclose()  # the filter stopped the reply: close the stream now
@@ -672,6 +668,44 @@ async def _by(deadline: float, work: Awaitable[_T], fallback: _T, what: str) -> 
     except TimeoutError:
         log.warning("turn_preparation_timed_out", what=what)
         return fallback
+
+
+class _StallWatch:
+    """The stall limit of one model round: the stream fails when no token came for ``stall``
+    seconds.
+
+    Its first token takes the round's budget off ``scope`` and starts one timer. A token only
+    stores its time (a timer moved on every token is one cancelled and another pushed on the
+    loop's heap: 2 % of a loaded worker's CPU with paced reads). The timer, when it fires,
+    re-arms at the last token's time plus ``stall``, or, when nothing came since, ends
+    ``scope`` at once, which the round sees as ``TimeoutError``.
+    """
+
+    __slots__ = ("_handle", "_loop", "_scope", "_stall", "last")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, scope: asyncio.Timeout, stall: float):
+        self._loop = loop
+        self._scope = scope
+        self._stall = stall
+        self._handle: asyncio.TimerHandle | None = None
+        self.last = 0.0
+
+    def token(self, at: float) -> None:
+        self.last = at
+        if self._handle is None:
+            self._scope.reschedule(None)  # a token came: the budget no longer applies
+            self._handle = self._loop.call_at(at + self._stall, self._fire)
+
+    def _fire(self) -> None:
+        due = self.last + self._stall
+        if due > self._loop.time():
+            self._handle = self._loop.call_at(due, self._fire)
+        else:
+            self._scope.reschedule(self._loop.time())
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
 
 
 def _limits(host: TurnHost) -> tuple[float, float]:

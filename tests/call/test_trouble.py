@@ -156,6 +156,61 @@ async def test_a_model_that_stalls_mid_reply_is_given_up_at_the_stall_limit(
     assert failure["kind"] == "turn-budget" and "stalled for 0.3" in failure["error"]
 
 
+class _Handle:
+    def cancel(self) -> None:
+        pass
+
+
+class _Clock:
+    """A loop's clock and timers, moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.timers: list[tuple[float, Any]] = []
+
+    def time(self) -> float:
+        return self.now
+
+    def call_at(self, when: float, callback: Any) -> Any:
+        self.timers.append((when, callback))
+        return _Handle()
+
+    def run_due(self) -> None:
+        due = [t for t in self.timers if t[0] <= self.now]
+        self.timers = [t for t in self.timers if t[0] > self.now]
+        for _, callback in due:
+            callback()
+
+
+class _Scope:
+    def __init__(self) -> None:
+        self.deadlines: list[float | None] = []
+
+    def reschedule(self, when: float | None) -> None:
+        self.deadlines.append(when)
+
+
+def test_the_stall_limit_runs_from_the_last_token_with_one_timer() -> None:
+    from relay.call.turn import _StallWatch
+
+    clock, scope = _Clock(), _Scope()
+    watch = _StallWatch(clock, scope, 3.0)  # type: ignore[arg-type]
+    clock.now = 1.0
+    watch.token(clock.now)
+    assert scope.deadlines == [None]  # the first token takes the budget away
+    for at in (1.5, 2.0, 3.5, 3.9):  # tokens only note their time: no new timer
+        watch.token(at)
+    assert [when for when, _ in clock.timers] == [4.0]
+    clock.now = 4.0
+    clock.run_due()  # the last token was at 3.9: re-armed at 6.9, the turn goes on
+    assert [when for when, _ in clock.timers] == [6.9] and scope.deadlines == [None]
+    clock.now = 6.9
+    clock.run_due()  # nothing for 3 s: the scope ends now
+    assert scope.deadlines == [None, 6.9] and clock.timers == []
+    watch.token(7.0)  # a token after the end arms nothing
+    assert clock.timers == [] and scope.deadlines == [None, 6.9]
+
+
 async def test_a_quick_model_gets_no_filler(start_relay: Any, prompts_dir: Path) -> None:
     write_agent(prompts_dir, llm_filler_after=5.0)
     llm = ScriptedLLM([Text("Hi there.")])
