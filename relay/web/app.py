@@ -31,7 +31,7 @@ from relay.agents import AgentProfile, AgentRegistry
 from relay.call import reconnect
 from relay.call.session import CallDependencies, CallSession
 from relay.config import Settings
-from relay.heap import settle_heap
+from relay.heap import IdleCollector, settle_heap
 from relay.llm.client import OpenAIChat
 from relay.llm.types import ChatModel, Timeouts
 from relay.protocol import twiml
@@ -70,6 +70,8 @@ class Runtime:
     started: float = field(default_factory=time.monotonic)
     active_sessions: int = 0
     sessions_total: int = 0
+    #: The full garbage collection a worker makes when it has no call (relay.heap).
+    heap: IdleCollector = field(default_factory=IdleCollector)
     #: The knowledge store and its retriever (None when knowledge is off or not opened yet).
     knowledge: AsyncKnowledge | None = None
     retriever: KnowledgeRetriever | None = None
@@ -470,6 +472,7 @@ async def conversation_relay(websocket: WebSocket) -> None:
     session.reconnect.close_socket = functools.partial(sock._close, session)
     runtime.active_sessions += 1
     runtime.sessions_total += 1
+    runtime.heap.busy()
     operations.session_opened(runtime, session)
     supervisor = runtime.supervisor
     if supervisor is not None:
@@ -478,6 +481,8 @@ async def conversation_relay(websocket: WebSocket) -> None:
         await session.run(sock.frames(session))  # limits and idle reaping: relay.web.socket
     finally:
         runtime.active_sessions -= 1
+        if not runtime.active_sessions:
+            runtime.heap.idle()  # the full pass the worker owes, while no caller waits
         operations.session_closed(runtime, session)
         postcall.session_closed(runtime, session)
         if supervisor is not None:
@@ -502,8 +507,19 @@ async def metrics(request: Request) -> Response:
             "pid": os.getpid(),  # one worker's figures (relay bench adds them up)
             **_loop_lag(runtime),
             **_retrieval_counters(runtime),
+            **_heap(runtime),
         }
     )
+
+
+def _heap(runtime: Runtime) -> dict[str, Any]:
+    idle = runtime.heap
+    return {
+        "gc_collections": [generation["collections"] for generation in gc.get_stats()],
+        "gc_middle_passes": gc.get_count()[2],  # full pass due after relay.heap.OLDEST of them
+        "gc_idle_collections": idle.collections,
+        "gc_idle_ms_total": round(idle.seconds * 1000, 3),
+    }
 
 
 def _loop_lag(runtime: Runtime) -> dict[str, float]:

@@ -406,6 +406,7 @@ async def test_healthz_and_metrics(relay: Any) -> None:
     await call.connect()
     await call.say("hello")
     during = (await relay.http.get(relay.base_url + "/metrics.json")).json()
+    armed_during = relay.runtime.heap.armed
     await call.close()
     await relay.session_closed()
     after = (await relay.http.get(relay.base_url + "/metrics.json")).json()
@@ -421,6 +422,10 @@ async def test_healthz_and_metrics(relay: Any) -> None:
     assert after["recorder_failures"] == 0
     for key in ("rss_kb", "max_rss_kb", "uptime_s"):
         assert isinstance(after[key], (int, float)) and after[key] >= 0
+    # The worker's owed full collection waits while a call is live, and is set for when none is.
+    assert not armed_during and relay.runtime.heap.armed
+    assert len(after["gc_collections"]) == 3 and after["gc_middle_passes"] >= 0
+    assert after["gc_idle_collections"] >= 0 and after["gc_idle_ms_total"] >= 0
 
 
 async def test_without_speaker_events_the_line_gets_its_speaking_time_and_nothing_is_left_waiting(
