@@ -11,7 +11,7 @@ where no caller waits:
 - Full passes wait for :data:`OLDEST` passes of the middle generation rather than CPython's
   10. At 50, a worker with 500 calls of the 1,000-call bench had passed the middle generation
   39-50 times by the run's end, so a full pass came about once a run, and when it fell among
-  the measured turns their p99 went from 13-45 ms to 73-267 ms. What waiting costs is memory:
+  the measured turns their p99 went from 13-52 ms to 73-267 ms. What waiting costs is memory:
   a call's objects refer to each other (the session and the turn, keypad, escalation... that
   serve it), so a finished call's are freed by the next full pass, not as it ends (about 146
   objects a call). At 100, a fresh worker gets through the whole 1,000-call bench (a run of
