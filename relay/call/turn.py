@@ -674,16 +674,18 @@ class _StallWatch:
     """The stall limit of one model round: the stream fails when no token came for ``stall``
     seconds.
 
-    Its first token takes the round's budget off ``scope`` and starts one timer. A token only
-    stores its time (a timer moved on every token is one cancelled and another pushed on the
-    loop's heap: 2 % of a loaded worker's CPU with paced reads). The timer, when it fires,
-    re-arms at the last token's time plus ``stall``, or, when nothing came since, ends
-    ``scope`` at once, which the round sees as ``TimeoutError``.
+    Its first token takes the round's budget off ``scope`` and starts one timer. A later token
+    only stores its time, where moving the scope's deadline would cancel a timer and push
+    another on the loop's heap for nearly every paced read. The timer, when it fires, re-arms
+    at the last token's time plus ``stall``, or, when nothing came since, ends ``scope`` at
+    once, which the round sees as ``TimeoutError``. The limit is thus exactly ``stall``.
     """
 
     __slots__ = ("_handle", "_loop", "_scope", "_stall", "last")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, scope: asyncio.Timeout, stall: float):
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, scope: asyncio.Timeout, stall: float
+    ) -> None:
         self._loop = loop
         self._scope = scope
         self._stall = stall
