@@ -52,7 +52,8 @@ class IdleCollector:
 
     The session count's owner calls :meth:`busy` when a call starts and :meth:`idle` when the
     last one ends; a call that starts within ``after`` cancels the pass. ``collections``,
-    ``collected`` and ``seconds`` count what the passes did (``/metrics.json``).
+    ``collected`` and ``seconds`` count what the passes did (``/metrics.json`` shows the
+    first and the last).
     """
 
     def __init__(self, after: float = 2.0, collect: Callable[[], int] = gc.collect) -> None:

@@ -156,11 +156,6 @@ async def test_a_model_that_stalls_mid_reply_is_given_up_at_the_stall_limit(
     assert failure["kind"] == "turn-budget" and "stalled for 0.3" in failure["error"]
 
 
-class _Handle:
-    def cancel(self) -> None:
-        pass
-
-
 class _Clock:
     """A loop's clock and timers, moved by hand."""
 
@@ -172,14 +167,26 @@ class _Clock:
         return self.now
 
     def call_at(self, when: float, callback: Any) -> Any:
-        self.timers.append((when, callback))
-        return _Handle()
+        timer = (when, callback)
+        self.timers.append(timer)
+        return _Handle(self, timer)
 
     def run_due(self) -> None:
         due = [t for t in self.timers if t[0] <= self.now]
         self.timers = [t for t in self.timers if t[0] > self.now]
         for _, callback in due:
             callback()
+
+
+class _Handle:
+    """A timer of :class:`_Clock`: cancelling takes it off the clock."""
+
+    def __init__(self, clock: _Clock, timer: tuple[float, Any]) -> None:
+        self._clock, self._timer = clock, timer
+
+    def cancel(self) -> None:
+        if self._timer in self._clock.timers:
+            self._clock.timers.remove(self._timer)
 
 
 class _Scope:
