@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import re
+import weakref
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
@@ -24,9 +26,11 @@ import pytest_asyncio
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from relay.call.session import CallSession
 from relay.config import Settings, load_settings
 from relay.testing import ScriptedLLM
 from relay.testing.simcall import SimulatedCall, serve_in_process, sign
+from relay.web import app as app_module
 from relay.web.app import Runtime, create_app
 
 REPO = Path(__file__).resolve().parents[1]
@@ -235,6 +239,8 @@ class Relay:
     calls: list[TwilioCall] = field(default_factory=list)
     _sessions_before: int = 0
     _finished_before: int = 0
+    _sessions: list[weakref.ref[CallSession]] = field(default_factory=list)
+    _patch: pytest.MonkeyPatch = field(default_factory=pytest.MonkeyPatch)
 
     @property
     def llm(self) -> ScriptedLLM:
@@ -300,14 +306,38 @@ class Relay:
         self.calls = []
         self._sessions_before = self.runtime.sessions_total
         self._finished_before = self.watch.finished
+        # Each call's session must be freed when its socket closes, by reference counting:
+        # with the collector off, a cycle through a session keeps it (see end_test).
+        self._sessions = []
+        self._patch.setattr(app_module, "CallSession", _tracking(self._sessions))
+        gc.disable()
 
     async def end_test(self) -> None:
-        """Hang up this test's calls and wait until the server has nothing left running."""
-        for call in self.calls:
-            await call.close()
-        await self.watch.wait_idle()
-        await self.runtime.deps.recorder.flush()
-        assert_requests_valid(self.llm)
+        """Hang up this test's calls and wait until the server has nothing left running, and
+        check that every call session of the test was freed."""
+        try:
+            for call in self.calls:
+                await call.close()
+            await self.watch.wait_idle()
+            await self.runtime.deps.recorder.flush()
+            assert_requests_valid(self.llm)
+            alive = [session for ref in self._sessions if (session := ref()) is not None]
+            # something holds a session in a reference cycle (gc.get_referrers finds it)
+            assert not alive, f"call sessions kept after their sockets closed: {alive}"
+        finally:
+            gc.enable()
+            self._patch.undo()
+
+
+def _tracking(made: list[weakref.ref[CallSession]]) -> type[CallSession]:
+    """CallSession, noting a weak reference to each session made."""
+
+    class Tracked(CallSession):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(weakref.ref(self))
+
+    return Tracked
 
 
 @asynccontextmanager

@@ -18,10 +18,11 @@ import contextlib
 import enum
 import time
 import uuid
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, ParamSpec
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -97,7 +98,11 @@ class CallSession:
         self.session_id = ""
         self.agent: AgentProfile = deps.agents.default
         self.setup: protocol.Setup | None = None
-        self.transcript = Transcript(record=self._record_turn, now=deps.now)
+        # The call's parts hold the session weakly (a proxy, or a callback that does nothing once
+        # the session is gone): with strong references back, a finished call would be a cycle
+        # that only a full garbage collection frees (relay.heap). Nothing of the call outlives
+        # its socket handler, so these never find it gone while the call runs.
+        self.transcript = Transcript(record=_weakly(self._record_turn), now=deps.now)
         self.promises = Promises()  # amounts and bookings this call's tools produced (issue 15)
         self._event_seq = 0
         self._requests = RequestLog()  # llm_request bodies: the first in full, then deltas
@@ -116,8 +121,8 @@ class CallSession:
         self._customer_task: asyncio.Task[Mapping[str, Any] | None] | None = None
         self._agent_speaking = False
         self._speech_done = asyncio.Event()
-        self.keypad = Keypad(self, deps.digit_pause)
-        self.midcall = MidCall(deps.agents.default, self.send)  # mid-call config (h4)
+        self.keypad = Keypad(weakref.proxy(self), deps.digit_pause)
+        self.midcall = MidCall(deps.agents.default, _weakly(self.send))  # mid-call config (h4)
         self.keypad.on_change = self.midcall.digits  # mid-call config (h4)
         self.reconnect = Reconnect()  # application reconnect (h11)
         self.language: str | None = None
@@ -125,8 +130,10 @@ class CallSession:
         self._schemas: list[dict[str, Any]] = []
         self._end_sent = False
         self._cycle: list[str] = []  # the text of the talk cycle being sent
-        self.escalation = Escalation(self)  # the offer of a person when the model fails
-        self.silence = SilenceWatch(0.0, self._silence_fired)
+        self.escalation = Escalation(
+            weakref.proxy(self)
+        )  # the offer of a person when the model fails
+        self.silence = SilenceWatch(0.0, _weakly(self._silence_fired))
         self.interrupts = 0
         self.backchannel_interrupts = 0
         self._after_interrupt = False
@@ -156,6 +163,7 @@ class CallSession:
                     await self._start()
         finally:
             await self._close()
+            self._turn = None  # it points back at the session (its host); it is over
 
     def _receive(self, raw: str | bytes) -> None:
         now = time.perf_counter()
@@ -248,7 +256,7 @@ class CallSession:
             )
         self._tools = self.deps.tools.select(self.agent.tools, agent=self.agent.name)
         self._schemas = self.deps.tools.schemas(self._tools)
-        self.silence = SilenceWatch(self.agent.silence_timeout, self._silence_fired)
+        self.silence = SilenceWatch(self.agent.silence_timeout, _weakly(self._silence_fired))
         await self.reconnect.before_history(self, previous)  # application reconnect (h11)
         resumed = await self._load_history()
         now = self.deps.now()
@@ -786,6 +794,22 @@ class CallSession:
             seconds=round(time.perf_counter() - self._started, 1),
         )  # fmt: skip
         structlog.contextvars.unbind_contextvars("call_sid")
+
+
+_P = ParamSpec("_P")
+
+
+def _weakly(method: Callable[_P, None]) -> Callable[_P, None]:
+    """``method`` (a bound method) without keeping its object alive: once the object is gone,
+    calling it does nothing."""
+    ref = weakref.WeakMethod(method)
+
+    def call(*args: _P.args, **kwargs: _P.kwargs) -> None:
+        bound = ref()
+        if bound is not None:
+            bound(*args, **kwargs)
+
+    return call
 
 
 def _local_time(now: datetime, zone: str) -> str:

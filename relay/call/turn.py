@@ -10,6 +10,7 @@ of a person, see :mod:`relay.call.escalation`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import enum
 import time
@@ -132,6 +133,17 @@ class Turn:
 
     def start(self, previous: Turn | None) -> None:
         self.task = asyncio.create_task(self._run(previous), name=f"relay-turn-{self.seq}")
+        self.task.add_done_callback(self._ended)
+
+    @staticmethod
+    def _ended(task: asyncio.Task[None]) -> None:
+        # A cancelled task keeps its CancelledError, whose traceback holds the turn's frames,
+        # which hold the task (a read limit, a timeout scope) and the turn, and so the call: a
+        # cycle only a full garbage collection would free. Reading the result hands the error
+        # over (asyncio keeps it for one reader), and it is dropped here.
+        if task.cancelled():
+            with contextlib.suppress(asyncio.CancelledError):
+                task.result()
 
     def cancel(self, why: Cancelled) -> None:
         self.cancelled = why

@@ -487,6 +487,7 @@ async def conversation_relay(websocket: WebSocket) -> None:
         postcall.session_closed(runtime, session)
         if supervisor is not None:
             supervisor.forget(session)
+        session.reconnect.close_socket = None  # it holds the session: let the call go now
         if websocket.application_state is WebSocketState.CONNECTED:
             with contextlib.suppress(Exception):
                 await websocket.close(code=1000)
