@@ -11,12 +11,11 @@ where no caller waits:
 - Full passes wait for :data:`OLDEST` passes of the middle generation rather than CPython's
   10. At 50, a worker with 500 calls of the 1,000-call bench had passed the middle generation
   39-50 times by the run's end, so a full pass came about once a run, and when it fell among
-  the measured turns their p99 went from 13-52 ms to 73-267 ms. What waiting costs is memory:
-  a call's objects refer to each other (the session and the turn, keypad, escalation... that
-  serve it), so a finished call's are freed by the next full pass, not as it ends (about 146
-  objects a call). At 100, a fresh worker gets through the whole 1,000-call bench (a run of
-  about a minute) without one; a worker kept that busy makes one every two minutes or so, and
-  the calls that ended meanwhile wait for it.
+  the measured turns their p99 went from 13-52 ms to 73-267 ms. At 100, a fresh worker gets
+  through the whole 1,000-call bench (a run of about a minute) without one; a worker kept that
+  busy makes one every two minutes or so. Waiting costs little memory: a finished call is
+  freed by reference counting as its socket handler returns (its parts hold the session
+  weakly, see relay.call.session), so what a full pass finds is about one object a call.
 - :class:`IdleCollector` makes the full pass a worker owes when it has had no call for a
   moment, so on a line with quiet spells the threshold is seldom reached during a call.
 
