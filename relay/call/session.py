@@ -130,9 +130,8 @@ class CallSession:
         self._schemas: list[dict[str, Any]] = []
         self._end_sent = False
         self._cycle: list[str] = []  # the text of the talk cycle being sent
-        self.escalation = Escalation(
-            weakref.proxy(self)
-        )  # the offer of a person when the model fails
+        # the offer of a person when the model fails
+        self.escalation = Escalation(weakref.proxy(self))
         self.silence = SilenceWatch(0.0, _weakly(self._silence_fired))
         self.interrupts = 0
         self.backchannel_interrupts = 0
