@@ -48,3 +48,22 @@ async def test_a_call_that_starts_cancels_the_idle_collection() -> None:
     collector.idle()  # idle again later: armed again
     assert collector.armed
     collector.busy()
+
+
+def test_a_part_of_a_call_holds_its_session_weakly() -> None:
+    """What the call's parts hold (relay.call.session._weakly): the session's method while it
+    lives, nothing once it is gone, and never the session itself."""
+    from relay.call.session import _weakly
+
+    heard: list[str] = []
+
+    class Session:
+        def record(self, row: str) -> None:
+            heard.append(row)
+
+    session = Session()
+    record = _weakly(session.record)
+    record("first")
+    del session  # the part's callback alone does not keep it: freed without a collection
+    record("after")
+    assert heard == ["first"]
