@@ -816,7 +816,7 @@ async def _targets(
         if llm_base is None:
             port = _free_port()
             llm_base = f"http://127.0.0.1:{port}/v1"
-            argv = [python, "-m", "relay.cli.main", "fake-llm", "--host", "127.0.0.1", "--port", str(port),
+            argv = [python, "-m", "relay", "fake-llm", "--host", "127.0.0.1", "--port", str(port),
                     "--token-delay", str(options.token_delay), "--first-token-delay", str(options.first_token_delay),
                     "--reply-tokens", str(options.reply_tokens)]  # fmt: skip
             starting.append(("fake-llm", argv, _child_env(), f"http://127.0.0.1:{port}/healthz"))
@@ -838,7 +838,7 @@ async def _targets(
                 RELAY_LOG_LEVEL="warning", RELAY_LLM_TRANSPORT=options.transport,
                 RELAY_KNOWLEDGE=str(knowledge).lower(), RELAY_KNOWLEDGE_AUTOLOAD=str(knowledge).lower(),
             )  # fmt: skip
-            argv = [python, "-m", "relay.cli.main", "serve", "--host", "127.0.0.1",
+            argv = [python, "-m", "relay", "serve", "--host", "127.0.0.1",
                     "--port", str(port), "--workers", str(options.workers)]  # fmt: skip
             starting.append(("relay", argv, env, f"http://127.0.0.1:{port}/healthz"))
         else:

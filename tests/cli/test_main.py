@@ -33,7 +33,7 @@ def run(
         }
     )
     return subprocess.run(
-        [sys.executable, "-m", "relay.cli.main", *args], input=stdin, capture_output=True, text=True,
+        [sys.executable, "-m", "relay", *args], input=stdin, capture_output=True, text=True,
         cwd=REPO, env=environ, timeout=timeout, check=False,
     )  # fmt: skip
 
@@ -54,6 +54,13 @@ def test_relay_call_talks_to_the_agent_in_process(tmp_path: Path) -> None:
         "agent> To speak with our office, press zero. For a quote, press one, or just tell me about your piano."
         in lines
     )
+
+
+def test_python_dash_m_relay_is_the_relay_command_without_warnings(tmp_path: Path) -> None:
+    done = run(["--help"], tmp_path)
+    assert done.returncode == 0
+    assert done.stdout.startswith("usage: relay ")
+    assert done.stderr == ""  # runpy's "found in sys.modules" warning would land here
 
 
 def test_a_missing_setting_fails_at_start_naming_it(tmp_path: Path) -> None:
