@@ -18,6 +18,9 @@ a connection pool; this module only sets it up for that job and turns its errors
 - A request whose pooled connection turns out to have been closed by the server (it answered
   nothing at all) is sent once more on a new connection: servers close idle connections
   whenever they like, and the close can cross the request on the wire.
+- aiohttp raising anything else of its own before a response reached relay is a ``connect``
+  failure too (logged ``llm_transport_internal_error`` with the traceback), so the client
+  retries it as it would a broken connection: the caller has heard nothing yet.
 
 Time limits other than connecting are the client's (:mod:`relay.llm.client`): it bounds each
 wait on :meth:`Response.receive` itself, so the first-token and between-chunk limits can
@@ -32,10 +35,13 @@ from collections.abc import Mapping
 from typing import Final
 
 import aiohttp
+import structlog
 from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
 
 from relay.errors import LLMError
+
+log = structlog.get_logger("relay.llm.transport")
 
 #: Header limits: aiohttp's defaults, stated here so that they are a decision.
 MAX_LINE_SIZE: Final = 8190
@@ -201,6 +207,16 @@ class AiohttpTransport:
                 raise LLMError(
                     f"LLM request to {url} failed: {exc!r}", retryable=True, kind="connect"
                 ) from exc
+            except Exception as exc:
+                # aiohttp failing inside itself before any response reached relay (seen under
+                # load: AttributeError in ClientResponse.start, aiohttp 3.14.5). Nothing was
+                # said yet, so the attempt is a failed connection the client may retry, and
+                # the traceback is logged rather than lost in a spoken apology.
+                log.error("llm_transport_internal_error", url=url, exc_info=exc)
+                raise LLMError(
+                    f"LLM request to {url} failed inside aiohttp: {exc!r}", retryable=True,
+                    kind="connect",
+                ) from exc  # fmt: skip
             return Response(response)
         raise AssertionError("unreachable")
 

@@ -212,6 +212,43 @@ async def test_a_connection_closed_without_an_answer_twice_is_a_connect_error() 
     assert server.connections <= 2  # sent once more at most (aiohttp), never a third time
 
 
+@pytest.mark.parametrize("transport", ["aiohttp"], indirect=True)
+async def test_aiohttp_failing_inside_itself_is_a_connect_error_that_is_retried(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import aiohttp
+
+    start = aiohttp.ClientResponse.start
+    broken = [1]  # how many starts fail, as aiohttp 3.14.5 once did under load
+
+    async def failing_start(self: aiohttp.ClientResponse, connection: Any) -> Any:
+        if broken[0]:
+            broken[0] -= 1
+            raise AttributeError("'NoneType' object has no attribute 'getall'")
+        return await start(self, connection)
+
+    monkeypatch.setattr(aiohttp.ClientResponse, "start", failing_start)
+
+    async def handler(peer: Peer) -> None:
+        while await peer.request() is not None:
+            await peer.send(sse("Hello."))
+
+    async with RawServer(handler) as server:
+        async with chat_on(server.base_url, max_retries=1) as chat:
+            events = await collect(chat)  # the caller heard nothing: one more attempt
+        assert events[0] == TextDelta("Hello.")
+        assert isinstance(events[-1], Done) and events[-1].attempts == 2
+        assert chat.failures["connect"] == 1 and chat.failures.total == 1
+
+        broken[0] = 1
+        async with chat_on(server.base_url) as chat:  # no retries left: the error, typed
+            with pytest.raises(LLMError) as caught:
+                await collect(chat)
+        assert caught.value.kind == "connect" and caught.value.retryable
+        assert "failed inside aiohttp" in str(caught.value)
+        assert isinstance(caught.value.__cause__, AttributeError)
+
+
 async def test_a_server_that_stops_talking_mid_body_is_a_read_timeout() -> None:
     async def handler(peer: Peer) -> None:
         await peer.request()
