@@ -208,10 +208,12 @@ class AiohttpTransport:
                     f"LLM request to {url} failed: {exc!r}", retryable=True, kind="connect"
                 ) from exc
             except Exception as exc:
-                # aiohttp failing inside itself before any response reached relay (seen under
-                # load: AttributeError in ClientResponse.start, aiohttp 3.14.5). Nothing was
-                # said yet, so the attempt is a failed connection the client may retry, and
-                # the traceback is logged rather than lost in a spoken apology.
+                # aiohttp failing inside itself before any response reached relay. Seen with
+                # aiohttp 3.14.5: anything that takes a response's repr() before its headers
+                # arrive (a diagnostic hook of ours did) caches `headers` as None, and start()
+                # then raises AttributeError. Nothing was said yet, so the attempt is a failed
+                # connection the client may retry; the traceback is logged, not lost in an
+                # apology.
                 log.error("llm_transport_internal_error", url=url, exc_info=exc)
                 raise LLMError(
                     f"LLM request to {url} failed inside aiohttp: {exc!r}", retryable=True,

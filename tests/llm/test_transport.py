@@ -219,7 +219,7 @@ async def test_aiohttp_failing_inside_itself_is_a_connect_error_that_is_retried(
     import aiohttp
 
     start = aiohttp.ClientResponse.start
-    broken = [1]  # how many starts fail, as aiohttp 3.14.5 once did under load
+    broken = [1]  # starts that fail, as 3.14.5's does when a response was repr'd too early
 
     async def failing_start(self: aiohttp.ClientResponse, connection: Any) -> Any:
         if broken[0]:
