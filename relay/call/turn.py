@@ -138,9 +138,10 @@ class Turn:
     @staticmethod
     def _ended(task: asyncio.Task[None]) -> None:
         # A cancelled task keeps its CancelledError, whose traceback holds the turn's frames,
-        # which hold the task again (the LLM client's read limit keeps it to cancel it) and the
-        # turn, and so the call: a cycle only a full garbage collection would free. Reading the
-        # result hands the error over (asyncio gives it to one reader), and it is dropped here.
+        # which hold the turn (and so the call) and through it the task again (`self.task`;
+        # the LLM client's read limit keeps it too): a cycle only a full garbage collection
+        # would free. Reading the result hands the error over (asyncio gives it to one
+        # reader), and it is dropped here.
         if task.cancelled():
             with contextlib.suppress(asyncio.CancelledError):
                 task.result()
