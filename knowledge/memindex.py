@@ -19,17 +19,27 @@ through the store as before.
 :meth:`search_now` answers without blocking (no I/O, no model run) when it can: cached vector,
 matrix checked within ``refresh_interval``. :meth:`prefetch` embeds a query in the background so
 that a later search of the same words finds its vector cached (partial transcripts).
+
+**A turn's search** (``context=``, the caller's previous utterance). A follow-up such as "how
+much is that a week?" means little without the words before it, while a new question means
+itself. Each utterance is embedded on its own, so a question has one cached vector whatever was
+said before it, and the search returns, out of ``k`` hits, the best ``ceil(k / 2)`` for the
+turn's own words, then the best for its words and the context together (the sum of the two unit
+vectors, the context weighted :data:`CONTEXT_WEIGHT`), then its own next best
+(:func:`merge_turn_hits`). See ``tests/knowledge/test_turn_search.py`` for what that keeps.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import logging
 import re
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -38,6 +48,10 @@ from knowledge.errors import EmbeddingError, KnowledgeTimeout, UnknownCollection
 from knowledge.models import Hit
 
 logger = logging.getLogger(__name__)
+
+#: How much a turn's context (the previous utterance) weighs against its own words in the
+#: context half of its hits. Above 1, since the turn's own words already have their half.
+CONTEXT_WEIGHT = 1.5
 
 if TYPE_CHECKING:
     import numpy as np
@@ -65,16 +79,36 @@ def _digest(words: str) -> bytes:
     return hashlib.blake2b(words.encode(), digest_size=16).digest()
 
 
+#: (query digest, context digest or b"", k, min_score)
+_AnswerKey = tuple[bytes, bytes, int, float]
+
+
+def merge_turn_hits(own: Sequence[Hit], around: Sequence[Hit], k: int) -> list[Hit]:
+    """A turn's ``k`` hits from those for its own words (``own``, best first) and those for its
+    words with their context (``around``): the best ``ceil(k / 2)`` of ``own``, then ``around``
+    in order, then the rest of ``own``; each chunk once."""
+    picked: list[Hit] = []
+    seen: set[str] = set()
+    first = own[: (k + 1) // 2]
+    for hit in itertools.chain(first, around, own[len(first) :]):
+        if len(picked) == k:
+            break
+        if hit.chunk_id not in seen:
+            seen.add(hit.chunk_id)
+            picked.append(hit)
+    return picked
+
+
 @dataclass
 class _Matrix:
     marker: tuple[int, int]
     hits: list[Hit]
     vectors: Vector  # (n, d), unit rows
     checked_at: float
-    #: Answers already given from this matrix, by (query digest, k, min_score): a question
-    #: asked again (the same words on another call) costs a dict look-up, not numpy's cold
-    #: start. Dropped with the matrix when the documents change.
-    answers: OrderedDict[tuple[bytes, int, float], list[Hit]] = field(default_factory=OrderedDict)
+    #: Answers already given from this matrix, by (query digest, context digest, k,
+    #: min_score): a question asked again (the same words on another call) costs a dict
+    #: look-up, not numpy's cold start. Dropped with the matrix when the documents change.
+    answers: OrderedDict[_AnswerKey, list[Hit]] = field(default_factory=OrderedDict)
 
 
 class MemoryIndex:
@@ -89,8 +123,8 @@ class MemoryIndex:
             :meth:`prefetch`).
 
     Thread-safe. ``embeddings`` / ``embed_cpu_seconds`` count the query embeddings run and
-    the CPU they took (prefetches included); ``cache_hits`` the searches that found their
-    vector cached; ``rebuilds`` the matrices (re)built; ``search_cpu_seconds`` the CPU of
+    the CPU they took (prefetches included); ``cache_hits`` the query vectors that searches
+    found cached (a turn's search with context needs two); ``rebuilds`` the matrices (re)built; ``search_cpu_seconds`` the CPU of
     :meth:`asearch` calls, all included, and ``prefetch_cpu_seconds`` that of
     :meth:`prefetch`.
     """
@@ -153,46 +187,66 @@ class MemoryIndex:
     # -- searching ---------------------------------------------------------------------------
 
     def search(
-        self, collection: str, query: str, *, k: int = 4, min_score: float = 0.0
+        self,
+        collection: str,
+        query: str,
+        *,
+        context: str = "",
+        k: int = 4,
+        min_score: float = 0.0,
     ) -> list[Hit]:
         """Like :meth:`KnowledgeStore.search` (same errors), from memory, for the words of
-        ``query`` (:func:`query_key`). Blocking."""
-        words = query_key(query)
+        ``query`` (:func:`query_key`), with the words of ``context`` as a turn's context (see
+        the module's docstring). Blocking."""
+        words, around = query_key(query), query_key(context)
         if not words or k <= 0:
             return []
         matrix = self._fresh(collection)
-        if matrix is None:
-            return self.store.search(collection, words, k=k, min_score=min_score)
-        key = (_digest(words), k, min_score)
-        with self._lock:
-            answer = self._kept(matrix, key)
-            if answer is not None:
-                self.cache_hits += 1
-                return answer
-        return self._answer(matrix, key, self.vector(query))
+        key = (_digest(words), _digest(around) if around else b"", k, min_score)
+        if matrix is not None:
+            with self._lock:
+                answer = self._kept(matrix, key)
+                if answer is not None:
+                    self.cache_hits += 2 if around else 1
+                    return answer
+        vector = self.vector(words)
+        context_vector = self._around(vector, self.vector(around)) if around else None
+        if matrix is None:  # too large: through the store
+            own = self.store.search_vector(collection, vector, k=k, min_score=min_score)
+            if context_vector is None:
+                return own
+            found = self.store.search_vector(collection, context_vector, k=k, min_score=min_score)
+            return merge_turn_hits(own, found, k)
+        return self._answer(matrix, key, vector, context_vector)
 
     def search_now(
-        self, collection: str, query: str, *, k: int = 4, min_score: float = 0.0
+        self,
+        collection: str,
+        query: str,
+        *,
+        context: str = "",
+        k: int = 4,
+        min_score: float = 0.0,
     ) -> list[Hit] | None:
-        """The hits if they can be had without blocking: the query vector cached, the matrix
-        unchanged by this process since it was built and checked for changes made elsewhere
-        by the watcher thread (every ``refresh_interval``) lately; else None."""
+        """The hits if they can be had without blocking: the query vector (and the context's)
+        cached, the matrix unchanged by this process since it was built and checked for
+        changes made elsewhere by the watcher thread (every ``refresh_interval``) lately; else
+        None."""
         # Counted as CPU by the wall clock: this path never waits, and the thread's CPU clock
         # is a system call, a point at which a busy machine can switch away from the turn
         # just before its model request goes out.
         started = time.perf_counter()
         try:
-            return self._search_now(collection, query, k, min_score)
+            return self._search_now(collection, query, context, k, min_score)
         finally:
             self._spent(time.perf_counter() - started)
 
     def _search_now(
-        self, collection: str, query: str, k: int, min_score: float
+        self, collection: str, query: str, context: str, k: int, min_score: float
     ) -> list[Hit] | None:
-        words = query_key(query)
+        words, around = query_key(query), query_key(context)
         if not words or k <= 0:
             return []
-        key = _digest(words)
         matrix = self._matrices.get(collection)
         interval = self.store.refresh_interval
         if (
@@ -202,19 +256,37 @@ class MemoryIndex:
             or matrix.marker != self.store.changes(refresh=False)
         ):
             return None
+        digest, around_digest = _digest(words), _digest(around) if around else b""
+        key = (digest, around_digest, k, min_score)
         with self._lock:
-            vector = self._vectors.get(key)
-            if vector is None:
+            vector = self._vectors.get(digest)
+            around_vector = self._vectors.get(around_digest) if around else None
+            if vector is None or (around and around_vector is None):
                 return None
-            self._vectors.move_to_end(key)
-            self.cache_hits += 1
-            answer = self._kept(matrix, (key, k, min_score))
+            self._vectors.move_to_end(digest)
+            if around:
+                self._vectors.move_to_end(around_digest)
+            self.cache_hits += 2 if around else 1
+            answer = self._kept(matrix, key)
             if answer is not None:
                 return answer
-        return self._answer(matrix, (key, k, min_score), vector)
+        context_vector = None if around_vector is None else self._around(vector, around_vector)
+        return self._answer(matrix, key, vector, context_vector)
 
     @staticmethod
-    def _kept(matrix: _Matrix, key: tuple[bytes, int, float]) -> list[Hit] | None:
+    def _around(vector: Vector, context: Vector) -> Vector:
+        """The unit vector of a turn's words with their context (:data:`CONTEXT_WEIGHT`)."""
+        import numpy as np
+
+        mixed = vector + np.float32(CONTEXT_WEIGHT) * context
+        norm = float(np.linalg.norm(mixed))
+        if norm == 0:
+            return vector
+        mixed /= norm
+        return mixed
+
+    @staticmethod
+    def _kept(matrix: _Matrix, key: _AnswerKey) -> list[Hit] | None:
         """A copy of the answer kept for ``key`` (the caller holds the lock), or None."""
         answer = matrix.answers.get(key)
         if answer is None:
@@ -222,10 +294,15 @@ class MemoryIndex:
         matrix.answers.move_to_end(key)
         return list(answer)
 
-    def _answer(self, matrix: _Matrix, key: tuple[bytes, int, float], vector: Vector) -> list[Hit]:
-        """The top hits for ``vector``, kept in the matrix's answers (as many as query vectors
-        are cached)."""
-        hits = _top(matrix, vector, key[1], key[2])
+    def _answer(
+        self, matrix: _Matrix, key: _AnswerKey, vector: Vector, context: Vector | None
+    ) -> list[Hit]:
+        """The top hits for ``vector`` (with ``context``, a turn's: :func:`merge_turn_hits`),
+        kept in the matrix's answers (as many as query vectors are cached)."""
+        k, min_score = key[2], key[3]
+        hits = _top(matrix, vector, k, min_score)
+        if context is not None:
+            hits = merge_turn_hits(hits, _top(matrix, context, k, min_score), k)
         if self.cache_size > 0:
             with self._lock:
                 matrix.answers[key] = hits
@@ -238,20 +315,21 @@ class MemoryIndex:
         collection: str,
         query: str,
         *,
+        context: str = "",
         k: int = 4,
         min_score: float = 0.0,
         timeout: float | None = None,
     ) -> list[Hit]:
         """:meth:`search_now` if it can answer, else :meth:`search` in a worker thread;
         raises :class:`KnowledgeTimeout` after ``timeout`` seconds."""
-        hits = self.search_now(collection, query, k=k, min_score=min_score)
+        hits = self.search_now(collection, query, context=context, k=k, min_score=min_score)
         if hits is not None:
             return hits
 
         def run() -> list[Hit]:
             started = time.thread_time()
             try:
-                return self.search(collection, query, k=k, min_score=min_score)
+                return self.search(collection, query, context=context, k=k, min_score=min_score)
             finally:
                 self._spent(time.thread_time() - started)
 

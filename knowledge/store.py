@@ -11,7 +11,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -443,10 +443,21 @@ class KnowledgeStore:
         """
         if not query.strip() or k <= 0:
             return []
+        if self._collection(collection, create=False) is None:
+            raise UnknownCollection(f"no collection {collection!r}")
+        return self.search_vector(collection, self._embed([query])[0], k=k, min_score=min_score)
+
+    def search_vector(
+        self, collection: str, vector: Iterable[float], *, k: int = 4, min_score: float = 0.0
+    ) -> list[Hit]:
+        """Like :meth:`search`, for a query already embedded with this store's embedder (a
+        unit vector of its ``dimensions``)."""
+        if k <= 0:
+            return []
         handle = self._collection(collection, create=False)
         if handle is None:
             raise UnknownCollection(f"no collection {collection!r}")
-        vector = self._embed([query])[0]
+        vector = [float(x) for x in vector]
         hits = self._query(collection, handle, vector, k, min_score)
         if hits is None:  # the index still held chunks deleted elsewhere: reopen, ask again
             self._reload()

@@ -31,7 +31,7 @@ from knowledge import (
     KnowledgeStore,
     OpenAIEmbedder,
 )
-from knowledge.memindex import MemoryIndex
+from knowledge.memindex import MemoryIndex, merge_turn_hits
 from relay.agents import AgentProfile
 from relay.config import Settings
 
@@ -134,13 +134,16 @@ def needs_retrieval(utterance: str) -> bool:
     return any(word not in ACKNOWLEDGEMENTS for word in words)
 
 
-def turn_query(previous: str, utterance: str, *, chars: int = 300) -> str:
-    """The query a turn searches with once ``utterance`` is the caller's latest message and
-    ``previous`` the one before: the same as ``Transcript.recent_user_text()`` (the latest
-    words with the previous utterance as context, unless the latest alone is long)."""
-    if not previous or len(utterance) > chars:
-        return utterance
-    return f"{previous} {utterance}"
+def turn_context(query: str, latest: str) -> str:
+    """The context a turn's search uses with the caller's ``latest`` words: the earlier words of
+    its ``query`` (``Transcript.recent_user_text()``: the latest words after the previous
+    utterance, unless the latest alone is long), unless they ask nothing ("yes please"),
+    when the latest words stand alone. See :mod:`knowledge.memindex` for how a context is
+    used: each utterance keeps its own cached vector."""
+    if not latest or query == latest or not query.endswith(latest):
+        return ""
+    context = query[: -len(latest)].strip()
+    return context if needs_retrieval(context) else ""
 
 
 class KnowledgeRetriever:
@@ -180,14 +183,29 @@ class KnowledgeRetriever:
         )
 
     async def _search(
-        self, collection: str, query: str, *, k: int, min_score: float, timeout: float
+        self,
+        collection: str,
+        query: str,
+        *,
+        context: str = "",
+        k: int,
+        min_score: float,
+        timeout: float,
     ) -> list[Hit]:
         index = self._serving_index()
         if index is not None:
-            return await index.asearch(collection, query, k=k, min_score=min_score, timeout=timeout)
-        return await self.knowledge.search(
-            collection, query, k=k, min_score=min_score, timeout=timeout
+            return await index.asearch(
+                collection, query, context=context, k=k, min_score=min_score, timeout=timeout
+            )
+        knowledge = self.knowledge
+        own = await knowledge.search(collection, query, k=k, min_score=min_score, timeout=timeout)
+        if not context:
+            return own
+        # No memory index (a test's swapped store): the context half from both texts as one.
+        around = await knowledge.search(
+            collection, f"{context} {query}", k=k, min_score=min_score, timeout=timeout
         )
+        return merge_turn_hits(own, around, k)
 
     def _serving_index(self) -> MemoryIndex | None:
         """The memory index, if it serves the store this retriever holds (a test may swap the
@@ -207,22 +225,25 @@ class KnowledgeRetriever:
     def prefetch(self, agent: AgentProfile, partial: str, *, previous: str, key: str) -> None:
         """Called with each partial transcript (``prompt`` with ``last: false``) while the
         caller speaks: once the partial has stood for ``prefetch_delay`` seconds with no newer
-        one for the same ``key`` (the call), embed the query the turn will make if the final
-        words are the same (:func:`turn_query` of ``previous``, the caller's last finished
-        utterance, and ``partial``), so that the turn finds its vector ready. Never raises."""
+        one for the same ``key`` (the call), embed ``partial``, so that the turn finds its
+        vector ready if the final words are the same (and ``previous``, the caller's last
+        finished utterance and the turn's context, if its vector is no longer cached). Never
+        raises."""
         index = self.index
         if index is None or not agent.knowledge_collection or not needs_retrieval(partial):
             return
         waiting = self._prefetches.pop(key, None)
         if waiting is not None:
             waiting.cancel()
-        query = turn_query(previous, partial)
+        context = previous if needs_retrieval(previous) else ""
 
         def start() -> None:
             self._prefetches.pop(key, None)
             try:
-                if index.prefetch(query) is not None:
+                if index.prefetch(partial) is not None:
                     self.prefetched += 1
+                if context:  # embedded by its own turn, unless since forgotten
+                    index.prefetch(context)
             except Exception as exc:  # a prefetch is only ever a head start
                 log.info("retrieval_prefetch_failed", error=repr(exc)[:200])
 
@@ -274,7 +295,7 @@ class KnowledgeRetriever:
         new (:func:`needs_retrieval`), when the previous turn's material is kept (no search)."""
         if not needs_retrieval(latest):
             return self._reused(previous)
-        return await self.retrieve(agent, query)
+        return await self.retrieve(agent, query, latest=latest)
 
     def _reused(self, previous: Retrieved | None) -> Retrieved | None:
         """A turn that asks nothing new: the previous turn's material, if it had any."""
@@ -300,7 +321,13 @@ class KnowledgeRetriever:
             return NOT_READY
         started = time.perf_counter()
         try:
-            hits = index.search_now(collection, query, k=self.k, min_score=self.min_score)
+            hits = index.search_now(
+                collection,
+                latest or query,
+                context=turn_context(query, latest),
+                k=self.k,
+                min_score=self.min_score,
+            )
         except Exception:  # the awaited path records and logs it
             return NOT_READY
         if hits is None:
@@ -308,15 +335,26 @@ class KnowledgeRetriever:
         self.retrievals += 1
         return self._found(hits, started)
 
-    async def retrieve(self, agent: AgentProfile, query: str) -> Retrieved | None:
+    async def retrieve(
+        self, agent: AgentProfile, query: str, *, latest: str | None = None
+    ) -> Retrieved | None:
+        """The material for ``query``; with ``latest`` (the caller's latest words, the end of
+        ``query``), a turn's search: ``latest`` with the rest of ``query`` as its context
+        (:func:`turn_context`)."""
         collection = agent.knowledge_collection
         if not collection or not query.strip():
             return None
         started = time.perf_counter()
         self.retrievals += 1
+        context = turn_context(query, latest) if latest else ""
         try:
             hits = await self._search(
-                collection, query, k=self.k, min_score=self.min_score, timeout=self.timeout
+                collection,
+                latest or query,
+                context=context,
+                k=self.k,
+                min_score=self.min_score,
+                timeout=self.timeout,
             )
         except Exception as exc:  # any store trouble leaves the turn ungrounded, never fails it
             self.failures += 1

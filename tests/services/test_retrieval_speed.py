@@ -21,7 +21,7 @@ from relay.services.retrieval import (
     KnowledgeRetriever,
     Retrieved,
     needs_retrieval,
-    turn_query,
+    turn_context,
 )
 from relay.testing import ScriptedLLM, Text
 
@@ -57,23 +57,26 @@ def test_the_skip_rule(utterance: str, needed: bool) -> None:
 
 
 @pytest.mark.parametrize(
-    ("said", "latest"),
+    ("said", "latest", "context"),
     [
-        ([], "Do you store pianos?"),
-        (["Hi, I need a quote."], "Do you store pianos?"),
-        (["one", "two"], "three"),
-        (["short"], "long " * 70),  # the latest alone is over 300 characters
-        (["x" * 400], "and is it insured?"),
+        ([], "Do you store pianos?", ""),
+        (["Hi, I need a quote."], "Do you store pianos?", "Hi, I need a quote."),
+        (["one", "two"], "three", "two"),
+        (["short"], "long " * 70, ""),  # the latest alone is over 300 characters
+        (["x" * 400], "and is it insured?", "x" * 400),
+        (["Is it insured?", "Yes please."], "How much?", ""),  # asks nothing: no context
     ],
 )
-def test_the_prefetched_query_is_the_query_the_turn_will_make(said: list[str], latest: str) -> None:
+def test_a_turns_context_is_the_previous_utterance_that_asked_something(
+    said: list[str], latest: str, context: str
+) -> None:
     transcript = Transcript(record=lambda row: None, now=lambda: datetime.now(UTC))
     for text in said:
         transcript.user(text)
         transcript.assistant("Sure.")
-    previous = transcript.recent_user_text(messages=1)
     transcript.user(latest)
-    assert turn_query(previous, latest) == transcript.recent_user_text()
+    query, own = transcript.recent_user_text(), transcript.recent_user_text(messages=1)
+    assert turn_context(query, own) == context
 
 
 @pytest.fixture
