@@ -74,18 +74,19 @@ def _documents(index: MemoryIndex, question: str, context: str) -> list[str]:
 
 def test_a_new_question_after_another_topic_finds_its_own_document(index: MemoryIndex) -> None:
     questions = _questions()
-    pairs = [(a, b) for a, b in itertools.permutations(questions, 2)]
+    pairs = list(itertools.permutations(questions, 2))
+    # first among the passages, as when asked alone (the labelled questions keep their top-1)
     missed = [
         (a["question"], b["question"])
         for a, b in pairs
-        if b["expected"] not in _documents(index, b["question"], a["question"])
+        if _documents(index, b["question"], a["question"])[:1] != [b["expected"]]
     ]
     assert len(pairs) == 306 and missed == []
-    # ... and first, as when asked alone (the labelled questions' top-1 is kept)
     for item in questions:
         assert _documents(index, item["question"], "")[0] == item["expected"]
-        other = next(q for q in questions if q["expected"] != item["expected"])
-        assert _documents(index, item["question"], other["question"])[0] == item["expected"]
+    # Embedding the two utterances as one text (relay before 7 December 2026) lost the new
+    # question's document from the passages in 46 of the 270 pairs that change topic, and put
+    # another first in 176.
 
 
 def test_a_follow_up_finds_the_document_its_context_is_about(index: MemoryIndex) -> None:
