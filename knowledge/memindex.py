@@ -124,9 +124,9 @@ class MemoryIndex:
 
     Thread-safe. ``embeddings`` / ``embed_cpu_seconds`` count the query embeddings run and
     the CPU they took (prefetches included); ``cache_hits`` the query vectors that searches
-    found cached (a turn's search with context needs two); ``rebuilds`` the matrices (re)built; ``search_cpu_seconds`` the CPU of
-    :meth:`asearch` calls, all included, and ``prefetch_cpu_seconds`` that of
-    :meth:`prefetch`.
+    found cached (a turn's search with context needs two); ``rebuilds`` the matrices
+    (re)built; ``search_cpu_seconds`` the CPU of :meth:`asearch` calls, all included, and
+    ``prefetch_cpu_seconds`` that of :meth:`prefetch`.
     """
 
     def __init__(
