@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from knowledge import AsyncKnowledge, KnowledgeStore
-from knowledge.memindex import query_key
+from knowledge.memindex import merge_turn_hits, query_key
 from knowledge.testing import HashingEmbedder
 from relay.call.transcript import Transcript
 from relay.services.retrieval import (
@@ -240,3 +240,21 @@ async def test_a_partial_transcript_prefetches_the_final_query(
     assert metrics["retrieval_prefetched"] == 1 and metrics["query_embeddings"] == 1
     assert metrics["query_cache_hits"] >= 1
     assert query_key("Do you store pianos?") == "do you store pianos"
+
+
+async def test_without_the_memory_index_a_turn_merges_its_words_and_its_context_alike(
+    store: KnowledgeStore,
+) -> None:
+    retriever = KnowledgeRetriever(AsyncKnowledge(store), min_score=-1.0, memory_index=False)
+    agent: Any = type("Agent", (), {"knowledge_collection": "piano-removals"})()
+    previous, latest = "Do you store pianos?", "How much is it a week?"
+    try:
+        found = await retriever.retrieve(agent, f"{previous} {latest}", latest=latest)
+        assert found is not None
+        own = store.search("piano-removals", latest, k=4, min_score=-1.0)
+        around = store.search("piano-removals", f"{previous} {latest}", k=4, min_score=-1.0)
+        expected = merge_turn_hits(own, around, 4)
+        assert [p["chunk_id"] for p in found.provenance] == [h.chunk_id for h in expected]
+    finally:
+        await retriever.aclose()
+        await retriever.knowledge.aclose()
