@@ -266,3 +266,30 @@ async def test_without_the_memory_index_a_turn_merges_its_words_and_its_context_
     finally:
         await retriever.aclose()
         await retriever.knowledge.aclose()
+
+
+async def test_words_asked_again_after_other_words_cost_no_embedding(
+    start_relay: Any, store: KnowledgeStore
+) -> None:
+    holder: dict[str, KnowledgeRetriever] = {}
+    llm = ScriptedLLM([Text("It is."), Text("We do."), Text("Yes, insured.")])
+    async with start_relay(
+        llm, configure=_swap_in(store, holder), RELAY_KNOWLEDGE="false"
+    ) as relay:
+        call = relay.call()
+        await call.connect()
+        await call.say("Is my piano insured during the move?")
+        await call.say("Do you store pianos?")
+        await call.say("Is my piano insured during the move?")  # after other words this time
+        metrics = (await relay.http.get(relay.base_url + "/metrics.json")).json()
+        await call.close()
+    retriever = holder["retriever"]
+    await retriever.aclose()
+    await retriever.knowledge.aclose()
+
+    first, second, third = (_reference(r) for r in llm.requests)
+    assert "insurance.md" in first[0].split("[2]")[0]
+    assert "storage.md" in second[0].split("[2]")[0]  # its own words first, not the context's
+    assert "insurance.md" in third[0].split("[2]")[0]
+    # each utterance embedded once: the third turn's words and its context were both cached
+    assert metrics["retrievals"] == 3 and metrics["query_embeddings"] == 2
