@@ -1308,9 +1308,14 @@ def format_report(report: BenchReport) -> str:
         lines.append(
             f"retrieval (knowledge on, {r['workers_seen']} worker(s)): {r['cpu_ms_per_turn']} ms cpu "
             f"and {r['wall_ms_per_turn']} ms wall per turn; {r['searched']} searched, "
-            f"{r['skipped']} skipped, {r['query_embeddings']} query embeddings, "
-            f"{r['query_cache_hits']} cached vectors, {r['prefetched']} prefetched from partial "
-            f"transcripts, {r['failures']} failures"
+            f"{r['skipped']} skipped, {r['query_embeddings']} query embeddings"
+            + (
+                f" ({r['embed_cpu_ms_per_embedding']} ms cpu each)"
+                if r["query_embeddings"] and "embed_cpu_ms_per_embedding" in r
+                else ""
+            )
+            + f", {r['query_cache_hits']} cached vectors, {r['prefetched']} prefetched from "
+            f"partial transcripts, {r['failures']} failures"
         )
     elif not o.get("knowledge", True):
         lines.append("retrieval: off (--no-knowledge)")

@@ -9,11 +9,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from relay.cli.main import main
 from relay.testing.bench import STAGES, Expectations, Stats, stages_of, tokens_lost
 
 
-def test_a_small_run_reports_every_figure_with_no_errors(tmp_path: Path) -> None:
+def test_a_small_run_reports_every_figure_with_no_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "bench.json"
     argv = ["bench", "--calls", "2", "--turns", "2", "--token-delay", "0", "--think", "0"]
 
@@ -41,6 +45,12 @@ def test_a_small_run_reports_every_figure_with_no_errors(tmp_path: Path) -> None
     assert isinstance(retrieval["cpu_ms_per_turn"], float)
     assert report["options"]["knowledge"] is True and report["options"]["workers"] == 1
     assert isinstance(retrieval["prefetched"], int)  # interim prompts: answered by nothing
+    [line] = [x for x in capsys.readouterr().out.splitlines() if x.startswith("retrieval (")]
+    embedded = retrieval["query_embeddings"]
+    each = (
+        f"{embedded} query embeddings ({retrieval.get('embed_cpu_ms_per_embedding')} ms cpu each)"
+    )
+    assert (each in line) if embedded else (" 0 query embeddings, " in line), line
     assert report["connect"]["n"] == 2 and report["connect_failures"] == 0
     # where the time went inside relay: every measured turn, each stage from its own timings
     assert list(report["stages"]) == list(STAGES)
