@@ -443,9 +443,8 @@ class KnowledgeStore:
         """
         if not query.strip() or k <= 0:
             return []
-        if self._collection(collection, create=False) is None:
-            raise UnknownCollection(f"no collection {collection!r}")
-        return self.search_vector(collection, self._embed([query])[0], k=k, min_score=min_score)
+        handle = self._existing(collection)  # before the embedding: an unknown name costs none
+        return self._search(collection, handle, self._embed([query])[0], k, min_score)
 
     def search_vector(
         self, collection: str, vector: Iterable[float], *, k: int = 4, min_score: float = 0.0
@@ -454,29 +453,33 @@ class KnowledgeStore:
         unit vector of its ``dimensions``)."""
         if k <= 0:
             return []
-        handle = self._collection(collection, create=False)
-        if handle is None:
-            raise UnknownCollection(f"no collection {collection!r}")
-        vector = [float(x) for x in vector]
+        handle = self._existing(collection)
+        return self._search(collection, handle, [float(x) for x in vector], k, min_score)
+
+    def _search(
+        self, collection: str, handle: Collection, vector: list[float], k: int, min_score: float
+    ) -> list[Hit]:
         hits = self._query(collection, handle, vector, k, min_score)
         if hits is None:  # the index still held chunks deleted elsewhere: reopen, ask again
             self._reload()
-            handle = self._collection(collection, create=False)
-            if handle is None:
-                raise UnknownCollection(f"no collection {collection!r}")
-            hits = self._query(collection, handle, vector, k, min_score)
+            hits = self._query(collection, self._existing(collection), vector, k, min_score)
             if hits is None:
                 raise KnowledgeError(f"collection {collection!r} returned deleted chunks")
         return hits
+
+    def _existing(self, collection: str) -> Collection:
+        """The collection's handle; raises :class:`UnknownCollection` when there is none."""
+        handle = self._collection(collection, create=False)
+        if handle is None:
+            raise UnknownCollection(f"no collection {collection!r}")
+        return handle
 
     def snapshot(self, collection: str) -> tuple[tuple[int, int], list[tuple[Hit, list[float]]]]:
         """Every chunk of a collection (as a :class:`Hit` with score 0) with its vector, and
         the change marker they were read at (see :meth:`changes`), for an in-memory index
         (:mod:`knowledge.memindex`). Raises like :meth:`search`."""
         marker = self.changes()
-        handle = self._collection(collection, create=False)
-        if handle is None:
-            raise UnknownCollection(f"no collection {collection!r}")
+        handle = self._existing(collection)
         records = self._backend.get(handle, include=["embeddings", "documents", "metadatas"])
         rows: list[tuple[Hit, list[float]]] = []
         try:
