@@ -83,6 +83,12 @@ def _digest(words: str) -> bytes:
 _AnswerKey = tuple[bytes, bytes, int, float]
 
 
+def _keyed(query: str, context: str, k: int, min_score: float) -> tuple[str, str, _AnswerKey]:
+    """A search's words, its context's words, and the key of its answer."""
+    words, around = query_key(query), query_key(context)
+    return words, around, (_digest(words), _digest(around) if around else b"", k, min_score)
+
+
 def merge_turn_hits(own: Sequence[Hit], around: Sequence[Hit], k: int) -> list[Hit]:
     """A turn's ``k`` hits from those for its own words (``own``, best first) and those for its
     words with their context (``around``): the best ``ceil(k / 2)`` of ``own``, then ``around``
@@ -198,11 +204,10 @@ class MemoryIndex:
         """Like :meth:`KnowledgeStore.search` (same errors), from memory, for the words of
         ``query`` (:func:`query_key`), with the words of ``context`` as a turn's context (see
         the module's docstring). Blocking."""
-        words, around = query_key(query), query_key(context)
+        words, around, key = _keyed(query, context, k, min_score)
         if not words or k <= 0:
             return []
         matrix = self._fresh(collection)
-        key = (_digest(words), _digest(around) if around else b"", k, min_score)
         if matrix is not None:
             with self._lock:
                 answer = self._kept(matrix, key)
@@ -244,7 +249,7 @@ class MemoryIndex:
     def _search_now(
         self, collection: str, query: str, context: str, k: int, min_score: float
     ) -> list[Hit] | None:
-        words, around = query_key(query), query_key(context)
+        words, around, key = _keyed(query, context, k, min_score)
         if not words or k <= 0:
             return []
         matrix = self._matrices.get(collection)
@@ -256,8 +261,7 @@ class MemoryIndex:
             or matrix.marker != self.store.changes(refresh=False)
         ):
             return None
-        digest, around_digest = _digest(words), _digest(around) if around else b""
-        key = (digest, around_digest, k, min_score)
+        digest, around_digest = key[0], key[1]
         with self._lock:
             vector = self._vectors.get(digest)
             around_vector = self._vectors.get(around_digest) if around else None
