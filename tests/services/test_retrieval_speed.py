@@ -182,26 +182,37 @@ def _reference(request: dict[str, Any]) -> list[str]:
     return [p for p in parts if p]
 
 
-async def test_a_turn_that_asks_nothing_new_keeps_the_previous_material(
-    start_relay: Any, store: KnowledgeStore
-) -> None:
+async def _call(
+    start_relay: Any, store: KnowledgeStore, said: list[str]
+) -> tuple[list[list[str]], dict[str, Any]]:
+    """A real call that says ``said`` (the model answers each turn), with the retriever over
+    ``store``: each request's reference material, and the server's metrics after the call."""
     holder: dict[str, KnowledgeRetriever] = {}
-    llm = ScriptedLLM([Text("Yes, it is insured."), Text("Booked."), Text("Stairs are fine.")])
+    llm = ScriptedLLM([Text(f"Answer {n}.") for n in range(len(said))])
     async with start_relay(
         llm, configure=_swap_in(store, holder), RELAY_KNOWLEDGE="false"
     ) as relay:
         call = relay.call()
         await call.connect()
-        await call.say("Is my piano insured during the move?")
-        await call.say("Yes please.")
-        await call.say("And how do you count the stairs?")
+        for text in said:
+            await call.say(text)
         metrics = (await relay.http.get(relay.base_url + "/metrics.json")).json()
         await call.close()
     retriever = holder["retriever"]
     await retriever.aclose()
     await retriever.knowledge.aclose()
+    return [_reference(r) for r in llm.requests], metrics
 
-    first, second, third = (_reference(r) for r in llm.requests)
+
+async def test_a_turn_that_asks_nothing_new_keeps_the_previous_material(
+    start_relay: Any, store: KnowledgeStore
+) -> None:
+    said = [
+        "Is my piano insured during the move?",
+        "Yes please.",
+        "And how do you count the stairs?",
+    ]
+    (first, second, third), metrics = await _call(start_relay, store, said)
     assert len(first) == 1 and "insurance.md" in first[0].split("[2]")[0]
     assert second == first  # "Yes please." searched nothing and kept the material
     assert len(third) == 1 and "stairs.md" in third[0].split("[2]")[0]
@@ -271,23 +282,11 @@ async def test_without_the_memory_index_a_turn_merges_its_words_and_its_context_
 async def test_words_asked_again_after_other_words_cost_no_embedding(
     start_relay: Any, store: KnowledgeStore
 ) -> None:
-    holder: dict[str, KnowledgeRetriever] = {}
-    llm = ScriptedLLM([Text("It is."), Text("We do."), Text("Yes, insured.")])
-    async with start_relay(
-        llm, configure=_swap_in(store, holder), RELAY_KNOWLEDGE="false"
-    ) as relay:
-        call = relay.call()
-        await call.connect()
-        await call.say("Is my piano insured during the move?")
-        await call.say("Do you store pianos?")
-        await call.say("Is my piano insured during the move?")  # after other words this time
-        metrics = (await relay.http.get(relay.base_url + "/metrics.json")).json()
-        await call.close()
-    retriever = holder["retriever"]
-    await retriever.aclose()
-    await retriever.knowledge.aclose()
-
-    first, second, third = (_reference(r) for r in llm.requests)
+    insured = "Is my piano insured during the move?"
+    # the third turn asks the first question's words again, after other words this time
+    (first, second, third), metrics = await _call(
+        start_relay, store, [insured, "Do you store pianos?", insured]
+    )
     assert "insurance.md" in first[0].split("[2]")[0]
     assert "storage.md" in second[0].split("[2]")[0]  # its own words first, not the context's
     assert "insurance.md" in third[0].split("[2]")[0]
