@@ -42,7 +42,7 @@ class Settings(BaseSettings):
     # Once a reply has said a clause's end, its stream is read at most this often (seconds;
     # sooner while little has been said): what the model sent meanwhile goes to the caller as
     # one text frame. 0: every chunk as it comes. A model writes far faster than a caller hears.
-    llm_read_interval: float = Field(default=0.25, ge=0, le=1.0, alias="RELAY_LLM_READ_INTERVAL")
+    llm_read_interval: float = Field(default=0.5, ge=0, le=1.0, alias="RELAY_LLM_READ_INTERVAL")
     llm_transport: Literal["aiohttp", "lean"] = Field(
         default="aiohttp", alias="RELAY_LLM_TRANSPORT"
     )

@@ -10,7 +10,13 @@ The write path is built for volume (a thousand calls hand over several thousand 
 second, on the same event loop that streams their answers):
 
 - Writes start at most once per ``interval``, so records gather into a few large transactions
-  rather than many small ones.
+  rather than many small ones. After a write of ``busy_records`` records or more (a busy
+  process: 50 records in 50 ms is about 70 turns a second), the next waits ``busy_interval``
+  instead: each transaction costs the event loop and SQLite a fixed share (statements, the
+  pages of the events' index written again), so fewer, larger ones cost less a record. At the
+  1,000-call bench this took the server's CPU from 3.35 to 3.12 ms a turn; records then reach
+  the database (and the console) up to 0.25 s after they happened, instead of 0.05 s, only
+  while the process is that busy.
 - Every statement is built once and cached, per table, set of columns and kind of write, and a
   batch runs as one ``executemany`` per group of rows with the same columns: no statement is
   constructed per row (fresh dialect inserts and their ``excluded`` table copies were most of
@@ -113,6 +119,8 @@ class Recorder:
         db: Database,
         *,
         interval: float = 0.05,
+        busy_interval: float = 0.25,
+        busy_records: int = 50,
         batch_size: int = 2000,
         max_backoff: float = 5.0,
         max_events: int = 200_000,
@@ -121,6 +129,8 @@ class Recorder:
     ) -> None:
         self._db = db
         self._interval = interval
+        self._busy_interval = max(busy_interval, interval)
+        self._busy_records = busy_records
         self._batch_size = batch_size
         self._max_backoff = max_backoff
         self.max_events = max_events
@@ -269,20 +279,25 @@ class Recorder:
             await self._task
         self._task = None
 
+    def gap(self, records: int) -> float:
+        """Seconds from the start of a write of ``records`` records to the start of the next."""
+        return self._busy_interval if records >= self._busy_records else self._interval
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         backoff = 0.1
-        started = -self._interval  # when the last write began
+        started, gap = -self._interval, self._interval  # when the last write began, and its gap
         while True:
             await self._wake.wait()
             self._wake.clear()
-            # Gather what arrives until `interval` after the last write began: under load one
-            # large transaction per interval, when idle a record waits at most `interval`.
-            delay = started + self._interval - loop.time()
+            # Gather what arrives until `gap` after the last write began: under load one
+            # large transaction per gap, when idle a record waits at most `interval`.
+            delay = started + gap - loop.time()
             await asyncio.sleep(max(delay, 0.0))
             if not (self._upserts or self._events):
                 continue
             started = loop.time()
+            gap = self.gap(len(self._upserts) + min(len(self._events), self._batch_size))
             upserts, self._upserts = self._upserts, {}
             if len(self._events) <= self._batch_size:
                 events, self._events = self._events, []

@@ -99,7 +99,15 @@ def test_the_quantised_model_runs_and_agrees(tmp_path: Path, tiny: tuple[Path, b
     want = ort.InferenceSession(data).run(None, {"x": x})[0]
     got = ort.InferenceSession(derived.data).run(None, {"x": x})[0]
     cosines = (got * want).sum(axis=1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
-    assert cosines.min() > 0.99
+    # The agreement LocalEmbedder requires of a derived model before it uses one. Uniform
+    # full-range weights are the worst case for x86 CPUs without VNNI (AVX2 only), whose
+    # u8 x s8 kernels add pairs of products in 16 bits and saturate: 0.981 at worst on one
+    # (7-bit weights, onnxruntime's reduce_range, would give 0.9999 there), over 0.99 on the
+    # CPUs this test ran on before. MiniLM barely feels it: on the AVX2 CPU its agreement
+    # with the packaged model is the same with 7-bit weights (lowest 0.9856 against 0.9861
+    # over the labelled questions and chunks), and test_knowledge_quality.py passes.
+    assert cosines.min() >= embedders_module._PROBE_MIN_COSINE
+    assert cosines.mean() > 0.99
 
 
 def test_concurrent_starts_build_once(tmp_path: Path, tiny: tuple[Path, bytes]) -> None:

@@ -138,6 +138,34 @@ async def test_flush_with_nothing_pending_returns_at_once(recorder: Recorder) ->
     assert await recorder.flush(timeout=0)
 
 
+def test_a_busy_write_spaces_the_next_one_further() -> None:
+    rec = Recorder(Database("sqlite+aiosqlite:///:memory:"))
+    assert rec.gap(0) == rec.gap(49) == 0.05
+    assert rec.gap(50) == rec.gap(2000) == 0.25
+
+
+async def test_after_a_busy_write_records_gather_for_the_busy_interval(db: Database) -> None:
+    """A write of ``busy_records`` records or more makes the next wait ``busy_interval``;
+    a smaller one does not."""
+    rec = Recorder(db, interval=0.001, busy_interval=600.0, busy_records=5)
+    await rec.start()
+    try:
+        record_call(rec)  # 2 records (call and session)
+        record_event(rec, 1)
+        assert await rec.flush(timeout=10)  # 3 records: not busy
+        record_event(rec, 2)
+        assert await rec.flush(timeout=10)  # so this one is written at once
+        for seq in range(3, 8):
+            record_event(rec, seq)
+        assert await rec.flush(timeout=10)  # 5 records: busy
+        record_event(rec, 8)
+        assert not await rec.flush(timeout=0.2)  # waits for the busy interval
+        assert rec.pending == 1
+        assert await events_of(db) == [(seq, f"frame {seq}") for seq in range(1, 8)]
+    finally:
+        await rec.stop(timeout=0.1)
+
+
 async def test_later_updates_of_a_row_win(db: Database, recorder: Recorder) -> None:
     record_call(recorder)
     record_turn(recorder, 2, "")
