@@ -11,12 +11,12 @@ second, on the same event loop that streams their answers):
 
 - Writes start at most once per ``interval``, so records gather into a few large transactions
   rather than many small ones. After a write of ``busy_records`` records or more (a busy
-  process: 50 records in 50 ms is about 70 turns a second), the next waits ``busy_interval``
+  process: 50 records in 50 ms, a thousand a second), the next waits ``busy_interval``
   instead: each transaction costs the event loop and SQLite a fixed share (statements, the
   pages of the events' index written again), so fewer, larger ones cost less a record. At the
-  1,000-call bench this took the server's CPU from 3.35 to 3.12 ms a turn; records then reach
-  the database (and the console) up to 0.25 s after they happened, instead of 0.05 s, only
-  while the process is that busy.
+  1,000-call bench this took the server's CPU from 3.35 to 3.18 ms a turn (README, "Lighter
+  turns under load"); records then reach the database (and the console) up to 0.25 s after
+  they happened, instead of 0.05 s, only while the process is that busy.
 - Every statement is built once and cached, per table, set of columns and kind of write, and a
   batch runs as one ``executemany`` per group of rows with the same columns: no statement is
   constructed per row (fresh dialect inserts and their ``excluded`` table copies were most of
