@@ -39,7 +39,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -217,11 +217,11 @@ class MemoryIndex:
         vector = self.vector(words)
         context_vector = self._around(vector, self.vector(around)) if around else None
         if matrix is None:  # too large: through the store
-            own = self.store.search_vector(collection, vector, k=k, min_score=min_score)
-            if context_vector is None:
-                return own
-            found = self.store.search_vector(collection, context_vector, k=k, min_score=min_score)
-            return merge_turn_hits(own, found, k)
+
+            def through_store(v: Vector) -> list[Hit]:
+                return self.store.search_vector(collection, v, k=k, min_score=min_score)
+
+            return _turn_top(through_store, vector, context_vector, k)
         return self._answer(matrix, key, vector, context_vector)
 
     def search_now(
@@ -304,9 +304,7 @@ class MemoryIndex:
         """The top hits for ``vector`` (with ``context``, a turn's: :func:`merge_turn_hits`),
         kept in the matrix's answers (as many as query vectors are cached)."""
         k, min_score = key[2], key[3]
-        hits = _top(matrix, vector, k, min_score)
-        if context is not None:
-            hits = merge_turn_hits(hits, _top(matrix, context, k, min_score), k)
+        hits = _turn_top(lambda v: _top(matrix, v, k, min_score), vector, context, k)
         if self.cache_size > 0:
             with self._lock:
                 matrix.answers[key] = hits
@@ -480,6 +478,15 @@ class MemoryIndex:
         self.rebuilds += 1
         self._start_watcher()
         return matrix
+
+
+def _turn_top(
+    top: Callable[[Vector], list[Hit]], vector: Vector, context: Vector | None, k: int
+) -> list[Hit]:
+    """``top(vector)``, or with a turn's ``context`` vector the two searches merged
+    (:func:`merge_turn_hits`)."""
+    hits = top(vector)
+    return hits if context is None else merge_turn_hits(hits, top(context), k)
 
 
 def _top(matrix: _Matrix, vector: Vector, k: int, min_score: float) -> list[Hit]:
