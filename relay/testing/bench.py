@@ -14,6 +14,12 @@ are not relay's to remove, so the same run also times them on their own:
 (c) is relay itself: N concurrent simulated calls. What relay adds is (c) - (a) - (b), per
 percentile. With one call the three are sampled in turn, never overlapping; with many calls the
 baselines are sampled while the calls run, so the load on the machine is the same for all three.
+With many calls the LLM hop is sampled as turns start (a share of them, about
+:data:`_TURN_SAMPLES` in all): the calls' turns come in waves, and the fake LLM is late when
+a wave loads the machine, so samples taken at a steady pace would mostly see it idle and
+count its lateness in the waves as relay's. ``--baseline-sampling steady`` samples it at a
+steady pace instead (as before 8 December 2026). The fake LLM also reports how late it wrote
+each first delta by its own clock (``GET /_scripted/lateness``), printed on its own line.
 
 By default everything runs on loopback in separate processes: the fake LLM (``relay
 fake-llm``), the server (``relay serve`` with a throwaway data directory and a bench agent
@@ -75,6 +81,7 @@ from relay.testing.bench_serving import (
 from relay.web.socket import SocketLimits
 
 BaselineClient = Literal["transport", "httpx"]
+BaselineSampling = Literal["turns", "steady"]
 T = TypeVar("T")
 
 #: What the simulated callers say, in turn. The fake LLM echoes the first words back, so the
@@ -99,6 +106,9 @@ _CONNECT_TIMEOUT = 15.0
 _SETTLE_TIMEOUT = 30.0
 _PROBE_PACE = 0.05  # seconds between baseline samples while many calls run
 _LLM_SAMPLERS = 4
+#: With many calls, about this many LLM-hop samples, each started with a measured turn (one
+#: for each turn in smaller runs).
+_TURN_SAMPLES = 100
 
 
 # --- Options and report ------------------------------------------------------------------------
@@ -120,6 +130,8 @@ class BenchOptions:
     llm_url: str | None = None
     transport: Transport = "aiohttp"
     baseline_client: BaselineClient = "transport"  # the served transport's own client
+    #: With many calls, when the LLM hop is sampled: as turns start, or at a steady pace.
+    baseline_sampling: BaselineSampling = "turns"
     connect_batch: int = 50
     reply_timeout: float = 30.0
     timeout: float | None = None  # the whole run; None estimates it from the rest
@@ -213,6 +225,9 @@ class BenchReport:
     stages: dict[str, Stats] = field(default_factory=dict)
     #: How late the server's event loops ran during the measured phase (``lag_quantiles``).
     loop_lag: dict[str, Any] = field(default_factory=dict)
+    #: How late the started fake LLM wrote each first delta in the measured phase, by its own
+    #: clock (None when the bench did not start it).
+    model_late: Stats | None = None
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2)
@@ -581,6 +596,8 @@ class Baselines:
         self.llm_hop: list[float] = []
         self.llm_history: list[int] = []  # the history length of each LLM sample
         self.errors: list[str] = []
+        self.turn_share = 0.0  # the share of turns that start an LLM sample (at_turn)
+        self._pending: set[asyncio.Task[None]] = set()
 
     async def sample(
         self, history: Sequence[tuple[str, str]], prompt: str, *, keep: bool = True
@@ -608,8 +625,26 @@ class Baselines:
                 self.llm_hop.append(hop)
                 self.llm_history.append(len(history))
 
-    async def run_alongside(self, stop: asyncio.Event, history_turns: int, turns: int) -> None:
-        """Sample both hops at a steady pace until ``stop``.
+    def at_turn(self, history: int) -> None:
+        """A measured turn with ``history`` turns before it starts: with probability
+        :attr:`turn_share`, start an LLM sample with the same history beside it."""
+        if self.turn_share <= 0 or random.random() >= self.turn_share:
+            return
+        conversation = _conversation(history, self.expectations)
+        task = asyncio.create_task(self.sample_llm(conversation, PROMPTS[history % len(PROMPTS)]))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def settle(self) -> None:
+        """Wait for the samples that :meth:`at_turn` started."""
+        if self._pending:
+            await asyncio.gather(*self._pending)
+
+    async def run_alongside(
+        self, stop: asyncio.Event, history_turns: int, turns: int, *, llm: bool = True
+    ) -> None:
+        """Sample the WebSocket hop, and the LLM hop unless not ``llm``, at a steady pace until
+        ``stop``.
 
         A streamed reply takes as long as the fake LLM's pacing, so several LLM samplers run
         side by side to keep up with the echo sampler. Their history lengths span the calls'.
@@ -631,7 +666,8 @@ class Baselines:
                 index += _LLM_SAMPLERS
                 await _pause(stop)
 
-        await asyncio.gather(echo_sampler(), *(llm_sampler(i) for i in range(_LLM_SAMPLERS)))
+        samplers = range(_LLM_SAMPLERS if llm else 0)
+        await asyncio.gather(echo_sampler(), *(llm_sampler(i) for i in samplers))
 
 
 async def _pause(stop: asyncio.Event) -> None:
@@ -935,8 +971,12 @@ async def _play(
     think: float,
     stagger: float = 0.0,
     baselines: Baselines | None = None,
+    on_turn: Callable[[int], None] | None = None,
 ) -> None:
-    """Play ``turns`` turns on ``call``, checking every reply and timing the measured ones."""
+    """Play ``turns`` turns on ``call``, checking every reply and timing the measured ones.
+
+    ``baselines`` (one call) are sampled before each turn; ``on_turn`` is told the history
+    length as each turn starts."""
     if stagger > 0:
         await asyncio.sleep(random.uniform(0, stagger))
     for _ in range(turns):
@@ -946,6 +986,8 @@ async def _play(
         expected = expectations.pieces(prompt)
         if options.partials:
             await call.speak_partials(prompt, options.partials)
+        if on_turn is not None:
+            on_turn(len(call.history))
         result = await call.turn(prompt, options.reply_timeout)
         tally.turns += 1
         lost = tokens_lost(expected, result.text) + (0 if result.lasts else 1)
@@ -1031,11 +1073,17 @@ async def _bench(options: BenchOptions) -> BenchReport:
             ))  # fmt: skip
 
         interleaved = len(calls) == 1
+        with_turns = not interleaved and options.baseline_sampling == "turns"
+        if with_turns:
+            measured_turns = len(calls) * options.turns
+            baselines.turn_share = min(1.0, _TURN_SAMPLES / measured_turns)
         stop = asyncio.Event()
         alongside = None
         if not interleaved:
             alongside = asyncio.create_task(
-                baselines.run_alongside(stop, options.unmeasured_turns, options.turns)
+                baselines.run_alongside(
+                    stop, options.unmeasured_turns, options.turns, llm=not with_turns
+                )
             )
         served_before = await worker_metrics(http, targets.relay_http, workers)
         lag_before = await lag_buckets(http, targets.relay_http)
@@ -1043,18 +1091,24 @@ async def _bench(options: BenchOptions) -> BenchReport:
         # The load generator's own full collections (a thousand calls' frames and results)
         # would be timed as relay's latency: what the run holds so far is frozen first.
         settle_heap()
-        started = time.perf_counter()
+        started, started_wall = time.perf_counter(), time.time()
         try:
             await asyncio.gather(*(
                 _play(c, options.turns, options=options, expectations=expectations, tally=tally, think=options.think,
-                      stagger=options.think if len(calls) > 1 else 0.0, baselines=baselines if interleaved else None)
+                      stagger=options.think if len(calls) > 1 else 0.0, baselines=baselines if interleaved else None,
+                      on_turn=baselines.at_turn if with_turns else None)
                 for c in calls
             ))  # fmt: skip
         finally:
             elapsed = time.perf_counter() - started
+            ended_wall = time.time()
             stop.set()
             if alongside is not None:
                 await alongside
+            await baselines.settle()
+        model_late = None
+        if "fake-llm" in targets.children:
+            model_late = await model_lateness(http, targets.llm_base, started_wall, ended_wall)
         served_after = await worker_metrics(http, targets.relay_http, workers)
         lag = lag_quantiles(lag_before, await lag_buckets(http, targets.relay_http), (0.5, 0.99))
         used = {
@@ -1102,7 +1156,25 @@ async def _bench(options: BenchOptions) -> BenchReport:
         connect_failures=options.calls - len(calls),
         stages=stages,
         loop_lag=lag,
+        model_late=model_late,
     )  # fmt: skip
+
+
+async def model_lateness(
+    http: httpx.AsyncClient, llm_base: str, since: float, until: float
+) -> Stats | None:
+    """How late the fake LLM at ``llm_base`` wrote the first deltas of the replies it began
+    between ``since`` and ``until`` (``time.time()``), by its own clock; None if it cannot say.
+    """
+    try:
+        response = await http.get(
+            f"{llm_base}/_scripted/lateness", params={"since": since, "until": until}
+        )
+        response.raise_for_status()
+        late = response.json()["first_token_late_s"]
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return None
+    return Stats.of([seconds for seconds in late if isinstance(seconds, int | float)])
 
 
 #: The stages of :func:`stages_of`, in the order a turn goes through them.
@@ -1256,9 +1328,19 @@ def format_report(report: BenchReport) -> str:
         lines.append(f"{label:<40}" + "".join(map(_ms, cells)) + f"{stats.n:>8}")
     overheads = (report.overhead_p50_ms, report.overhead_p95_ms, report.overhead_p99_ms)
     lines.append(f"{'app overhead (c - a - b)':<40}" + "".join(map(_ms, overheads)))
+    late = report.model_late
+    if late is not None and late.n:
+        cells = (late.p50, late.p95, late.p99, late.mean, late.max)
+        lines.append(f"{'fake LLM 1st delta late (its own clock)':<40}" + "".join(map(_ms, cells))
+                     + f"{late.n:>8}")  # fmt: skip
     lines.append("")
+    mode = report.baseline_mode
+    if mode == "concurrent":
+        mode += ", LLM hop " + (
+            "as turns start" if o.get("baseline_sampling", "steady") == "turns" else "steadily"
+        )
     lines.append(
-        f"baselines sampled {report.baseline_mode}; measured phase {report.measured_seconds} s: "
+        f"baselines sampled {mode}; measured phase {report.measured_seconds} s: "
         f"{report.turns_measured} turns, {report.turns_per_s} turns/s"
     )
     lines.append(
@@ -1405,6 +1487,13 @@ def add_parser(commands: Any) -> None:
         "(default) or httpx",
     )
     bench.add_argument(
+        "--baseline-sampling",
+        choices=("turns", "steady"),
+        default="turns",
+        help="with many calls, when the LLM hop (b) is sampled: as a share of the measured turns "
+        "start, seeing the fake LLM as they do (default), or at a steady pace",
+    )
+    bench.add_argument(
         "--connect-batch", type=int, default=50, help="calls connected at once (default 50)"
     )
     bench.add_argument(
@@ -1438,7 +1527,7 @@ def _command(args: argparse.Namespace) -> int:
             token_delay=args.token_delay, first_token_delay=args.first_token_delay,
             reply_tokens=args.reply_tokens, think=args.think, url=args.url, llm_url=args.llm_url,
             transport=args.transport, baseline_client=args.baseline_client,
-            connect_batch=max(1, args.connect_batch), timeout=args.timeout,
+            baseline_sampling=args.baseline_sampling, connect_batch=max(1, args.connect_batch), timeout=args.timeout,
             knowledge=not args.no_knowledge, workers=args.workers, partials=max(0, args.partials),
         )  # fmt: skip
     except ValueError as exc:

@@ -34,6 +34,7 @@ from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, TypeAlias
+from urllib.parse import parse_qsl
 
 import orjson
 import uvicorn
@@ -77,6 +78,8 @@ _ECHO_TAIL: Final = " What else can I do for you?"
 _ECHO_WORDS: Final = 8
 _FILLER: Final = tuple(_TOKEN_RE.findall(" This is a scripted answer from the fake model."))
 _MODEL_ID: Final = "relay-fake-llm"
+#: How many first-token lateness records a server keeps (``ScriptedLLM.first_token_late``).
+LATENESS_KEPT: Final = 100_000
 _UVICORN_LOGGER: Final = "uvicorn.error"
 
 
@@ -233,6 +236,13 @@ class ScriptedLLM:
     roles, message order and tool-call ids, content types, ``tools``, ``tool_choice``); one it
     would refuse is answered with OpenAI's HTTP 400 body, consumes no scripted reply, and is
     kept in ``rejected`` as ``(request number, error body)``. ``validate=False`` turns that off.
+
+    ``first_token_late`` holds, for each streamed reply with a ``first_token_delay``, when its
+    first delta was written (``time.time()``) and how many seconds after it was due: the
+    server's own lateness, which a busy machine adds to every client's first token alike. It
+    keeps the last :data:`LATENESS_KEPT`; ``GET /_scripted/lateness?since=T`` serves those
+    written at or after ``T`` (and before ``&until=U``, if given; ``relay bench`` reads those
+    of its measured phase).
     """
 
     def __init__(
@@ -257,7 +267,13 @@ class ScriptedLLM:
         self._last_prompt: list[str] = []
         self.validate = validate
         self.rejected: list[tuple[int, dict[str, Any]]] = []
+        self.first_token_late: deque[tuple[float, float]] = deque(maxlen=LATENESS_KEPT)
         self.app: ASGIApp = _ChatCompletionsApp(self)
+
+    def lateness(self, since: float, until: float = math.inf) -> list[float]:
+        """Seconds late of the first deltas written from ``since`` to before ``until``
+        (``time.time()``)."""
+        return [late for at, late in list(self.first_token_late) if since <= at < until]
 
     def push(self, *replies: Reply) -> None:
         """Queue replies for the next requests, after those already queued."""
@@ -339,6 +355,8 @@ class _ChatCompletionsApp:
                 await _method_not_allowed(send, method, path, b"POST")
                 return
             await self._chat_completions(receive, send)
+        elif route == "/_scripted/lateness":
+            await self._lateness(scope, send)
         elif route in ("/models", "/healthz"):
             if method not in ("GET", "HEAD"):
                 await _method_not_allowed(send, method, path, b"GET")
@@ -356,6 +374,20 @@ class _ChatCompletionsApp:
         else:
             message = f"Invalid URL ({method} {path})"
             await _send_json(send, 404, orjson.dumps(_error_body(404, message)))
+
+    async def _lateness(self, scope: Scope, send: Send) -> None:
+        if scope["method"] not in ("GET", "HEAD"):
+            await _method_not_allowed(send, scope["method"], scope["path"], b"GET")
+            return
+        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+        try:
+            since, until = float(query.get("since", "0")), float(query.get("until", "inf"))
+        except ValueError:
+            message = "since and until are times in seconds (time.time())"
+            await _send_json(send, 400, orjson.dumps(_error_body(400, message)))
+            return
+        late = self._llm.lateness(since, until)
+        await _send_json(send, 200, orjson.dumps({"first_token_late_s": late}))
 
     async def _chat_completions(self, receive: Receive, send: Send) -> None:
         raw = await _read_body(receive)
@@ -433,12 +465,17 @@ class _ChatCompletionsApp:
         last = len(writes) - 1
 
         await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+        # The first delta is due first_token_delay after the role chunk; how late it goes
+        # is the server's own lateness (first_token_late).
+        due = time.perf_counter() + self._llm.first_token_delay  # uvloop's clock has ms steps
         for index, (pause, events) in enumerate(zip(pauses, writes, strict=True)):
             if pause > 0:
                 await asyncio.sleep(pause)
             payload = events[0] if len(events) == 1 else b"".join(events)
             more = plan.broken or index < last
             await send({"type": "http.response.body", "body": payload, "more_body": more})
+            if index == 1 and self._llm.first_token_delay > 0:
+                self._llm.first_token_late.append((time.time(), time.perf_counter() - due))
         if plan.broken:
             raise _SimulatedBreakError("scripted Break: connection dropped mid-stream")
 

@@ -7,12 +7,23 @@ run completes, every reply arrives whole, and the report carries every field.
 from __future__ import annotations
 
 import json
+import random
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
 from relay.cli.main import main
-from relay.testing.bench import STAGES, Expectations, Stats, stages_of, tokens_lost
+from relay.testing.bench import (
+    PROMPTS,
+    STAGES,
+    Baselines,
+    Expectations,
+    Stats,
+    stages_of,
+    tokens_lost,
+)
 
 
 def test_a_small_run_reports_every_figure_with_no_errors(
@@ -20,6 +31,7 @@ def test_a_small_run_reports_every_figure_with_no_errors(
 ) -> None:
     out = tmp_path / "bench.json"
     argv = ["bench", "--calls", "2", "--turns", "2", "--token-delay", "0", "--think", "0"]
+    argv += ["--first-token-delay", "0.01"]
 
     assert main([*argv, "--partials", "2", "--json", str(out), "--timeout", "120"]) == 0
 
@@ -34,6 +46,11 @@ def test_a_small_run_reports_every_figure_with_no_errors(
     assert report["rss_kb_no_calls"] > 0 and report["rss_kb_idle_calls"] > 0
     assert report["memory_per_call_kb"] is not None
     assert report["baseline_mode"] == "concurrent"
+    # the LLM hop sampled as each measured turn started (one beside each of the 4 turns)
+    assert report["options"]["baseline_sampling"] == "turns"
+    assert report["llm_hop"]["n"] == 4
+    # the fake LLM's own lateness: its first deltas to relay's turns and to those samples
+    assert 4 <= report["model_late"]["n"] <= 8
     assert report["errors"] == 0, report["error_samples"]
     assert report["frames_lost"] == 0
     assert report["unexpected_frames"] == 0
@@ -45,7 +62,12 @@ def test_a_small_run_reports_every_figure_with_no_errors(
     assert isinstance(retrieval["cpu_ms_per_turn"], float)
     assert report["options"]["knowledge"] is True and report["options"]["workers"] == 1
     assert isinstance(retrieval["prefetched"], int)  # interim prompts: answered by nothing
-    [line] = [x for x in capsys.readouterr().out.splitlines() if x.startswith("retrieval (")]
+    printed = capsys.readouterr().out.splitlines()
+    assert any(
+        x.startswith("baselines sampled concurrent, LLM hop as turns start;") for x in printed
+    )
+    assert any(x.startswith("fake LLM 1st delta late (its own clock)") for x in printed)
+    [line] = [x for x in printed if x.startswith("retrieval (")]
     embedded = retrieval["query_embeddings"]
     each = (
         f"{embedded} query embeddings ({retrieval.get('embed_cpu_ms_per_embedding')} ms cpu each)"
@@ -62,13 +84,52 @@ def test_two_workers_without_knowledge(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     argv = ["bench", "--calls", "4", "--turns", "2", "--token-delay", "0", "--think", "0"]
 
+    argv += ["--baseline-sampling", "steady"]
     assert main([*argv, "--workers", "2", "--no-knowledge", "--json", str(out)]) == 0
 
     report = json.loads(out.read_text())
     assert report["relay"]["n"] == 8 and report["errors"] == 0 and report["frames_lost"] == 0
+    assert report["options"]["baseline_sampling"] == "steady" and report["llm_hop"]["n"] > 0
+    assert report["model_late"]["n"] == 0  # no first-token delay: nothing to be late for
     assert report["retrieval"] == {}
     assert report["options"]["workers"] == 2 and report["options"]["knowledge"] is False
     assert report["memory_per_call_kb"] is not None
+
+
+class _Probe:
+    """Stands in for the LLM probe: records what each sample was asked."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[int, str]] = []
+
+    async def sample(self, history: Sequence[tuple[str, str]], prompt: str) -> float:
+        self.asked.append((len(history), prompt))
+        return 0.3
+
+
+async def test_the_llm_hop_is_sampled_beside_a_share_of_the_turns() -> None:
+    probe = _Probe()
+    baselines = Baselines(cast(Any, None), cast(Any, probe), Expectations(4))
+
+    baselines.at_turn(3)  # turn_share 0: no sample
+    await baselines.settle()
+    assert probe.asked == [] and baselines.llm_hop == []
+
+    baselines.turn_share = 1.0
+    for history in (1, 2, 7):
+        baselines.at_turn(history)
+    await baselines.settle()
+
+    # each sample has the history length of its turn, and the prompt that length picks
+    assert sorted(probe.asked) == [(n, PROMPTS[n % len(PROMPTS)]) for n in (1, 2, 7)]
+    assert baselines.llm_hop == [0.3, 0.3, 0.3] and sorted(baselines.llm_history) == [1, 2, 7]
+
+    random.seed(7)
+    baselines.turn_share = 0.25
+    for _ in range(400):
+        baselines.at_turn(1)
+    await baselines.settle()
+    assert 60 <= len(probe.asked) - 3 <= 140  # about a quarter of 400
 
 
 def test_lost_tokens_are_counted_from_the_first_missing_one() -> None:

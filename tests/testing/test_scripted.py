@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -541,6 +542,49 @@ async def test_models_and_health(server: FakeLLMServer, http: httpx.AsyncClient)
     assert models.json()["object"] == "list"
     assert models.json()["data"][0]["object"] == "model"
     assert health.status_code == 200 and health.json() == {"status": "ok"}
+
+
+async def test_the_server_reports_how_late_it_wrote_each_first_delta(
+    http: httpx.AsyncClient,
+) -> None:
+    llm = ScriptedLLM(default=Text("One, two."), first_token_delay=0.02, token_delay=0.001)
+    async with FakeLLMServer(llm) as server:
+        client = openai.AsyncOpenAI(
+            base_url=server.base_url, api_key="test", http_client=http, max_retries=0
+        )
+        before = time.time()
+        for _ in range(3):
+            assert "".join(content_of(await stream_chunks(client))) == "One, two."
+        await client.chat.completions.create(model="scripted", messages=MESSAGES)  # not streamed
+        after = time.time()
+        url = server.base_url + "/_scripted/lateness"
+        every = (await http.get(url)).json()
+        since = (await http.get(url, params={"since": before})).json()
+        none_after = (await http.get(url, params={"since": after})).json()
+        none_before = (await http.get(url, params={"since": 0, "until": before})).json()
+        bad = await http.get(url, params={"since": "yesterday"})
+        post = await http.post(url)
+
+    # one record per streamed reply, written when its first delta went (time.time())
+    assert [at for at, _ in llm.first_token_late] == sorted(at for at, _ in llm.first_token_late)
+    assert len(llm.first_token_late) == 3
+    assert all(before <= at <= after for at, _ in llm.first_token_late)
+    late = [seconds for _, seconds in llm.first_token_late]
+    assert every == since == {"first_token_late_s": late}
+    assert none_after == none_before == {"first_token_late_s": []}
+    assert llm.lateness(before, after) == late and llm.lateness(after) == []
+    assert bad.status_code == 400 and bad.json()["error"]["type"] == "invalid_request_error"
+    assert post.status_code == 405
+    assert len(llm.requests) == 4  # the lateness route is not a model request
+
+
+async def test_no_lateness_without_a_first_token_delay(
+    server: FakeLLMServer, client: openai.AsyncOpenAI
+) -> None:
+    server.llm.push(Text("Hello."))
+    await stream_chunks(client)
+
+    assert list(server.llm.first_token_late) == []
 
 
 async def test_bad_requests(server: FakeLLMServer, http: httpx.AsyncClient) -> None:
