@@ -14,12 +14,20 @@ are not relay's to remove, so the same run also times them on their own:
 (c) is relay itself: N concurrent simulated calls. What relay adds is (c) - (a) - (b), per
 percentile. With one call the three are sampled in turn, never overlapping; with many calls the
 baselines are sampled while the calls run, so the load on the machine is the same for all three.
-With many calls the LLM hop is sampled as turns start (a share of them, about
-:data:`_TURN_SAMPLES` in all): the calls' turns come in waves, and the fake LLM is late when
-a wave loads the machine, so samples taken at a steady pace would mostly see it idle and
-count its lateness in the waves as relay's. ``--baseline-sampling steady`` samples it at a
-steady pace instead (as before 8 December 2026). The fake LLM also reports how late it wrote
-each first delta by its own clock (``GET /_scripted/lateness``), printed on its own line.
+With many calls the turns come in waves, and a machine that runs the calls, relay and the
+fake LLM is loaded in the waves and idle between them, so the two ways of sampling the LLM
+hop each lean one way at the tail (p95, p99):
+
+- ``--baseline-sampling steady`` (the default): samples at a steady pace, about half of them
+  between waves, where the fake LLM is on time; its lateness in the waves counts as relay's.
+- ``--baseline-sampling turns``: a sample starts beside a share of the measured turns (about
+  :data:`_TURN_SAMPLES` in all), so it meets the fake LLM in the state the turn met it; each
+  such turn's (c) - (b) is printed too. But the samples are read by this loaded process's
+  event loop, a task's wake-up later than (c)'s frames, which are timed as their bytes arrive.
+
+The fake LLM also reports how late it wrote each first delta, by its own clock (``GET
+/_scripted/lateness``), printed on its own line: the part of every client's first token
+that is the fake LLM's.
 
 By default everything runs on loopback in separate processes: the fake LLM (``relay
 fake-llm``), the server (``relay serve`` with a throwaway data directory and a bench agent
@@ -108,7 +116,7 @@ _PROBE_PACE = 0.05  # seconds between baseline samples while many calls run
 _LLM_SAMPLERS = 4
 #: With many calls, about this many LLM-hop samples, each started with a measured turn (one
 #: for each turn in smaller runs).
-_TURN_SAMPLES = 100
+_TURN_SAMPLES = 300
 
 
 # --- Options and report ------------------------------------------------------------------------
@@ -131,7 +139,7 @@ class BenchOptions:
     transport: Transport = "aiohttp"
     baseline_client: BaselineClient = "transport"  # the served transport's own client
     #: With many calls, when the LLM hop is sampled: as turns start, or at a steady pace.
-    baseline_sampling: BaselineSampling = "turns"
+    baseline_sampling: BaselineSampling = "steady"
     connect_batch: int = 50
     reply_timeout: float = 30.0
     timeout: float | None = None  # the whole run; None estimates it from the rest
@@ -228,6 +236,9 @@ class BenchReport:
     #: How late the started fake LLM wrote each first delta in the measured phase, by its own
     #: clock (None when the bench did not start it).
     model_late: Stats | None = None
+    #: (c) - (b) turn by turn, for the turns that had an LLM-hop sample started beside them
+    #: (``--baseline-sampling turns``): the two requests met the fake LLM in the same state.
+    paired: Stats | None = None
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2)
@@ -597,7 +608,7 @@ class Baselines:
         self.llm_history: list[int] = []  # the history length of each LLM sample
         self.errors: list[str] = []
         self.turn_share = 0.0  # the share of turns that start an LLM sample (at_turn)
-        self._pending: set[asyncio.Task[None]] = set()
+        self._pending: set[asyncio.Task[float | None]] = set()
 
     async def sample(
         self, history: Sequence[tuple[str, str]], prompt: str, *, keep: bool = True
@@ -615,25 +626,28 @@ class Baselines:
 
     async def sample_llm(
         self, history: Sequence[tuple[str, str]], prompt: str, *, keep: bool = True
-    ) -> None:
+    ) -> float | None:
+        """The LLM hop in seconds (kept unless not ``keep``), or None if it failed."""
         try:
             hop = await self.llm.sample(history, prompt)
         except (httpx.HTTPError, LLMError, RuntimeError) as exc:
             self.errors.append(f"LLM hop: {exc!r}")
-        else:
-            if keep:
-                self.llm_hop.append(hop)
-                self.llm_history.append(len(history))
+            return None
+        if keep:
+            self.llm_hop.append(hop)
+            self.llm_history.append(len(history))
+        return hop
 
-    def at_turn(self, history: int) -> None:
+    def at_turn(self, history: int) -> asyncio.Task[float | None] | None:
         """A measured turn with ``history`` turns before it starts: with probability
-        :attr:`turn_share`, start an LLM sample with the same history beside it."""
+        :attr:`turn_share`, start an LLM sample with the same history beside it (returned)."""
         if self.turn_share <= 0 or random.random() >= self.turn_share:
-            return
+            return None
         conversation = _conversation(history, self.expectations)
         task = asyncio.create_task(self.sample_llm(conversation, PROMPTS[history % len(PROMPTS)]))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
+        return task
 
     async def settle(self) -> None:
         """Wait for the samples that :meth:`at_turn` started."""
@@ -921,6 +935,8 @@ async def _targets(
 class _Tally:
     first: list[float] = field(default_factory=list)
     history: list[int] = field(default_factory=list)  # the history length of each sample
+    #: Turns that had an LLM-hop sample started beside them: (c) and the sample.
+    beside: list[tuple[float, asyncio.Task[float | None]]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     frames_lost: int = 0
     turns: int = 0
@@ -971,12 +987,12 @@ async def _play(
     think: float,
     stagger: float = 0.0,
     baselines: Baselines | None = None,
-    on_turn: Callable[[int], None] | None = None,
+    on_turn: Callable[[int], asyncio.Task[float | None] | None] | None = None,
 ) -> None:
     """Play ``turns`` turns on ``call``, checking every reply and timing the measured ones.
 
     ``baselines`` (one call) are sampled before each turn; ``on_turn`` is told the history
-    length as each turn starts."""
+    length as each turn starts, and may return an LLM-hop sample started beside it."""
     if stagger > 0:
         await asyncio.sleep(random.uniform(0, stagger))
     for _ in range(turns):
@@ -986,8 +1002,7 @@ async def _play(
         expected = expectations.pieces(prompt)
         if options.partials:
             await call.speak_partials(prompt, options.partials)
-        if on_turn is not None:
-            on_turn(len(call.history))
+        beside = on_turn(len(call.history)) if on_turn is not None else None
         result = await call.turn(prompt, options.reply_timeout)
         tally.turns += 1
         lost = tokens_lost(expected, result.text) + (0 if result.lasts else 1)
@@ -1004,6 +1019,8 @@ async def _play(
         else:
             tally.first.append(result.first_s)
             tally.history.append(len(call.history))
+            if beside is not None:
+                tally.beside.append((result.first_s, beside))
         call.history.append((prompt, result.text))
         if think > 0:
             await asyncio.sleep(random.uniform(0.5, 1.5) * think)
@@ -1106,6 +1123,11 @@ async def _bench(options: BenchOptions) -> BenchReport:
             if alongside is not None:
                 await alongside
             await baselines.settle()
+        paired = None
+        if with_turns:
+            paired = Stats.of([
+                first - hop for first, sample in tally.beside if (hop := sample.result()) is not None
+            ])  # fmt: skip
         model_late = None
         if "fake-llm" in targets.children:
             model_late = await model_lateness(http, targets.llm_base, started_wall, ended_wall)
@@ -1157,6 +1179,7 @@ async def _bench(options: BenchOptions) -> BenchReport:
         stages=stages,
         loop_lag=lag,
         model_late=model_late,
+        paired=paired,
     )  # fmt: skip
 
 
@@ -1328,6 +1351,11 @@ def format_report(report: BenchReport) -> str:
         lines.append(f"{label:<40}" + "".join(map(_ms, cells)) + f"{stats.n:>8}")
     overheads = (report.overhead_p50_ms, report.overhead_p95_ms, report.overhead_p99_ms)
     lines.append(f"{'app overhead (c - a - b)':<40}" + "".join(map(_ms, overheads)))
+    paired = report.paired
+    if paired is not None and paired.n:
+        cells = (paired.p50, paired.p95, paired.p99, paired.mean, paired.max)
+        lines.append(f"{'(c) - (b), each turn beside its own (b)':<40}" + "".join(map(_ms, cells))
+                     + f"{paired.n:>8}")  # fmt: skip
     late = report.model_late
     if late is not None and late.n:
         cells = (late.p50, late.p95, late.p99, late.mean, late.max)
@@ -1488,10 +1516,10 @@ def add_parser(commands: Any) -> None:
     )
     bench.add_argument(
         "--baseline-sampling",
-        choices=("turns", "steady"),
-        default="turns",
-        help="with many calls, when the LLM hop (b) is sampled: as a share of the measured turns "
-        "start, seeing the fake LLM as they do (default), or at a steady pace",
+        choices=("steady", "turns"),
+        default="steady",
+        help="with many calls, when the LLM hop (b) is sampled: at a steady pace (default), or "
+        "beside a share of the measured turns as they start, with each such turn's (c) - (b)",
     )
     bench.add_argument(
         "--connect-batch", type=int, default=50, help="calls connected at once (default 50)"

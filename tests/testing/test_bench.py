@@ -31,7 +31,7 @@ def test_a_small_run_reports_every_figure_with_no_errors(
 ) -> None:
     out = tmp_path / "bench.json"
     argv = ["bench", "--calls", "2", "--turns", "2", "--token-delay", "0", "--think", "0"]
-    argv += ["--first-token-delay", "0.01"]
+    argv += ["--first-token-delay", "0.01", "--baseline-sampling", "turns"]
 
     assert main([*argv, "--partials", "2", "--json", str(out), "--timeout", "120"]) == 0
 
@@ -51,6 +51,8 @@ def test_a_small_run_reports_every_figure_with_no_errors(
     assert report["llm_hop"]["n"] == 4
     # the fake LLM's own lateness: its first deltas to relay's turns and to those samples
     assert 4 <= report["model_late"]["n"] <= 8
+    # and each of those turns against its own sample
+    assert report["paired"]["n"] == 4
     assert report["errors"] == 0, report["error_samples"]
     assert report["frames_lost"] == 0
     assert report["unexpected_frames"] == 0
@@ -84,13 +86,13 @@ def test_two_workers_without_knowledge(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     argv = ["bench", "--calls", "4", "--turns", "2", "--token-delay", "0", "--think", "0"]
 
-    argv += ["--baseline-sampling", "steady"]
     assert main([*argv, "--workers", "2", "--no-knowledge", "--json", str(out)]) == 0
 
     report = json.loads(out.read_text())
     assert report["relay"]["n"] == 8 and report["errors"] == 0 and report["frames_lost"] == 0
     assert report["options"]["baseline_sampling"] == "steady" and report["llm_hop"]["n"] > 0
     assert report["model_late"]["n"] == 0  # no first-token delay: nothing to be late for
+    assert report["paired"] is None
     assert report["retrieval"] == {}
     assert report["options"]["workers"] == 2 and report["options"]["knowledge"] is False
     assert report["memory_per_call_kb"] is not None
