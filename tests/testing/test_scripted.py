@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import random
+import re
 import socket
 import subprocess
 import sys
@@ -763,3 +765,56 @@ async def test_cached_tokens_are_the_prefix_shared_with_the_previous_request(
     assert second["prompt_tokens_details"]["cached_tokens"] == first["prompt_tokens"]
     assert second["prompt_tokens"] == first["prompt_tokens"] + (4 + 2) + (4 + 1)
     assert third["prompt_tokens_details"]["cached_tokens"] == 2  # only the system's framing
+
+
+def _flat_prompt(body: dict[str, Any]) -> list[str]:
+    """The fake tokenizer's prompt as one flat list, the plain way (the reference)."""
+    word = re.compile(r"\s*\w+|\s*[^\w\s]|\s+")
+    tokens: list[str] = []
+    if body.get("tools"):
+        tokens += word.findall(orjson.dumps(body["tools"]).decode())
+    for message in body["messages"]:
+        role = message.get("role") if isinstance(message, dict) else None
+        tokens += [f"<|{role}|>", "<|content|>"]
+        if isinstance(message, dict):
+            content = message.get("content")
+            if isinstance(content, list):
+                content = " ".join(part["text"] for part in content)
+            tokens += word.findall(content if isinstance(content, str) else "")
+            if message.get("tool_calls"):
+                tokens += word.findall(orjson.dumps(message["tool_calls"]).decode())
+        tokens += ["<|end|>", "\n"]
+    return tokens
+
+
+def test_prompt_and_cached_tokens_match_a_plain_flat_count() -> None:
+    """Tokens kept per message and compared part by part count exactly as a flat list would."""
+    rng = random.Random(5)
+    words = ["the", "piano", "move", "costs,", "how", "much?", "insured", "'quote'", "$420", "!"]
+
+    def message() -> Any:
+        if rng.random() < 0.03:
+            return "not a message"
+        text = " ".join(rng.choices(words, k=rng.randint(0, 12)))
+        item: dict[str, Any] = {"role": rng.choice(["system", "user", "assistant", "tool"])}
+        item["content"] = [{"type": "text", "text": text}] if rng.random() < 0.1 else text
+        if rng.random() < 0.1:
+            item["tool_calls"] = [{"id": "c1", "type": "function", "function": {"name": "q"}}]
+        return item
+
+    shared = [message() for _ in range(4)]
+    llm = ScriptedLLM()
+    previous: list[str] = []
+    for _ in range(400):
+        messages = shared[: rng.randint(0, 4)] + [message() for _ in range(rng.randint(0, 4))]
+        body: dict[str, Any] = {"messages": messages}
+        if rng.random() < 0.3:
+            body["tools"] = [{"type": "function", "function": {"name": rng.choice("ab")}}]
+        flat = _flat_prompt(body)
+        cached = next(
+            (n for n, (a, b) in enumerate(zip(flat, previous, strict=False)) if a != b), None
+        )
+        expected_cached = min(len(flat), len(previous)) if cached is None else cached
+
+        assert llm._prompt_tokens(body) == (len(flat), expected_cached)
+        previous = flat
