@@ -760,8 +760,9 @@ def _prompt_parts(body: dict[str, Any]) -> list[tuple[str, ...]]:
     return parts
 
 
-#: How many prompt parts' tokens are kept (see :func:`_prompt_parts`); all are dropped when full.
-_PARTS_KEPT: Final = 50_000
+#: How many prompt parts' tokens are kept (see :func:`_prompt_parts`); all are dropped when
+#: full. A thousand calls' system prompts, passages and histories fit (a few tens of MB).
+_PARTS_KEPT: Final = 20_000
 _parts: dict[tuple[str | None, str, str | None], tuple[str, ...]] = {}
 
 
