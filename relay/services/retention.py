@@ -45,6 +45,7 @@ from relay.storage.models import (
     Turn,
 )
 from relay.storage.outcomes import CallAnalysis, Email, WebhookDelivery
+from relay.storage.textsearch import index_pending
 
 log = structlog.get_logger("relay.services.retention")
 
@@ -161,6 +162,8 @@ async def mask_numbers(
                     .values({name: _json(db, changed) if is_json else changed})
                 )
                 report.add(model.__tablename__, result.rowcount)
+        if db.is_sqlite and report.rows.get("turns"):
+            await index_pending(conn)  # the masked texts, into the search index
     if report.total:
         log.info("retention_masked", older_than_days=older_than_days, **report.rows)
     return report

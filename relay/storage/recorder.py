@@ -64,6 +64,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from relay.storage.db import Database, dumps_json
 from relay.storage.models import Base, Call, Event, ParkedRecord, RelaySession, Turn
+from relay.storage.textsearch import index_pending
 
 log = structlog.get_logger("relay.recorder")
 
@@ -447,6 +448,10 @@ class Recorder:
             for start in range(0, len(events), _EVENT_CHUNK):
                 await self._insert_events(conn, events[start : start + _EVENT_CHUNK])
                 statements += 1
+            if self._db.is_sqlite and any(model is Turn for model, _, _ in groups):
+                # the turns just written (queued by their trigger) go into the search index
+                await index_pending(conn, check=False)
+                statements += 2
         self.batches += 1
         self.statements += statements
 

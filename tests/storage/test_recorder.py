@@ -395,8 +395,9 @@ async def test_rows_with_different_columns_go_in_one_transaction_of_few_statemen
         await rec.stop()
 
     assert rec.batches == 1
-    # calls, sessions, 4 column sets of turns, events: 7 statements for 200 rows and 200 events.
-    assert rec.statements == 7
+    # calls, sessions, 4 column sets of turns, events: 7 statements for 200 rows and 200 events;
+    # on SQLite 2 more put the turns into the search index (relay.storage.textsearch).
+    assert rec.statements == (9 if db.is_sqlite else 7)
     for n in (0, 1, 39):
         sid = f"CA{n}"
         call, turns = await repository.call_history(db, sid)

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import orjson
 
+from relay.storage.textsearch import INDEX_PENDING
+
 AGENTS = ("piano-removals", "car-service")
 OUTCOMES = ("hung-up", "completed-by-agent", "transferred", "completed-by-caller")
 WORDS = [
@@ -159,6 +161,8 @@ def generate(path: Path, calls: int, *, days: int = 90, live: int = 20, seed: in
         "VALUES (?,?,?,?,?,?,?)",
         ticket_rows,
     )
+    for statement in INDEX_PENDING:  # the turns, into the search index at once
+        con.execute(statement)
     con.commit()
     con.execute("ANALYZE")
     con.close()

@@ -17,6 +17,7 @@ from relay.storage.db import Database
 from relay.storage.models import Booking, Call, Event, Message, Quote, RelaySession, Ticket, Turn
 from relay.storage.outcomes import CallAnalysis
 from relay.storage.requests import expand_requests
+from relay.storage.textsearch import PENDING_TABLE, index_pending
 
 PAGE = 50
 #: A call with no end whose last sign of life is older than this is not shown as live.
@@ -122,6 +123,7 @@ async def search_calls(db: Database, f: CallFilters) -> tuple[list[CallRow], boo
 
 
 _FTS: dict[str, bool] = {}
+_PENDING: dict[str, bool] = {}  # whether the database queues turns for the index (0006)
 #: The words search looks at the newest this many matching lines (a common word on a large
 #: database would otherwise match most of it).
 WORDS_CAP = 20_000
@@ -144,6 +146,9 @@ async def _said(db: Database, words: str) -> Any:
     if not _FTS[db.url]:
         return select(Turn.call_sid).where(Turn.content.contains(words, autoescape=True))
     if db.is_sqlite:
+        if await _has_pending(db):  # turns not written by a recorder (which indexes its own)
+            async with db.engine.begin() as conn:
+                await index_pending(conn)
         phrase = '"' + words.replace('"', '""') + '"'
         return select(Turn.call_sid).where(
             Turn.id.in_(
@@ -157,6 +162,21 @@ async def _said(db: Database, words: str) -> Any:
             func.phraseto_tsquery(literal_column("'simple'"), words)
         )
     )
+
+
+async def _has_pending(db: Database) -> bool:
+    """Whether turns wait to be indexed (migration 0006), read without taking the write lock."""
+    async with db.engine.connect() as conn:
+        if _PENDING.get(db.url) is None:
+            found = await conn.scalar(
+                text(f"SELECT 1 FROM sqlite_master WHERE type='table' AND name='{PENDING_TABLE}'")
+            )
+            _PENDING[db.url] = found is not None
+        if not _PENDING[db.url]:
+            return False
+        return (
+            await conn.exec_driver_sql(f"SELECT 1 FROM {PENDING_TABLE} LIMIT 1")
+        ).first() is not None
 
 
 async def agents_and_outcomes(db: Database, agents: list[str]) -> tuple[list[str], list[str]]:
