@@ -76,6 +76,7 @@ from relay.llm.transport import AiohttpTransport
 from relay.llm.types import ChatRequest
 from relay.testing.bench_serving import (
     copy_documents,
+    gc_passes,
     lag_buckets,
     lag_quantiles,
     memory_per_call,
@@ -239,6 +240,9 @@ class BenchReport:
     #: (c) - (b) turn by turn, for the turns that had an LLM-hop sample started beside them
     #: (``--baseline-sampling turns``): the two requests met the fake LLM in the same state.
     paired: Stats | None = None
+    #: Garbage-collector passes per generation (young, middle, full) during the measured phase,
+    #: over the server's workers (a full pass stops a worker's every call while it runs).
+    gc_passes: list[int] = field(default_factory=list)
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2)
@@ -1180,6 +1184,7 @@ async def _bench(options: BenchOptions) -> BenchReport:
         loop_lag=lag,
         model_late=model_late,
         paired=paired,
+        gc_passes=gc_passes(served_before, served_after),
     )  # fmt: skip
 
 
@@ -1412,6 +1417,12 @@ def format_report(report: BenchReport) -> str:
             f"event loop lag during the measured phase (relay_event_loop_lag_seconds, "
             f"{lag['samples']} samples over the workers): p50 <= {lag.get('p50_ms')} ms, "
             f"p99 <= {lag.get('p99_ms')} ms"
+        )
+    if report.gc_passes:
+        young, *older = report.gc_passes
+        lines.append(
+            f"garbage collections during the measured phase (all workers): {young} young, "
+            + ", ".join(f"{n} {name}" for n, name in zip(older, ("middle", "full"), strict=False))
         )
     if report.cpu_percent:
         usage = ", ".join(f"{k} {v}%" for k, v in report.cpu_percent.items())

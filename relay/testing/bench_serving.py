@@ -113,6 +113,19 @@ async def wait_until_ready(
     raise RuntimeError(f"the server's knowledge was not ready within {timeout:.0f} s")
 
 
+def gc_passes(before: dict[int, dict[str, Any]], after: dict[int, dict[str, Any]]) -> list[int]:
+    """Garbage-collector passes per generation (young, middle, full) between two snapshots of
+    ``/metrics.json``, added up over the workers seen in both ([] when none was)."""
+    passes: list[int] = []
+    for pid in set(before) & set(after):
+        start, end = before[pid].get("gc_collections"), after[pid].get("gc_collections")
+        if not (isinstance(start, list) and isinstance(end, list) and len(start) == len(end)):
+            continue
+        delta = [int(b) - int(a) for a, b in zip(start, end, strict=True)]
+        passes = [x + y for x, y in zip(passes, delta, strict=True)] if passes else delta
+    return passes
+
+
 def retrieval_share(
     before: dict[int, dict[str, Any]], after: dict[int, dict[str, Any]], turns: int
 ) -> dict[str, Any]:

@@ -80,6 +80,9 @@ def test_a_small_run_reports_every_figure_with_no_errors(
     assert list(report["stages"]) == list(STAGES)
     assert all(stage["n"] == 4 for stage in report["stages"].values())
     assert isinstance(report["loop_lag"]["samples"], int)  # read from relay's /metrics
+    # the collector's passes per generation while the turns were measured (young, middle, full)
+    assert len(report["gc_passes"]) == 3 and all(n >= 0 for n in report["gc_passes"])
+    assert any(x.startswith("garbage collections during the measured phase") for x in printed)
 
 
 def test_two_workers_without_knowledge(tmp_path: Path) -> None:

@@ -134,3 +134,14 @@ def test_loop_lag_quantiles_from_two_scrapes_of_the_histogram() -> None:
     }  # fmt: skip
     assert lag_quantiles(after, after, (0.5,)) == {"samples": 0}
     assert lag_quantiles({}, {}, (0.5,)) == {"samples": 0}
+
+
+def test_garbage_collections_add_up_over_the_workers_seen_twice() -> None:
+    from relay.testing.bench_serving import gc_passes
+
+    before = {1: {"gc_collections": [100, 10, 1]}, 2: {"gc_collections": [50, 5, 0]}, 3: {}}
+    after = {1: {"gc_collections": [130, 12, 2]}, 2: {"gc_collections": [70, 5, 0]}}
+
+    assert gc_passes(before, after) == [50, 2, 1]  # worker 3 was not seen after
+    assert gc_passes(before, {}) == []
+    assert gc_passes({1: {"gc_collections": "x"}}, {1: {"gc_collections": [1, 2, 3]}}) == []
