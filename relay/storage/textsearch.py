@@ -16,7 +16,7 @@ from typing import Final
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-__all__ = ["INDEX_PENDING", "PENDING_TABLE", "index_pending", "pending_count"]
+__all__ = ["INDEX_PENDING", "PENDING_TABLE", "has_pending", "index_pending", "pending_count"]
 
 PENDING_TABLE: Final = "turns_fts_pending"
 _INDEX: Final = (
@@ -28,15 +28,18 @@ _CLEAR: Final = f"DELETE FROM {PENDING_TABLE}"
 INDEX_PENDING: Final = (_INDEX, _CLEAR)
 
 
+async def has_pending(conn: AsyncConnection) -> bool:
+    """Whether any turn waits to be indexed (a read)."""
+    found = await conn.exec_driver_sql(f"SELECT 1 FROM {PENDING_TABLE} LIMIT 1")
+    return found.first() is not None
+
+
 async def index_pending(conn: AsyncConnection, *, check: bool = True) -> bool:
     """Index the queued turns and empty the queue, in ``conn``'s transaction (SQLite only).
 
-    With ``check``, first look whether any wait (a read), and write nothing if none do; returns
-    whether it indexed (or, without ``check``, tried to)."""
-    if (
-        check
-        and (await conn.exec_driver_sql(f"SELECT 1 FROM {PENDING_TABLE} LIMIT 1")).first() is None
-    ):
+    With ``check``, first look whether any wait (:func:`has_pending`), and write nothing if none
+    do; returns whether it indexed (or, without ``check``, tried to)."""
+    if check and not await has_pending(conn):
         return False
     await conn.exec_driver_sql(_INDEX)
     await conn.exec_driver_sql(_CLEAR)

@@ -17,7 +17,7 @@ from relay.storage.db import Database
 from relay.storage.models import Booking, Call, Event, Message, Quote, RelaySession, Ticket, Turn
 from relay.storage.outcomes import CallAnalysis
 from relay.storage.requests import expand_requests
-from relay.storage.textsearch import PENDING_TABLE, index_pending
+from relay.storage.textsearch import PENDING_TABLE, has_pending, index_pending
 
 PAGE = 50
 #: A call with no end whose last sign of life is older than this is not shown as live.
@@ -148,7 +148,7 @@ async def _said(db: Database, words: str) -> Any:
     if db.is_sqlite:
         if await _has_pending(db):  # turns not written by a recorder (which indexes its own)
             async with db.engine.begin() as conn:
-                await index_pending(conn)
+                await index_pending(conn, check=False)
         phrase = '"' + words.replace('"', '""') + '"'
         return select(Turn.call_sid).where(
             Turn.id.in_(
@@ -172,11 +172,7 @@ async def _has_pending(db: Database) -> bool:
                 text(f"SELECT 1 FROM sqlite_master WHERE type='table' AND name='{PENDING_TABLE}'")
             )
             _PENDING[db.url] = found is not None
-        if not _PENDING[db.url]:
-            return False
-        return (
-            await conn.exec_driver_sql(f"SELECT 1 FROM {PENDING_TABLE} LIMIT 1")
-        ).first() is not None
+        return _PENDING[db.url] and await has_pending(conn)
 
 
 async def agents_and_outcomes(db: Database, agents: list[str]) -> tuple[list[str], list[str]]:

@@ -16,7 +16,10 @@ while queued only leaves the queue.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from alembic import op
+from alembic.script import ScriptDirectory
 
 revision = "0006"
 down_revision = "0005"
@@ -43,6 +46,7 @@ UPGRADE = (
     "DELETE FROM turns_fts_pending WHERE id = old.id; END",
 )
 
+#: Index what waits, then migration 0002's own triggers again (read from 0002, not restated).
 DOWNGRADE = (
     "INSERT INTO turns_fts(rowid, content) "
     "SELECT t.id, t.content FROM turns_fts_pending p JOIN turns t ON t.id = p.id",
@@ -50,15 +54,14 @@ DOWNGRADE = (
     "DROP TRIGGER IF EXISTS turns_fts_update",
     "DROP TRIGGER IF EXISTS turns_fts_delete",
     "DROP TABLE IF EXISTS turns_fts_pending",
-    "CREATE TRIGGER turns_fts_insert AFTER INSERT ON turns BEGIN "
-    "INSERT INTO turns_fts(rowid, content) VALUES (new.id, new.content); END",
-    "CREATE TRIGGER turns_fts_delete AFTER DELETE ON turns BEGIN "
-    "INSERT INTO turns_fts(turns_fts, rowid, content) VALUES ('delete', old.id, old.content); END",
-    "CREATE TRIGGER turns_fts_update AFTER UPDATE OF content ON turns "
-    "WHEN old.content IS NOT new.content BEGIN "
-    "INSERT INTO turns_fts(turns_fts, rowid, content) VALUES ('delete', old.id, old.content); "
-    "INSERT INTO turns_fts(rowid, content) VALUES (new.id, new.content); END",
 )
+
+
+def _triggers_of_0002() -> list[str]:
+    """The ``CREATE TRIGGER`` statements of migration 0002's ``SQLITE_FTS``."""
+    script = ScriptDirectory(str(Path(__file__).resolve().parents[1])).get_revision("0002")
+    assert script is not None
+    return [s for s in script.module.SQLITE_FTS if s.startswith("CREATE TRIGGER")]
 
 
 def upgrade() -> None:
@@ -69,5 +72,5 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     if op.get_bind().dialect.name == "sqlite":
-        for statement in DOWNGRADE:
+        for statement in (*DOWNGRADE, *_triggers_of_0002()):
             op.execute(statement)
