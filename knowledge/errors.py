@@ -52,6 +52,11 @@ class KnowledgeTimeout(KnowledgeError):
     """An asynchronous knowledge call did not finish in time."""
 
 
+class KnowledgeBusy(KnowledgeTimeout):
+    """A search refused at once because it could not finish in time: the work already queued
+    ahead of it would take longer than its deadline (load shedding). A timeout, sooner."""
+
+
 class StoreUnavailable(KnowledgeError):
     """The vector store (a Chroma server or the local data directory) cannot be reached."""
 

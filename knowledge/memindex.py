@@ -35,7 +35,9 @@ import asyncio
 import hashlib
 import itertools
 import logging
+import os
 import re
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -44,10 +46,32 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from knowledge.errors import EmbeddingError, KnowledgeTimeout, UnknownCollection
+from knowledge.errors import EmbeddingError, KnowledgeBusy, KnowledgeTimeout, UnknownCollection
 from knowledge.models import Hit
 
 logger = logging.getLogger(__name__)
+
+#: Weight of the latest search in the running mean of a search's wall time in the worker
+#: threads (:meth:`MemoryIndex.expected_wait`).
+_JOB_WEIGHT = 0.2
+
+#: How much nicer (lower priority) than the process the worker threads run (Linux): a busy
+#: process's event loop, which streams every call's words, gets the cores before a query
+#: embedding does, and embeddings use what is left.
+WORKER_NICENESS = 10
+
+
+def _lower_priority() -> None:
+    """Lower the calling thread's scheduling priority by :data:`WORKER_NICENESS` (Linux only:
+    elsewhere ``setpriority`` would apply to the whole process)."""
+    if sys.platform != "linux":
+        return
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + WORKER_NICENESS)
+    except OSError as exc:  # not permitted in some sandboxes: the threads run at par
+        logger.info("knowledge_index_priority_unchanged error=%r", exc)
+
 
 #: How much a turn's context (the previous utterance) weighs against its own words in the
 #: context half of its hits. Above 1, since the turn's own words already have their half.
@@ -133,6 +157,14 @@ class MemoryIndex:
     found cached (a turn's search with context needs two); ``rebuilds`` the matrices
     (re)built; ``search_cpu_seconds`` the CPU of :meth:`asearch` calls, all included, and
     ``prefetch_cpu_seconds`` that of :meth:`prefetch`.
+
+    **Load shedding.** A search that must wait for the worker threads (a query vector not
+    cached) is refused at once with :class:`KnowledgeBusy` when the searches already queued
+    and running would keep it past its ``timeout`` (:meth:`expected_wait`): it would time out
+    anyway, and refusing it now spares the caller the wait and the process the embedding
+    (``shed`` counts them). While searches are queued, a prefetch is skipped, and a turn
+    whose context was not embedded (its own turn was shed) searches its own words alone
+    rather than cost two embeddings (``contexts_skipped``).
     """
 
     def __init__(
@@ -152,6 +184,12 @@ class MemoryIndex:
         self.rebuilds = 0
         self.search_cpu_seconds = 0.0  # CPU of asearch calls (embeddings and rebuilds included)
         self.prefetch_cpu_seconds = 0.0  # CPU of prefetched embeddings
+        self.shed = 0  # searches refused at once: they could not have finished in time
+        self.contexts_skipped = 0  # turns searched without their context's vector (under load)
+        self.threads = max(1, threads)
+        self._queued = 0  # searches handed to the worker threads and not started yet
+        self._running = 0  # searches running in the worker threads
+        self._job_seconds: float | None = None  # running mean of a search's wall time there
         self._matrices: dict[str, _Matrix] = {}
         self._large: dict[str, tuple[int, int]] = {}  # too large, as of this change marker
         # keyed by a digest of the words: the callers' words themselves are not kept
@@ -159,7 +197,9 @@ class MemoryIndex:
         self._inflight: dict[bytes, Future[Vector]] = {}
         self._lock = threading.Lock()
         self._build_lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max(1, threads), thread_name_prefix="knowledge-index")
+        self._pool = ThreadPoolExecutor(
+            self.threads, thread_name_prefix="knowledge-index", initializer=_lower_priority
+        )
         self._closed = threading.Event()
         self._watcher: threading.Thread | None = None
 
@@ -215,7 +255,10 @@ class MemoryIndex:
                     self.cache_hits += 2 if around else 1
                     return answer
         vector = self.vector(words)
-        context_vector = self._around(vector, self.vector(around)) if around else None
+        around_vector = self._context_vector(around) if around else None
+        if around and around_vector is None:  # under load: the turn's own words alone
+            key = (key[0], b"", k, min_score)
+        context_vector = None if around_vector is None else self._around(vector, around_vector)
         if matrix is None:  # too large: through the store
 
             def through_store(v: Vector) -> list[Hit]:
@@ -223,6 +266,17 @@ class MemoryIndex:
 
             return _turn_top(through_store, vector, context_vector, k)
         return self._answer(matrix, key, vector, context_vector)
+
+    def _context_vector(self, around: str) -> Vector | None:
+        """The vector of a turn's context: cached (its own turn embedded it), else embedded
+        now, unless searches are queued for the worker threads: then None, and the turn
+        searches its own words alone rather than cost two embeddings (``contexts_skipped``)."""
+        with self._lock:
+            queued = self._queued
+            if queued and _digest(around) not in self._vectors:
+                self.contexts_skipped += 1
+                return None
+        return self.vector(around)
 
     def search_now(
         self,
@@ -327,6 +381,16 @@ class MemoryIndex:
         hits = self.search_now(collection, query, context=context, k=k, min_score=min_score)
         if hits is not None:
             return hits
+        if timeout is not None:
+            expected = self.expected_wait()
+            if expected is not None and expected > timeout * 0.5:
+                with self._lock:
+                    self.shed += 1
+                    ahead = self._queued + self._running
+                raise KnowledgeBusy(
+                    f"knowledge search shed: the {ahead} searches ahead of it would take "
+                    f"about {expected:.2f}s, over its {timeout}s deadline"
+                )
 
         def run() -> list[Hit]:
             started = time.thread_time()
@@ -335,12 +399,56 @@ class MemoryIndex:
             finally:
                 self._spent(time.thread_time() - started)
 
-        loop = asyncio.get_running_loop()
-        future = loop.run_in_executor(self._pool, run)
+        future = asyncio.wrap_future(self._submit(run))
         try:
             return await asyncio.wait_for(future, timeout)
         except TimeoutError as exc:
             raise KnowledgeTimeout(f"knowledge search took longer than {timeout}s") from exc
+
+    def expected_wait(self) -> float | None:
+        """About how long a search handed to the worker threads now would take to finish,
+        from the searches queued and running and the recent mean of their wall time; None
+        until one has run."""
+        with self._lock:
+            job = self._job_seconds
+            if job is None:
+                return None
+            behind = max(0, self._queued + self._running + 1 - self.threads)
+            return job * (1 + behind / self.threads)
+
+    def _submit(self, job: Callable[[], list[Hit]]) -> Future[list[Hit]]:
+        """Run ``job`` in a worker thread, counted while queued and running (a job cancelled
+        before it started only leaves the queue)."""
+
+        def run() -> list[Hit]:
+            with self._lock:
+                self._queued -= 1
+                self._running += 1
+            started = time.perf_counter()
+            try:
+                return job()
+            finally:
+                took = time.perf_counter() - started
+                with self._lock:
+                    self._running -= 1
+                    mean = self._job_seconds
+                    self._job_seconds = took if mean is None else mean + _JOB_WEIGHT * (took - mean)
+
+        def dropped(future: Future[list[Hit]]) -> None:
+            if future.cancelled():  # never started: run() did not take it off the queue
+                with self._lock:
+                    self._queued -= 1
+
+        with self._lock:
+            self._queued += 1
+        try:
+            future = self._pool.submit(run)
+        except BaseException:
+            with self._lock:
+                self._queued -= 1
+            raise
+        future.add_done_callback(dropped)
+        return future
 
     def _spent(self, seconds: float) -> None:
         with self._lock:
@@ -369,15 +477,16 @@ class MemoryIndex:
             return _digest(query_key(query)) in self._vectors
 
     def prefetch(self, query: str) -> Future[Vector] | None:
-        """Embed ``query`` in the background (unless cached or already under way), so that a
-        search of the same words soon after finds its vector ready. None when nothing to do."""
+        """Embed ``query`` in the background (unless cached or already under way, or searches
+        are queued for the worker threads), so that a search of the same words soon after
+        finds its vector ready. None when nothing to do."""
         words = query_key(query)
         if not words:
             return None
         key = _digest(words)
         with self._lock:
-            if key in self._vectors or key in self._inflight:
-                return None
+            if key in self._vectors or key in self._inflight or self._queued:
+                return None  # cached, under way, or searches are waiting: they come first
             future: Future[Vector] = Future()
             self._inflight[key] = future
 

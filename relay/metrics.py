@@ -114,6 +114,11 @@ EVENT_LOOP_LAG = Histogram(
 KNOWLEDGE_FAILURES = Counter(
     "relay_knowledge_failures", "Knowledge retrievals that failed or timed out."
 )
+KNOWLEDGE_SHED = Counter(
+    "relay_knowledge_shed",
+    "Knowledge retrievals refused at once because the searches queued ahead would keep them "
+    "past their deadline (counted in relay_knowledge_failures too).",
+)
 RATE_LIMITED = Counter(
     "relay_rate_limited", "Requests answered 429, by scope (forged, admin).", ["scope"]
 )

@@ -27,6 +27,7 @@ from knowledge import (
     AsyncKnowledge,
     EmbeddingMismatch,
     Hit,
+    KnowledgeBusy,
     KnowledgeError,
     KnowledgeStore,
     OpenAIEmbedder,
@@ -91,6 +92,10 @@ class NotReady(enum.Enum):
 
 
 NOT_READY: Final = NotReady.NOT_READY
+
+#: Shed searches are logged at most this often (seconds), with how many since the last line:
+#: an overloaded process sheds hundreds a second.
+_SHED_LOG_INTERVAL: Final = 10.0
 
 #: Recent answers whose passages message is kept (:meth:`KnowledgeRetriever._material`).
 _MATERIALS_KEPT: Final = 256
@@ -164,7 +169,10 @@ class KnowledgeRetriever:
         self.k = k
         self.min_score = min_score
         self.timeout = timeout
-        self.failures = 0
+        self.failures = 0  # turns left ungrounded by any store trouble (shed ones included)
+        self.shed = 0  # of those, searches refused at once under load (KnowledgeBusy)
+        self._shed_logged = 0  # shed searches already logged
+        self._shed_log_at = 0.0  # when the last retrieval_shed line was logged (monotonic)
         self.retrievals = 0
         self.skipped = 0  # turns that asked nothing new (retrieve_turn)
         self.elapsed_ms_total = 0.0  # wall time of every retrieve()
@@ -255,6 +263,7 @@ class KnowledgeRetriever:
         counters: dict[str, float] = {
             "retrievals": self.retrievals,
             "retrieval_failures": self.failures,
+            "retrieval_shed": self.shed,
             "retrieval_skipped": self.skipped,
             "retrieval_prefetched": self.prefetched,
             "retrieval_ms_total": round(self.elapsed_ms_total, 3),
@@ -269,6 +278,7 @@ class KnowledgeRetriever:
                     (index.search_cpu_seconds + index.prefetch_cpu_seconds) * 1000, 3
                 ),
                 "index_rebuilds": index.rebuilds,
+                "query_contexts_skipped": index.contexts_skipped,
             }
         return counters
 
@@ -360,6 +370,10 @@ class KnowledgeRetriever:
             self.failures += 1
             elapsed = (time.perf_counter() - started) * 1000
             error = str(exc) if isinstance(exc, KnowledgeError) else repr(exc)
+            if isinstance(exc, KnowledgeBusy):
+                self.shed += 1
+                self._log_shed(collection, error)
+                return Retrieved(message="", provenance=[], elapsed_ms=elapsed, error=error)
             log.warning(
                 "retrieval_failed",
                 collection=collection,
@@ -368,6 +382,21 @@ class KnowledgeRetriever:
             )
             return Retrieved(message="", provenance=[], elapsed_ms=elapsed, error=error)
         return self._found(hits, started)
+
+    def _log_shed(self, collection: str, error: str) -> None:
+        """One ``retrieval_shed`` warning per :data:`_SHED_LOG_INTERVAL` at most, counting the
+        searches shed since the previous one (every one is in the ``retrieval_shed`` metric)."""
+        now = time.monotonic()
+        if self._shed_logged and now < self._shed_log_at + _SHED_LOG_INTERVAL:
+            return
+        log.warning(
+            "retrieval_shed",
+            collection=collection,
+            shed=self.shed - self._shed_logged,
+            shed_total=self.shed,
+            error=error[:300],
+        )
+        self._shed_logged, self._shed_log_at = self.shed, now
 
     def _found(self, hits: list[Hit], started: float) -> Retrieved:
         """A search's hits as the turn's material; ``started``: when the search began."""

@@ -107,6 +107,32 @@ PROMPTS = (
     "Do you also tune pianos after a move?",
     "Great, that all sounds good to me.",
 )
+#: ``--new-words``: who each simulated caller is. A call's utterances are ``PROMPTS`` said by
+#: "<name> from <suburb>.", a pair no other call of the run has (up to 1,600 calls), so no
+#: worker has heard its words before and every searched turn embeds them, as with real callers.
+NAMES = (
+    "Sam", "Priya", "Tom", "Mei", "Jack", "Aisha", "Liam", "Sofia", "Noah", "Chloe", "Oscar",
+    "Zara", "Hamish", "Ingrid", "Mateo", "Yuki", "Declan", "Amara", "Felix", "Nadia", "Rory",
+    "Leila", "Callum", "Hana", "Ethan", "Ruby", "Kofi", "Elena", "Finn", "Tahlia", "Arjun",
+    "Grace", "Marco", "Sienna", "Duc", "Willow", "Omar", "Freya", "Kai", "Maeve",
+)  # fmt: skip
+SUBURBS = (
+    "Carlton", "Fitzroy", "Richmond", "Footscray", "Coburg", "Preston", "Northcote", "Kew",
+    "Hawthorn", "Camberwell", "Box Hill", "Doncaster", "Ringwood", "Frankston", "Dandenong",
+    "Sunshine", "Werribee", "Essendon", "Brighton", "Elwood", "St Kilda", "Prahran", "Malvern",
+    "Caulfield", "Bentleigh", "Cheltenham", "Mentone", "Mordialloc", "Glen Waverley",
+    "Mitcham", "Eltham", "Heidelberg", "Ivanhoe", "Bundoora", "Epping", "Craigieburn",
+    "Sunbury", "Melton", "Altona", "Williamstown",
+)  # fmt: skip
+
+
+def new_words(prompt: str, call_index: int) -> str:
+    """``prompt`` as said by call ``call_index``'s own caller (``--new-words``)."""
+    pair = call_index % (len(NAMES) * len(SUBURBS))
+    name, suburb = NAMES[pair % len(NAMES)], SUBURBS[pair // len(NAMES)]
+    return f"{name} from {suburb}. {prompt}"
+
+
 FROM_NUMBER = "+61412345678"
 TO_NUMBER = "+61390001234"
 _ECHO_FRAME = b'{"type":"text","token":"Got it.","last":true}'
@@ -149,6 +175,8 @@ class BenchOptions:
     #: each final one: this many growing prefixes 0.1 s apart, then 0.4 s to the final.
     partials: int = 0
     workers: int = 1  # `relay serve --workers N`
+    #: Every call's utterances in words no other call says (see :func:`new_words`).
+    new_words: bool = False
 
     def __post_init__(self) -> None:
         if self.calls < 1 or self.turns < 1:
@@ -968,9 +996,11 @@ async def _settle(http: httpx.AsyncClient, base: str, active: int) -> dict[str, 
     return metrics
 
 
-async def _connect_all(url: str, count: int, batch: int, errors: list[str]) -> list[BenchCall]:
+async def _connect_all(
+    url: str, count: int, batch: int, errors: list[str], *, first: int = 0
+) -> list[BenchCall]:
     calls: list[BenchCall] = []
-    for indices in _batches(range(count), batch):
+    for indices in _batches(range(first, first + count), batch):
         group = [BenchCall(url, i) for i in indices]
         results = await asyncio.gather(*(c.timed_connect() for c in group), return_exceptions=True)
         for call, result in zip(group, results, strict=True):
@@ -1001,6 +1031,8 @@ async def _play(
         await asyncio.sleep(random.uniform(0, stagger))
     for _ in range(turns):
         prompt = PROMPTS[(call.index + len(call.history)) % len(PROMPTS)]
+        if options.new_words:
+            prompt = new_words(prompt, call.index)
         if baselines is not None:
             await baselines.sample(call.history, prompt)
         expected = expectations.pieces(prompt)
@@ -1064,7 +1096,8 @@ async def _bench(options: BenchOptions) -> BenchReport:
 
         # Warm the server (imports, database, the LLM connection), then weigh it with no calls.
         warm = _Tally()
-        warm_calls = await _connect_all(targets.relay_ws, 1, 1, warm.errors)
+        # numbered after the measured calls: with --new-words, its words are none of theirs
+        warm_calls = await _connect_all(targets.relay_ws, 1, 1, warm.errors, first=options.calls)
         for call in warm_calls:
             await _play(call, 3, options=options, expectations=expectations, tally=warm, think=0.0)
             await call.close()
@@ -1082,6 +1115,10 @@ async def _bench(options: BenchOptions) -> BenchReport:
         if workers > 1:
             spread = sorted(int(d.get("active_sessions") or 0) for d in idle.values())
             notes.append(f"idle calls per worker: {spread} ({len(idle)} of {workers} answered)")
+        if options.new_words and options.calls >= len(NAMES) * len(SUBURBS):
+            notes.append(
+                f"--new-words: {len(NAMES) * len(SUBURBS)} callers, so calls beyond that repeat words"
+            )
         if per_call is not None and len(calls) < 50:
             notes.append("memory per call is only meaningful with many calls (RSS moves in pages)")
 
@@ -1339,7 +1376,8 @@ def format_report(report: BenchReport) -> str:
         f"{report_history(o)} unmeasured; fake LLM {o['reply_tokens']} tokens, "
         f"{o['token_delay']} s apart (first after {o['first_token_delay']} s); "
         f"think {o['think']} s; transport {o['transport']}; workers {o.get('workers', 1)}; "
-        f"knowledge {'on' if o.get('knowledge', True) else 'off'}; "
+        f"knowledge {'on' if o.get('knowledge', True) else 'off'}"
+        f"{', new words each call' if o.get('new_words') else ''}; "
         f"LLM-hop baseline client {_baseline_name(o)}",
         "",
         f"{'prompt -> first text frame, ms':<40}"
@@ -1442,6 +1480,7 @@ def format_report(report: BenchReport) -> str:
             )
             + f", {r['query_cache_hits']} cached vectors, {r['prefetched']} prefetched from "
             f"partial transcripts, {r['failures']} failures"
+            + (f" ({r['shed']} shed under load)" if r.get("shed") else "")
         )
     elif not o.get("knowledge", True):
         lines.append("retrieval: off (--no-knowledge)")
@@ -1556,6 +1595,13 @@ def add_parser(commands: Any) -> None:
         "then 0.4 s to the final (default 0; the agent needs partial_prompts for Twilio to send "
         "them)",
     )
+    bench.add_argument(
+        "--new-words",
+        action="store_true",
+        help="each call's caller says its own name and suburb in every utterance, so no worker "
+        "has heard a turn's words before and every searched turn embeds them (default: ten "
+        "questions shared by all calls, embedded once per worker)",
+    )
     bench.set_defaults(handler=_command)
 
 
@@ -1568,6 +1614,7 @@ def _command(args: argparse.Namespace) -> int:
             transport=args.transport, baseline_client=args.baseline_client,
             baseline_sampling=args.baseline_sampling, connect_batch=max(1, args.connect_batch), timeout=args.timeout,
             knowledge=not args.no_knowledge, workers=args.workers, partials=max(0, args.partials),
+            new_words=args.new_words,
         )  # fmt: skip
     except ValueError as exc:
         print(f"relay bench: {exc}", file=sys.stderr)

@@ -28,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 _SUMMED = (
     "retrievals",
     "retrieval_failures",
+    "retrieval_shed",
     "retrieval_skipped",
     "retrieval_prefetched",
     "query_embeddings",
@@ -146,6 +147,7 @@ def retrieval_share(
         "searched": int(searched),
         "skipped": int(delta.get("retrieval_skipped", 0.0)),
         "failures": int(delta.get("retrieval_failures", 0.0)),
+        "shed": int(delta.get("retrieval_shed", 0.0)),
         "query_embeddings": int(delta.get("query_embeddings", 0.0)),
         "query_cache_hits": int(delta.get("query_cache_hits", 0.0)),
         "prefetched": int(delta.get("retrieval_prefetched", 0.0)),

@@ -212,6 +212,7 @@ class _Sampler:
         ("recorder", "lost", metrics.RECORDER_LOST),
         ("recorder", "dropped_events", metrics.RECORDER_DROPPED),
         ("retriever", "failures", metrics.KNOWLEDGE_FAILURES),
+        ("retriever", "shed", metrics.KNOWLEDGE_SHED),
     )
 
     def __init__(self, runtime: Runtime) -> None:

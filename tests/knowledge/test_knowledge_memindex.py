@@ -5,14 +5,23 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
+import os
+import sys
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from knowledge import KnowledgeStore, LocalEmbedder, UnknownCollection
-from knowledge.memindex import MemoryIndex, query_key
+from knowledge import (
+    KnowledgeBusy,
+    KnowledgeStore,
+    KnowledgeTimeout,
+    LocalEmbedder,
+    UnknownCollection,
+)
+from knowledge.memindex import WORKER_NICENESS, MemoryIndex, query_key
 from knowledge.testing import HashingEmbedder
 
 DOCS = {
@@ -291,3 +300,128 @@ def test_an_answer_is_kept_until_the_documents_change(
     )
     assert index.search("movers", question, k=2)[0].doc_id == "tuning.md"  # not the old answer
     assert computed == [2, 3, 2]
+
+
+# -- load shedding --------------------------------------------------------------------------
+
+
+class GatedEmbedder(HashingEmbedder):
+    """Embeds like :class:`HashingEmbedder`, but a text with the word "gate" waits until
+    ``opened`` is set: a worker thread stays busy for as long as a test needs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.opened = threading.Event()
+        self.seen: list[str] = []
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        self.seen.extend(texts)
+        if any("gate" in text.split() for text in texts):
+            assert self.opened.wait(30), "the test never opened the gate"
+        return super().embed(texts)
+
+
+@pytest.fixture
+def gated(tmp_path: Path, folder: Path) -> Iterator[tuple[MemoryIndex, GatedEmbedder]]:
+    embedder = GatedEmbedder()
+    with KnowledgeStore(path=tmp_path / "gated", embedder=embedder) as store:
+        assert store.sync("movers", folder).ok
+        index = MemoryIndex(store, threads=1)
+        index.search("movers", "warm up")  # builds the matrix
+        try:
+            yield index, embedder
+        finally:
+            embedder.opened.set()
+            index.close()
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    for _ in range(2000):
+        if condition():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("the worker thread never got there")
+
+
+async def test_a_search_that_cannot_finish_in_time_is_shed_at_once(
+    gated: tuple[MemoryIndex, GatedEmbedder],
+) -> None:
+    index, embedder = gated
+    assert index.expected_wait() is None  # nothing has run in a worker thread yet
+    index._job_seconds = 0.1  # a search has lately taken 0.1 s in the worker thread
+    # one thread, idle: a search would take 0.1 s, within half its 0.5 s deadline
+    assert index.expected_wait() == pytest.approx(0.1)
+    running = asyncio.ensure_future(index.asearch("movers", "gate one", timeout=30))
+    await _until(lambda: index._running == 1)
+    assert index.expected_wait() == pytest.approx(0.2)  # it waits for the running one
+    queued = asyncio.ensure_future(index.asearch("movers", "gate two", timeout=30))
+    await _until(lambda: index._queued == 1)
+    assert index.expected_wait() == pytest.approx(0.3)  # over half of 0.5 s: shed
+    with pytest.raises(KnowledgeBusy, match="2 searches ahead"):
+        await index.asearch("movers", "how much do stairs cost", timeout=0.5)
+    assert index.shed == 1
+    assert "how much do stairs cost" not in embedder.seen  # refused before any work
+    # searches from memory never wait, even now
+    index.search("movers", "claims for damage")
+    assert await index.asearch("movers", "Claims for damage!", timeout=0.5)
+    embedder.opened.set()
+    assert (await running)[0].doc_id and (await queued)[0].doc_id
+    assert index._queued == 0 and index._running == 0 and index.shed == 1
+
+
+async def test_a_search_timed_out_in_the_queue_never_runs(
+    gated: tuple[MemoryIndex, GatedEmbedder],
+) -> None:
+    index, embedder = gated
+    running = asyncio.ensure_future(index.asearch("movers", "gate one", timeout=30))
+    await _until(lambda: index._running == 1)
+    with pytest.raises(KnowledgeTimeout):
+        await index.asearch("movers", "what if i cancel", timeout=0.05)
+    assert index._queued == 0  # cancelled before it started
+    embedder.opened.set()
+    await running
+    index.close()  # the worker thread has finished every job it was given
+    assert "what if i cancel" not in embedder.seen
+
+
+async def test_under_load_a_turn_without_its_context_vector_searches_its_words_alone(
+    gated: tuple[MemoryIndex, GatedEmbedder],
+) -> None:
+    index, embedder = gated
+    # no queue: the context is embedded (two texts) and the answer kept with it
+    alone = index.search("movers", "how much a week", k=2)
+    full = index.search("movers", "how much a week", context="can you store my piano", k=2)
+    assert "can you store my piano" in embedder.seen and index.contexts_skipped == 0
+    running = asyncio.ensure_future(index.asearch("movers", "gate one", timeout=30))
+    await _until(lambda: index._running == 1)
+    waiting = asyncio.ensure_future(index.asearch("movers", "gate two", timeout=30))
+    await _until(lambda: index._queued == 1)
+    seen = len(embedder.seen)
+    # searches are queued: an uncached context is not embedded; the own-words answer is given
+    hits = await asyncio.to_thread(
+        index.search, "movers", "how much a week", context="where is your depot", k=2
+    )
+    assert hits == alone and index.contexts_skipped == 1
+    assert "where is your depot" not in embedder.seen[seen:]
+    # a cached context is still used, and so is the answer kept for it
+    again = await asyncio.to_thread(
+        index.search, "movers", "how much a week", context="can you store my piano", k=2
+    )
+    assert again == full and index.contexts_skipped == 1
+    # and a prefetch waits for a quiet moment
+    assert index.prefetch("where is your depot") is None
+    embedder.opened.set()
+    await running
+    await waiting
+    assert index.prefetch("where is your depot") is not None
+
+
+def test_the_worker_threads_yield_the_cores_to_the_event_loop(index: MemoryIndex) -> None:
+    if sys.platform != "linux":
+        pytest.skip("thread priorities are set on Linux only")
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    theirs = index._pool.submit(
+        lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    ).result(timeout=10)
+    assert theirs == min(19, own + WORKER_NICENESS)
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own  # not the process

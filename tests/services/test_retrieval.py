@@ -11,8 +11,11 @@ from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
+from structlog.testing import capture_logs
 
-from knowledge import StoreUnavailable
+from knowledge import KnowledgeBusy, StoreUnavailable
+from relay.services import retrieval
+from relay.services.retrieval import KnowledgeRetriever
 from relay.storage import repository
 from relay.testing import ScriptedLLM, Text
 from relay.web.app import create_app
@@ -96,6 +99,56 @@ async def test_a_call_survives_a_failing_store(start_relay: Any) -> None:
     assert messages[-1]["content"].startswith("Current date and time: ")
     assert "[1]" not in messages[-1]["content"]  # no reference material
     assert metrics["retrieval_failures"] == 1
+
+
+class BusyKnowledge:
+    """A store whose every search is shed (the memory index's KnowledgeBusy)."""
+
+    store = None
+
+    async def search(self, *args: Any, **kwargs: Any) -> Any:
+        raise KnowledgeBusy("knowledge search shed: the 9 searches ahead of it would take 0.31s")
+
+
+async def test_a_shed_search_answers_at_once_without_passages_and_is_counted(
+    start_relay: Any,
+) -> None:
+    def configure(runtime: Any) -> None:
+        runtime.retriever.knowledge = BusyKnowledge()
+
+    llm = ScriptedLLM([Text("Happy to help."), Text("Sure.")])
+    async with start_relay(
+        llm, configure=configure, RELAY_KNOWLEDGE="true", RELAY_KNOWLEDGE_AUTOLOAD="false"
+    ) as relay:
+        call = relay.call()
+        await call.connect()
+        first = await call.say("Do you store pianos?")
+        second = await call.say("Where is your depot?")
+        metrics = (await relay.http.get(relay.base_url + "/metrics.json")).json()
+        await call.close()
+
+    assert (first.text, second.text) == ("Happy to help.", "Sure.")
+    assert all("[1]" not in r["messages"][-1]["content"] for r in llm.requests)
+    assert metrics["retrieval_shed"] == 2 and metrics["retrieval_failures"] == 2
+
+
+async def test_shed_searches_are_logged_at_most_once_an_interval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    retriever = KnowledgeRetriever(BusyKnowledge(), memory_index=False)  # type: ignore[arg-type]
+    agent: Any = type("Agent", (), {"knowledge_collection": "piano-removals"})()
+    clock = [1000.0]
+    monkeypatch.setattr(retrieval.time, "monotonic", lambda: clock[0])
+    with capture_logs() as logs:
+        for _ in range(3):
+            found = await retriever.retrieve(agent, "Do you store pianos?")
+            assert found is not None and found.error is not None and not found.provenance
+        clock[0] += retrieval._SHED_LOG_INTERVAL
+        await retriever.retrieve(agent, "Where is your depot?")
+    shed = [line for line in logs if line["event"] == "retrieval_shed"]
+    assert [(line["shed"], line["shed_total"]) for line in shed] == [(1, 1), (3, 4)]
+    assert not [line for line in logs if line["event"] == "retrieval_failed"]
+    assert retriever.shed == 4 and retriever.failures == 4
 
 
 def admin_client(make_settings: Any, **overrides: Any) -> TestClient:

@@ -16,11 +16,14 @@ import pytest
 
 from relay.cli.main import main
 from relay.testing.bench import (
+    NAMES,
     PROMPTS,
     STAGES,
+    SUBURBS,
     Baselines,
     Expectations,
     Stats,
+    new_words,
     stages_of,
     tokens_lost,
 )
@@ -33,7 +36,8 @@ def test_a_small_run_reports_every_figure_with_no_errors(
     argv = ["bench", "--calls", "2", "--turns", "2", "--token-delay", "0", "--think", "0"]
     argv += ["--first-token-delay", "0.01", "--baseline-sampling", "turns"]
 
-    assert main([*argv, "--partials", "2", "--json", str(out), "--timeout", "120"]) == 0
+    argv += ["--partials", "2", "--new-words"]
+    assert main([*argv, "--json", str(out), "--timeout", "120"]) == 0
 
     report = json.loads(out.read_text())
     for hop in ("ws_hop", "llm_hop", "relay"):
@@ -64,7 +68,12 @@ def test_a_small_run_reports_every_figure_with_no_errors(
     assert isinstance(retrieval["cpu_ms_per_turn"], float)
     assert report["options"]["knowledge"] is True and report["options"]["workers"] == 1
     assert isinstance(retrieval["prefetched"], int)  # interim prompts: answered by nothing
+    # --new-words: no measured turn's words were heard before (by the warm-up call, or by the
+    # other call), so each was embedded, from its interim prompt or on the turn's path
+    assert report["options"]["new_words"] is True
+    assert retrieval["query_embeddings"] >= 4 and retrieval["shed"] == 0
     printed = capsys.readouterr().out.splitlines()
+    assert "knowledge on, new words each call;" in printed[0]
     assert any(
         x.startswith("baselines sampled concurrent, LLM hop as turns start;") for x in printed
     )
@@ -99,6 +108,14 @@ def test_two_workers_without_knowledge(tmp_path: Path) -> None:
     assert report["retrieval"] == {}
     assert report["options"]["workers"] == 2 and report["options"]["knowledge"] is False
     assert report["memory_per_call_kb"] is not None
+
+
+def test_new_words_give_every_call_its_own_caller() -> None:
+    callers = len(NAMES) * len(SUBURBS)
+    said = {new_words(prompt, call) for call in range(callers) for prompt in PROMPTS[:2]}
+    assert len(said) == 2 * callers  # no two calls say the same words
+    assert new_words(PROMPTS[1], 0) == f"{NAMES[0]} from {SUBURBS[0]}. {PROMPTS[1]}"
+    assert new_words(PROMPTS[1], callers) == new_words(PROMPTS[1], 0)  # then they come round
 
 
 class _Probe:

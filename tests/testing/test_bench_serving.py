@@ -35,7 +35,7 @@ AFTER = {
     11: worker(11, retrievals=110, retrieval_skipped=11, query_embeddings=7, query_cache_hits=103,
                query_embed_cpu_ms=28.0, retrieval_cpu_ms=50.0, retrieval_ms_total=90.0,
                retrieval_prefetched=2, rss_kb=1600, active_sessions=30),
-    12: worker(12, retrievals=94, retrieval_failures=1, query_embeddings=4,
+    12: worker(12, retrievals=94, retrieval_failures=3, retrieval_shed=2, query_embeddings=4,
                query_embed_cpu_ms=16.0, retrieval_cpu_ms=30.5, retrieval_ms_total=50.0,
                rss_kb=2600, active_sessions=30),
 }  # fmt: skip
@@ -49,7 +49,8 @@ def test_the_retrieval_share_adds_up_over_workers() -> None:
         "turns": 200,
         "searched": 190,
         "skipped": 10,
-        "failures": 1,
+        "failures": 3,
+        "shed": 2,
         "query_embeddings": 2,
         "query_cache_hits": 98,
         "prefetched": 2,

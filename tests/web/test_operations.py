@@ -405,7 +405,7 @@ def test_sampler_brings_recorder_and_knowledge_counters_into_prometheus() -> Non
     from relay.web.operations import _Sampler
 
     recorder = SimpleNamespace(pending=7, failures=2, parked=1, lost=0, dropped_events=0)
-    retriever = SimpleNamespace(failures=1)
+    retriever = SimpleNamespace(failures=1, shed=0)
     runtime = SimpleNamespace(deps=SimpleNamespace(recorder=recorder), retriever=retriever)
     sampler = _Sampler(runtime)
 
@@ -416,15 +416,18 @@ def test_sampler_brings_recorder_and_knowledge_counters_into_prometheus() -> Non
         read("relay_recorder_failures_total"),
         read("relay_knowledge_failures_total"),
         read("relay_recorder_parked_total"),
+        read("relay_knowledge_shed_total"),
     )
     sampler.sample()
     recorder.failures, recorder.pending = 5, 0
+    retriever.failures, retriever.shed = 4, 3  # three searches shed under load
     sampler.sample()
     sampler.sample()  # nothing new: nothing added
 
     assert read("relay_recorder_failures_total") - before[0] == 5
-    assert read("relay_knowledge_failures_total") - before[1] == 1
+    assert read("relay_knowledge_failures_total") - before[1] == 4
     assert read("relay_recorder_parked_total") - before[2] == 1
+    assert read("relay_knowledge_shed_total") - before[3] == 3
     assert read("relay_recorder_backlog") == 0
 
 
