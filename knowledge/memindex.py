@@ -52,8 +52,14 @@ from knowledge.models import Hit
 logger = logging.getLogger(__name__)
 
 #: Weight of the latest search in the running mean of a search's wall time in the worker
-#: threads (:meth:`MemoryIndex.expected_wait`).
+#: threads (:meth:`MemoryIndex.expected_wait`); one search counts for at most ``_JOB_CAP``
+#: times the mean, so that a rare slow one (a matrix rebuilt after a document changed) does not
+#: make the next searches look hopeless.
 _JOB_WEIGHT = 0.2
+_JOB_CAP = 4.0
+#: The share of its deadline a search may expect to spend queued and running before it is
+#: shed: the estimate is a mean, so half leaves room for the searches that take longer.
+_SHED_SHARE = 0.5
 
 #: How much nicer (lower priority) than the process the worker threads run (Linux): a busy
 #: process's event loop, which streams every call's words, gets the cores before a query
@@ -159,10 +165,11 @@ class MemoryIndex:
     ``prefetch_cpu_seconds`` that of :meth:`prefetch`.
 
     **Load shedding.** A search that must wait for the worker threads (a query vector not
-    cached) is refused at once with :class:`KnowledgeBusy` when the searches already queued
-    and running would keep it past its ``timeout`` (:meth:`expected_wait`): it would time out
-    anyway, and refusing it now spares the caller the wait and the process the embedding
-    (``shed`` counts them). While searches are queued, a prefetch is skipped, and a turn
+    cached, and no thread free) is refused at once with :class:`KnowledgeBusy` when the
+    searches already queued and running would keep it past half its ``timeout``
+    (:meth:`expected_wait`): it would likely time out, and refusing it now spares the caller
+    the wait and the process the embedding (``shed`` counts them). The worker threads run at
+    a lower priority than the event loop (:data:`WORKER_NICENESS`). While searches are queued, a prefetch is skipped, and a turn
     whose context was not embedded (its own turn was shed) searches its own words alone
     rather than cost two embeddings (``contexts_skipped``).
     """
@@ -382,15 +389,7 @@ class MemoryIndex:
         if hits is not None:
             return hits
         if timeout is not None:
-            expected = self.expected_wait()
-            if expected is not None and expected > timeout * 0.5:
-                with self._lock:
-                    self.shed += 1
-                    ahead = self._queued + self._running
-                raise KnowledgeBusy(
-                    f"knowledge search shed: the {ahead} searches ahead of it would take "
-                    f"about {expected:.2f}s, over its {timeout}s deadline"
-                )
+            self._admit(timeout)
 
         def run() -> list[Hit]:
             started = time.thread_time()
@@ -410,11 +409,37 @@ class MemoryIndex:
         from the searches queued and running and the recent mean of their wall time; None
         until one has run."""
         with self._lock:
-            job = self._job_seconds
-            if job is None:
-                return None
-            behind = max(0, self._queued + self._running + 1 - self.threads)
-            return job * (1 + behind / self.threads)
+            return self._expected()[0]
+
+    def _expected(self) -> tuple[float | None, int]:
+        """(:meth:`expected_wait`, searches a new one would wait behind); under the lock."""
+        behind = max(0, self._queued + self._running + 1 - self.threads)
+        job = self._job_seconds
+        return (None if job is None else job * (1 + behind / self.threads)), behind
+
+    def _admit(self, timeout: float) -> None:
+        """Raise :class:`KnowledgeBusy` (and count it) when a search would have to wait for
+        the worker threads and is expected to take over :data:`_SHED_SHARE` of ``timeout``.
+        A search that finds a thread free is never shed: refusing it would spare nothing."""
+        with self._lock:
+            expected, behind = self._expected()
+            if not behind or expected is None or expected <= timeout * _SHED_SHARE:
+                return
+            self.shed += 1
+            ahead = self._queued + self._running
+        raise KnowledgeBusy(
+            f"knowledge search shed: the {ahead} searches ahead of it would take about "
+            f"{expected:.2f}s, over half its {timeout}s deadline"
+        )
+
+    def _observe(self, took: float) -> None:
+        """Fold one search's wall time in a worker thread into the running mean; under the
+        lock."""
+        mean = self._job_seconds
+        if mean is None:
+            self._job_seconds = took
+        else:
+            self._job_seconds = mean + _JOB_WEIGHT * (min(took, _JOB_CAP * mean) - mean)
 
     def _submit(self, job: Callable[[], list[Hit]]) -> Future[list[Hit]]:
         """Run ``job`` in a worker thread, counted while queued and running (a job cancelled
@@ -431,8 +456,7 @@ class MemoryIndex:
                 took = time.perf_counter() - started
                 with self._lock:
                     self._running -= 1
-                    mean = self._job_seconds
-                    self._job_seconds = took if mean is None else mean + _JOB_WEIGHT * (took - mean)
+                    self._observe(took)
 
         def dropped(future: Future[list[Hit]]) -> None:
             if future.cancelled():  # never started: run() did not take it off the queue
