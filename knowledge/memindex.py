@@ -44,12 +44,14 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from knowledge.errors import EmbeddingError, KnowledgeBusy, KnowledgeTimeout, UnknownCollection
 from knowledge.models import Hit
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: Weight of the latest search in the running mean of a search's wall time in the worker
 #: threads (:meth:`MemoryIndex.expected_wait`); one search counts for at most ``_JOB_CAP``
@@ -441,11 +443,11 @@ class MemoryIndex:
         else:
             self._job_seconds = mean + _JOB_WEIGHT * (min(took, _JOB_CAP * mean) - mean)
 
-    def _submit(self, job: Callable[[], list[Hit]]) -> Future[list[Hit]]:
+    def _submit(self, job: Callable[[], T]) -> Future[T]:
         """Run ``job`` in a worker thread, counted while queued and running (a job cancelled
         before it started only leaves the queue)."""
 
-        def run() -> list[Hit]:
+        def run() -> T:
             with self._lock:
                 self._queued -= 1
                 self._running += 1
@@ -458,7 +460,7 @@ class MemoryIndex:
                     self._running -= 1
                     self._observe(took)
 
-        def dropped(future: Future[list[Hit]]) -> None:
+        def dropped(future: Future[T]) -> None:
             if future.cancelled():  # never started: run() did not take it off the queue
                 with self._lock:
                     self._queued -= 1
@@ -521,7 +523,7 @@ class MemoryIndex:
                 future.set_exception(exc)
 
         try:
-            self._pool.submit(run)
+            self._submit(run)
         except RuntimeError:  # shut down
             with self._lock:
                 self._inflight.pop(key, None)

@@ -438,3 +438,18 @@ def test_the_worker_threads_yield_the_cores_to_the_event_loop(index: MemoryIndex
     ).result(timeout=10)
     assert theirs == min(19, own + WORKER_NICENESS)
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own  # not the process
+
+
+async def test_a_prefetch_counts_as_work_ahead_of_the_searches(
+    gated: tuple[MemoryIndex, GatedEmbedder],
+) -> None:
+    index, embedder = gated
+    index._job_seconds = 0.1
+    future = index.prefetch("gate three")
+    assert future is not None
+    await _until(lambda: index._running == 1)
+    assert index.expected_wait() == pytest.approx(0.2)  # a search would wait for it
+    embedder.opened.set()
+    await asyncio.wrap_future(future)
+    await _until(lambda: index._running == 0)
+    assert index._queued == 0
