@@ -171,9 +171,10 @@ class MemoryIndex:
     searches already queued and running would keep it past half its ``timeout``
     (:meth:`expected_wait`): it would likely time out, and refusing it now spares the caller
     the wait and the process the embedding (``shed`` counts them). The worker threads run at
-    a lower priority than the event loop (:data:`WORKER_NICENESS`). While searches are queued, a prefetch is skipped, and a turn
-    whose context was not embedded (its own turn was shed) searches its own words alone
-    rather than cost two embeddings (``contexts_skipped``).
+    a lower priority than the event loop (:data:`WORKER_NICENESS`). While searches are
+    queued, a prefetch is skipped, and a turn whose context was not embedded (its own turn
+    was shed) searches its own words alone rather than cost two embeddings
+    (``contexts_skipped``).
     """
 
     def __init__(
