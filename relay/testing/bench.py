@@ -1599,8 +1599,9 @@ def add_parser(commands: Any) -> None:
         "--new-words",
         action="store_true",
         help="each call's caller says its own name and suburb in every utterance, so no worker "
-        "has heard a turn's words before and every searched turn embeds them (default: ten "
-        "questions shared by all calls, embedded once per worker)",
+        "has heard a turn's words before (up to 1,600 calls of up to ten turns) and every "
+        "searched turn embeds them (default: ten questions shared by all calls, embedded once "
+        "per worker)",
     )
     bench.set_defaults(handler=_command)
 
