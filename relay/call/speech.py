@@ -44,6 +44,10 @@ class Emit:
     stop: str | None = None  # None | "limit" | "price" | "booking"
 
 
+#: Nothing to send and no reason to stop: one shared instance (an Emit cannot change), since
+#: most words of a reply produce it somewhere on their way through the filter.
+_NOTHING = Emit()
+
 _NUMBER_WORDS: dict[str, int] = {
     "zero": 0, "oh": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6,
     "seven": 7, "eight": 8, "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "thirteen": 13,
@@ -169,14 +173,18 @@ def spoken_amount(words: Iterable[str]) -> Decimal | None:
     return dollars + cents
 
 
+#: A word that alone is (part of) an amount: a number word, a scale or a currency.
+_AMOUNT_WORDS = frozenset(_NUMBER_WORDS) | _CURRENCY | frozenset(_SCALES)
+
+
 def _numberish(token: str) -> bool:
     bare = token.strip(_STRIP_EDGES).lower()
     if not bare:
         return False
-    if "$" in bare or _DIGITS.match(bare):
+    if bare in _AMOUNT_WORDS or "$" in bare or _DIGITS.match(bare):
         return True
-    if bare in _CURRENCY or bare in _SCALES:
-        return True
+    if "-" not in bare:
+        return False
     return all(part in _NUMBER_WORDS for part in bare.split("-"))
 
 
@@ -302,6 +310,7 @@ class Speech:
 
     def _process(self, pieces: list[str]) -> Emit:
         out: list[str] = []
+        emitted = _NOTHING
         for piece in pieces:
             if not piece:
                 continue
@@ -323,6 +332,10 @@ class Speech:
             out.append(emitted.text)
             if emitted.stop:
                 return Emit("".join(out), emitted.stop)
+        if not out:
+            return _NOTHING  # a token that only continues a word
+        if len(out) == 1 and out[0] is emitted.text:
+            return emitted  # one word said, nothing else (most tokens): its Emit as it is
         return Emit("".join(out))
 
     def _word(self, raw: str) -> Emit:
@@ -331,9 +344,9 @@ class Speech:
             self._in_code = not self._in_code
             self._pending_break = False
             self._skip_break = not self._in_code
-            return Emit()
+            return _NOTHING
         if self._in_code:
-            return Emit()
+            return _NOTHING
         prefix = ""
         if self._line_start:
             self._line_start = False
@@ -358,7 +371,9 @@ class Speech:
             if _SENTENCE_END.search(word):
                 return self._with_prefix(prefix, self._release_held(final=True))
             return Emit(self._render_prefix(prefix))
-        released = self._release_held(final=False) if self._held else Emit()
+        if not self._held:
+            return self._say(word, prefix)
+        released = self._release_held(final=False)
         if released.stop:
             return released
         said = self._say(word, prefix)
@@ -368,7 +383,7 @@ class Speech:
         if prefix:
             self._said_append_punctuation(prefix)
             return Emit(self._render_prefix(prefix))
-        return Emit()
+        return _NOTHING
 
     def _with_prefix(self, prefix: str, emit: Emit) -> Emit:
         return Emit(self._render_prefix(prefix) + emit.text, emit.stop)
@@ -395,7 +410,7 @@ class Speech:
         while held and held[-1].lower().strip(_STRIP_EDGES) in _JOINERS:
             held.pop()  # "two pianos and" - the joiner belongs to what follows
         if not held:
-            return Emit()
+            return _NOTHING
         amount = spoken_amount(held)
         if amount is not None and not self._amount_allowed(amount):
             self.blocked.append(" ".join(held))

@@ -203,3 +203,39 @@ def test_a_booking_claim_first_appears_with_a_word_the_guard_looks_at(words: lis
         before = n > 1 and claims_booking(" ".join(words[: n - 1]))
         if now and not before:
             assert words[n - 1].lower().startswith(speech_module._CLAIM_LAST_WORDS), words[:n]
+
+
+@pytest.mark.parametrize(
+    ("word", "numberish"),
+    [
+        ("twenty", True),
+        ("Twenty-five,", True),
+        ("twenty-five-hundred", False),  # "hundred" is a scale, not a number word
+        ("Hundred.", True),
+        ("dollars", True),
+        ("AUD", True),
+        ("grand", True),
+        ("$420.50", True),
+        ("1,200", True),
+        ("5k", True),
+        ("well-known", False),
+        ("-", False),
+        ("piano", False),
+        ("", False),
+        ('"', False),
+    ],
+)
+def test_which_words_may_be_part_of_an_amount(word: str, numberish: bool) -> None:
+    assert speech_module._numberish(word) is numberish
+
+
+def test_a_word_said_alone_comes_back_as_its_own_emit_and_nothing_as_one_shared() -> None:
+    speech = Speech()
+    assert speech.feed("Hello") == Emit("Hello")  # the first word, said as it is written
+    said = speech.feed(" there ")
+    assert said == Emit(" there") and said.stop is None
+    # nothing to say yet (a word still being written): the one shared empty Emit
+    waiting = [speech.feed("pia"), speech.feed("no"), speech.feed("forte")]
+    assert all(e == Emit() for e in waiting)
+    assert len({id(e) for e in waiting}) == 1  # not a new one a token
+    assert speech.feed(" now") == Emit(" pianoforte")
