@@ -282,8 +282,7 @@ class MemoryIndex:
         now, unless searches are queued for the worker threads: then None, and the turn
         searches its own words alone rather than cost two embeddings (``contexts_skipped``)."""
         with self._lock:
-            queued = self._queued
-            if queued and _digest(around) not in self._vectors:
+            if self._queued and _digest(around) not in self._vectors:
                 self.contexts_skipped += 1
                 return None
         return self.vector(around)

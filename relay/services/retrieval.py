@@ -373,13 +373,13 @@ class KnowledgeRetriever:
             if isinstance(exc, KnowledgeBusy):
                 self.shed += 1
                 self._log_shed(collection, error)
-                return Retrieved(message="", provenance=[], elapsed_ms=elapsed, error=error)
-            log.warning(
-                "retrieval_failed",
-                collection=collection,
-                error=error[:300],
-                elapsed_ms=round(elapsed, 1),
-            )
+            else:
+                log.warning(
+                    "retrieval_failed",
+                    collection=collection,
+                    error=error[:300],
+                    elapsed_ms=round(elapsed, 1),
+                )
             return Retrieved(message="", provenance=[], elapsed_ms=elapsed, error=error)
         return self._found(hits, started)
 

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 from typing import Final
 
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-__all__ = ["INDEX_PENDING", "PENDING_TABLE", "has_pending", "index_pending", "pending_count"]
+__all__ = ["INDEX_PENDING", "PENDING_TABLE", "has_pending", "index_pending"]
 
 PENDING_TABLE: Final = "turns_fts_pending"
 _INDEX: Final = (
@@ -44,8 +43,3 @@ async def index_pending(conn: AsyncConnection, *, check: bool = True) -> bool:
     await conn.exec_driver_sql(_INDEX)
     await conn.exec_driver_sql(_CLEAR)
     return True
-
-
-async def pending_count(conn: AsyncConnection) -> int:
-    """How many turn rows wait to be indexed."""
-    return int((await conn.execute(text(f"SELECT count(*) FROM {PENDING_TABLE}"))).scalar_one())

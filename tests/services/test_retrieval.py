@@ -79,21 +79,33 @@ class BrokenKnowledge:
         raise StoreUnavailable("chroma is down")
 
 
-async def test_a_call_survives_a_failing_store(start_relay: Any) -> None:
-    def configure(runtime: Any) -> None:
-        runtime.retriever.knowledge = BrokenKnowledge()
+async def call_over(
+    start_relay: Any, knowledge: Any, llm: ScriptedLLM, said: list[str]
+) -> tuple[list[str], dict[str, Any]]:
+    """A real call that says ``said`` with the retriever searching ``knowledge``: the replies'
+    texts, and the server's ``/metrics.json`` after them."""
 
-    llm = ScriptedLLM([Text("Happy to help.")])
+    def configure(runtime: Any) -> None:
+        runtime.retriever.knowledge = knowledge
+
     async with start_relay(
         llm, configure=configure, RELAY_KNOWLEDGE="true", RELAY_KNOWLEDGE_AUTOLOAD="false"
     ) as relay:
         call = relay.call()
         await call.connect()
-        reply = await call.say("Do you store pianos?")
+        replies = [(await call.say(text)).text for text in said]
         metrics = (await relay.http.get(relay.base_url + "/metrics.json")).json()
         await call.close()
+    return replies, metrics
 
-    assert reply.text == "Happy to help."
+
+async def test_a_call_survives_a_failing_store(start_relay: Any) -> None:
+    llm = ScriptedLLM([Text("Happy to help.")])
+    [reply], metrics = await call_over(
+        start_relay, BrokenKnowledge(), llm, ["Do you store pianos?"]
+    )
+
+    assert reply == "Happy to help."
     messages = llm.requests[0]["messages"]
     assert [m["role"] for m in messages].count("system") == 2  # the prompt, the per-turn note
     assert messages[-1]["content"].startswith("Current date and time: ")
@@ -113,21 +125,11 @@ class BusyKnowledge:
 async def test_a_shed_search_answers_at_once_without_passages_and_is_counted(
     start_relay: Any,
 ) -> None:
-    def configure(runtime: Any) -> None:
-        runtime.retriever.knowledge = BusyKnowledge()
-
     llm = ScriptedLLM([Text("Happy to help."), Text("Sure.")])
-    async with start_relay(
-        llm, configure=configure, RELAY_KNOWLEDGE="true", RELAY_KNOWLEDGE_AUTOLOAD="false"
-    ) as relay:
-        call = relay.call()
-        await call.connect()
-        first = await call.say("Do you store pianos?")
-        second = await call.say("Where is your depot?")
-        metrics = (await relay.http.get(relay.base_url + "/metrics.json")).json()
-        await call.close()
+    said = ["Do you store pianos?", "Where is your depot?"]
+    (first, second), metrics = await call_over(start_relay, BusyKnowledge(), llm, said)
 
-    assert (first.text, second.text) == ("Happy to help.", "Sure.")
+    assert (first, second) == ("Happy to help.", "Sure.")
     assert all("[1]" not in r["messages"][-1]["content"] for r in llm.requests)
     assert metrics["retrieval_shed"] == 2 and metrics["retrieval_failures"] == 2
 

@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 from alembic import command
 from sqlalchemy import create_engine, text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from relay.storage.db import Database, alembic_config
 from relay.storage.recorder import Recorder
-from relay.storage.textsearch import PENDING_TABLE, index_pending, pending_count
+from relay.storage.textsearch import PENDING_TABLE, index_pending
 from relay.web.console import queries
 from tests.storage.test_recorder import record_call, record_turn
 
@@ -45,6 +46,11 @@ async def turn_id(db: Database, call_sid: str, seq: int) -> int:
     async with db.engine.connect() as conn:
         query = text("SELECT id FROM turns WHERE call_sid = :c AND seq = :s")
         return int((await conn.execute(query, {"c": call_sid, "s": seq})).scalar_one())
+
+
+async def pending_count(conn: AsyncConnection) -> int:
+    """How many turn rows wait to be indexed."""
+    return int((await conn.execute(text(f"SELECT count(*) FROM {PENDING_TABLE}"))).scalar_one())
 
 
 async def pending(db: Database) -> int:
