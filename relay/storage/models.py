@@ -189,7 +189,8 @@ class Event(Base):
     """Everything that happened on a session, in order: the recording replay uses."""
 
     __tablename__ = "events"
-    __table_args__ = (Index("ix_events_call", "call_sid", "session_id", "seq"),)
+    # a call's events are always read in id order (migration 0007)
+    __table_args__ = (Index("ix_events_call_id", "call_sid", "id"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     call_sid: Mapped[str] = mapped_column(Bounded(64))

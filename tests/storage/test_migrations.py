@@ -5,7 +5,9 @@ is a one-line error naming it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +19,7 @@ from sqlalchemy import text
 
 from relay.storage.db import Database
 from relay.storage.models import Base
+from tests.storage.test_textsearch import migrate
 
 MIGRATE = (
     "import asyncio, sys\n"
@@ -104,3 +107,31 @@ def test_a_missing_postgres_driver_is_one_line_naming_it(tmp_path: Path) -> None
         "relay: configuration error: DATABASE_URL is a PostgreSQL URL but its driver (asyncpg) "
         "is not installed: pip install 'relay[postgres]'"
     ]
+
+
+def _event_indexes(path: Path) -> dict[str, list[str]]:
+    with contextlib.closing(sqlite3.connect(path)) as con:
+        names = [row[1] for row in con.execute("PRAGMA index_list(events)")]
+        return {n: [r[2] for r in con.execute(f"PRAGMA index_info({n})")] for n in names}
+
+
+def test_0007_indexes_events_by_call_and_id_and_downgrades(tmp_path: Path) -> None:
+    """A call's events are read in id order: one index on (call_sid, id) replaces the one on
+    (call_sid, session_id, seq), and the downgrade puts the old one back."""
+    path = tmp_path / "relay.db"
+    migrate(path, "head")
+    assert _event_indexes(path) == {"ix_events_call_id": ["call_sid", "id"]}
+    with contextlib.closing(sqlite3.connect(path)) as con:
+        plan = " ".join(
+            str(row[-1])
+            for row in con.execute(
+                "EXPLAIN QUERY PLAN SELECT id FROM events WHERE call_sid = 'CA1' "
+                "AND kind IN ('frame_in', 'frame_out') ORDER BY id DESC LIMIT 1"
+            )
+        )
+    assert "ix_events_call_id" in plan and "TEMP B-TREE" not in plan  # no sort: an index walk
+
+    migrate(path, "0006", down=True)
+    assert _event_indexes(path) == {"ix_events_call": ["call_sid", "session_id", "seq"]}
+    migrate(path, "head")
+    assert _event_indexes(path) == {"ix_events_call_id": ["call_sid", "id"]}

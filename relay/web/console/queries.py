@@ -446,66 +446,88 @@ class LiveCall:
     agent_said: str = ""  # the agent's latest reply (as far as it is recorded)
 
 
+#: The events that tell a live call's state (the newest of them).
+_STATE_EVENTS = ("frame_out", "tool_call", "tool_result", "frame_in")
+
+
+def _latest_words(role: str) -> Any:
+    """The newest non-empty turn of ``role`` of the outer query's call (a few index steps back
+    on ``ix_turns_call``)."""
+    return (
+        select(Turn.content)
+        .where(Turn.call_sid == Call.call_sid, Turn.role == role, Turn.content != "")
+        .order_by(Turn.seq.desc())
+        .limit(1)
+        .correlate(Call)
+        .scalar_subquery()
+    )
+
+
 async def live_calls(db: Database, now: datetime | None = None) -> list[LiveCall]:
-    """Calls in progress on every worker: no end recorded, started recently."""
+    """Calls in progress on every worker: no end recorded, started recently.
+
+    The live page asks once a second for each owner watching it, while the calls it lists are
+    being served by the same processes, so each call costs a few index steps, whatever its
+    length: its newest state event (``ix_events_call_id``, migration 0007) and its newest words
+    of each side (``ix_turns_call``), never all of its events or turns.
+    """
     now = now or datetime.now(UTC)
+    newest_event = (
+        select(Event.id)
+        .where(Event.call_sid == Call.call_sid, Event.kind.in_(_STATE_EVENTS))
+        .order_by(Event.id.desc())
+        .limit(1)
+        .correlate(Call)
+        .scalar_subquery()
+    )
     async with db.session() as session:
         rows = (
             await session.execute(
-                select(Call.call_sid, Call.agent, Call.from_number, Call.started_at)
+                select(
+                    Call.call_sid,
+                    Call.agent,
+                    Call.from_number,
+                    Call.started_at,
+                    newest_event,
+                    _latest_words("user"),
+                    _latest_words("assistant"),
+                )
                 .where(Call.ended_at.is_(None), Call.started_at >= now - LIVE_HORIZON)
                 .order_by(Call.started_at.desc())
                 .limit(200)
             )
         ).all()
-        if not rows:
-            return []
-        latest = (
-            await session.execute(
-                select(Event.call_sid, func.max(Event.id))
-                .where(
-                    Event.call_sid.in_([r[0] for r in rows]),
-                    Event.kind.in_(("frame_out", "tool_call", "tool_result", "frame_in")),
+        ids = [row[4] for row in rows if row[4] is not None]
+        newest = (
+            (
+                await session.execute(
+                    select(Event.id, Event.kind, Event.data).where(Event.id.in_(ids))
                 )
-                .group_by(Event.call_sid)
-            )
-        ).all()
-        ids = [row[1] for row in latest]
-        last = (await session.scalars(select(Event).where(Event.id.in_(ids)))).all() if ids else []
-        said = (
-            await session.execute(
-                select(Turn.call_sid, Turn.role, Turn.content)
-                .where(
-                    Turn.call_sid.in_([r[0] for r in rows]),
-                    Turn.role.in_(("user", "assistant")),
-                    Turn.content != "",
-                )
-                .order_by(Turn.call_sid, Turn.seq)
-            )
-        ).all()
-    by_call = {event.call_sid: event for event in last}
-    words: dict[tuple[str, str], str] = {(sid, role): text for sid, role, text in said}
+            ).all()
+            if ids
+            else []
+        )
+    state = {event_id: _state(kind, data) for event_id, kind, data in newest}
     return [
         LiveCall(
             sid,
             agent,
             number,
             aware(started) or now,
-            _state(by_call.get(sid)),
-            words.get((sid, "user"), ""),
-            words.get((sid, "assistant"), ""),
+            state.get(event_id, "listening"),
+            caller_said or "",
+            agent_said or "",
         )
-        for sid, agent, number, started in rows
+        for sid, agent, number, started, event_id, caller_said, agent_said in rows
     ]
 
 
-def _state(event: Event | None) -> str:
-    if event is None:
-        return "listening"
-    if event.kind == "tool_call":
+def _state(kind: str, data: Any) -> str:
+    """What a live call is doing, from its newest state event."""
+    if kind == "tool_call":
         return "running a tool"
-    if event.kind == "frame_out":
-        frame = _json((event.data or {}).get("raw"))
+    if kind == "frame_out":
+        frame = _json(data.get("raw") if isinstance(data, dict) else None)
         if isinstance(frame, dict) and frame.get("type") == "text":
             return "speaking"
     return "listening"

@@ -3,6 +3,7 @@ search, live calls, analytics rollups, users and supervisor commands."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -83,6 +84,59 @@ async def test_searches_live_calls_and_analytics(db: Database) -> None:
     assert (figures.calls, figures.answered) == (3, 3)
     assert figures.median_seconds == 60.0
     assert figures.first_word_p95 == 422.5
+
+
+def _frame(raw: dict[str, object]) -> dict[str, object]:
+    return {"raw": json.dumps(raw)}
+
+
+async def test_the_live_list_shows_each_calls_newest_state_and_words(db: Database) -> None:
+    """Each live call's state comes from its newest frame or tool event (later events of other
+    kinds, an earlier session's, do not count) and its words from its newest non-empty turn of
+    each side; calls that ended, or started before the horizon, are not listed."""
+    now = datetime.now(UTC)
+    text = _frame({"type": "text", "token": "Sure", "last": False})
+    prompt = _frame({"type": "prompt", "voicePrompt": "Hello", "last": True})
+    calls: dict[str, tuple[timedelta, list[tuple[str, str, dict[str, object]]]]] = {
+        # sid: (started ago, events as (session, kind, data), oldest first)
+        "CAspeaking": (timedelta(minutes=5), [("VX1", "frame_in", prompt), ("VX2", "frame_out", text),
+                                             ("VX2", "llm_response", {"content": "Sure"})]),
+        "CAtool": (timedelta(minutes=4), [("VX1", "frame_out", text), ("VX1", "tool_call", {"name": "q"})]),
+        "CAheard": (timedelta(minutes=3), [("VX1", "frame_out", text), ("VX1", "frame_in", prompt),
+                                          ("VX1", "retrieval", {"provenance": []})]),
+        "CAsilent": (timedelta(minutes=2), []),
+        "CAended": (timedelta(minutes=1), [("VX1", "frame_out", text)]),
+        "CAstale": (queries.LIVE_HORIZON + timedelta(minutes=1), [("VX1", "frame_out", text)]),
+    }  # fmt: skip
+    async with db.session() as session, session.begin():
+        for sid, (ago, events) in calls.items():
+            session.add(Call(call_sid=sid, agent="piano-removals", from_number="+61412000001",
+                             started_at=now - ago, status="in-progress",
+                             ended_at=now if sid == "CAended" else None, turns=0))  # fmt: skip
+            for seq, (session_id, kind, data) in enumerate(events):
+                session.add(Event(call_sid=sid, session_id=session_id, seq=seq, t=float(seq),
+                                  at=now, kind=kind, data=data))  # fmt: skip
+        said = [("user", "Can you move a piano?"), ("assistant", "Yes, we can."),
+                ("user", "How much to Geelong?"), ("assistant", "About four hundred dollars."),
+                ("user", ""), ("tool", "quote result")]  # fmt: skip
+        for seq, (role, content) in enumerate(said):
+            session.add(Turn(call_sid="CAspeaking", session_id="VX2", seq=seq, role=role,
+                             content=content, created_at=now))  # fmt: skip
+
+    live = await queries.live_calls(db, now)
+
+    assert [(c.call_sid, c.state) for c in live] == [
+        ("CAsilent", "listening"),
+        ("CAheard", "listening"),
+        ("CAtool", "running a tool"),
+        ("CAspeaking", "speaking"),
+    ]
+    speaking = live[-1]
+    assert (speaking.caller_said, speaking.agent_said) == (
+        "How much to Geelong?",
+        "About four hundred dollars.",
+    )
+    assert (live[0].caller_said, live[0].agent_said) == ("", "")
 
 
 async def test_users_and_commands(db: Database) -> None:
