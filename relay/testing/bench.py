@@ -45,6 +45,7 @@ import math
 import os
 import random
 import resource
+import secrets
 import shutil
 import signal
 import socket
@@ -74,12 +75,14 @@ from relay.llm.client import TRANSPORTS, Transport
 from relay.llm.sse import SSEDecoder
 from relay.llm.transport import AiohttpTransport
 from relay.llm.types import ChatRequest
+from relay.testing.bench_console import Console, Followed, format_figures
 from relay.testing.bench_serving import (
     copy_documents,
     gc_passes,
     lag_buckets,
     lag_quantiles,
     memory_per_call,
+    percentile,
     reference_like,
     retrieval_share,
     settle_all,
@@ -177,6 +180,8 @@ class BenchOptions:
     workers: int = 1  # `relay serve --workers N`
     #: Every call's utterances in words no other call says (see :func:`new_words`).
     new_words: bool = False
+    #: Owners watching the console during the measured phase (:mod:`relay.testing.bench_console`).
+    console: int = 0
 
     def __post_init__(self) -> None:
         if self.calls < 1 or self.turns < 1:
@@ -187,6 +192,10 @@ class BenchOptions:
             raise ValueError("delays must not be negative")
         if self.workers < 1:
             raise ValueError("--workers must be at least 1")
+        if self.console < 0:
+            raise ValueError("--console must not be negative")
+        if self.console and self.url is not None:
+            raise ValueError("--console needs the server the bench starts (not --url)")
 
     @property
     def unmeasured_turns(self) -> int:
@@ -218,9 +227,9 @@ class Stats:
             return cls(0, None, None, None, None, None)
         return cls(
             n=len(ms),
-            p50=round(_percentile(ms, 50), 3),
-            p95=round(_percentile(ms, 95), 3),
-            p99=round(_percentile(ms, 99), 3),
+            p50=round(percentile(ms, 50), 3),
+            p95=round(percentile(ms, 95), 3),
+            p99=round(percentile(ms, 99), 3),
             mean=round(sum(ms) / len(ms), 3),
             max=round(ms[-1], 3),
         )
@@ -271,17 +280,11 @@ class BenchReport:
     #: Garbage-collector passes per generation (young, middle, full) during the measured phase,
     #: over the server's workers (a full pass stops a worker's every call while it runs).
     gc_passes: list[int] = field(default_factory=list)
+    #: What the console's viewers did and saw (``--console``; bench_console.ConsoleFigures).
+    console: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2)
-
-
-def _percentile(ordered: Sequence[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default)."""
-    k = (len(ordered) - 1) * q / 100
-    low = math.floor(k)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (k - low)
 
 
 def _overhead(relay: float | None, ws: float | None, llm: float | None) -> float | None:
@@ -445,6 +448,9 @@ class BenchCall:
         self.history: list[tuple[str, str]] = []  # (prompt, reply) of every turn so far
         self.unexpected = 0
         self.connect_s: float | None = None
+        self.call_sid = ""
+        #: Set when a console viewer follows this call's transcript (``--console``).
+        self.followed: Followed | None = None
         self._socket: _Socket | None = None
         self._pending: _Pending | None = None
 
@@ -459,9 +465,10 @@ class BenchCall:
         )
         await asyncio.wait_for(asyncio.shield(sock.opened), _CONNECT_TIMEOUT)
         if setup:
+            self.call_sid = f"CAbench{self.index:06d}{os.urandom(8).hex()}"
             sock.send_text(orjson.dumps({
                 "type": "setup", "sessionId": f"VXbench{self.index:06d}{os.urandom(8).hex()}",
-                "callSid": f"CAbench{self.index:06d}{os.urandom(8).hex()}",
+                "callSid": self.call_sid,
                 "accountSid": "AC" + "0" * 32, "parentCallSid": "", "from": FROM_NUMBER,
                 "to": TO_NUMBER, "forwardedFrom": "", "callType": "PSTN", "callerName": "",
                 "direction": "inbound", "callStatus": "RINGING", "customParameters": {},
@@ -522,6 +529,8 @@ class BenchCall:
         )
         pending.sent = time.perf_counter()
         sock.send_text(frame)
+        if self.followed is not None:
+            self.followed.said(prompt, pending.sent)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(pending.done), within)
         self._pending = None
@@ -879,6 +888,7 @@ class _Targets:
     agent: AgentProfile
     children: dict[str, _Child]
     database: Path | None = None  # the started server's SQLite file
+    admin_token: str = ""  # the started server's RELAY_ADMIN_TOKEN (``--console``)
 
 
 @contextlib.asynccontextmanager
@@ -888,6 +898,7 @@ async def _targets(
     """Start what ``options`` does not point at; stop all of it on the way out."""
     workdir = Path(tempfile.mkdtemp(prefix="relay-bench-"))
     children: dict[str, _Child] = {}
+    admin_token = secrets.token_urlsafe(24) if options.console else ""
     python = sys.executable
     try:
         prompts = workdir / "prompts"
@@ -920,6 +931,8 @@ async def _targets(
                 RELAY_LOG_LEVEL="warning", RELAY_LLM_TRANSPORT=options.transport,
                 RELAY_KNOWLEDGE=str(knowledge).lower(), RELAY_KNOWLEDGE_AUTOLOAD=str(knowledge).lower(),
             )  # fmt: skip
+            if options.console:  # the console is off until it has a way to sign in
+                env["RELAY_ADMIN_TOKEN"] = admin_token
             argv = [python, "-m", "relay", "serve", "--host", "127.0.0.1",
                     "--port", str(port), "--workers", str(options.workers)]  # fmt: skip
             starting.append(("relay", argv, env, f"http://127.0.0.1:{port}/healthz"))
@@ -951,6 +964,7 @@ async def _targets(
             relay_ws=relay_ws, relay_http=f"{scheme}://{parts.netloc}", llm_base=llm_base,
             echo_ws=f"ws://127.0.0.1:{echo_port}/ws", agent=agent, children=children,
             database=workdir / "data" / "relay.db" if options.url is None else None,
+            admin_token=admin_token,
         )  # fmt: skip
     finally:
         # The server first, so that it is not left talking to a stopped LLM.
@@ -1143,6 +1157,15 @@ async def _bench(options: BenchOptions) -> BenchReport:
                     stop, options.unmeasured_turns, options.turns, llm=not with_turns
                 )
             )
+        console = None
+        if options.console:
+            followed = calls[:: max(1, len(calls) // options.console)][: options.console]
+            for call in followed:
+                call.followed = Followed(call.call_sid)
+            console = Console(targets.relay_http, targets.admin_token,
+                              [c.followed for c in followed if c.followed is not None])  # fmt: skip
+            closing.push_async_callback(console.aclose)
+            await console.start()
         served_before = await worker_metrics(http, targets.relay_http, workers)
         lag_before = await lag_buckets(http, targets.relay_http)
         cpu_before = _cpu(targets.children)
@@ -1164,6 +1187,7 @@ async def _bench(options: BenchOptions) -> BenchReport:
             if alongside is not None:
                 await alongside
             await baselines.settle()
+        watched = (await console.stop()).as_dict() if console is not None else {}
         paired = None
         if with_turns:
             paired = Stats.of([
@@ -1222,6 +1246,7 @@ async def _bench(options: BenchOptions) -> BenchReport:
         model_late=model_late,
         paired=paired,
         gc_passes=gc_passes(served_before, served_after),
+        console=watched,
     )  # fmt: skip
 
 
@@ -1484,6 +1509,8 @@ def format_report(report: BenchReport) -> str:
         )
     elif not o.get("knowledge", True):
         lines.append("retrieval: off (--no-knowledge)")
+    if report.console:
+        lines.append(format_figures(report.console))
     lines.extend(f"note: {note}" for note in report.notes)
     lines.extend(f"error: {sample}" for sample in report.error_samples)
     return "\n".join(lines)
@@ -1603,6 +1630,15 @@ def add_parser(commands: Any) -> None:
         "searched turn embeds them (default: ten questions shared by all calls, embedded once "
         "per worker)",
     )
+    bench.add_argument(
+        "--console",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N owners watch the console during the measured phase, as its live pages do: the "
+        "live list refreshed every second, and one call's transcript followed as it is said "
+        "(default 0; a started server only)",
+    )
     bench.set_defaults(handler=_command)
 
 
@@ -1615,7 +1651,7 @@ def _command(args: argparse.Namespace) -> int:
             transport=args.transport, baseline_client=args.baseline_client,
             baseline_sampling=args.baseline_sampling, connect_batch=max(1, args.connect_batch), timeout=args.timeout,
             knowledge=not args.no_knowledge, workers=args.workers, partials=max(0, args.partials),
-            new_words=args.new_words,
+            new_words=args.new_words, console=args.console,
         )  # fmt: skip
     except ValueError as exc:
         print(f"relay bench: {exc}", file=sys.stderr)

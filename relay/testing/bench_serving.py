@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +61,15 @@ def copy_documents(collection: str, data_dir: Path) -> Path:
     target = data_dir / "knowledge" / collection
     shutil.copytree(source, target)
     return target
+
+
+def percentile(ordered: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile of sorted, non-empty ``ordered``: linear interpolation between
+    closest ranks (numpy's default)."""
+    k = (len(ordered) - 1) * q / 100
+    low = math.floor(k)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (k - low)
 
 
 async def _one(http: httpx.AsyncClient, base: str) -> dict[str, Any] | None:

@@ -27,6 +27,7 @@ from relay.testing.bench import (
     stages_of,
     tokens_lost,
 )
+from relay.testing.bench_console import Followed
 
 
 def test_a_small_run_reports_every_figure_with_no_errors(
@@ -36,7 +37,7 @@ def test_a_small_run_reports_every_figure_with_no_errors(
     argv = ["bench", "--calls", "2", "--turns", "2", "--token-delay", "0", "--think", "0"]
     argv += ["--first-token-delay", "0.01", "--baseline-sampling", "turns"]
 
-    argv += ["--partials", "2", "--new-words"]
+    argv += ["--partials", "2", "--new-words", "--console", "1"]
     assert main([*argv, "--json", str(out), "--timeout", "120"]) == 0
 
     report = json.loads(out.read_text())
@@ -92,6 +93,13 @@ def test_a_small_run_reports_every_figure_with_no_errors(
     # the collector's passes per generation while the turns were measured (young, middle, full)
     assert len(report["gc_passes"]) == 3 and all(n >= 0 for n in report["gc_passes"])
     assert any(x.startswith("garbage collections during the measured phase") for x in printed)
+    # --console 1: an owner refreshed the live list (both calls live) and followed the first
+    # call's transcript, where both of its measured prompts showed up
+    console = report["console"]
+    assert console["viewers"] == 1 and console["errors"] == []
+    assert console["refreshes"] >= 1 and console["listed_max"] == 2
+    assert console["words_seen"] == 2 and console["lines"] >= 2
+    assert any(x.startswith("console (1 owner(s) watching): ") for x in printed)
 
 
 def test_two_workers_without_knowledge(tmp_path: Path) -> None:
@@ -195,3 +203,22 @@ async def test_the_stages_come_from_the_turns_each_turn_recorded(tmp_path: Path)
     assert ms(stages["prompt -> model request"]) == [2.0, 3.0]
     assert ms(stages["model request -> 1st token"]) == [300.0, 300.0]
     assert ms(stages["1st token -> 1st frame sent"]) == [1.5, 2.0]
+
+
+def test_console_viewers_need_the_started_server(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--console", "1", "--url", "ws://127.0.0.1:9/ws"]) == 2
+    assert "--console needs the server the bench starts" in capsys.readouterr().err
+    assert main(["bench", "--console", "-1"]) == 2
+    assert "--console must not be negative" in capsys.readouterr().err
+
+
+def test_a_followed_call_matches_each_shown_prompt_to_when_it_was_said() -> None:
+    followed = Followed("CA1")
+    followed.said("Hello there", 10.0)
+    followed.said("Is it insured?", 11.0)
+    followed.said("Hello there", 12.0)
+    assert followed.claim("Hello there", since=5.0) == 10.0  # the earliest one first
+    assert followed.claim("Hello there", since=5.0) == 12.0
+    assert followed.claim("Hello there", since=5.0) is None  # said twice, shown twice
+    assert followed.claim("Is it insured?", since=11.5) is None  # said before the viewer looked
+    assert followed.sent == []
