@@ -75,10 +75,18 @@ from relay.llm.client import TRANSPORTS, Transport
 from relay.llm.sse import SSEDecoder
 from relay.llm.transport import AiohttpTransport
 from relay.llm.types import ChatRequest
-from relay.testing.bench_console import Console, Followed, format_figures
+from relay.testing.bench_console import (
+    UPLOAD_AFTER,
+    Console,
+    Editor,
+    Followed,
+    format_figures,
+    format_upload,
+)
 from relay.testing.bench_serving import (
     copy_documents,
     gc_passes,
+    index_rebuilds,
     lag_buckets,
     lag_quantiles,
     memory_per_call,
@@ -182,6 +190,8 @@ class BenchOptions:
     new_words: bool = False
     #: Owners watching the console during the measured phase (:mod:`relay.testing.bench_console`).
     console: int = 0
+    #: A document an editor uploads through the console during the measured phase.
+    upload: Path | None = None
 
     def __post_init__(self) -> None:
         if self.calls < 1 or self.turns < 1:
@@ -196,6 +206,11 @@ class BenchOptions:
             raise ValueError("--console must not be negative")
         if self.console and self.url is not None:
             raise ValueError("--console needs the server the bench starts (not --url)")
+        if self.upload is not None:
+            if self.url is not None or not self.knowledge:
+                raise ValueError("--upload needs the server the bench starts, with knowledge on")
+            if not self.upload.is_file():
+                raise ValueError(f"--upload: no such file: {self.upload}")
 
     @property
     def unmeasured_turns(self) -> int:
@@ -282,6 +297,8 @@ class BenchReport:
     gc_passes: list[int] = field(default_factory=list)
     #: What the console's viewers did and saw (``--console``; bench_console.ConsoleFigures).
     console: dict[str, Any] = field(default_factory=dict)
+    #: The editor's upload (``--upload``): file, bytes, status, chunks, seconds, index_rebuilds.
+    upload: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2)
@@ -898,7 +915,7 @@ async def _targets(
     """Start what ``options`` does not point at; stop all of it on the way out."""
     workdir = Path(tempfile.mkdtemp(prefix="relay-bench-"))
     children: dict[str, _Child] = {}
-    admin_token = secrets.token_urlsafe(24) if options.console else ""
+    admin_token = secrets.token_urlsafe(24) if options.console or options.upload else ""
     python = sys.executable
     try:
         prompts = workdir / "prompts"
@@ -931,7 +948,7 @@ async def _targets(
                 RELAY_LOG_LEVEL="warning", RELAY_LLM_TRANSPORT=options.transport,
                 RELAY_KNOWLEDGE=str(knowledge).lower(), RELAY_KNOWLEDGE_AUTOLOAD=str(knowledge).lower(),
             )  # fmt: skip
-            if options.console:  # the console is off until it has a way to sign in
+            if admin_token:  # the console is off until it has a way to sign in
                 env["RELAY_ADMIN_TOKEN"] = admin_token
             argv = [python, "-m", "relay", "serve", "--host", "127.0.0.1",
                     "--port", str(port), "--workers", str(options.workers)]  # fmt: skip
@@ -1166,6 +1183,12 @@ async def _bench(options: BenchOptions) -> BenchReport:
                               [c.followed for c in followed if c.followed is not None])  # fmt: skip
             closing.push_async_callback(console.aclose)
             await console.start()
+        uploading = None
+        if options.upload is not None:
+            editor = Editor(targets.relay_http, targets.admin_token)
+            closing.push_async_callback(editor.aclose)
+            await editor.sign_in()
+            document = options.upload.read_bytes()
         served_before = await worker_metrics(http, targets.relay_http, workers)
         lag_before = await lag_buckets(http, targets.relay_http)
         cpu_before = _cpu(targets.children)
@@ -1173,6 +1196,10 @@ async def _bench(options: BenchOptions) -> BenchReport:
         # would be timed as relay's latency: what the run holds so far is frozen first.
         settle_heap()
         started, started_wall = time.perf_counter(), time.time()
+        if options.upload is not None:
+            uploading = asyncio.create_task(
+                editor.upload(options.upload.name, document, targets.agent.name, UPLOAD_AFTER)
+            )
         try:
             await asyncio.gather(*(
                 _play(c, options.turns, options=options, expectations=expectations, tally=tally, think=options.think,
@@ -1188,6 +1215,7 @@ async def _bench(options: BenchOptions) -> BenchReport:
                 await alongside
             await baselines.settle()
         watched = (await console.stop()).as_dict() if console is not None else {}
+        uploaded = await uploading if uploading is not None else {}
         paired = None
         if with_turns:
             paired = Stats.of([
@@ -1197,6 +1225,8 @@ async def _bench(options: BenchOptions) -> BenchReport:
         if "fake-llm" in targets.children:
             model_late = await model_lateness(http, targets.llm_base, started_wall, ended_wall)
         served_after = await worker_metrics(http, targets.relay_http, workers)
+        if uploaded:
+            uploaded["index_rebuilds"] = index_rebuilds(served_before, served_after)
         lag = lag_quantiles(lag_before, await lag_buckets(http, targets.relay_http), (0.5, 0.99))
         used = {
             name: after - cpu_before[name]
@@ -1247,6 +1277,7 @@ async def _bench(options: BenchOptions) -> BenchReport:
         paired=paired,
         gc_passes=gc_passes(served_before, served_after),
         console=watched,
+        upload=uploaded,
     )  # fmt: skip
 
 
@@ -1511,6 +1542,8 @@ def format_report(report: BenchReport) -> str:
         lines.append("retrieval: off (--no-knowledge)")
     if report.console:
         lines.append(format_figures(report.console))
+    if report.upload:
+        lines.append(format_upload(report.upload))
     lines.extend(f"note: {note}" for note in report.notes)
     lines.extend(f"error: {sample}" for sample in report.error_samples)
     return "\n".join(lines)
@@ -1639,6 +1672,13 @@ def add_parser(commands: Any) -> None:
         "live list refreshed every second, and one call's transcript followed as it is said "
         "(default 0; a started server only)",
     )
+    bench.add_argument(
+        "--upload",
+        type=Path,
+        metavar="FILE",
+        help="an editor uploads FILE to the bench agent's knowledge through the console, "
+        f"{UPLOAD_AFTER:g} s into the measured phase (a started server with knowledge on)",
+    )
     bench.set_defaults(handler=_command)
 
 
@@ -1651,7 +1691,7 @@ def _command(args: argparse.Namespace) -> int:
             transport=args.transport, baseline_client=args.baseline_client,
             baseline_sampling=args.baseline_sampling, connect_batch=max(1, args.connect_batch), timeout=args.timeout,
             knowledge=not args.no_knowledge, workers=args.workers, partials=max(0, args.partials),
-            new_words=args.new_words, console=args.console,
+            new_words=args.new_words, console=args.console, upload=args.upload,
         )  # fmt: skip
     except ValueError as exc:
         print(f"relay bench: {exc}", file=sys.stderr)

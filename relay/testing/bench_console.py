@@ -1,4 +1,4 @@
-"""``relay bench --console N``: owners watching the console while the calls run.
+"""``relay bench --console N`` and ``--upload FILE``: the console in use while the calls run.
 
 Each viewer signs in as an owner, with the admin token the bench gives the server it starts,
 and does what the console's live pages do in a browser during the measured phase:
@@ -8,7 +8,12 @@ and does what the console's live pages do in a browser during the measured phase
 * follows one call's transcript as it is said (``GET /console/api/calls/{CallSid}/stream``,
   Server-Sent Events), as a live call's page does.
 
-A run with viewers beside one without shows what watching costs the callers (the usual
+With ``--upload FILE``, an editor (signed in the same way) uploads a document to the bench
+agent's knowledge through the console's upload form, :data:`UPLOAD_AFTER` seconds into the
+measured phase, as an editor changing documents while calls run would; every worker then
+rebuilds its index.
+
+A run with viewers or an upload beside one without shows what they cost the callers (the usual
 figures). The viewers' own figures show what the owner sees: how long each refresh took, and
 how long after a caller spoke their words reached the followed transcript.
 
@@ -30,12 +35,15 @@ import httpx
 import orjson
 
 from relay.testing.bench_serving import percentile
+from relay.web.console.auth import CSRF_HEADER
 
 _CSRF = re.compile(rb'name="csrf" value="([^"]+)"')
 #: How often a viewer refreshes the live list (the live page's ``setInterval``).
 REFRESH_SECONDS = 1.0
 #: How long the viewers may go on after the measured phase for the last words to show.
 SETTLE_SECONDS = 5.0
+#: When the editor's upload starts, in seconds from the start of the measured phase.
+UPLOAD_AFTER = 1.0
 
 
 @dataclass
@@ -81,28 +89,42 @@ class Followed:
         return None
 
 
-class Viewer:
+class _SignedIn:
+    """An httpx client signed in to the console with the admin token (an owner)."""
+
+    def __init__(self, base: str, token: str) -> None:
+        self.http = httpx.AsyncClient(base_url=base, timeout=httpx.Timeout(120.0, connect=5.0))
+        self._token = token
+        self.csrf = ""
+
+    async def sign_in(self) -> None:
+        page = await self.http.get("/console/sign-in")
+        found = _CSRF.search(page.content)
+        if page.status_code != 200 or found is None:
+            raise RuntimeError(f"the console's sign-in page answered {page.status_code}")
+        form = {"csrf": found.group(1).decode(), "next": "/console", "token": self._token}
+        response = await self.http.post("/console/sign-in", data=form)
+        if response.status_code != 303:
+            raise RuntimeError(f"signing in to the console answered {response.status_code}")
+        landing = await self.http.get(response.headers["location"])
+        found = _CSRF.search(landing.content)
+        self.csrf = found.group(1).decode() if found else ""
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+
+class Viewer(_SignedIn):
     """One signed-in owner: the live list once a second, and one call's transcript."""
 
     def __init__(self, base: str, token: str, followed: Followed | None) -> None:
-        self.http = httpx.AsyncClient(base_url=base, timeout=httpx.Timeout(30.0, connect=5.0))
-        self._token = token
+        super().__init__(base, token)
         self.followed = followed
         self.refresh_ms: list[float] = []
         self.words_ms: list[float] = []
         self.listed_max = 0
         self.lines = 0
         self.errors: list[str] = []
-
-    async def sign_in(self) -> None:
-        page = await self.http.get("/console/sign-in")
-        found = _CSRF.search(page.content)
-        if page.status_code != 200 or found is None:
-            raise RuntimeError(f"--console: the sign-in page answered {page.status_code}")
-        form = {"csrf": found.group(1).decode(), "next": "/console", "token": self._token}
-        response = await self.http.post("/console/sign-in", data=form)
-        if response.status_code != 303:
-            raise RuntimeError(f"--console: signing in answered {response.status_code}")
 
     async def watch(self, stop: asyncio.Event) -> None:
         tasks = [asyncio.create_task(self._refresh(stop))]
@@ -155,9 +177,6 @@ class Viewer:
         except (httpx.HTTPError, ValueError) as exc:
             self.errors.append(f"transcript stream: {type(exc).__name__}: {exc}"[:200])
 
-    async def aclose(self) -> None:
-        await self.http.aclose()
-
 
 class Console:
     """A viewer of a started server for each of ``followed``, following that call.
@@ -195,6 +214,49 @@ class Console:
             task.cancel()
         for viewer in self.viewers:
             await viewer.aclose()
+
+
+class Editor(_SignedIn):
+    """An editor who uploads one document through the console's knowledge page."""
+
+    async def upload(self, name: str, data: bytes, agent: str, after: float) -> dict[str, Any]:
+        """Wait ``after`` seconds, upload ``data`` as file ``name`` for ``agent``'s knowledge,
+        and say what the console answered and how long the editor waited for it."""
+        await asyncio.sleep(after)
+        started = time.perf_counter()
+        figures: dict[str, Any] = {"file": name, "bytes": len(data)}
+        try:
+            response = await self.http.post(
+                "/console/knowledge/upload",
+                data={"agent": agent},
+                files={"files": (name, data)},
+                headers={CSRF_HEADER: self.csrf},
+            )
+            figures["seconds"] = round(time.perf_counter() - started, 3)
+            response.raise_for_status()
+            [result] = orjson.loads(response.content)["results"]
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            figures.update(status="failed", chunks=0, error=f"{type(exc).__name__}: {exc}"[:200])
+            return figures
+        figures.update(
+            status=result.get("status"), chunks=result.get("chunks"), error=result.get("error")
+        )
+        return figures
+
+
+def format_upload(figures: dict[str, Any]) -> str:
+    """The report's ``upload`` line."""
+    line = (
+        f"upload (an editor, {UPLOAD_AFTER:g} s into the measured phase): {figures['file']} "
+        f"({figures['bytes']} bytes): {figures['status']}, {figures['chunks']} chunks"
+    )
+    if "seconds" in figures:
+        line += f", the console answered after {figures['seconds']} s"
+    if figures.get("index_rebuilds") is not None:
+        line += f"; index rebuilds in the workers: {figures['index_rebuilds']}"
+    if figures.get("error"):
+        line += f"; error: {figures['error']}"
+    return line
 
 
 def figures(viewers: Sequence[Viewer]) -> ConsoleFigures:

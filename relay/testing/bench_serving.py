@@ -138,6 +138,15 @@ def gc_passes(before: dict[int, dict[str, Any]], after: dict[int, dict[str, Any]
     return passes
 
 
+def index_rebuilds(before: dict[int, dict[str, Any]], after: dict[int, dict[str, Any]]) -> int:
+    """Knowledge index rebuilds between two snapshots, over the workers seen in both."""
+    pids = set(before) & set(after)
+    return sum(
+        int(after[p].get("index_rebuilds") or 0) - int(before[p].get("index_rebuilds") or 0)
+        for p in pids
+    )
+
+
 def retrieval_share(
     before: dict[int, dict[str, Any]], after: dict[int, dict[str, Any]], turns: int
 ) -> dict[str, Any]:
