@@ -301,7 +301,7 @@ class BenchReport:
     upload: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
-        return orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2)
+        return orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2, default=str)  # paths
 
 
 def _overhead(relay: float | None, ws: float | None, llm: float | None) -> float | None:

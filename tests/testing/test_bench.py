@@ -38,6 +38,9 @@ def test_a_small_run_reports_every_figure_with_no_errors(
     argv += ["--first-token-delay", "0.01", "--baseline-sampling", "turns"]
 
     argv += ["--partials", "2", "--new-words", "--console", "1"]
+    upload = tmp_path / "warehouse-hours.md"  # a name the shipped documents do not use
+    upload.write_text("# Storage\n\nWe keep pianos in a heated warehouse for 40 dollars a month.\n")
+    argv += ["--upload", str(upload)]
     assert main([*argv, "--json", str(out), "--timeout", "120"]) == 0
 
     report = json.loads(out.read_text())
@@ -100,6 +103,15 @@ def test_a_small_run_reports_every_figure_with_no_errors(
     assert console["refreshes"] >= 1 and console["listed_max"] == 2
     assert console["words_seen"] == 2 and console["lines"] >= 2
     assert any(x.startswith("console (1 owner(s) watching): ") for x in printed)
+    # --upload: an editor loaded the document through the console's upload form
+    uploaded = report["upload"]
+    assert (uploaded["file"], uploaded["status"], uploaded["chunks"]) == (
+        "warehouse-hours.md",
+        "added",
+        1,
+    )
+    assert uploaded["error"] is None and uploaded["seconds"] > 0
+    assert any(x.startswith("upload (an editor, 1 s into the measured phase): ") for x in printed)
 
 
 def test_two_workers_without_knowledge(tmp_path: Path) -> None:
@@ -205,11 +217,20 @@ async def test_the_stages_come_from_the_turns_each_turn_recorded(tmp_path: Path)
     assert ms(stages["1st token -> 1st frame sent"]) == [1.5, 2.0]
 
 
-def test_console_viewers_need_the_started_server(capsys: pytest.CaptureFixture[str]) -> None:
+def test_console_viewers_need_the_started_server(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["bench", "--console", "1", "--url", "ws://127.0.0.1:9/ws"]) == 2
     assert "--console needs the server the bench starts" in capsys.readouterr().err
     assert main(["bench", "--console", "-1"]) == 2
     assert "--console must not be negative" in capsys.readouterr().err
+    assert main(["bench", "--upload", str(tmp_path / "none.md")]) == 2
+    assert "--upload: no such file: " in capsys.readouterr().err
+    (tmp_path / "doc.md").write_text("# Doc\n")
+    assert main(["bench", "--upload", str(tmp_path / "doc.md"), "--no-knowledge"]) == 2
+    assert "--upload needs the server the bench starts, with knowledge on" in (
+        capsys.readouterr().err
+    )
 
 
 def test_a_followed_call_matches_each_shown_prompt_to_when_it_was_said() -> None:
