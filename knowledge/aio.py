@@ -19,6 +19,7 @@ from typing import TypeVar
 
 from knowledge.errors import KnowledgeTimeout
 from knowledge.models import DocumentDetail, DocumentInfo, FileResult, Hit, IngestReport
+from knowledge.priority import lower_thread_priority
 from knowledge.store import KnowledgeStore, Progress
 
 T = TypeVar("T")
@@ -31,7 +32,9 @@ class AsyncKnowledge:
         store: The synchronous store to run.
         read_workers: Threads for searches and other reads (onnxruntime and Chroma release
             the GIL, so two overlap well on two cores).
-        write_workers: Threads for loading and removing documents.
+        write_workers: Threads for loading and removing documents. They run
+            :data:`~knowledge.priority.BACKGROUND_NICENESS` below the process (Linux), with
+            the threads they start, so that an editor's upload does not slow the calls.
 
     Use as an async context manager, or call :meth:`aclose` on shutdown: it waits for the
     running calls and closes the store.
@@ -42,7 +45,11 @@ class AsyncKnowledge:
     ) -> None:
         self.store = store
         self._reads = ThreadPoolExecutor(read_workers, thread_name_prefix="knowledge-read")
-        self._writes = ThreadPoolExecutor(write_workers, thread_name_prefix="knowledge-write")
+        # nobody waits on the line for a document to load: it takes the cores the event
+        # loop leaves (the embedder's threads, started from this one, inherit its priority)
+        self._writes = ThreadPoolExecutor(
+            write_workers, thread_name_prefix="knowledge-write", initializer=lower_thread_priority
+        )
 
     async def __aenter__(self) -> AsyncKnowledge:
         return self

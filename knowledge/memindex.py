@@ -35,9 +35,7 @@ import asyncio
 import hashlib
 import itertools
 import logging
-import os
 import re
-import sys
 import threading
 import time
 from collections import OrderedDict
@@ -48,6 +46,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from knowledge.errors import EmbeddingError, KnowledgeBusy, KnowledgeTimeout, UnknownCollection
 from knowledge.models import Hit
+from knowledge.priority import BACKGROUND_NICENESS, lower_thread_priority
 
 logger = logging.getLogger(__name__)
 
@@ -65,20 +64,12 @@ _SHED_SHARE = 0.5
 
 #: How much nicer (lower priority) than the process the worker threads run (Linux): a busy
 #: process's event loop, which streams every call's words, gets the cores before a query
-#: embedding does, and embeddings use what is left.
-WORKER_NICENESS = 10
+#: embedding does, and embeddings use what is left (:mod:`knowledge.priority`).
+WORKER_NICENESS = BACKGROUND_NICENESS
 
 
 def _lower_priority() -> None:
-    """Lower the calling thread's scheduling priority by :data:`WORKER_NICENESS` (Linux only:
-    elsewhere ``setpriority`` would apply to the whole process)."""
-    if sys.platform != "linux":
-        return
-    tid = threading.get_native_id()
-    try:
-        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + WORKER_NICENESS)
-    except OSError as exc:  # not permitted in some sandboxes: the threads run at par
-        logger.info("knowledge_index_priority_unchanged error=%r", exc)
+    lower_thread_priority(WORKER_NICENESS)
 
 
 #: How much a turn's context (the previous utterance) weighs against its own words in the
@@ -223,7 +214,10 @@ class MemoryIndex:
 
     def _watch(self) -> None:
         """Every ``refresh_interval``: look for changes made elsewhere and rebuild what moved,
-        so that searches never wait for that check (one small SQLite read a second)."""
+        so that searches never wait for that check (one small SQLite read a second). Like
+        the worker threads, it runs below the event loop's priority: a rebuild after an upload
+        elsewhere reopens the store and reads every vector."""
+        _lower_priority()
         while not self._closed.wait(max(self.store.refresh_interval, 0.05)):
             for collection in list(self._matrices):
                 try:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -11,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from knowledge import AsyncKnowledge, KnowledgeStore, KnowledgeTimeout
+from knowledge.priority import BACKGROUND_NICENESS
 from knowledge.testing import HashingEmbedder
 
 KB = "movers"
@@ -108,3 +111,40 @@ async def test_a_long_write_does_not_hold_up_searches(knowledge: AsyncKnowledge)
     assert hits[0].doc_id == "storage.md"
     assert not write.done()  # the search did not queue behind the write
     assert (await write).status == "added"
+
+
+class PriorityEmbedder(HashingEmbedder):
+    """Records the priority of the thread that embeds, and of a thread that one starts (as
+    the local model's embedder starts its own pool)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[int, int]] = []
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        started: list[int] = []
+        child = threading.Thread(target=lambda: started.append(_priority()))
+        child.start()
+        child.join()
+        self.seen.append((_priority(), started[0]))
+        return super().embed(texts)
+
+
+def _priority() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+async def test_documents_load_below_the_event_loops_priority(tmp_path: Path) -> None:
+    """An upload while calls run takes the cores the event loop leaves: the write threads,
+    and the threads they start, run BACKGROUND_NICENESS below the process; searches do not."""
+    if sys.platform != "linux":
+        pytest.skip("thread priorities are set on Linux only")
+    embedder = PriorityEmbedder()
+    own = _priority()
+    async with AsyncKnowledge(KnowledgeStore(path=tmp_path / "db", embedder=embedder)) as store:
+        assert (await store.add_bytes(KB, "storage.md", b"# Storage\nHeated.")).status == "added"
+        lowered = min(19, own + BACKGROUND_NICENESS)
+        assert embedder.seen == [(lowered, lowered)]
+        await store.search(KB, "heated storage", k=1, timeout=5)  # a search embeds at par
+        assert embedder.seen[1:] == [(own, own)]
+    assert _priority() == own  # the process, and this thread, are untouched

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -438,6 +439,19 @@ def test_the_worker_threads_yield_the_cores_to_the_event_loop(index: MemoryIndex
     ).result(timeout=10)
     assert theirs == min(19, own + WORKER_NICENESS)
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own  # not the process
+    # the watcher that rebuilds after changes made elsewhere, too (started by the first build)
+    index.search("movers", "heated storage", k=1)
+    watcher = index._watcher
+    assert watcher is not None and watcher.native_id is not None
+    stat = Path(f"/proc/self/task/{watcher.native_id}/stat")
+
+    def nice() -> int:  # field 19 of the thread's stat
+        return int(stat.read_text().rsplit(")", 1)[1].split()[16])
+
+    deadline = time.monotonic() + 10  # its first statement, once the thread has run
+    while nice() != min(19, own + WORKER_NICENESS) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert nice() == min(19, own + WORKER_NICENESS)
 
 
 async def test_a_prefetch_counts_as_work_ahead_of_the_searches(

@@ -1,0 +1,34 @@
+"""Background work below the event loop's CPU priority (Linux).
+
+A busy ``relay serve`` process's event loop streams every caller's words; work that no caller
+waits for (embedding a search in the memory index's threads, loading or removing documents)
+should take the cores only when the loop does not need them. On Linux each thread has its own
+nice value, and threads it starts inherit it, so lowering a pool thread's priority in its
+initializer also lowers that of the threads it starts (the embedder's own pool, for one).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+
+logger = logging.getLogger(__name__)
+
+#: How much nicer than the process background threads run: at 10, a thread gets about a tenth
+#: of a core's time when the event loop wants it all, and all of it when the loop is idle.
+BACKGROUND_NICENESS = 10
+
+
+def lower_thread_priority(niceness: int = BACKGROUND_NICENESS) -> None:
+    """Lower the calling thread's scheduling priority by ``niceness`` (Linux only: elsewhere
+    ``setpriority`` would apply to the whole process). Where that is not permitted (some
+    sandboxes), the thread runs at the process's priority and an info line says so."""
+    if sys.platform != "linux":
+        return
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + niceness)
+    except OSError as exc:
+        logger.info("thread_priority_unchanged error=%r", exc)
