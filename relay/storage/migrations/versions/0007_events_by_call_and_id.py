@@ -7,11 +7,11 @@ Create Date: 2026-12-07 12:00:00
 Every read of one call's events orders them by ``id``: replay and export, a reconnecting
 socket's look-up, the console's live list (each call's newest frame, for its state) and a live
 transcript (the events after the last one shown). The index was ``(call_sid, session_id,
-seq)``, so each of those read every event the call had and then sorted them: the live list,
-refreshed every second by each owner watching it, read all the events of up to 200 calls. On
-``(call_sid, id)`` a call's newest matching event is one step back from the end of its range,
-and a transcript's next events a range scan. The index replaces the old one, so a recorded
-event still updates one index.
+seq)``, so finding a call's newest events, or those after a given one, meant reading all of
+its events: the live list, refreshed every second by each owner watching it, read all the
+events of up to 200 calls. On ``(call_sid, id)`` a call's newest matching event is a step or
+two back from the end of its range, and a transcript's next events a range scan. The index
+replaces the old one, so a recorded event still updates one index.
 """
 
 from __future__ import annotations
