@@ -17,8 +17,9 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
+import orjson
 import structlog
-from sqlalchemy import and_, func, select
+from sqlalchemy import Integer, Text, and_, case, cast, func, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -59,8 +60,26 @@ def _seconds(db: Database, start: Any, end: Any) -> Any:
     return func.extract("epoch", end - start)
 
 
+def _first_word_bucket(db: Database) -> Any:
+    """A reply's prompt-to-first-word bucket (``first_frame_ms // FIRST_WORD_BUCKET``), in SQL:
+    SQLite's integer cast truncates, which is the floor for these non-negative times;
+    PostgreSQL's rounds, so it takes the floor."""
+    scaled = Turn.first_frame_ms / FIRST_WORD_BUCKET
+    return cast(scaled, Integer) if db.is_sqlite else func.floor(scaled)
+
+
+def _count_if(condition: Any) -> Any:
+    return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
+
+
 async def compute_day(db: Database, day: date, agent: str | None) -> dict[str, Any]:
-    """One day's figures for one agent (``None``: every agent), straight from the tables."""
+    """One day's figures for one agent (``None``: every agent), straight from the tables.
+
+    The database does the counting and the histograms (a few rows come back, however many
+    calls the day had): a busy day's figures are computed while the same process serves calls,
+    and reading every call and reply into Python held its event loop for about a second at
+    50,000 calls. Durations are rounded to the second half away from zero (SQL ``round``).
+    """
     start, end = _bounds(day)
     calls = and_(Call.started_at >= start, Call.started_at < end)
     if agent is not None:
@@ -68,33 +87,43 @@ async def compute_day(db: Database, day: date, agent: str | None) -> dict[str, A
     figures: dict[str, Any] = dict.fromkeys(_COUNTS, 0)
     durations: Counter[int] = Counter()
     first_words: Counter[int] = Counter()
+    seconds = func.round(_seconds(db, Call.started_at, Call.ended_at))
+    replies = and_(calls, Turn.call_sid == Call.call_sid, Turn.role == "assistant")
+    apology = and_(Turn.error.is_not(None), Turn.error != "")
     async with db.session() as session:
-        rows = (
+        total, answered, transferred = (
             await session.execute(
                 select(
-                    Call.outcome, Call.turns, _seconds(db, Call.started_at, Call.ended_at)
+                    func.count(),
+                    _count_if(Call.turns > 1),
+                    _count_if(Call.outcome == "transferred"),
                 ).where(calls)
             )
-        ).all()
-        for outcome, turns, seconds in rows:
-            figures["calls"] += 1
-            figures["answered"] += 1 if turns and turns > 1 else 0
-            figures["transferred"] += 1 if outcome == "transferred" else 0
-            if seconds is not None:
-                durations[round(seconds)] += 1
-        replies = (
+        ).one()
+        figures.update(calls=int(total), answered=int(answered), transferred=int(transferred))
+        for bucket, count in (
             await session.execute(
-                select(Turn.first_frame_ms, Turn.error).where(
-                    calls, Turn.call_sid == Call.call_sid, Turn.role == "assistant"
-                )
+                select(seconds, func.count())
+                .where(calls, Call.ended_at.is_not(None))
+                .group_by(seconds)
             )
-        ).all()
-        for first_ms, error in replies:
-            if error:
-                figures["apologies"] += 1
-                figures["model_failures"] += 0 if error.startswith("internal error") else 1
-            if first_ms is not None:
-                first_words[int(first_ms // FIRST_WORD_BUCKET)] += 1
+        ).all():
+            if bucket is not None:
+                durations[int(bucket)] += int(count)
+        # one pass over the replies: per first-word bucket (None: no first word), with errors
+        first_bucket = _first_word_bucket(db)
+        failure = and_(apology, func.substr(Turn.error, 1, 14) != "internal error")
+        for first, count, apologies, failures in (
+            await session.execute(
+                select(first_bucket, func.count(), _count_if(apology), _count_if(failure))
+                .where(replies)
+                .group_by(first_bucket)
+            )
+        ).all():
+            figures["apologies"] += int(apologies)
+            figures["model_failures"] += int(failures)
+            if first is not None:
+                first_words[int(first)] += int(count)
 
         def made(model: Any) -> Any:
             condition = and_(model.created_at >= start, model.created_at < end)
@@ -121,21 +150,26 @@ async def compute_day(db: Database, day: date, agent: str | None) -> dict[str, A
 
 
 async def _outcomes(session: Any, calls: Any) -> dict[str, Any]:
-    """Outcomes and cost of the day's analysed calls (the post-call analysis, when present)."""
-    rows = (
+    """Outcomes and cost of the day's analysed calls (the post-call analysis, when present):
+    each distinct list of outcomes comes back once, with how many calls had it."""
+    analysed = and_(calls, CallAnalysis.call_sid == Call.call_sid)
+    count, cost, currency = (
         await session.execute(
-            select(CallAnalysis.outcomes, CallAnalysis.cost_total, CallAnalysis.currency).where(
-                calls, CallAnalysis.call_sid == Call.call_sid
-            )
+            select(
+                func.count(),
+                func.coalesce(func.sum(CallAnalysis.cost_total), 0.0),
+                func.max(CallAnalysis.currency),
+            ).where(analysed)
         )
-    ).all()
+    ).one()
+    listed = cast(CallAnalysis.outcomes, Text)
     outcomes: Counter[str] = Counter()
-    cost, currency = 0.0, ""
-    for names, total, unit in rows:
-        outcomes.update(str(n) for n in names or [])
-        cost += float(total or 0.0)
-        currency = currency or str(unit or "")
-    return {"analysed": len(rows), "cost": round(cost, 6), "currency": currency,
+    for names, calls_with in (
+        await session.execute(select(listed, func.count()).where(analysed).group_by(listed))
+    ).all():
+        for name in orjson.loads(names) if names else []:
+            outcomes[str(name)] += int(calls_with)
+    return {"analysed": int(count), "cost": round(float(cost), 6), "currency": currency or "",
             "outcomes": dict(outcomes)}  # fmt: skip
 
 

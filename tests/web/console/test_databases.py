@@ -4,6 +4,7 @@ search, live calls, analytics rollups, users and supervisor commands."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -13,7 +14,8 @@ import pytest_asyncio
 from relay.storage import console as store
 from relay.storage.db import Database
 from relay.storage.models import Call, Event, Turn
-from relay.web.console import queries
+from relay.storage.outcomes import CallAnalysis
+from relay.web.console import queries, rollup
 
 pytestmark = pytest.mark.asyncio
 
@@ -137,6 +139,74 @@ async def test_the_live_list_shows_each_calls_newest_state_and_words(db: Databas
         "About four hundred dollars.",
     )
     assert (live[0].caller_said, live[0].agent_said) == ("", "")
+
+
+async def test_a_days_figures_are_counted_by_the_database_as_python_would(db: Database) -> None:
+    """compute_day aggregates in SQL; on either database its figures equal a plain count of
+    the same rows in Python (the way it used to read them): calls with and without an end,
+    both agents, errors empty, internal and not (case-sensitive), first words at bucket edges,
+    analysed calls with repeated and empty outcome lists; another day's rows left out."""
+    day = datetime.now(UTC).date() - timedelta(days=3)
+    noon = datetime.combine(day, datetime.min.time(), tzinfo=UTC) + timedelta(hours=12)
+    calls = [  # sid, agent, seconds (None: no end), turns, outcome
+        ("CAa", "piano-removals", 30.2, 3, "hung-up"),
+        ("CAb", "piano-removals", 59.7, 1, "transferred"),
+        ("CAc", "car-service", 120.0, 5, "transferred"),
+        ("CAd", "car-service", None, 2, None),
+        ("CAe", "piano-removals", 200.4, 4, "quoted"),
+    ]
+    replies = {  # sid: [(first_frame_ms, error)]
+        "CAa": [(0.0, None), (4.99, ""), (5.0, "the model timed out")],
+        "CAb": [(502.5, "internal error: boom"), (None, "Internal error: not ours")],
+        "CAc": [(1234.0, None)],
+        "CAe": [(420.0, None), (419.9, "internal error")],
+    }
+    analyses = {"CAa": (["quoted", "sms-sent"], 0.0123), "CAb": (["transferred"], 0.5),
+                "CAc": (["quoted", "sms-sent"], 0.25), "CAe": ([], 0.0)}  # fmt: skip
+    async with db.session() as session, session.begin():
+        for sid, agent, seconds, turns, outcome in calls:
+            ended = None if seconds is None else noon + timedelta(seconds=seconds)
+            session.add(Call(call_sid=sid, agent=agent, from_number="+61412000001",
+                             started_at=noon, ended_at=ended, status="completed",
+                             outcome=outcome, turns=turns))  # fmt: skip
+            for seq, (ms, error) in enumerate(replies.get(sid, [])):
+                session.add(Turn(call_sid=sid, session_id="VX" + sid, seq=seq, role="assistant",
+                                 content="hi", first_frame_ms=ms, error=error,
+                                 created_at=noon))  # fmt: skip
+            if sid in analyses:
+                names, cost = analyses[sid]
+                session.add(CallAnalysis(call_sid=sid, agent=agent, outcomes=names, fields={},
+                                         usage={}, cost={}, cost_total=cost, currency="AUD",
+                                         computed_at=noon))  # fmt: skip
+        # the day before: none of it counts
+        session.add(Call(call_sid="CAold", agent="piano-removals", from_number="+61412000002",
+                         started_at=noon - timedelta(days=1), ended_at=noon - timedelta(hours=23),
+                         status="completed", outcome="transferred", turns=3))  # fmt: skip
+        session.add(Turn(call_sid="CAold", session_id="VXold", seq=0, role="assistant",
+                         content="hi", first_frame_ms=10.0, error="x",
+                         created_at=noon))  # fmt: skip
+
+    for agent in (None, "piano-removals", "car-service"):
+        mine = [c for c in calls if agent is None or c[1] == agent]
+        said = [r for c in mine for r in replies.get(c[0], [])]
+        analysed = [analyses[c[0]] for c in mine if c[0] in analyses]
+        figures = await rollup.compute_day(db, day, agent)
+        assert figures["calls"] == len(mine)
+        assert figures["answered"] == sum(1 for c in mine if c[3] > 1)
+        assert figures["transferred"] == sum(1 for c in mine if c[4] == "transferred")
+        assert figures["durations"] == {
+            str(k): v for k, v in Counter(round(c[2]) for c in mine if c[2] is not None).items()
+        }
+        assert figures["apologies"] == sum(1 for _, error in said if error)
+        assert figures["model_failures"] == sum(
+            1 for _, error in said if error and not error.startswith("internal error")
+        )
+        buckets = Counter(int(ms // rollup.FIRST_WORD_BUCKET) for ms, _ in said if ms is not None)
+        assert figures["first_words"] == {str(k): v for k, v in buckets.items()}
+        assert figures["analysed"] == len(analysed)
+        assert figures["cost"] == round(sum(cost for _, cost in analysed), 6)
+        assert figures["currency"] == ("AUD" if analysed else "")
+        assert figures["outcomes"] == dict(Counter(n for names, _ in analysed for n in names))
 
 
 async def test_users_and_commands(db: Database) -> None:
