@@ -32,6 +32,7 @@ vectors, the context weighted :data:`CONTEXT_WEIGHT`), then its own next best
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import itertools
 import logging
@@ -66,11 +67,6 @@ _SHED_SHARE = 0.5
 #: process's event loop, which streams every call's words, gets the cores before a query
 #: embedding does, and embeddings use what is left (:mod:`knowledge.priority`).
 WORKER_NICENESS = BACKGROUND_NICENESS
-
-
-def _lower_priority() -> None:
-    lower_thread_priority(WORKER_NICENESS)
-
 
 #: How much a turn's context (the previous utterance) weighs against its own words in the
 #: context half of its hits. Above 1, since the turn's own words already have their half.
@@ -199,7 +195,9 @@ class MemoryIndex:
         self._lock = threading.Lock()
         self._build_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(
-            self.threads, thread_name_prefix="knowledge-index", initializer=_lower_priority
+            self.threads,
+            thread_name_prefix="knowledge-index",
+            initializer=functools.partial(lower_thread_priority, WORKER_NICENESS),
         )
         self._closed = threading.Event()
         self._watcher: threading.Thread | None = None
@@ -217,7 +215,7 @@ class MemoryIndex:
         so that searches never wait for that check (one small SQLite read a second). Like
         the worker threads, it runs below the event loop's priority: a rebuild after an upload
         elsewhere reopens the store and reads every vector."""
-        _lower_priority()
+        lower_thread_priority(WORKER_NICENESS)
         while not self._closed.wait(max(self.store.refresh_interval, 0.05)):
             for collection in list(self._matrices):
                 try:

@@ -1176,11 +1176,11 @@ async def _bench(options: BenchOptions) -> BenchReport:
             )
         console = None
         if options.console:
-            followed = calls[:: max(1, len(calls) // options.console)][: options.console]
-            for call in followed:
-                call.followed = Followed(call.call_sid)
-            console = Console(targets.relay_http, targets.admin_token,
-                              [c.followed for c in followed if c.followed is not None])  # fmt: skip
+            picked = calls[:: max(1, len(calls) // options.console)][: options.console]
+            followed = [Followed(call.call_sid) for call in picked]
+            for call, one in zip(picked, followed, strict=True):
+                call.followed = one
+            console = Console(targets.relay_http, targets.admin_token, followed)
             closing.push_async_callback(console.aclose)
             await console.start()
         uploading = None
@@ -1214,7 +1214,7 @@ async def _bench(options: BenchOptions) -> BenchReport:
             if alongside is not None:
                 await alongside
             await baselines.settle()
-        watched = (await console.stop()).as_dict() if console is not None else {}
+        watched = asdict(await console.stop()) if console is not None else {}
         uploaded = await uploading if uploading is not None else {}
         paired = None
         if with_turns:

@@ -28,7 +28,7 @@ import contextlib
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
@@ -64,9 +64,6 @@ class ConsoleFigures:
     words_p99_ms: float | None = None
     words_seen: int = 0
     errors: list[str] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class Followed:
@@ -203,12 +200,10 @@ class Console:
             await asyncio.sleep(0.05)
         self._stop.set()
         await asyncio.gather(*self._watching)
-        for viewer in self.viewers:
-            await viewer.aclose()
         return figures(self.viewers)
 
     async def aclose(self) -> None:
-        """End the watch without figures (the run failed)."""
+        """End the watch if it still runs (the run failed), and close the viewers' clients."""
         self._stop.set()
         for task in self._watching:
             task.cancel()
@@ -259,26 +254,23 @@ def format_upload(figures: dict[str, Any]) -> str:
     return line
 
 
+def _at(ordered: Sequence[float], q: float) -> float | None:
+    return round(percentile(ordered, q), 3) if ordered else None
+
+
 def figures(viewers: Sequence[Viewer]) -> ConsoleFigures:
     refreshes = sorted(ms for v in viewers for ms in v.refresh_ms)
     words = sorted(ms for v in viewers for ms in v.words_ms)
-
-    def at(q: float) -> float | None:
-        return round(percentile(refreshes, q), 3) if refreshes else None
-
-    def seen(q: float) -> float | None:
-        return round(percentile(words, q), 3) if words else None
-
     return ConsoleFigures(
         viewers=len(viewers),
         refreshes=len(refreshes),
-        refresh_p50_ms=at(50),
-        refresh_p95_ms=at(95),
-        refresh_p99_ms=at(99),
+        refresh_p50_ms=_at(refreshes, 50),
+        refresh_p95_ms=_at(refreshes, 95),
+        refresh_p99_ms=_at(refreshes, 99),
         listed_max=max((v.listed_max for v in viewers), default=0),
         lines=sum(v.lines for v in viewers),
-        words_p50_ms=seen(50),
-        words_p99_ms=seen(99),
+        words_p50_ms=_at(words, 50),
+        words_p99_ms=_at(words, 99),
         words_seen=len(words),
         errors=[error for v in viewers for error in v.errors][:10],
     )

@@ -38,6 +38,7 @@ _SUMMED = (
     "query_embed_cpu_ms",
     "retrieval_cpu_ms",
     "retrieval_ms_total",
+    "index_rebuilds",
     "active_sessions",
     "rss_kb",
 )
@@ -138,31 +139,34 @@ def gc_passes(before: dict[int, dict[str, Any]], after: dict[int, dict[str, Any]
     return passes
 
 
+def _growth(
+    before: dict[int, dict[str, Any]], after: dict[int, dict[str, Any]]
+) -> tuple[int, dict[str, float]]:
+    """(workers seen in both snapshots, how much each summed counter grew over them)."""
+    pids = set(before) & set(after)
+    start = summed({p: before[p] for p in pids})
+    end = summed({p: after[p] for p in pids})
+    return len(pids), {key: end.get(key, 0.0) - start.get(key, 0.0) for key in end}
+
+
 def index_rebuilds(before: dict[int, dict[str, Any]], after: dict[int, dict[str, Any]]) -> int:
     """Knowledge index rebuilds between two snapshots, over the workers seen in both."""
-    pids = set(before) & set(after)
-    return sum(
-        int(after[p].get("index_rebuilds") or 0) - int(before[p].get("index_rebuilds") or 0)
-        for p in pids
-    )
+    return int(_growth(before, after)[1].get("index_rebuilds", 0.0))
 
 
 def retrieval_share(
     before: dict[int, dict[str, Any]], after: dict[int, dict[str, Any]], turns: int
 ) -> dict[str, Any]:
     """Retrieval over the measured phase, per turn (workers seen in both snapshots only)."""
-    pids = set(before) & set(after)
-    if not pids or turns <= 0:
+    seen, delta = _growth(before, after)
+    if not seen or turns <= 0:
         return {}
-    start = summed({p: before[p] for p in pids})
-    end = summed({p: after[p] for p in pids})
-    delta = {key: end.get(key, 0.0) - start.get(key, 0.0) for key in end}
     searched = delta.get("retrievals", 0.0)
     served = searched + delta.get("retrieval_skipped", 0.0)
     if served <= 0:
         return {"turns": 0}
     share: dict[str, Any] = {
-        "workers_seen": len(pids),
+        "workers_seen": seen,
         "turns": int(served),
         "searched": int(searched),
         "skipped": int(delta.get("retrieval_skipped", 0.0)),
