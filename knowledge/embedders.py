@@ -121,6 +121,7 @@ class LocalEmbedder:
         self.model_origin: Literal["derived", "cached", "packaged", "file"] | None = None
         self.threads = max(1, threads)
         self._name = name
+        self._given_name = name
         self._model_path = model_path
         self._tokenizer_path = tokenizer_path
         self._quantize = quantize and model_path is None
@@ -139,6 +140,21 @@ class LocalEmbedder:
             self.load()
         assert self._name is not None
         return self._name
+
+    def settings(self) -> dict[str, Any]:
+        """Keyword arguments for another ``LocalEmbedder`` (in another process) that embeds in
+        this one's vector space: the same files, and the derived model only if this one loaded
+        it (so not after a fallback). Loads the model; compare the other's :attr:`name`."""
+        self.load()
+        return {
+            "model_path": self._model_path,
+            "tokenizer_path": self._tokenizer_path,
+            "name": self._given_name,
+            "quantize": self.quantized,
+            "cache_dir": self.cache_dir,
+            "threads": self.threads,
+            "batch_size": self._batch_size,
+        }
 
     def load(self) -> None:
         """Load the tokenizer and the model now rather than on the first :meth:`embed`."""

@@ -25,6 +25,10 @@ class DocumentError(KnowledgeError):
         self.filename = filename
         self.reason = reason
 
+    def __reduce__(self) -> tuple[type[DocumentError], tuple[str, str]]:
+        # raised in the loading process (knowledge.loading) and re-raised in the store's
+        return (type(self), (self.filename, self.reason))
+
 
 class EmbeddingMismatch(KnowledgeError):
     """A collection was built with another embedding model than the one in use.

@@ -5,6 +5,9 @@ waits for (embedding a search in the memory index's threads, loading or removing
 should take the cores only when the loop does not need them. On Linux each thread has its own
 nice value, and threads it starts inherit it, so lowering a pool thread's priority in its
 initializer also lowers that of the threads it starts (the embedder's own pool, for one).
+
+Work that may run in a process of its own (loading documents: :mod:`knowledge.loading`) goes
+further, with :func:`run_on_idle_cpu`.
 """
 
 from __future__ import annotations
@@ -32,3 +35,24 @@ def lower_thread_priority(niceness: int = BACKGROUND_NICENESS) -> None:
         os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + niceness)
     except OSError as exc:
         logger.info("thread_priority_unchanged error=%r", exc)
+
+
+def run_on_idle_cpu() -> str:
+    """Make the calling thread, and the threads it starts later, run only on otherwise idle
+    cores: the ``SCHED_IDLE`` policy on Linux. The kernel then switches away from it as soon as
+    any other thread wants the core, where a nice level only lowers its share. Elsewhere, or
+    where that is refused, the thread runs :data:`BACKGROUND_NICENESS` nicer. Returns
+    ``"idle"`` or ``"nice"``.
+
+    Meant for a process that shares no lock with the event loop (the interpreter lock above
+    all): a thread the kernel keeps waiting while it holds a lock would stall every thread
+    that waits for it.
+    """
+    if sys.platform == "linux":
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            return "idle"
+        except OSError as exc:
+            logger.info("idle_priority_refused error=%r", exc)
+    lower_thread_priority(BACKGROUND_NICENESS)
+    return "nice"

@@ -27,6 +27,7 @@ from knowledge.errors import (
 )
 from knowledge.ids import document_id, safe_relative_name, sha256_hex
 from knowledge.loaders import load_document, loader_for
+from knowledge.loading import LoadingProcess
 from knowledge.manifest import Manifest, utc_now
 from knowledge.models import (
     Chunk,
@@ -69,6 +70,10 @@ class KnowledgeStore:
             worker) changed the documents; when it did, the store reopens its Chroma client
             (embedded) or forgets its collection handles (server), so the change is seen
             without a restart. 0 looks on every call.
+        loading_process: Parse, chunk and embed documents in a child process on idle cores
+            (:class:`~knowledge.loading.LoadingProcess`), for a process that serves calls
+            too. Only with a :class:`~knowledge.embedders.LocalEmbedder`: an embedding API
+            spends no local CPU.
 
     Thread-safe: searches run concurrently; writes are serialised by a lock. Call
     :meth:`close` (or use it as a context manager) when done.
@@ -84,6 +89,7 @@ class KnowledgeStore:
         max_tokens: int = 220,
         overlap_tokens: int = 40,
         refresh_interval: float = 1.0,
+        loading_process: bool = False,
     ) -> None:
         if path is None and url is None:
             raise ValueError("give path (embedded store) or url (Chroma server)")
@@ -92,6 +98,12 @@ class KnowledgeStore:
         self.chunker = Chunker(
             WordPieceCounter(), max_tokens=max_tokens, overlap_tokens=overlap_tokens
         )
+        #: Where documents are parsed, chunked and embedded when not in this process.
+        self.loading: LoadingProcess | None = None
+        if loading_process and isinstance(self.embedder, LocalEmbedder):
+            self.loading = LoadingProcess(
+                self.embedder, max_tokens=max_tokens, overlap_tokens=overlap_tokens
+            )
         self._backend = ChromaBackend(path=None if url else path, url=url)
         self._manifest = Manifest(path / MANIFEST_FILE) if path is not None else None
         self._write_lock = threading.RLock()
@@ -111,6 +123,8 @@ class KnowledgeStore:
     def close(self) -> None:
         """Release the Chroma client (HTTP connections, file handles). Safe to call twice;
         the store reopens on next use."""
+        if self.loading is not None:
+            self.loading.close()
         self._backend.close()
 
     def __enter__(self) -> KnowledgeStore:
@@ -302,7 +316,10 @@ class KnowledgeStore:
                     return FileResult(
                         source, doc_id, "unchanged", info.chunks, version=info.version
                     )
-        chunks = self.chunker.chunk(doc_id, load_document(source, data))
+        if self.loading is not None:
+            chunks = self.loading.chunk(doc_id, source, data)
+        else:
+            chunks = self.chunker.chunk(doc_id, load_document(source, data))
         if not chunks:
             raise DocumentError(source, "no text found")
         info = DocumentInfo(
@@ -346,7 +363,7 @@ class KnowledgeStore:
             )
             for start in range(0, len(fresh), EMBED_BATCH):
                 batch = fresh[start : start + EMBED_BATCH]
-                vectors = self._embed([c.embed_text for c in batch])
+                vectors = self._embed([c.embed_text for c in batch], documents=True)
                 written.extend(c.id for c in batch)
                 self._backend.upsert(
                     handle,
@@ -370,8 +387,12 @@ class KnowledgeStore:
         except Exception:  # the original error matters more; say that the undo failed too
             logger.exception("document_rollback_failed ids=%d", len(written))
 
-    def _embed(self, texts: list[str]) -> list[list[float]]:
-        vectors = self.embedder.embed(texts)
+    def _embed(self, texts: list[str], *, documents: bool = False) -> list[list[float]]:
+        """Vectors for ``texts`` (a document's chunks: in the loading process, if any)."""
+        if documents and self.loading is not None:
+            vectors = self.loading.embed(texts)
+        else:
+            vectors = self.embedder.embed(texts)
         if len(vectors) != len(texts) or any(len(v) != self.embedder.dimensions for v in vectors):
             raise EmbeddingError(
                 f"embedder {self.embedder.name!r} returned {len(vectors)} vectors for "

@@ -58,8 +58,12 @@ INTRO = (
 )
 
 
-def open_knowledge(settings: Settings) -> AsyncKnowledge:
-    """The knowledge store the settings describe (embedded Chroma under the data dir by default)."""
+def open_knowledge(settings: Settings, *, serving: bool = False) -> AsyncKnowledge:
+    """The knowledge store the settings describe (embedded Chroma under the data dir by default).
+
+    ``serving``: for ``relay serve``, where documents uploaded in the console load in a
+    process of their own on idle cores, never beside the calls (:mod:`knowledge.loading`).
+    """
     embedder = None
     if settings.embeddings == "openai":
         embedder = OpenAIEmbedder(
@@ -73,6 +77,7 @@ def open_knowledge(settings: Settings) -> AsyncKnowledge:
         url=settings.chroma_url or running_chroma_server(settings.data_dir),
         embedder=embedder,
         refresh_interval=settings.knowledge_refresh,
+        loading_process=serving,
     )
     return AsyncKnowledge(store)
 

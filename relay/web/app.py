@@ -223,7 +223,7 @@ async def _start_knowledge(runtime: Runtime) -> asyncio.Task[Any]:
     from relay.services.retrieval import KnowledgeRetriever, open_knowledge
 
     settings, deps = runtime.settings, runtime.deps
-    knowledge = await asyncio.to_thread(open_knowledge, settings)
+    knowledge = await asyncio.to_thread(functools.partial(open_knowledge, settings, serving=True))
     retriever = KnowledgeRetriever(
         knowledge,
         k=settings.knowledge_k,
