@@ -192,6 +192,8 @@ class BenchOptions:
     console: int = 0
     #: A document an editor uploads through the console during the measured phase.
     upload: Path | None = None
+    #: The started server's database (``postgresql://…``) instead of a fresh SQLite file.
+    database_url: str | None = None
 
     def __post_init__(self) -> None:
         if self.calls < 1 or self.turns < 1:
@@ -211,6 +213,15 @@ class BenchOptions:
                 raise ValueError("--upload needs the server the bench starts, with knowledge on")
             if not self.upload.is_file():
                 raise ValueError(f"--upload: no such file: {self.upload}")
+        if self.database_url is not None:
+            if self.url is not None:
+                raise ValueError("--database-url is for the server the bench starts (not --url)")
+            if not self.database_url.startswith(
+                ("postgresql://", "postgres://", "postgresql+asyncpg://")
+            ):
+                raise ValueError(
+                    "--database-url must be a postgresql:// URL (SQLite is the default)"
+                )
 
     @property
     def unmeasured_turns(self) -> int:
@@ -796,6 +807,24 @@ def _spawn(
         )
 
 
+def _reported(options: BenchOptions) -> dict[str, Any]:
+    """The options for the report, with the database URL's password masked."""
+    reported = asdict(options)
+    if options.database_url:
+        parts = urlsplit(options.database_url)
+        if parts.password:
+            netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+            reported["database_url"] = parts._replace(netloc=netloc).geturl()
+    return reported
+
+
+def _database(options: BenchOptions, workdir: Path) -> Path | str | None:
+    """Where the started server records the turns (None for a server of one's own)."""
+    if options.url is not None:
+        return None
+    return options.database_url or workdir / "data" / "relay.db"
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -904,7 +933,8 @@ class _Targets:
     echo_ws: str
     agent: AgentProfile
     children: dict[str, _Child]
-    database: Path | None = None  # the started server's SQLite file
+    #: The started server's database: its SQLite file, or the ``--database-url``.
+    database: Path | str | None = None
     admin_token: str = ""  # the started server's RELAY_ADMIN_TOKEN (``--console``)
 
 
@@ -950,6 +980,8 @@ async def _targets(
             )  # fmt: skip
             if admin_token:  # the console is off until it has a way to sign in
                 env["RELAY_ADMIN_TOKEN"] = admin_token
+            if options.database_url is not None:
+                env["DATABASE_URL"] = options.database_url
             argv = [python, "-m", "relay", "serve", "--host", "127.0.0.1",
                     "--port", str(port), "--workers", str(options.workers)]  # fmt: skip
             starting.append(("relay", argv, env, f"http://127.0.0.1:{port}/healthz"))
@@ -980,7 +1012,7 @@ async def _targets(
         yield _Targets(
             relay_ws=relay_ws, relay_http=f"{scheme}://{parts.netloc}", llm_base=llm_base,
             echo_ws=f"ws://127.0.0.1:{echo_port}/ws", agent=agent, children=children,
-            database=workdir / "data" / "relay.db" if options.url is None else None,
+            database=_database(options, workdir),
             admin_token=admin_token,
         )  # fmt: skip
     finally:
@@ -1249,7 +1281,7 @@ async def _bench(options: BenchOptions) -> BenchReport:
     if unexpected:
         errors.append(f"{unexpected} frames arrived outside any turn")
     return BenchReport(
-        options=asdict(options),
+        options=_reported(options),
         baseline_mode="interleaved" if interleaved else "concurrent",
         ws_hop=ws, llm_hop=llm, relay=relay,
         overhead_p50_ms=_overhead(relay.p50, ws.p50, llm.p50),
@@ -1307,34 +1339,27 @@ STAGES = (
 )
 
 
-async def stages_of(database: Path, start: float, end: float, turns: int) -> dict[str, Stats]:
+async def stages_of(database: Path | str, start: float, end: float, turns: int) -> dict[str, Stats]:
     """Where the measured turns' time went inside relay, from the timings each turn records
     (``turns`` rows; ``time.perf_counter``, which on Linux is one clock for every process):
     the wait for the passages (retrieval, and the event loop's queue before it), the request
     sent, the model's first token (the model's own time plus the queue), the first text frame
     written to the socket. Turns whose first frame went out between ``start`` and ``end``;
-    waits up to 5 s for the recorder to write ``turns`` of them. Empty when not on Linux."""
-    import sqlite3
-
+    waits up to 5 s for the recorder to write ``turns`` of them. ``database`` is a SQLite file
+    or a PostgreSQL URL. Empty when not on Linux."""
     if not sys.platform.startswith("linux"):
         return {}
 
-    def read() -> list[tuple[Any, ...]]:
-        if not database.exists():
-            return []
-        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
-            return db.execute(
-                "SELECT retrieval_done_at, llm_request_at, first_token_at, first_frame_at, "
-                "first_frame_ms FROM turns WHERE role = 'assistant' AND first_frame_ms IS NOT "
-                "NULL AND first_frame_at BETWEEN ? AND ?",
-                (start, end),
-            ).fetchall()
+    async def read() -> list[tuple[Any, ...]]:
+        if isinstance(database, Path):
+            return await _turn_timings_sqlite(database, start, end)
+        return await _turn_timings_postgres(database, start, end)
 
     deadline = time.monotonic() + 5
-    rows = await asyncio.to_thread(read)
+    rows = await read()
     while len(rows) < turns and time.monotonic() < deadline:
         await asyncio.sleep(0.2)
-        rows = await asyncio.to_thread(read)
+        rows = await read()
     samples: dict[str, list[float]] = {name: [] for name in STAGES}
     for passages, request, token, frame, frame_ms in rows:
         prompt = frame - frame_ms / 1000
@@ -1347,6 +1372,35 @@ async def stages_of(database: Path, start: float, end: float, turns: int) -> dic
         if token is not None:
             samples[STAGES[3]].append(frame - token)
     return {name: Stats.of(values) for name, values in samples.items() if values}
+
+
+_TURN_TIMINGS = (
+    "SELECT retrieval_done_at, llm_request_at, first_token_at, first_frame_at, first_frame_ms "
+    "FROM turns WHERE role = 'assistant' AND first_frame_ms IS NOT NULL "
+    "AND first_frame_at BETWEEN {} AND {}"
+)
+
+
+async def _turn_timings_sqlite(database: Path, start: float, end: float) -> list[tuple[Any, ...]]:
+    import sqlite3
+
+    def read() -> list[tuple[Any, ...]]:
+        if not database.exists():
+            return []
+        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+            return db.execute(_TURN_TIMINGS.format("?", "?"), (start, end)).fetchall()
+
+    return await asyncio.to_thread(read)
+
+
+async def _turn_timings_postgres(url: str, start: float, end: float) -> list[tuple[Any, ...]]:
+    import asyncpg
+
+    db = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
+    try:
+        return [tuple(r) for r in await db.fetch(_TURN_TIMINGS.format("$1", "$2"), start, end)]
+    finally:
+        await db.close()
 
 
 def _transport_client(options: BenchOptions) -> Any:
@@ -1434,6 +1488,7 @@ def format_report(report: BenchReport) -> str:
         f"think {o['think']} s; transport {o['transport']}; workers {o.get('workers', 1)}; "
         f"knowledge {'on' if o.get('knowledge', True) else 'off'}"
         f"{', new words each call' if o.get('new_words') else ''}; "
+        f"{'database PostgreSQL; ' if o.get('database_url') else ''}"
         f"LLM-hop baseline client {_baseline_name(o)}",
         "",
         f"{'prompt -> first text frame, ms':<40}"
@@ -1679,6 +1734,12 @@ def add_parser(commands: Any) -> None:
         help="an editor uploads FILE to the bench agent's knowledge through the console, "
         f"{UPLOAD_AFTER:g} s into the measured phase (a started server with knowledge on)",
     )
+    bench.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="the started server records to this PostgreSQL database (postgresql://…) instead "
+        "of a fresh SQLite file, and the stage timings are read from it (default: SQLite)",
+    )
     bench.set_defaults(handler=_command)
 
 
@@ -1692,6 +1753,7 @@ def _command(args: argparse.Namespace) -> int:
             baseline_sampling=args.baseline_sampling, connect_batch=max(1, args.connect_batch), timeout=args.timeout,
             knowledge=not args.no_knowledge, workers=args.workers, partials=max(0, args.partials),
             new_words=args.new_words, console=args.console, upload=args.upload,
+            database_url=args.database_url,
         )  # fmt: skip
     except ValueError as exc:
         print(f"relay bench: {exc}", file=sys.stderr)

@@ -184,6 +184,59 @@ def test_lost_tokens_are_counted_from_the_first_missing_one() -> None:
     assert tokens_lost(pieces, pieces[0] + "".join(pieces[2:])) == len(pieces) - 1
 
 
+def test_two_workers_recording_to_postgresql(postgres_server: str, tmp_path: Path) -> None:
+    """--database-url: the server records to PostgreSQL, and the stages are read from there."""
+    import asyncio
+
+    import asyncpg
+
+    from relay.testing import postgres
+
+    url = asyncio.run(postgres.create_database(postgres_server))
+    try:
+        out = tmp_path / "bench.json"
+        argv = ["bench", "--calls", "4", "--turns", "2", "--token-delay", "0", "--think", "0"]
+        argv += ["--workers", "2", "--no-knowledge", "--database-url", url, "--json", str(out)]
+        assert main(argv) == 0
+        report = json.loads(out.read_text())
+        assert report["relay"]["n"] == 8 and report["errors"] == 0 and report["frames_lost"] == 0
+        assert list(report["stages"]) == list(STAGES)[1:]  # no knowledge: no passages stage
+        assert all(stage["n"] == 8 for stage in report["stages"].values())
+
+        async def answered() -> int:
+            db = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+            try:
+                count: int = await db.fetchval(
+                    "SELECT count(*) FROM turns WHERE role = 'assistant' AND first_frame_ms > 0"
+                )
+                return count
+            finally:
+                await db.close()
+
+        # every turn: 4 calls x (1 unmeasured + 2 measured), and the warm-up call's 3
+        assert asyncio.run(answered()) == 4 * 3 + 3
+    finally:
+        asyncio.run(postgres.drop_database(postgres_server, url))
+
+
+def test_a_database_url_must_be_postgresql_and_for_a_started_server(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["bench", "--database-url", "sqlite:///relay.db"]) == 2
+    assert "--database-url must be a postgresql:// URL" in capsys.readouterr().err
+    argv = ["bench", "--database-url", "postgresql://u:secret@db/relay", "--url", "ws://x/ws"]
+    assert main(argv) == 2
+    assert "--database-url is for the server the bench starts" in capsys.readouterr().err
+
+
+def test_the_report_masks_the_database_password() -> None:
+    from relay.testing.bench import BenchOptions, _reported
+
+    options = BenchOptions(database_url="postgresql://relay:secret@db.internal:5432/relay")
+    assert _reported(options)["database_url"] == "postgresql://relay:***@db.internal:5432/relay"
+    assert _reported(BenchOptions())["database_url"] is None
+
+
 async def test_the_stages_come_from_the_turns_each_turn_recorded(tmp_path: Path) -> None:
     import sqlite3
 
