@@ -28,6 +28,9 @@ log = structlog.get_logger("relay.web.console")
 #: How often the live transcript stream looks for new events.
 STREAM_POLL = 0.25
 MAX_UPLOAD_BYTES = 20_000_000
+#: How long an upload waits for each document to load before answering (seconds). Documents
+#: load on idle cores only (knowledge.loading): on a machine busy with calls, that can be long.
+UPLOAD_WAIT = 120.0
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 
 
@@ -662,7 +665,7 @@ async def _ask(request: Request, collection: str, question: str) -> tuple[list[A
 
 @guard(role="editor")
 async def knowledge_upload(request: Request, session: Session) -> Response:
-    from knowledge import DocumentError, KnowledgeError
+    from knowledge import DocumentError, KnowledgeError, KnowledgeTimeout
 
     collections = _collections(request)
     form = await request.form(max_files=50)
@@ -685,9 +688,20 @@ async def knowledge_upload(request: Request, session: Session) -> Response:
             )  # fmt: skip
             continue
         try:
-            result = await store_.add_bytes(collection, name, data, timeout=120.0)
+            result = await store_.add_bytes(collection, name, data, timeout=UPLOAD_WAIT)
         except DocumentError as exc:
             results.append({"path": name, "status": "failed", "chunks": 0, "error": str(exc)})
+            continue
+        except KnowledgeTimeout:
+            # Not a failure of the file: a load that had started goes on after this answer.
+            note = (
+                f"not loaded within {UPLOAD_WAIT:g} s, as the machine is busy with calls. It "
+                "may still load: look under Documents before uploading it again."
+            )
+            results.append(
+                {"path": name, "status": "still loading", "chunks": 0, "error": None,
+                 "note": note}
+            )  # fmt: skip
             continue
         except KnowledgeError as exc:
             results.append({"path": name, "status": "failed", "chunks": 0, "error": str(exc)})

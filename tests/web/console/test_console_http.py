@@ -226,6 +226,44 @@ async def test_an_editor_gets_knowledge_only(relay: Any) -> None:
     await browser.http.aclose()
 
 
+async def test_an_upload_that_outlasts_its_wait_says_it_may_still_load(relay: Any) -> None:
+    """Documents load on idle cores only: on a machine busy with calls an upload can outlast
+    the page's wait, and the editor is told it may still load, not that it failed."""
+    from knowledge import KnowledgeTimeout
+    from relay.web.console.auth import CSRF_HEADER
+
+    class Busy:
+        async def add_bytes(self, *args: Any, **kwargs: Any) -> None:
+            raise KnowledgeTimeout("knowledge add_bytes took longer than 120.0s")
+
+    browser = await sign_in(relay.base_url)
+    relay.runtime.knowledge = Busy()
+    try:
+        response = await browser.http.post(
+            "/console/knowledge/upload",
+            data={"agent": "piano-removals"},
+            files={"files": ("storage.md", b"# Storage\nHeated.", "text/markdown")},
+            headers={CSRF_HEADER: browser.csrf},
+        )
+    finally:
+        relay.runtime.knowledge = None
+        await browser.http.aclose()
+    assert response.status_code == 200, response.text
+    assert response.json() == {
+        "results": [
+            {
+                "path": "storage.md",
+                "status": "still loading",
+                "chunks": 0,
+                "error": None,
+                "note": "not loaded within 120 s, as the machine is busy with calls. It may "
+                "still load: look under Documents before uploading it again.",
+            }
+        ],
+        "failed": 0,
+    }
+
+
 async def test_a_wrong_password_is_refused(relay: Any) -> None:
     await store.add_user(db(relay), "pat", "right password 1", "owner")
     async with httpx.AsyncClient(base_url=relay.base_url) as http:
