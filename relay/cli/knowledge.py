@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from knowledge import FileResult, IngestReport, KnowledgeError, KnowledgeStore
-from knowledge.priority import lower_thread_priority
+from knowledge.priority import run_on_idle_cpu
 from relay.cli.common import settings_from
 
 
@@ -140,14 +140,14 @@ def _summary(report: IngestReport) -> int:
 
 
 def _add(args: argparse.Namespace) -> int:
-    lower_thread_priority()  # on a box serving calls, the calls get the cores first
+    run_on_idle_cpu()  # on a box serving calls, this command takes only the idle cores
     _, store, name = _context(args, existing_ok=False)
     print(f"Loading into '{name}' (! = failed, + added, ~ updated, = unchanged):", file=sys.stderr)
     return _summary(store.add(name, args.paths, progress=Progress(args.paths)))
 
 
 def _sync(args: argparse.Namespace) -> int:
-    lower_thread_priority()
+    run_on_idle_cpu()
     _, store, name = _context(args, existing_ok=False)
     print(f"Mirroring {args.directory} into '{name}':", file=sys.stderr)
     return _summary(store.sync(name, args.directory, progress=Progress([args.directory])))
@@ -157,7 +157,7 @@ def _load_shipped(args: argparse.Namespace) -> int:
     from relay.agents import AgentRegistry
     from relay.services.retrieval import open_knowledge
 
-    lower_thread_priority()
+    run_on_idle_cpu()
     settings = settings_from(args, RELAY_LOG_LEVEL="warning")
     agents = AgentRegistry.load(settings.prompts_dir, default=settings.default_agent)
     store = open_knowledge(settings).store

@@ -1,5 +1,5 @@
-"""``relay knowledge add / sync / load-shipped`` load documents below the calls' priority: an
-editor running them on a box that serves calls leaves the cores to the calls first."""
+"""``relay knowledge add / sync / load-shipped`` load documents on idle cores only: an editor
+running them on a box that serves calls leaves the cores to the calls."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def test_loading_documents_lowers_the_commands_priority_first(
         events.append("store opened")
         return None, store, "movers"
 
-    monkeypatch.setattr(cli, "lower_thread_priority", lambda: events.append("priority lowered"))
+    monkeypatch.setattr(cli, "run_on_idle_cpu", lambda: events.append("priority lowered"))
     monkeypatch.setattr(cli, "_context", context)
     try:
         assert main(["knowledge", command, str(docs)]) == 0
