@@ -40,13 +40,15 @@ def lower_thread_priority(niceness: int = BACKGROUND_NICENESS) -> None:
 def run_on_idle_cpu() -> str:
     """Make the calling thread, and the threads it starts later, run only on otherwise idle
     cores: the ``SCHED_IDLE`` policy on Linux. The kernel then switches away from it as soon as
-    any other thread wants the core, where a nice level only lowers its share. Elsewhere, or
-    where that is refused, the thread runs :data:`BACKGROUND_NICENESS` nicer. Returns
-    ``"idle"`` or ``"nice"``.
+    any other thread wants the core, where a nice level only lowers its share. Where that is
+    refused, the thread runs :data:`BACKGROUND_NICENESS` nicer; off Linux, where a nice level
+    is the process's, the whole process does. Returns ``"idle"``, ``"nice"`` or
+    ``"unchanged"``.
 
-    Meant for a process that shares no lock with the event loop (the interpreter lock above
-    all): a thread the kernel keeps waiting while it holds a lock would stall every thread
-    that waits for it.
+    Meant for a process of its own that shares no lock with an event loop serving calls (the
+    interpreter lock above all): a thread the kernel keeps waiting while it holds a lock would
+    stall every thread that waits for it. The loading process and the ``relay knowledge``
+    commands call it first thing.
     """
     if sys.platform == "linux":
         try:
@@ -54,5 +56,14 @@ def run_on_idle_cpu() -> str:
             return "idle"
         except OSError as exc:
             logger.info("idle_priority_refused error=%r", exc)
-    lower_thread_priority(BACKGROUND_NICENESS)
+        lower_thread_priority(BACKGROUND_NICENESS)
+        return "nice"
+    nice = getattr(os, "nice", None)
+    if nice is None:  # Windows
+        return "unchanged"
+    try:
+        nice(BACKGROUND_NICENESS)
+    except OSError as exc:
+        logger.info("process_priority_unchanged error=%r", exc)
+        return "unchanged"
     return "nice"

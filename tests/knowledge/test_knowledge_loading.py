@@ -95,6 +95,20 @@ def test_the_loading_process_runs_on_idle_cores_only(
     assert os.sched_getscheduler(0) == os.SCHED_OTHER  # the store's process is untouched
 
 
+def test_off_linux_the_whole_process_runs_nicer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where a nice level is the process's (macOS), the loading process and the commands lower
+    the whole process; they are processes of their own."""
+    from knowledge import priority
+
+    calls: list[int] = []
+    monkeypatch.setattr(priority.sys, "platform", "darwin")
+    monkeypatch.setattr(priority.os, "nice", calls.append, raising=False)
+    assert priority.run_on_idle_cpu() == "nice"
+    assert calls == [priority.BACKGROUND_NICENESS]
+    monkeypatch.delattr(priority.os, "nice")
+    assert priority.run_on_idle_cpu() == "unchanged"
+
+
 def test_a_bad_file_fails_with_the_same_reason(
     stores: tuple[KnowledgeStore, KnowledgeStore],
 ) -> None:
