@@ -1396,7 +1396,9 @@ async def _turn_timings_sqlite(database: Path, start: float, end: float) -> list
 async def _turn_timings_postgres(url: str, start: float, end: float) -> list[tuple[Any, ...]]:
     import asyncpg
 
-    db = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://", 1))
+    from relay.testing.postgres import asyncpg_dsn
+
+    db = await asyncpg.connect(asyncpg_dsn(url))
     try:
         return [tuple(r) for r in await db.fetch(_TURN_TIMINGS.format("$1", "$2"), start, end)]
     finally:

@@ -100,7 +100,8 @@ def cluster() -> Iterator[str]:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _asyncpg_dsn(url: str) -> str:
+def asyncpg_dsn(url: str) -> str:
+    """A SQLAlchemy PostgreSQL URL (``postgresql+asyncpg://``) as asyncpg itself takes it."""
     return url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
 
@@ -109,12 +110,12 @@ async def create_database(server_url: str) -> str:
     import asyncpg
 
     name = "relay_" + uuid.uuid4().hex[:12]
-    conn = await asyncpg.connect(_asyncpg_dsn(server_url))
+    conn = await asyncpg.connect(asyncpg_dsn(server_url))
     try:
         await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
         await conn.close()
-    base = _asyncpg_dsn(server_url).rsplit("/", 1)[0]
+    base = asyncpg_dsn(server_url).rsplit("/", 1)[0]
     return base.replace("postgresql://", "postgresql+asyncpg://", 1) + "/" + name
 
 
@@ -123,7 +124,7 @@ async def drop_database(server_url: str, database_url: str) -> None:
     import asyncpg
 
     name = database_url.rsplit("/", 1)[1]
-    conn = await asyncpg.connect(_asyncpg_dsn(server_url))
+    conn = await asyncpg.connect(asyncpg_dsn(server_url))
     try:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:

@@ -204,7 +204,7 @@ def test_two_workers_recording_to_postgresql(postgres_server: str, tmp_path: Pat
         assert all(stage["n"] == 8 for stage in report["stages"].values())
 
         async def answered() -> int:
-            db = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+            db = await asyncpg.connect(postgres.asyncpg_dsn(url))
             try:
                 count: int = await db.fetchval(
                     "SELECT count(*) FROM turns WHERE role = 'assistant' AND first_frame_ms > 0"

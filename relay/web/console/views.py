@@ -665,7 +665,7 @@ async def _ask(request: Request, collection: str, question: str) -> tuple[list[A
 
 @guard(role="editor")
 async def knowledge_upload(request: Request, session: Session) -> Response:
-    from knowledge import DocumentError, KnowledgeError, KnowledgeTimeout
+    from knowledge import KnowledgeError, KnowledgeTimeout
 
     collections = _collections(request)
     form = await request.form(max_files=50)
@@ -689,9 +689,6 @@ async def knowledge_upload(request: Request, session: Session) -> Response:
             continue
         try:
             result = await store_.add_bytes(collection, name, data, timeout=UPLOAD_WAIT)
-        except DocumentError as exc:
-            results.append({"path": name, "status": "failed", "chunks": 0, "error": str(exc)})
-            continue
         except KnowledgeTimeout:
             # Not a failure of the file: a load that had started goes on after this answer.
             note = (
@@ -703,7 +700,7 @@ async def knowledge_upload(request: Request, session: Session) -> Response:
                  "note": note}
             )  # fmt: skip
             continue
-        except KnowledgeError as exc:
+        except KnowledgeError as exc:  # a bad file (DocumentError) or a store in trouble
             results.append({"path": name, "status": "failed", "chunks": 0, "error": str(exc)})
             continue
         results.append(
