@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import event, text
+from sqlalchemy import event, exc, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 from relay.errors import ConfigError
 
@@ -32,6 +33,9 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 MIGRATION_LOCK = zlib.crc32(b"relay-migrations") - 2**31
 #: How long a process waits for another one's migrations before giving up.
 MIGRATION_WAIT = 120.0
+#: A pooled PostgreSQL connection that has been idle this long (seconds) is pinged before it
+#: is handed out; one used more recently is trusted (see :func:`_ping_if_idle`).
+PING_AFTER_IDLE = 1.0
 
 
 def check_driver(url: str) -> None:
@@ -66,10 +70,13 @@ class Database:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             kwargs["connect_args"] = {"timeout": 15}
         else:
-            kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
+            kwargs.update(pool_size=10, max_overflow=20)
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        else:
+            event.listen(self.engine.sync_engine, "checkin", _note_idle)
+            event.listen(self.engine.sync_engine, "checkout", _ping_if_idle)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
     def session(self) -> AsyncSession:
@@ -143,6 +150,32 @@ def _flock(fd: int, wait: float) -> None:
                     f"another process held the migration lock for {wait:.0f}s"
                 ) from None
             time.sleep(0.05)
+
+
+def _note_idle(_dbapi_conn: Any, record: ConnectionPoolEntry) -> None:
+    record.info["idle_since"] = time.monotonic()
+
+
+def _ping_if_idle(
+    dbapi_conn: Any, record: ConnectionPoolEntry, _proxy: PoolProxiedConnection
+) -> None:
+    """Ping a pooled connection that has sat idle for :data:`PING_AFTER_IDLE` or longer.
+
+    SQLAlchemy's ``pool_pre_ping`` pings on every checkout: on asyncpg that is three round
+    trips (BEGIN, an empty query, ROLLBACK), about 0.25 ms of CPU in relay and 0.05 ms in
+    PostgreSQL, and a call checks connections out about twenty times. Connections go stale
+    while they sit idle (a restarted server, a firewall's idle timeout), so one back in use
+    within the last second is trusted. A failed ping makes the pool replace every connection
+    opened before it; a connection that died while in use still fails its statement, and the
+    pool then replaces them all the same (the recorder retries its batch).
+    """
+    idle_since = record.info.get("idle_since")
+    if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE:
+        return
+    try:
+        dbapi_conn.ping()
+    except Exception as error:
+        raise exc.InvalidatePoolError(f"a pooled connection failed its ping: {error!r}") from error
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
