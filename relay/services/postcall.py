@@ -26,7 +26,7 @@ from relay.services.webhooks import WebhookOutbox
 from relay.storage import repository
 from relay.storage.db import Database
 from relay.storage.models import Call, Message, SideEffect
-from relay.storage.outcomes import CallAnalysis, Email, get_analysis, save_analysis
+from relay.storage.outcomes import CallAnalysis, Email, save_analysis
 
 log = structlog.get_logger("relay.services.postcall")
 
@@ -42,7 +42,8 @@ async def _gather(
     db: Database, call_sid: str, *, turns: bool = True, every_event: bool = True
 ) -> dict[str, Any] | None:
     """Everything stored about a call, as plain data (its turns only when ``turns``; of its
-    events only those outcomes and usage are derived from unless ``every_event``)."""
+    events only those outcomes and usage are derived from unless ``every_event``), with its
+    stored analysis (``analysis``, None before the first post-call pass)."""
     async with db.session() as session:
         # One unit of work (each costs the event loop about 1 ms on SQLite). Outcomes and
         # usage need few of a long call's events, read as plain data, never as ORM objects:
@@ -67,6 +68,7 @@ async def _gather(
                 select(Message.body).where(Message.call_sid == call_sid, Message.status != "failed")
             )
         ).all()
+        analysis = await session.get(CallAnalysis, call_sid)
     return {
         "call": _columns(call),
         "events": events,
@@ -74,6 +76,7 @@ async def _gather(
         "turns": [_columns(t) for t in rows],
         "ledger": [_columns(row) for row in ledger],
         "sms_bodies": list(texts),
+        "analysis": _columns(analysis) if analysis is not None else None,
     }
 
 
@@ -134,6 +137,11 @@ class PostCall:
             self.failures += 1
             log.error("postcall_failed", call_sid=call_sid, error=repr(exc)[:300])
 
+    @property
+    def pending(self) -> int:
+        """Calls whose post-call work has not finished (``/metrics.json``, ``relay bench``)."""
+        return len(self._tasks)
+
     async def idle(self) -> None:
         """Wait for the post-call work already started (tests, shutdown)."""
         while self._tasks:
@@ -167,22 +175,22 @@ class PostCall:
             return None
         derived = derive(stored, self.prices)
         agent = self.agents.agents.get(call["agent"])
-        previous = await get_analysis(self.db, call_sid)
+        previous = stored["analysis"] or {}
         values: dict[str, Any] = {
             "call_sid": call_sid,
             "agent": call["agent"],
             "ending": call.get("outcome"),
             "outcomes": derived["outcomes"],
-            "fields": previous.fields if previous is not None else {},
-            "summary": previous.summary if previous is not None else None,
+            "fields": previous.get("fields") or {},
+            "summary": previous.get("summary"),
             "usage": derived["usage"],
             "cost": derived["cost"],
             "cost_total": derived["cost"]["total"],
             "currency": derived["cost"]["currency"],
             "ended_at": call.get("ended_at"),
             "computed_at": self._utcnow(),
-            "analysed_at": previous.analysed_at if previous is not None else None,
-            "analysis_error": previous.analysis_error if previous is not None else None,
+            "analysed_at": previous.get("analysed_at"),
+            "analysis_error": previous.get("analysis_error"),
         }
         if analysing and self.analyser is not None and agent is not None:
             try:
@@ -207,8 +215,8 @@ class PostCall:
                     ]
                 )
                 values["usage"]["analysis"] = spent if result.usage else None
-        if previous is not None and "analysis" not in values["usage"]:
-            values["usage"]["analysis"] = previous.usage.get("analysis")
+        if previous and "analysis" not in values["usage"]:
+            values["usage"]["analysis"] = (previous.get("usage") or {}).get("analysis")
         self._add_analysis_cost(values)
         await save_analysis(self.db, values)
         self.processed += 1
@@ -321,12 +329,12 @@ async def call_record(
     stored = await _gather(db, call_sid)
     if stored is None:
         return None
-    analysis: CallAnalysis | None = await get_analysis(db, call_sid)
+    analysis = stored["analysis"]
     if analysis is not None:
         extra = {
-            "outcomes": analysis.outcomes, "fields": analysis.fields, "summary": analysis.summary,
-            "usage": analysis.usage, "cost": analysis.cost,
-            "analysed_at": _iso(analysis.analysed_at),
+            "outcomes": analysis["outcomes"], "fields": analysis["fields"],
+            "summary": analysis["summary"], "usage": analysis["usage"], "cost": analysis["cost"],
+            "analysed_at": _iso(analysis["analysed_at"]),
         }  # fmt: skip
     else:
         extra = {**derive(stored, prices), "fields": {}, "summary": None, "analysed_at": None}

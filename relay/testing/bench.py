@@ -84,6 +84,7 @@ from relay.testing.bench_console import (
     format_upload,
 )
 from relay.testing.bench_serving import (
+    all_done,
     copy_documents,
     gc_passes,
     index_rebuilds,
@@ -310,6 +311,10 @@ class BenchReport:
     console: dict[str, Any] = field(default_factory=dict)
     #: The editor's upload (``--upload``): file, bytes, status, chunks, seconds, index_rebuilds.
     upload: dict[str, Any] = field(default_factory=dict)
+    #: The server's CPU over the measured calls' whole lives, per call: from before they
+    #: connect until they have hung up and the server has stored them and finished their
+    #: post-call work (their setup, every turn, the hang-up, the recorder, post-call analysis).
+    server_cpu_ms_per_call: float | None = None
 
     def to_json(self) -> bytes:
         return orjson.dumps(asdict(self), option=orjson.OPT_INDENT_2, default=str)  # paths
@@ -1170,6 +1175,7 @@ async def _bench(options: BenchOptions) -> BenchReport:
         idle0 = await settle_all(http, targets.relay_http, workers, 0)
 
         tally = _Tally()
+        cpu_lives = _cpu(targets.children)
         calls = await _connect_all(
             targets.relay_ws, options.calls, options.connect_batch, tally.errors
         )
@@ -1272,6 +1278,14 @@ async def _bench(options: BenchOptions) -> BenchReport:
         for group in _batches(calls, options.connect_batch):
             await asyncio.gather(*(c.close() for c in group))
         await baselines.echo.close()
+        cpu_per_call = None
+        if calls and "relay" in cpu_lives:
+            settled = await settle_all(http, targets.relay_http, workers, 0, timeout=120.0)
+            if settled and all_done(settled):
+                lives = _cpu(targets.children)["relay"] - cpu_lives["relay"]
+                cpu_per_call = round(lives * 1000 / len(calls), 2)
+            else:
+                notes.append("the server had not finished the calls' work after 120 s")
         stages: dict[str, Stats] = {}
         if targets.database is not None:
             stages = await stages_of(targets.database, started, started + elapsed, tally.turns)
@@ -1297,6 +1311,7 @@ async def _bench(options: BenchOptions) -> BenchReport:
         by_history=_by_history(tally, baselines, ws),
         cpu_percent=cpu,
         server_cpu_ms_per_turn=per_turn,
+        server_cpu_ms_per_call=cpu_per_call,
         measured_seconds=round(elapsed, 2),
         error_samples=(errors + unmeasured.errors)[:10],
         notes=notes,
@@ -1580,6 +1595,10 @@ def format_report(report: BenchReport) -> str:
         lines.append(f"cpu during the measured phase (100% = one core): {usage}")
     if report.server_cpu_ms_per_turn is not None:
         lines.append(f"server cpu per turn: {report.server_cpu_ms_per_turn} ms")
+    if report.server_cpu_ms_per_call is not None:
+        lines.append(
+            f"server cpu per call, connect to post-call work done: {report.server_cpu_ms_per_call} ms"
+        )
     r = report.retrieval
     if r.get("turns"):
         lines.append(

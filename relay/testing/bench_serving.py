@@ -226,21 +226,33 @@ def tree_cpu_seconds(pid: int) -> float | None:
 async def settle_all(
     http: httpx.AsyncClient, base: str, workers: int, active: int, timeout: float = 30.0
 ) -> dict[int, dict[str, Any]]:
-    """Wait until the workers hold ``active`` sessions between them and have stored what
-    they were handed; their metrics then (whatever they are at the deadline)."""
+    """Wait until the workers hold ``active`` sessions between them, have stored what they
+    were handed and finished the post-call work of the calls that ended; their metrics then
+    (whatever they are at the deadline)."""
     deadline = time.monotonic() + timeout
     snapshot = await worker_metrics(http, base, workers)
     if not snapshot:  # not relay (``--url`` at another server): nothing to wait for
         return snapshot
     while time.monotonic() < deadline:
         total = summed(snapshot)
-        pending = sum(d.get("recorder_pending") or 0 for d in snapshot.values())
-        if len(snapshot) >= workers and total.get("active_sessions") == active and not pending:
+        if (
+            len(snapshot) >= workers
+            and total.get("active_sessions") == active
+            and all_done(snapshot)
+        ):
             await asyncio.sleep(0.5)
             return await worker_metrics(http, base, workers)
         await asyncio.sleep(0.1)
         snapshot = await worker_metrics(http, base, workers)
     return snapshot
+
+
+def all_done(snapshot: dict[int, dict[str, Any]]) -> bool:
+    """No worker has records to store or post-call work to finish."""
+    return not any(
+        (d.get("recorder_pending") or 0) + (d.get("postcall_pending") or 0)
+        for d in snapshot.values()
+    )
 
 
 def reference_like(collection: str, passages: int = 4) -> str | None:

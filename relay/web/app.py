@@ -502,6 +502,7 @@ async def metrics(request: Request) -> Response:
             "sessions_total": runtime.sessions_total,
             "recorder_pending": runtime.deps.recorder.pending,
             "recorder_failures": runtime.deps.recorder.failures,
+            "postcall_pending": runtime.postcall.pending if runtime.postcall is not None else 0,
             "rss_kb": rss_kb,
             "max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
             "uptime_s": round(time.monotonic() - runtime.started, 1),

@@ -522,3 +522,81 @@ async def test_the_post_call_pass_reads_few_events_and_derives_what_reading_all_
     assert derive(lean, prices) == derive(every, prices)
     assert derive(lean, prices)["outcomes"] == ["transferred"]
     assert derive(lean, prices)["usage"]["prompt_tokens"] == 120
+
+
+async def test_a_second_pass_replaces_the_analysis_and_keeps_what_the_model_found(
+    database_url: str,
+) -> None:
+    """The post-call pass stores its analysis in one upsert: a second pass over the same call
+    (a call that came back, ``relay outcomes recompute``) replaces the derived figures and
+    keeps the analysis fields, summary and their time, on SQLite and PostgreSQL."""
+    from sqlalchemy import insert, update
+
+    from relay.services.postcall import PostCall, call_record
+    from relay.storage.db import Database
+    from relay.storage.models import Call, Event, RelaySession
+    from relay.storage.outcomes import CallAnalysis
+
+    db = Database(database_url)
+    await db.migrate()
+    now = datetime(2026, 12, 1, 9, 0, tzinfo=ZoneInfo("UTC"))
+    later = datetime(2026, 12, 1, 9, 5, tzinfo=ZoneInfo("UTC"))
+    clock = iter([now, later])
+    response = {"pieces": ["Hello."], "complete": True, "model": "gpt-4o-mini",
+                "usage": {"prompt_tokens": 100, "completion_tokens": 5}}  # fmt: skip
+    passes = PostCall(
+        db, argparse.Namespace(agents={}), costs.PriceTable(), now=lambda: next(clock)
+    )
+    try:
+        async with db.session() as session, session.begin():
+            await session.execute(
+                insert(Call).values(call_sid="CA1", agent="piano-removals", started_at=now,
+                                    ended_at=now, status="completed", outcome="caller-hangup")
+            )  # fmt: skip
+            await session.execute(
+                insert(RelaySession).values(session_id="S1", call_sid="CA1",
+                                            agent="piano-removals", started_at=now, ended_at=now)
+            )  # fmt: skip
+            await session.execute(
+                insert(Event).values(call_sid="CA1", session_id="S1", seq=1, t=1.0, at=now,
+                                     kind="llm_response", data=response)
+            )  # fmt: skip
+        first = await passes.process("CA1", deliver=False)
+        assert first is not None and first["usage"]["prompt_tokens"] == 100
+        async with db.session() as session, session.begin():
+            await session.execute(
+                update(CallAnalysis)
+                .where(CallAnalysis.call_sid == "CA1")
+                .values(fields={"piano": "upright"}, summary="Asked about a move.", analysed_at=now)
+            )
+            await session.execute(
+                insert(Event).values(call_sid="CA1", session_id="S1", seq=2, t=2.0, at=now,
+                                     kind="llm_response", data=response)
+            )  # fmt: skip
+        second = await passes.process("CA1", deliver=False)
+        record = await call_record(db, "CA1", costs.PriceTable())
+        async with db.session() as session:
+            rows = (await session.execute(select_analyses())).all()
+    finally:
+        await db.close()
+
+    assert second is not None and second["usage"]["prompt_tokens"] == 200
+    assert len(rows) == 1
+    [(computed_at, analysed_at, fields, summary, usage, ending)] = rows
+    # read back as naive UTC on both databases (relay.storage.models.UtcDateTime)
+    assert computed_at == later.replace(tzinfo=None) and analysed_at == now.replace(tzinfo=None)
+    assert fields == {"piano": "upright"} and summary == "Asked about a move."
+    assert usage["prompt_tokens"] == 200 and ending == "caller-hangup"
+    assert record is not None and record["fields"] == {"piano": "upright"}
+    assert record["usage"]["prompt_tokens"] == 200
+
+
+def select_analyses() -> Any:
+    from sqlalchemy import select
+
+    from relay.storage.outcomes import CallAnalysis
+
+    return select(
+        CallAnalysis.computed_at, CallAnalysis.analysed_at, CallAnalysis.fields,
+        CallAnalysis.summary, CallAnalysis.usage, CallAnalysis.ending,
+    )  # fmt: skip

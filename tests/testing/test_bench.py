@@ -89,6 +89,10 @@ def test_a_small_run_reports_every_figure_with_no_errors(
     )
     assert (each in line) if embedded else (" 0 query embeddings, " in line), line
     assert report["connect"]["n"] == 2 and report["connect_failures"] == 0
+    # the calls' whole lives hold the measured phase: 2 calls, 4 measured turns
+    per_turn, per_call = report["server_cpu_ms_per_turn"], report["server_cpu_ms_per_call"]
+    assert per_turn > 0 and per_call >= 2 * per_turn - 0.01
+    assert f"server cpu per call, connect to post-call work done: {per_call} ms" in printed
     # where the time went inside relay: every measured turn, each stage from its own timings
     assert list(report["stages"]) == list(STAGES)
     assert all(stage["n"] == 4 for stage in report["stages"].values())
@@ -128,6 +132,8 @@ def test_two_workers_without_knowledge(tmp_path: Path) -> None:
     assert report["retrieval"] == {}
     assert report["options"]["workers"] == 2 and report["options"]["knowledge"] is False
     assert report["memory_per_call_kb"] is not None
+    # the server's CPU over the calls' lives, over both workers: 4 calls, 8 measured turns
+    assert report["server_cpu_ms_per_call"] >= 2 * report["server_cpu_ms_per_turn"] - 0.01
 
 
 def test_new_words_give_every_call_its_own_caller() -> None:

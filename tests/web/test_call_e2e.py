@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from relay.storage import repository
+from relay.storage.outcomes import get_analysis
 from relay.testing import ScriptedLLM, Text, ToolCall, ToolCalls
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")  # the relay fixture is shared by the module
@@ -426,6 +427,32 @@ async def test_healthz_and_metrics(relay: Any) -> None:
     assert not armed_during and relay.runtime.heap.armed
     assert len(after["gc_collections"]) == 3 and after["gc_middle_passes"] >= 0
     assert after["gc_idle_collections"] >= 0 and after["gc_idle_ms_total"] >= 0
+
+
+async def test_metrics_count_the_calls_whose_post_call_work_is_pending(relay: Any) -> None:
+    """``postcall_pending`` (what ``relay bench`` waits for before it reads a call's whole
+    CPU): a call that has hung up counts until its outcomes and cost are stored."""
+    postcall = relay.runtime.postcall
+    assert postcall is not None
+    relay.llm.push(Text("Hi."))
+    for _ in range(postcall.concurrency):  # every slot taken: the pass waits for one
+        await postcall._slots.acquire()
+    try:
+        call = relay.call()
+        await call.connect()
+        await call.say("hello")
+        await call.close()
+        await relay.session_closed()
+        held = (await relay.http.get(relay.base_url + "/metrics.json")).json()
+    finally:
+        for _ in range(postcall.concurrency):
+            postcall._slots.release()
+    await postcall.idle()
+    after = (await relay.http.get(relay.base_url + "/metrics.json")).json()
+
+    assert held["postcall_pending"] == 1
+    assert after["postcall_pending"] == 0
+    assert await get_analysis(relay.runtime.deps.db, call.call_sid) is not None
 
 
 async def test_without_speaker_events_the_line_gets_its_speaking_time_and_nothing_is_left_waiting(
