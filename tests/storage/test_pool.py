@@ -20,7 +20,7 @@ from relay.storage.db import Database
 from relay.storage.models import Turn
 from relay.storage.recorder import Recorder
 from relay.testing import postgres
-from tests.storage.test_recorder import record_call, record_turn
+from tests.storage.test_recorder import WriteFailures, record_call, record_turn
 
 
 @pytest.fixture
@@ -122,6 +122,7 @@ async def test_the_recorder_loses_nothing_when_its_connections_die(
     db: Database, url: str, postgres_server: str
 ) -> None:
     recorder = Recorder(db, interval=0.001, max_backoff=0.05)
+    failures = WriteFailures(db)
     await recorder.start()
     try:
         record_call(recorder, "CA1")
@@ -135,3 +136,4 @@ async def test_the_recorder_loses_nothing_when_its_connections_die(
     async with db.session() as session:
         stored = (await session.scalars(select(Turn.content).order_by(Turn.seq))).all()
     assert stored == ["turn 0", "turn 1", "turn 2"]
+    assert failures.count >= 1  # the write on a dead connection failed, and was retried
