@@ -64,6 +64,7 @@ class Settings(BaseSettings):
 
     # Storage and data.
     database_url: str | None = Field(default=None, alias="DATABASE_URL")
+    db_pool_size: int = Field(default=10, ge=1, le=1000, alias="RELAY_DB_POOL_SIZE")
     data_dir: Path = Field(default=Path("data"), alias="RELAY_DATA_DIR")
     prompts_dir: Path = Field(default=Path("prompts"), alias="RELAY_PROMPTS_DIR")
     default_agent: str | None = Field(default=None, alias="RELAY_DEFAULT_AGENT")

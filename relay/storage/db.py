@@ -36,6 +36,10 @@ MIGRATION_WAIT = 120.0
 #: A pooled PostgreSQL connection that has been idle this long (seconds) is pinged before it
 #: is handed out; one used more recently is trusted (see :func:`_ping_if_idle`).
 PING_AFTER_IDLE = 1.0
+#: PostgreSQL connections a process keeps, opened as they are needed (``RELAY_DB_POOL_SIZE``).
+#: There is no overflow beyond them: a unit of work waits for a free one (they are short)
+#: rather than open a connection that is closed again when it is returned.
+POOL_SIZE = 10
 
 
 def check_driver(url: str) -> None:
@@ -53,7 +57,7 @@ def check_driver(url: str) -> None:
 class Database:
     """Owns the engine and hands out short units of work (never shared across tasks)."""
 
-    def __init__(self, url: str, *, echo: bool = False) -> None:
+    def __init__(self, url: str, *, echo: bool = False, pool_size: int = POOL_SIZE) -> None:
         check_driver(url)
         self.url = url
         self.is_sqlite = url.startswith("sqlite")
@@ -70,7 +74,10 @@ class Database:
                 Path(path).parent.mkdir(parents=True, exist_ok=True)
             kwargs["connect_args"] = {"timeout": 15}
         else:
-            kwargs.update(pool_size=10, max_overflow=20)
+            # An overflow connection is closed when it is returned: under a burst of calls
+            # that is a PostgreSQL backend started and ended for a few statements, hundreds of
+            # times a run (README, "Recording to PostgreSQL").
+            kwargs.update(pool_size=pool_size, max_overflow=0)
         self.engine: AsyncEngine = create_async_engine(url, **kwargs)
         if self.is_sqlite:
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)

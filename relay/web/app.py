@@ -109,7 +109,7 @@ def create_app(
         registry = tools or default_registry()
         for agent in agents.agents.values():
             registry.select(agent.tools, agent=agent.name)  # unknown tool names fail at start
-        db = Database(settings.database)
+        db = Database(settings.database, pool_size=settings.db_pool_size)
         await db.migrate()
         recorder = Recorder(
             db,

@@ -1,5 +1,6 @@
 """PostgreSQL's connection pool: connections idle for a while are pinged before use, busy ones
-are not, and a connection that died under the pool is replaced.
+are not, a connection that died under the pool is replaced, and a burst never opens more
+connections than the pool's size.
 
 Connections die for real here: their server processes are ended with
 ``pg_terminate_backend``, as a restarted server or a firewall's idle timeout would end them.
@@ -7,6 +8,7 @@ Connections die for real here: their server processes are ended with
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -137,3 +139,40 @@ async def test_the_recorder_loses_nothing_when_its_connections_die(
         stored = (await session.scalars(select(Turn.content).order_by(Turn.seq))).all()
     assert stored == ["turn 0", "turn 1", "turn 2"]
     assert failures.count >= 1  # the write on a dead connection failed, and was retried
+
+
+async def test_the_pool_never_opens_more_than_its_size_and_keeps_what_it_opened(
+    url: str,
+) -> None:
+    """A burst beyond the pool waits for a free connection: no connection is opened for a
+    few statements and closed again when returned (a PostgreSQL backend started and ended)."""
+    db = Database(url, pool_size=3)
+    seen: list[int] = []
+
+    async def unit_of_work() -> None:
+        async with db.session() as session:
+            seen.append(int((await session.execute(text("SELECT pg_backend_pid()"))).scalar_one()))
+            await session.execute(text("SELECT pg_sleep(0.01)"))
+
+    try:
+        await asyncio.gather(*(unit_of_work() for _ in range(20)))
+        first = set(seen)
+        await asyncio.gather(*(unit_of_work() for _ in range(20)))
+        pool = db.engine.pool
+        kept = pool.checkedin()  # type: ignore[attr-defined]
+    finally:
+        await db.close()
+
+    assert len(seen) == 40
+    assert len(first) == 3  # the burst used all three, and no more
+    assert set(seen) == first  # the second burst found them open
+    assert kept == 3
+
+
+async def test_the_server_opens_its_pool_with_the_configured_size(
+    url: str, start_relay: Any
+) -> None:
+    async with start_relay(DATABASE_URL=url, RELAY_DB_POOL_SIZE="4") as relay:
+        pool = relay.runtime.deps.db.engine.pool
+        assert pool.size() == 4
+        assert pool._max_overflow == 0  # type: ignore[attr-defined]  # never beyond the four
