@@ -471,11 +471,8 @@ async def test_the_post_call_pass_reads_few_events_and_derives_what_reading_all_
     """The pass reads only the kinds outcomes and usage need, and of the reply's frames only
     an ``end`` that hands the call over: the same outcomes and usage as from every event,
     on SQLite and PostgreSQL (the JSON is read as text there too)."""
-    from sqlalchemy import insert
-
     from relay.services.postcall import _gather, derive
     from relay.storage.db import Database
-    from relay.storage.models import Call, Event, RelaySession
 
     db = Database(database_url)
     await db.migrate()
@@ -492,21 +489,7 @@ async def test_the_post_call_pass_reads_few_events_and_derives_what_reading_all_
             {"reasonCode": "live-agent-handoff", "reason": "the caller asked"}).decode()})),
     ]  # fmt: skip
     try:
-        async with db.session() as session:
-            await session.execute(
-                insert(Call).values(call_sid="CA1", agent="piano-removals", started_at=now,
-                                    ended_at=now, status="completed", outcome="server-shutdown")
-            )  # fmt: skip
-            await session.execute(
-                insert(RelaySession).values(session_id="S1", call_sid="CA1",
-                                            agent="piano-removals", started_at=now, ended_at=now)
-            )  # fmt: skip
-            await session.execute(
-                insert(Event),
-                [{"call_sid": "CA1", "session_id": "S1", "seq": seq, "t": float(seq), "at": now,
-                  "kind": kind, "data": data} for seq, (kind, data) in enumerate(kinds_data, 1)],
-            )  # fmt: skip
-            await session.commit()
+        await store_call(db, now, "server-shutdown", kinds_data)
         every = await _gather(db, "CA1", turns=False)
         lean = await _gather(db, "CA1", turns=False, every_event=False)
     finally:
@@ -534,7 +517,7 @@ async def test_a_second_pass_replaces_the_analysis_and_keeps_what_the_model_foun
 
     from relay.services.postcall import PostCall, call_record
     from relay.storage.db import Database
-    from relay.storage.models import Call, Event, RelaySession
+    from relay.storage.models import Event
     from relay.storage.outcomes import CallAnalysis
 
     db = Database(database_url)
@@ -548,19 +531,7 @@ async def test_a_second_pass_replaces_the_analysis_and_keeps_what_the_model_foun
         db, argparse.Namespace(agents={}), costs.PriceTable(), now=lambda: next(clock)
     )
     try:
-        async with db.session() as session, session.begin():
-            await session.execute(
-                insert(Call).values(call_sid="CA1", agent="piano-removals", started_at=now,
-                                    ended_at=now, status="completed", outcome="caller-hangup")
-            )  # fmt: skip
-            await session.execute(
-                insert(RelaySession).values(session_id="S1", call_sid="CA1",
-                                            agent="piano-removals", started_at=now, ended_at=now)
-            )  # fmt: skip
-            await session.execute(
-                insert(Event).values(call_sid="CA1", session_id="S1", seq=1, t=1.0, at=now,
-                                     kind="llm_response", data=response)
-            )  # fmt: skip
+        await store_call(db, now, "caller-hangup", [("llm_response", response)])
         first = await passes.process("CA1", deliver=False)
         assert first is not None and first["usage"]["prompt_tokens"] == 100
         async with db.session() as session, session.begin():
@@ -600,3 +571,28 @@ def select_analyses() -> Any:
         CallAnalysis.computed_at, CallAnalysis.analysed_at, CallAnalysis.fields,
         CallAnalysis.summary, CallAnalysis.usage, CallAnalysis.ending,
     )  # fmt: skip
+
+
+async def store_call(
+    db: Any, now: datetime, outcome: str, events: list[tuple[str, dict[str, Any]]]
+) -> None:
+    """Call ``CA1`` of session ``S1``, completed with ``outcome``, with ``events`` (kind, data)
+    numbered from 1."""
+    from sqlalchemy import insert
+
+    from relay.storage.models import Call, Event, RelaySession
+
+    async with db.session() as session, session.begin():
+        await session.execute(
+            insert(Call).values(call_sid="CA1", agent="piano-removals", started_at=now,
+                                ended_at=now, status="completed", outcome=outcome)
+        )  # fmt: skip
+        await session.execute(
+            insert(RelaySession).values(session_id="S1", call_sid="CA1",
+                                        agent="piano-removals", started_at=now, ended_at=now)
+        )  # fmt: skip
+        await session.execute(
+            insert(Event),
+            [{"call_sid": "CA1", "session_id": "S1", "seq": seq, "t": float(seq), "at": now,
+              "kind": kind, "data": data} for seq, (kind, data) in enumerate(events, 1)],
+        )  # fmt: skip
