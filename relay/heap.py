@@ -22,19 +22,44 @@ where no caller waits:
 Used by ``relay serve`` (each worker, once started) and by the bench's own processes (the load
 generator, the scripted model, the echo server), whose pauses would otherwise be timed as
 relay's latency.
+
+:func:`limit_malloc_arenas` is about the C heap: glibc gives every thread that allocates an
+arena of its own (up to eight per core), and a freed block goes back to its arena, not to the
+system. The database driver's threads (one per SQLite connection), the embedding threads and
+the thread pool each kept one: at 1,000 idle calls a two-worker server held about 17 MB more
+on SQLite than on PostgreSQL, which has no such threads. ``relay serve`` caps them at two.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
+import os
+import sys
 import time
 from collections.abc import Callable
 
-__all__ = ["OLDEST", "IdleCollector", "settle_heap"]
+__all__ = ["MALLOC_ARENAS", "OLDEST", "IdleCollector", "limit_malloc_arenas", "settle_heap"]
 
 #: Passes of the middle generation before a full one (CPython's default is 10).
 OLDEST = 100
+#: glibc malloc arenas a ``relay serve`` process uses, unless ``MALLOC_ARENA_MAX`` says.
+MALLOC_ARENAS = 2
+_M_ARENA_MAX = -8  # glibc's malloc.h
+
+
+def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
+    """Cap the arenas glibc's malloc creates from now on (``mallopt(M_ARENA_MAX)``); call it
+    before the process starts its threads. Nothing where ``MALLOC_ARENA_MAX`` is set (glibc
+    read it at start) or off Linux; False where the C library has no such option."""
+    if "MALLOC_ARENA_MAX" in os.environ or not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_ARENA_MAX, arenas))
 
 
 def settle_heap(oldest: int = OLDEST) -> None:

@@ -45,8 +45,11 @@ def add_parser(commands: Any) -> None:
 def _serve(args: argparse.Namespace) -> int:
     # Imported here, not above: the app pulls in the whole service (about a second), which
     # every other command would pay for at start. Not a cycle: relay.web imports no CLI.
+    from relay.heap import limit_malloc_arenas
     from relay.web.app import create_app, preflight
     from relay.web.socket import uvicorn_ws_options
+
+    limit_malloc_arenas()  # before any thread starts (relay.heap); workers do it themselves
 
     overrides: dict[str, Any] = {}
     if args.host:

@@ -31,7 +31,7 @@ from relay.agents import AgentProfile, AgentRegistry
 from relay.call import reconnect
 from relay.call.session import CallDependencies, CallSession
 from relay.config import Settings
-from relay.heap import IdleCollector, settle_heap
+from relay.heap import IdleCollector, limit_malloc_arenas, settle_heap
 from relay.llm.client import OpenAIChat
 from relay.llm.types import ChatModel, Timeouts
 from relay.protocol import twiml
@@ -260,6 +260,7 @@ def app_from_env() -> Starlette:
     from relay import logging as relay_logging
     from relay.config import load_settings
 
+    limit_malloc_arenas()  # before the worker starts its threads (relay.heap)
     settings = load_settings()
     relay_logging.configure(settings.log_level, settings.log_format)
     log.info("worker_starting", pid=os.getpid())
