@@ -25,9 +25,10 @@ relay's latency.
 
 :func:`limit_malloc_arenas` is about the C heap: glibc gives every thread that allocates an
 arena of its own (up to eight per core), and a freed block goes back to its arena, not to the
-system. The database driver's threads (one per SQLite connection), the embedding threads and
-the thread pool each kept one: at 1,000 idle calls a two-worker server held about 17 MB more
-on SQLite than on PostgreSQL, which has no such threads. ``relay serve`` caps them at two.
+system. A worker's threads (aiosqlite's, one per SQLite connection; the embedding threads; the
+thread pool) can each keep one: at 1,000 idle calls a two-worker server held about 17 MB more
+on SQLite than on PostgreSQL, whose driver runs no threads, and the same with two arenas.
+``relay serve`` caps them at two.
 """
 
 from __future__ import annotations
