@@ -17,6 +17,7 @@ import orjson
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event, exc, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -88,6 +89,11 @@ class Database:
 
     def session(self) -> AsyncSession:
         return self.sessions()
+
+    def insert(self, table: Any) -> Any:
+        """``INSERT`` into ``table`` (a model or a Table) in this database's dialect, which
+        has ``on_conflict_do_update`` and ``on_conflict_do_nothing`` (an upsert on both)."""
+        return (sqlite.insert if self.is_sqlite else postgresql.insert)(table)
 
     async def migrate(self) -> None:
         """Bring the schema to the newest migration, once, whatever the number of processes.

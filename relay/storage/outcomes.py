@@ -20,8 +20,6 @@ from sqlalchemy import (
     UniqueConstraint,
     select,
 )
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Mapped, mapped_column
 
 from relay.storage.db import Database
@@ -96,8 +94,7 @@ async def get_analysis(db: Database, call_sid: str) -> CallAnalysis | None:
 async def save_analysis(db: Database, values: dict[str, Any]) -> None:
     """Insert or replace a call's analysis (``values`` holds every column): one upsert, where
     the ORM's ``merge`` read the row first."""
-    insert = sqlite_insert if db.is_sqlite else pg_insert
-    statement = insert(CallAnalysis).values(**values)
+    statement = db.insert(CallAnalysis).values(**values)
     statement = statement.on_conflict_do_update(
         index_elements=["call_sid"],
         set_={name: statement.excluded[name] for name in values if name != "call_sid"},

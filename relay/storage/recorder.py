@@ -44,14 +44,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import structlog
 from sqlalchemy import Table, and_, bindparam, insert, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import (
     DBAPIError,
     DisconnectionError,
@@ -462,8 +461,7 @@ class Recorder:
         stmt = self._statements.get(cache_key)
         if stmt is None:
             table: Table = model.__table__
-            dialect: Callable[..., Any] = sqlite.insert if self._db.is_sqlite else postgresql.insert
-            base = dialect(table)
+            base = self._db.insert(table)
             keys = _UPSERT_KEYS[model]
             updates = {c: base.excluded[c] for c in sorted(columns) if c not in keys}
             if updates:

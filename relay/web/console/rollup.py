@@ -20,8 +20,6 @@ from typing import Any
 import orjson
 import structlog
 from sqlalchemy import Integer, Text, and_, case, cast, func, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from relay.storage.console import ConsoleDaily
 from relay.storage.db import Database
@@ -196,8 +194,7 @@ async def stored_days(
 
 async def store_day(db: Database, agent: str, day: date, figures: dict[str, Any]) -> None:
     values = {"agent": agent, "day": day, "figures": figures, "computed_at": datetime.now(UTC)}
-    insert = sqlite_insert if db.is_sqlite else pg_insert
-    statement = insert(ConsoleDaily).values(**values)
+    statement = db.insert(ConsoleDaily).values(**values)
     statement = statement.on_conflict_do_update(
         index_elements=["agent", "day"],
         set_={"figures": statement.excluded.figures, "computed_at": statement.excluded.computed_at},
