@@ -814,12 +814,12 @@ def _spawn(
 
 def _reported(options: BenchOptions) -> dict[str, Any]:
     """The options for the report, with the database URL's password masked."""
+    from sqlalchemy.engine import make_url
+
     reported = asdict(options)
     if options.database_url:
-        parts = urlsplit(options.database_url)
-        if parts.password:
-            netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-            reported["database_url"] = parts._replace(netloc=netloc).geturl()
+        url = make_url(options.database_url)
+        reported["database_url"] = url.render_as_string(hide_password=True)
     return reported
 
 
