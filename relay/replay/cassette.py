@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from relay.agents import AgentProfile
+from relay.call.guards import NOTES_TAIL
 from relay.errors import ConfigError, LLMError
 from relay.llm.types import ChatRequest, Done, LLMEvent, TextDelta, ToolCall
 from relay.recordings.format import Recording
@@ -32,7 +33,7 @@ from relay.replay.compare import (
     message_text,
     render_request,
 )
-from relay.services.retrieval import Retrieved
+from relay.services.retrieval import INTRO, Retrieved
 
 
 @dataclass
@@ -77,6 +78,23 @@ def exchanges(recording: Recording) -> list[Exchange]:
     return found
 
 
+def passages_in(messages: list[dict[str, Any]]) -> str:
+    """The retrieved passages a recorded request carried, as the retriever's message ("" for
+    none). They are in the last system message, between the turn's notes (time, language) and
+    :data:`~relay.call.guards.NOTES_TAIL`; recordings made before that layout carry them in a
+    system message of their own, second in the request."""
+    for message in reversed(messages):
+        content = message.get("content")
+        if message.get("role") != "system" or not isinstance(content, str):
+            continue
+        start = content.find(INTRO)
+        if start < 0:
+            continue
+        found = content[start:]
+        return found.removesuffix("\n\n" + NOTES_TAIL)
+    return ""
+
+
 def retrievals(recording: Recording) -> list[RecordedRetrieval]:
     """Each recorded retrieval with the passage message the next request carried."""
     found: list[RecordedRetrieval] = []
@@ -93,12 +111,9 @@ def retrievals(recording: Recording) -> list[RecordedRetrieval]:
             pending = data
         elif kind == "llm_request" and pending is not None:
             messages = (data.get("body") or {}).get("messages") or []
-            message = ""
-            if len(messages) > 1 and messages[1].get("role") == "system":
-                message = str(messages[1].get("content") or "")
             found.append(
                 RecordedRetrieval(
-                    message,
+                    passages_in(messages),
                     list(pending.get("provenance") or []),
                     float(pending.get("elapsed_ms") or 0.0),
                     pending.get("error"),

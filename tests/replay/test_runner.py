@@ -22,15 +22,19 @@ from xml.etree import ElementTree
 
 import pytest
 
+from knowledge.models import Hit
+from relay.call.guards import NOTES_TAIL
 from relay.cli.main import main
 from relay.config import Settings
 from relay.recordings.format import Recording, export_call
+from relay.replay.cassette import passages_in
 from relay.replay.runner import (
     Options,
     Report,
     caller_script,
     run_replays,
 )
+from relay.services.retrieval import INTRO, Retrieved, format_passages, provenance
 from relay.testing import FakeLLMServer, ScriptedLLM, Text, ToolCall, ToolCalls, echo_reply
 from relay.testing.simcall import SimulatedCall, serve_in_process
 from relay.tools import ToolContext, ToolRegistry, ToolResult, default_registry, tool
@@ -490,6 +494,75 @@ async def test_a_call_that_reconnected_replays_both_sessions(
     assert [s["resumed"] for s in report.replayed.sessions] == [False, True]
     [saved] = (tmp_path / "saved").glob("*.replayed.jsonl")
     assert Recording.read(saved).call_sid == first.call_sid
+
+
+class _Passages:
+    """A retriever with the served message format: passages for each question but the second
+    (a search that timed out)."""
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    async def retrieve(self, agent: Any, query: str) -> Retrieved | None:
+        self.asked.append(query)
+        if len(self.asked) == 2:
+            return Retrieved("", [], 500.0, error="retrieval timed out")
+        hits = [
+            Hit(f"c{n}", f"d{n}", 1, source, ["Stairs"], f"{source} says {query}", 0.8)
+            for n, source in enumerate(["access.md", "pricing.md"])
+        ]
+        return Retrieved(format_passages(hits), provenance(hits), 1.5)
+
+
+async def test_a_call_grounded_in_passages_replays_without_a_change(
+    start_relay: Callable[..., Any], tmp_path: Path
+) -> None:
+    # The passages are carried in the request's last system message, after the turn's notes
+    # (time, language) and before NOTES_TAIL: the cassette hands back exactly those.
+    retriever = _Passages()
+    llm = ScriptedLLM(
+        [Text("Stairs cost extra."), Text("Sorry, I am not sure."), Text("Booked in.")]
+    )
+
+    def grounded(runtime: Runtime) -> None:
+        runtime.deps.retriever = retriever
+
+    async with start_relay(llm, configure=grounded) as relay:
+        call = relay.call()
+        await call.connect()
+        await call.say("How much for three flights of stairs?")
+        await call.say("Do you work on Sundays?")
+        await call.say("And the piano stool?")
+        await call.close()
+        await relay.session_closed()
+        recording = await export_call(relay.runtime.deps.db, call.call_sid)
+        settings = relay.settings
+        sent = [r["messages"][-1]["content"] for r in llm.requests]
+    assert len(retriever.asked) == 3
+    assert "access.md says how much for three flights of stairs" in sent[0].lower()
+    assert INTRO not in sent[1] and INTRO in sent[2]
+
+    [report] = await run_replays([recording], settings, Options(fast=True))
+    assert not report.failed, report.regressions
+    assert not report.divergences and not report.changes and not report.history
+    assert report.replayed is not None
+    replayed = [e["data"] for e in report.replayed.events if e["kind"] == "llm_request"]
+    assert [r["body"]["messages"][-1]["content"] for r in replayed] == sent
+
+
+def test_the_passages_are_found_where_each_layout_put_them() -> None:
+    passages = format_passages([Hit("c", "d", 1, "faq.csv", [], "Sundays: no.", 0.7)])
+    notes = f"Current date and time: Sunday 6 December 2026, 11 AM.\n\n{passages}\n\n{NOTES_TAIL}"
+    now = [{"role": "system", "content": "You are Kim."}, {"role": "user", "content": "Sunday?"},
+           {"role": "system", "content": notes}]  # fmt: skip
+    before = [{"role": "system", "content": "You are Kim."},
+              {"role": "system", "content": passages}, {"role": "user", "content": "Sunday?"}]  # fmt: skip
+    assert passages_in(now) == passages_in(before) == passages
+    assert (
+        passages_in([{"role": "system", "content": f"Current date and time: now.\n\n{NOTES_TAIL}"}])
+        == ""
+    )
+    assert passages_in([{"role": "user", "content": passages}]) == ""
 
 
 async def test_live_mode_over_url_cannot_see_tool_calls(settings: Settings) -> None:
