@@ -60,13 +60,27 @@ async def run_terminal_call(args: argparse.Namespace) -> int:
         from relay.web.app import create_app, preflight
 
         preflight(settings)
-        async with serve_in_process(create_app(settings)) as base:
+        app = create_app(settings)
+        async with serve_in_process(app) as base:
+            await _knowledge_ready(app.state.runtime)
             return await _converse(
                 args, settings, base.replace("http://", "ws://") + "/ws", http_base=base
             )
     finally:
         if fake is not None:
             fake.__exit__(None, None, None)
+
+
+async def _knowledge_ready(runtime: Any) -> None:
+    """Wait for the app's knowledge warm-up, so that the first question is grounded; say so
+    when it takes a while (a first start loads the shipped documents)."""
+    waiting = asyncio.ensure_future(runtime.knowledge_ready())
+    try:
+        await asyncio.wait_for(asyncio.shield(waiting), timeout=1.0)
+    except TimeoutError:
+        print("Loading the knowledge base (on a first start, the shipped documents too)...",
+              file=sys.stderr, flush=True)  # fmt: skip
+        await waiting
 
 
 async def _converse(

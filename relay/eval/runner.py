@@ -165,6 +165,7 @@ async def run_scenarios(
         )
         async with serve_in_process(app) as base:
             runtime: Runtime = app.state.runtime
+            await runtime.knowledge_ready()  # the first scenario's search not cold
             ws_url = base.replace("http://", "ws://", 1) + "/ws"
             for scenario in scenarios:
                 for run in range(1, runs + 1):

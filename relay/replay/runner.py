@@ -281,6 +281,7 @@ async def _run_in_process(
             base = await stack.enter_async_context(serve_asgi(app, "127.0.0.1", 0))
             url = base.replace("http://", "ws://", 1) + "/ws"
             runtime = runtimes[0]
+            await runtime.knowledge_ready()  # --live-retrieval: the first search not cold
             for script in scripts:
                 problems.extend(await _drive(url, script, options, rewrite=None))
                 await _settled(runtime, options.wait)

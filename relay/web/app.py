@@ -75,6 +75,10 @@ class Runtime:
     #: The knowledge store and its retriever (None when knowledge is off or not opened yet).
     knowledge: AsyncKnowledge | None = None
     retriever: KnowledgeRetriever | None = None
+    #: Set once the knowledge warm-up has finished, well or not (None when knowledge is off):
+    #: the embedding model loaded, a first start's shipped documents loaded, the search index
+    #: built. Until then ``/readyz`` says "warming up" and searches may time out.
+    knowledge_warmed: asyncio.Event | None = None
     #: Closed at shutdown, after the recorder has flushed.
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     #: The calendar feed's token key, made once (bytes: never shown by /metrics).
@@ -91,6 +95,13 @@ class Runtime:
     ops: Operations | None = None
     #: Outcomes, cost, analysis, webhook and owner e-mail after each call (relay.web.postcall).
     postcall: PostCall | None = None
+
+    async def knowledge_ready(self) -> None:
+        """Wait for the knowledge warm-up (at once when knowledge is off): for the in-process
+        app of ``relay call``, ``relay replay`` and ``relay eval``, whose first question would
+        otherwise race the embedding model's loading."""
+        if self.knowledge_warmed is not None:
+            await self.knowledge_warmed.wait()
 
 
 def create_app(
@@ -242,14 +253,20 @@ async def _start_knowledge(runtime: Runtime) -> asyncio.Task[Any]:
         services["knowledge"] = retriever
         deps.services = {**deps.services, name: services}
 
+    warmed = runtime.knowledge_warmed = asyncio.Event()
+    # The default agent's documents first: a first start's first call is most likely its.
+    agents = sorted(deps.agents.agents.values(), key=lambda a: a.name != deps.agents.default_name)
+
     async def warm() -> None:
         try:
             await knowledge.warm_up()
             if settings.knowledge_autoload:
-                await retriever.autoload(list(deps.agents.agents.values()), settings.documents_dir)
-            await retriever.warm_index(list(deps.agents.agents.values()))
+                await retriever.autoload(agents, settings.documents_dir)
+            await retriever.warm_index(agents)
         except Exception as exc:  # the service runs without grounding rather than not at all
             log.error("knowledge_unavailable", error=repr(exc)[:300])
+        finally:
+            warmed.set()
 
     return asyncio.create_task(warm(), name="relay-knowledge-warm-up")
 

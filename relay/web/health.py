@@ -3,7 +3,7 @@
 Liveness says only that the event loop answers: a balancer or an orchestrator restarts a
 process that fails it, so it depends on nothing else. Readiness says whether this process
 should be sent new calls: the database takes a write and reads it back, the knowledge store
-answers, the model server answered its last probe, the recorder's backlog is under its limit,
+answers (and has warmed up: model, first-start documents, index), the model server answered its last probe, the recorder's backlog is under its limit,
 and the process is not draining. The model probe (``GET {base_url}/models``) runs in the
 background every ``RELAY_READY_PROBE_SECONDS``, never on the request path: a balancer polling
 ``/readyz`` every second must not turn into a request a second to a paid API.
@@ -58,6 +58,8 @@ class Runtime(Protocol):
     def deps(self) -> CallDependencies: ...
     @property
     def knowledge(self) -> AsyncKnowledge | None: ...
+    @property
+    def knowledge_warmed(self) -> asyncio.Event | None: ...
     @property
     def drain(self) -> Drain | None: ...
     @property
@@ -210,6 +212,10 @@ async def readiness(runtime: Runtime) -> dict[str, Check]:
     checks.update(zip(pending, results, strict=True))
     if knowledge is None:
         checks["knowledge"] = Check(ok=True, detail="disabled")
+    elif (warmed := runtime.knowledge_warmed) is not None and not warmed.is_set():
+        # Not sent calls before it can ground them: the embedding model, a first start's
+        # shipped documents and the search index load in the background (seconds).
+        checks["knowledge"] = Check(ok=False, detail="warming up", ms=checks["knowledge"].ms)
     probe: ModelProbe | None = runtime.model_probe
     checks["model"] = probe.current() if probe is not None else Check(ok=True, detail="in-process")
     backlog, limit = deps.recorder.pending, settings.recorder_backlog_limit

@@ -6,6 +6,7 @@ Uses the real local embedding model and an embedded Chroma store in a temp direc
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -72,6 +73,35 @@ async def test_the_llm_request_carries_the_right_passage_and_the_turn_records_it
     [question] = [t for t in turns if t.role == "user"]
     assert question.prompt_received_at is not None and answer.retrieval_done_at is not None
     assert question.prompt_received_at <= answer.retrieval_done_at <= answer.first_token_at
+
+
+async def test_readyz_says_warming_up_until_the_knowledge_warm_up_has_finished(
+    start_relay: Any, data_dir: Path
+) -> None:
+    # A first start: the model loads, the documents load (autoload) and the index is built in
+    # the background; a balancer must not send calls before that, or they go ungrounded.
+    write_docs(data_dir / "knowledge" / "piano-removals")
+    held = asyncio.Event()
+    warm_ups: list[asyncio.Event] = []
+
+    def hold(runtime: Any) -> None:
+        warm_ups.append(runtime.knowledge_warmed)
+        runtime.knowledge_warmed = held  # what readiness reads, released by the test
+
+    async with start_relay(ScriptedLLM(), configure=hold, RELAY_KNOWLEDGE="true") as relay:
+        warming = await relay.http.get(relay.base_url + "/readyz")
+        await asyncio.wait_for(warm_ups[0].wait(), timeout=120)  # the real warm-up's end
+        count = await relay.runtime.knowledge.count("piano-removals")
+        still = await relay.http.get(relay.base_url + "/readyz")
+        held.set()
+        ready = await relay.http.get(relay.base_url + "/readyz")
+
+    assert warming.status_code == still.status_code == 503
+    knowledge = warming.json()["checks"]["knowledge"]
+    assert (knowledge["ok"], knowledge["detail"]) == (False, "warming up")
+    assert all(c["ok"] for name, c in warming.json()["checks"].items() if name != "knowledge")
+    assert count == len(DOCS)  # loaded before the warm-up said it was done
+    assert ready.status_code == 200 and ready.json()["checks"]["knowledge"]["ok"] is True
 
 
 class BrokenKnowledge:
