@@ -314,7 +314,7 @@ def echo_reply(body: dict[str, Any]) -> Reply:
     """Answer ``You said: <the last user message>.`` and a short question, about 10-20 tokens.
 
     The default reply for demos and benchmarks: it streams realistic text and shows that the
-    request arrived. Only the first few words of a long message are echoed.
+    request arrived. Only the first eight words of a longer message are echoed, then "…".
     """
     return Text(_echo_sentence(body))
 
@@ -847,11 +847,12 @@ def _echo_sentence(body: dict[str, Any]) -> str:
             if isinstance(message, dict) and message.get("role") == "user":
                 said = _text_of(message.get("content"))
                 break
-    words = said.split()[:_ECHO_WORDS]
-    echoed = " ".join(words).rstrip(".!?,;: ")
+    words = said.split()
+    echoed = " ".join(words[:_ECHO_WORDS]).rstrip(".!?,;: ")
     if not echoed:
         return "I did not catch that." + _ECHO_TAIL
-    return f"You said: {echoed}." + _ECHO_TAIL
+    # A longer message is cut after a few words, and says so (not a sentence cut short).
+    return f"You said: {echoed}{'…' if len(words) > _ECHO_WORDS else '.'}" + _ECHO_TAIL
 
 
 class _EchoOfLength:

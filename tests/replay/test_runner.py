@@ -270,7 +270,7 @@ async def test_live_mode_against_a_scripted_llm(settings: Settings) -> None:
         assert "expectation failed: the call is handed to a person" in report.regressions
         assert any(r.startswith("the call ends differently") for r in report.regressions)
         said = [line.text for line in report.lines if line.mark == "+" and line.kind == "agent"]
-        assert said == ["You said: I've got a grand piano going up to. What else can I do for you?"]
+        assert said == ["You said: I've got a grand piano going up to… What else can I do for you?"]
 
 
 # == the command, JUnit and --url ========================================================

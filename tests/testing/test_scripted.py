@@ -414,6 +414,21 @@ async def test_echo_reply(http: httpx.AsyncClient) -> None:
     assert 10 <= len(pieces) <= 20
 
 
+def test_echo_reply_says_when_it_cut_a_long_message() -> None:
+    def said(text: str) -> str:
+        reply = echo_reply({"messages": [{"role": "user", "content": text}]})
+        assert isinstance(reply, Text)
+        return reply.text
+
+    assert said("One two three four five six seven eight.") == (
+        "You said: One two three four five six seven eight. What else can I do for you?"
+    )
+    assert said("how much to move an upright piano from Brunswick to Geelong?") == (
+        "You said: how much to move an upright piano from… What else can I do for you?"
+    )
+    assert said("  ") == "I did not catch that. What else can I do for you?"
+
+
 # --- Non-streaming ----------------------------------------------------------------------------
 
 
