@@ -204,14 +204,16 @@ class Settings(BaseSettings):
         return self.data_dir / "knowledge"
 
     def llm_api_key(self) -> str:
-        """The key to send, or a ConfigError when OpenAI itself is the server and none is set."""
+        """The key to send, or a ConfigError when OpenAI itself is the server and none is set.
+
+        The error names no command: the ``relay`` command adds how to run the one at hand with
+        the scripted model (:mod:`relay.cli.main`)."""
         if self.openai_api_key:
             return self.openai_api_key
         if self.openai_base_url is None:
             raise ConfigError(
                 "OPENAI_API_KEY is not set. Set it, or point OPENAI_BASE_URL at another "
-                "OpenAI-compatible server (vLLM, Ollama, llama.cpp), or start with "
-                "`relay serve --fake-llm` to try relay with the built-in scripted model."
+                "OpenAI-compatible server (vLLM, Ollama, llama.cpp)."
             )
         return "not-needed"  # local servers ignore the key, but the header must be present
 

@@ -37,7 +37,7 @@ from relay.domain.scheduling import (
     spoken_date,
 )
 from relay.errors import ConfigError
-from relay.services import calendar_feed, messaging
+from relay.services import messaging
 from relay.services.customers import bookings_owner, normalise_phone, normalise_rego
 from relay.services.reminders import Reminder, send_reminders
 from relay.storage import business as store
@@ -496,6 +496,8 @@ def _remind(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
 
 
 def _feed_url(args: argparse.Namespace) -> int:
+    from relay.services import calendar_feed  # only this command reads the feed's secret
+
     settings = settings_from(args)
     registry = AgentRegistry.load(settings.prompts_dir, default=settings.default_agent)
     registry.get(args.agent)  # AgentNotFound names the agent

@@ -18,16 +18,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from relay.cli.common import settings_from
 from relay.errors import ConfigError
-from relay.eval.report import junit, summaries, text_report
-from relay.eval.runner import ChatClient, RunResult, run_scenarios
 from relay.eval.scenarios import draft_toml, load_scenarios
-from relay.services import costs, outcomes
-from relay.storage import repository
-from relay.storage.db import Database
 
 DEFAULT_SCENARIOS = Path("prompts/evals")
 
@@ -70,6 +63,13 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace) -> int:
+    # Imported here, not above: the runner loads the whole app (about half a second), which
+    # ``--from-call`` and ``--help`` do not need. Not a cycle: relay.eval imports no CLI.
+    import httpx
+
+    from relay.eval.report import junit, summaries, text_report
+    from relay.eval.runner import ChatClient, RunResult, run_scenarios
+
     settings = settings_from(args)
     scenarios = load_scenarios(args.scenarios or [DEFAULT_SCENARIOS])
     if args.agent:
@@ -110,6 +110,10 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 async def _draft(args: argparse.Namespace) -> int:
+    from relay.services import costs, outcomes  # here, not above: only --from-call needs them
+    from relay.storage import repository
+    from relay.storage.db import Database
+
     settings = settings_from(args, RELAY_LOG_LEVEL="warning")
     db = Database(settings.database)
     await db.migrate()

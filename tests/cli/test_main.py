@@ -73,6 +73,38 @@ def test_a_missing_setting_fails_at_start_naming_it(tmp_path: Path) -> None:
     assert "OPENAI_API_KEY is not set" in no_key.stderr
 
 
+NO_KEY = (
+    "relay: configuration error: OPENAI_API_KEY is not set. Set it, or point OPENAI_BASE_URL at "
+    "another OpenAI-compatible server (vLLM, Ollama, llama.cpp). "
+)
+FAKE_LLM = "start `relay fake-llm --port 8081` and set OPENAI_BASE_URL=http://127.0.0.1:8081/v1."
+
+
+@pytest.mark.parametrize(
+    ("args", "hint"),
+    [
+        (
+            ["serve"],
+            "To try relay offline, start it with `relay serve --fake-llm` (the built-in scripted model).",
+        ),
+        (["call"], "To talk to the built-in scripted model instead, run `relay call --fake-llm`."),
+        (
+            ["replay", "--mode", "live", str(REPO / "tests" / "sessions" / "handoff.jsonl")],
+            f"To replay live against the scripted model, {FAKE_LLM}",
+        ),
+        (["eval"], f"To run the scenarios against the scripted model, {FAKE_LLM}"),
+    ],
+    ids=["serve", "call", "replay-live", "eval"],
+)
+def test_without_a_key_each_command_says_how_to_run_it_offline(
+    args: list[str], hint: str, tmp_path: Path
+) -> None:
+    done = run(args, tmp_path, stdin="/quit\n", env={"RELAY_KNOWLEDGE": "false"})
+
+    assert done.returncode == 2
+    assert done.stderr == NO_KEY + hint + "\n"
+
+
 @pytest.mark.slow
 def test_knowledge_commands_for_content_editors(tmp_path: Path) -> None:
     docs = tmp_path / "docs"
