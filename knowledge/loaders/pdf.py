@@ -1,13 +1,30 @@
-"""PDF: the text layer of every page, through pypdf."""
+"""PDF: the text layer of every page, through pypdf.
+
+pypdf reports what it had to work around in a damaged file ("EOF marker not found", "Ignoring
+wrong pointing object") as warnings on its ``pypdf`` logger. While a file loads they are kept
+(:func:`pypdf_messages`) instead of reaching the process's log handlers, where they would be
+lines of their own, without the file's name, in the middle of ``relay knowledge add``'s progress
+or the server's log: a file that fails names them in its reason, beside pypdf's error; one that
+loads anyway logs them once, as ``pdf_repaired``, at info level.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import re
+import threading
+from collections.abc import Iterator
 
 from knowledge.errors import DocumentError
 from knowledge.loaders.sections import SectionBuilder, title_from_filename
 from knowledge.models import Document
+
+logger = logging.getLogger(__name__)
+
+#: pypdf's messages about one file named in its reason at most (then "and N more").
+MESSAGES_NAMED = 3
 
 _HYPHENATED = re.compile(r"(\w)-\n(?=[a-z])")
 _BULLET = re.compile(r"^\s*(?:[-•*▪◦·]|\d+[.)])\s+")
@@ -45,28 +62,99 @@ def _reflow(page_text: str) -> str:
     return "\n\n".join(" ".join(p) for p in paragraphs if p)
 
 
+class _Kept(logging.Handler):
+    """On the ``pypdf`` logger while PDFs load: each record goes to the list of the thread
+    that logged it, if that thread is loading one (:func:`pypdf_messages`)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lists = threading.local()
+        self.users = 0  # threads loading a PDF
+        self.saved_propagate = True  # the pypdf logger's own, given back after the last one
+
+    def emit(self, record: logging.LogRecord) -> None:
+        kept: list[str] | None = getattr(self.lists, "messages", None)
+        if kept is None:
+            return
+        try:
+            message = record.getMessage()
+        except Exception:  # a message that does not format is still worth naming
+            message = str(record.msg)
+        kept.append(" ".join(message.split()))
+
+
+_KEPT = _Kept()
+_KEPT_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def pypdf_messages() -> Iterator[list[str]]:
+    """The warnings and errors pypdf logs while this thread reads a PDF, in order, kept for
+    the file's result. Meanwhile nothing pypdf logs reaches the process's log handlers (from
+    any thread: pypdf's logging is process-wide); it does again once no thread is loading a
+    PDF."""
+    pypdf_logger = logging.getLogger("pypdf")
+    messages: list[str] = []
+    with _KEPT_LOCK:
+        if _KEPT.users == 0:
+            _KEPT.saved_propagate = pypdf_logger.propagate
+            pypdf_logger.addHandler(_KEPT)
+            pypdf_logger.propagate = False
+        _KEPT.users += 1
+    _KEPT.lists.messages = messages
+    try:
+        yield messages
+    finally:
+        _KEPT.lists.messages = None
+        with _KEPT_LOCK:
+            _KEPT.users -= 1
+            if _KEPT.users == 0:
+                pypdf_logger.removeHandler(_KEPT)
+                pypdf_logger.propagate = _KEPT.saved_propagate
+
+
+def _named(messages: list[str]) -> list[str]:
+    """``messages`` once each, the first :data:`MESSAGES_NAMED` of them and how many more."""
+    unique = list(dict.fromkeys(m for m in messages if m))
+    if len(unique) <= MESSAGES_NAMED:
+        return unique
+    return [*unique[:MESSAGES_NAMED], f"and {len(unique) - MESSAGES_NAMED} more"]
+
+
 def load_pdf(filename: str, data: bytes) -> Document:
-    """Load a ``.pdf`` file. Scanned PDFs without a text layer are refused (no OCR)."""
+    """Load a ``.pdf`` file. Scanned PDFs without a text layer are refused (no OCR).
+
+    What pypdf reports about a damaged file is named in the reason of the
+    :class:`DocumentError` it fails with (``corrupt PDF (EOF marker not found; Stream has
+    ended unexpectedly)``), never logged on its own (see the module's docstring).
+    """
     from pypdf import PdfReader
     from pypdf.errors import PdfReadError, PyPdfError
 
     if not data.lstrip()[:5].startswith(b"%PDF"):
         raise DocumentError(filename, "corrupt PDF: no %PDF header")
-    try:
-        reader = PdfReader(io.BytesIO(data))
-        if reader.is_encrypted and not reader.decrypt(""):
-            raise DocumentError(filename, "PDF is password-protected")
-        pages = [page.extract_text() or "" for page in reader.pages]
-        meta_title = reader.metadata.title if reader.metadata else None
-    except DocumentError:
-        raise
-    except (PdfReadError, PyPdfError, ValueError, KeyError, TypeError, OSError) as exc:
-        raise DocumentError(filename, f"corrupt PDF ({exc})") from exc
+    with pypdf_messages() as noted:
+        try:
+            reader = PdfReader(io.BytesIO(data))
+            if reader.is_encrypted and not reader.decrypt(""):
+                raise DocumentError(filename, "PDF is password-protected")
+            pages = [page.extract_text() or "" for page in reader.pages]
+            meta_title = reader.metadata.title if reader.metadata else None
+        except DocumentError:
+            raise
+        except (PdfReadError, PyPdfError, ValueError, KeyError, TypeError, OSError) as exc:
+            reasons = [*_named(noted), str(exc)]
+            raise DocumentError(filename, f"corrupt PDF ({'; '.join(reasons)})") from exc
 
     builder = SectionBuilder()
     for page in pages:
         builder.paragraph(_reflow(page))
     document = builder.build(str(meta_title or "").strip() or title_from_filename(filename))
     if not document.sections:
-        raise DocumentError(filename, "PDF has no text layer (scanned? OCR is not supported)")
+        reason = "PDF has no text layer (scanned? OCR is not supported)"
+        if noted:
+            reason += f"; pypdf reported: {'; '.join(_named(noted))}"
+        raise DocumentError(filename, reason)
+    if noted:
+        logger.info("pdf_repaired file=%s warnings=%s", filename, "; ".join(_named(noted)))
     return document

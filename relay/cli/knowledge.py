@@ -3,14 +3,30 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from knowledge import FileResult, IngestReport, KnowledgeError, KnowledgeStore
+from knowledge import (
+    AsyncKnowledge,
+    FileResult,
+    Hit,
+    IngestReport,
+    KnowledgeError,
+    KnowledgeStore,
+)
 from knowledge.priority import run_on_idle_cpu
 from relay.cli.common import settings_from
+
+if TYPE_CHECKING:
+    from relay.config import Settings
+
+#: How long ``relay knowledge search`` waits for its answer (seconds): its first search also
+#: loads the model and reads the collection's vectors.
+SEARCH_TIMEOUT = 120.0
 
 
 def add_parser(commands: Any) -> None:
@@ -63,11 +79,30 @@ def add_parser(commands: Any) -> None:
     drop.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     drop.set_defaults(handler=_drop)
 
-    search = sub.add_parser("search", help="the passages the agent would be given for a question")
+    search = sub.add_parser(
+        "search",
+        help="the passages the agent would be given for a question (as a call's turn gets them)",
+    )
     search.add_argument("question")
-    search.add_argument("-k", type=int, default=4)
+    search.add_argument(
+        "-k",
+        type=_positive,
+        default=None,
+        help="show only the first K of them (the agent gets RELAY_KNOWLEDGE_K passages)",
+    )
     collection(search)
     search.set_defaults(handler=_search)
+
+
+def _positive(text: str) -> int:
+    """``-k``: a whole number of at least 1."""
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"not a whole number of at least 1: {text!r}")
+    return number
 
 
 def _context(
@@ -98,33 +133,54 @@ def _context(
     return settings, store, name
 
 
+#: The marks of :class:`Progress`, one per file loaded.
+MARKS = {"added": "+", "updated": "~", "unchanged": "=", "failed": "!"}
+#: What the marks mean, for the line that starts a load.
+LEGEND = "! = failed, + added, ~ updated, = unchanged"
+
+
 class Progress:
-    """One line per file with a bar: ``[#####-----]  5/10 + pricing.md (12 chunks)``."""
+    """One line per file given with a bar counting them:
+    ``[##########----------]  5/10 + pricing.md  (12 chunks)``.
+
+    The bar counts the files found under the paths given (as the store walks them). A sync's
+    deletions, which come after the files (documents whose file is not in the folder), are
+    not files given: each gets a line of its own, outside the count,
+    ``deleted parking.md  (not in the folder; 3 chunks removed)``.
+    """
 
     def __init__(self, paths: Sequence[Path]) -> None:
         self.total = sum(1 for _ in _files(paths))
         self.done = 0
 
     def __call__(self, result: FileResult) -> None:
+        name = result.doc_id or result.path
+        if result.status == "deleted":
+            print(
+                f"deleted {name}  (not in the folder; {result.chunks} chunks removed)",
+                file=sys.stderr,
+                flush=True,
+            )
+            return
         self.done += 1
-        mark = {"added": "+", "updated": "~", "unchanged": "=", "failed": "!", "deleted": "-"}.get(
-            str(result.status), "?"
-        )
+        mark = MARKS.get(str(result.status), "?")
         detail = f"  {result.error}" if result.error else f"  ({result.chunks} chunks)"
         total = max(self.total, self.done)
         filled = round(20 * self.done / total) if total else 20
         bar = f"[{'#' * filled}{'-' * (20 - filled)}] {self.done:>{len(str(total))}}/{total}"
-        print(f"{bar} {mark} {result.doc_id or result.path}{detail}", file=sys.stderr, flush=True)
+        print(f"{bar} {mark} {name}{detail}", file=sys.stderr, flush=True)
 
 
 def _files(paths: Sequence[Path]) -> Iterator[Path]:
+    """The files the store loads for ``paths`` (``knowledge.store``): every file under a folder
+    but hidden ones and those in hidden folders, and a path given as a file even if missing
+    (it is reported as failed)."""
     for path in paths:
         if path.is_dir():
-            for found in path.rglob("*"):
-                hidden = any(part.startswith(".") for part in found.relative_to(path).parts)
-                if found.is_file() and not hidden:
-                    yield found
-        elif path.exists():
+            for folder, dirs, files in os.walk(path):
+                dirs[:] = [d for d in dirs if not d.startswith(".")]
+                yield from (Path(folder) / f for f in files if not f.startswith("."))
+        else:
             yield path
 
 
@@ -142,14 +198,14 @@ def _summary(report: IngestReport) -> int:
 def _add(args: argparse.Namespace) -> int:
     run_on_idle_cpu()  # on a box serving calls, this command takes only the idle cores
     _, store, name = _context(args, existing_ok=False)
-    print(f"Loading into '{name}' (! = failed, + added, ~ updated, = unchanged):", file=sys.stderr)
+    print(f"Loading into '{name}' ({LEGEND}):", file=sys.stderr)
     return _summary(store.add(name, args.paths, progress=Progress(args.paths)))
 
 
 def _sync(args: argparse.Namespace) -> int:
     run_on_idle_cpu()
     _, store, name = _context(args, existing_ok=False)
-    print(f"Mirroring {args.directory} into '{name}':", file=sys.stderr)
+    print(f"Mirroring {args.directory} into '{name}' ({LEGEND}):", file=sys.stderr)
     return _summary(store.sync(name, args.directory, progress=Progress([args.directory])))
 
 
@@ -167,7 +223,7 @@ def _load_shipped(args: argparse.Namespace) -> int:
         if not name or not (settings.documents_dir / name).is_dir():
             continue
         folder = settings.documents_dir / name
-        print(f"{agent.name}: {folder} -> '{name}'", file=sys.stderr)
+        print(f"{agent.name}: {folder} -> '{name}' ({LEGEND}):", file=sys.stderr)
         status |= _summary(store.sync(name, folder, progress=Progress([folder])))
     return status
 
@@ -225,13 +281,38 @@ def _drop(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
-    _, store, name = _context(args)
-    hits = store.search(name, args.question, k=args.k)
+    settings, store, name = _context(args)
+    try:
+        hits = asyncio.run(_passages(settings, store, name, args.question, args.k))
+    except KnowledgeError as exc:
+        print(f"relay knowledge: {exc}", file=sys.stderr)
+        return 1
     if not hits:
-        print("No passages found.")
+        print(
+            f"No passage scores {settings.knowledge_min_score:g} (RELAY_KNOWLEDGE_MIN_SCORE) or "
+            "more: the agent would get no reference material for this."
+        )
         return 0
     for number, hit in enumerate(hits, 1):
         where = " > ".join(hit.heading_path)
         print(f"{number}. {hit.score:.3f}  {hit.source} (v{hit.doc_version}) [{where}]")
         print("   " + hit.text.replace("\n", "\n   ")[:600])
     return 0
+
+
+async def _passages(
+    settings: Settings, store: KnowledgeStore, collection: str, question: str, limit: int | None
+) -> list[Hit]:
+    """What a call's turn asking ``question`` is given, by the calls' own path: the function
+    behind the console's "Ask a question" and the admin API's search
+    (:func:`relay.web.passages.ask`), with a retriever set up as ``relay serve`` sets up its
+    calls' (the settings' k and threshold, the in-memory index)."""
+    from relay.web.passages import ask, served_retriever
+
+    knowledge = AsyncKnowledge(store)
+    retriever = served_retriever(knowledge, settings)
+    try:
+        return await ask(retriever, collection, question, limit=limit, timeout=SEARCH_TIMEOUT)
+    finally:
+        await retriever.aclose()
+        await knowledge.aclose()

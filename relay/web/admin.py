@@ -7,7 +7,8 @@ token. Routes (``{collection}`` is an agent's knowledge base):
 - ``POST   /admin/knowledge/{collection}/documents``            multipart upload (field ``file``, repeatable)
 - ``GET    /admin/knowledge/{collection}/documents/{doc_id}``   versions and chunks
 - ``DELETE /admin/knowledge/{collection}/documents/{doc_id}``   delete a document
-- ``GET    /admin/knowledge/{collection}/search?q=…&k=4``        what retrieval returns
+- ``GET    /admin/knowledge/{collection}/search?q=…&k=4``        the passages a call's turn gets
+  (``relay.web.passages``; ``k``: only the first k of them)
 - ``GET    /admin/recorder/parked?limit=100``                    rows the recorder could not write
 
 A ``{collection}`` no agent uses answers 404 (an upload never creates one by mistake).
@@ -31,6 +32,7 @@ from knowledge import (
     UnknownCollection,
     UnknownDocument,
 )
+from relay.web.passages import ask, runtime_retriever
 
 MAX_UPLOAD_BYTES = 20_000_000
 
@@ -194,18 +196,27 @@ async def delete_document(request: Request) -> Response:
 
 
 async def search(request: Request) -> Response:
+    """The passages a call's turn asking ``q`` is given, as the console's "Ask a question"
+    shows them (:func:`relay.web.passages.ask`: the calls' retriever, its k and threshold);
+    ``k`` keeps only the first k of them."""
     knowledge = _collection_store(request)
     if isinstance(knowledge, Response):
         return knowledge  # refused: no token, store off, or a collection no agent uses
     query = request.query_params.get("q", "").strip()
     if not query:
         return JSONResponse({"error": "give the question as ?q="}, status_code=400)
+    limit = None
+    if "k" in request.query_params:
+        try:
+            limit = max(1, int(request.query_params["k"]))
+        except ValueError:
+            return JSONResponse({"error": "k must be a number"}, status_code=400)
+    retriever = runtime_retriever(request.app.state.runtime)
+    assert retriever is not None  # the store is on
     try:
-        k = max(1, min(20, int(request.query_params.get("k", "4"))))
-    except ValueError:
-        return JSONResponse({"error": "k must be a number"}, status_code=400)
-    try:
-        hits = await knowledge.search(request.path_params["collection"], query, k=k, timeout=5.0)
+        hits = await ask(
+            retriever, request.path_params["collection"], query, limit=limit, timeout=5.0
+        )
     except UnknownCollection as exc:  # no document was ever loaded into it
         return JSONResponse({"error": str(exc)}, status_code=404)
     except KnowledgeError as exc:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import threading
 from collections.abc import Callable
 
 import pytest
@@ -10,6 +12,7 @@ import pytest
 from knowledge.encoding import decode_text
 from knowledge.errors import DocumentError
 from knowledge.loaders import load_document
+from knowledge.loaders.pdf import pypdf_messages
 from knowledge.models import Section
 
 Builder = Callable[..., bytes]
@@ -198,6 +201,70 @@ def test_truncated_pdf(make_pdf: Builder) -> None:
 def test_pdf_without_text_layer(make_pdf: Builder) -> None:
     with pytest.raises(DocumentError, match="no text layer"):
         load_document("scan.pdf", make_pdf([[]]))
+
+
+def test_a_truncated_pdf_names_what_pypdf_warned_and_logs_nothing(
+    make_pdf: Builder, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """pypdf logs "EOF marker not found" for a cut-off file: that belongs to the file's
+    reason, not to a log line of its own (which landed in ``relay knowledge add``'s progress)."""
+    data = make_pdf([["Truncated document text"]])
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(DocumentError) as failed:
+        load_document("broken.pdf", data[: len(data) * 2 // 3])
+    assert failed.value.reason.startswith("corrupt PDF (EOF marker not found; ")
+    assert [r for r in caplog.records if r.name.startswith("pypdf")] == []
+    out, err = capfd.readouterr()
+    assert "EOF marker" not in out + err
+    pypdf_logger = logging.getLogger("pypdf")
+    assert pypdf_logger.propagate and pypdf_logger.handlers == []  # as it was
+
+
+def test_a_pdf_pypdf_repairs_loads_and_its_warnings_are_logged_once_as_ours(
+    make_pdf: Builder, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = make_pdf([["Every move is insured."]]).replace(b"startxref\n", b"startxref\n1")
+    caplog.set_level(logging.DEBUG)
+    document = load_document("insurance.pdf", data)
+    assert "Every move is insured." in document.sections[0].text
+    assert [r for r in caplog.records if r.name.startswith("pypdf")] == []
+    assert [r.getMessage() for r in caplog.records if r.name == "knowledge.loaders.pdf"] == [
+        "pdf_repaired file=insurance.pdf warnings=incorrect startxref pointer(2); "
+        "parsing for Object Streams"
+    ]
+
+
+def test_pypdf_messages_are_kept_per_thread_and_logged_again_after() -> None:
+    """Each thread loading a PDF keeps its own file's messages; once none is loading, pypdf
+    logs as before."""
+    pypdf_logger = logging.getLogger("pypdf._reader")
+    inside, go_on = threading.Event(), threading.Event()
+    other: list[str] = []
+
+    def load_elsewhere() -> None:
+        with pypdf_messages() as kept:
+            pypdf_logger.warning("the other file's warning")
+            inside.set()
+            go_on.wait(10)
+        other.extend(kept)
+
+    thread = threading.Thread(target=load_elsewhere)
+    thread.start()
+    assert inside.wait(10)
+    with pypdf_messages() as mine:
+        pypdf_logger.warning("this file's warning %d", 1)
+    go_on.set()
+    thread.join(10)
+    assert (mine, other) == (["this file's warning 1"], ["the other file's warning"])
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger().addHandler(handler)
+    try:
+        pypdf_logger.warning("no file loading")
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert seen == ["no file loading"]
 
 
 # -- DOCX --------------------------------------------------------------------------------------

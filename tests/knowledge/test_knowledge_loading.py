@@ -146,6 +146,25 @@ def test_a_crashed_loading_process_fails_the_document_and_the_next_one_loads(
     assert [h.doc_id for h in there.search(KB, "is the storage heated", k=1)] == ["storage.md"]
 
 
+def test_pypdfs_warnings_in_the_loading_process_are_the_files_reason_not_stderr_lines(
+    local_embedder: LocalEmbedder,
+    make_pdf: Callable[..., bytes],
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """The child has no logging set up, so Python's last resort wrote pypdf's warnings for a
+    cut-off PDF ("EOF marker not found") to the server's stderr, without the file's name."""
+    data = make_pdf([["Truncated document text"]])
+    loading = LoadingProcess(local_embedder, max_tokens=220, overlap_tokens=40)
+    try:
+        with pytest.raises(DocumentError) as failed:
+            loading.chunk("broken.pdf", "broken.pdf", data[: len(data) * 2 // 3])
+    finally:
+        loading.close()
+    assert failed.value.reason.startswith("corrupt PDF (EOF marker not found; ")
+    out, err = capfd.readouterr()
+    assert "EOF marker" not in out + err
+
+
 def test_the_loading_process_exits_when_idle(local_embedder: LocalEmbedder) -> None:
     loading = LoadingProcess(local_embedder, max_tokens=220, overlap_tokens=40, idle_timeout=0)
     try:

@@ -607,7 +607,7 @@ async def _knowledge_page(
     status_code: int = 200,
 ) -> Response:
     collections = _collections(request)
-    agent = agent or next(iter(collections), "")
+    agent = agent or _first_agent(request, collections)
     store_ = _runtime(request).knowledge
     documents: list[Any] = []
     error = None
@@ -643,23 +643,23 @@ async def _knowledge_page(
     )
 
 
-async def _ask(request: Request, collection: str, question: str) -> tuple[list[Any], str]:
-    """Exactly what a turn's retrieval hands the model: the same k, threshold and wording."""
-    from relay.services.retrieval import format_passages
+def _first_agent(request: Request, collections: dict[str, str]) -> str:
+    """The agent the page opens on without ``?agent=``: the default agent (the one
+    ``relay knowledge`` works on without ``--collection``) when it has a knowledge base, else
+    the first that has one."""
+    default: str = _runtime(request).deps.agents.default_name
+    return default if default in collections else next(iter(collections), "")
 
-    runtime = _runtime(request)
-    retriever = runtime.retriever
-    k = retriever.k if retriever is not None else runtime.settings.knowledge_k
-    min_score = (
-        retriever.min_score if retriever is not None else runtime.settings.knowledge_min_score
-    )
-    assert runtime.knowledge is not None
-    if retriever is not None:  # the turn's own path (in-memory index, same query words)
-        hits = await retriever.preview(collection, question, timeout=10.0)
-    else:
-        hits = await runtime.knowledge.search(
-            collection, question, k=k, min_score=min_score, timeout=10.0
-        )
+
+async def _ask(request: Request, collection: str, question: str) -> tuple[list[Any], str]:
+    """Exactly what a turn's retrieval hands the model: the same k, threshold and wording
+    (:func:`relay.web.passages.ask`, shared with the admin API and ``relay knowledge search``)."""
+    from relay.services.retrieval import format_passages
+    from relay.web.passages import ask, runtime_retriever
+
+    retriever = runtime_retriever(_runtime(request))
+    assert retriever is not None  # the store is on
+    hits = await ask(retriever, collection, question, timeout=10.0)
     return hits, format_passages(hits) if hits else ""
 
 
