@@ -510,5 +510,15 @@ def _feed_url(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     secret = calendar_feed.settings_secret(settings)
+    if not settings.feed_secret and not settings.admin_token:
+        # The server keys its URLs on the first of these it has: one started with either
+        # setting serves this agent's feed under another URL than this one.
+        print(
+            "relay: keyed on the generated secret in "
+            f"{settings.data_dir / calendar_feed.SECRET_FILE} (neither RELAY_FEED_SECRET nor "
+            "RELAY_ADMIN_TOKEN is set here); run this with the server's settings if it has "
+            "either.",
+            file=sys.stderr,
+        )
     print(calendar_feed.feed_url(args.agent, base_url=base, secret=secret))
     return 0

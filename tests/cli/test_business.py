@@ -244,3 +244,26 @@ def test_feed_url_command(env: Callable[..., str], capsys: pytest.CaptureFixture
         "https://voice.example.com/calendar/car-service/"
     ) and printed.endswith(".ics")
     assert main(["business", "feed-url", "nobody"]) == 1
+
+
+def test_feed_url_says_when_it_is_keyed_on_the_generated_secret(
+    env: Callable[..., str], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # Run where the server's RELAY_ADMIN_TOKEN is not set, the URL is not the server's.
+    env(RELAY_PUBLIC_URL="https://voice.example.com")
+    assert main(["business", "feed-url", "car-service"]) == 0
+    out, err = capsys.readouterr()
+    generated = tmp_path / "data" / "runtime" / "feed-secret"
+    secret = generated.read_text().strip().encode()
+    assert out.strip() == feeds.feed_url(
+        "car-service", base_url="https://voice.example.com", secret=secret
+    )
+    assert err == (
+        f"relay: keyed on the generated secret in {generated} "
+        "(neither RELAY_FEED_SECRET nor RELAY_ADMIN_TOKEN is set here); run this with the "
+        "server's settings if it has either.\n"
+    )
+
+    env(RELAY_ADMIN_TOKEN="admin-token", RELAY_PUBLIC_URL="https://voice.example.com")
+    assert main(["business", "feed-url", "car-service"]) == 0
+    assert capsys.readouterr().err == ""
