@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 from typing import Any
 
 import uvicorn
@@ -58,14 +59,22 @@ def _serve(args: argparse.Namespace) -> int:
         overrides["RELAY_PORT"] = args.port
     if getattr(args, "workers", None):
         overrides["RELAY_WORKERS"] = args.workers
+    if args.fake_llm:  # its address once it runs; the settings are checked before it starts
+        overrides["OPENAI_BASE_URL"] = "http://127.0.0.1:9/v1"
+    settings = settings_from(args, **overrides)
+    preflight(settings)  # fail now, naming the variable or file, not inside uvicorn
+    from relay.cli.workers import migrate_once
+
+    # Before uvicorn (and its workers): a database that cannot be reached or migrated is then
+    # one line naming DATABASE_URL, not a traceback inside uvicorn's start-up.
+    asyncio.run(migrate_once(settings.database))
     fake = None
     if args.fake_llm:
         fake = FakeLLMServer(ScriptedLLM(default=echo_reply))
         fake.__enter__()
         overrides["OPENAI_BASE_URL"] = fake.base_url
+        settings = settings.model_copy(update={"openai_base_url": fake.base_url})
     try:
-        settings = settings_from(args, **overrides)
-        preflight(settings)  # fail now, naming the variable or file, not inside uvicorn
         options: dict[str, Any] = dict(
             host=settings.host,
             port=settings.port,

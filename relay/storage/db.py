@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
-from relay.errors import ConfigError
+from relay.errors import ConfigError, StorageError
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 #: The key of the PostgreSQL advisory lock that serialises migrations across processes.
@@ -102,6 +102,7 @@ class Database:
         (a file lock beside a SQLite file, an advisory lock on PostgreSQL), so the first one
         migrates and the others find the schema already at the newest revision.
         """
+        await self.reachable()
         async with self._migration_lock(), self.engine.begin() as conn:
             if not self.is_sqlite:
                 # Held until this transaction ends; PostgreSQL's DDL is transactional, so the
@@ -110,6 +111,23 @@ class Database:
                     text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK}
                 )
             await conn.run_sync(_upgrade)
+
+    async def reachable(self) -> None:
+        """Connect once. A database that cannot be reached (down, a wrong address or name, a
+        refused login, a SQLite file that cannot be opened) is a StorageError naming
+        ``DATABASE_URL`` (its password masked) and the driver's reason, in one line: what
+        ``relay serve`` and every command that opens the database say at start."""
+        try:
+            async with self.engine.connect():
+                pass
+        except (OSError, exc.DBAPIError) as error:
+            cause = error.orig if isinstance(error, exc.DBAPIError) else error
+            reason = " ".join(str(cause).split()) or type(cause).__name__
+            where = self.engine.url.render_as_string(hide_password=True)
+            raise StorageError(
+                f"cannot connect to the database (DATABASE_URL {where}): "
+                f"{type(cause).__name__}: {reason}"
+            ) from error
 
     @contextlib.asynccontextmanager
     async def _migration_lock(self) -> AsyncIterator[None]:

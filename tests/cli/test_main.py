@@ -73,6 +73,27 @@ def test_a_missing_setting_fails_at_start_naming_it(tmp_path: Path) -> None:
     assert "OPENAI_API_KEY is not set" in no_key.stderr
 
 
+def test_a_bad_setting_or_an_unreachable_database_is_one_line(tmp_path: Path) -> None:
+    # --fake-llm: the settings are checked before the scripted model starts (whose shutdown
+    # lines used to come first).
+    agent = run(["serve", "--fake-llm"], tmp_path, env={"RELAY_DEFAULT_AGENT": "nosuch"})
+    assert agent.returncode == 2
+    assert agent.stderr == (
+        "relay: configuration error: RELAY_DEFAULT_AGENT: no agent named 'nosuch' "
+        "(have: car-service, piano-removals, reminders)\n"
+    )
+
+    closed = "postgresql+asyncpg://relay:s3cret@127.0.0.1:9/relay"
+    line = (
+        "relay: cannot connect to the database (DATABASE_URL "
+        "postgresql+asyncpg://relay:***@127.0.0.1:9/relay): ConnectionRefusedError: "
+        "[Errno 111] Connect call failed ('127.0.0.1', 9)\n"
+    )
+    for args in (["serve", "--fake-llm"], ["sessions", "list"]):
+        done = run(args, tmp_path, env={"DATABASE_URL": closed, "RELAY_KNOWLEDGE": "false"})
+        assert (done.returncode, done.stderr) == (1, line), args
+
+
 NO_KEY = (
     "relay: configuration error: OPENAI_API_KEY is not set. Set it, or point OPENAI_BASE_URL at "
     "another OpenAI-compatible server (vLLM, Ollama, llama.cpp). "

@@ -13,10 +13,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import text
 
+from relay.errors import StorageError
 from relay.storage.db import Database
 from relay.storage.models import Base
 from tests.storage.test_textsearch import migrate
@@ -135,3 +137,33 @@ def test_0007_indexes_events_by_call_and_id_and_downgrades(tmp_path: Path) -> No
     assert _event_indexes(path) == {"ix_events_call": ["call_sid", "session_id", "seq"]}
     migrate(path, "head")
     assert _event_indexes(path) == {"ix_events_call_id": ["call_sid", "id"]}
+
+
+async def test_a_database_that_cannot_be_reached_is_one_error_naming_it() -> None:
+    # Nothing listens on the discard port; the password never shows.
+    closed = Database("postgresql+asyncpg://relay:s3cret@127.0.0.1:9/relay")
+    with pytest.raises(StorageError) as refused:
+        await closed.migrate()
+    await closed.close()
+    assert str(refused.value) == (
+        "cannot connect to the database (DATABASE_URL "
+        "postgresql+asyncpg://relay:***@127.0.0.1:9/relay): ConnectionRefusedError: "
+        "[Errno 111] Connect call failed ('127.0.0.1', 9)"
+    )
+
+
+async def test_a_refused_login_is_one_error_naming_the_database(postgres_server: str) -> None:
+    from sqlalchemy.engine import make_url
+
+    wrong = make_url(postgres_server).set(
+        drivername="postgresql+asyncpg", username="nobody-here", password="wrong"
+    )
+    db = Database(wrong.render_as_string(hide_password=False))
+    with pytest.raises(StorageError) as refused:
+        await db.migrate()
+    await db.close()
+    message = str(refused.value)
+    assert message.startswith(
+        f"cannot connect to the database (DATABASE_URL {wrong.render_as_string()}): "
+    )
+    assert "nobody-here" in message.split("): ", 1)[1] and "wrong" not in message
