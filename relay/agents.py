@@ -11,7 +11,7 @@ import difflib
 import inspect
 import re
 import tomllib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypedDict
@@ -147,6 +147,21 @@ def _language(value: Any) -> Scalar:
     return value
 
 
+def _language_code(code: str) -> str:
+    """A ``code`` of ``[[languages]]`` or ``[[failover.languages]]``, checked as ``[relay]``
+    ``language`` is: BCP-47 (``en-AU``) or ``multi``."""
+    _language(code)
+    return code
+
+
+def _did_you_mean(name: str, known: Iterable[str], *, shown: str | None = None) -> str:
+    """``shown`` (default ``name``), with the nearest of ``known`` to ``name`` when one is close:
+    ``speech_timout (did you mean speech_timeout?)``."""
+    shown = name if shown is None else shown
+    near = difflib.get_close_matches(name, sorted(known), n=1)
+    return f"{shown} (did you mean {near[0]}?)" if near else shown
+
+
 def _number(low: float, high: float) -> Callable[[Any], Scalar]:
     def check(value: Any) -> Scalar:
         number = value
@@ -253,8 +268,7 @@ def check_attributes(
     checked: dict[str, Scalar] = {}
     for key, value in attrs.items():
         if key not in allowed:
-            near = difflib.get_close_matches(_snake(key), sorted(allowed), n=1)
-            unknown.append(f"{key} (did you mean {near[0]}?)" if near else key)
+            unknown.append(_did_you_mean(_snake(key), allowed, shown=key))
             continue
         try:
             checked[key] = _CHECKS.get(key, _scalar)(value)
@@ -335,6 +349,11 @@ class LanguageOption(BaseModel):
     transcription_provider: str | None = None
     speech_model: str | None = None
 
+    @field_validator("code")
+    @classmethod
+    def _bcp47(cls, code: str) -> str:
+        return _language_code(code)
+
     @model_validator(mode="before")
     @classmethod
     def _attributes(cls, data: Any) -> Any:
@@ -360,6 +379,11 @@ class FailoverLanguage(BaseModel):
     voice: str | None = None
     transcription_provider: str | None = None
     speech_model: str | None = None
+
+    @field_validator("code")
+    @classmethod
+    def _bcp47(cls, code: str) -> str:
+        return _language_code(code)
 
 
 class FailoverOptions(BaseModel):
@@ -661,6 +685,21 @@ class AgentProfile(BaseModel):
         """The profile file this agent was loaded from (None when built in code)."""
         return self._source
 
+    def check_tools(self, known: Collection[str]) -> None:
+        """Refuse a ``tools`` entry that is not one of ``known`` (the tool registry's names) with
+        the file and the field named, as a bad value is, and the nearest known name:
+        ``prompts/tuner.toml: invalid agent profile: tools: unknown tool 'take_mesage' (did you
+        mean take_message?) (known: ...)``."""
+        unknown = [name for name in self.tools if name not in known]
+        if not unknown:
+            return
+        names = ", ".join(_did_you_mean(name, known, shown=repr(name)) for name in unknown)
+        where = str(self._source) if self._source is not None else f"agent {self.name!r}"
+        raise ConfigError(
+            f"{where}: invalid agent profile: tools: unknown tool{'s' if len(unknown) > 1 else ''}"
+            f" {names} (known: {', '.join(sorted(known))})"
+        )
+
     @property
     def mid_call_config(self) -> bool:
         """``[relay] mid_call_config = true``: send ``config``/``hints`` and the extended
@@ -718,6 +757,18 @@ class AgentProfile(BaseModel):
         return None
 
 
+def _problems(exc: ValidationError) -> str:
+    """pydantic's errors as ``field: problem``, joined by ``; ``. A check of the whole profile
+    (voices, ``multi``) has no field of its own: its problems name theirs (``relay.voice: ...``).
+    Our own checks' messages lose pydantic's ``Value error, `` prefix."""
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"])
+        problem = str(error["msg"]).removeprefix("Value error, ")
+        problems.append(f"{where}: {problem}" if where else problem)
+    return "; ".join(problems)
+
+
 def load_profile(path: Path) -> AgentProfile:
     """Read and validate one profile, naming the file and field on error."""
     try:
@@ -729,10 +780,7 @@ def load_profile(path: Path) -> AgentProfile:
     try:
         profile = AgentProfile.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
-        raise ConfigError(f"{path}: invalid agent profile: {problems}") from exc
+        raise ConfigError(f"{path}: invalid agent profile: {_problems(exc)}") from exc
     profile._source = path
     return profile
 
@@ -783,6 +831,12 @@ class AgentRegistry:
     @property
     def default(self) -> AgentProfile:
         return self.agents[self.default_name]
+
+    def check_tools(self, known: Collection[str]) -> None:
+        """Refuse, at start, the first agent whose ``tools`` lists a name not in ``known`` (see
+        :meth:`AgentProfile.check_tools`)."""
+        for agent in self.agents.values():
+            agent.check_tools(known)
 
     def get(self, name: str) -> AgentProfile:
         try:

@@ -118,8 +118,7 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         agents = AgentRegistry.load(settings.prompts_dir, default=settings.default_agent)
         registry = tools or default_registry()
-        for agent in agents.agents.values():
-            registry.select(agent.tools, agent=agent.name)  # unknown tool names fail at start
+        agents.check_tools(registry.names())  # an unknown tool fails at start, naming the file
         db = Database(settings.database, pool_size=settings.db_pool_size)
         await db.migrate()
         recorder = Recorder(
@@ -291,8 +290,8 @@ def preflight(settings: Settings, tools: ToolRegistry | None = None) -> AgentReg
     check_driver(settings.database)  # one line naming the missing database driver
     agents = AgentRegistry.load(settings.prompts_dir, default=settings.default_agent)
     registry = tools or default_registry()
+    agents.check_tools(registry.names())
     for agent in agents.agents.values():
-        registry.select(agent.tools, agent=agent.name)
         load_services(agent, settings.data_dir)
     if settings.elevenlabs_api_key:
         _check_voices(settings, agents)
