@@ -548,6 +548,10 @@ class AgentProfile(BaseModel):
     transfer_line: str = "Of course. I'm putting you through to a member of our team now."
     handoff_say: str = "Please hold while I connect you."
     no_person_line: str = "I'm sorry, nobody is available to take your call right now."
+    #: Said (by Twilio's own voice) when a call's sessions keep failing and nobody can take it.
+    trouble_line: str = (
+        "I'm sorry, we're having technical trouble. Please call back in a few minutes. Goodbye!"
+    )
     goodbye_line: str = "Thanks for calling. Goodbye!"
     resume_greeting: str = "Sorry about that, I think we got cut off. Where were we?"
     apology_line: str = "Sorry, I'm having trouble on my end. Could you say that again?"

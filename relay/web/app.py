@@ -95,6 +95,8 @@ class Runtime:
     ops: Operations | None = None
     #: Outcomes, cost, analysis, webhook and owner e-mail after each call (relay.web.postcall).
     postcall: PostCall | None = None
+    #: New sessions this process offered each call after a failed one (/handoff), newest last.
+    reconnects_offered: dict[str, int] = field(default_factory=dict)
 
     async def knowledge_ready(self) -> None:
         """Wait for the knowledge warm-up (at once when knowledge is off): for the in-process
@@ -397,6 +399,29 @@ async def connect_action(request: Request) -> Response:
         return Response(twiml.say_and_hang_up(agent.no_person_line), media_type=TWIML)
 
 
+#: ``ErrorCode``s of a failed session that a new one would meet again: settings Twilio refused
+#: (64101 invalid TTS settings, 64106 invalid argument). The call is not reconnected.
+NO_RECONNECT = frozenset({"64101", "64106"})
+#: New sessions offered to one call after failed ones (a dropped socket, 64105; a network
+#: failure, 39001...) before relay stops reconnecting it.
+MAX_RECONNECTS = 3
+
+
+async def _reconnects_so_far(runtime: Runtime, call_sid: str, known: bool) -> int:
+    """How many times this call was reconnected: its sessions beyond the first (any worker's),
+    or the new sessions this process offered it if more (one that never connected leaves no
+    session behind)."""
+    offered = runtime.reconnects_offered.get(call_sid, 0)
+    if not known:
+        return offered
+    try:
+        sessions = await repository.call_sessions(runtime.deps.db, call_sid)
+    except Exception as exc:  # the answer must not wait on a database in trouble
+        log.error("handoff_sessions_lookup_failed", error=repr(exc)[:300])
+        return offered
+    return max(len(sessions) - 1, offered)
+
+
 async def _after_session(request: Request, runtime: Runtime, form: dict[str, str]) -> str:
     status = form.get("SessionStatus", "")
     call_status = form.get("CallStatus", "")
@@ -437,6 +462,28 @@ async def _after_session(request: Request, runtime: Runtime, form: dict[str, str
             return twiml.say_and_hang_up(agent.no_person_line)
         return twiml.say_and_hang_up(None)
     if status == "failed" and call_status in ("in-progress", "ringing", ""):
+        code = form.get("ErrorCode", "")
+        reconnects = await _reconnects_so_far(runtime, call_sid, call is not None)
+        if code in NO_RECONNECT or reconnects >= MAX_RECONNECTS:
+            # Settings Twilio refused (a new session would fail the same way), or a call
+            # that keeps failing: a person takes it if the agent has one, else an apology in
+            # Twilio's own voice (the session's may be what failed) and the call ends.
+            log.warning("session_not_resumed", call_sid=call_sid, error_code=code,
+                        reconnects=reconnects, to_person=bool(agent.person_number))  # fmt: skip
+            if agent.person_number:
+                if call is not None:
+                    deps.recorder.update_call(call_sid, status="transferred", outcome="transferred")
+                return twiml.dial(
+                    say=agent.handoff_say,
+                    number=agent.person_number,
+                    caller_id=form.get("To") or None,
+                )
+            if call is not None:
+                deps.recorder.update_call(call_sid, status="completed", ended_at=datetime.now(UTC))
+            return twiml.say_and_hang_up(agent.trouble_line)
+        runtime.reconnects_offered[call_sid] = reconnects + 1
+        while len(runtime.reconnects_offered) > 10_000:  # oldest calls first (insertion order)
+            del runtime.reconnects_offered[next(iter(runtime.reconnects_offered))]
         # The socket dropped but the caller is still there: reconnect with the same history.
         ws_url, action = _urls(request)
         ws_url = reconnect.socket_url(ws_url, agent, call_sid)  # (h11)

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import xml.etree.ElementTree as ET
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -13,6 +15,7 @@ import pytest
 from relay.storage import repository
 from relay.storage.outcomes import get_analysis
 from relay.testing import ScriptedLLM, Text, ToolCall, ToolCalls
+from tests.conftest import agent_toml
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")  # the relay fixture is shared by the module
 RELAY_DATABASES = ["sqlite", "postgres"]  # every call here runs on both (tests/conftest.py)
@@ -285,6 +288,72 @@ async def test_a_failed_session_on_a_finished_call_is_not_reconnected(relay: Any
 
     root = ET.fromstring(response.text)
     assert list(root) == []
+
+
+async def test_a_session_twilio_refused_is_not_reconnected_but_handed_to_the_person(
+    relay: Any,
+) -> None:
+    # 64101: invalid TTS settings. A new session would fail the same way, for ever.
+    call = relay.call()
+    await call.connect()
+    await call.drop()
+    await relay.session_closed()
+
+    response = await relay.post(
+        "/handoff",
+        action_form(call, SessionStatus="failed", ErrorCode="64101", CallStatus="in-progress"),
+    )
+    await relay.runtime.deps.recorder.flush()
+    stored = await repository.get_call(relay.runtime.deps.db, call.call_sid)
+
+    root = ET.fromstring(response.text)
+    assert root.find("Connect") is None
+    dial = root.find("Dial")
+    assert dial is not None and dial.findtext("Number") == "+61390001299"
+    assert stored is not None and (stored.status, stored.outcome) == ("transferred", "transferred")
+
+
+async def test_a_call_whose_sessions_keep_failing_is_reconnected_three_times(relay: Any) -> None:
+    # 39001: the new socket never connects, so no session row shows the attempts.
+    call = relay.call()
+    await call.connect()
+    await call.drop()
+    await relay.session_closed()
+
+    answers = []
+    for _ in range(4):
+        form = action_form(
+            call, SessionStatus="failed", ErrorCode="39001", CallStatus="in-progress"
+        )
+        answers.append(ET.fromstring((await relay.post("/handoff", form)).text))
+
+    assert [a.find("Connect") is not None for a in answers] == [True, True, True, False]
+    dial = answers[-1].find("Dial")
+    assert dial is not None and dial.findtext("Number") == "+61390001299"
+
+
+async def test_without_a_person_a_failing_call_ends_with_an_apology(
+    start_relay: Any, tmp_path: Path
+) -> None:
+    prompts = tmp_path / "no-person"
+    prompts.mkdir()
+    profile = re.sub(r"^person_number = .*\n", "", agent_toml(), flags=re.M)
+    (prompts / "piano-removals.toml").write_text(profile, encoding="utf-8")
+    async with start_relay(RELAY_PROMPTS_DIR=str(prompts)) as relay:
+        call = relay.call()
+        await call.connect()
+        await call.drop()
+        await relay.session_closed()
+        response = await relay.post(
+            "/handoff",
+            action_form(call, SessionStatus="failed", ErrorCode="64106", CallStatus="in-progress"),
+        )
+
+    root = ET.fromstring(response.text)
+    assert [child.tag for child in root] == ["Say", "Hangup"]
+    assert root.findtext("Say") == (
+        "I'm sorry, we're having technical trouble. Please call back in a few minutes. Goodbye!"
+    )
 
 
 # -- the recording -----------------------------------------------------------------------------
