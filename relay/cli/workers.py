@@ -10,24 +10,39 @@ environment, which the parent completes):
    files (:class:`~relay.services.chroma_server.ChromaServer`, supervised, stopped at exit)
    and every worker, the CLI and the admin API use it.
 3. Every setting given on the command line is passed on as its environment variable.
+
+The parent's process manager is uvicorn's, with relay's rule for a repeated signal
+(:class:`Supervisor`): the first SIGTERM or SIGINT drains every worker; another one, two seconds
+or more later, stops them at once, as it does a single process (:mod:`relay.web.drain`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import socket
+import time
 from collections.abc import Mapping
+from multiprocessing.connection import wait
+from types import FrameType
 from typing import Any
 
 import structlog
 import uvicorn
+from uvicorn.supervisors import Multiprocess
 
 from relay import metrics
 from relay.config import Settings
+from relay.web.drain import REPEAT_WINDOW
 
 log = structlog.get_logger("relay.cli.workers")
 
 APP_FACTORY = "relay.web.app:app_from_env"
+#: The signals that stop the server: the first drains the workers, a later one stops them.
+EXIT_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+#: While the workers drain, how often the parent looks for a later signal to pass on (seconds).
+POLL = 0.1
 
 
 async def migrate_once(url: str) -> None:
@@ -39,6 +54,65 @@ async def migrate_once(url: str) -> None:
         await db.migrate()
     finally:
         await db.close()
+
+
+class Supervisor(Multiprocess):
+    """uvicorn's process manager, which also passes on a later SIGTERM or SIGINT.
+
+    uvicorn's parent answers the first SIGTERM or SIGINT by sending every worker SIGTERM, on
+    which each drains (:mod:`relay.web.drain`), and then waits for them; a signal after that it
+    only queues, and nothing reads the queue any more. Here every SIGTERM or SIGINT that arrives
+    :data:`~relay.web.drain.REPEAT_WINDOW` seconds or more after the first (the rule a single
+    process follows; sooner, it is the first delivered twice) is passed on to every worker still
+    running as SIGINT, which the worker's uvicorn answers as a single process answers a later
+    SIGTERM: it stops at once, closing the live calls' sockets (1012). Each further later signal
+    is passed on again (uvicorn's second SIGINT: it no longer waits for anything).
+    """
+
+    def __init__(self, config: uvicorn.Config, sockets: list[socket.socket]) -> None:
+        super().__init__(config, sockets=sockets)
+        self.exit_signals: list[tuple[int, float]] = []  # each one, and when it arrived
+        self.passed_on = 0  # how many later signals the workers have been sent
+        for sig in EXIT_SIGNALS:  # in place of uvicorn's handler, which only queues the signal
+            signal.signal(sig, self.on_exit_signal)
+
+    def on_exit_signal(self, sig: int, frame: FrameType | None) -> None:
+        """Note when the signal came, and queue it for uvicorn's loop (the first stops it)."""
+        self.exit_signals.append((sig, time.monotonic()))
+        self.signal_queue.append(sig)
+
+    def later_signals(self) -> list[int]:
+        """The exit signals that came ``REPEAT_WINDOW`` seconds or more after the first."""
+        arrived = list(self.exit_signals)
+        if not arrived:
+            return []
+        first = arrived[0][1]
+        return [sig for sig, at in arrived[1:] if at - first >= REPEAT_WINDOW]
+
+    def stop_now_if_asked(self) -> None:
+        """Send SIGINT to every living worker for each later signal not yet passed on."""
+        later = self.later_signals()
+        if len(later) <= self.passed_on:
+            return
+        self.passed_on = len(later)
+        stopped = []
+        for process in self.processes:
+            pid = process.pid
+            if pid is None or not process.process.is_alive():
+                continue  # not started, or already gone (and reaped: its pid may be reused)
+            try:
+                os.kill(pid, signal.SIGINT)
+            except ProcessLookupError:
+                continue
+            stopped.append(pid)
+        log.warning("workers_stopping_now", signal=signal.Signals(later[-1]).name, workers=stopped)
+
+    def join_all(self) -> None:
+        """Wait for every worker to exit, passing on a later signal while they drain."""
+        while living := [p.process for p in self.processes if p.process.is_alive()]:
+            self.stop_now_if_asked()
+            wait([process.sentinel for process in living], timeout=POLL)
+        super().join_all()  # all gone: uvicorn's join logs each and returns at once
 
 
 def serve_workers(
@@ -60,7 +134,13 @@ def serve_workers(
     log.info("workers_starting", workers=settings.workers, chroma=os.environ.get("CHROMA_URL"))
     clear_metrics = metrics.prepare_multiprocess(settings.workers)  # /metrics sums the workers
     try:
-        uvicorn.run(APP_FACTORY, factory=True, workers=settings.workers, **options)
+        # What uvicorn.run does for workers, with relay's process manager in place of uvicorn's.
+        config = uvicorn.Config(APP_FACTORY, factory=True, workers=settings.workers, **options)
+        sock = config.bind_socket()
+        try:
+            Supervisor(config, sockets=[sock]).run()
+        finally:
+            sock.close()
     finally:
         clear_metrics()
         if chroma is not None:

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -253,3 +254,69 @@ async def test_a_later_second_sigterm_stops_at_once(
     assert draining.status_code == 503
     assert code in (0, -signal.SIGTERM)
     assert closed is None  # the socket was closed by the server
+
+
+def logged(data_dir: Path, event: str) -> list[dict[str, Any]]:
+    """The lines of ``serve.log`` (JSON) whose event is ``event``."""
+    lines = (data_dir / "serve.log").read_text().splitlines()
+    return [e for e in (orjson.loads(x) for x in lines if x.startswith("{")) if e["event"] == event]
+
+
+async def wait_logged(
+    data_dir: Path, event: str, count: int, process: subprocess.Popen[bytes]
+) -> None:
+    """Wait (up to ``WAIT``) until ``serve.log`` holds ``count`` lines of ``event``."""
+    async with asyncio.timeout(WAIT):
+        while len(logged(data_dir, event)) < count:
+            assert process.poll() is None, f"exited with {process.returncode}"
+            await asyncio.sleep(0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_two_workers_a_later_second_signal_to_the_parent_stops_every_worker_at_once(
+    clean_env: None, data_dir: Path, prompts_dir: Path, fake_llm: str, sig: signal.Signals
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    process, host = start_relay(
+        data_dir, prompts_dir, fake_llm, RELAY_DRAIN_SECONDS="600", RELAY_WORKERS="2"
+    )
+    call = SimulatedCall(f"ws://{host}/ws", auth_token=AUTH_TOKEN)
+    try:
+        await wait_healthy(f"http://{host}/readyz", process)
+        await wait_logged(data_dir, "relay_started", 2, process)  # both workers took over
+        await call.connect()
+        await call.say("Hello")  # one whole turn; the caller then stays on the line
+        process.send_signal(sig)
+        first_sent = time.monotonic()
+        await wait_logged(data_dir, "drain_started", 2, process)  # each worker drains...
+        async with httpx.AsyncClient() as http:
+            ready = await http.get(f"http://{host}/readyz")
+            scrape = (await http.get(f"http://{host}/metrics")).text
+        live = sum(
+            sample.value
+            for family in text_string_to_metric_families(scrape)
+            if family.name == "relay_live_calls"
+            for sample in family.samples
+        )
+        # ...and the operator insists, later (a repeat within the window would be ignored)
+        await asyncio.sleep(max(0.0, first_sent + drain_.REPEAT_WINDOW + 0.5 - time.monotonic()))
+        finished_before = len(logged(data_dir, "drain_finished"))
+        process.send_signal(sig)
+        # Far sooner than the call's end (never) or the drain's deadline (600 s): a limit.
+        code = await asyncio.wait_for(asyncio.to_thread(process.wait), 20.0)
+        closed = await call.next_frame(WAIT)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        await call.close()
+    log = (data_dir / "serve.log").read_text()
+
+    assert ready.status_code == 503 and ready.json()["checks"]["draining"]["ok"] is False, log
+    assert live == 1.0  # the drain was waiting for the open call when the signal came again
+    assert finished_before <= 1  # only the worker without a call (it then exits) had finished
+    assert code == 0, log
+    assert closed is None  # the socket was closed by the server
+    assert len(logged(data_dir, "workers_stopping_now")) == 1, log
