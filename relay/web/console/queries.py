@@ -212,6 +212,7 @@ class Waterfall:
     said: str
     segments: list[tuple[str, float, float]]  # (label, start ms, end ms)
     total: float
+    turn: int  # the caller's turn: 1 for their first words (as the passages are numbered)
 
 
 @dataclass
@@ -314,9 +315,11 @@ async def call_detail(db: Database, call_sid: str) -> CallDetail | None:
     items: list[Item] = []
     passages: list[dict[str, Any]] = []
     seen_passages: set[tuple[Any, ...]] = set()
+    number = 0  # the caller's turns so far: passages are numbered by the turn they answer
     for turn in turns:
         at = aware(turn.created_at) or datetime.now(UTC)
         if turn.role == "user":
+            number += 1
             items.append(Item("caller", at, text=turn.content, seq=turn.seq))
         elif turn.role == "assistant":
             item = Item(
@@ -335,7 +338,7 @@ async def call_detail(db: Database, call_sid: str) -> CallDetail | None:
                     seen_passages.add(key)
                     item.passages.append(provenance)
             if item.passages:
-                passages.extend({**p, "turn": turn.seq} for p in item.passages)
+                passages.extend({**p, "turn": number} for p in item.passages)
             if turn.content or turn.interrupted or turn.error:
                 items.append(item)
             for tool_call in turn.tool_calls or []:
@@ -402,10 +405,15 @@ _STAGES = (
 
 
 def waterfalls(turns: list[Turn]) -> list[Waterfall]:
-    """Per caller turn: the stages from the prompt to the last token, in ms from the prompt."""
+    """Per caller turn: the stages from the prompt to the last token, in ms from the prompt.
+    Each is numbered by the caller's turns (1 for their first words), as the passages are."""
     out: list[Waterfall] = []
+    number = 0
     for index, turn in enumerate(turns):
-        if turn.role != "user" or turn.prompt_received_at is None:
+        if turn.role != "user":
+            continue
+        number += 1
+        if turn.prompt_received_at is None:
             continue
         reply = next(
             (
@@ -428,7 +436,7 @@ def waterfalls(turns: list[Turn]) -> list[Waterfall]:
             segments.append((label, previous, ms))
             previous = ms
         if segments:
-            out.append(Waterfall(turn.seq, turn.content[:80], segments, previous))
+            out.append(Waterfall(turn.seq, turn.content[:80], segments, previous, number))
     return out
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.requests import Request
@@ -23,6 +24,15 @@ def _when(value: datetime | None) -> str:
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _local(value: datetime | None, zone: str) -> str:
+    """A booking's time in its agent's time zone (named by the template, as the calendar does)."""
+    if value is None:
+        return ""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(ZoneInfo(zone)).strftime("%Y-%m-%d %H:%M")
 
 
 def _duration(seconds: float | None) -> str:
@@ -50,7 +60,7 @@ env = Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
-env.filters.update(when=_when, duration=_duration, money=_money, mask=_mask)
+env.filters.update(when=_when, local=_local, duration=_duration, money=_money, mask=_mask)
 
 
 def render(

@@ -46,6 +46,17 @@ def _agents(request: Request) -> list[str]:
     return sorted(_runtime(request).deps.agents.agents)
 
 
+def _zone(request: Request, agent: str) -> ZoneInfo:
+    """The agent's time zone (UTC for an agent not loaded): bookings are shown in it."""
+    profile = _runtime(request).deps.agents.agents.get(agent)
+    return ZoneInfo(profile.timezone if profile is not None else "UTC")
+
+
+def _zones(request: Request) -> dict[str, str]:
+    """Agent name -> the name of its time zone, for the templates' ``local`` filter."""
+    return {agent: str(_zone(request, agent)) for agent in _agents(request)}
+
+
 def _day(text: str | None) -> date | None:
     if not text:
         return None
@@ -55,8 +66,8 @@ def _day(text: str | None) -> date | None:
         return None
 
 
-def _start_of(day: date | None) -> datetime | None:
-    return datetime.combine(day, time(0), tzinfo=UTC) if day else None
+def _start_of(day: date | None, zone: ZoneInfo | None = None) -> datetime | None:
+    return datetime.combine(day, time(0), tzinfo=zone or UTC).astimezone(UTC) if day else None
 
 
 def _page(request: Request) -> int:
@@ -234,6 +245,7 @@ async def call_page(request: Request, session: Session) -> Response:
         "call.html",
         session,
         d=detail,
+        zones=_zones(request),
         top=top,
         replay=f"relay replay {call_sid}",
         live=detail.call.ended_at is None,
@@ -377,16 +389,23 @@ async def quotes(request: Request, session: Session) -> Response:
 
 @guard()
 async def bookings(request: Request, session: Session) -> Response:
+    """Bookings at their times in their agents' time zones, as the calendar shows them."""
     q = request.query_params
     page = _page(request)
     since_day = _day(q.get("since"))
     until_day = _day(q.get("until"))
+    agent = q.get("agent", "")
+    zones = _zones(request)
+    # "From" and "To" are days in the agent's zone; with every agent, in the zone they share
+    # (UTC if their zones differ).
+    shared = {zones[agent]} if agent in zones else set(zones.values())
+    zone = ZoneInfo(shared.pop() if len(shared) == 1 else "UTC")
     rows, more = await queries.list_bookings(
         _db(request),
-        agent=q.get("agent", ""),
+        agent=agent,
         status=q.get("status", ""),
-        since=_start_of(since_day),
-        until=_start_of(until_day + timedelta(days=1)) if until_day else None,
+        since=_start_of(since_day, zone),
+        until=_start_of(until_day + timedelta(days=1), zone) if until_day else None,
         page=page,
     )
     return render(
@@ -394,6 +413,7 @@ async def bookings(request: Request, session: Session) -> Response:
         "bookings.html",
         session,
         bookings=rows,
+        zones=zones,
         agents=_agents(request),
         q=q,
         links=_page_links(request, page, more),
@@ -405,11 +425,9 @@ async def bookings(request: Request, session: Session) -> Response:
 async def calendar(request: Request, session: Session) -> Response:
     """A day or week of bookings, per agent, in the agent's time zone."""
     q = request.query_params
-    runtime = _runtime(request)
-    agents = runtime.deps.agents.agents
-    agent = q.get("agent") or next(iter(sorted(agents)), "")
-    profile = agents.get(agent)
-    zone = ZoneInfo(profile.timezone if profile is not None else "UTC")
+    agents = _agents(request)
+    agent = q.get("agent") or next(iter(agents), "")
+    zone = _zone(request, agent)
     span = 1 if q.get("view") == "day" else 7
     today = datetime.now(zone).date()
     first = _day(q.get("start")) or (
@@ -436,7 +454,7 @@ async def calendar(request: Request, session: Session) -> Response:
         request,
         "calendar.html",
         session,
-        agents=sorted(agents),
+        agents=agents,
         agent=agent,
         zone=str(zone),
         span=span,
@@ -745,15 +763,22 @@ async def knowledge_remove(request: Request, session: Session) -> Response:
 # -- static -------------------------------------------------------------------------------------------
 
 
+#: The files in ``static/`` the console serves, and their media types.
+STATIC_FILES = {
+    "console.css": "text/css",
+    "console.js": "text/javascript",
+    "icon.svg": "image/svg+xml",  # every page's <link rel="icon">
+}
+
+
 async def static(request: Request) -> Response:
     from relay.web.console.render import STATIC
 
     name = request.path_params["name"]
-    if not await auth.enabled(request) or name not in ("console.css", "console.js"):
+    if not await auth.enabled(request) or name not in STATIC_FILES:
         return auth.not_found()
-    media = "text/css" if name.endswith(".css") else "text/javascript"
     return Response(
         (STATIC / name).read_bytes(),
-        media_type=media,
+        media_type=STATIC_FILES[name],
         headers={"Cache-Control": "public, max-age=300"},
     )

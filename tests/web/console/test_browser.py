@@ -98,10 +98,19 @@ async def test_an_owner_runs_the_console_in_a_browser(
         context = await browser.new_context(viewport={"width": 1100, "height": 900})
         page = await context.new_page()
         page.set_default_timeout(10 * SECOND)
+        errors: list[str] = []  # what the browser's console logs as errors
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        icons: list[Any] = []  # the icons it fetches: the page's own, never /favicon.ico
+        page.on("response", lambda r: icons.append(r) if "icon" in r.url else None)
 
-        # Sign in with the admin token.
+        # Sign in with the admin token. The page loads cleanly, its icon included.
         await page.goto(relay.base_url + "/console")
         assert "/console/sign-in" in page.url
+        await page.wait_for_load_state("networkidle")
+        assert errors == [], errors
+        assert [(r.url, r.status) for r in icons] == [
+            (relay.base_url + "/console/static/icon.svg", 200)
+        ]
         await page.get_by_role("textbox", name="Admin token").fill(ADMIN_TOKEN)
         await page.get_by_role("button", name="Sign in with the token").click()
         await page.wait_for_url(relay.base_url + "/console")
@@ -217,4 +226,5 @@ async def test_an_owner_runs_the_console_in_a_browser(
         await page.wait_for_url("**/console/sign-in")
         await page.goto(relay.base_url + "/console/calls")
         assert "/console/sign-in" in page.url
+        assert errors == [], errors  # nor on any page since
         await context.close()

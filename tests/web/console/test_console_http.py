@@ -5,6 +5,7 @@ transcript stream (Server-Sent Events) and supervisor commands reaching the call
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -16,7 +17,7 @@ from sqlalchemy import select
 
 from relay.storage import console as store
 from relay.storage.console import BookingConfirmation, CallCommand
-from relay.storage.models import Booking, Quote, Ticket
+from relay.storage.models import Booking, Call, Quote, Ticket, Turn
 from relay.testing import Text, ToolCall, ToolCalls
 from tests.conftest import WAIT
 from tests.web.console.conftest import ADMIN_TOKEN, csrf_in, sign_in
@@ -48,6 +49,8 @@ POSTS = [
     "/console/knowledge/remove",
 ]
 OWNER_ONLY = [p for p in PAGES if not p.startswith("/console/knowledge")]
+STATIC = ["/console/static/console.css", "/console/static/console.js", "/console/static/icon.svg"]
+ICON = '<link rel="icon" href="/console/static/icon.svg" type="image/svg+xml">'
 
 
 def db(relay: Any) -> Any:
@@ -59,7 +62,7 @@ def db(relay: Any) -> Any:
 
 async def test_console_is_off_until_a_token_or_a_user_exists(start_relay: Any) -> None:
     async with start_relay() as relay, httpx.AsyncClient(base_url=relay.base_url) as http:
-        for path in [*PAGES, *APIS, "/console/sign-in", "/console/static/console.css"]:
+        for path in [*PAGES, *APIS, "/console/sign-in", *STATIC]:
             assert (await http.get(path)).status_code == 404, path
         assert (await http.post("/console/sign-in", data={})).status_code == 404
         assert (await http.post("/console/messages/1/done")).status_code == 404
@@ -264,6 +267,28 @@ async def test_an_upload_that_outlasts_its_wait_says_it_may_still_load(relay: An
     }
 
 
+async def test_every_page_has_the_console_icon(relay: Any) -> None:
+    """The browser finds the icon in each page's head, so it never asks for /favicon.ico (a 404,
+    logged as an error in its console, on the sign-in page)."""
+    async with httpx.AsyncClient(base_url=relay.base_url) as http:
+        sign_in_page = await http.get("/console/sign-in")
+        assert sign_in_page.status_code == 200 and ICON in sign_in_page.text
+    browser = await sign_in(relay.base_url)
+    for path in [p for p in PAGES if not p.endswith("/export")] + ["/console/calls/CAnone"]:
+        page = await browser.http.get(path)
+        assert page.headers["content-type"].startswith("text/html"), path
+        head = page.text.split("</head>", 1)[0]
+        assert head.count(ICON) == 1, path
+    icon = await browser.http.get("/console/static/icon.svg")
+    assert icon.status_code == 200
+    assert icon.headers["content-type"] == "image/svg+xml"
+    assert icon.text.startswith('<svg xmlns="http://www.w3.org/2000/svg"')
+    async with httpx.AsyncClient(base_url=relay.base_url) as http:  # as the sign-in page gets it
+        assert (await http.get("/console/static/icon.svg")).content == icon.content
+    assert (await browser.http.get("/console/static/other.svg")).status_code == 404
+    await browser.http.aclose()
+
+
 async def test_a_wrong_password_is_refused(relay: Any) -> None:
     await store.add_user(db(relay), "pat", "right password 1", "owner")
     async with httpx.AsyncClient(base_url=relay.base_url) as http:
@@ -345,6 +370,52 @@ async def test_the_call_page_shows_what_happened(relay: Any) -> None:
     assert "+61412345678" not in redacted.text
     home = await browser.http.get("/console")
     assert home.status_code == 200 and "<svg" in home.text
+    await browser.http.aclose()
+
+
+async def test_passages_and_latency_number_the_same_turns(relay: Any) -> None:
+    """Both tables of the call page number a turn by the caller's turns (1 for their first
+    words), so a turn's passages and its latency line up (not the turns' stored seq)."""
+    sid, at = "CAturns000001", datetime(2030, 1, 2, 3, 4, tzinfo=UTC)
+
+    def passage(source: str) -> list[dict[str, Any]]:
+        return [{"chunk_id": source, "source": source, "heading": ["Moves"], "score": 0.8,
+                 "doc_id": "d-" + source, "version": 1}]  # fmt: skip
+
+    def asked(seq: int, words: str, t: float) -> Turn:
+        return Turn(call_sid=sid, session_id="s1", seq=seq, role="user", content=words,
+                    prompt_received_at=t, created_at=at + timedelta(seconds=seq))  # fmt: skip
+
+    def answered(seq: int, words: str, t: float, source: str) -> Turn:
+        return Turn(call_sid=sid, session_id="s1", seq=seq, role="assistant", content=words,
+                    retrieval=passage(source), retrieval_done_at=t + 0.05, llm_request_at=t + 0.1,
+                    first_token_at=t + 0.3, first_frame_at=t + 0.5, last_token_at=t + 0.9,
+                    created_at=at + timedelta(seconds=seq))  # fmt: skip
+
+    async with db(relay).session() as session, session.begin():
+        session.add(Call(call_sid=sid, agent="piano-removals", from_number="+61412000555",
+                         status="completed", outcome="hung-up", started_at=at,
+                         ended_at=at + timedelta(minutes=1), turns=4))  # fmt: skip
+        session.add_all(
+            [
+                asked(1, "How much for an upright?", 100.0),
+                answered(2, "From $350.", 100.0, "prices.md"),
+                asked(3, "Is it insured?", 110.0),
+                answered(4, "Yes, up to $50,000.", 110.0, "insurance.md"),
+            ]
+        )
+    browser = await sign_in(relay.base_url)
+    html = (await browser.http.get(f"/console/calls/{sid}")).text
+    passages = html.split('id="p-h"', 1)[1].split("</section>", 1)[0]
+    latency = html.split('id="w-h"', 1)[1].split("</section>", 1)[0]
+    assert re.findall(r"<tr><td>(\d+)</td><td>([^<]+)</td>", passages) == [
+        ("1", "prices.md"),
+        ("2", "insurance.md"),
+    ]
+    assert re.findall(r'<th scope="row">(\d+)<br><span class="note">([^<]+)</span>', latency) == [
+        ("1", "How much for an upright?"),
+        ("2", "Is it insured?"),
+    ]
     await browser.http.aclose()
 
 
@@ -547,6 +618,59 @@ async def test_bookings_confirm_and_cancel_and_quotes_list(relay: Any) -> None:
         "/console/bookings/654321/cancel", headers={"X-CSRF-Token": browser.csrf}
     )
     assert again.status_code == 409
+    await browser.http.aclose()
+
+
+async def test_bookings_are_shown_in_their_agents_time_zone(relay: Any) -> None:
+    """A booking's time is the agent's local time, its zone named, on the bookings, calendar and
+    call pages alike (Melbourne is UTC+11 in December), and the bookings' From and To are days
+    there; when something happened (a call, a quote) stays in UTC, labelled so."""
+    sid, at = "CAtimes000001", datetime(2030, 12, 8, 20, 0, tzinfo=UTC)
+    starts = datetime(2030, 12, 8, 20, 30, tzinfo=UTC)  # 07:30 on the 9th in Melbourne
+    async with db(relay).session() as session, session.begin():
+        session.add(Call(call_sid=sid, agent="piano-removals", from_number="+61412000666",
+                         status="completed", outcome="booked", started_at=at,
+                         ended_at=at + timedelta(minutes=3), turns=0))  # fmt: skip
+        session.add(Quote(id="Q222333", agent="piano-removals", call_sid=sid,
+                          caller="+61412000666", inputs={}, breakdown=[], total_cents=35000,
+                          currency="AUD", status="booked", created_at=at))  # fmt: skip
+        await session.flush()
+        session.add(Booking(id="777888", agent="piano-removals", kind="move", quote_id="Q222333",
+                            phone="+61412000666", name="Cara", starts_at=starts,
+                            ends_at=starts + timedelta(hours=4), status="booked", call_sid=sid,
+                            created_at=at, updated_at=at))  # fmt: skip
+    browser = await sign_in(relay.base_url)
+    get = browser.http.get
+
+    bookings = (await get("/console/bookings", params={"agent": "piano-removals"})).text
+    heading = '<h2 id="bh-777888">777888 · Cara · 2030-12-09 07:30 Australia/Melbourne</h2>'
+    assert heading in bookings
+    assert "20:30" not in bookings
+    on_the_9th = {"since": "2030-12-09", "until": "2030-12-09"}
+    on_the_8th = {"since": "2030-12-08", "until": "2030-12-08"}
+    for agent in ("piano-removals", ""):  # the one agent, or every agent (sharing its zone)
+        ninth = await get("/console/bookings", params={**on_the_9th, "agent": agent})
+        eighth = await get("/console/bookings", params={**on_the_8th, "agent": agent})
+        assert "777888" in ninth.text and "777888" not in eighth.text, agent
+
+    calendar = (
+        await get("/console/calendar", params={"agent": "piano-removals", "view": "day",
+                                               "start": "2030-12-09"})
+    ).text  # fmt: skip
+    assert "Times in Australia/Melbourne." in calendar
+    assert '#booking-777888">07:30 Cara</a>' in calendar
+
+    call = (await get(f"/console/calls/{sid}")).text
+    assert "<dt>Started (UTC)</dt><dd>2030-12-08 20:00:00</dd>" in call
+    assert "<dt>Booking 777888</dt><dd>2030-12-09 07:30 Australia/Melbourne (booked)</dd>" in call
+    assert "<li>Booking 777888 (move, booked) 2030-12-09 07:30 Australia/Melbourne</li>" in call
+
+    calls = (await get("/console/calls", params={"caller": "+61412000666"})).text
+    assert '<th scope="col">Started (UTC)</th>' in calls
+    assert f'<a href="/console/calls/{sid}">2030-12-08 20:00:00</a>' in calls
+
+    quotes = (await get("/console/quotes", params={"agent": "piano-removals"})).text
+    assert "<strong>Q222333</strong> · AUD 350.00 · booked · 2030-12-08 20:00:00 UTC · " in quotes
     await browser.http.aclose()
 
 
