@@ -172,7 +172,7 @@ def compare_requests(
 class Item:
     """One line of a call as the comparison sees it."""
 
-    kind: str  # caller | agent | tool | end | language | digits | error
+    kind: str  # caller | agent | tool | end | language | digits | error | supervisor
     text: str
     key: tuple[Any, ...] = ()
     server_side: bool = False  # only known from the server's own recording
@@ -201,7 +201,8 @@ def parse_arguments(raw: Any) -> Any:
 def transcript(
     events: Iterable[Mapping[str, Any]], mask: Callable[[str], str] = lambda s: s
 ) -> list[Item]:
-    """The call as items in order: caller actions, agent talk cycles, tools, the end."""
+    """The call as items in order: caller actions, agent talk cycles, tools, the console's
+    supervisor commands, the end."""
     items: list[Item] = []
     cycle: list[str] | None = None
     cycle_at = 0
@@ -288,6 +289,10 @@ def transcript(
         elif kind == "llm_error":
             error = str(data.get("error") or "")
             items.append(Item("error", f"LLM failed: {shorten(error, 160)}", ("error",), True))
+        elif kind == "supervisor":
+            command, argument = str(data.get("kind") or ""), str(data.get("argument") or "")
+            text = f"{command} {quoted(argument)}" if argument else command
+            items.append(Item("supervisor", text, ("supervisor", command, mask(argument)), True))
     close_cycle()
     return [item for item in items if item.kind != "skip"]
 

@@ -42,6 +42,7 @@ _LABELS = {
     "language": "language",
     "digits": "keys",
     "error": "error",
+    "supervisor": "console",
 }
 
 

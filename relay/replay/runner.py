@@ -8,6 +8,20 @@ number of finished talk cycles, plus, for a barge-in, the same number of charact
 answer being spoken. So an interrupt lands at the same point of the agent's speech. Between
 frames that do not wait on the agent the caller keeps the recorded pauses, unless ``--fast``.
 
+Each step waits for the agent at most ``--timeout`` seconds (:data:`DEFAULT_TIMEOUT`). A step
+the agent reached by its own caller-silence timer (the recording's ``caller_silent`` events:
+it asked whether the caller was still there, or said goodbye and ended the call) waits that
+much longer: as long as the agent took then, with the ``silence_timeout`` of its profile now in
+place of the recorded one (:func:`step_wait`). ``--fast`` shortens the caller's pauses, never
+the agent's timers.
+
+The console's supervisor commands (whisper, take over, end: ``supervisor`` events) are given
+again in-process at the point they were applied, relative to the caller's frames and the
+agent's talk cycles (in cassette mode also after the model requests made before them), the way
+the console gives them: a pending command in the app's database that the worker's
+:class:`~relay.call.supervisor.Supervisor` takes and applies to the session. Over ``--url``
+they cannot be given (the server's console is not ours): that is reported as a problem.
+
 Modes
     ``cassette`` (default): the model's recorded answers are served back, piece by piece as
     they were streamed, with recorded failures and answers cut off by an interruption, so the
@@ -37,7 +51,7 @@ import contextlib
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +60,7 @@ import orjson
 import structlog
 import websockets
 
+from relay.agents import AgentRegistry
 from relay.errors import ConfigError, RelayError
 from relay.recordings.format import Recording, RecordingError, load_call
 from relay.replay.cassette import Cassette, CassetteLLM, CassetteRetriever, cassette_app, serve_asgi
@@ -61,13 +76,15 @@ from relay.replay.compare import (
 from relay.replay.expectations import Mode, check_expectations, expectations_for, tool_calls_in
 from relay.replay.report import Report, junit, render
 from relay.replay.script import Progress, SessionScript, Step, caller_script, parse_frame
+from relay.storage.console import COMMANDS, add_command
 from relay.storage.db import Database
 from relay.testing.simcall import SimulatedCall
 from relay.web.app import Runtime, create_app
 
 log = structlog.get_logger("relay.replay.runner")
 
-#: How long the caller waits for the agent to reach a recorded point before giving up.
+#: How long the caller waits for the agent to reach a recorded point before giving up (more
+#: when the agent got there by its own caller-silence timer: :func:`step_wait`).
 DEFAULT_TIMEOUT = {"cassette": 10.0, "live": 30.0}
 #: Live mode: this long without a frame after an answer means the agent is waiting for the caller.
 LIVE_SETTLE = 1.0
@@ -77,6 +94,11 @@ LIVE_SETTLE = 1.0
 LIVE_ENDING_SETTLE = LIVE_SETTLE + 8.0
 DEFAULT_LLM_PORT = 8089
 _TURN_STARTS = frozenset({"prompt", "dtmf", "interrupt"})
+#: Supervisor commands after which the agent speaks (a whisper only adds a note).
+_SPEAKING_COMMANDS = frozenset({"takeover", "end"})
+
+#: Gives a supervisor step's command to the call, before ``deadline``; what went wrong, if anything.
+Supervise = Callable[[Step, float], Awaitable[str | None]]
 
 
 @dataclass
@@ -282,8 +304,17 @@ async def _run_in_process(
             url = base.replace("http://", "ws://", 1) + "/ws"
             runtime = runtimes[0]
             await runtime.knowledge_ready()  # --live-retrieval: the first search not cold
+
+            async def supervise(step: Step, deadline: float) -> str | None:
+                return await give_command(runtime, recording.call_sid, step, cassette, deadline)
+
             for script in scripts:
-                problems.extend(await _drive(url, script, options, rewrite=None))
+                silence = silence_timeout(runtime.deps.agents, recording, script)
+                problems.extend(
+                    await _drive(
+                        url, script, options, rewrite=None, supervise=supervise, silence=silence
+                    )
+                )
                 await _settled(runtime, options.wait)
             await runtime.deps.recorder.flush()
             try:
@@ -299,6 +330,75 @@ async def _run_in_process(
             options.save / f"{Path(recording.source).stem or recording.call_sid}.replayed.jsonl"
         )
     return _Run(replayed.events, True, problems, replayed)
+
+
+def silence_timeout(
+    agents: AgentRegistry | None, recording: Recording, script: SessionScript
+) -> float | None:
+    """The ``silence_timeout`` of the agent that answers the session now: the one its setup
+    frame reaches (as the session resolves it), else the recorded agent. None when the agents
+    cannot be known."""
+    if agents is None:
+        return None
+    for step in script.steps:
+        if step.kind == "setup":
+            frame = parse_frame(step.raw)
+            raw = frame.get("customParameters")
+            parameters = (
+                {str(k): str(v) for k, v in raw.items()} if isinstance(raw, Mapping) else {}
+            )
+            return agents.resolve(parameters, str(frame.get("to") or "")).silence_timeout
+    agent = agents.agents.get(str(recording.call.get("agent") or ""))
+    return agent.silence_timeout if agent is not None else None
+
+
+def step_wait(step: Step, wait: float, silence: float | None) -> float:
+    """How long the caller waits for the agent to reach ``step``'s point: ``wait`` (``--timeout``
+    or the mode's default), and, when the agent got there by its own caller-silence timer, as
+    long again as it took in the recording, with ``silence`` (its ``silence_timeout`` now; None
+    when unknown: the recorded one) in place of each recorded silence."""
+    if not step.silences:
+        return wait
+    held = step.held
+    if silence is not None:
+        held += sum(silence - recorded for recorded in step.silences)
+    return wait + max(0.0, held)
+
+
+async def give_command(
+    runtime: Runtime, call_sid: str, step: Step, cassette: Cassette | None, deadline: float
+) -> str | None:
+    """Give the step's recorded supervisor command to the call as the console gives it: a
+    pending ``call_commands`` row, which the worker's supervisor takes and applies to the
+    session (its poll is made here and now rather than on its next tick). In cassette mode the
+    model requests the call had made before the command are waited for first, so that a
+    whisper lands on the same side of a request as it did. Returns what went wrong."""
+    command = step.command
+    assert command is not None
+    what = f"the supervisor's {command.kind}"
+    supervisor = runtime.supervisor
+    if supervisor is None:
+        return f"{what} cannot be given: the app runs no supervisor"
+    if command.kind not in COMMANDS:
+        return f"{what} cannot be given: not a command this relay knows ({', '.join(COMMANDS)})"
+    problem = None
+    # The cassette counts requests as they are made; nothing signals it: poll.
+    while cassette is not None and cassette.position < step.requests:
+        if time.perf_counter() >= deadline:
+            problem = f"{what} was given before LLM request {step.requests}, which never came"
+            break
+        await asyncio.sleep(0.002)
+    applied = supervisor.applied
+    await add_command(runtime.deps.db, call_sid, command.kind, command.argument, command.by)
+    await supervisor.poll()
+    # The worker's own poll may have taken it first (it is applied once either way): wait for
+    # that poll to apply it. A call that is no longer in progress never takes it.
+    while supervisor.applied == applied:
+        if time.perf_counter() >= deadline:
+            return f"{what} was never applied: the call was no longer in progress"
+        await asyncio.sleep(0.002)
+        await supervisor.poll()
+    return problem
 
 
 async def _settled(runtime: Any, limit: float) -> None:
@@ -327,15 +427,30 @@ async def _run_remote(
         frame["sessionId"] = str(frame.get("sessionId") or "VX") + suffix
         return orjson.dumps(frame).decode()
 
+    agents = _profiles(settings)
     for number, script in enumerate(scripts):
         if number:
             await asyncio.sleep(0.3)  # let the server store the first session before resuming
         problems.extend(
             await _drive(
-                options.url, script, options, rewrite=rewrite, view=view, settings=settings
+                options.url,
+                script,
+                options,
+                rewrite=rewrite,
+                view=view,
+                settings=settings,
+                silence=silence_timeout(agents, recording, script),
             )
         )
     return _Run(view, False, problems)
+
+
+def _profiles(settings: Any) -> AgentRegistry | None:
+    """The agent profiles of these settings (the server's, as far as can be known here)."""
+    try:
+        return AgentRegistry.load(settings.prompts_dir, default=settings.default_agent)
+    except (RelayError, OSError, ValueError, AttributeError):
+        return None
 
 
 async def _drive(
@@ -346,8 +461,12 @@ async def _drive(
     rewrite: Callable[[str], str] | None,
     view: list[dict[str, Any]] | None = None,
     settings: Any = None,
+    supervise: Supervise | None = None,
+    silence: float | None = None,
 ) -> list[str]:
-    """Play one session's caller side. Returns what went wrong (timeouts, early close)."""
+    """Play one session's caller side, and the supervisor's commands (``supervise``; None: they
+    cannot be given). ``silence``: the agent's caller-silence timeout now (:func:`step_wait`).
+    Returns what went wrong (timeouts, early close)."""
     problems: list[str] = []
     auth, signed = None, None
     if settings is not None and options.url is not None:
@@ -388,8 +507,12 @@ async def _drive(
 
     try:
         for step in script.steps:
-            deadline = time.perf_counter() + options.wait
-            settle = LIVE_ENDING_SETTLE if step.wait.ended else LIVE_SETTLE
+            limit = step_wait(step, options.wait, silence)
+            deadline = time.perf_counter() + limit
+            # The agent's own timers keep it quiet on purpose: not a sign it has answered.
+            settle = (LIVE_ENDING_SETTLE if step.wait.ended else LIVE_SETTLE) + (
+                limit - options.wait
+            )
             while not closed and not progress.reached(step.wait):
                 # A new answer can take another shape than the recorded one: once it has
                 # been said and nothing more comes for a moment, the caller goes on.
@@ -398,17 +521,25 @@ async def _drive(
                 wake = min(deadline, last_frame + settle) if answered() else deadline
                 if not await receive(wake) and not closed and time.perf_counter() >= deadline:
                     problems.append(
-                        f"timed out after {options.wait:g}s waiting for the agent before the caller's {_describe(step)}"
+                        f"timed out after {round(limit, 1):g}s waiting for the agent before {_describe(step)}"
                     )
                     break
             if closed:
-                if step.raw is not None:
-                    problems.append(
-                        f"the server closed the connection before the caller's {_describe(step)}"
-                    )
+                if step.kind != "hangup":
+                    problems.append(f"the server closed the connection before {_describe(step)}")
                 break
             if step.pause > 0 and not options.fast:
                 await asyncio.sleep(step.pause)
+            if step.command is not None:
+                if supervise is None:
+                    problems.append(
+                        f"{_describe(step)} cannot be given over --url (the server's console is not this replay's): replay the call in-process"
+                    )
+                elif (problem := await supervise(step, deadline)) is not None:
+                    problems.append(problem)
+                if step.command.kind in _SPEAKING_COMMANDS:
+                    answered_from = progress.cycles
+                continue
             if step.raw is None:
                 await call.close(step.close_code)
                 break
@@ -419,9 +550,7 @@ async def _drive(
                 await call.send(raw)
             except websockets.ConnectionClosed:
                 closed = True
-                problems.append(
-                    f"the server closed the connection before the caller's {_describe(step)}"
-                )
+                problems.append(f"the server closed the connection before {_describe(step)}")
                 break
             if step.kind in _TURN_STARTS:
                 answered_from = progress.cycles
@@ -445,16 +574,23 @@ def _heard_now(raw: str, progress: Progress) -> str:
 
 
 def _describe(step: Step) -> str:
+    if step.command is not None:
+        what = f"the supervisor's {step.command.kind}"
+        return (
+            f"{what} {quoted(shorten(step.command.argument, 60))}"
+            if step.command.argument
+            else what
+        )
     if step.raw is None:
-        return "hang-up"
+        return "the caller's hang-up"
     frame = parse_frame(step.raw)
     if step.kind == "prompt":
-        return f"prompt {quoted(shorten(str(frame.get('voicePrompt', '')), 60))}"
+        return f"the caller's prompt {quoted(shorten(str(frame.get('voicePrompt', '')), 60))}"
     if step.kind == "dtmf":
-        return f"key press {frame.get('digit')}"
+        return f"the caller's key press {frame.get('digit')}"
     if step.kind == "interrupt":
-        return "interrupt"
-    return f"{step.kind} frame"
+        return "the caller's interrupt"
+    return f"the caller's {step.kind} frame"
 
 
 async def load_targets(targets: Sequence[str], settings: Any) -> list[Recording]:

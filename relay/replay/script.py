@@ -2,7 +2,11 @@
 
 Each frame the caller sent waits for the agent to reach the point it had reached when the frame
 was first received, measured in what the agent sent (finished talk cycles, plus the characters
-of the answer being spoken), not in time.
+of the answer being spoken), not in time. The console's supervisor commands (``supervisor``
+events: a whisper, a take-over, an end) are steps too, given at the point they were applied.
+A step the agent reached by its own caller-silence timer (``caller_silent`` events since the
+previous step) carries those silences and how long the agent took then, so that the caller
+waits them out (:func:`relay.replay.runner.step_wait`).
 """
 
 from __future__ import annotations
@@ -77,14 +81,33 @@ class Progress:
 
 
 @dataclass(frozen=True)
-class Step:
-    """One thing the caller does: send ``raw`` (or hang up) once the agent reached ``wait``."""
+class Command:
+    """A supervisor's command as it was applied to the call (a ``supervisor`` event)."""
 
-    raw: str | None  # None: close the socket
+    kind: str  # whisper | takeover | end (relay.storage.console.COMMANDS)
+    argument: str
+    by: str
+
+
+@dataclass(frozen=True)
+class Step:
+    """One thing the caller does: send ``raw`` (or hang up) once the agent reached ``wait``; or
+    one thing the supervisor did then (``command``)."""
+
+    raw: str | None  # None: close the socket (or give ``command``)
     wait: Point
     pause: float  # the caller's recorded think time after the agent reached ``wait``
-    kind: str
+    kind: str  # the frame's type, "hangup" or "supervisor"
     close_code: int = 1000
+    command: Command | None = None
+    #: The model requests the call had made before this step (every session so far).
+    requests: int = 0
+    #: The ``silence_timeout`` (as recorded) of each caller-silence timer of the agent that ran
+    #: out between the previous step and this one (its ``caller_silent`` events).
+    silences: tuple[float, ...] = ()
+    #: With ``silences``: how long the agent took in the recording to reach ``wait`` after the
+    #: previous step (those timers, the lines it said, their speaking time); 0 without.
+    held: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -104,41 +127,63 @@ def parse_frame(raw: Any) -> dict[str, Any]:
 
 
 def caller_script(recording: Recording) -> list[SessionScript]:
-    """What the caller did in each session, and the agent's progress before each action."""
+    """What the caller (and the supervisor) did in each session, and the agent's progress
+    before each action."""
     scripts = []
+    requests = 0  # the call's model requests so far, over its sessions
     for session, events in recording.session_events():
         if session is None:
             continue
         progress = Progress()
         steps: list[Step] = []
-        last_in: float | None = None
+        last_in: float | None = None  # the caller's (or the supervisor's) last action
         last_out: float | None = None
+        silences: list[float] = []
         for event in events:
             kind, data, t = event["kind"], event.get("data") or {}, float(event.get("t") or 0.0)
+            if kind == "llm_request":
+                requests += 1
+            if steps and steps[-1].kind == "hangup":
+                continue  # the session is over (a later request: counted above)
             if kind == "frame_out":
                 progress.feed(parse_frame(data.get("raw")))
                 last_out = t
-            elif kind in ("frame_in", "frame_in_invalid", "session_end"):
+            elif kind == "caller_silent":
+                after = data.get("after_s")
+                silences.append(float(after) if isinstance(after, int | float) else 0.0)
+            elif kind in ("frame_in", "frame_in_invalid", "session_end", "supervisor"):
                 point = progress.point()
                 anchor = max((x for x in (last_in, last_out) if x is not None), default=t)
                 # Think time counts from whatever came last; a barge-in goes at once.
                 pause = 0.0 if point.talking or last_in is None else max(0.0, t - anchor)
-                if kind == "session_end":
-                    code = data.get("close_code")
-                    close = (
-                        code
-                        if isinstance(code, int)
-                        and 1000 <= code < 5000
-                        and code not in (1005, 1006)
-                        else 1000
+                held = 0.0
+                if silences and last_in is not None and last_out is not None:
+                    held = max(0.0, last_out - last_in)
+                raw: str | None = None
+                close = 1000
+                command: Command | None = None
+                if kind == "supervisor":
+                    step_kind = "supervisor"
+                    command = Command(
+                        str(data.get("kind") or ""),
+                        str(data.get("argument") or ""),
+                        str(data.get("by") or "replay"),
                     )
-                    steps.append(Step(None, point, pause, "hangup", close))
-                    break
-                raw = data.get("raw")
-                frame_type = str(parse_frame(raw).get("type") or "invalid")
-                steps.append(Step(str(raw), point, pause, frame_type))
+                elif kind == "session_end":
+                    step_kind = "hangup"
+                    code = data.get("close_code")
+                    if isinstance(code, int) and 1000 <= code < 5000 and code not in (1005, 1006):
+                        close = code
+                else:
+                    raw = str(data.get("raw"))
+                    step_kind = str(parse_frame(raw).get("type") or "invalid")
+                steps.append(
+                    Step(raw, point, pause, step_kind, close, command=command, requests=requests,
+                         silences=tuple(silences), held=held)
+                )  # fmt: skip
+                silences = []
                 last_in = t
-        if not steps or steps[-1].raw is not None:
-            steps.append(Step(None, progress.point(), 0.0, "hangup"))
+        if not steps or steps[-1].kind != "hangup":
+            steps.append(Step(None, progress.point(), 0.0, "hangup", requests=requests))
         scripts.append(SessionScript(session["session_id"], tuple(steps)))
     return scripts

@@ -20,10 +20,12 @@ from types import ModuleType
 from typing import Any
 from xml.etree import ElementTree
 
+import orjson
 import pytest
 
 from knowledge.models import Hit
 from relay.call.guards import NOTES_TAIL
+from relay.call.supervisor import WHISPER_PREFIX
 from relay.cli.main import main
 from relay.config import Settings
 from relay.recordings.format import Recording, export_call
@@ -35,11 +37,13 @@ from relay.replay.runner import (
     run_replays,
 )
 from relay.services.retrieval import INTRO, Retrieved, format_passages, provenance
+from relay.storage.console import add_command
 from relay.testing import FakeLLMServer, ScriptedLLM, Text, ToolCall, ToolCalls, echo_reply
 from relay.testing.simcall import SimulatedCall, serve_in_process
 from relay.tools import ToolContext, ToolRegistry, ToolResult, default_registry, tool
 from relay.tools.base import SwitchLanguage
 from relay.web.app import Runtime, create_app
+from tests.conftest import WAIT, agent_toml, write_profile
 
 SESSIONS = Path(__file__).resolve().parents[1] / "sessions"
 RECORDINGS = sorted(SESSIONS.glob("*.jsonl"))
@@ -591,3 +595,178 @@ def test_an_app_that_cannot_start_is_a_configuration_error(
     monkeypatch.setenv("RELAY_PROMPTS_DIR", str(cli_env / "no-such-prompts"))
     code, out = _cli(["replay", str(SESSIONS / "handoff.jsonl"), "--fast"])
     assert code == 2 and "passed" not in out
+
+
+# == the console's supervisor, and the agent's own timers ================================
+
+TAKEOVER_NUMBER = "+61390007777"
+
+
+async def _supervise(relay: Any, call_sid: str, kind: str, argument: str = "") -> None:
+    """A supervisor's command from the console's live call page: a pending command for the
+    call, which the worker's supervisor takes and applies (its poll made now rather than on
+    its next tick; a tick of its own may take it first)."""
+    supervisor = relay.runtime.supervisor
+    applied = supervisor.applied
+    await add_command(relay.runtime.deps.db, call_sid, kind, argument, "owner")
+    await supervisor.poll()
+
+    async def taken() -> None:
+        while supervisor.applied == applied:  # noqa: ASYNC110 - a count, not an event
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(taken(), WAIT)
+
+
+def _frames_out(recording: Recording, kind: str) -> list[str]:
+    return [
+        e["data"]["raw"]
+        for e in recording.events
+        if e["kind"] == "frame_out" and orjson.loads(e["data"]["raw"])["type"] == kind
+    ]
+
+
+async def test_a_call_the_supervisor_whispered_to_and_took_over_replays_without_a_change(
+    start_relay: Callable[..., Any],
+) -> None:
+    llm = ScriptedLLM([Text("Sure, what piano is it?"), Text("An upright, lovely. Where to?")])
+    async with start_relay(llm) as relay:
+        call = relay.call()
+        await call.connect()
+        await call.say("I'd like a piano moved")
+        await _supervise(relay, call.call_sid, "whisper", "Offer a discount")
+        await call.say("An upright")
+        await _supervise(relay, call.call_sid, "takeover", TAKEOVER_NUMBER)
+        line = await call.next_frame()
+        await call.info("agentSpeaking", "off")  # Twilio: the transfer line has been said
+        end = await call.next_frame()
+        await call.close()
+        await relay.session_closed()
+        recording = await export_call(relay.runtime.deps.db, call.call_sid)
+        settings = relay.settings
+        sent = llm.requests[1]["messages"]
+    note = {"role": "system", "content": WHISPER_PREFIX + "Offer a discount"}
+    assert sent[-3] == note  # then the caller's words, the turn's notes
+    assert (
+        line is not None
+        and line["token"] == "No worries, I'll put you through to someone from our office now."
+    )
+    assert end is not None and end["type"] == "end"
+    assert orjson.loads(end["handoffData"])["takeoverNumber"] == TAKEOVER_NUMBER
+    [script] = caller_script(recording)
+    assert [s.kind for s in script.steps] == ["setup", "prompt", "supervisor", "prompt", "supervisor", "info", "hangup"]  # fmt: skip
+
+    for options in (Options(fast=True), Options()):
+        [report] = await run_replays([recording], settings, options)
+        assert not report.failed, report.regressions
+        assert not report.divergences and not report.changes and not report.history
+        assert not report.problems
+        assert [line.text for line in report.lines if line.kind == "supervisor"] == [
+            'whisper "Offer a discount"',
+            f'takeover "{TAKEOVER_NUMBER}"',
+        ]
+        replayed = report.replayed
+        assert replayed is not None
+        requests = [e["data"]["body"] for e in replayed.events if e["kind"] == "llm_request"]
+        assert len(requests) == 2 and requests[1]["messages"][-3] == note
+        assert note not in requests[0]["messages"]
+        assert (
+            _frames_out(replayed, "end")
+            == _frames_out(recording, "end")
+            == [orjson.dumps({"type": "end", "handoffData": end["handoffData"]}).decode()]
+        )
+        assert [e["data"] for e in replayed.events if e["kind"] == "supervisor"] == [
+            {"kind": "whisper", "argument": "Offer a discount", "by": "owner"},
+            {"kind": "takeover", "argument": TAKEOVER_NUMBER, "by": "owner"},
+        ]
+
+
+#: The agent's caller-silence timer in the next test, and the step timeout its replay is given
+#: (``--timeout``): as long as each other, as the shipped profiles' 10 s and the default 10 s.
+SILENCE = 1.0
+
+
+async def test_a_caller_who_went_quiet_replays_with_the_agents_own_timers(
+    start_relay: Callable[..., Any], prompts_dir: Path
+) -> None:
+    # Asked whether they are still there, then told goodbye: each of those lines comes
+    # SILENCE seconds after Twilio's agentSpeaking "off", longer than the replay's step
+    # timeout alone allows. The steps the agent's timers hold up wait them out as well.
+    write_profile(prompts_dir, agent_toml(), silence_timeout=SILENCE)
+    llm = ScriptedLLM([Text("Sure, what piano is it?")])
+    async with start_relay(llm) as relay:
+        call = relay.call()
+        await call.connect()
+        await call.say("I'd like a piano moved")
+        said = []
+        for _ in range(3):  # Twilio plays each line; then the caller says nothing
+            await call.info("agentSpeaking", "on")
+            await call.info("agentSpeaking", "off")
+            frame = await call.next_frame()
+            assert frame is not None
+            said.append(frame)
+        await call.close()
+        await relay.session_closed()
+        recording = await export_call(relay.runtime.deps.db, call.call_sid)
+        settings = relay.settings
+    assert [f.get("token") for f in said[:2]] == ["Are you still there?", "I'll let you go now. Please call back any time. Goodbye!"]  # fmt: skip
+    assert said[2]["type"] == "end"
+    assert orjson.loads(said[2]["handoffData"])["reason"] == "caller-silent"
+    [script] = caller_script(recording)
+    waited = [step for step in script.steps if step.silences]
+    assert [step.silences for step in waited] == [(SILENCE,), (SILENCE,)]
+    assert all(step.held >= SILENCE for step in waited)
+
+    for options in (Options(fast=True, timeout=SILENCE), Options()):
+        [report] = await run_replays([recording], settings, options)
+        assert not report.failed, report.regressions
+        assert not report.divergences and not report.changes and not report.history
+        assert not report.problems
+        replayed = report.replayed
+        assert replayed is not None
+        silent = [e["data"]["action"] for e in replayed.events if e["kind"] == "caller_silent"]
+        assert silent == ["re-prompt", "end"]
+        assert _frames_out(replayed, "end") == _frames_out(recording, "end")
+
+
+async def test_a_call_the_supervisor_ended_replays_in_process_but_not_over_url(
+    start_relay: Callable[..., Any],
+) -> None:
+    llm = ScriptedLLM([Text("Sure, what piano is it?")])
+    async with start_relay(llm) as relay:
+        call = relay.call()
+        await call.connect()
+        await call.say("I'd like a piano moved")
+        await _supervise(relay, call.call_sid, "end")
+        line = await call.next_frame()
+        await call.info("agentSpeaking", "off")
+        end = await call.next_frame()
+        await call.close()
+        await relay.session_closed()
+        recording = await export_call(relay.runtime.deps.db, call.call_sid)
+        settings = relay.settings
+    assert line is not None and line["token"].endswith("Have a lovely day!")
+    assert (
+        end is not None and orjson.loads(end["handoffData"])["reason"] == "ended from the console"
+    )
+
+    [report] = await run_replays([recording], settings, Options(fast=True))
+    assert not report.failed, report.regressions
+    assert report.replayed is not None
+    assert _frames_out(report.replayed, "end") == _frames_out(recording, "end")
+
+    # Over --url the server's console is not the replay's: said, not silently left out.
+    port = _free_port()
+    served = settings.model_copy(
+        update={"openai_base_url": f"http://127.0.0.1:{port}/v1", "openai_api_key": "test"}
+    )
+    async with serve_in_process(create_app(served)) as base:
+        url = base.replace("http://", "ws://") + "/ws"
+        [remote] = await run_replays(
+            [recording], served, Options(fast=True, url=url, llm_port=port, timeout=1)
+        )
+    assert remote.failed
+    assert (
+        "the supervisor's end cannot be given over --url (the server's console is not this replay's): replay the call in-process"
+        in remote.problems
+    )
