@@ -54,7 +54,8 @@ def add_parser(commands: Any) -> None:
     parser.add_argument(
         "--timeout",
         type=float,
-        help="seconds to wait for the agent at each step (default 10 cassette, 30 live)",
+        help="seconds to wait for the agent at each step (default 10 cassette, 30 live); a step "
+        "held up by the agent's caller-silence timer waits that timer as well",
     )
     parser.add_argument(
         "--ignore",
