@@ -8,6 +8,7 @@ e-mail and street addresses are masked at info level and above, by the same mask
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from collections.abc import MutableMapping
 from typing import Any, Literal
@@ -26,6 +27,59 @@ def _mask_processor(
     for key, value in event.items():
         if isinstance(value, str) and key not in ("call_sid", "timestamp", "level", "logger"):
             event[key] = mask_text(value)
+    return event
+
+
+#: A ``name=%s`` pair in a standard-library message (the ``knowledge`` package logs that way).
+_PAIR = re.compile(r"(?<![\w%])(\w+)=(%[-#0 +]*\d*(?:\.\d+)?[sdirf])")
+#: Any %-placeholder (``%%`` is a literal percent sign, not one).
+_SPEC = re.compile(r"%%|%[-#0 +]*\d*(?:\.\d+)?[sdirf]")
+
+
+def _key_value_fields(
+    _logger: Any, _method: str, event: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """A ``knowledge`` record logged as ``"document_added collection=%s doc_id=%s", a, b``
+    becomes ``event="document_added", collection=a, doc_id=b`` (its values as given, not as
+    text), so that its fields are JSON fields like structlog's own events. A message that is not
+    one word then ``name=%s`` pairs (a note after them, such as ``"; rebuilding"``, is kept as
+    ``note``) is left as it was."""
+    given = event.pop("positional_args", ())  # the record's (ProcessorFormatter empties them)
+    record = event.get("_record")
+    if record is None or not record.name.startswith("knowledge") or not isinstance(record.msg, str):
+        return event
+    args = given if isinstance(given, tuple) else ()
+    specs = [m for m in _SPEC.finditer(record.msg) if m.group() != "%%"]
+    if len(specs) != len(args):
+        return event
+    head, _, rest = record.msg.partition(" ")
+    head_specs = len(_SPEC.findall(head))
+    fields: dict[str, Any] = {}
+    position = head_specs
+    end = 0
+    for pair in _PAIR.finditer(rest):
+        if rest[end : pair.start()].strip():
+            return event  # words between the pairs: a sentence, not fields
+        value = args[position]
+        fields[pair.group(1)] = repr(value) if pair.group(2).endswith("r") else value
+        position += 1
+        end = pair.end()
+    if position != len(args):
+        return event
+    try:
+        name = head % args[:head_specs] if head_specs else head
+    except (TypeError, ValueError):
+        return event
+    note = rest[end:].strip(" ;,")
+    event["event"] = name
+    event.update(
+        {
+            k: v if isinstance(v, (str, int, float, bool)) or v is None else str(v)
+            for k, v in fields.items()
+        }
+    )
+    if note:
+        event["note"] = note
     return event
 
 
@@ -86,7 +140,8 @@ def configure(level: str = "info", fmt: Literal["auto", "json", "console"] = "au
         cache_logger_on_first_use=True,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[structlog.stdlib.add_logger_name, *processors],
+        foreign_pre_chain=[structlog.stdlib.add_logger_name, _key_value_fields, *processors],
+        pass_foreign_args=True,  # for _key_value_fields, which takes them out again
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
     )
     handler = _StructlogHandler(_Stderr())

@@ -88,7 +88,45 @@ def test_library_records_are_json_lines(
     assert "ValueError: bad chunk" in failed["exception"]
     assert all("timestamp" in line for line in lines)
     assert "+61412345678" not in caller  # the same masking as relay's own events
+
     assert by_event["relay_event"]["n"] == 1
+
+
+def test_the_knowledge_packages_name_value_messages_become_json_fields(
+    reset_logging: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    relay_logging.configure("info", "json")
+    capsys.readouterr()
+    store = logging.getLogger("knowledge.store")
+
+    store.info(
+        "document_%s collection=%s doc_id=%s version=%d chunks=%d",
+        "added", "piano-removals", "about.md", 1, 6,
+    )  # fmt: skip
+    logging.getLogger("knowledge.quantization").warning(
+        "embedding_model_cache_invalid path=%s; rebuilding", "/cache/m.onnx"
+    )
+    logging.getLogger("knowledge.priority").info("thread_priority_unchanged error=%r", OSError(1))
+    store.info("document_failed doc_id=%s reason=%s", "a.pdf", "call +61412345678 for it")
+    store.info("loaded %d files in %s", 3, "docs")  # a sentence: left as it is
+    logging.getLogger("uvicorn.error").info("x=%s", 1)  # not the knowledge package
+
+    lines = [
+        {k: v for k, v in line.items() if k != "timestamp"}
+        for line in lines_of(capsys.readouterr().err)
+    ]
+    assert lines == [
+        {"event": "document_added", "collection": "piano-removals", "doc_id": "about.md",
+         "version": 1, "chunks": 6, "logger": "knowledge.store", "level": "info"},
+        {"event": "embedding_model_cache_invalid", "path": "/cache/m.onnx", "note": "rebuilding",
+         "logger": "knowledge.quantization", "level": "warning"},
+        {"event": "thread_priority_unchanged", "error": "OSError(1)",
+         "logger": "knowledge.priority", "level": "info"},
+        {"event": "document_failed", "doc_id": "a.pdf", "reason": "call +61*******78 for it",
+         "logger": "knowledge.store", "level": "info"},
+        {"event": "loaded 3 files in docs", "logger": "knowledge.store", "level": "info"},
+        {"event": "x=1", "logger": "uvicorn.error", "level": "info"},
+    ]  # fmt: skip
 
 
 def test_console_mode_renders_library_records_too(
