@@ -64,8 +64,10 @@ def start(runtime: Any) -> asyncio.Task[None]:
         from relay.web.console import notify
 
         agents = sorted(runtime.deps.agents.agents)
+        zones = {name: a.timezone for name, a in runtime.deps.agents.agents.items()}
         await asyncio.gather(
-            supervisor.run(), notify.run(runtime.deps.db, notify.channels_for(runtime), agents)
+            supervisor.run(),
+            notify.run(runtime.deps.db, notify.channels_for(runtime), agents, zones),
         )
 
     return asyncio.create_task(run(), name="relay-console")

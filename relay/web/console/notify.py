@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import orjson
@@ -101,8 +102,11 @@ class Channels:
     smtp: SmtpSettings | None
 
 
-async def check(db: Database, channels: Channels, agents: list[str]) -> int:
-    """Announce what is new since the last check; how many notifications went out."""
+async def check(
+    db: Database, channels: Channels, agents: list[str], zones: Mapping[str, str] | None = None
+) -> int:
+    """Announce what is new since the last check; how many notifications went out. A booking's
+    time is given in its agent's time zone (``zones``: agent -> IANA name; else UTC)."""
     wanted = await targets(db, agents)
     if not any(t.any for t in wanted.values()):
         return 0
@@ -149,10 +153,11 @@ async def check(db: Database, channels: Channels, agents: list[str]) -> int:
                 if booking.starts_at.tzinfo is None
                 else booking.starts_at
             )
+            local = starts.astimezone(ZoneInfo((zones or {}).get(booking.agent, "UTC")))
             text = (
                 f"New booking {booking.id} for {booking.agent}: {booking.name or 'a caller'} "
                 f"({booking.phone or 'no number'}), {booking.service or booking.kind}, "
-                f"{starts.astimezone(UTC):%a %d %b %Y %H:%M} UTC."
+                f"{local:%a %d %b %Y %H:%M %Z}."
             )
             sent += await _announce(db, channels, booking.agent, target, f"booking:{booking.id}",
                                     "New booking", text, booking.call_sid)  # fmt: skip
@@ -216,10 +221,12 @@ async def _announce(
     return 1 if ok and results else 0
 
 
-async def run(db: Database, channels: Channels, agents: list[str]) -> None:
+async def run(
+    db: Database, channels: Channels, agents: list[str], zones: Mapping[str, str] | None = None
+) -> None:
     while True:
         try:
-            await check(db, channels, agents)
+            await check(db, channels, agents, zones)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # notifications wait for the database, calls do not

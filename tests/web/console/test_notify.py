@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -28,6 +29,7 @@ from relay.web.console import notify
 pytestmark = pytest.mark.asyncio
 
 SID = "AC" + "1" * 32
+ZONES = {"piano-removals": "Australia/Melbourne", "car-service": "Australia/Melbourne"}
 MESSAGES_URL = f"https://api.twilio.com/2010-04-01/Accounts/{SID}/Messages.json"
 OWNER = "+61412999000"
 
@@ -71,14 +73,16 @@ async def test_new_messages_and_bookings_reach_the_owner_once(db: Database) -> N
         )
         try:
             # Nothing configured: nothing is looked at.
-            assert await notify.check(db, channels, agents) == 0
+            assert await notify.check(db, channels, agents, ZONES) == 0
             await notify.save_target(
                 db, "piano-removals", notify.Target(sms=OWNER, email="owner@example.com")
             )
             async with db.session() as session, session.begin():  # before: never announced
                 session.add(Ticket(agent="piano-removals", name="Old", phone="+61412000000",
                                    reason="old", status="open", created_at=now))  # fmt: skip
-            assert await notify.check(db, channels, agents) == 0  # the first check starts here
+            assert (
+                await notify.check(db, channels, agents, ZONES) == 0
+            )  # the first check starts here
             async with db.session() as session, session.begin():
                 session.add(Ticket(agent="piano-removals", name="Ann Lee", phone="+61412000111",
                                    reason="Wants a quote for a grand.", status="open",
@@ -100,15 +104,20 @@ async def test_new_messages_and_bookings_reach_the_owner_once(db: Database) -> N
                 )
                 # Two workers at once: each notification still goes out once.
                 sent = await asyncio.gather(
-                    notify.check(db, channels, agents), notify.check(db, channels, agents)
+                    notify.check(db, channels, agents, ZONES),
+                    notify.check(db, channels, agents, ZONES),
                 )
                 assert sum(sent) == 2
-                assert await notify.check(db, channels, agents) == 0  # nothing new
+                assert await notify.check(db, channels, agents, ZONES) == 0  # nothing new
             bodies = [parse_qs(call.request.content.decode()) for call in route.calls]
             assert len(bodies) == 2
             assert all(b["To"] == [OWNER] and b["From"] == ["+61400000999"] for b in bodies)
             texts = sorted(b["Body"][0] for b in bodies)
-            assert texts[0].startswith("New booking 135791 for piano-removals: Cy (+61412000333)")
+            local = (now + timedelta(days=2)).astimezone(ZoneInfo("Australia/Melbourne"))
+            assert texts[0] == (  # in the agent's time zone, as the console shows bookings
+                "New booking 135791 for piano-removals: Cy (+61412000333), move, "
+                f"{local:%a %d %b %Y %H:%M} {'AEDT' if local.dst() else 'AEST'}."
+            )
             assert texts[1] == (
                 "New message for piano-removals: Ann Lee (+61412000111) asks to be called back: "
                 "Wants a quote for a grand."
