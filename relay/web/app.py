@@ -23,7 +23,7 @@ import orjson
 import structlog
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketState
 
@@ -220,6 +220,8 @@ def create_app(
         WebSocketRoute("/ws/{call_sid}", conversation_relay),  # application reconnect (h11)
         *operations.routes(),  # /healthz, /readyz, /metrics (Prometheus)
         Route("/metrics.json", operations.protected(metrics), methods=["GET"]),
+        # Browsers ask for it on any page they open (a JSON export, /metrics): the console's icon.
+        Route("/favicon.ico", _favicon, methods=["GET"]),
     ]
     routes.extend(feeds.routes())
     routes.extend(console.routes())  # /console: answers 404 until sign-in is configured
@@ -270,6 +272,10 @@ async def _start_knowledge(runtime: Runtime) -> asyncio.Task[Any]:
             warmed.set()
 
     return asyncio.create_task(warm(), name="relay-knowledge-warm-up")
+
+
+async def _favicon(request: Request) -> Response:
+    return RedirectResponse("/console/static/icon.svg", status_code=308)
 
 
 def app_from_env() -> Starlette:

@@ -285,6 +285,9 @@ async def test_every_page_has_the_console_icon(relay: Any) -> None:
     assert icon.text.startswith('<svg xmlns="http://www.w3.org/2000/svg"')
     async with httpx.AsyncClient(base_url=relay.base_url) as http:  # as the sign-in page gets it
         assert (await http.get("/console/static/icon.svg")).content == icon.content
+        # what a browser asks for on a page with no icon link (a JSON export, /metrics)
+        root = await http.get("/favicon.ico")
+        assert (root.status_code, root.headers["location"]) == (308, "/console/static/icon.svg")
     assert (await browser.http.get("/console/static/other.svg")).status_code == 404
     await browser.http.aclose()
 
