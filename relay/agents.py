@@ -827,7 +827,13 @@ class AgentRegistry:
     @classmethod
     def load(cls, directory: Path, *, default: str | None = None) -> AgentRegistry:
         if not directory.is_dir():
-            raise ConfigError(f"RELAY_PROMPTS_DIR: {directory} is not a directory")
+            where = (
+                f" (relative to {Path.cwd()}: run relay from the folder that holds the agents' "
+                "prompts/, or set RELAY_PROMPTS_DIR to it)"
+                if not directory.is_absolute()
+                else ""
+            )
+            raise ConfigError(f"RELAY_PROMPTS_DIR: {directory} is not a directory{where}")
         return cls.from_profiles(
             (load_profile(p) for p in sorted(directory.glob("*.toml"))), default=default
         )

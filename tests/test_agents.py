@@ -216,8 +216,22 @@ def test_two_defaults_are_refused(tmp_path: Path) -> None:
 def test_empty_or_missing_prompts_directory(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no agent profiles"):
         AgentRegistry.load(tmp_path)
-    with pytest.raises(ConfigError, match="is not a directory"):
+    with pytest.raises(ConfigError) as absolute:
         AgentRegistry.load(tmp_path / "nope")
+    assert str(absolute.value) == f"RELAY_PROMPTS_DIR: {tmp_path / 'nope'} is not a directory"
+
+
+def test_a_relative_prompts_directory_that_is_missing_says_where_it_looked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The default is "prompts", relative: relay run from elsewhere than the repository.
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as relative:
+        AgentRegistry.load(Path("prompts"))
+    assert str(relative.value) == (
+        f"RELAY_PROMPTS_DIR: prompts is not a directory (relative to {tmp_path}: run relay from "
+        "the folder that holds the agents' prompts/, or set RELAY_PROMPTS_DIR to it)"
+    )
 
 
 def test_speaks_matches_exactly_then_by_primary_subtag() -> None:
