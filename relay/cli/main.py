@@ -43,6 +43,7 @@ COMMANDS: dict[str, dict[str, str]] = {
         "remind": "phone customers to confirm their appointments (Twilio outbound calls)",
         "business": "business set-up: calendar feed URLs",
     },
+    "agents": {"agents": "check the agent profiles as relay serve does at start"},
     "users": {"users": "operator console users (relay users add/list/remove)"},
     "voices": {"voices": "list and preview ElevenLabs voices for the agents"},
 }
@@ -140,6 +141,10 @@ def _add_group(group: str, commands: Any) -> None:
         from relay.cli import business
 
         business.add_parser(commands)
+    elif group == "agents":
+        from relay.cli import agents
+
+        agents.add_parser(commands)
     elif group == "users":
         from relay.cli import users
 

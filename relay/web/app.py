@@ -296,14 +296,21 @@ def preflight(settings: Settings, tools: ToolRegistry | None = None) -> AgentReg
     ConfigError naming the variable or file, before any server starts."""
     settings.llm_api_key()
     check_driver(settings.database)  # one line naming the missing database driver
-    agents = AgentRegistry.load(settings.prompts_dir, default=settings.default_agent)
-    registry = tools or default_registry()
-    agents.check_tools(registry.names())
-    for agent in agents.agents.values():
-        load_services(agent, settings.data_dir)
+    agents = check_agents(settings, tools)
     if settings.elevenlabs_api_key:
         _check_voices(settings, agents)
     postcall.check(settings)  # the price table, RELAY_SMTP_URL / RELAY_EMAIL_FROM
+    return agents
+
+
+def check_agents(settings: Settings, tools: ToolRegistry | None = None) -> AgentRegistry:
+    """The agent profiles as start-up checks them: every profile valid, every tool it lists
+    known, every business table it names readable (``relay agents check`` runs this alone).
+    Raises a ConfigError naming the file and the field."""
+    agents = AgentRegistry.load(settings.prompts_dir, default=settings.default_agent)
+    agents.check_tools((tools or default_registry()).names())
+    for agent in agents.agents.values():
+        load_services(agent, settings.data_dir)
     return agents
 
 

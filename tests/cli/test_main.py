@@ -94,6 +94,32 @@ def test_a_bad_setting_or_an_unreachable_database_is_one_line(tmp_path: Path) ->
         assert (done.returncode, done.stderr) == (1, line), args
 
 
+def test_relay_agents_check_reports_each_profile_or_the_first_problem(tmp_path: Path) -> None:
+    done = run(["agents", "check"], tmp_path)  # no model key, no database needed
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout.splitlines() == [
+        "ok  car-service  (prompts/car-service.toml): numbers +61390005678; 12 tools; "
+        "knowledge car-service",
+        "ok  piano-removals  (prompts/piano-removals.toml): default; numbers +61390001234; "
+        "10 tools; knowledge piano-removals",
+        "ok  reminders  (prompts/reminders.toml): no numbers; 7 tools",
+        "3 agent profile(s) in prompts: ok",
+    ]
+
+    prompts = tmp_path / "prompts"
+    prompts.mkdir()
+    shipped = (REPO / "prompts" / "piano-removals.toml").read_text(encoding="utf-8")
+    (prompts / "piano-removals.toml").write_text(
+        shipped.replace('"take_message"', '"take_mesage"', 1), encoding="utf-8"
+    )
+    bad = run(["agents", "check"], tmp_path, env={"RELAY_PROMPTS_DIR": str(prompts)})
+    assert (bad.returncode, bad.stdout) == (2, "")
+    assert bad.stderr.startswith(
+        f"relay: configuration error: {prompts / 'piano-removals.toml'}: invalid agent profile: "
+        "tools: unknown tool 'take_mesage' (did you mean take_message?) (known: "
+    )
+
+
 NO_KEY = (
     "relay: configuration error: OPENAI_API_KEY is not set. Set it, or point OPENAI_BASE_URL at "
     "another OpenAI-compatible server (vLLM, Ollama, llama.cpp). "
