@@ -14,6 +14,7 @@ that the list says what the groups themselves register).
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
@@ -107,54 +108,25 @@ def _subcommand_groups(commands: Any, load: Collection[str] | None) -> None:
                 commands.add_parser(name, help=help_text)
 
 
+#: Each group's module, imported only when one of its commands runs (most are heavy).
+_MODULES = {
+    "serve": "relay.cli.serve",
+    "call": "relay.cli.call",
+    "bench": "relay.testing.bench",
+    "knowledge": "relay.cli.knowledge",
+    "sessions": "relay.cli.sessions",
+    "replay": "relay.cli.replay",
+    "eval": "relay.cli.eval",
+    "business": "relay.cli.business",
+    "agents": "relay.cli.agents",
+    "users": "relay.cli.users",
+    "voices": "relay.cli.voices",
+}
+
+
 def _add_group(group: str, commands: Any) -> None:
-    """Import one group's module (only now: most are heavy) and let it add its commands."""
-    if group == "serve":
-        from relay.cli import serve
-
-        serve.add_parser(commands)
-    elif group == "call":
-        from relay.cli import call
-
-        call.add_parser(commands)
-    elif group == "bench":
-        from relay.testing import bench
-
-        bench.add_parser(commands)
-    elif group == "knowledge":
-        from relay.cli import knowledge
-
-        knowledge.add_parser(commands)
-    elif group == "sessions":
-        from relay.cli import sessions
-
-        sessions.add_parser(commands)
-    elif group == "replay":
-        from relay.cli import replay
-
-        replay.add_parser(commands)
-    elif group == "eval":
-        from relay.cli import eval as eval_cli
-
-        eval_cli.add_parser(commands)
-    elif group == "business":
-        from relay.cli import business
-
-        business.add_parser(commands)
-    elif group == "agents":
-        from relay.cli import agents
-
-        agents.add_parser(commands)
-    elif group == "users":
-        from relay.cli import users
-
-        users.add_parser(commands)
-    elif group == "voices":
-        from relay.cli import voices
-
-        voices.add_parser(commands)
-    else:
-        raise ValueError(f"no command group {group!r}")
+    """Import one group's module and let it add its commands."""
+    importlib.import_module(_MODULES[group]).add_parser(commands)
 
 
 def _command_in(arguments: Sequence[str]) -> str | None:
