@@ -75,9 +75,8 @@ async def _knowledge_ready(runtime: Any) -> None:
     """Wait for the app's knowledge warm-up, so that the first question is grounded; say so
     when it takes a while (a first start loads the shipped documents)."""
     waiting = asyncio.ensure_future(runtime.knowledge_ready())
-    try:
-        await asyncio.wait_for(asyncio.shield(waiting), timeout=1.0)
-    except TimeoutError:
+    done, _ = await asyncio.wait({waiting}, timeout=1.0)
+    if not done:
         print("Loading the knowledge base (on a first start, the shipped documents too)...",
               file=sys.stderr, flush=True)  # fmt: skip
         await waiting

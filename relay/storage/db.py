@@ -118,8 +118,7 @@ class Database:
         ``DATABASE_URL`` (its password masked) and the driver's reason, in one line: what
         ``relay serve`` and every command that opens the database say at start."""
         try:
-            async with self.engine.connect():
-                pass
+            connection = await self.engine.connect()
         except (OSError, exc.DBAPIError) as error:
             cause = error.orig if isinstance(error, exc.DBAPIError) else error
             reason = " ".join(str(cause).split()) or type(cause).__name__
@@ -128,6 +127,7 @@ class Database:
                 f"cannot connect to the database (DATABASE_URL {where}): "
                 f"{type(cause).__name__}: {reason}"
             ) from error
+        await connection.close()  # back to the pool, for the migration that follows
 
     @contextlib.asynccontextmanager
     async def _migration_lock(self) -> AsyncIterator[None]:

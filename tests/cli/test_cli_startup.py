@@ -40,13 +40,11 @@ HEAVY = (
 #: Run ``relay`` with the arguments given (none: only import the parser's module), then print
 #: the modules the interpreter has imported, as the last line of standard output.
 PROBE = """
-import json, sys
+import contextlib, json, sys
 from relay.cli.main import main
 if len(sys.argv) > 1:
-    try:
+    with contextlib.suppress(SystemExit):
         main(sys.argv[1:])
-    except SystemExit:
-        pass
 print(json.dumps(sorted(sys.modules)))
 """
 
