@@ -63,11 +63,9 @@ def _serve(args: argparse.Namespace) -> int:
         overrides["OPENAI_BASE_URL"] = "http://127.0.0.1:9/v1"
     settings = settings_from(args, **overrides)
     preflight(settings)  # fail now, naming the variable or file, not inside uvicorn
-    from relay.cli.workers import migrate_once
-
     # Before uvicorn (and its workers): a database that cannot be reached or migrated is then
     # one line naming DATABASE_URL, not a traceback inside uvicorn's start-up.
-    asyncio.run(migrate_once(settings.database))
+    asyncio.run(_migrate(settings.database))
     fake = None
     if args.fake_llm:
         fake = FakeLLMServer(ScriptedLLM(default=echo_reply))
@@ -93,6 +91,17 @@ def _serve(args: argparse.Namespace) -> int:
         if fake is not None:
             fake.__exit__(None, None, None)
     return 0
+
+
+async def _migrate(url: str) -> None:
+    """Bring the database to the newest schema, once, under the migration lock."""
+    from relay.storage.db import Database
+
+    db = Database(url)
+    try:
+        await db.migrate()
+    finally:
+        await db.close()
 
 
 def _fake_llm(args: argparse.Namespace) -> int:

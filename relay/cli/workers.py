@@ -4,8 +4,9 @@ The parent process prepares what the workers share, then hands over to uvicorn's
 manager, which starts each worker on ``relay.web.app:app_from_env`` (settings from the
 environment, which the parent completes):
 
-1. Migrations run once, here, under the migration lock (``Database.migrate``), before any
-   worker takes a call; each worker's own ``migrate()`` then finds the schema current.
+1. Migrations have run once, in the parent, before this (``relay serve`` runs them under the
+   migration lock for one worker or several); each worker's own ``migrate()`` then finds the
+   schema current.
 2. Unless ``CHROMA_URL`` names a Chroma server, the parent runs one over the embedded store's
    files (:class:`~relay.services.chroma_server.ChromaServer`, supervised, stopped at exit)
    and every worker, the CLI and the admin API use it.
@@ -18,7 +19,6 @@ or more later, stops them at once, as it does a single process (:mod:`relay.web.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import socket
@@ -43,17 +43,6 @@ APP_FACTORY = "relay.web.app:app_from_env"
 EXIT_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 #: While the workers drain, how often the parent looks for a later signal to pass on (seconds).
 POLL = 0.1
-
-
-async def migrate_once(url: str) -> None:
-    """Bring the database to the newest schema (under the migration lock)."""
-    from relay.storage.db import Database
-
-    db = Database(url)
-    try:
-        await db.migrate()
-    finally:
-        await db.close()
 
 
 class Supervisor(Multiprocess):
@@ -124,7 +113,6 @@ def serve_workers(
     for name, value in overrides.items():
         os.environ[name] = str(value)
     os.environ["RELAY_WORKERS"] = str(settings.workers)
-    asyncio.run(migrate_once(settings.database))
     chroma: ChromaServer | None = None
     if settings.knowledge_enabled and not settings.chroma_url:
         chroma = ChromaServer(
