@@ -234,18 +234,12 @@ def create_app(
 
 async def _start_knowledge(runtime: Runtime) -> asyncio.Task[Any]:
     """Open the knowledge store and hand it to sessions and tools; warm it up in the background."""
-    from relay.services.retrieval import KnowledgeRetriever, open_knowledge
+    from relay.services.retrieval import open_knowledge
+    from relay.web.passages import served_retriever
 
     settings, deps = runtime.settings, runtime.deps
     knowledge = await asyncio.to_thread(functools.partial(open_knowledge, settings, serving=True))
-    retriever = KnowledgeRetriever(
-        knowledge,
-        k=settings.knowledge_k,
-        min_score=settings.knowledge_min_score,
-        timeout=settings.knowledge_timeout,
-        prefetch_delay=settings.knowledge_prefetch_delay,
-        query_cache=settings.knowledge_query_cache,
-    )
+    retriever = served_retriever(knowledge, settings)
     deps.retriever = retriever
     runtime.knowledge = knowledge
     runtime.retriever = retriever

@@ -13,7 +13,7 @@ embeds the text as typed, case and punctuation included, and knows neither k nor
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from knowledge import AsyncKnowledge, Hit
@@ -21,26 +21,11 @@ if TYPE_CHECKING:
     from relay.services.retrieval import KnowledgeRetriever
 
 
-class Serving(Protocol):
-    """What :func:`runtime_retriever` reads of a serving process's ``relay.web.app.Runtime``
-    (named here, not imported: the app imports the console, which imports this module)."""
-
-    settings: Settings
-    knowledge: AsyncKnowledge | None
-    retriever: KnowledgeRetriever | None
-
-
-def served_retriever(
-    knowledge: AsyncKnowledge, settings: Settings, *, memory_index: bool = True
-) -> KnowledgeRetriever:
-    """A retriever over ``knowledge`` with the settings a serving process gives the one its
-    calls use (``relay.web.app``): the same k, threshold, deadline and query cache.
-
-    ``memory_index=False``: without the in-memory index and its worker threads, for a
-    short-lived retriever over a store that has none (it then searches the store, as the
-    calls' retriever does for a store it does not index). Call
-    :meth:`~relay.services.retrieval.KnowledgeRetriever.aclose` when done with it.
-    """
+def served_retriever(knowledge: AsyncKnowledge, settings: Settings) -> KnowledgeRetriever:
+    """The retriever the settings describe over ``knowledge``: the one a serving process gives
+    its calls (``relay.web.app``), and ``relay knowledge search`` its own (same k, threshold,
+    deadline, prefetch delay and query cache). Call
+    :meth:`~relay.services.retrieval.KnowledgeRetriever.aclose` when done with it."""
     from relay.services.retrieval import KnowledgeRetriever
 
     return KnowledgeRetriever(
@@ -48,20 +33,9 @@ def served_retriever(
         k=settings.knowledge_k,
         min_score=settings.knowledge_min_score,
         timeout=settings.knowledge_timeout,
+        prefetch_delay=settings.knowledge_prefetch_delay,
         query_cache=settings.knowledge_query_cache,
-        memory_index=memory_index,
     )
-
-
-def runtime_retriever(runtime: Serving) -> KnowledgeRetriever | None:
-    """The retriever this process's calls use; None with the knowledge store off. A runtime
-    given a store without a retriever (a test's) gets one over that store with the same
-    settings, without an in-memory index."""
-    if runtime.knowledge is None:
-        return None
-    if runtime.retriever is not None:
-        return runtime.retriever
-    return served_retriever(runtime.knowledge, runtime.settings, memory_index=False)
 
 
 async def ask(
@@ -84,4 +58,4 @@ async def ask(
     return hits if limit is None else hits[: max(0, limit)]
 
 
-__all__ = ["Serving", "ask", "runtime_retriever", "served_retriever"]
+__all__ = ["ask", "served_retriever"]

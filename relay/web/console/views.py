@@ -673,9 +673,9 @@ async def _ask(request: Request, collection: str, question: str) -> tuple[list[A
     """Exactly what a turn's retrieval hands the model: the same k, threshold and wording
     (:func:`relay.web.passages.ask`, shared with the admin API and ``relay knowledge search``)."""
     from relay.services.retrieval import format_passages
-    from relay.web.passages import ask, runtime_retriever
+    from relay.web.passages import ask
 
-    retriever = runtime_retriever(_runtime(request))
+    retriever = _runtime(request).retriever
     assert retriever is not None  # the store is on
     hits = await ask(retriever, collection, question, timeout=10.0)
     return hits, format_passages(hits) if hits else ""
