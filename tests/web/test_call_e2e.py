@@ -275,18 +275,26 @@ async def test_a_dropped_socket_reconnects_with_the_same_history(relay: Any) -> 
     ]
 
 
-async def test_a_failed_session_on_a_finished_call_is_not_reconnected(relay: Any) -> None:
+async def dropped_call(relay: Any) -> Any:
+    """A call whose socket dropped (its session closed and recorded)."""
     call = relay.call()
     await call.connect()
     await call.drop()
     await relay.session_closed()
+    return call
 
-    response = await relay.post(
-        "/handoff",
-        action_form(call, SessionStatus="failed", ErrorCode="64105", CallStatus="completed"),
-    )
 
-    root = ET.fromstring(response.text)
+async def session_failed(relay: Any, call: Any, code: str, call_status: str = "in-progress") -> Any:
+    """Twilio's ``<Connect action>`` request for a failed session of ``call``: its TwiML."""
+    form = action_form(call, SessionStatus="failed", ErrorCode=code, CallStatus=call_status)
+    return ET.fromstring((await relay.post("/handoff", form)).text)
+
+
+async def test_a_failed_session_on_a_finished_call_is_not_reconnected(relay: Any) -> None:
+    call = await dropped_call(relay)
+
+    root = await session_failed(relay, call, "64105", call_status="completed")
+
     assert list(root) == []
 
 
@@ -294,19 +302,12 @@ async def test_a_session_twilio_refused_is_not_reconnected_but_handed_to_the_per
     relay: Any,
 ) -> None:
     # 64101: invalid TTS settings. A new session would fail the same way, for ever.
-    call = relay.call()
-    await call.connect()
-    await call.drop()
-    await relay.session_closed()
+    call = await dropped_call(relay)
 
-    response = await relay.post(
-        "/handoff",
-        action_form(call, SessionStatus="failed", ErrorCode="64101", CallStatus="in-progress"),
-    )
+    root = await session_failed(relay, call, "64101")
     await relay.runtime.deps.recorder.flush()
     stored = await repository.get_call(relay.runtime.deps.db, call.call_sid)
 
-    root = ET.fromstring(response.text)
     assert root.find("Connect") is None
     dial = root.find("Dial")
     assert dial is not None and dial.findtext("Number") == "+61390001299"
@@ -315,17 +316,9 @@ async def test_a_session_twilio_refused_is_not_reconnected_but_handed_to_the_per
 
 async def test_a_call_whose_sessions_keep_failing_is_reconnected_three_times(relay: Any) -> None:
     # 39001: the new socket never connects, so no session row shows the attempts.
-    call = relay.call()
-    await call.connect()
-    await call.drop()
-    await relay.session_closed()
+    call = await dropped_call(relay)
 
-    answers = []
-    for _ in range(4):
-        form = action_form(
-            call, SessionStatus="failed", ErrorCode="39001", CallStatus="in-progress"
-        )
-        answers.append(ET.fromstring((await relay.post("/handoff", form)).text))
+    answers = [await session_failed(relay, call, "39001") for _ in range(4)]
 
     assert [a.find("Connect") is not None for a in answers] == [True, True, True, False]
     dial = answers[-1].find("Dial")
@@ -340,16 +333,8 @@ async def test_without_a_person_a_failing_call_ends_with_an_apology(
     profile = re.sub(r"^person_number = .*\n", "", agent_toml(), flags=re.M)
     (prompts / "piano-removals.toml").write_text(profile, encoding="utf-8")
     async with start_relay(RELAY_PROMPTS_DIR=str(prompts)) as relay:
-        call = relay.call()
-        await call.connect()
-        await call.drop()
-        await relay.session_closed()
-        response = await relay.post(
-            "/handoff",
-            action_form(call, SessionStatus="failed", ErrorCode="64106", CallStatus="in-progress"),
-        )
+        root = await session_failed(relay, await dropped_call(relay), "64106")
 
-    root = ET.fromstring(response.text)
     assert [child.tag for child in root] == ["Say", "Hangup"]
     assert root.findtext("Say") == (
         "I'm sorry, we're having technical trouble. Please call back in a few minutes. Goodbye!"
