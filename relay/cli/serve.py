@@ -105,6 +105,7 @@ async def _migrate(url: str) -> None:
 
 
 def _fake_llm(args: argparse.Namespace) -> int:
+    settings_from(args)  # logging as relay serve's: RELAY_LOG_LEVEL, RELAY_LOG_FORMAT
     serve_fake_llm(
         args.host,
         args.port,

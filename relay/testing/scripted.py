@@ -1051,6 +1051,7 @@ def serve_fake_llm(
         access_log=False,
         ws="none",
         lifespan="on",
+        log_config=None,  # uvicorn's lines through relay's logging (JSON or console)
     )
     settle_heap()  # a full collection in the model would be timed as relay's latency
     uvicorn.Server(config).run()

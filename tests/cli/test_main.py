@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -92,6 +93,30 @@ def test_a_bad_setting_or_an_unreachable_database_is_one_line(tmp_path: Path) ->
     for args in (["serve", "--fake-llm"], ["sessions", "list"]):
         done = run(args, tmp_path, env={"DATABASE_URL": closed, "RELAY_KNOWLEDGE": "false"})
         assert (done.returncode, done.stderr) == (1, line), args
+
+
+def test_relay_fake_llm_logs_through_relays_logging(tmp_path: Path) -> None:
+    """``relay fake-llm`` honours RELAY_LOG_FORMAT like ``relay serve``: with ``json`` even
+    uvicorn's own start-up lines are JSON objects, not uvicorn's plain text."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("RELAY_")}
+    environ.update({"RELAY_LOG_FORMAT": "json", "RELAY_LOG_LEVEL": "info"})
+    lines = []
+    with subprocess.Popen(
+        [sys.executable, "-m", "relay", "fake-llm", "--port", "0"],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=REPO, env=environ,
+    ) as process:  # fmt: skip
+        try:
+            assert process.stderr is not None
+            for line in process.stderr:
+                lines.append(line)
+                if "startup complete" in line:
+                    break
+        finally:
+            process.terminate()
+    assert lines, "relay fake-llm wrote nothing"
+    records = [json.loads(line) for line in lines]
+    assert records[-1]["event"] == "Application startup complete."
+    assert {record["logger"] for record in records} == {"uvicorn.error"}
 
 
 def test_relay_agents_check_reports_each_profile_or_the_first_problem(tmp_path: Path) -> None:
