@@ -273,7 +273,7 @@ class CallSession:
         if self.reconnect.active:  # application reconnect (h11): the same session goes on
             greeting = ""
         if greeting:
-            self.transcript.assistant(greeting)
+            self.transcript.assistant(greeting, opens_cycle=True)
             # Twilio says the greeting itself (the TwiML's welcomeGreeting).
             self.silence.agent_finished(self.deps.speech_seconds(greeting))
         metrics.call_started(self.agent.name)
@@ -355,7 +355,7 @@ class CallSession:
     def say(self, text: str) -> None:
         """Say a line outside any turn (a keypad option, a question of the session's own)."""
         self.stop_turn()
-        self.transcript.assistant(text)
+        self.transcript.assistant(text, opens_cycle=True)
         self.send(protocol.Text(token=text, last=True))
 
     # -- what a turn asks of its call (relay.call.turn.TurnHost) ---------------------------
@@ -513,7 +513,7 @@ class CallSession:
             turn.cancel(Cancelled.SUPERSEDED)  # e.g. a keypad transfer mid-answer
         continuing = turn is not None and turn.talking
         if line:
-            self.transcript.assistant(line)
+            self.transcript.assistant(line, opens_cycle=not continuing)
             self._speech_done.clear()
             self.send(protocol.Text(token=(" " if continuing else "") + line, last=True))
             if turn is not None:

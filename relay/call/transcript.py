@@ -53,6 +53,9 @@ class Message:
     tool_calls: tuple[ToolCallItem, ...] = ()  # assistant messages only
     tool_call_id: str | None = None  # tool messages only
     answered: bool = True  # False for a tool message still waiting for its tool
+    # An assistant line sent as a talk cycle of its own (after a ``last:true``): a keypad
+    # option, a re-prompt, a last line. An interrupt during it concerns it alone.
+    opens_cycle: bool = False
     # The message as the model is sent it, built once per change: requests share it (never
     # changed in place, so a request already serialised or recorded keeps what it said).
     _wire: dict[str, Any] | None = field(default=None, repr=False)
@@ -154,10 +157,13 @@ class Transcript:
     def user(self, text: str, **fields: Any) -> Message:
         return self._add(Role.USER, text, fields)
 
-    def assistant(self, text: str = "", **fields: Any) -> Message:
-        """An assistant message; ``spoken_text`` defaults to ``text`` (what was said)."""
+    def assistant(self, text: str = "", *, opens_cycle: bool = False, **fields: Any) -> Message:
+        """An assistant message; ``spoken_text`` defaults to ``text`` (what was said).
+        ``opens_cycle``: said as a talk cycle of its own, not as part of an answer."""
         fields.setdefault("spoken_text", text)
-        return self._add(Role.ASSISTANT, text, fields)
+        message = self._add(Role.ASSISTANT, text, fields)
+        message.opens_cycle = opens_cycle
+        return message
 
     def add_tool_calls(
         self, into: Message | None, calls: Sequence[ToolCallItem]
@@ -221,14 +227,18 @@ class Transcript:
     # -- barge-in ----------------------------------------------------------------------------
 
     def cut_to_heard(self, heard: str) -> list[Message]:
-        """Cut the assistant's last talk cycle (since the last user message) down to what the
-        caller heard. Returns the messages changed (already recorded)."""
+        """Cut the assistant's last talk cycle down to what the caller heard: its messages
+        since the last user message, the last line said as a cycle of its own, or the last
+        message an earlier interrupt cut (which keeps what that interrupt said was heard).
+        Returns the messages changed (already recorded)."""
         spoken: list[Message] = []
         for message in reversed(self.messages):
-            if message.role is Role.USER:
+            if message.role is Role.USER or message.row.get("interrupted"):
                 break
             if message.role is Role.ASSISTANT and message.spoken:
                 spoken.append(message)
+                if message.opens_cycle:
+                    break
         spoken.reverse()
         remaining = heard
         for position, message in enumerate(spoken):

@@ -278,6 +278,59 @@ async def test_an_interrupt_after_the_reply_was_sent_cuts_it_to_what_was_heard(r
     ]
 
 
+KEYPAD_NINE = "To speak with our office, press zero. For a quote, press one, or just tell me about your piano."
+
+
+async def test_a_second_interrupt_cuts_only_the_line_it_interrupted(relay: Any) -> None:
+    """A barge-in on a line relay said on its own (the keypad's) cuts that line alone: the
+    answer an earlier interrupt cut keeps what that interrupt said the caller heard, and an
+    answer that played out keeps all of it."""
+    relay.llm.push(Text("We move pianos. We also store them."), Text("Sure."))
+    call = relay.call()
+    await call.connect()
+
+    await call.say("What do you do?")
+    await call.interrupt("We move")
+    await call.dtmf("9")
+    assert tokens([await call.next_frame()]) == [KEYPAD_NINE]
+    await call.interrupt("To speak with our")
+    await call.say("A quote please")
+
+    assert conversation(relay.llm.requests[-1])[-4:] == [
+        ("user", "What do you do?"),
+        ("assistant", "We move"),
+        ("assistant", "To speak with our"),
+        ("user", "A quote please"),
+    ]
+    await call.close()
+    await relay.session_closed()
+    _, turns = await repository.call_history(relay.runtime.deps.db, call.call_sid)
+    assert [(t.content, t.heard_text, t.interrupted) for t in turns if t.role == "assistant"][
+        1:3
+    ] == [("We move", "We move", True), ("To speak with our", "To speak with our", True)]
+
+
+async def test_an_interrupt_of_a_keypad_line_leaves_the_answer_before_it_whole(
+    relay: Any,
+) -> None:
+    relay.llm.push(Text("We move pianos."), Text("Sure."))
+    call = relay.call()
+    await call.connect()
+
+    await call.say("What do you do?")  # played out: no interrupt
+    await call.dtmf("9")
+    assert tokens([await call.next_frame()]) == [KEYPAD_NINE]
+    await call.interrupt("To speak")
+    await call.say("A quote please")
+
+    assert conversation(relay.llm.requests[-1])[-4:] == [
+        ("user", "What do you do?"),
+        ("assistant", "We move pianos."),
+        ("assistant", "To speak"),
+        ("user", "A quote please"),
+    ]
+
+
 async def test_a_newer_final_prompt_supersedes_the_running_turn(relay: Any) -> None:
     llm = relay.use(
         ScriptedLLM([Text(LONG), Text("Bravo reply."), Text("Charlie reply.")], token_delay=0.03)
