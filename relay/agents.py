@@ -725,17 +725,27 @@ class AgentProfile(BaseModel):
         return attrs
 
     def twiml_options(
-        self, *, parameters: Mapping[str, str] | None = None, welcome_greeting: str | None = None
+        self,
+        *,
+        parameters: Mapping[str, str] | None = None,
+        welcome_greeting: str | None = None,
+        language: str | None = None,
     ) -> TwimlOptions:
         """Everything :func:`relay.protocol.twiml.connect` needs, as plain values.
 
         ``welcome_greeting`` overrides the agent's greeting (a resumed call greets differently);
-        ``""`` plays none. The ``agent`` parameter always names this agent.
+        ``""`` plays none. ``language`` (a resumed call that had switched) replaces the
+        agent's ``language``, ``tts_language`` and ``transcription_language``. The ``agent``
+        parameter always names this agent.
         """
         failover = self.failover if self.failover is not None and self.failover.enabled else None
         greeting = self.welcome_greeting if welcome_greeting is None else welcome_greeting
+        relay = self.relay_attributes()
+        if language:
+            relay = {k: v for k, v in relay.items() if k not in _LANGUAGE_KEYS}
+            relay["language"] = language
         return TwimlOptions(
-            relay=self.relay_attributes(),
+            relay=relay,
             languages=[option.attributes() for option in self.languages],
             failover=failover.attributes() if failover is not None else None,
             failover_languages=failover.language_attributes() if failover is not None else [],
@@ -759,6 +769,10 @@ class AgentProfile(BaseModel):
             if option.code.split("-")[0].lower() == primary:
                 return option
         return None
+
+
+#: The ``<ConversationRelay>`` attributes a ``language`` frame changes (``language`` sets both).
+_LANGUAGE_KEYS = frozenset({"language", "tts_language", "transcription_language"})
 
 
 def _problems(exc: ValidationError) -> str:

@@ -276,6 +276,12 @@ class CallSession:
             self.transcript.assistant(greeting, opens_cycle=True)
             # Twilio says the greeting itself (the TwiML's welcomeGreeting).
             self.silence.agent_finished(self.deps.speech_seconds(greeting))
+        if resumed and self.language and not self.reconnect.active:
+            # /handoff's TwiML names it too; a resume it did not build (an older relay's, a
+            # fresh <Connect>) starts in the agent's language: say it again.
+            self.send(
+                protocol.Language(tts_language=self.language, transcription_language=self.language)
+            )
         metrics.call_started(self.agent.name)
         self.reconnect.resumed(self)  # application reconnect (h11)
         log.info(
@@ -295,6 +301,10 @@ class CallSession:
         self._sessions_before = call.sessions or 0
         self.transcript.load(turns)
         self.promises.saw_history(m.content for m in self.transcript if m.role == "tool")
+        try:  # the language the call had switched to: Twilio's new session starts in the TwiML's
+            self.language = await repository.call_language(self.deps.db, self.call_sid)
+        except Exception as exc:
+            log.error("language_load_failed", error=repr(exc))
         with contextlib.suppress(Exception):  # the guard then errs on the side of caution
             done = await repository.tools_done(self.deps.db, self.call_sid)
             self.promises.booked = self.promises.booked or bool(done & set(BOOKING_TOOLS))
@@ -446,6 +456,7 @@ class CallSession:
     async def act(self, turn: Turn, action: SessionAction) -> None:
         if isinstance(action, SwitchLanguage):
             self.language = action.code
+            self._event("language_switched", {"code": action.code})  # a resumed session's
             self.send(
                 protocol.Language(tts_language=action.code, transcription_language=action.code)
             )

@@ -103,6 +103,14 @@ async def call_events_of(
     return events
 
 
+async def call_language(db: Database, call_sid: str) -> str | None:
+    """The language a call last switched to (its latest ``language_switched`` event), or None
+    when it never switched: what a resumed session speaks and listens in."""
+    async with db.session() as session:
+        events = await call_events_of(session, call_sid, ("language_switched",))
+    return str(events[-1]["data"]["code"]) if events else None
+
+
 async def call_sessions(db: Database, call_sid: str) -> list[RelaySession]:
     async with db.session() as session:
         return await call_sessions_in(session, call_sid)

@@ -498,16 +498,23 @@ async def _after_session(request: Request, runtime: Runtime, form: dict[str, str
             deps.recorder.update_call(call_sid, status="reconnecting")
         greeting = agent.resume_greeting if call is not None else None
         params = {"resumed": "1", "greeting": greeting} if greeting else {}
+        language = None
+        if call is not None:  # a call that had switched language resumes in it
+            try:
+                language = await repository.call_language(deps.db, call_sid)
+            except Exception as exc:  # the agent's language then; the session says it again
+                log.error("handoff_language_lookup_failed", error=repr(exc)[:300])
         log.info(
             "session_resuming",
             call_sid=call_sid,
             error_code=form.get("ErrorCode"),
             had_history=call is not None,
+            language=language,
         )
         return twiml.connect(
             ws_url=ws_url,
             action_url=action,
-            **agent.twiml_options(parameters=params, welcome_greeting=greeting),
+            **agent.twiml_options(parameters=params, welcome_greeting=greeting, language=language),
         )
     return twiml.empty()
 

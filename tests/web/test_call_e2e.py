@@ -15,7 +15,7 @@ import pytest
 from relay.storage import repository
 from relay.storage.outcomes import get_analysis
 from relay.testing import ScriptedLLM, Text, ToolCall, ToolCalls
-from tests.conftest import agent_toml
+from tests.conftest import agent_toml, strip
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")  # the relay fixture is shared by the module
 RELAY_DATABASES = ["sqlite", "postgres"]  # every call here runs on both (tests/conftest.py)
@@ -288,6 +288,39 @@ async def session_failed(relay: Any, call: Any, code: str, call_status: str = "i
     """Twilio's ``<Connect action>`` request for a failed session of ``call``: its TwiML."""
     form = action_form(call, SessionStatus="failed", ErrorCode=code, CallStatus=call_status)
     return ET.fromstring((await relay.post("/handoff", form)).text)
+
+
+async def test_a_call_that_switched_language_resumes_in_it(relay: Any) -> None:
+    relay.llm.push(
+        ToolCalls([ToolCall("switch_language", {"language": "it-IT"})]),
+        Text("Certo!"),
+        Text("Va bene."),
+    )
+    first = relay.call()
+    await first.connect()
+    await first.say("Parla italiano?")
+    await first.drop()
+    await relay.session_closed()
+
+    root = await session_failed(relay, first, "64105")
+    element = root.find("Connect/ConversationRelay")
+    assert element is not None
+    parameters = {p.attrib["name"]: p.attrib["value"] for p in element.findall("Parameter")}
+    second = relay.call(call_sid=first.call_sid, custom_parameters=parameters)
+    await second.connect()
+    spoken = await second.next_frame()
+    reply = await second.say("Un pianoforte verticale")
+    await second.close()
+    await relay.session_closed(2)
+
+    assert element.attrib["language"] == "it-IT"
+    assert "ttsLanguage" not in element.attrib and "transcriptionLanguage" not in element.attrib
+    assert strip([spoken]) == [
+        {"type": "language", "ttsLanguage": "it-IT", "transcriptionLanguage": "it-IT"}
+    ]
+    assert text_of(reply.frames) == "Va bene."
+    latest = relay.llm.requests[-1]["messages"][-1]["content"]
+    assert "The call is now in it-IT; reply in that language." in latest
 
 
 async def test_a_failed_session_on_a_finished_call_is_not_reconnected(relay: Any) -> None:
