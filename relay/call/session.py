@@ -78,6 +78,10 @@ log = structlog.get_logger("relay.call.session")
 #: limits; beyond them they are counted and dropped.
 PRE_SETUP_FRAMES: Final = 64
 PRE_SETUP_BYTES: Final = 256 * 1024
+#: A socket a newer one of the same call replaced is closed normally (nothing to resume), and
+#: its session given this long to stop its turn and write its records.
+CLOSE_SUPERSEDED: Final = 1000
+SUPERSEDE_WAIT_SECONDS: Final = 5.0
 
 
 class Phase(enum.Enum):
@@ -121,6 +125,9 @@ class CallSession:
         self._customer_task: asyncio.Task[Mapping[str, Any] | None] | None = None
         self._agent_speaking = False
         self._speech_done = asyncio.Event()
+        # An interrupt stopped the agent's speech: the "off" Twilio then sends is for that
+        # speech, not for a line said after it (unless an "on" comes first).
+        self._stale_off = False
         self.keypad = Keypad(weakref.proxy(self), deps.digit_pause)
         self.midcall = MidCall(deps.agents.default, _weakly(self.send))  # mid-call config (h4)
         self.keypad.on_change = self.midcall.digits  # mid-call config (h4)
@@ -257,6 +264,8 @@ class CallSession:
         self._schemas = self.deps.tools.schemas(self._tools)
         self.silence = SilenceWatch(self.agent.silence_timeout, _weakly(self._silence_fired))
         await self.reconnect.before_history(self, previous)  # application reconnect (h11)
+        if previous is not None and previous is not self:
+            await self._supersede(previous)
         resumed = await self._load_history()
         now = self.deps.now()
         self.deps.recorder.call(
@@ -287,6 +296,25 @@ class CallSession:
         log.info(
             "session_started", agent=self.agent.name, resumed=resumed, direction=setup.direction
         )
+
+    async def _supersede(self, previous: CallSession) -> None:
+        """A newer socket for a call whose older socket is still open in this process (a
+        socket Twilio gave up on, not yet closed here): the call is served by one socket at a
+        time, so close the older one, let its turn stop and its records be written, then read
+        the history. Two sockets answering at once would number their turns alike and
+        overwrite each other's rows."""
+        if previous.reconnect.closed.is_set():
+            return
+        log.warning("session_superseded", previous_session=previous.session_id)
+        self._event("session_superseded", {"previous_session": previous.session_id})
+        close = previous.reconnect.close_socket
+        try:
+            if close is not None:
+                await close(CLOSE_SUPERSEDED, "superseded")
+            await asyncio.wait_for(previous.reconnect.closed.wait(), SUPERSEDE_WAIT_SECONDS)
+            await self.deps.recorder.flush(timeout=5.0)
+        except Exception as exc:  # the call goes on: its history may then miss the last turn
+            log.error("supersede_failed", error=repr(exc)[:300])
 
     async def _load_history(self) -> bool:
         """Load the call's earlier turns (a reconnect after a dropped socket). True if any."""
@@ -564,6 +592,7 @@ class CallSession:
 
     def _on_interrupt(self, frame: protocol.Interrupt) -> None:
         self.silence.caller_active()
+        self._stale_off = self._agent_speaking
         turn = self._turn
         if turn is not None and turn.running:
             turn.cancel(Cancelled.INTERRUPTED)
@@ -583,7 +612,11 @@ class CallSession:
     def _on_info(self, frame: protocol.Info) -> None:
         if frame.name == "agentSpeaking":
             self._agent_speaking = frame.value == "on"
-            if not self._agent_speaking:
+            if self._agent_speaking:
+                self._stale_off = False
+            elif self._stale_off:
+                self._stale_off = False  # the interrupted speech's: a last line has yet to play
+            else:
                 self._speech_done.set()
             if self.phase is Phase.ACTIVE:
                 self.silence.agent_speaking(self._agent_speaking)

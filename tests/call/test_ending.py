@@ -28,6 +28,7 @@ from tests.conftest import agent_toml, stored_events, strip, write_profile
 shared = pytest.mark.asyncio(loop_scope="module")
 
 STILL_THERE = "Are you still there?"
+TRANSFER_LINE = "No worries, I'll put you through to someone from our office now."
 GOODBYE = "I'll let you go now. Please call back any time. Goodbye!"
 
 
@@ -102,6 +103,50 @@ async def test_with_speaker_events_silence_counts_from_the_end_of_playback(
 
     assert reply.text == "Sure."
     assert asked is not None and asked["token"] == STILL_THERE
+
+
+async def test_the_off_of_interrupted_speech_does_not_cut_the_transfer_line(
+    start_relay: Any,
+) -> None:
+    """Keypad 0 mid-reply: Twilio stops the reply (an interrupt) and its "off" may come after
+    relay has queued the transfer line. That "off" is the old speech's: ``end`` waits for the
+    line's own "on" and "off" (or the time it takes to say), or Twilio would close the call
+    before the line is heard."""
+    llm = ScriptedLLM([Text("We move pianos of every kind, " * 20)], token_delay=0.03)
+
+    def slow_speech(runtime: Any) -> None:
+        runtime.deps.speech_seconds = lambda text: 60.0  # only the speaker events can end it
+
+    async with start_relay(llm, configure=slow_speech) as relay:
+        call = relay.call()
+        await call.connect()
+        await call.info("agentSpeaking", "on")
+        await call.prompt("What do you do?")
+        assert (await call.next_frame())["type"] == "text"
+        await call.dtmf("0")
+        await call.interrupt("We move")
+        frame = await call.next_frame()
+        while frame["token"] != TRANSFER_LINE:
+            frame = await call.next_frame()
+        await call.info("agentSpeaking", "off")  # the stopped reply's, late
+        db = relay.runtime.deps.db
+        while not [
+            e for e in await repository.call_events(db, call.call_sid) if '"off"' in str(e.data)
+        ]:
+            await relay.runtime.deps.recorder.flush()
+        await relay.runtime.deps.recorder.flush()  # and whatever that "off" set going
+        before = [e.kind for e in await repository.call_events(db, call.call_sid)]
+        await call.info("agentSpeaking", "on")  # the line plays...
+        await call.info("agentSpeaking", "off")  # ...and is over
+        end = await call.next_frame()
+        await call.close()
+        await relay.session_closed()
+
+    assert end is not None and end["type"] == "end"
+    # Nothing was sent after the stale "off" was received (an end would be a frame_out).
+    assert before[-1] == "frame_in" and before.count("frame_out") == [
+        f["type"] for f in call.frames
+    ].index("end")
 
 
 async def test_no_re_prompt_while_the_caller_types_digits(
@@ -212,6 +257,39 @@ async def test_a_late_close_of_an_old_socket_leaves_the_live_call_alone(relay: A
         None,
     )
     assert ended is not None and (ended.status, ended.outcome) == ("completed", "hung-up")
+
+
+async def test_a_newer_socket_of_a_call_closes_the_older_one_and_no_turn_is_lost(
+    start_relay: Any,
+) -> None:
+    """Two sockets of one call answering at once would number their turns alike and
+    overwrite each other's rows: the newer socket closes the older one (mid-reply here) and
+    reads the history only once the older one's turn has stopped and been written."""
+    llm = ScriptedLLM([Text("First caller, " + "a long answer " * 40), Text("Second, hello.")])
+    llm.token_delay = 0.02
+    async with start_relay(llm) as relay:
+        old = relay.call()
+        await old.connect()
+        await old.prompt("first caller here")
+        assert (await old.next_frame())["type"] == "text"  # the old socket is mid-reply
+        new = relay.call(call_sid=old.call_sid)
+        await new.connect()
+        reply = await new.say("second caller here")
+        while await old.next_frame() is not None:  # the old socket is closed by relay
+            pass
+        await new.close()
+        await relay.session_closed(2)
+        _, turns = await repository.call_history(relay.runtime.deps.db, old.call_sid)
+        kinds = await stored_events(relay, old.call_sid, "session_superseded")
+
+    assert reply.text == "Second, hello."
+    assert old._ws.close_code == 1000 and old._ws.close_reason == "superseded"
+    assert kinds == [{"previous_session": old.session_id}]
+    rows = [(t.seq, t.role, t.session_id) for t in turns]
+    assert [seq for seq, _, _ in rows] == list(range(len(rows)))  # one numbering, no gap
+    said = [(t.role, t.content) for t in turns if t.role == "user"]
+    assert said == [("user", "first caller here"), ("user", "second caller here")]
+    assert turns[-1].content == "Second, hello." and turns[-1].session_id == new.session_id
 
 
 async def test_no_re_prompt_while_a_tool_runs(start_relay: Any, prompts_dir: Path) -> None:
