@@ -1,8 +1,11 @@
 """Typed ConversationRelay frames (see shared/docs/conversationrelay.md, sections 2 and 3).
 
-Inbound models ignore unknown fields, because Twilio adds fields over time; outbound models
-forbid them, because Twilio answers a frame it cannot validate with error 64107 and closes the
-socket after ten in a row. Every outbound frame is validated when it is built.
+Inbound models ignore unknown fields, because Twilio adds fields over time, and read a ``null``
+as a field left out (its default: ``"lang": null`` is no language, not a broken prompt); what
+a frame cannot do without (a prompt's text, a key's digit, the setup's ids) stays required, and a
+value of the wrong kind (a number or an object for text) is still refused. Outbound models
+forbid unknown fields, because Twilio answers a frame it cannot validate with error 64107 and
+closes the socket after ten in a row. Every outbound frame is validated when it is built.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
@@ -33,6 +36,22 @@ class _Inbound(BaseModel):
     model_config = ConfigDict(
         extra="ignore", alias_generator=to_camel, populate_by_name=True, frozen=True
     )
+    #: Required text fields (wire names) whose ``null`` reads as empty text rather than missing.
+    _null_is_empty: ClassVar[frozenset[str]] = frozenset()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_left_out(cls, data: Any) -> Any:
+        """A ``null`` field is a field left out: its default applies (and a required one is
+        missing), except the text fields of ``_null_is_empty``, which read as ``""``."""
+        if isinstance(data, dict) and None in data.values():
+            empty = cls._null_is_empty
+            data = {
+                key: "" if value is None else value
+                for key, value in data.items()
+                if value is not None or key in empty
+            }
+        return data
 
 
 class Setup(_Inbound):
@@ -60,6 +79,8 @@ class Prompt(_Inbound):
     voice_prompt: str
     lang: str = ""
     last: bool = True
+    # a null transcript is an empty one (the session notes an empty final prompt and waits)
+    _null_is_empty: ClassVar[frozenset[str]] = frozenset({"voicePrompt", "voice_prompt"})
 
 
 class Dtmf(_Inbound):
@@ -91,12 +112,14 @@ class Info(_Inbound):
     type: Literal["info"] = "info"
     name: str = ""
     value: str = ""
-    ts: int | None = None
+    # Milliseconds; documented as an integer, sent with a fraction by some gateways.
+    ts: int | float | None = None
 
     @model_validator(mode="before")
     @classmethod
     def _stringify_value(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "value" in data and not isinstance(data["value"], str):
+        value = data.get("value") if isinstance(data, dict) else None
+        if value is not None and not isinstance(value, str):
             data = {**data, "value": orjson.dumps(data["value"]).decode()}
         return data
 

@@ -16,11 +16,13 @@ from zoneinfo import ZoneInfo
 
 import httpx
 from sqlalchemy import Select, select
+from starlette.datastructures import URL, Headers
 
 from relay.agents import AgentProfile
 from relay.domain.scheduling import spoken_date, spoken_time
 from relay.errors import ConfigError
 from relay.protocol import twiml
+from relay.protocol.signatures import SignatureChecker
 from relay.services import messaging
 from relay.services.customers import normalise_phone, service_label
 from relay.storage import business as store
@@ -119,9 +121,10 @@ async def send_reminders(
             continue
         assert creds is not None and public_url is not None and sender is not None
         greeting = _greeting(booking, owner, what, starts, today)
+        ws_url, action_url = _twiml_urls(public_url)
         document = twiml.connect(
-            ws_url=_ws_url(public_url),
-            action_url=f"{public_url.rstrip('/')}/handoff",
+            ws_url=ws_url,
+            action_url=action_url,
             **agent.twiml_options(
                 parameters={"booking": booking.id, "greeting": greeting},
                 welcome_greeting=greeting,
@@ -186,6 +189,13 @@ def _greeting(
     )
 
 
-def _ws_url(public_url: str) -> str:
-    scheme, rest = public_url.rstrip("/").split("://", 1)
-    return f"{'wss' if scheme == 'https' else 'ws'}://{rest}/ws"
+def _twiml_urls(public_url: str) -> tuple[str, str]:
+    """The ConversationRelay URL and the Connect action URL, written exactly as the inbound
+    TwiML writes them (``relay.web.app``): the upgrade is signed over the URL as written, and
+    ConversationRelay accepts only ``wss://``."""
+    checker = SignatureChecker(None, public_url=public_url.rstrip("/"))
+    no_headers = Headers()
+    return (
+        checker.public_ws_url("/ws", no_headers),
+        checker.public_http_url(URL("/handoff"), no_headers),
+    )

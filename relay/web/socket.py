@@ -8,7 +8,9 @@ these stated limits closes the socket, each with one clear log line:
   to that size reach the session, which refuses anything over 64 KiB as an invalid frame.
   uvicorn's own limit is set to twice ours (see :func:`uvicorn_ws_options`), so a frame between
   the two is refused here with our log line; a larger one is cut off by uvicorn (also 1009,
-  logged here when the disconnect arrives) before it is buffered whole;
+  logged here when the disconnect arrives) before it is buffered whole. Either way the refused
+  frame is recorded as a ``frame_in_invalid`` event (:func:`too_large_record`) and the call's
+  outcome is ``frame-too-large`` (unless it had already ended otherwise);
 * invalid frames arriving faster than ``RELAY_WS_MAX_INVALID_PER_SECOND`` (default 2000) on
   average over a minute (a token bucket holding 60 seconds' worth: a burst of up to 120,000 is
   absorbed): closed with 1008 (policy violation). 0 turns the check off. Twilio itself never
@@ -26,6 +28,7 @@ these stated limits closes the socket, each with one clear log line:
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -34,11 +37,15 @@ from typing import Any, Protocol
 import structlog
 from starlette.websockets import WebSocket, WebSocketState
 
+from relay.protocol import frames as protocol
+
 log = structlog.get_logger("relay.web.socket")
 
 CLOSE_GOING_AWAY = 1001
 CLOSE_POLICY = 1008
 CLOSE_TOO_BIG = 1009
+#: How a call ends when relay closed its socket for a frame over the limit.
+OUTCOME_TOO_LARGE = "frame-too-large"
 #: Invalid frames are averaged over this long (the token bucket holds this many seconds' worth).
 INVALID_WINDOW_SECONDS = 60
 
@@ -49,6 +56,9 @@ class Session(Protocol):
     close_code: int | None
     close_reason: str | None
     invalid_frames: int
+    outcome: str | None
+
+    def event(self, kind: str, data: dict[str, Any], t: float | None = None) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,44 @@ def frame_bytes(data: str | bytes, limit: int) -> int:
     if isinstance(data, bytes) or len(data) * 4 <= limit:
         return len(data)
     return len(data.encode("utf-8", "surrogatepass"))
+
+
+#: The reason websockets gives when it refuses a frame (``PayloadTooBig``): "frame with 17825800
+#: bytes exceeds limit of 16777216 bytes" (no size when a compressed frame inflates beyond it).
+_TOO_BIG = re.compile(
+    r"(?:with (?P<size>\d+) bytes )?(?:after reading (?P<read>\d+) bytes )?"
+    r"exceeds limit of (?P<limit>\d+) bytes"
+)
+
+
+def too_large_record(
+    data: str | bytes | None, *, limit: int, reason: str | None = None
+) -> dict[str, Any]:
+    """The ``frame_in_invalid`` record of a frame refused for its size: like any invalid frame's
+    (:func:`relay.protocol.frames.record_of`) when relay refused it itself (``data``), with the
+    ``limit`` and the close code. When uvicorn refused it (``data`` is None) relay never saw the
+    frame: ``raw`` is empty, ``size`` is the frame's length as the protocol library reported it
+    in the close ``reason`` (absent when it did not say), and ``error`` is that reason."""
+    if data is not None:
+        record = protocol.record_of(data)
+        record["error"] = (
+            f"frame of {record['size']} bytes exceeds RELAY_WS_MAX_FRAME_BYTES={limit}: "
+            f"the socket was closed ({CLOSE_TOO_BIG})"
+        )
+        record["limit"] = limit
+    else:
+        record = {"raw": "", "truncated": True, "limit": limit}
+        match = _TOO_BIG.search(reason or "")
+        if match is not None:
+            if match["size"] is not None:
+                record["size"] = int(match["size"]) + int(match["read"] or 0)
+            record["limit"] = int(match["limit"])
+        record["error"] = (
+            f"the server's WebSocket limit refused the frame ({reason or 'no reason given'}): "
+            f"the socket was closed ({CLOSE_TOO_BIG})"
+        )
+    record["close_code"] = CLOSE_TOO_BIG
+    return record
 
 
 class RelaySocket:
@@ -118,11 +166,15 @@ class RelaySocket:
                 session.close_code = message.get("code")
                 if session.close_code == CLOSE_TOO_BIG:
                     self.close_reason = session.close_reason = "frame-too-large"
+                    reason = message.get("reason")
+                    record = too_large_record(None, limit=2 * limits.max_frame_bytes, reason=reason)
                     log.warning(
                         "ws_closed_frame_too_large",
                         message="a frame exceeded the server's WebSocket size limit "
-                        f"({2 * limits.max_frame_bytes} bytes): the socket was closed (1009)",
+                        f"({record['limit']} bytes): the socket was closed (1009)",
+                        reason=reason,
                     )
+                    self._refused(session, record)
                 return
             self.last_activity = time.monotonic()
             data: str | bytes | None = message.get("text")
@@ -138,6 +190,7 @@ class RelaySocket:
                     f"{limits.max_frame_bytes}: closing the socket (1009)",
                     size=size,
                 )
+                self._refused(session, too_large_record(data, limit=limits.max_frame_bytes))
                 await self._close(session, CLOSE_TOO_BIG, "frame-too-large")
                 return
             yield data
@@ -170,6 +223,14 @@ class RelaySocket:
                     return await self.websocket.receive()
             except TimeoutError:
                 continue  # something was sent meanwhile: wait out the rest
+
+    @staticmethod
+    def _refused(session: Session, record: dict[str, Any]) -> None:
+        """Record a frame refused for its size, and end the call for that reason."""
+        session.invalid_frames += 1
+        session.event("frame_in_invalid", record)
+        if session.outcome is None:
+            session.outcome = OUTCOME_TOO_LARGE
 
     async def _close(self, session: Session, code: int, reason: str) -> None:
         self.close_reason = session.close_reason = reason

@@ -147,6 +147,52 @@ def test_info_values_become_strings(value: Any, expected: str) -> None:
     assert frame.ts == 1752091234567
 
 
+def test_info_timestamps_may_be_fractional() -> None:
+    frame = protocol.parse_inbound(
+        raw({"type": "info", "name": "agentSpeaking", "value": "off", "ts": 1752091234567.5})
+    )
+
+    assert frame == protocol.Info(name="agentSpeaking", value="off", ts=1752091234567.5)
+
+
+@pytest.mark.parametrize(
+    ("frame", "expected"),
+    [
+        (
+            {"type": "prompt", "voicePrompt": "hi", "lang": None, "last": True},
+            protocol.Prompt(voice_prompt="hi", lang="", last=True),
+        ),
+        (
+            {"type": "prompt", "voicePrompt": "hi", "lang": "en-AU", "last": None},
+            protocol.Prompt(voice_prompt="hi", lang="en-AU", last=True),
+        ),
+        # A null transcript is an empty one (an empty final prompt is noted and not answered).
+        ({"type": "prompt", "voicePrompt": None, "last": True}, protocol.Prompt(voice_prompt="")),
+        (
+            {
+                "type": "interrupt",
+                "utteranceUntilInterrupt": None,
+                "durationUntilInterruptMs": None,
+            },
+            protocol.Interrupt(utterance_until_interrupt="", duration_until_interrupt_ms=0.0),
+        ),
+        (
+            {"type": "info", "name": "agentSpeaking", "value": None, "ts": None},
+            protocol.Info(name="agentSpeaking", value="", ts=None),
+        ),
+        ({"type": "error", "description": None}, protocol.Error(description="")),
+        (
+            {**SETUP, "callerName": None, "forwardedFrom": None, "customParameters": None},
+            protocol.Setup(
+                **{**SETUP, "callerName": "", "forwardedFrom": "", "customParameters": {}}
+            ),
+        ),
+    ],
+)
+def test_a_null_optional_field_means_its_default(frame: dict[str, Any], expected: Any) -> None:
+    assert protocol.parse_inbound(raw(frame)) == expected
+
+
 def test_bytes_are_accepted() -> None:
     frame = protocol.parse_inbound(raw({"type": "dtmf", "digit": "1"}).encode())
 
@@ -207,6 +253,11 @@ def test_malformed_frames_raise_protocol_error(text: str, message: str) -> None:
             "customParameters",
         ),
         ({"type": "info", "name": "agentSpeaking", "value": "on", "ts": "yesterday"}, "ts"),
+        ({"type": "info", "name": "agentSpeaking", "value": "on", "ts": [1]}, "ts"),
+        # null stands for a missing value: what is required stays required
+        ({"type": "setup", "sessionId": "VX1", "callSid": None}, "callSid"),
+        ({"type": "dtmf", "digit": None}, "digit"),
+        ({"type": "prompt", "voicePrompt": {"text": "hi"}}, "voicePrompt"),
     ],
 )
 def test_known_types_with_wrong_fields_raise_protocol_error(

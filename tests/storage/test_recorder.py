@@ -510,7 +510,7 @@ async def test_text_a_database_cannot_store_is_parked_not_retried_forever(db: Da
     try:
         record_call(rec)
         record_turn(rec, 0, "Hello!")
-        record_turn(rec, 1, "nul \x00 byte")  # PostgreSQL refuses NUL in text
+        record_turn(rec, 1, "nul \x00 byte")  # stored as U+FFFD (PostgreSQL refuses NUL)
         record_turn(rec, 2, "lone \ud800 surrogate")  # not encodable as UTF-8 anywhere
         record_turn(rec, 3, "Bye!")
         assert await rec.flush(timeout=10)
@@ -522,8 +522,55 @@ async def test_text_a_database_cannot_store_is_parked_not_retried_forever(db: Da
     parked = await parked_rows(db)
     assert rec.lost == 0 and rec.parked == len(parked)
     assert sorted(stored + [row["seq"] for _, _, row, _ in parked]) == [0, 1, 2, 3]
-    assert {0, 3} <= set(stored) and 2 not in stored  # the good ones always land
-    assert (1 in stored) == db.is_sqlite  # SQLite stores NUL; PostgreSQL refuses it
+    assert {0, 1, 3} <= set(stored) and 2 not in stored  # the good ones always land
+
+
+async def test_nul_characters_are_stored_as_replacement_characters_on_every_database(
+    db: Database, recorder: Recorder
+) -> None:
+    # PostgreSQL's text cannot hold NUL (nor can its JSON operators read \u0000): every NUL
+    # the recorder writes becomes U+FFFD, on SQLite too, so a row reads back the same on both.
+    recorder.call(
+        call_sid="CA1", agent="piano-removals", from_number="+61412345678", to_number="+61390001234",
+        direction="inbound", caller_name="Bob\x00Null", status="in-progress", outcome=None,
+        ended_at=None, started_at=NOW,
+    )  # fmt: skip
+    recorder.session(session_id="VX\x00CA1", call_sid="CA1", agent="piano-removals",
+                     started_at=NOW, resumed=False)  # fmt: skip
+    record_turn(recorder, 1, "nul\x00byte here", tool_calls=[{"name": "look\x00up", "n": 1}])
+    recorder.update_call("CA1", outcome="hung\x00up")
+    recorder.event(
+        call_sid="CA1", session_id="VXCA1", seq=1, t=1.0, kind="frame\x00in",
+        data={"raw": '{"type":"prompt","voicePrompt":"nul\\u0000byte"}', "k\x00": ["a\x00", 1],
+              "nested": {"text": "x\x00y"}},
+    )  # fmt: skip
+    # The six characters \u0000 (not a NUL) are left alone.
+    recorder.event(call_sid="CA1", session_id="VXCA1", seq=2, t=2.0, kind="frame_in",
+                   data={"raw": "a\\u0000b"})  # fmt: skip
+    assert await recorder.flush(timeout=10)
+
+    assert (recorder.parked, recorder.lost) == (0, 0)
+    call, [turn] = await repository.call_history(db, "CA1")
+    assert call is not None
+    assert (call.caller_name, call.outcome) == ("Bob\ufffdNull", "hung\ufffdup")
+    assert (turn.content, turn.tool_calls) == (
+        "nul\ufffdbyte here",
+        [{"name": "look\ufffdup", "n": 1}],
+    )
+    first, second = await repository.call_events(db, "CA1")
+    assert first.kind == "frame\ufffdin"
+    assert first.data == {
+        "raw": '{"type":"prompt","voicePrompt":"nul\\u0000byte"}',
+        "k\ufffd": ["a\ufffd", 1],
+        "nested": {"text": "x\ufffdy"},
+    }
+    assert second.data == {"raw": "a\\u0000b"}
+    async with db.engine.connect() as conn:
+        sessions = (await conn.execute(select(RelaySession.session_id))).scalars().all()
+        # PostgreSQL's JSON operators read the stored data (they refuse \u0000)
+        raws = (await conn.execute(select(Event.data["raw"].as_string()))).scalars().all()
+    assert sessions == ["VX\ufffdCA1"]
+    assert sorted(raws) == sorted(['{"type":"prompt","voicePrompt":"nul\\u0000byte"}', "a\\u0000b"])
 
 
 async def test_a_value_too_long_for_its_column_never_loses_the_row(db: Database) -> None:

@@ -52,7 +52,8 @@ async def test_hostile_frames_are_ignored_and_the_call_goes_on(relay: Any) -> No
         "x" * (MIB + 17),
         '{"type":"interrupt","durationUntilInterruptMs":1e999}',
         '{"type":"setup","sessionId":["VX"],"callSid":{"CA":1}}',
-        '{"type":"info","name":"agentSpeaking","value":{"on":[1,2,{"x":null}]},"ts":1e30}',
+        # (a timestamp may be any number, so this one's is a list to stay invalid)
+        '{"type":"info","name":"agentSpeaking","value":{"on":[1,2,{"x":null}]},"ts":[1e30]}',
         '{"type":' + "1" * 5000 + "}",
     ]
     for frame in hostile:
@@ -74,6 +75,27 @@ async def test_hostile_frames_are_ignored_and_the_call_goes_on(relay: Any) -> No
         assert MIB + 17 in sizes
 
 
+async def test_frames_with_nulls_and_fractional_timestamps_are_used_not_refused(
+    relay: Any,
+) -> None:
+    """Twilio's loose edges (conversationrelay.md, 0.1: validate loosely on inbound): a prompt
+    with ``"lang": null`` is answered, a speaker event with a fractional ``ts`` is read."""
+    relay.llm.push(Text("Hello!"))
+    call = relay.call()
+    await call.connect()
+    await call.send('{"type":"info","name":"agentSpeaking","value":"off","ts":1752091234567.5}')
+    await call.send(
+        '{"type":"interrupt","utteranceUntilInterrupt":null,"durationUntilInterruptMs":null}'
+    )
+    await call.send('{"type":"prompt","voicePrompt":"hi","lang":null,"last":true}')
+    reply = await call.reply()
+    await call.close()
+    await relay.session_closed()
+
+    assert reply.text == "Hello!"
+    assert await invalid_events(relay, call.call_sid) == []
+
+
 async def test_a_frame_over_the_limit_closes_the_socket_with_1009(
     start_relay: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -84,13 +106,81 @@ async def test_a_frame_over_the_limit_closes_the_socket_with_1009(
         await call.connect()
         assert (await call.say("hello")).text == "Fine."
 
-        await call.send('{"type":"prompt","voicePrompt":"' + "a" * (128 * 1024) + '"}')
+        frame = '{"type":"prompt","voicePrompt":"' + "a" * (128 * 1024) + '"}'
+        await call.send(frame)
 
         assert await closed(call) == 1009
         await relay.session_closed()
         sessions = await repository.call_sessions(relay.runtime.deps.db, call.call_sid)
+        invalid = await invalid_events(relay, call.call_sid)
+        stored = await repository.get_call(relay.runtime.deps.db, call.call_sid)
     assert [s.close_code for s in sessions] == [1009]
     assert "ws_closed_frame_too_large" in capsys.readouterr().err
+    # The refused frame is recorded like every invalid one (its start, its real size) ...
+    [record] = invalid
+    assert record == {
+        "raw": frame[: 8 * 1024], "size": len(frame), "truncated": True, "limit": 128 * 1024,
+        "close_code": 1009, "error": f"frame of {len(frame)} bytes exceeds "
+        f"RELAY_WS_MAX_FRAME_BYTES={128 * 1024}: the socket was closed (1009)",
+    }  # fmt: skip
+    # ... and the call ended because relay closed the socket, not because the caller hung up.
+    assert stored is not None and stored.outcome == "frame-too-large"
+
+
+async def test_a_frame_over_the_servers_own_limit_is_recorded_too(start_relay: Any) -> None:
+    """uvicorn refuses a frame over its ``ws_max_size`` (16 MiB here, uvicorn's default; ``relay
+    serve`` sets twice RELAY_WS_MAX_FRAME_BYTES) before relay sees it: only the close code and
+    the protocol library's reason reach the app, and they are what is recorded."""
+    async with start_relay(RELAY_WS_MAX_FRAME_BYTES=str(128 * 1024)) as relay:
+        relay.llm.push(Text("Fine."))
+        call = relay.call()
+        await call.connect()
+        assert (await call.say("hello")).text == "Fine."
+
+        await call.send('{"type":"prompt","voicePrompt":"' + "a" * (16 * MIB) + '"}')
+
+        assert await closed(call) == 1009
+        await relay.session_closed()
+        sessions = await repository.call_sessions(relay.runtime.deps.db, call.call_sid)
+        invalid = await invalid_events(relay, call.call_sid)
+        stored = await repository.get_call(relay.runtime.deps.db, call.call_sid)
+    assert [s.close_code for s in sessions] == [1009]
+    # The test client compresses (permessage-deflate): the frame was refused as it inflated
+    # past the limit, and the library's reason gives no size.
+    [record] = invalid
+    assert record == {
+        "raw": "", "truncated": True, "limit": 16 * MIB, "close_code": 1009,
+        "error": f"the server's WebSocket limit refused the frame (frame exceeds limit of "
+        f"{16 * MIB} bytes): the socket was closed (1009)",
+    }  # fmt: skip
+    assert stored is not None and stored.outcome == "frame-too-large"
+
+
+@pytest.mark.parametrize(
+    ("reason", "size", "limit"),
+    [
+        ("frame with 17825800 bytes exceeds limit of 16777216 bytes", 17825800, 16 * MIB),
+        (  # a fragmented message: this frame plus what came before it
+            "frame with 9000000 bytes after reading 10000000 bytes exceeds limit of 16777216 bytes",
+            19000000,
+            16 * MIB,
+        ),
+        ("frame exceeds limit of 16777216 bytes", None, 16 * MIB),
+        (None, None, 8 * MIB),  # no reason (another protocol library): the configured limit
+    ],
+)
+async def test_a_frame_the_server_refused_is_recorded_with_what_its_library_said(
+    reason: str | None, size: int | None, limit: int
+) -> None:
+    from relay.web.socket import too_large_record
+
+    record = too_large_record(None, limit=8 * MIB, reason=reason)
+    assert (record.get("size"), record["limit"], record["close_code"]) == (size, limit, 1009)
+    assert (record["raw"], record["truncated"]) == ("", True)
+    assert record["error"] == (
+        f"the server's WebSocket limit refused the frame ({reason or 'no reason given'}): "
+        "the socket was closed (1009)"
+    )
 
 
 async def test_a_frame_at_the_limit_is_ignored_not_closed(start_relay: Any) -> None:
