@@ -264,7 +264,7 @@ class CallSession:
         self._schemas = self.deps.tools.schemas(self._tools)
         self.silence = SilenceWatch(self.agent.silence_timeout, _weakly(self._silence_fired))
         await self.reconnect.before_history(self, previous)  # application reconnect (h11)
-        if previous is not None and previous is not self:
+        if isinstance(previous, CallSession) and previous is not self:
             await self._supersede(previous)
         resumed = await self._load_history()
         now = self.deps.now()

@@ -6,18 +6,52 @@ by construction: :meth:`Transcript.add_tool_calls` appends, in the same step, a 
 message for every call (saying the call was not done because the caller spoke), and
 :meth:`Transcript.answer` later fills a placeholder in place. A user message that arrives while
 a tool runs therefore always lands after the answers, never between the call and its answer.
+
+What the model wrote is not always fit to be sent back. A tool call whose arguments are not a
+JSON object (a model cut off mid-call) is sent as ``{}``: strict servers (vLLM, SGLang) parse the
+arguments of past calls and refuse the whole request otherwise, and the call's answer already
+says what was wrong; the stored row keeps what the model wrote. A call id longer than OpenAI
+accepts (40 characters) becomes a short one made from it, the same in the call, its answer, the
+stored rows and a resumed call.
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
+import itertools
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
+
+import orjson
 
 #: What a tool message says until its tool has answered, and for good if it never does.
 NOT_DONE = "Not done: the caller spoke before this finished."
+
+#: The longest tool-call id OpenAI accepts in a request ("string too long. Expected a string
+#: with maximum length 40").
+MAX_CALL_ID: Final = 40
+
+
+def call_id(raw: str) -> str:
+    """A tool-call id as the model may be sent it: ``raw`` itself when short enough, else a short
+    id made from it, the same every time (so a call and its answer, and a resumed call, agree)."""
+    if len(raw) <= MAX_CALL_ID:
+        return raw
+    return "call_" + hashlib.sha256(raw.encode()).hexdigest()[:24]
+
+
+def sendable_arguments(arguments: str) -> str:
+    """A past call's arguments as the model may be sent them: ``arguments`` when they are a JSON
+    object, else ``{}`` (the call's answer says what was wrong with them)."""
+    try:
+        parsed = orjson.loads(arguments)
+    except orjson.JSONDecodeError:
+        return "{}"
+    return arguments if isinstance(parsed, dict) else "{}"
 
 
 class Role(enum.StrEnum):
@@ -29,17 +63,26 @@ class Role(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class ToolCallItem:
-    """One function call of an assistant message, as OpenAI writes it in the history."""
+    """One function call of an assistant message. ``id`` and ``arguments`` are the model's own
+    (``id`` shortened by :func:`call_id` in what is sent and stored)."""
 
     id: str
     name: str
     arguments: str
 
     def openai(self) -> dict[str, Any]:
+        """The call as the model is sent it in the history."""
+        return self._dict(sendable_arguments(self.arguments))
+
+    def stored(self) -> dict[str, Any]:
+        """The call as its turn row keeps it: the arguments as the model wrote them."""
+        return self._dict(self.arguments)
+
+    def _dict(self, arguments: str) -> dict[str, Any]:
         return {
-            "id": self.id,
+            "id": call_id(self.id),
             "type": "function",
-            "function": {"name": self.name, "arguments": self.arguments},
+            "function": {"name": self.name, "arguments": arguments},
         }
 
 
@@ -77,7 +120,7 @@ class Message:
 
     def set_tool_calls(self, calls: Sequence[ToolCallItem]) -> None:
         self.tool_calls = tuple(calls)
-        self.row["tool_calls"] = [call.openai() for call in calls]
+        self.row["tool_calls"] = [call.stored() for call in calls]
         self._wire = None
 
     def openai(self) -> dict[str, Any]:
@@ -88,7 +131,7 @@ class Message:
             if self.tool_calls:
                 message["tool_calls"] = [call.openai() for call in self.tool_calls]
             if self.tool_call_id is not None:
-                message["tool_call_id"] = self.tool_call_id
+                message["tool_call_id"] = call_id(self.tool_call_id)
             self._wire = message
         return self._wire
 
@@ -181,7 +224,7 @@ class Transcript:
         placeholders = []
         for call in calls:
             placeholder = self._add(
-                Role.TOOL, NOT_DONE, {"tool_call_id": call.id, "tool_name": call.name}
+                Role.TOOL, NOT_DONE, {"tool_call_id": call_id(call.id), "tool_name": call.name}
             )
             placeholder.answered = False
             placeholders.append(placeholder)
@@ -230,7 +273,11 @@ class Transcript:
         """Cut the assistant's last talk cycle down to what the caller heard: its messages
         since the last user message, the last line said as a cycle of its own, or the last
         message an earlier interrupt cut (which keeps what that interrupt said was heard).
-        Returns the messages changed (already recorded)."""
+        Returns the messages changed (already recorded).
+
+        ``heard`` (Twilio's ``utteranceUntilInterrupt``) measures how much of what was said
+        was heard; its words are never kept (see :func:`heard_of`). Each row's ``heard_text``
+        keeps it as it came, split across the cycle's messages."""
         spoken: list[Message] = []
         for message in reversed(self.messages):
             if message.role is Role.USER or message.row.get("interrupted"):
@@ -240,15 +287,10 @@ class Transcript:
                 if message.opens_cycle:
                     break
         spoken.reverse()
-        remaining = heard
-        for position, message in enumerate(spoken):
-            if position == len(spoken) - 1:
-                kept, remaining = remaining, ""
-            else:
-                take = min(len(message.spoken), len(remaining))
-                kept, remaining = remaining[:take], remaining[take:]
-            message.set_content(kept)
-            message.row.update(heard_text=kept, interrupted=True)
+        kept, parts = heard_of([message.spoken for message in spoken], heard)
+        for message, text, part in zip(spoken, kept, parts, strict=True):
+            message.set_content(text)
+            message.row.update(heard_text=part, interrupted=True)
             self.record(message.row)
         return spoken
 
@@ -259,7 +301,10 @@ class Transcript:
         by an older version: each call's answer follows its call, stray answers are dropped and
         missing ones become :data:`NOT_DONE`."""
         rows = sorted(turns, key=lambda t: t.seq)
-        answers = {t.tool_call_id: t for t in rows if t.role == Role.TOOL and t.tool_call_id}
+        # By the id the model is sent: rows of an older version may hold a longer one.
+        answers = {
+            call_id(t.tool_call_id): t for t in rows if t.role == Role.TOOL and t.tool_call_id
+        }
         top = -1
         for turn in rows:
             top = max(top, turn.seq)
@@ -279,15 +324,17 @@ class Transcript:
                     continue
                 message.tool_calls = (*message.tool_calls, call)
                 message._wire = None
-                answer = answers.pop(call.id, None)
+                answer = answers.pop(call_id(call.id), None)
                 content = answer.content if answer is not None else NOT_DONE
                 tool_row = {
                     "call_sid": turn.call_sid, "seq": answer.seq if answer else None,
                     "session_id": turn.session_id, "role": "tool", "content": content,
-                    "tool_call_id": call.id, "tool_name": call.name,
+                    "tool_call_id": call_id(call.id), "tool_name": call.name,
                     "created_at": answer.created_at if answer else turn.created_at,
                 }  # fmt: skip
-                self.messages.append(Message(Role.TOOL, content, tool_row, tool_call_id=call.id))
+                self.messages.append(
+                    Message(Role.TOOL, content, tool_row, tool_call_id=call_id(call.id))
+                )
         self.next_seq = top + 1
         # Answers with no stored row get a seq now (recorded, so the next resume finds them).
         for message in self.messages:
@@ -298,6 +345,8 @@ class Transcript:
 
 
 def _tool_call_item(raw: Any) -> ToolCallItem | None:
+    """A call of a stored row, as the model wrote it (``ToolCallItem.openai`` makes it fit to be
+    sent); None for an item that is not a call."""
     if not isinstance(raw, dict):
         return None
     function = raw.get("function")
@@ -308,3 +357,66 @@ def _tool_call_item(raw: Any) -> ToolCallItem | None:
         name=str(function.get("name", "")),
         arguments=str(function.get("arguments", "")),
     )
+
+
+def heard_of(said: Sequence[str], heard: str) -> tuple[list[str], list[str]]:
+    """What the caller heard of each of ``said`` (the texts of one talk cycle, in order), going
+    by ``heard``, Twilio's account of what played; and ``heard`` split across them.
+
+    The kept text is always a start of what was said, in its own characters. ``heard`` may
+    differ from it in case, punctuation and spacing, so the two are compared with those left
+    out; when ``heard`` is not a start of what was said (the caller's side can send anything
+    there, even words relay never said), only its length is used: what was said is cut to it,
+    at the end of a word."""
+    if not said:
+        return [], []
+    whole = " ".join(said)
+    starts: list[int] = []
+    at = 0
+    for text in said:
+        starts.append(at)
+        at += len(text) + 1
+    spoken, spoken_at = _loose(whole)
+    words, words_at = _loose(heard)
+    common = 0
+    for a, b in zip(spoken, words, strict=False):
+        if a != b:
+            break
+        common += 1
+    if words and common == len(words):
+        end = spoken_at[common - 1] + 1
+        if not heard.rstrip()[-1].isalnum():  # "...three movers." keeps the full stop
+            while end < len(whole) and not (whole[end].isalnum() or whole[end].isspace()):
+                end += 1
+        # Each message's part of heard starts where the first letter said in it was heard.
+        firsts = (bisect_left(spoken_at, start) for start in starts[1:])
+        cuts = [words_at[i] if i < common else len(heard) for i in firsts]
+    else:
+        matched = spoken_at[common - 1] + 1 if common else 0
+        end = max(matched, _words_within(whole, len(heard)))
+        cuts = [min(start, len(heard)) for start in starts[1:]]
+    kept = [text[: max(0, end - start)] for text, start in zip(said, starts, strict=True)]
+    bounds = [0, *cuts, len(heard)]
+    return kept, [heard[a:b] for a, b in itertools.pairwise(bounds)]
+
+
+def _loose(text: str) -> tuple[str, list[int]]:
+    """``text``'s letters and digits, case-folded, and where each came from in ``text``."""
+    folded: list[str] = []
+    where: list[int] = []
+    for index, char in enumerate(text):
+        if char.isalnum():
+            lower = char.casefold()
+            folded.append(lower)
+            where.extend([index] * len(lower))
+    return "".join(folded), where
+
+
+def _words_within(text: str, length: int) -> int:
+    """The end of the last whole word of ``text`` within its first ``length`` characters."""
+    if length >= len(text):
+        return len(text)
+    head = text[:length]
+    if not text[length].isspace():  # the cut falls inside a word: leave the word out
+        head = head[: max(head.rfind(" "), 0)]
+    return len(head.rstrip())

@@ -15,7 +15,7 @@ import dataclasses
 import enum
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 import structlog
 
@@ -24,7 +24,7 @@ from relay.agents import AgentProfile
 from relay.call.guards import Opening, Promises, booking_tool, price_tool
 from relay.call.ports import CallDependencies, NotReady, Retrieved, Retriever
 from relay.call.speech import Speech
-from relay.call.transcript import Message, ToolCallItem, Transcript
+from relay.call.transcript import Message, ToolCallItem, Transcript, call_id
 from relay.call.trouble import failure_kind
 from relay.errors import LLMError, ToolError
 from relay.llm.types import ChatRequest, Done, TextDelta, Timeouts, ToolCall
@@ -61,6 +61,16 @@ class TurnBudgetExceeded(LLMError):
     def __init__(self, seconds: float, *, started: bool) -> None:
         what = "stalled for" if started else "sent no token within"
         super().__init__(f"the model {what} {seconds:.1f}s (turn budget)", kind="turn-budget")
+
+
+#: Finish reasons that say the server cut the reply off: the failure kind, and the error.
+_CUT_OFF: Final = {
+    "length": ("truncated", "the model's reply was cut off at its token limit (length)"),
+    "content_filter": (
+        "filtered",
+        "the model's reply was stopped by a content filter (content_filter)",
+    ),
+}
 
 
 class TurnHost(Protocol):
@@ -282,7 +292,10 @@ class Turn:
     ) -> tuple[Done, str | None]:
         """One request and its streamed reply, every word through the speech filter; returns
         the end of the stream and why the filter stopped it (None, "limit", "price",
-        "booking")."""
+        "booking"). A reply the server cut off (``finish_reason`` ``length`` or
+        ``content_filter``) raises :class:`LLMError` (``truncated``, ``filtered``) once its words
+        are out. The filter's own word limit ends a reply at a sentence end and closes the
+        stream first, so a reply it ended is never cut off."""
         host, agent = self.host, self.host.agent
         loop = asyncio.get_running_loop()
         now = time.perf_counter()
@@ -316,6 +329,7 @@ class Turn:
         opening = Opening()  # the reply's first characters: speech, notes read back, or a call
         stream = host.deps.llm.stream(request)
         watch: _StallWatch | None = None
+        cut_off: tuple[str, str] | None = None
         try:
             async with asyncio.timeout_at(loop.time() + budget_ends - now) as scope:
                 watch = _StallWatch(loop, scope, stall)
@@ -346,7 +360,10 @@ class Turn:
                             break  # stop consuming: the stream is closed below
                     else:
                         done = event
-                if stop is None and opening.kind == "call":
+                cut_off = _CUT_OFF.get(done.finish_reason) if done and stop is None else None
+                if cut_off is not None:
+                    pass  # the word held back is not said either: it may be cut itself
+                elif stop is None and opening.kind == "call":
                     call = opening.tool_call(tools)
                     if call is not None and done is not None and not done.tool_calls:
                         # A tool call the server left as text: made the call it was meant as.
@@ -389,6 +406,10 @@ class Turn:
         metrics.model_replied(
             agent.name, request.model, done.usage.as_dict() if done.usage else None
         )
+        if cut_off is not None:
+            # The server cut the reply off (its token limit, relay's max_tokens included, or a
+            # content filter): the turn failed, and the apology follows the words already said.
+            raise LLMError(cut_off[1], kind=cut_off[0])
         if done.tool_calls:
             calls = [ToolCallItem(tc.id, tc.name, tc.arguments) for tc in done.tool_calls]
             into, self._answers = host.transcript.add_tool_calls(self._reply, calls)
@@ -543,7 +564,7 @@ class Turn:
         action: SessionAction | None = None
         filler_sent = self._waited  # one filler line per wait is enough
         for call, answer in zip(calls, answers, strict=True):
-            assert answer.tool_call_id == call.id
+            assert answer.tool_call_id == call_id(call.id)
             started = time.perf_counter()
             host.event("tool_call", {"id": call.id, "name": call.name, "arguments": call.arguments})
             task = asyncio.create_task(

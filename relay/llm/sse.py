@@ -8,12 +8,14 @@ folds the chunks into text deltas, complete tool calls, the finish reason and th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import orjson
 
 from relay.errors import LLMError
 from relay.llm.types import Done, ToolCall, Usage
+
+_V = TypeVar("_V")
 
 #: The longest SSE line accepted while it is still incomplete.
 MAX_SSE_LINE: Final = 8 * 1024 * 1024
@@ -96,7 +98,10 @@ class ChunkAssembler:
         self.text_chars: list[str] = []
 
     def feed(self, chunk: dict[str, Any]) -> tuple[str, bool]:
-        """Returns (text, saw_tool_call) for one chunk."""
+        """Returns (text, saw_tool_call) for one chunk. A chunk whose fields have the wrong
+        types (a list for ``delta``, a number for ``content`` or a tool's ``name``...) raises a
+        ``malformed`` :class:`LLMError`, retryable as an unreadable chunk is (the client retries
+        only before the first token)."""
         if "error" in chunk and not chunk.get("choices"):
             err = chunk["error"]
             message = err.get("message", str(err)) if isinstance(err, dict) else str(err)
@@ -105,27 +110,29 @@ class ChunkAssembler:
         if usage and isinstance(usage, dict):
             self.usage = Usage.from_wire(usage) or self.usage
         choices = chunk.get("choices")
-        if not choices or not isinstance(choices, list):
+        if not choices:
             return "", False
-        choice = choices[0]
-        if not isinstance(choice, dict):
-            raise LLMError(f"unexpected choice in stream chunk: {choice!r:.200}", kind="malformed")
-        if choice.get("finish_reason"):
-            self.finish_reason = choice["finish_reason"]
-        delta = choice.get("delta") or {}
+        choice = _typed(choices, list, "choices")[0]
+        _typed(choice, dict, "choice")
+        reason = choice.get("finish_reason")
+        if reason:
+            self.finish_reason = _typed(reason, str, "finish_reason")
+        delta = _typed(choice.get("delta") or {}, dict, "delta")
         saw_tool = False
-        for part in delta.get("tool_calls") or ():
+        for part in _typed(delta.get("tool_calls") or [], list, "tool_calls"):
             saw_tool = True
-            index = part.get("index", len(self.calls))
+            _typed(part, dict, "tool call")
+            index = part.get("index")
+            index = len(self.calls) if index is None else _typed(index, int, "tool call index")
             call = self.calls.setdefault(index, _ToolCallParts())
             if part.get("id"):
-                call.id = part["id"]
-            function = part.get("function") or {}
+                call.id = _typed(part["id"], str, "tool call id")
+            function = _typed(part.get("function") or {}, dict, "tool call function")
             if function.get("name"):
-                call.name = function["name"]
+                call.name = _typed(function["name"], str, "tool name")
             if function.get("arguments"):
-                call.arguments.append(function["arguments"])
-        text = delta.get("content") or ""
+                call.arguments.append(_typed(function["arguments"], str, "tool arguments"))
+        text = _typed(delta.get("content") or "", str, "content")
         if text:
             self.text_chars.append(text)
         return text, saw_tool
@@ -140,3 +147,12 @@ class ChunkAssembler:
         calls = self.tool_calls()
         reason = self.finish_reason or ("tool_calls" if calls else "stop")
         return Done(reason, calls, attempts, usage if usage is not None else self.usage)
+
+
+def _typed(value: _V, kind: type[_V], what: str) -> _V:
+    """``value`` when it is a ``kind``, else a ``malformed`` :class:`LLMError` naming ``what``."""
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise LLMError(
+            f"unexpected {what} in stream chunk: {value!r:.200}", retryable=True, kind="malformed"
+        )
+    return value

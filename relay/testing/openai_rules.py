@@ -246,6 +246,13 @@ def _check_tool_calls(calls: Any, at: str) -> list[str]:
                 raise _missing(f"{call_at}.{key}")
         if not isinstance(call["id"], str):
             raise _wrong_type(f"{call_at}.id", "a string", call["id"])
+        if len(call["id"]) > 40:
+            raise Invalid(
+                f"Invalid '{call_at}.id': string too long. Expected a string with maximum "
+                f"length 40, but got a string with length {len(call['id'])} instead.",
+                f"{call_at}.id",
+                "string_above_max_length",
+            )
         if call["type"] != "function":
             raise Invalid(
                 f"Invalid value: '{call['type']}'. Supported values are: 'function'.",

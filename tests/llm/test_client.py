@@ -520,6 +520,29 @@ async def test_a_malformed_first_chunk_is_retried_like_a_5xx(connect: Connect) -
     }  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"id": "x", "choices": [{"index": 0, "delta": ["a", "b"]}]}',
+        b'{"id": "x", "choices": [{"index": 0, "delta": {"content": 12345}}]}',
+        b'{"id": "x", "choices": [{"index": 0, "delta": {"tool_calls": ["notadict"]}}]}',
+        b'{"id": "x", "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "c",'
+        b' "function": {"name": 42, "arguments": {"a": 1}}}]}}]}',
+    ],
+    ids=["delta a list", "content a number", "a tool call a string", "a tool name a number"],
+)
+async def test_a_first_chunk_of_the_wrong_shape_is_malformed_and_retried(
+    connect: Connect, payload: bytes
+) -> None:
+    llm = ScriptedLLM([Malformed(payload), Text("Second try.")])
+    async with connect(llm, max_retries=2) as chat:
+        events = await collect(chat)
+
+    assert "".join(texts(events)) == "Second try."
+    assert isinstance(events[-1], Done) and events[-1].attempts == 2
+    assert chat.failures["malformed"] == 1
+
+
 async def test_a_malformed_chunk_after_words_is_raised_not_retried(connect: Connect) -> None:
     body = b"data: " + chunk("Hi") + b"\n\ndata: {not json\n\n"
     received: list[LLMEvent] = []

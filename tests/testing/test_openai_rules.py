@@ -140,6 +140,28 @@ def test_a_user_message_between_a_tool_call_and_its_answer_is_refused() -> None:
             ),
         ),
         (
+            [
+                {"role": "user", "content": "Quote?"},
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": "c" * 41,
+                            "type": "function",
+                            "function": {"name": "quote", "arguments": "{}"},
+                        },
+                    ],
+                },
+            ],
+            error(
+                "Invalid 'messages[1].tool_calls[0].id': string too long. Expected a string with "
+                "maximum length 40, but got a string with length 41 instead.",
+                "messages[1].tool_calls[0].id",
+                "string_above_max_length",
+            ),
+        ),
+        (
             [],
             error(
                 "Invalid 'messages': empty array. Expected an array with minimum length 1, "
