@@ -33,7 +33,7 @@ from types import MappingProxyType
 from typing import Annotated, Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from relay.errors import ConfigError, ToolError
 
@@ -230,9 +230,34 @@ def parse_piano_type(text: str | PianoType) -> PianoType:
 
 # --------------------------------------------------------------------------- price list
 
+
+def _number(value: Any) -> Any:
+    """A TOML number, never text or a boolean (``"350"`` or ``true`` is a mistake in the file,
+    not a price)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | Decimal):
+        raise ValueError("must be a number, written without quotes or $")
+    return value
+
+
+def _whole_number(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("must be a whole number, written without quotes")
+    return value
+
+
+def _yes_no(value: Any) -> Any:
+    if not isinstance(value, bool):
+        raise ValueError("must be true or false, written without quotes")
+    return value
+
+
+# Numbers in the file are TOML numbers: text ("350") or a boolean is refused, not converted.
+Number = Annotated[Decimal, BeforeValidator(_number)]
+Whole = Annotated[int, BeforeValidator(_whole_number)]
+YesNo = Annotated[bool, BeforeValidator(_yes_no)]
 # Money in the file: dollars, at most two decimals, never negative.
-Money = Annotated[Decimal, Field(ge=0, decimal_places=2)]
-Percent = Annotated[Decimal, Field(ge=0, le=100)]
+Money = Annotated[Number, Field(ge=0, decimal_places=2)]
+Percent = Annotated[Number, Field(ge=0, le=100)]
 
 _WEEKDAYS: Final[tuple[str, ...]] = (
     "Monday",
@@ -288,10 +313,10 @@ class General(_Section):
     """``[general]``: currency, GST, time zone, minimum charge, quote validity."""
 
     currency: str = Field(min_length=3, max_length=3)
-    gst_included: bool
+    gst_included: YesNo
     timezone: str
     minimum_charge: Money
-    quote_valid_days: int = Field(ge=1)
+    quote_valid_days: Whole = Field(ge=1)
 
     @field_validator("timezone")
     @classmethod
@@ -306,15 +331,15 @@ class General(_Section):
 class Distance(_Section):
     """``[distance]``: included road km, price per km beyond, straight-line to road factor."""
 
-    included_km: Decimal = Field(ge=0)
+    included_km: Number = Field(ge=0)
     per_km: Money
-    road_factor: float = Field(ge=1, le=3)
+    road_factor: Annotated[float, BeforeValidator(_number)] = Field(ge=1, le=3)
 
 
 class Stairs(_Section):
     """``[stairs]``: steps per floor and the per-step price for each piano type."""
 
-    steps_per_floor: int = Field(ge=1)
+    steps_per_floor: Whole = Field(ge=1)
     per_step: PerPianoType
 
 
@@ -363,14 +388,14 @@ class Crane(_Section):
     """``[crane]``: when to flag that a crane or hoist (priced on inspection) may be needed."""
 
     types: tuple[PianoType, ...]
-    steps_threshold: int = Field(ge=0)
+    steps_threshold: Whole = Field(ge=0)
 
 
 class Cancellation(_Section):
     """``[cancellation]``: late-cancellation fee, quoted by the knowledge documents."""
 
     late_fee: Money
-    notice_hours: int = Field(ge=0)
+    notice_hours: Whole = Field(ge=0)
 
 
 class PricingRules(_Section):
@@ -416,11 +441,18 @@ def load_pricing(path: str | Path) -> PricingRules:
     try:
         return PricingRules.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in err['loc']) or '(top level)'}: {err['msg']}"
-            for err in exc.errors()
-        )
+        problems = "; ".join(_problem(err) for err in exc.errors())
         raise PricingFileError(f"{path}: {problems}") from exc
+
+
+def _problem(error: Any) -> str:
+    """One fault of the file on one line: the setting, what is wrong, and what was written."""
+    where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    given = error.get("input")
+    if error["type"] == "value_error" and not isinstance(given, dict | list):
+        message += "" if repr(given) in message else f" (got {given!r})"
+    return f"{where}: {message}"
 
 
 # --------------------------------------------------------------------------- request / quote

@@ -102,7 +102,9 @@ class SchedulingError(Exception):
 class DataFileError(SchedulingError):
     """A services or calendar file is missing, not valid TOML, or has a bad value.
 
-    `problems` lists each fault as "field: what is wrong", so the owner can fix the file.
+    `problems` lists each fault as "field: what is wrong", so the owner can fix the file; a
+    field of a ``[[service]]`` or ``[[window]]`` entry is named with the entry's id or name
+    (``service "logbook-minor": price_from_cents: ...``).
     """
 
     def __init__(self, source: str, problems: Sequence[str]) -> None:
@@ -457,8 +459,24 @@ def _parse_weekday(value: object) -> int:
     raise ValueError(f"{value!r} is not a day name; use monday, tuesday, ... sunday")
 
 
+def _whole_number(value: object) -> object:
+    """A TOML integer, never text, a boolean or a decimal: ``"249"`` or ``249.00`` in a file
+    whose numbers are cents must not quietly become 249 cents."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("must be a whole number, written without quotes")
+    return value
+
+
+def _yes_no(value: object) -> object:
+    if not isinstance(value, bool):
+        raise ValueError("must be true or false, written without quotes")
+    return value
+
+
 _DayHours = Annotated[tuple[time, time] | None, BeforeValidator(_parse_period)]
 _Weekday = Annotated[int, BeforeValidator(_parse_weekday)]
+_Whole = Annotated[int, BeforeValidator(_whole_number)]
+_YesNo = Annotated[bool, BeforeValidator(_yes_no)]
 
 
 class _File(BaseModel):
@@ -469,8 +487,8 @@ class _ServiceEntry(_File):
     id: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
     name: str = Field(min_length=1)
     synonyms: list[str] = []
-    duration_minutes: int = Field(gt=0, le=24 * 60)
-    price_from_cents: int = Field(ge=0)
+    duration_minutes: _Whole = Field(gt=0, le=24 * 60)
+    price_from_cents: _Whole = Field(ge=0)
     description: str = ""
 
 
@@ -496,14 +514,14 @@ class _WindowEntry(_File):
 
 class _CalendarFile(_File):
     timezone: str
-    capacity: int = Field(ge=1)
-    booking_horizon_days: int = Field(ge=1, le=3 * 366)
+    capacity: _Whole = Field(ge=1)
+    booking_horizon_days: _Whole = Field(ge=1, le=3 * 366)
     hours: _HoursEntry | None = None
     window: list[_WindowEntry] = []
-    slot_minutes: int = Field(30, ge=5, le=24 * 60)
-    must_finish_by_closing: bool = True
-    minimum_notice_minutes: int = Field(0, ge=0)
-    minimum_notice_days: int = Field(0, ge=0)
+    slot_minutes: _Whole = Field(30, ge=5, le=24 * 60)
+    must_finish_by_closing: _YesNo = True
+    minimum_notice_minutes: _Whole = Field(0, ge=0)
+    minimum_notice_days: _Whole = Field(0, ge=0)
     holidays: dict[date, str] = {}
 
     @field_validator("timezone")
@@ -550,18 +568,44 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
     return path
 
 
-def _problems(exc: ValidationError) -> list[str]:
+#: The tables of a file that are lists of entries (``[[service]]``), and the key naming each.
+_ENTRY_KEYS = {"service": "id", "window": "name"}
+
+
+def _entry(raw: Mapping[str, Any], table: str, index: int) -> str:
+    """An entry of a ``[[table]]`` list as the owner knows it: by its id or name (``service
+    "logbook-minor"``), else by its place in the file (TOML gives no line numbers)."""
+    key = _ENTRY_KEYS[table]
+    entries = raw.get(table)
+    entry = entries[index] if isinstance(entries, list) and 0 <= index < len(entries) else None
+    value = entry.get(key) if isinstance(entry, dict) else None
+    if isinstance(value, str) and value.strip():
+        return f'{table} "{value.strip()}"'
+    return f"the {_ordinal(index + 1)} [[{table}]] (it has no {key})"
+
+
+def _problems(exc: ValidationError, raw: Mapping[str, Any]) -> list[str]:
     problems = []
     for error in exc.errors():
-        path = _field_path(tuple(error["loc"]))
+        loc = tuple(error["loc"])
+        if len(loc) >= 2 and loc[0] in _ENTRY_KEYS and isinstance(loc[1], int):
+            entry, rest = _entry(raw, str(loc[0]), loc[1]), _field_path(loc[2:])
+            path = f"{entry}: {rest}" if rest else entry
+        else:
+            path = _field_path(loc)
         if error["type"] == "missing":
             problem = "is missing"
         elif error["type"] == "extra_forbidden":
             problem = "is not a setting we know (check the spelling)"
         else:
             problem = str(error["msg"]).removeprefix("Value error, ")
-            if "input" in error and not isinstance(error["input"], dict | list):
-                problem += f" (got {error['input']!r})"
+            given = error.get("input")
+            if (
+                "input" in error
+                and not isinstance(given, dict | list)
+                and repr(given) not in problem
+            ):
+                problem += f" (got {given!r})"
         problems.append(f"{path}: {problem}" if path else problem)
     return problems
 
@@ -582,10 +626,11 @@ def _read_file(path: Path | str) -> str:
 
 def parse_catalogue(text: str, *, source: str = "services.toml") -> Catalogue:
     """Build a `Catalogue` from the text of a services file; `DataFileError` if it is broken."""
+    raw = _read_toml(text, source)
     try:
-        parsed = _CatalogueFile.model_validate(_read_toml(text, source))
+        parsed = _CatalogueFile.model_validate(raw)
     except ValidationError as exc:
-        raise DataFileError(source, _problems(exc)) from exc
+        raise DataFileError(source, _problems(exc, raw)) from exc
     services = tuple(
         Service(
             id=entry.id,
@@ -599,14 +644,12 @@ def parse_catalogue(text: str, *, source: str = "services.toml") -> Catalogue:
     )
     owners: dict[str, str] = {}
     problems = []
-    for i, service in enumerate(services):
+    for service in services:
         for key in dict.fromkeys(_service_keys(service)):
             if key in owners:
-                problems.append(
-                    f"service[{i}] ({service.id}): {key!r} is already used by {owners[key]}"
-                )
+                problems.append(f'service "{service.id}": {key!r} is already used by {owners[key]}')
             else:
-                owners[key] = f"service {service.id!r}"
+                owners[key] = f'service "{service.id}"'
     if problems:
         raise DataFileError(source, problems)
     return Catalogue(services)
@@ -619,10 +662,11 @@ def load_catalogue(path: Path | str) -> Catalogue:
 
 def parse_calendar(text: str, *, source: str = "calendar.toml") -> BusinessCalendar:
     """Build a `BusinessCalendar` from the text of a calendar file; `DataFileError` if broken."""
+    raw = _read_toml(text, source)
     try:
-        parsed = _CalendarFile.model_validate(_read_toml(text, source))
+        parsed = _CalendarFile.model_validate(raw)
     except ValidationError as exc:
-        raise DataFileError(source, _problems(exc)) from exc
+        raise DataFileError(source, _problems(exc, raw)) from exc
     hours: dict[int, OpeningHours] = {}
     if parsed.hours is not None:
         for number, name in enumerate(_WEEKDAYS):

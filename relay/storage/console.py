@@ -70,7 +70,8 @@ class BookingConfirmation(Base):
 
 
 class ConsoleDaily(Base):
-    """One agent's figures for one finished UTC day (the console's analytics rollup)."""
+    """One agent's figures for one finished day in the business's time zone (the console's
+    analytics rollup; the figures carry the `zone` and `version` they were computed with)."""
 
     __tablename__ = "console_daily"
 

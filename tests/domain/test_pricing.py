@@ -552,6 +552,29 @@ def test_per_km_rate_follows_the_file(tmp_path: Path) -> None:
         (r'^timezone = "Australia/Melbourne"$', 'timezone = "Mars/Olympus"', "general.timezone"),
         (r'^types = \["baby_grand"', 'types = ["babygrand"', "crane.types"),
         (r"^steps_per_floor = 14$", "steps_per_floor = 0", "stairs.steps_per_floor"),
+        # text or a boolean where a number is due: never read as a number
+        (
+            r"^upright = 350$",
+            'upright = "350"',
+            "base_price.upright: must be a number, written without quotes or $ (got '350')",
+        ),
+        (r"^upright = 350$", "upright = true", "base_price.upright: must be a number"),
+        (
+            r"^steps_per_floor = 14$",
+            'steps_per_floor = "14"',
+            "stairs.steps_per_floor: must be a whole number, written without quotes (got '14')",
+        ),
+        (
+            r"^steps_per_floor = 14$",
+            "steps_per_floor = 14.0",
+            "stairs.steps_per_floor: must be a whole number",
+        ),
+        (r"^road_factor = .*$", 'road_factor = "1.3"', "distance.road_factor: must be a number"),
+        (
+            r"^gst_included = true$",
+            'gst_included = "yes"',
+            "general.gst_included: must be true or false, written without quotes (got 'yes')",
+        ),
     ],
 )
 def test_broken_file_names_the_field(
@@ -562,7 +585,8 @@ def test_broken_file_names_the_field(
     with pytest.raises(PricingFileError, match=re.escape(names)) as info:
         load_pricing(path)
 
-    assert str(path) in str(info.value)
+    assert str(info.value).startswith(f"{path}: ")
+    assert "\n" not in str(info.value) and "Value error" not in str(info.value)
 
 
 def test_bad_toml_is_reported(tmp_path: Path) -> None:

@@ -230,15 +230,51 @@ price_from_cents = 2000
 """
     with pytest.raises(DataFileError) as caught:
         parse_catalogue(text, source="services.toml")
-    message = str(caught.value)
-    assert "service[1]" in message and "'clean'" in message and "'a'" in message
+    assert caught.value.problems == ('service "b": \'clean\' is already used by service "a"',)
 
 
-def test_catalogue_error_names_the_missing_field() -> None:
+def test_catalogue_error_names_the_service_and_the_missing_field() -> None:
     text = '[[service]]\nid = "a"\nname = "wash"\nprice_from_cents = 1000\n'
     with pytest.raises(DataFileError) as caught:
         parse_catalogue(text)
-    assert caught.value.problems == ("service[0].duration_minutes: is missing",)
+    assert caught.value.problems == ('service "a": duration_minutes: is missing',)
+
+
+def test_a_service_without_an_id_is_named_by_its_place_in_the_file() -> None:
+    text = '[[service]]\nname = "wash"\nduration_minutes = 30\nprice_from_cents = 1000\n'
+    with pytest.raises(DataFileError) as caught:
+        parse_catalogue(text)
+    assert caught.value.problems == ("the 1st [[service]] (it has no id): id: is missing",)
+
+
+SERVICE = """
+[[service]]
+id = "logbook-minor"
+name = "minor logbook service"
+duration_minutes = 90
+price_from_cents = 24900
+"""
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "problem"),
+    [
+        # text, a boolean or a decimal where a whole number is due: never read as a number
+        ("price_from_cents = 24900", 'price_from_cents = "249"', "(got '249')"),
+        ("price_from_cents = 24900", 'price_from_cents = "249.00"', "(got '249.00')"),
+        ("price_from_cents = 24900", "price_from_cents = true", "(got True)"),
+        ("price_from_cents = 24900", "price_from_cents = 249.00", "(got 249.0)"),
+        ("duration_minutes = 90", 'duration_minutes = "90"', "(got '90')"),
+    ],
+)
+def test_catalogue_numbers_must_be_numbers(old: str, new: str, problem: str) -> None:
+    field = new.split(" = ")[0]
+    with pytest.raises(DataFileError) as caught:
+        parse_catalogue(SERVICE.replace(old, new), source="services.toml")
+    assert str(caught.value) == (
+        f'services.toml: service "logbook-minor": {field}: must be a whole number, written '
+        f"without quotes {problem}"
+    )
 
 
 CALENDAR = """
@@ -279,6 +315,18 @@ def test_inline_calendar_parses() -> None:
             "exactly one",
         ),
         ("capacity = 3", "capacity = = 3", "not valid TOML"),
+        (
+            "capacity = 3",
+            'capacity = "2"',
+            "capacity: must be a whole number, written without quotes (got '2')",
+        ),
+        ("capacity = 3", "capacity = true", "capacity: must be a whole number"),
+        ("capacity = 3", "capacity = 3\nslot_minutes = 30.0", "slot_minutes: must be a whole "),
+        (
+            "capacity = 3",
+            'capacity = 3\nmust_finish_by_closing = "false"',
+            "must_finish_by_closing: must be true or false, written without quotes (got 'false')",
+        ),
     ],
 )
 def test_broken_calendar_names_the_field(old: str, new: str, expected: str) -> None:
@@ -305,6 +353,22 @@ days = ["Tuesday"]
 """
     with pytest.raises(DataFileError, match=r"window\[0\] and window\[1\] overlap on tuesday"):
         parse_calendar(text)
+
+
+def test_a_bad_window_is_named_by_its_name() -> None:
+    text = """
+timezone = "Australia/Melbourne"
+capacity = 1
+booking_horizon_days = 10
+[[window]]
+name = "morning"
+times = "08:00-12:00"
+days = ["monday", "funday"]
+"""
+    with pytest.raises(DataFileError) as caught:
+        parse_calendar(text)
+    [problem] = caught.value.problems
+    assert problem.startswith('window "morning": days[1]: ')
 
 
 def test_missing_file_is_a_data_file_error(tmp_path: Path) -> None:

@@ -56,9 +56,14 @@ def start(runtime: Any) -> asyncio.Task[None]:
 
     async def run() -> None:
         from relay.web.console import rollup
+        from relay.web.console.views import business_zone
 
         try:  # the analytics rollups of past days, prepared before anyone asks
-            await rollup.warm(runtime.deps.db, sorted(runtime.deps.agents.agents))
+            await rollup.warm(
+                runtime.deps.db,
+                sorted(runtime.deps.agents.agents),
+                zone=business_zone(runtime.deps.agents),
+            )
         except Exception as exc:
             log.warning("console_rollup_warm_failed", error=repr(exc)[:300])
         from relay.web.console import notify

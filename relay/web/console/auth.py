@@ -257,9 +257,11 @@ def guard(*, role: str = "owner") -> Callable[[Handler], Callable[[Request], Awa
                     f"/console/sign-in?next={quote(target, safe='')}", status_code=303
                 )
             if role == "owner" and not session.owner:
-                return forbidden(request, "This part of the console is for owners only.")
+                return forbidden(request, "This part of the console is for owners only.", session)
             if request.method not in ("GET", "HEAD") and not await csrf_ok(request, session):
-                return forbidden(request, "The form was out of date or forged (CSRF check).")
+                return forbidden(
+                    request, "The form was out of date or forged (CSRF check).", session
+                )
             try:
                 response = await handler(request, session)
             finally:
@@ -288,9 +290,11 @@ async def csrf_ok(request: Request, session: Session) -> bool:
     return given is not None and hmac.compare_digest(given.encode(), session.csrf.encode())
 
 
-def forbidden(request: Request, message: str) -> Response:
+def forbidden(request: Request, message: str, session: Session | None = None) -> Response:
+    """403: JSON for the API and actions; for a page, the error page with the user's own
+    navigation and a link to their landing page (an editor's is the knowledge page)."""
     if api_path(request) or request.method != "GET":
         return JSONResponse({"error": message}, status_code=403)
     from relay.web.console.render import render_error
 
-    return render_error(request, 403, "Not allowed", message)
+    return render_error(request, 403, "Not allowed", message, session)

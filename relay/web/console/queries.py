@@ -565,6 +565,34 @@ async def call_ended(db: Database, call_sid: str) -> bool:
     return ended is not None
 
 
+def is_setup(event: Event) -> bool:
+    """Whether ``event`` is a session's ``setup`` frame (the greeting is said right after)."""
+    if event.kind != "frame_in":
+        return False
+    frame = _json((event.data or {}).get("raw"))
+    return isinstance(frame, dict) and frame.get("type") == "setup"
+
+
+async def session_greeting(db: Database, call_sid: str, session_id: str) -> str | None:
+    """The greeting a session opened with, for the live transcript: Twilio says it (the
+    TwiML's ``welcomeGreeting``), so no frame carries it; the session records it as its first
+    turn, an assistant turn no model wrote. ``""`` when the session opened otherwise (a
+    reconnect, no greeting); None while it has no turn recorded yet."""
+    async with db.session() as session:
+        first = (
+            await session.execute(
+                select(Turn.role, Turn.content, Turn.llm_request_at, Turn.tool_calls)
+                .where(Turn.call_sid == call_sid, Turn.session_id == session_id)
+                .order_by(Turn.seq)
+                .limit(1)
+            )
+        ).first()
+    if first is None:
+        return None
+    role, content, asked, tool_calls = first
+    return content if role == "assistant" and asked is None and not tool_calls else ""
+
+
 def stream_lines(event: Event) -> list[dict[str, Any]]:
     """What the live page shows of one event (none for most frames)."""
     data = event.data or {}
@@ -708,6 +736,7 @@ class Figures:
     quotes: int = 0
     quotes_booked: int = 0
     bookings: int = 0
+    booked_calls: int = 0  # analysed calls whose outcomes include "booked"
     median_seconds: float | None = None
     apologies: int = 0
     model_failures: int = 0
@@ -716,6 +745,7 @@ class Figures:
     analysed: int = 0  # calls with a post-call analysis (outcomes and cost)
     cost: float = 0.0
     currency: str = ""
+    zone: str = "UTC"  # the days are this zone's days
     outcomes: dict[str, int] = field(default_factory=dict)
     per_day: list[tuple[str, int, int]] = field(default_factory=list)  # day, calls, transferred
     first_word_per_day: list[tuple[str, float | None]] = field(default_factory=list)
@@ -730,17 +760,27 @@ class Figures:
 
     @property
     def cost_per_booking(self) -> float | None:
-        return self.cost / self.bookings if self.bookings and self.analysed else None
+        """The analysed calls' cost over those of them that booked, as ``relay sessions
+        costs`` has it (``relay.services.costs.summarise``); None when none booked."""
+        return self.cost / self.booked_calls if self.booked_calls else None
 
 
-async def analytics(db: Database, *, agent: str, days: int, agents: list[str]) -> Figures:
-    """The home page's figures over the last ``days`` UTC days (today included), from the
-    daily rollups of ``relay.web.console.rollup``."""
+async def analytics(
+    db: Database,
+    *,
+    agent: str,
+    days: int,
+    agents: list[str],
+    zone: str = "UTC",
+    now: datetime | None = None,
+) -> Figures:
+    """The home page's figures over the last ``days`` days in ``zone`` (today included), from
+    the daily rollups of ``relay.web.console.rollup``."""
     from relay.web.console import rollup
 
-    today = datetime.now(UTC).date()
+    today = rollup.today_in(zone, now)
     period = [today - timedelta(days=n) for n in range(days - 1, -1, -1)]
-    per_day = await rollup.day_figures(db, period, agents, agent or None, today)
+    per_day = await rollup.day_figures(db, period, agents, agent or None, today, zone)
     total = rollup.merge(per_day.values())
     figures = Figures(
         calls=total["calls"],
@@ -750,11 +790,13 @@ async def analytics(db: Database, *, agent: str, days: int, agents: list[str]) -
         quotes=total["quotes"],
         quotes_booked=total["quotes_booked"],
         bookings=total["bookings"],
+        booked_calls=total["booked_calls"],
         apologies=total["apologies"],
         model_failures=total["model_failures"],
         analysed=total["analysed"],
         cost=total["cost"],
         currency=total["currency"],
+        zone=zone,
         outcomes=dict(sorted(total["outcomes"].items(), key=lambda kv: -kv[1])),
     )
     figures.median_seconds = rollup.quantile(total["durations"], 0.5)

@@ -18,9 +18,17 @@ TEMPLATES = HERE / "templates"
 STATIC = HERE / "static"
 
 
-def _when(value: datetime | None) -> str:
-    if value is None:
+def _when(value: datetime | str | None) -> str:
+    """A UTC time as every page writes it (``2026-12-07 19:34:28``; the page says "UTC"); an
+    ISO 8601 text (the knowledge store's times) is read first, a naive one taken as UTC."""
+    if value is None or value == "":
         return ""
+    if isinstance(value, str):
+        text = value
+        try:
+            value = datetime.fromisoformat(text)
+        except ValueError:
+            return text
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
@@ -70,5 +78,28 @@ def render(
     return HTMLResponse(html, status_code=status_code)
 
 
-def render_error(request: Request, status: int, title: str, message: str) -> HTMLResponse:
-    return render(request, "error.html", None, status_code=status, title=title, message=message)
+def landing(session: Any) -> tuple[str, str]:
+    """Where a user's console starts, and the link's words: owners the home page, editors
+    the knowledge page (the only part open to them), anyone not signed in the sign-in page."""
+    if session is None:
+        return "/console/sign-in", "Sign in"
+    if getattr(session, "owner", False):
+        return "/console", "Back to the console home"
+    return "/console/knowledge", "Go to Knowledge"
+
+
+def render_error(
+    request: Request,
+    status: int,
+    title: str,
+    message: str,
+    session: Any = None,
+    *,
+    back: tuple[str, str] | None = None,
+) -> HTMLResponse:
+    """The error page: the message, the navigation and Sign out of a signed-in ``session``,
+    and one link on: ``back`` (a console path and its words) when given, else the user's
+    landing page."""
+    href, label = back or landing(session)
+    return render(request, "error.html", session, status_code=status, title=title,
+                  message=message, back_href=href, back_label=label)  # fmt: skip

@@ -1,10 +1,13 @@
 """The home page's figures from daily rollups, so a quarter of 100,000 calls renders fast.
 
-A finished UTC day (older than yesterday) never changes, so its figures are computed once per
-agent and stored in ``console_daily`` (shared by every worker); today and yesterday are always
-computed live. Durations and prompt-to-first-word times are kept as histograms (1 s and 5 ms
-buckets), which add up across days and agents: the median and the p50/p95 come from the merged
-histogram, exact to the bucket.
+Days are the business's days: midnight to midnight in one time zone (the default agent's, see
+``relay.web.console.views.home``), so an owner in Melbourne finds this morning's calls under
+today. A finished day (older than yesterday) never changes, so its figures are computed once
+per agent and stored in ``console_daily`` (shared by every worker), marked with the zone and
+:data:`VERSION` they were computed for (a row of another zone or version is computed again);
+today and yesterday are always computed live. Durations and prompt-to-first-word times are
+kept as histograms (1 s and 5 ms buckets), which add up across days and agents: the median and
+the p50/p95 come from the merged histogram, exact to the bucket.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import orjson
 import structlog
@@ -29,9 +33,12 @@ from relay.storage.outcomes import CallAnalysis
 log = structlog.get_logger("relay.web.console.rollup")
 
 FIRST_WORD_BUCKET = 5.0  # ms
+#: What a stored day's figures hold: 2 added ``booked_calls`` (and the zone), so rows stored
+#: before are computed again.
+VERSION = 2
 #: Seconds today's and yesterday's figures are reused by a worker before being recomputed.
 LIVE_TTL = 30.0
-_LIVE: dict[tuple[str, str | None, date], tuple[float, dict[str, Any]]] = {}
+_LIVE: dict[tuple[str, str | None, date, str], tuple[float, dict[str, Any]]] = {}
 #: Past days the start-up warm-up prepares (the longest period the home page offers).
 WARM_DAYS = 91
 _COUNTS = (
@@ -44,12 +51,21 @@ _COUNTS = (
     "quotes",
     "quotes_booked",
     "bookings",
+    "booked_calls",
 )
 
 
-def _bounds(day: date) -> tuple[datetime, datetime]:
-    start = datetime.combine(day, time(0), tzinfo=UTC)
-    return start, start + timedelta(days=1)
+def _bounds(day: date, zone: str = "UTC") -> tuple[datetime, datetime]:
+    """The UTC instants ``day`` starts and ends in ``zone`` (23 or 25 hours apart when the
+    clocks change)."""
+    tz = ZoneInfo(zone)
+    start = datetime.combine(day, time(0), tzinfo=tz).astimezone(UTC)
+    return start, datetime.combine(day + timedelta(days=1), time(0), tzinfo=tz).astimezone(UTC)
+
+
+def today_in(zone: str, now: datetime | None = None) -> date:
+    """The date in ``zone`` at ``now`` (the present when not given)."""
+    return (now or datetime.now(UTC)).astimezone(ZoneInfo(zone)).date()
 
 
 def _seconds(db: Database, start: Any, end: Any) -> Any:
@@ -70,15 +86,18 @@ def _count_if(condition: Any) -> Any:
     return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
 
 
-async def compute_day(db: Database, day: date, agent: str | None) -> dict[str, Any]:
-    """One day's figures for one agent (``None``: every agent), straight from the tables.
+async def compute_day(
+    db: Database, day: date, agent: str | None, zone: str = "UTC"
+) -> dict[str, Any]:
+    """One day's figures (``day`` in ``zone``) for one agent (``None``: every agent), straight
+    from the tables.
 
     The database does the counting and the histograms (a few rows come back, however many
     calls the day had): a busy day's figures are computed while the same process serves calls,
     and reading every call and reply into Python held its event loop for about a second at
     50,000 calls. Durations are rounded to the second half away from zero (SQL ``round``).
     """
-    start, end = _bounds(day)
+    start, end = _bounds(day, zone)
     calls = and_(Call.started_at >= start, Call.started_at < end)
     if agent is not None:
         calls = and_(calls, Call.agent == agent)
@@ -144,12 +163,15 @@ async def compute_day(db: Database, day: date, agent: str | None) -> dict[str, A
         figures.update(await _outcomes(session, calls))
     figures["durations"] = {str(k): v for k, v in durations.items()}
     figures["first_words"] = {str(k): v for k, v in first_words.items()}
+    figures["zone"], figures["version"] = zone, VERSION
     return figures
 
 
 async def _outcomes(session: Any, calls: Any) -> dict[str, Any]:
     """Outcomes and cost of the day's analysed calls (the post-call analysis, when present):
-    each distinct list of outcomes comes back once, with how many calls had it."""
+    each distinct list of outcomes comes back once, with how many calls had it.
+    ``booked_calls`` counts the analysed calls whose outcomes include ``booked``, the bookings
+    ``relay sessions costs`` divides the cost by (``relay.services.costs.summarise``)."""
     analysed = and_(calls, CallAnalysis.call_sid == Call.call_sid)
     count, cost, currency = (
         await session.execute(
@@ -162,13 +184,16 @@ async def _outcomes(session: Any, calls: Any) -> dict[str, Any]:
     ).one()
     listed = cast(CallAnalysis.outcomes, Text)
     outcomes: Counter[str] = Counter()
+    booked = 0
     for names, calls_with in (
         await session.execute(select(listed, func.count()).where(analysed).group_by(listed))
     ).all():
-        for name in orjson.loads(names) if names else []:
-            outcomes[str(name)] += int(calls_with)
+        listed_names = [str(name) for name in (orjson.loads(names) if names else [])]
+        for name in listed_names:
+            outcomes[name] += int(calls_with)
+        booked += int(calls_with) if "booked" in listed_names else 0
     return {"analysed": int(count), "cost": round(float(cost), 6), "currency": currency or "",
-            "outcomes": dict(outcomes)}  # fmt: skip
+            "outcomes": dict(outcomes), "booked_calls": booked}  # fmt: skip
 
 
 def settled(day: date, today: date) -> bool:
@@ -203,22 +228,38 @@ async def store_day(db: Database, agent: str, day: date, figures: dict[str, Any]
         await session.execute(statement)
 
 
-async def first_day(db: Database) -> date | None:
+async def first_day(db: Database, zone: str = "UTC") -> date | None:
     async with db.session() as session:
         earliest = await session.scalar(select(func.min(Call.started_at)))
     if earliest is None:
         return None
     if earliest.tzinfo is None:
         earliest = earliest.replace(tzinfo=UTC)
-    day: date = earliest.astimezone(UTC).date()
+    day: date = earliest.astimezone(ZoneInfo(zone)).date()
     return day
 
 
+def _current(figures: dict[str, Any] | None, zone: str) -> bool:
+    """A stored day's figures were computed for ``zone`` by this version of the rollup (rows
+    of an older relay hold UTC days)."""
+    return (
+        figures is not None
+        and figures.get("zone", "UTC") == zone
+        and figures.get("version", 1) == VERSION
+    )
+
+
 async def day_figures(
-    db: Database, days: Sequence[date], agents: Sequence[str], agent: str | None, today: date
+    db: Database,
+    days: Sequence[date],
+    agents: Sequence[str],
+    agent: str | None,
+    today: date,
+    zone: str = "UTC",
 ) -> dict[date, dict[str, Any]]:
-    """Each day's figures for ``agent`` (None: all of ``agents``), stored days reused."""
-    begin = await first_day(db)
+    """Each day's figures (days in ``zone``) for ``agent`` (None: all of ``agents``), stored
+    days reused."""
+    begin = await first_day(db, zone)
     out: dict[date, dict[str, Any]] = {}
     names = [agent] if agent is not None else list(agents)
     past = [d for d in days if settled(d, today) and begin is not None and d >= begin]
@@ -227,19 +268,19 @@ async def day_figures(
         if begin is None or day < begin:
             out[day] = empty()
         elif not settled(day, today):
-            key = (db.url, agent, day)
+            key = (db.url, agent, day, zone)
             cached = _LIVE.get(key)
             if cached is not None and _time.monotonic() - cached[0] < LIVE_TTL:
                 out[day] = cached[1]
             else:
-                out[day] = await compute_day(db, day, agent)
+                out[day] = await compute_day(db, day, agent, zone)
                 _LIVE[key] = (_time.monotonic(), out[day])
         else:
             parts = []
             for name in names:
                 figures = have.get((name, day))
-                if figures is None:
-                    figures = await compute_day(db, day, name)
+                if figures is None or not _current(figures, zone):
+                    figures = await compute_day(db, day, name, zone)
                     await store_day(db, name, day, figures)
                 parts.append(figures)
             out[day] = merge(parts)
@@ -286,21 +327,24 @@ def quantile(histogram: dict[str, int], q: float, scale: float = 1.0) -> float |
     return float(items[-1][0]) * scale
 
 
-async def warm(db: Database, agents: Sequence[str], *, days: int = WARM_DAYS) -> int:
-    """Store the settled days of the last ``days`` that are missing; how many were computed."""
-    begin = await first_day(db)
+async def warm(
+    db: Database, agents: Sequence[str], *, days: int = WARM_DAYS, zone: str = "UTC"
+) -> int:
+    """Store the settled days (in ``zone``) of the last ``days`` that are missing or were
+    stored for another zone or version; how many were computed."""
+    begin = await first_day(db, zone)
     if begin is None:
         return 0
-    today = datetime.now(UTC).date()
+    today = today_in(zone)
     wanted = [today - timedelta(days=n) for n in range(2, days)]
     wanted = [d for d in wanted if d >= begin]
     have = await stored_days(db, wanted, agents)
     computed = 0
     for day in wanted:
         for agent in agents:
-            if (agent, day) in have:
+            if _current(have.get((agent, day)), zone):
                 continue
-            await store_day(db, agent, day, await compute_day(db, day, agent))
+            await store_day(db, agent, day, await compute_day(db, day, agent, zone))
             computed += 1
             await asyncio.sleep(0)  # let calls run between days
     if computed:

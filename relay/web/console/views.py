@@ -7,7 +7,7 @@ import re
 from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode, urlsplit
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -50,6 +50,12 @@ def _zone(request: Request, agent: str) -> ZoneInfo:
     """The agent's time zone (UTC for an agent not loaded): bookings are shown in it."""
     profile = _runtime(request).deps.agents.agents.get(agent)
     return ZoneInfo(profile.timezone if profile is not None else "UTC")
+
+
+def business_zone(agents: Any) -> str:
+    """The business's time zone: the default agent's (the home page's days are its days)."""
+    profile = agents.agents.get(agents.default_name)
+    return str(profile.timezone) if profile is not None else "UTC"
 
 
 def _zones(request: Request) -> dict[str, str]:
@@ -182,7 +188,10 @@ async def home(request: Request, session: Session) -> Response:
     agent = request.query_params.get("agent", "")
     period = request.query_params.get("period", "week")
     days = PERIODS.get(period, 7)
-    figures = await queries.analytics(_db(request), agent=agent, days=days, agents=_agents(request))
+    zone = business_zone(_runtime(request).deps.agents)
+    figures = await queries.analytics(
+        _db(request), agent=agent, days=days, agents=_agents(request), zone=zone
+    )
     calls_chart = charts.bars([(d, float(n)) for d, n, _ in figures.per_day], title="Calls per day")
     latency_chart = charts.bars(
         figures.first_word_per_day, title="Prompt to first word, p95 per day", unit=" ms"
@@ -195,7 +204,7 @@ async def home(request: Request, session: Session) -> Response:
         agents=_agents(request),
         agent=agent,
         period=period,
-        periods=list(PERIODS),
+        periods=list(PERIODS.items()),
         calls_chart=calls_chart,
         latency_chart=latency_chart,
     )
@@ -238,7 +247,10 @@ async def call_page(request: Request, session: Session) -> Response:
     call_sid = request.path_params["call_sid"]
     detail = await queries.call_detail(_db(request), call_sid)
     if detail is None:
-        return render_error(request, 404, "No such call", f"There is no call {call_sid}.")
+        return render_error(
+            request, 404, "No such call", f"There is no call {call_sid}.", session,
+            back=("/console/calls", "Back to Calls"),
+        )  # fmt: skip
     top = max((w.total for w in detail.waterfalls), default=0.0) or 1.0
     return render(
         request,
@@ -259,7 +271,10 @@ async def export(request: Request, session: Session) -> Response:
     try:
         recording = await export_call(_db(request), call_sid, redact=redact)
     except Exception as exc:
-        return render_error(request, 404, "Cannot export", str(exc)[:300])
+        return render_error(
+            request, 404, "Cannot export", str(exc)[:300], session,
+            back=(f"/console/calls/{quote(call_sid, safe='')}", "Back to the call"),
+        )  # fmt: skip
     name = f"{call_sid}{'-redacted' if redact else ''}.jsonl"
     return Response(
         recording.dumps(),
@@ -309,16 +324,32 @@ async def stream(request: Request, session: Session) -> Response:
     except ValueError:
         after = 0
 
+    def sse(event_id: int, line: dict[str, Any]) -> bytes:
+        return b"id: %d\nevent: line\ndata: %s\n\n" % (event_id, orjson.dumps(line))
+
     async def events() -> AsyncIterator[bytes]:
         last = after
         idle = 0.0
+        greeting: list[str] = []  # sessions set up whose greeting turn is not recorded yet
         yield b"retry: 1000\n\n"
         while True:
+            for session_id in list(greeting):  # recorded since the last look
+                said = await queries.session_greeting(db, call_sid, session_id)
+                if said is not None:
+                    greeting.remove(session_id)
+                if said:
+                    yield sse(last, {"type": "agent", "text": said, "last": True})
             rows = await queries.new_events(db, call_sid, last)
             for event in rows:
                 last = event.id
                 for line in queries.stream_lines(event):
-                    yield b"id: %d\nevent: line\ndata: %s\n\n" % (event.id, orjson.dumps(line))
+                    yield sse(event.id, line)
+                if queries.is_setup(event):
+                    said = await queries.session_greeting(db, call_sid, event.session_id)
+                    if said is None:
+                        greeting.append(event.session_id)
+                    elif said:
+                        yield sse(event.id, {"type": "agent", "text": said, "last": True})
             if rows:
                 idle = 0.0
                 continue
@@ -468,6 +499,23 @@ async def calendar(request: Request, session: Session) -> Response:
     )
 
 
+#: The console pages a booking action can be sent from, and the words of the link back.
+_BOOKING_PAGES = {
+    "/console/bookings": "Back to Bookings",
+    "/console/calendar": "Back to the calendar",
+}
+
+
+def _came_from(request: Request) -> tuple[str, str]:
+    """The page a booking action's form was on (its Referer, when it is a console page of this
+    site), else the bookings page: where a refused action's page links back to."""
+    referer = urlsplit(request.headers.get("referer", ""))
+    label = _BOOKING_PAGES.get(referer.path)
+    if label and referer.netloc == request.url.netloc and referer.scheme in ("http", "https"):
+        return referer.path + (f"?{referer.query}" if referer.query else ""), label
+    return "/console/bookings", "Back to Bookings"
+
+
 @guard()
 async def booking_action(request: Request, session: Session) -> Response:
     from relay.web.console import actions
@@ -486,7 +534,7 @@ async def booking_action(request: Request, session: Session) -> Response:
     except actions.ActionError as exc:
         if request.headers.get(auth.CSRF_HEADER):
             return JSONResponse({"error": str(exc)}, status_code=409)
-        return render_error(request, 409, "Not done", str(exc))
+        return render_error(request, 409, "Not done", str(exc), session, back=_came_from(request))
     if request.headers.get(auth.CSRF_HEADER):
         return JSONResponse({"done": message})
     return RedirectResponse("/console/bookings?" + urlencode({"done": message}), status_code=303)
@@ -624,6 +672,8 @@ async def _knowledge_page(
     results: list[dict[str, Any]] | None = None,
     status_code: int = 200,
 ) -> Response:
+    from knowledge import SUPPORTED_SUFFIXES  # the file types an upload takes
+
     collections = _collections(request)
     agent = agent or _first_agent(request, collections)
     store_ = _runtime(request).knowledge
@@ -658,6 +708,7 @@ async def _knowledge_page(
         hits=hits,
         message=message,
         results=results,
+        suffixes=SUPPORTED_SUFFIXES,
     )
 
 
@@ -683,7 +734,7 @@ async def _ask(request: Request, collection: str, question: str) -> tuple[list[A
 
 @guard(role="editor")
 async def knowledge_upload(request: Request, session: Session) -> Response:
-    from knowledge import KnowledgeError, KnowledgeTimeout
+    from knowledge import DocumentError, KnowledgeError, KnowledgeTimeout
 
     collections = _collections(request)
     form = await request.form(max_files=50)
@@ -691,9 +742,20 @@ async def knowledge_upload(request: Request, session: Session) -> Response:
     collection = collections.get(agent)
     store_ = _runtime(request).knowledge
     if collection is None or store_ is None:
-        return render_error(request, 400, "Cannot upload", "Pick an agent with a knowledge base.")
+        return render_error(
+            request, 400, "Cannot upload", "Pick an agent with a knowledge base.", session,
+            back=("/console/knowledge", "Back to Knowledge"),
+        )  # fmt: skip
     files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
     results: list[dict[str, Any]] = []
+    # Document ids ignore case (knowledge.ids): "Parking.TXT" replaces "parking.txt", and the
+    # result says so. The file names the documents were loaded from, by id:
+    try:
+        sources = {
+            d.doc_id: d.source for d in await store_.list_documents(collection, timeout=10.0)
+        }
+    except KnowledgeError:
+        sources = {}
     for item in files:
         name = item.filename or "upload"
         data = await item.read(MAX_UPLOAD_BYTES + 1)
@@ -718,12 +780,18 @@ async def knowledge_upload(request: Request, session: Session) -> Response:
                  "note": note}
             )  # fmt: skip
             continue
-        except KnowledgeError as exc:  # a bad file (DocumentError) or a store in trouble
+        except DocumentError as exc:  # a bad file: the line names it already
+            results.append({"path": name, "status": "failed", "chunks": 0, "error": exc.reason})
+            continue
+        except KnowledgeError as exc:  # a store in trouble
             results.append({"path": name, "status": "failed", "chunks": 0, "error": str(exc)})
             continue
+        before = sources.get(result.doc_id)
+        sources[result.doc_id] = result.path
         results.append(
             {"path": result.path, "status": str(result.status), "chunks": result.chunks,
-             "error": result.error, "version": result.version}
+             "error": result.error, "version": result.version,
+             "replaced": before if before is not None and before != result.path else None}
         )  # fmt: skip
     if not results:
         results.append({"path": "", "status": "failed", "chunks": 0, "error": "choose a file"})
@@ -752,10 +820,16 @@ async def knowledge_remove(request: Request, session: Session) -> Response:
     collection = collections.get(agent)
     store_ = _runtime(request).knowledge
     if collection is None or store_ is None or not doc_id:
-        return render_error(request, 400, "Cannot remove", "Pick an agent and a document.")
+        return render_error(
+            request, 400, "Cannot remove", "Pick an agent and a document.", session,
+            back=("/console/knowledge", "Back to Knowledge"),
+        )  # fmt: skip
     removed = await store_.remove(collection, doc_id, timeout=30.0)
     if not removed:
-        return render_error(request, 404, "Cannot remove", f"There is no document {doc_id}.")
+        return render_error(
+            request, 404, "Cannot remove", f"There is no document {doc_id}.", session,
+            back=("/console/knowledge?" + urlencode({"agent": agent}), "Back to Knowledge"),
+        )  # fmt: skip
     log.info("console_document_removed", agent=agent, doc_id=doc_id, by=session.user)
     return RedirectResponse("/console/knowledge?" + urlencode({"agent": agent}), status_code=303)
 

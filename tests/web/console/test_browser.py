@@ -219,6 +219,22 @@ async def test_an_owner_runs_the_console_in_a_browser(
         width = await small.evaluate("document.documentElement.scrollWidth")
         assert width <= 390, f"the page scrolls sideways on a phone ({width}px)"
         await shot(small, "home-phone")
+        # No page is wider than the phone (a wide table scrolls inside its own box).
+        for path in (
+            "/console/live",
+            "/console/calls",
+            f"/console/calls/{call.call_sid}",
+            "/console/quotes",
+            "/console/bookings",
+            "/console/calendar",
+            "/console/messages?status=done",
+            "/console/notifications",
+            "/console/knowledge",  # its documents table's hidden "Remove" heading
+            "/console/calls/CAnone",  # the error page
+        ):
+            await small.goto(relay.base_url + path)
+            width = await small.evaluate("document.documentElement.scrollWidth")
+            assert width <= 390, f"{path} scrolls sideways on a phone ({width}px)"
         await phone.close()
 
         # Signing out ends the session.

@@ -3,6 +3,7 @@ without ``--collection``."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -56,3 +57,56 @@ async def test_when_the_default_agent_has_no_knowledge_base_the_page_opens_on_th
             await browser.http.aclose()
     assert '<option value="car-service" selected>' in page.text
     assert 'value="piano-removals"' not in page.text
+
+
+async def test_uploads_say_what_they_replaced_and_the_page_writes_times_as_the_others(
+    start_relay: Any, tmp_path: Path
+) -> None:
+    """Document ids ignore case, so Parking.TXT replaces parking.txt: the result says so. One
+    chunk is "1 chunk"; a bad file's reason is not prefixed with its name twice; the upload
+    form names every type it takes; "Loaded" is a UTC time like the other pages'."""
+    from knowledge import SUPPORTED_SUFFIXES
+    from relay.web.console.auth import CSRF_HEADER
+
+    prompts = shipped_prompts(tmp_path / "shipped-prompts", "piano-removals")
+    async with start_relay(
+        RELAY_PROMPTS_DIR=str(prompts),
+        RELAY_ADMIN_TOKEN=ADMIN_TOKEN,
+        RELAY_KNOWLEDGE="true",
+        RELAY_KNOWLEDGE_AUTOLOAD="false",
+    ) as relay:
+        browser = await sign_in(relay.base_url)
+        try:
+            first = await browser.http.post(
+                "/console/knowledge/upload",
+                data={"agent": "piano-removals"},
+                files={"files": ("parking.txt", b"Park in the side street.", "text/plain")},
+                headers={CSRF_HEADER: browser.csrf},
+            )
+            page = await browser.http.post(
+                "/console/knowledge/upload",
+                data={"agent": "piano-removals", "csrf": browser.csrf},
+                files=[
+                    ("files", ("Parking.TXT", b"Park in the lane behind.", "text/plain")),
+                    ("files", ("broken.pdf", b"not a pdf", "application/pdf")),
+                ],
+            )
+        finally:
+            await browser.http.aclose()
+    [added] = first.json()["results"]
+    assert (added["path"], added["status"], added["replaced"]) == ("parking.txt", "added", None)
+    assert page.status_code == 207, page.text
+    results = page.text.split('id="upload-results">', 1)[1].split("</ul>", 1)[0]
+    lines = re.findall(r"<li class=\"(\w+)\">([^<]*)</li>", results)
+    assert lines[0] == (
+        "ok",
+        "Parking.TXT: replaced parking.txt (the names differ only in case), 1 chunk",
+    )
+    assert lines[1][0] == "error" and lines[1][1].startswith("broken.pdf: failed: ")
+    assert lines[1][1].count("broken.pdf") == 1, lines[1]
+    label = re.search(r'<label for="file">([^<]*)</label>', page.text)
+    assert label is not None and all(suffix in label.group(1) for suffix in SUPPORTED_SUFFIXES)
+    assert "CSV" in label.group(1) and "JSON" in label.group(1)
+    assert '<th scope="col">Loaded (UTC)</th>' in page.text
+    [row] = re.findall(r"<tr><td>parking\.txt</td><td>2</td><td>1</td><td>([^<]*)</td>", page.text)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", row), row
