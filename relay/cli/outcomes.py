@@ -69,16 +69,20 @@ def _date(text: str) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-async def _open(args: argparse.Namespace) -> tuple[Settings, Database]:
-    settings = settings_from(args, RELAY_LOG_LEVEL="warning")
+async def _open(
+    args: argparse.Namespace, settings: Settings | None = None
+) -> tuple[Settings, Database]:
+    settings = settings or settings_from(args, RELAY_LOG_LEVEL="warning")
     db = Database(settings.database)
     await db.migrate()
     return settings, db
 
 
 def prices_for(settings: Settings) -> costs.PriceTable:
-    """The price table the settings point at (``RELAY_PRICES`` or ``data/prices.toml``)."""
-    return costs.load_prices(settings.prices)
+    """The price table the settings point at: ``RELAY_PRICES`` (which must exist), else
+    ``prices.toml`` in the data directory (none there: costs unknown)."""
+    setting = "RELAY_PRICES" if settings.prices_path is not None else None
+    return costs.load_prices(settings.prices, setting=setting)
 
 
 def to_json(value: Any) -> bytes:
@@ -97,7 +101,9 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 async def _analyze_async(args: argparse.Namespace, out: TextIO) -> int:
-    settings, db = await _open(args)
+    settings = settings_from(args, RELAY_LOG_LEVEL="warning")
+    prices = prices_for(settings)  # a bad table stops the command before the database opens
+    settings, db = await _open(args, settings)
     agents = AgentRegistry.load(settings.prompts_dir, default=settings.default_agent)
     async with httpx.AsyncClient() as http:
         analyser = None
@@ -106,32 +112,45 @@ async def _analyze_async(args: argparse.Namespace, out: TextIO) -> int:
                 http, base_url=settings.llm_base_url, api_key=settings.llm_api_key(),
                 default_model=settings.llm_model or "gpt-4o-mini",
             )  # fmt: skip
-        postcall = PostCall(db, agents, costs.load_prices(settings.prices), analyser=analyser)
+        postcall = PostCall(db, agents, prices, analyser=analyser)
         try:
             done = await analyse_since(
                 postcall, since=args.since, until=args.until, agent=args.agent
             )
         finally:
             await db.close()
-    failed = sum(1 for row in done if row.get("analysis_error"))
+    kept = [row for row in done if row.get("kept")]
+    failed = sum(1 for row in done if row.get("analysis_error") and not row.get("kept"))
     for row in done:
-        fields = ", ".join(
-            f"{k}={v}" for k, v in (row.get("fields") or {}).items() if k != "summary"
-        )
-        out.write(
-            f"{row['call_sid']}  {','.join(row['outcomes'])}  "
-            f"{row['cost']['total']:.4f} {row['cost']['currency']}"
-            + (f"  {fields}" if fields else "")
-            + (f"  (analysis failed: {row['analysis_error']})" if row.get("analysis_error") else "")
-            + "\n"
-        )
+        out.write(_analysed_line(row) + "\n")
     out.write(
-        f"Analysed {len(done)} call(s)"
+        f"Analysed {len(done) - len(kept)} call(s)"
         + (" with the model pass" if analyser is not None else " (outcomes and cost)")
         + (f"; the model pass failed for {failed}" if failed else "")
+        + (f"; kept {len(kept)} whose recording was purged" if kept else "")
         + ".\n"
     )
     return 1 if failed else 0
+
+
+def _analysed_line(row: dict[str, Any]) -> str:
+    """One call of ``analyze``: its outcomes and cost, and why they were kept as stored."""
+    cost = row["cost"] or {}
+    line = f"{row['call_sid']}  {','.join(row['outcomes'])}  " + (
+        "cost unknown (no price table)"
+        if cost.get("no_price_table")
+        else f"{cost.get('total', 0.0):.4f} {cost.get('currency', '')}"
+    )
+    if row.get("kept"):
+        computed = row.get("computed_at")
+        when = f" on {computed:%Y-%m-%d %H:%M} UTC" if isinstance(computed, datetime) else ""
+        return f"{line}  kept: its recording was purged; outcomes and cost as worked out{when}"
+    fields = ", ".join(f"{k}={v}" for k, v in (row.get("fields") or {}).items() if k != "summary")
+    return (
+        line
+        + (f"  {fields}" if fields else "")
+        + (f"  (analysis failed: {row['analysis_error']})" if row.get("analysis_error") else "")
+    )
 
 
 # == costs =================================================================================
@@ -162,7 +181,13 @@ async def _costs_async(args: argparse.Namespace, out: TextIO) -> int:
     out.write(f"{report['per_call']:.4f} {cur} a call")
     if report["per_booking"] is not None:
         out.write(f", {report['per_booking']:.4f} {cur} per booking ({report['bookings']})")
-    out.write(".\n\nPer outcome (average cost of the calls with it):\n")
+    out.write(".\n")
+    if report["unpriced_calls"]:
+        out.write(
+            f"{report['unpriced_calls']} call(s) with a model the price table does not price, "
+            "or with no price table: their cost is understated (sessions show names them).\n"
+        )
+    out.write("\nPer outcome (average cost of the calls with it):\n")
     for name, entry in report["per_outcome"].items():
         out.write(f"  {name:<14}{entry['calls']:>6} call(s)  {entry['per_call']:.4f} {cur}\n")
     out.write("\nPer agent:\n")
@@ -275,22 +300,35 @@ def render_analysis(recording: Recording) -> list[str]:
         )
     cost = analysis.get("cost") or {}
     if cost:
-        cur = cost.get("currency", "")
-        lines.append(
-            f"Cost: {cost.get('total', 0):.4f} {cur} (model {cost.get('llm', 0):.4f}, "
-            f"ConversationRelay {cost.get('minutes', 0)} min {cost.get('conversation_relay', 0):.4f}, "
-            f"SMS {cost.get('sms_segments', 0)} segment(s) {cost.get('sms', 0):.4f}"
-            + (f", analysis {cost['analysis']:.4f}" if cost.get("analysis") else "")
-            + ")"
-        )
+        lines.append(_cost_line(cost))
     return lines
+
+
+def _cost_line(cost: dict[str, Any]) -> str:
+    """``Cost: …``; unknown without a price table, and naming the models it has no price for."""
+    unpriced = cost.get("unpriced_models") or []
+    named = f"; unpriced: {', '.join(unpriced)}" if unpriced else ""
+    minutes, segments = cost.get("minutes", 0), cost.get("sms_segments", 0)
+    if cost.get("no_price_table"):
+        return (
+            f"Cost: unknown, no price table (ConversationRelay {minutes} min, "
+            f"SMS {segments} segment(s){named})"
+        )
+    return (
+        f"Cost: {cost.get('total', 0):.4f} {cost.get('currency', '')} "
+        f"(model {cost.get('llm', 0):.4f}, "
+        f"ConversationRelay {minutes} min {cost.get('conversation_relay', 0):.4f}, "
+        f"SMS {segments} segment(s) {cost.get('sms', 0):.4f}"
+        + (f", analysis {cost['analysis']:.4f}" if cost.get("analysis") else "")
+        + f"{named})"
+    )
 
 
 async def show_json(args: argparse.Namespace, out: TextIO) -> int:
     """``sessions show CALL --json``: the call's whole record as one JSON document."""
     settings, db = await _open(args)
     try:
-        record = await call_record(db, args.call, costs.load_prices(settings.prices))
+        record = await call_record(db, args.call, prices_for(settings))
     finally:
         await db.close()
     if record is None:

@@ -4,7 +4,9 @@ Usage comes from the ``usage`` the model server streamed (relay asks for it with
 ``stream_options.include_usage``), recorded in each ``llm_response`` event; a response without
 it is counted locally (about four characters a token) and flagged ``estimated``. The price
 table (``data/prices.toml``) gives each model's price per million prompt, cached-prompt and
-completion tokens, ConversationRelay's price per minute and the price of an SMS segment::
+completion tokens, ConversationRelay's price per minute and the price of an SMS segment
+(``RELAY_PRICES`` names another file, which must then exist; with no table at all costs are
+unknown, never zero)::
 
     currency = "USD"
 
@@ -47,12 +49,14 @@ class ModelPrice:
 
 @dataclass(frozen=True)
 class PriceTable:
-    """Prices per unit, in ``currency``."""
+    """Prices per unit, in ``currency``. ``found`` is False when there was no price table at
+    all: every cost is then unknown (:func:`cost_of` says so), not zero."""
 
     currency: str = "USD"
     models: Mapping[str, ModelPrice] = field(default_factory=dict)
     relay_per_minute: float = 0.0
     sms_per_segment: float = 0.0
+    found: bool = True
 
     def model(self, name: str) -> ModelPrice | None:
         """The price of ``name``; a dated or provider-prefixed name matches its base name
@@ -64,10 +68,20 @@ class PriceTable:
         return self.models[best] if best is not None else self.models.get("default")
 
 
-def load_prices(path: Path) -> PriceTable:
-    """Read the price table; a missing file means everything is free (and says so nowhere)."""
+def load_prices(path: Path, *, setting: str | None = None) -> PriceTable:
+    """Read the price table at ``path``.
+
+    ``setting`` is the variable that named the file (``RELAY_PRICES``), None for the default
+    place (``prices.toml`` in the data directory). A file a setting names must exist: a typo
+    raises a ConfigError naming the variable and the path, so ``relay serve`` stops at start.
+    No file at the default place is no price table (``found=False``): costs are unknown, every
+    model is listed as unpriced. A file that cannot be read as a price table raises a
+    ConfigError naming it.
+    """
     if not path.exists():
-        return PriceTable()
+        if setting is not None:
+            raise ConfigError(f"{setting}={path}: no such price table")
+        return PriceTable(found=False)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
         models = {
@@ -217,11 +231,13 @@ def cost_of(
     minutes: int = 0,
     sms_bodies: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """What a call cost: the model per model, ConversationRelay minutes, SMS segments."""
+    """What a call cost: the model per model, ConversationRelay minutes, SMS segments. Models
+    without a price are listed in ``unpriced_models``; without a price table at all
+    (``prices.found`` False) every model is, and ``no_price_table`` is True."""
     by_model: dict[str, float] = {}
     unpriced: list[str] = []
     for model, entry in (usage.get("models") or {}).items():
-        price = prices.model(model)
+        price = prices.model(model) if prices.found else None
         if price is None:
             unpriced.append(model)
             by_model[model] = 0.0
@@ -238,6 +254,7 @@ def cost_of(
     llm = sum(by_model.values())
     relay = minutes * prices.relay_per_minute
     sms = segments * prices.sms_per_segment
+    unknown = {} if prices.found else {"no_price_table": True}
     return {
         "currency": prices.currency,
         "llm": _round(llm),
@@ -248,6 +265,7 @@ def cost_of(
         "sms_segments": segments,
         "total": _round(llm + relay + sms),
         "unpriced_models": unpriced,
+        **unknown,
     }
 
 
@@ -260,9 +278,11 @@ def summarise(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
 
     ``rows`` are analyses (``agent``, ``outcomes``, ``cost``, ``usage``). The cost per outcome
     is the average cost of the calls that had it; the cost per booking is the cost of every
-    call divided by the bookings made.
+    call divided by the bookings made. ``unpriced_calls`` counts the calls whose cost is
+    understated: a model without a price, or no price table at all.
     """
     calls = 0
+    unpriced_calls = 0
     total = 0.0
     currency = "USD"
     outcomes: dict[str, dict[str, float]] = {}
@@ -274,6 +294,7 @@ def summarise(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         currency = str(cost.get("currency") or currency)
         calls += 1
         total += value
+        unpriced_calls += bool(cost.get("no_price_table") or cost.get("unpriced_models"))
         for outcome in row.get("outcomes") or []:
             entry = outcomes.setdefault(outcome, {"calls": 0, "cost": 0.0})
             entry["calls"] += 1
@@ -291,6 +312,7 @@ def summarise(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
         "per_call": _round(total / calls) if calls else None,
         "per_booking": _round(total / bookings) if bookings else None,
         "bookings": bookings,
+        "unpriced_calls": unpriced_calls,
         "per_outcome": {
             name: {"calls": int(e["calls"]), "per_call": _round(e["cost"] / e["calls"])}
             for name, e in sorted(outcomes.items())

@@ -25,7 +25,7 @@ from relay.services.email import EmailError, SmtpSettings, send_email
 from relay.services.webhooks import WebhookOutbox
 from relay.storage import repository
 from relay.storage.db import Database
-from relay.storage.models import Call, Message, SideEffect
+from relay.storage.models import Call, Event, Message, SideEffect, Turn
 from relay.storage.outcomes import CallAnalysis, Email, save_analysis
 
 log = structlog.get_logger("relay.services.postcall")
@@ -43,7 +43,8 @@ async def _gather(
 ) -> dict[str, Any] | None:
     """Everything stored about a call, as plain data (its turns only when ``turns``; of its
     events only those outcomes and usage are derived from unless ``every_event``), with its
-    stored analysis (``analysis``, None before the first post-call pass)."""
+    stored analysis (``analysis``, None before the first post-call pass) and whether retention
+    purged its recording since (``purged``: an analysis, and no event or turn left)."""
     async with db.session() as session:
         # One unit of work (each costs the event loop about 1 ms on SQLite). Outcomes and
         # usage need few of a long call's events, read as plain data, never as ORM objects:
@@ -69,6 +70,18 @@ async def _gather(
             )
         ).all()
         analysis = await session.get(CallAnalysis, call_sid)
+        # Retention (relay.services.retention.purge) deletes a call's events and turns and
+        # keeps its analysis; nothing else marks the call, so look (only when what was read
+        # is empty and an analysis exists: never on a first pass).
+        purged = (
+            analysis is not None
+            and not events
+            and not rows
+            and await session.scalar(select(Event.id).where(Event.call_sid == call_sid).limit(1))
+            is None
+            and await session.scalar(select(Turn.id).where(Turn.call_sid == call_sid).limit(1))
+            is None
+        )
     return {
         "call": _columns(call),
         "events": events,
@@ -77,6 +90,7 @@ async def _gather(
         "ledger": [_columns(row) for row in ledger],
         "sms_bodies": list(texts),
         "analysis": _columns(analysis) if analysis is not None else None,
+        "purged": purged,
     }
 
 
@@ -161,7 +175,9 @@ class PostCall:
     ) -> dict[str, Any] | None:
         """Compute and store a call's outcomes, usage and cost; run the analysis pass (when an
         analyser is set and ``analyse``); queue the webhook and e-mail the owner (``deliver``).
-        Returns the stored analysis as plain data, or None for an unknown call."""
+        Returns the stored analysis as plain data, or None for an unknown call. A call whose
+        recording retention purged keeps the analysis it has: that is returned, unchanged,
+        with ``kept="purged"``."""
         analysing = analyse and self.analyser is not None
         stored = await _gather(self.db, call_sid, turns=analysing, every_event=False)
         if stored is None:
@@ -173,6 +189,11 @@ class PostCall:
             # the webhook and the owner's e-mail never go out with half a call.
             log.info("postcall_deferred", call_sid=call_sid, status=call.get("status"))
             return None
+        if stored["purged"]:
+            # Its events and turns are gone (retention): deriving again from nothing would
+            # replace the outcomes, usage and cost retention promises to keep.
+            log.info("postcall_kept", call_sid=call_sid, reason="recording purged")
+            return {**stored["analysis"], "kept": "purged"}
         derived = derive(stored, self.prices)
         agent = self.agents.agents.get(call["agent"])
         previous = stored["analysis"] or {}

@@ -5,10 +5,11 @@
   recorder rows and sent webhook documents, and clears the handoff summary and the post-call
   summary and fields. The ``calls``, ``sessions`` and ``call_analyses`` rows stay: they are the
   aggregates (agent, outcomes, times, turn counts, usage, cost) that reports are built from.
-* :func:`mask_numbers` replaces the phone numbers of calls older than a number of days with a
-  masked form that keeps the country and area prefix (``+614xxxxxxxx``), in the call row and in
-  whatever of its transcript, events and post-call documents is still stored; the caller's
-  name is cleared.
+* :func:`mask_numbers` replaces the caller's number of calls older than a number of days (the
+  ``from`` of an inbound call, the ``to`` of an outbound one) with a masked form that keeps the
+  country and area prefix (``+614xxxxxxxx``), in the call row and in whatever of its
+  transcript, events and post-call documents is still stored; the caller's name is cleared.
+  The business's own line is left alone, as redaction leaves it.
 * :func:`delete_call` removes everything recorded about one call (a caller's request): the
   call, its sessions, turns, events, parked recorder rows, tool idempotency records, post-call
   analysis and webhook documents. Business records made during the call (bookings, quotes,
@@ -29,7 +30,19 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import JSON, Text, cast, delete, func, or_, select, type_coerce, update
+from sqlalchemy import (
+    JSON,
+    Text,
+    and_,
+    case,
+    cast,
+    delete,
+    func,
+    or_,
+    select,
+    type_coerce,
+    update,
+)
 
 from relay.storage.db import Database
 from relay.storage.models import (
@@ -74,6 +87,12 @@ def mask(number: str) -> str:
     if len(number) <= KEEP:
         return number
     return number[:KEEP] + "x" * (len(number) - KEEP)
+
+
+def is_outbound(direction: str | None) -> bool:
+    """Whether the business called (Twilio's ``outbound-api``, ``outbound-dial``): then the
+    caller's number is the call's ``to``; otherwise (``inbound``, or not recorded) its ``from``."""
+    return (direction or "").startswith("outbound")
 
 
 async def purge(db: Database, *, older_than_days: float, now: datetime | None = None) -> Report:
@@ -123,29 +142,38 @@ async def purge(db: Database, *, older_than_days: float, now: datetime | None = 
 async def mask_numbers(
     db: Database, *, older_than_days: float, now: datetime | None = None
 ) -> Report:
-    """Mask the phone numbers (and clear the caller's name) of calls older than the cutoff."""
+    """Mask the caller's number (and clear the caller's name) of calls older than the cutoff:
+    in the call row and wherever its transcript, events and post-call documents hold it. The
+    business's own line stays, as in redaction (:mod:`relay.privacy`): it says whose call it
+    was, not who called, and a masked recording still replays against it."""
     cutoff = (now or datetime.now(UTC)) - timedelta(days=older_than_days)
     report = Report()
+    outbound = Call.direction.like("outbound%")
+    # The caller's number: the ``to`` of an outbound call (a reminder), else the ``from``.
+    caller = case((outbound, Call.to_number), else_=Call.from_number)
     async with db.engine.begin() as conn:
         rows = (
             await conn.execute(
-                select(Call.call_sid, Call.from_number, Call.to_number).where(
+                select(Call.call_sid, Call.direction, caller).where(
                     Call.started_at < cutoff,
-                    or_(Call.from_number.not_like("%x%"), Call.to_number.not_like("%x%")),
+                    or_(
+                        and_(func.length(caller) > KEEP, caller.not_like("%x%")),
+                        Call.caller_name != "",
+                    ),
                 )
             )
         ).all()
-        for call_sid, from_number, to_number in rows:
-            numbers = {n for n in (from_number, to_number) if n and "x" not in n}
+        for call_sid, direction, number in rows:
+            callers = "to_number" if is_outbound(direction) else "from_number"
             await conn.execute(
                 update(Call)
                 .where(Call.call_sid == call_sid)
-                .values(from_number=mask(from_number), to_number=mask(to_number), caller_name="")
+                .values({callers: mask(number), "caller_name": ""})
             )
             report.add("calls", 1)
-            numbers = {n for n in numbers if len(n) > KEEP}
-            if not numbers:
+            if len(number) <= KEEP or "x" in number:
                 continue
+            numbers = {number}
             texts: list[tuple[Any, Any, str, bool]] = [  # model, text, column, JSON?
                 (Turn, Turn.content, "content", False),
                 (Event, cast(Event.data, Text), "data", True),

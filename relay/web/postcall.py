@@ -36,7 +36,7 @@ class Runtime(Protocol):
 def check(settings: Settings) -> None:
     """Raise a ConfigError naming the file or variable when the price table or the SMTP
     settings are wrong (called before any server starts)."""
-    costs.load_prices(settings.prices)
+    costs.load_prices(settings.prices, setting=_prices_setting(settings))
     smtp_settings(settings.smtp_url, settings.email_from)
 
 
@@ -68,7 +68,7 @@ def start(runtime: Runtime, background: list[asyncio.Task[Any]]) -> PostCall:
     postcall = PostCall(
         deps.db,
         deps.agents,
-        costs.load_prices(settings.prices),
+        costs.load_prices(settings.prices, setting=_prices_setting(settings)),
         outbox=outbox,
         analyser=analyser,
         smtp=smtp,
@@ -83,3 +83,8 @@ def session_closed(runtime: Runtime, session: CallSession) -> None:
     """A session's handler returned (its recording is flushed): work out how the call went."""
     if runtime.postcall is not None:
         runtime.postcall.call_ended(session.call_sid)
+
+
+def _prices_setting(settings: Settings) -> str | None:
+    """``RELAY_PRICES`` when it names the price table (which must then exist), else None."""
+    return "RELAY_PRICES" if settings.prices_path else None

@@ -113,6 +113,26 @@ def test_usage_from_the_stream_and_estimated_without_it() -> None:
     assert costs.cost_of(prices, {"models": {"llama-3": model}})["unpriced_models"] == ["llama-3"]
 
 
+def test_a_price_table_named_by_a_setting_must_exist_and_none_means_unknown_costs(
+    tmp_path: Path,
+) -> None:
+    typo = tmp_path / "typo.toml"
+    with pytest.raises(ConfigError) as raised:
+        costs.load_prices(typo, setting="RELAY_PRICES")
+    assert str(raised.value) == f"RELAY_PRICES={typo}: no such price table"
+
+    # The default place, empty: no price table. Nothing is free, everything is unknown.
+    missing = costs.load_prices(tmp_path / "prices.toml")
+    assert missing.found is False
+    usage = {"models": {"gpt-4o-mini": {"prompt_tokens": 1000, "completion_tokens": 50}}}
+    cost = costs.cost_of(missing, usage, minutes=2, sms_bodies=["short"])
+    assert cost["unpriced_models"] == ["gpt-4o-mini"] and cost["no_price_table"] is True
+    assert (cost["minutes"], cost["sms_segments"]) == (2, 1)
+
+    shipped = costs.load_prices(REPO / "data" / "prices.toml", setting="RELAY_PRICES")
+    assert shipped.found is True and "no_price_table" not in costs.cost_of(shipped, usage)
+
+
 def test_sms_segments_and_session_minutes() -> None:
     assert [costs.sms_segments("a" * n) for n in (1, 160, 161, 306, 307)] == [1, 1, 2, 2, 3]
     sessions = [

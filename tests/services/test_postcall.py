@@ -414,11 +414,13 @@ def test_preflight_names_a_bad_price_table_and_missing_smtp_sender(
     from relay.web.app import preflight
 
     local = {"OPENAI_BASE_URL": "http://127.0.0.1:9/v1"}
-    preflight(make_settings(**local))  # no price table: everything free, no complaint
+    preflight(make_settings(**local))  # no price table: costs unknown, no complaint
     (data_dir / "prices.toml").write_text('[models."gpt-4o-mini"]\nprompt = "cheap"\n')
     with pytest.raises(ConfigError, match=r"prices\.toml"):
         preflight(make_settings(**local))
     (data_dir / "prices.toml").unlink()
+    with pytest.raises(ConfigError, match=r"RELAY_PRICES=.*typo\.toml: no such price table"):
+        preflight(make_settings(RELAY_PRICES=str(data_dir / "typo.toml"), **local))
     with pytest.raises(ConfigError, match="RELAY_EMAIL_FROM"):
         preflight(make_settings(RELAY_SMTP_URL="smtp://127.0.0.1:2525", **local))
 
@@ -596,3 +598,44 @@ async def store_call(
             [{"call_sid": "CA1", "session_id": "S1", "seq": seq, "t": float(seq), "at": now,
               "kind": kind, "data": data} for seq, (kind, data) in enumerate(events, 1)],
         )  # fmt: skip
+
+
+async def test_a_second_pass_over_a_purged_call_keeps_its_analysis(database_url: str) -> None:
+    """Retention deleted the call's events and turns (README, "Retention and privacy"): another
+    pass (``relay sessions analyze``) keeps the outcomes, usage and cost worked out while the
+    recording was whole instead of deriving them again from nothing, on SQLite and PostgreSQL."""
+    from datetime import timedelta
+
+    from relay.agents import AgentRegistry
+    from relay.services import retention
+    from relay.services.postcall import PostCall
+    from relay.storage.db import Database
+
+    db = Database(database_url)
+    await db.migrate()
+    now = datetime(2026, 12, 1, 9, 0, tzinfo=ZoneInfo("UTC"))
+    response = {"pieces": ["Hello."], "complete": True, "model": "gpt-4o-mini",
+                "usage": {"prompt_tokens": 100, "completion_tokens": 5}}  # fmt: skip
+    prices = costs.PriceTable(
+        models={"gpt-4o-mini": costs.ModelPrice(prompt=0.15, completion=0.6)},
+        relay_per_minute=0.07,
+    )
+    passes = PostCall(db, AgentRegistry.load(REPO / "prompts"), prices, now=lambda: now)
+    try:
+        await store_call(db, now, "caller-hangup", [("llm_response", response)])
+        first = await passes.process("CA1", deliver=False)
+        purged = await retention.purge(db, older_than_days=0, now=now + timedelta(days=1))
+        second = await passes.process("CA1", deliver=False)
+        stored = await get_analysis(db, "CA1")
+    finally:
+        await db.close()
+
+    assert first is not None and first["outcomes"] == ["abandoned"]
+    assert first["usage"]["prompt_tokens"] == 100 and first["cost"]["llm"] > 0
+    assert purged.rows["events"] == 1
+    assert second is not None and second["kept"] == "purged"
+    assert (second["outcomes"], second["usage"], second["cost"]) == (
+        first["outcomes"], first["usage"], first["cost"],
+    )  # fmt: skip
+    assert stored is not None and stored.usage == first["usage"] and stored.cost == first["cost"]
+    assert passes.processed == 1

@@ -36,14 +36,23 @@ async def db(database_url: str) -> AsyncIterator[Database]:
         await database.close()
 
 
-async def add_call(db: Database, call_sid: str, started: datetime, **extra: Any) -> None:
-    """A call as the recorder leaves it: the call, a session, two turns, frames, a model body."""
-    setup = orjson.dumps({"type": "setup", "callSid": call_sid, "from": CALLER, "to": LINE})
+async def add_call(
+    db: Database, call_sid: str, started: datetime, *, direction: str = "inbound", **extra: Any
+) -> None:
+    """A call as the recorder leaves it: the call, a session, two turns, frames, a model body.
+    Inbound the caller calls the business's line; outbound the line calls the caller."""
+    inbound = not direction.startswith("outbound")
+    from_number, to_number = (CALLER, LINE) if inbound else (LINE, CALLER)
+    setup = orjson.dumps(
+        {"type": "setup", "callSid": call_sid, "from": from_number, "to": to_number,
+         "direction": direction}
+    )  # fmt: skip
     async with db.session() as session, session.begin():
         session.add(
             Call(
-                call_sid=call_sid, agent="piano-removals", from_number=CALLER, to_number=LINE,
-                direction="inbound", caller_name="Jo Citizen", status="completed",
+                call_sid=call_sid, agent="piano-removals", from_number=from_number,
+                to_number=to_number, direction=direction, caller_name="Jo Citizen",
+                status="completed",
                 outcome="completed-by-agent", started_at=started,
                 ended_at=started + timedelta(minutes=3), turns=2,
                 handoff_data='{"summary": "Jo wants a piano moved"}', **extra,
@@ -208,14 +217,49 @@ async def test_mask_numbers_after_days_keeps_the_aggregates(db: Database) -> Non
         turns = (await session.scalars(select(Turn).where(Turn.call_sid == "CA-old"))).all()
         events = (await session.scalars(select(Event).where(Event.call_sid == "CA-old"))).all()
     assert old is not None and new is not None
-    assert (old.from_number, old.to_number, old.caller_name) == ("+614xxxxxxxx", "+613xxxxxxxx", "")
+    # The business's own line stays, as in redaction (README, "Redaction").
+    assert (old.from_number, old.to_number, old.caller_name) == ("+614xxxxxxxx", LINE, "")
     assert (old.agent, old.outcome, old.turns) == ("piano-removals", "completed-by-agent", 2)
     assert old.started_at.replace(tzinfo=UTC) == NOW - timedelta(days=100)
     assert new.from_number == CALLER
     assert turns[1].content == "I have your number as +614xxxxxxxx."
     assert all(CALLER not in orjson.dumps(e.data).decode() for e in events)
     setup = orjson.loads(events[0].data["raw"])  # still valid JSON, numbers masked
-    assert (setup["from"], setup["to"]) == ("+614xxxxxxxx", "+613xxxxxxxx")
+    assert (setup["from"], setup["to"]) == ("+614xxxxxxxx", LINE)
+
+
+async def test_mask_numbers_masks_the_callers_number_of_an_outbound_call_not_the_line(
+    db: Database,
+) -> None:
+    """A reminder call (outbound): the caller is the ``to``; the business's line, its ``from``,
+    stays wherever it is stored, so a masked recording still replays. A second run changes
+    nothing, nor does a run over a call whose caller withheld the number."""
+    await add_call(db, "CA-out", NOW - timedelta(days=100), direction="outbound-api")
+    await add_call(db, "CA-in", NOW - timedelta(days=100), direction="")  # Twilio said nothing
+    async with db.session() as session, session.begin():
+        session.add(
+            Call(
+                call_sid="CA-withheld", agent="piano-removals", from_number="",
+                to_number=LINE, direction="inbound", status="completed",
+                started_at=NOW - timedelta(days=100),
+            )
+        )  # fmt: skip
+
+    report = await retention.mask_numbers(db, older_than_days=90, now=NOW)
+    again = await retention.mask_numbers(db, older_than_days=90, now=NOW)
+
+    assert report.rows["calls"] == 2 and again.total == 0
+    async with db.session() as session:
+        out = await session.get(Call, "CA-out")
+        inbound = await session.get(Call, "CA-in")
+        withheld = await session.get(Call, "CA-withheld")
+        events = (await session.scalars(select(Event).where(Event.call_sid == "CA-out"))).all()
+    assert out is not None and inbound is not None and withheld is not None
+    assert (out.from_number, out.to_number, out.caller_name) == (LINE, "+614xxxxxxxx", "")
+    assert (inbound.from_number, inbound.to_number) == ("+614xxxxxxxx", LINE)
+    assert (withheld.from_number, withheld.to_number) == ("", LINE)
+    setup = orjson.loads(events[0].data["raw"])
+    assert (setup["from"], setup["to"]) == (LINE, "+614xxxxxxxx")
 
 
 def test_mask_keeps_the_prefix() -> None:
