@@ -513,11 +513,10 @@ def redact_recording(recording: Recording) -> Recording:
     the pieces still join to the masked whole (what the turns and later requests hold).
     """
     call = recording.call
-    own = (
-        call.get("to_number")
-        if call.get("direction", "inbound").startswith("inbound")
-        else call.get("from_number")
-    )
+    # The business's line: the ``to`` of an inbound call (or one whose direction was not
+    # recorded, as retention's masking has it), the ``from`` of an outbound one.
+    outbound = str(call.get("direction") or "").startswith("outbound")
+    own = call.get("from_number") if outbound else call.get("to_number")
     redactor = Redactor(
         names_in(recording), keep_numbers=[own] if own else [], region=region_of(own)
     )

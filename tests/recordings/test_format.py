@@ -189,6 +189,23 @@ def test_the_redactor_masks_numbers_names_and_addresses_but_keeps_the_business_l
     )
 
 
+@pytest.mark.parametrize(
+    ("direction", "caller", "line"),
+    [
+        ("inbound", "from_number", "to_number"),
+        ("", "from_number", "to_number"),  # not recorded: inbound, as retention's masking has it
+        ("outbound-api", "to_number", "from_number"),
+    ],
+)
+def test_redaction_keeps_the_business_line_whatever_the_direction(
+    direction: str, caller: str, line: str
+) -> None:
+    call = {"call_sid": "CA1", "direction": direction, caller: "+61412345678", line: "+61390001234"}
+    redacted = redact_recording(Recording({"call": call})).call
+
+    assert (redacted[caller], redacted[line]) == ("+61*******78", "+61390001234")
+
+
 async def test_a_redacted_export_holds_no_phone_number_or_name_and_still_replays(
     start_relay: Callable[..., AbstractAsyncContextManager[Any]], tmp_path: Path
 ) -> None:
