@@ -552,12 +552,32 @@ def _json_without_nul(text: str) -> str:
     return dumps_json(_without_nul(json.loads(text)))
 
 
+#: SQLSTATE classes that say the database is in trouble, whatever the rows: connection
+#: exceptions (08), transaction rollback (40: deadlock, serialization), insufficient resources
+#: (53), object not in prerequisite state (55: a lock not available), operator intervention (57:
+#: shutting down, starting up, an administrator's shutdown) and system errors (58: I/O).
+_TROUBLE_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "55", "57", "58"})
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of a driver's error wrapped by SQLAlchemy (asyncpg's and psycopg's carry
+    one; SQLite's none)."""
+    orig = getattr(exc, "orig", None)
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    return code if isinstance(code, str) else None
+
+
 def _refused_rows(exc: BaseException) -> bool:
     """Whether the database refused some row of a batch (a constraint, a value it cannot
-    store), rather than being in trouble itself (unreachable, locked, a table missing)."""
+    store), rather than being in trouble itself (unreachable, locked, shutting down, a table
+    missing)."""
     if isinstance(exc, (OperationalError, ProgrammingError, DisconnectionError, OSError)):
         return False
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return False
+    code = _sqlstate(exc)
+    if code is not None and code[:2] in _TROUBLE_SQLSTATE_CLASSES:
+        # asyncpg's "the database system is shutting down" (57P03) is a bare DBAPIError
         return False
     if isinstance(exc, InterfaceError):
         # asyncpg reports a value of the wrong type as an interface error too

@@ -234,6 +234,46 @@ async def test_a_failing_database_is_retried_and_nothing_is_lost(
     assert call is not None and call.outcome == "hung-up"
 
 
+class ShuttingDown(Exception):
+    """What asyncpg's error looks like through SQLAlchemy when PostgreSQL is shutting down: a
+    bare ``DBAPIError`` (not an ``OperationalError``), the connection not invalidated."""
+
+    sqlstate = "57P03"
+
+
+async def test_a_database_shutting_down_is_trouble_not_refused_rows(db: Database) -> None:
+    """PostgreSQL stopping under live calls: its writes fail with SQLSTATE 57P03, which must
+    keep the batch for a retry, not split it into "refused" rows that then fail to park too
+    and are dropped (35 rows were, turns included, in a field test)."""
+    from sqlalchemy.exc import DBAPIError
+
+    failing = {"left": 6}
+
+    def shutting_down(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if failing["left"] > 0:
+            failing["left"] -= 1
+            raise DBAPIError(statement, None, ShuttingDown("the database system is shutting down"))
+
+    recorder = Recorder(db, interval=0.001, max_backoff=0.05)
+    await recorder.start()
+    try:
+        event.listen(db.engine.sync_engine, "before_cursor_execute", shutting_down)
+        record_call(recorder)
+        for seq in range(1, 6):
+            record_event(recorder, seq)
+        record_turn(recorder, 0, "Hello!")
+        assert await recorder.flush(timeout=30)
+    finally:
+        event.remove(db.engine.sync_engine, "before_cursor_execute", shutting_down)
+        await recorder.stop()
+
+    assert failing["left"] == 0  # the writes did fail
+    assert (recorder.lost, recorder.parked) == (0, 0)
+    assert await events_of(db) == [(seq, f"frame {seq}") for seq in range(1, 6)]
+    _, turns = await repository.call_history(db, "CA1")
+    assert [(t.seq, t.content) for t in turns] == [(0, "Hello!")]
+
+
 async def test_a_database_path_that_breaks_is_retried(tmp_path: Path) -> None:
     store = tmp_path / "store"
     db = Database(f"sqlite+aiosqlite:///{store / 'relay.db'}")
