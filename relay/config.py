@@ -7,6 +7,9 @@ app and CLI reads settings: they pass explicit values down.
 
 from __future__ import annotations
 
+import difflib
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -218,8 +221,11 @@ class Settings(BaseSettings):
         return "not-needed"  # local servers ignore the key, but the header must be present
 
 
-def load_settings(**overrides: Any) -> Settings:
-    """Read the settings, turning validation errors into a ConfigError naming each variable."""
+def load_settings(flags: Mapping[str, str] | None = None, /, **overrides: Any) -> Settings:
+    """Read the settings, turning validation errors into a ConfigError naming each variable.
+
+    ``flags``: the command-line flag that gave each override (``{"RELAY_PORT": "--port"}``),
+    named before the variable in the message (``--port / RELAY_PORT: ...``)."""
     try:
         return Settings(**overrides)
     except ValidationError as exc:
@@ -228,5 +234,52 @@ def load_settings(**overrides: Any) -> Settings:
             field = str(err["loc"][0]) if err["loc"] else "?"
             info = Settings.model_fields.get(field)
             name = (info.alias if info and info.alias else field) or field
-            problems.append(f"{name}: {err['msg']}")
+            flag = (flags or {}).get(name)
+            problems.append(f"{flag} / {name}: {err['msg']}" if flag else f"{name}: {err['msg']}")
         raise ConfigError("invalid settings: " + "; ".join(problems)) from exc
+
+
+#: ``RELAY_`` variables relay reads outside :class:`Settings` (the browser tests' Chromium and
+#: screenshots); with ``RELAY_TEST_*`` (the test suite's own), never reported as unknown.
+OTHER_VARIABLES = frozenset({"RELAY_CHROMIUM", "RELAY_SCREENSHOTS"})
+PREFIX = "RELAY_"
+
+
+def setting_names() -> frozenset[str]:
+    """Every environment variable :class:`Settings` reads (each field's names)."""
+    names: set[str] = set()
+    for info in Settings.model_fields.values():
+        if info.alias:
+            names.add(info.alias)
+        choices = getattr(info.validation_alias, "choices", None) or []
+        names.update(choice for choice in choices if isinstance(choice, str))
+    return frozenset(names)
+
+
+def unknown_variables(
+    environ: Mapping[str, str] | None = None, env_file: Path | None = None
+) -> list[tuple[str, str | None]]:
+    """Each ``RELAY_`` variable of the environment (and of ``env_file``, the ``.env`` the
+    settings read, when it exists) that relay does not know, with the nearest known name (or
+    None): a misspelt setting is otherwise ignored without a word. Sorted, each once."""
+    environ = os.environ if environ is None else environ
+    given = set(environ)
+    if env_file is None:
+        configured = Settings.model_config.get("env_file")
+        env_file = Path(configured) if isinstance(configured, str) else None
+    if env_file is not None and env_file.is_file():
+        from dotenv import dotenv_values  # pydantic-settings reads .env with it
+
+        given.update(dotenv_values(env_file))
+    known = {name.upper() for name in setting_names() | OTHER_VARIABLES}  # not case-sensitive
+    # Compared without the prefix, which every candidate shares (RELAY_ZZZ is near nothing).
+    settings = {
+        name.removeprefix(PREFIX): name for name in setting_names() if name.startswith(PREFIX)
+    }
+    unknown = []
+    for name in sorted({name.upper() for name in given}):
+        if not name.startswith(PREFIX) or name in known or name.startswith("RELAY_TEST_"):
+            continue
+        near = difflib.get_close_matches(name.removeprefix(PREFIX), sorted(settings), n=1)
+        unknown.append((name, settings[near[0]] if near else None))
+    return unknown

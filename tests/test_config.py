@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.config import OPENAI_DEFAULT_BASE_URL, load_settings
+from relay.config import OPENAI_DEFAULT_BASE_URL, load_settings, unknown_variables
 from relay.errors import ConfigError
 
 
@@ -126,3 +126,51 @@ def test_empty_strings_mean_unset() -> None:
     assert settings.public_url is None
     assert settings.openai_base_url is None
     assert settings.database_url is None
+
+
+def test_an_invalid_value_given_by_a_flag_names_the_flag_and_the_variable() -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings({"RELAY_PORT": "--port"}, RELAY_PORT=70000, RELAY_WORKERS=0)
+
+    assert str(raised.value) == (
+        "invalid settings: RELAY_WORKERS: Input should be greater than or equal to 1; "
+        "--port / RELAY_PORT: Input should be less than or equal to 65535"
+    )
+
+
+def test_unknown_relay_variables_are_found_with_the_nearest_setting(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("RELAY_MAX_CALL=3\nRELAY_PORT=9090\nOTHER=1\n", encoding="utf-8")
+    environ = {
+        "RELAY_PROT": "18264",
+        "RELAY_PORT": "18264",
+        "RELAY_ZZZ": "1",  # nothing near
+        "relay_port": "1",  # the settings' names are not case-sensitive
+        "PATH": "/usr/bin",
+    }
+
+    assert unknown_variables(environ, env_file) == [
+        ("RELAY_MAX_CALL", "RELAY_MAX_CALLS"),
+        ("RELAY_PROT", "RELAY_PORT"),
+        ("RELAY_ZZZ", None),
+    ]
+
+
+def test_the_relay_variables_read_outside_the_settings_are_not_unknown(tmp_path: Path) -> None:
+    """The browser tests' Chromium and screenshots, the test suite's PostgreSQL, and every
+    setting (``RELAY_CHROMA_URL`` is CHROMA_URL's other name)."""
+    environ = {
+        name: "x"
+        for name in (
+            "RELAY_CHROMIUM", "RELAY_SCREENSHOTS", "RELAY_TEST_POSTGRES_URL",
+            "RELAY_LLM_READ_INTERVAL", "RELAY_CHROMA_URL", "RELAY_MASK_NUMBERS_AFTER_DAYS",
+        )
+    }  # fmt: skip
+
+    assert unknown_variables(environ, tmp_path / "no.env") == []
+
+
+def test_the_dot_env_file_read_by_default_is_the_settings_one(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("RELAY_PROT=1\n", encoding="utf-8")  # in the working directory
+
+    assert unknown_variables({}) == [("RELAY_PROT", "RELAY_PORT")]

@@ -16,10 +16,11 @@ import websockets
 
 from relay.agents import AgentRegistry
 from relay.cli.common import settings_from
+from relay.errors import ConfigError
 from relay.testing import FakeLLMServer, ScriptedLLM, echo_reply
 from relay.testing.simcall import SimulatedCall, serve_in_process
 
-__all__ = ["add_parser", "run_terminal_call"]
+__all__ = ["add_parser", "run_terminal_call", "websocket_url"]
 
 
 def add_parser(commands: Any) -> None:
@@ -56,7 +57,7 @@ async def run_terminal_call(args: argparse.Namespace) -> int:
     try:
         settings = settings_from(args, RELAY_LOG_LEVEL="warning", **overrides)
         if args.url:
-            return await _converse(args, settings, args.url)
+            return await _converse(args, settings, websocket_url(args.url))
         from relay.web.app import create_app, preflight
 
         preflight(settings)
@@ -69,6 +70,42 @@ async def run_terminal_call(args: argparse.Namespace) -> int:
     finally:
         if fake is not None:
             fake.__exit__(None, None, None)
+
+
+#: The WebSocket scheme of each HTTP one: ``--url http://host:8080/ws`` is taken as ``ws://``.
+WEBSOCKET_SCHEMES = {"http": "ws", "https": "wss"}
+
+
+def websocket_url(url: str) -> str:
+    """``--url`` as a WebSocket URL: ``ws://`` or ``wss://`` as given; ``http://`` and
+    ``https://`` turned into them, saying so; anything else a ConfigError."""
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme.lower() in ("ws", "wss"):
+        return url
+    if sep and scheme.lower() in WEBSOCKET_SCHEMES:
+        converted = f"{WEBSOCKET_SCHEMES[scheme.lower()]}://{rest}"
+        print(f"relay call: {url} is not a WebSocket URL; using {converted}", file=sys.stderr)
+        return converted
+    raise ConfigError(
+        f"--url {url}: use ws:// or wss:// (a running server's WebSocket, e.g. "
+        "ws://127.0.0.1:8080/ws)"
+    )
+
+
+def _refusal(exc: Exception) -> str:
+    """What an HTTP status refusing the WebSocket handshake means at a relay server."""
+    if not isinstance(exc, websockets.InvalidStatus):
+        return ""
+    status = exc.response.status_code
+    if status == 403:
+        return (
+            " (refused: the Twilio signature did not check out, so this side's "
+            "TWILIO_AUTH_TOKEN and RELAY_PUBLIC_URL must be the server's; or nothing takes a "
+            "WebSocket at this path: relay's is /ws)"
+        )
+    if status == 404:
+        return " (nothing is served at this path: relay's WebSocket is /ws)"
+    return ""
 
 
 async def _knowledge_ready(runtime: Any) -> None:
@@ -103,8 +140,8 @@ async def _converse(
     out = sys.stdout
     try:
         await call.connect()
-    except (OSError, websockets.InvalidStatus) as exc:
-        print(f"relay call: cannot connect to {url}: {exc}", file=sys.stderr)
+    except (OSError, websockets.InvalidHandshake, websockets.InvalidURI) as exc:
+        print(f"relay call: cannot connect to {url}: {exc}{_refusal(exc)}", file=sys.stderr)
         return 1
     out.write(
         f"Connected to {agent.business_name} ({agent.name}) as {args.from_}. Commands: /interrupt, /dtmf N, /quit\n"

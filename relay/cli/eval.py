@@ -52,6 +52,10 @@ def add_parser(commands: Any) -> None:
         "--from-call", metavar="CALLSID", help="draft a scenario from a recorded call"
     )
     parser.add_argument("-o", "--output", type=Path, help="with --from-call: the file to write")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true",
+        help="show the service's log lines (by default only its errors, as relay replay)",
+    )  # fmt: skip
     parser.set_defaults(handler=_eval)
 
 
@@ -70,7 +74,9 @@ async def _run(args: argparse.Namespace) -> int:
     from relay.eval.report import junit, summaries, text_report
     from relay.eval.runner import ChatClient, RunResult, run_scenarios
 
-    settings = settings_from(args)
+    # The service's info lines (every call's start, turn and end) would bury the progress
+    # lines: errors only, unless -v, as relay replay does.
+    settings = settings_from(args) if args.verbose else settings_from(args, RELAY_LOG_LEVEL="error")
     scenarios = load_scenarios(args.scenarios or [DEFAULT_SCENARIOS])
     if args.agent:
         scenarios = [s for s in scenarios if s.agent == args.agent]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -18,8 +19,10 @@ from knowledge import (
     KnowledgeError,
     KnowledgeStore,
 )
+from knowledge.errors import StoreUnavailable
 from knowledge.priority import run_on_idle_cpu
-from relay.cli.common import settings_from
+from knowledge.store import MANIFEST_FILE
+from relay.cli.common import Handler, settings_from
 
 if TYPE_CHECKING:
     from relay.config import Settings
@@ -43,33 +46,33 @@ def add_parser(commands: Any) -> None:
     )
     add.add_argument("paths", nargs="+", type=Path)
     collection(add)
-    add.set_defaults(handler=_add)
+    add.set_defaults(handler=_reported(_add))
 
     sync = sub.add_parser(
         "sync", help="mirror a folder: add new, update changed, delete removed documents"
     )
     sync.add_argument("directory", type=Path)
     collection(sync)
-    sync.set_defaults(handler=_sync)
+    sync.set_defaults(handler=_reported(_sync))
 
     load = sub.add_parser(
         "load-shipped", help="sync every agent's documents from <data dir>/knowledge/<collection>/"
     )
-    load.set_defaults(handler=_load_shipped)
+    load.set_defaults(handler=_reported(_load_shipped))
 
     lst = sub.add_parser("list", help="list documents")
     collection(lst)
-    lst.set_defaults(handler=_list)
+    lst.set_defaults(handler=_reported(_list))
 
     show = sub.add_parser("show", help="a document's versions and chunks")
     show.add_argument("doc")
     collection(show)
-    show.set_defaults(handler=_show)
+    show.set_defaults(handler=_reported(_show))
 
     remove = sub.add_parser("remove", help="delete a document")
     remove.add_argument("doc")
     collection(remove)
-    remove.set_defaults(handler=_remove)
+    remove.set_defaults(handler=_reported(_remove))
 
     drop = sub.add_parser(
         "drop",
@@ -77,7 +80,7 @@ def add_parser(commands: Any) -> None:
     )
     collection(drop)
     drop.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    drop.set_defaults(handler=_drop)
+    drop.set_defaults(handler=_reported(_drop))
 
     search = sub.add_parser(
         "search",
@@ -91,7 +94,22 @@ def add_parser(commands: Any) -> None:
         help="show only the first K of them (the agent gets RELAY_KNOWLEDGE_K passages)",
     )
     collection(search)
-    search.set_defaults(handler=_search)
+    search.set_defaults(handler=_reported(_search))
+
+
+def _reported(handler: Handler) -> Handler:
+    """``handler``, with a store that cannot be reached (a Chroma server down) or any other
+    knowledge error reported in one line, exit 1, not as a traceback."""
+
+    @functools.wraps(handler)
+    def reported(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except KnowledgeError as exc:  # StoreUnavailable included
+            print(f"relay knowledge: {exc}", file=sys.stderr)
+            return 1
+
+    return reported
 
 
 def _positive(text: str) -> int:
@@ -122,6 +140,7 @@ def _context(
     from relay.services.retrieval import open_knowledge
 
     store = open_knowledge(settings).store
+    _reachable(settings, store)
     known = sorted(
         {a.knowledge_collection for a in agents.agents.values() if a.knowledge_collection}
     )
@@ -131,6 +150,21 @@ def _context(
             f"{', '.join(known) or 'none'}); set knowledge_collection in the agent's profile first"
         )
     return settings, store, name
+
+
+def _reachable(settings: Settings, store: KnowledgeStore) -> None:
+    """With a Chroma server, raise StoreUnavailable naming it (and the setting) unless it
+    answers: every command needs it, and without this some fail only after their first file."""
+    server = _server(settings)
+    if server is None:
+        return
+    try:
+        store.ping()
+    except StoreUnavailable as exc:
+        where = "CHROMA_URL" if settings.chroma_url else "run by `relay serve --workers`"
+        raise StoreUnavailable(
+            f"cannot reach the Chroma server at {server} ({where}): {exc}"
+        ) from exc
 
 
 #: The marks of :class:`Progress`, one per file loaded.
@@ -217,6 +251,7 @@ def _load_shipped(args: argparse.Namespace) -> int:
     settings = settings_from(args, RELAY_LOG_LEVEL="warning")
     agents = AgentRegistry.load(settings.prompts_dir, default=settings.default_agent)
     store = open_knowledge(settings).store
+    _reachable(settings, store)
     status = 0
     for agent in agents.agents.values():
         name = agent.knowledge_collection
@@ -229,8 +264,11 @@ def _load_shipped(args: argparse.Namespace) -> int:
 
 
 def _list(args: argparse.Namespace) -> int:
-    _, store, name = _context(args)
+    settings, store, name = _context(args)
     docs = store.list_documents(name)
+    server = _server(settings)
+    if server is not None:
+        _where(settings, server, store, name, sum(doc.chunks for doc in docs))
     if not docs:
         print(f"'{name}' has no documents.")
         return 0
@@ -238,6 +276,37 @@ def _list(args: argparse.Namespace) -> int:
     for doc in docs:
         print(f"{doc.doc_id:40} {doc.version:>7} {doc.chunks:>6}  {doc.loaded_at}")
     return 0
+
+
+def _server(settings: Settings | None) -> str | None:
+    """The Chroma server holding the vectors (``CHROMA_URL``, or the one a running
+    ``relay serve --workers N`` supervises for this data directory); None when embedded."""
+    if settings is None:
+        return None
+    from relay.services.retrieval import running_chroma_server
+
+    return settings.chroma_url or running_chroma_server(settings.data_dir)
+
+
+def _where(settings: Settings, server: str, store: KnowledgeStore, name: str, listed: int) -> None:
+    """With a Chroma server: say that the list is this data directory's manifest, and when
+    the server holds another number of chunks for the collection (documents loaded with
+    another data directory), say that too. A server that cannot be reached raises
+    StoreUnavailable."""
+    manifest = settings.knowledge_path / MANIFEST_FILE
+    print(
+        f"Documents of '{name}' as this data directory's manifest records them ({manifest}); "
+        f"their chunks are on the Chroma server at {server}.",
+        file=sys.stderr,
+    )
+    held = store.count(name)
+    if held != listed:
+        print(
+            f"The server holds {held} chunks of '{name}', the documents listed {listed}: "
+            "documents loaded with another data directory (RELAY_DATA_DIR) are not listed "
+            "here. Load and list documents from one data directory.",
+            file=sys.stderr,
+        )
 
 
 def _show(args: argparse.Namespace) -> int:

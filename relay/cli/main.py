@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
@@ -74,7 +75,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return handler(args)
+        code = handler(args)
+        sys.stdout.flush()  # here, where a reader gone is caught, rather than at exit
+        return code
+    except BrokenPipeError:
+        return _reader_gone()
     except ConfigError as exc:
         print(f"relay: configuration error: {_with_hint(exc, command)}", file=sys.stderr)
         return 2
@@ -133,6 +138,21 @@ def _command_in(arguments: Sequence[str]) -> str | None:
     """The command ``arguments`` name: the first that is not an option, as argparse reads it
     (the top-level parser has no option that takes a value)."""
     return next((arg for arg in arguments if not arg.startswith("-")), None)
+
+
+#: The exit status of a command whose reader went away (``| head``): a shell's for SIGPIPE.
+BROKEN_PIPE = 128 + 13
+
+
+def _reader_gone() -> int:
+    """The output's reader closed the pipe (``relay sessions list | head -2``): stop quietly,
+    as a command killed by SIGPIPE does. What is still buffered for stdout goes to /dev/null,
+    or Python's own flush at exit would fail again, with a message (Python's documentation,
+    "Note on SIGPIPE")."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return BROKEN_PIPE
 
 
 def _with_hint(exc: ConfigError, command: str | None) -> str:

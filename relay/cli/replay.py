@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from relay.cli.common import settings_from
+from relay.cli.common import check_listen, settings_from
 
 __all__ = ["add_parser"]
 
@@ -98,9 +98,21 @@ async def _main(args: argparse.Namespace) -> int:
     from relay.replay.runner import DEFAULT_LLM_PORT, Options, junit, load_targets, run_replays
 
     settings = settings_from(args) if args.verbose else settings_from(args, RELAY_LOG_LEVEL="error")
+    _check_paths(args.targets)
+    llm_port = args.llm_port or DEFAULT_LLM_PORT
+    if args.url is not None:
+        if args.mode == "cassette":  # a port in use: one line, not uvicorn's inside a task
+            check_listen(args.llm_host, llm_port, host_names="--llm-host", port_names="--llm-port")
+        if not args.quiet:
+            print(
+                "relay replay: over --url the server uses its own clock (an in-process replay "
+                "pins it to the recorded call's start): tools whose answers depend on the date "
+                "(free slots, opening hours) may answer differently.",
+                file=sys.stderr,
+            )
     options = Options(
         mode=args.mode, fast=args.fast, url=args.url, timeout=args.timeout, ignore=list(args.ignore),
-        llm_host=args.llm_host, llm_port=args.llm_port or DEFAULT_LLM_PORT, live_retrieval=args.live_retrieval, save=args.save,
+        llm_host=args.llm_host, llm_port=llm_port, live_retrieval=args.live_retrieval, save=args.save,
     )  # fmt: skip
     reports = await run_replays(
         await load_targets(args.targets, settings),
@@ -113,3 +125,13 @@ async def _main(args: argparse.Namespace) -> int:
     if args.junit is not None:
         args.junit.write_bytes(junit(reports, sum(r.seconds for r in reports)))
     return 1 if any(r.failed for r in reports) else 0
+
+
+def _check_paths(targets: list[str]) -> None:
+    """A target that looks like a path (a ``/`` in it, or ending in ``.jsonl``) but names
+    nothing is a file not found, not a CallSid the database lacks."""
+    from relay.recordings.format import RecordingError
+
+    for target in targets:
+        if ("/" in target or target.endswith(".jsonl")) and not Path(target).exists():
+            raise RecordingError(f"cannot read {target}: No such file or directory")

@@ -8,8 +8,11 @@ from typing import Any
 
 import uvicorn
 
-from relay.cli.common import settings_from
+from relay.cli.common import check_listen, settings_from
 from relay.testing import FakeLLMServer, ScriptedLLM, echo_reply, serve_fake_llm
+
+#: The flags of ``relay serve`` that stand for a setting, and its variable.
+SERVE_FLAGS = {"--host": "RELAY_HOST", "--port": "RELAY_PORT", "--workers": "RELAY_WORKERS"}
 
 
 def add_parser(commands: Any) -> None:
@@ -29,10 +32,14 @@ def add_parser(commands: Any) -> None:
     serve.set_defaults(handler=_serve)
 
     fake = commands.add_parser(
-        "fake-llm", help="run the scripted OpenAI-compatible streaming server"
+        "fake-llm",
+        help="run the scripted OpenAI-compatible streaming server",
+        description="The scripted OpenAI-compatible streaming model, under /v1: point "
+        "OPENAI_BASE_URL at http://HOST:PORT/v1.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    fake.add_argument("--host", default="127.0.0.1")
-    fake.add_argument("--port", type=int, default=8081)
+    fake.add_argument("--host", default="127.0.0.1", help="interface to listen on")
+    fake.add_argument("--port", type=int, default=8081, help="port (0: any free port)")
     fake.add_argument(
         "--token-delay", type=float, default=0.02, help="seconds between streamed tokens"
     )
@@ -53,16 +60,19 @@ def _serve(args: argparse.Namespace) -> int:
     limit_malloc_arenas()  # before any thread starts (relay.heap); workers do it themselves
 
     overrides: dict[str, Any] = {}
-    if args.host:
-        overrides["RELAY_HOST"] = args.host
-    if args.port:
-        overrides["RELAY_PORT"] = args.port
-    if getattr(args, "workers", None):
-        overrides["RELAY_WORKERS"] = args.workers
+    flags: dict[str, str] = {}
+    for flag, name in SERVE_FLAGS.items():  # 0 is a value too (refused: RELAY_PORT, RELAY_WORKERS)
+        value = getattr(args, flag.removeprefix("--"), None)
+        if value is not None:
+            overrides[name] = value
+            flags[name] = flag
     if args.fake_llm:  # its address once it runs; the settings are checked before it starts
         overrides["OPENAI_BASE_URL"] = "http://127.0.0.1:9/v1"
-    settings = settings_from(args, **overrides)
+    settings = settings_from(args, flags, **overrides)
     preflight(settings)  # fail now, naming the variable or file, not inside uvicorn
+    # A port in use (or a host that is not this machine's) is one line naming the setting,
+    # before migrations and start-up, whose lines would otherwise bury uvicorn's.
+    check_listen(settings.host, settings.port)
     # Before uvicorn (and its workers): a database that cannot be reached or migrated is then
     # one line naming DATABASE_URL, not a traceback inside uvicorn's start-up.
     asyncio.run(_migrate(settings.database))
@@ -106,6 +116,7 @@ async def _migrate(url: str) -> None:
 
 def _fake_llm(args: argparse.Namespace) -> int:
     settings_from(args)  # logging as relay serve's: RELAY_LOG_LEVEL, RELAY_LOG_FORMAT
+    check_listen(args.host, args.port, host_names="--host", port_names="--port")
     serve_fake_llm(
         args.host,
         args.port,

@@ -1,8 +1,8 @@
 """``relay serve --workers N``: several uvicorn worker processes on one port.
 
 The parent process prepares what the workers share, then hands over to uvicorn's process
-manager, which starts each worker on ``relay.web.app:app_from_env`` (settings from the
-environment, which the parent completes):
+manager, which starts each worker on :func:`worker_app` (``relay.web.app:app_from_env``: settings
+from the environment, which the parent completes):
 
 1. Migrations have run once, in the parent, before this (``relay serve`` runs them under the
    migration lock for one worker or several); each worker's own ``migrate()`` then finds the
@@ -14,14 +14,19 @@ environment, which the parent completes):
 
 The parent's process manager is uvicorn's, with relay's rule for a repeated signal
 (:class:`Supervisor`): the first SIGTERM or SIGINT drains every worker; another one, two seconds
-or more later, stops them at once, as it does a single process (:mod:`relay.web.drain`).
+or more later, stops them at once, as it does a single process (:mod:`relay.web.drain`). A parent
+killed outright (SIGKILL, the OOM killer) cannot pass anything on: each worker asks Linux for
+SIGTERM when its parent dies (:func:`die_with_parent`), so none is left holding the port.
 """
 
 from __future__ import annotations
 
+import ctypes
+import multiprocessing
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Mapping
 from multiprocessing.connection import wait
@@ -38,7 +43,9 @@ from relay.web.drain import REPEAT_WINDOW
 
 log = structlog.get_logger("relay.cli.workers")
 
-APP_FACTORY = "relay.web.app:app_from_env"
+APP_FACTORY = "relay.cli.workers:worker_app"
+#: ``prctl``'s option: the signal the calling process gets when its parent dies (linux/prctl.h).
+PR_SET_PDEATHSIG = 1
 #: The signals that stop the server: the first drains the workers, a later one stops them.
 EXIT_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 #: While the workers drain, how often the parent looks for a later signal to pass on (seconds).
@@ -102,6 +109,38 @@ class Supervisor(Multiprocess):
             self.stop_now_if_asked()
             wait([process.sentinel for process in living], timeout=POLL)
         super().join_all()  # all gone: uvicorn's join logs each and returns at once
+
+
+def worker_app() -> Any:
+    """The app of one worker process (uvicorn's factory): it dies with the parent, then runs
+    :func:`relay.web.app.app_from_env`."""
+    from relay.web.app import app_from_env
+
+    parent = multiprocessing.parent_process()  # the supervisor that spawned this worker
+    die_with_parent(parent.pid if parent is not None else None)
+    return app_from_env()
+
+
+def die_with_parent(parent: int | None) -> bool:
+    """Have Linux send this process SIGTERM when its parent dies (``PR_SET_PDEATHSIG``), which
+    a worker answers by draining and exiting, as it answers the parent's own SIGTERM.
+
+    A parent that died before the request was made sends nothing, so the parent is checked
+    after it: when it is no longer ``parent`` (this process was handed to init), SIGTERM is
+    sent now. True when the request was made; off Linux, or refused, nothing is done."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        done = libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        done = False
+    if not done:
+        log.warning("worker_parent_death_signal_unset", pid=os.getpid())
+        return False
+    if parent is not None and os.getppid() != parent:  # it died before prctl: nothing will come
+        os.kill(os.getpid(), signal.SIGTERM)
+    return True
 
 
 def serve_workers(

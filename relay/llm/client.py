@@ -174,7 +174,7 @@ class OpenAIChat:
         elif transport == "lean":
             from relay.llm.http1 import LeanTransport
 
-            _refuse_proxies(self.url)
+            refuse_proxies(self.url)
             self._transport = LeanTransport()
         else:
             self._transport = AiohttpTransport(max_connections=max_connections)
@@ -335,8 +335,10 @@ class OpenAIChat:
             )
 
 
-def _refuse_proxies(url: str) -> None:
-    """The lean transport connects directly: never ignore a proxy the environment sets."""
+def refuse_proxies(url: str) -> None:
+    """The lean transport connects directly: never ignore a proxy the environment sets.
+    A ConfigError naming RELAY_LLM_TRANSPORT when the environment sets one for ``url``
+    (``relay serve`` checks it before it starts: :func:`relay.web.app.preflight`)."""
     try:
         proxy, _ = get_env_proxy_for_url(URL(url))
     except LookupError:

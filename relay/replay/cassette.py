@@ -416,7 +416,15 @@ async def serve_asgi(app: Any, host: str, port: int) -> AsyncIterator[str]:
         timeout_graceful_shutdown=1,
     )
     server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
+
+    async def serve() -> None:
+        try:
+            await server.serve()
+        except SystemExit as exc:  # uvicorn's when it cannot bind: out of a task, it would
+            # escape the event loop (a traceback and "Task exception was never retrieved")
+            raise ConfigError(f"cannot listen on {host}:{port}") from exc
+
+    task = asyncio.create_task(serve())
     try:
         while not server.started:
             if task.done():

@@ -289,6 +289,10 @@ def preflight(settings: Settings, tools: ToolRegistry | None = None) -> AgentReg
     """Check what start-up will need (profiles, tools, business tables, LLM key) and raise a
     ConfigError naming the variable or file, before any server starts."""
     settings.llm_api_key()
+    if settings.llm_transport == "lean":  # the app's start-up refuses it too, in a traceback
+        from relay.llm.client import refuse_proxies
+
+        refuse_proxies(settings.llm_base_url + "/chat/completions")
     check_driver(settings.database)  # one line naming the missing database driver
     agents = check_agents(settings, tools)
     if settings.elevenlabs_api_key:
