@@ -11,11 +11,15 @@ the agent's (taken from its own number), Australia by default:
   is given, and masks them. A number keeps its country code and last two digits
   (``+61*******78``, ``**** *** *78``): enough to tell calls apart, not to dial. Masking is
   deterministic and idempotent, so a masked recording masks to itself and still replays.
+  With ``fake_numbers=True`` (exports) a valid number becomes instead a made-up one of the
+  same kind from the ranges set aside for fiction (:func:`fake_number`), so tools still take it.
 
 Numbers are found twice: the matcher's valid numbers, then whatever has the shape of a number
 (8 to 15 digits, as a possible number in the region) outside words, decimals, dates and times,
 so a number no plan has issued yet (a made-up ``555`` one) is masked too. Short references
-(six-digit bookings, ``Q482913`` quotes), ids (``CA0123...``), ISO dates and timestamps stay.
+(six-digit bookings, ``Q482913`` quotes), ids (``CA0123...``), ISO dates and timestamps stay:
+no number is taken from inside an ISO date or time or from either side of a decimal point
+(``...T20:10:38.130663+00:00`` holds a valid Australian 13 number, ``130663``).
 
 Imports nothing of relay: logging sits on it.
 """
@@ -23,6 +27,7 @@ Imports nothing of relay: logging sits on it.
 from __future__ import annotations
 
 import functools
+import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -36,6 +41,7 @@ __all__ = [
     "EMAIL_MASK",
     "NAME_MASK",
     "Redactor",
+    "fake_number",
     "is_e164",
     "mask_number",
     "mask_text",
@@ -55,6 +61,11 @@ _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}|^\d{1,2}[/.]\d{1,2}[/.]\d{2,4}$")
 #: Characters that, next to a run of digits, make it part of something else (an id, a decimal,
 #: a time, a date, a URL's port).
 _GLUED = frozenset("_:/-+*#@=")
+#: ISO dates and times (``2026-12-07T20:10:38.130663+00:00``, ``20:10:38.1306``): never a number.
+_ISO_TIME = re.compile(
+    r"\d{4}-\d{2}-\d{2}(?:[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?"
+    r"|(?<![\d:])\d{1,2}:\d{2}(?::\d{2})?(?:\.\d+)?"
+)
 
 _STREET_TYPES = (
     # Australian and US street types, long and short forms.
@@ -144,11 +155,89 @@ def mask_number(number: str) -> str:
     return "".join(out)
 
 
+#: Numbers set aside for fiction (films, books, drama): they reach no one. Australia (ACMA):
+#: thirty mobile numbers, and 5550 xxxx in each geographic area; North America: 555-0100 to
+#: 555-0199 in any area code.
+_AU_FICTION_MOBILES = (
+    "491570006", "491570156", "491570157", "491570158", "491570159", "491570110", "491570313",
+    "491570737", "491571266", "491571491", "491571804", "491572549", "491572665", "491572983",
+    "491573770", "491573087", "491574118", "491574632", "491575254", "491575789", "491576398",
+    "491576801", "491577426", "491577644", "491578957", "491578148", "491578888", "491579212",
+    "491579760", "491579455",
+)  # fmt: skip
+_AU_FICTION_LANDLINE = re.compile(r"^[2378]5550\d{4}$")
+_NANP_FICTION = re.compile(r"^\d{3}55501\d{2}$")
+
+
+def _is_fiction(number: phonenumbers.PhoneNumber) -> bool:
+    national = str(number.national_number)
+    if number.country_code == 61:
+        return national in _AU_FICTION_MOBILES or bool(_AU_FICTION_LANDLINE.match(national))
+    return number.country_code == 1 and bool(_NANP_FICTION.match(national))
+
+
+def _fake_national(number: phonenumbers.PhoneNumber) -> str | None:
+    """A made-up national number of ``number``'s kind, picked by a hash of ``number``."""
+    e164 = phonenumbers.format_number(number, PhoneNumberFormat.E164)
+    pick = int.from_bytes(hashlib.sha256(e164.encode()).digest()[:8], "big")
+    national = str(number.national_number)
+    kind = phonenumbers.number_type(number)
+    if number.country_code == 61:
+        if kind == phonenumbers.PhoneNumberType.MOBILE:
+            return _AU_FICTION_MOBILES[pick % len(_AU_FICTION_MOBILES)]
+        if kind == phonenumbers.PhoneNumberType.FIXED_LINE and national[0] in "2378":
+            return f"{national[0]}5550{pick % 10_000:04d}"  # same area: (03) 5550 xxxx
+        return None
+    if number.country_code == 1:
+        return f"{national[:3]}55501{pick % 100:02d}"  # same area code: (415) 555-01xx
+    return None
+
+
+def fake_number(raw: str, *, region: str = DEFAULT_REGION) -> str | None:
+    """A made-up number of the same kind as ``raw``, written as ``raw`` is written.
+
+    ``"0412 345 678"`` becomes one of the thirty mobile numbers Australia keeps for drama
+    (``"0491 570 110"``), ``"+61 3 9123 4567"`` a ``(03) 5550 xxxx`` one, ``"(415) 555-2671"``
+    a ``555-01xx`` one: valid, so tools still take it, and reaching no one. The same number,
+    however written, always gets the same fake. A number already in those ranges is its own
+    fake (masking is idempotent). None when ``raw`` is not a valid number or no range is kept
+    for its kind (then it is masked with asterisks).
+    """
+    digits = re.sub(r"\D", "", raw)
+    try:  # 0061 412 345 678: dialled from abroad, as normalise_phone reads it
+        number = phonenumbers.parse("+" + digits[2:] if digits[:2] == "00" else raw, region)
+    except NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(number):
+        return None
+    if _is_fiction(number):
+        return raw
+    fake = _fake_national(number)
+    national = str(number.national_number)
+    if fake is None or len(fake) != len(national):
+        return None
+    # Put the fake's digits where the national number's were, keeping the prefix (+61, 0,
+    # 0061) and the separators as they were written.
+    positions = [i for i, c in enumerate(raw) if c.isdigit()][-len(national) :]
+    if len(positions) < len(national):
+        return None
+    out = list(raw)
+    for at, digit in zip(positions, fake, strict=True):
+        out[at] = digit
+    return "".join(out)
+
+
 class Redactor:
     """Masks phone numbers, e-mail addresses, street addresses and the given names in text.
 
     ``keep_numbers`` are left as they are (the business's own line, so a masked recording still
-    reaches the same agent); ``region`` is where national numbers are read.
+    reaches the same agent); ``region`` is where national numbers are read. With
+    ``fake_numbers`` a valid number becomes a made-up one of its kind (:func:`fake_number`)
+    rather than asterisks, so that tools given it in a replayed recording still take it.
+
+    Names are found whole-word in any case (``jane citizen``, ``JANE CITIZEN``); a single part
+    of a name (``Jane``) only as given or in capitals, since in lower case it may be a word
+    (``will``, ``grace``).
     """
 
     def __init__(
@@ -158,20 +247,31 @@ class Redactor:
         *,
         region: str = DEFAULT_REGION,
         addresses: bool = True,
+        fake_numbers: bool = False,
     ) -> None:
         self.region = region
         self.addresses = addresses
+        self.fake_numbers = fake_numbers
         self.keep = {re.sub(r"[^\d]", "", n) for n in keep_numbers if n}
-        words: set[str] = set()
+        whole: set[str] = set()
+        parts: set[str] = set()
         for name in names:
             name = " ".join(name.split())
             if len(name) < 2:
                 continue
-            words.add(name)
-            words.update(part for part in name.split() if len(part) >= 2 and part[0].isupper())
-        ordered = sorted(words, key=len, reverse=True)
+            whole.add(name.casefold())
+            for part in name.split():
+                if len(part) >= 2 and part[0].isupper():
+                    parts.update((part, part.upper()))
+        parts -= {p for p in parts if p.casefold() in whole}
+        alternatives = [
+            *("(?i:" + r"\s+".join(map(re.escape, n.split())) + ")" for n in whole),
+            *map(re.escape, parts),
+        ]
+        # The longest first, so that "Jane Citizen" is masked whole rather than as "Jane".
+        alternatives.sort(key=len, reverse=True)
         self._names = (
-            re.compile(r"\b(?:" + "|".join(map(re.escape, ordered)) + r")\b") if ordered else None
+            re.compile(r"\b(?:" + "|".join(alternatives) + r")\b") if alternatives else None
         )
 
     def spans(self, text: str) -> list[tuple[int, int, str]]:
@@ -186,7 +286,9 @@ class Redactor:
             add(match.start(), match.end(), EMAIL_MASK)
         if sum(c.isdigit() for c in text) >= 7:
             for start, end in self._numbers(text):
-                add(start, end, mask_number(text[start:end]))
+                raw = text[start:end]
+                fake = fake_number(raw, region=self.region) if self.fake_numbers else None
+                add(start, end, fake or mask_number(raw))
         if self.addresses:
             for match in _ADDRESS.finditer(text):
                 add(match.start(), match.end(), ADDRESS_MASK)
@@ -199,6 +301,8 @@ class Redactor:
         """Every number's span. The matcher takes a run of digit groups as one candidate
         (``0412 345 678 555-555-0123``) and may find only part of it: look again with what
         was found blanked out, until nothing new turns up."""
+        # Nothing inside an ISO date or time is a number: blank them out first.
+        text = _ISO_TIME.sub(lambda m: "|" * len(m.group()), text)
         spans: list[tuple[int, int]] = []
         for _ in range(4):
             found = [
@@ -220,7 +324,9 @@ class Redactor:
                 start, end = match.start, match.end
                 raw = match.raw_string
                 digits = re.sub(r"\D", "", raw)
-                if leniency is Leniency.POSSIBLE and not self._number_shaped(text, start, end):
+                if _in_a_decimal(text, start, end) or (
+                    leniency is Leniency.POSSIBLE and not self._number_shaped(text, start, end)
+                ):
                     continue
                 national = str(match.number.national_number)
                 if digits in self.keep or any(
@@ -288,6 +394,13 @@ class Redactor:
         if isinstance(value, dict):
             return {k: self.value(v) for k, v in value.items()}
         return value
+
+
+def _in_a_decimal(text: str, start: int, end: int) -> bool:
+    """Whether ``text[start:end]`` is a decimal's fraction or whole part (``54273.131450``)."""
+    before = text[max(0, start - 2) : start].rjust(2)
+    after = text[end : end + 2].ljust(2)
+    return (before[1] == "." and before[0].isdigit()) or (after[0] == "." and after[1].isdigit())
 
 
 @functools.lru_cache(maxsize=8)

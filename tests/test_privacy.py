@@ -158,3 +158,54 @@ def test_a_number_at_the_end_of_a_sentence_is_masked() -> None:
 def test_two_numbers_side_by_side_are_both_masked() -> None:
     out = Redactor().text("I have 0412 345 678 555-555-0123, thanks.")
     assert out == "I have **** *** *78 ***-***-**23, thanks."
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-12-07T20:10:38.130663+00:00",  # 130663: an Australian 13 number, 6 digits
+        "created 2026-12-07 20:10:38.131450, t=54273.131450",
+        "at 20:10:38.130663 and 54273.131450 s",
+    ],
+)
+def test_no_number_is_taken_from_a_timestamp_or_a_decimal(text: str) -> None:
+    assert Redactor().text(text) == text
+    assert Redactor().text(f"{text} 0412 345 678") == f"{text} **** *** *78"
+
+
+def test_names_are_masked_in_any_case_and_their_parts_only_as_names() -> None:
+    masker = Redactor(["Jane Citizen", "Will Grace"])
+    out = masker.text("jane citizen, JANE CITIZEN, Jane  Citizen; Jane, JANE; I will, Will.")
+    assert out == "[name], [name], [name]; [name], [name]; I will, [name]."
+
+
+@pytest.mark.parametrize(
+    ("number", "fake"),
+    [
+        ("+61412345678", "+61491570158"),
+        ("0412 345 678", "0491 570 158"),  # the same number, however written: the same fake
+        ("0061 412 345 678", "0061 491 570 158"),
+        ("(04) 1234 5678", "(04) 9157 0158"),
+        ("(03) 9123 4567", "(03) 5550 5651"),  # a landline: 5550 xxxx in the same area
+        ("+1 (415) 555-2671", "+1 (415) 555-0107"),  # North America: 555-01xx
+        ("+353861234567", "+353*******67"),  # no range kept for it: asterisks
+        ("555-555-0123", "***-***-**23"),  # not a valid number
+    ],
+)
+def test_exports_replace_numbers_by_made_up_ones_of_the_same_kind(number: str, fake: str) -> None:
+    masker = Redactor(fake_numbers=True)
+    out = masker.text(f"Call {number} please.")
+    assert out == f"Call {fake} please."
+    assert masker.text(out) == out  # a fake is its own fake
+    e164 = normalise_phone(fake, region="US" if number.startswith("+1") else "AU")
+    assert (e164 is not None) == ("*" not in fake)  # tools still take it
+
+
+def test_fake_numbers_come_from_the_ranges_kept_for_fiction() -> None:
+    masker = Redactor(fake_numbers=True)
+    mobiles = {masker.text(f"04{n:08d}") for n in range(12_000_000, 12_000_400)}
+    assert len(mobiles) == 30  # ACMA's thirty drama mobiles, and nothing else
+    assert all(m.startswith("049157") for m in mobiles)
+    assert masker.text("+61390001234 or 0390001234") == "+61355502532 or 0355502532"
+    kept = Redactor(keep_numbers=["+61390001234"], fake_numbers=True)
+    assert kept.text("+61390001234, (03) 9000 1234") == "+61390001234, (03) 9000 1234"

@@ -64,19 +64,26 @@ otherwise.
 
 Redaction (``export --redact``) masks, in every string of every line, including the raw
 frames and the LLM request bodies, with the masker logs use (:mod:`relay.privacy`): phone
-numbers in any format, found with libphonenumber in the business's region (``+61412345678``
-becomes ``+61*******78``, national numbers like ``0412 345 678`` become ``**** *** *78``; the
-business's own number, the one called on an inbound call, stays so that a replay still reaches
-the same agent), e-mail addresses, street addresses, and the caller's and known customers' names (from the setup frame, the "Known
-caller" context and tool arguments and results). Masking is deterministic, so a redacted
-recording still replays: the masked caller ID in the setup frame gives the same masked
-``Caller ID`` line in the LLM requests.
+numbers in any format, found with libphonenumber in the business's region, become made-up
+numbers of the same kind from the ranges kept for fiction, written the same way (an
+Australian mobile ``0412 345 678`` one of the thirty ACMA drama numbers such as
+``0491 570 158``, a landline ``(03) 9123 4567`` a ``(03) 5550 xxxx`` one, a North American
+number a ``555-01xx`` one), the same fake for the same number however written, so that tools
+given one in a replay still take it; numbers with no such range (other countries, invalid
+ones) keep their country code and last two digits (``+353*******67``, ``***-***-**23``). The
+business's own number, the one called on an inbound call, stays so that a replay still
+reaches the same agent. Also masked: e-mail addresses, street addresses, and the caller's and
+known customers' names in any case (from the setup frame, the "Known caller" context and tool
+arguments and results). The rows' own timings (``t``, ``*_at``, ``*_ms``) are left as they
+are. Masking is deterministic and idempotent, so a redacted recording still replays: the
+masked caller ID in the setup frame gives the same masked ``Caller ID`` line in the LLM
+requests.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -518,12 +525,19 @@ def redact_recording(recording: Recording) -> Recording:
     outbound = str(call.get("direction") or "").startswith("outbound")
     own = call.get("from_number") if outbound else call.get("to_number")
     redactor = Redactor(
-        names_in(recording), keep_numbers=[own] if own else [], region=region_of(own)
+        names_in(recording),
+        keep_numbers=[own] if own else [],
+        region=region_of(own),
+        fake_numbers=True,
     )
-    scrub: Callable[[Any], Any] = redactor.value
+
+    def scrub(row: Mapping[str, Any]) -> dict[str, Any]:
+        # A row's own timings are no one's data, and must stay readable as they are.
+        return {k: v if _is_timing(k) else redactor.value(v) for k, v in row.items()}
+
     header = {k: (scrub(v) if k == "call" else v) for k, v in recording.header.items()}
     header["redacted"] = True
-    events = [{**e, "data": scrub(e["data"])} for e in recording.events]
+    events = [scrub(e) for e in recording.events]
     for original, event in zip(recording.events, events, strict=True):
         if original["kind"] == "llm_response" and isinstance(original["data"].get("pieces"), list):
             event["data"]["pieces"] = redactor.pieces([str(p) for p in original["data"]["pieces"]])
@@ -542,6 +556,11 @@ def redact_recording(recording: Recording) -> Recording:
         turns=[scrub(t) for t in recording.turns],
         source=recording.source,
     )
+
+
+def _is_timing(column: str) -> bool:
+    """A row's timestamp or timing column (``started_at``, ``t``, ``first_token_ms``...)."""
+    return column == "t" or column.endswith(("_at", "_ms"))
 
 
 def _talk_cycles(events: Sequence[Mapping[str, Any]]) -> list[list[int]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -57,6 +58,10 @@ class RecordedRetrieval:
     provenance: list[dict[str, Any]]
     elapsed_ms: float
     error: str | None
+    #: The number of the request that carried it (None: its turn made none), and that turn's
+    #: query as the session makes it (the caller's latest words), to pair it with a turn now.
+    exchange: int | None = None
+    query: str | None = None
 
 
 def exchanges(recording: Recording) -> list[Exchange]:
@@ -99,6 +104,7 @@ def retrievals(recording: Recording) -> list[RecordedRetrieval]:
     """Each recorded retrieval with the passage message the next request carried."""
     found: list[RecordedRetrieval] = []
     pending: dict[str, Any] | None = None
+    requests = 0
     for event in recording.events:
         kind, data = event["kind"], event.get("data") or {}
         if kind == "retrieval":
@@ -109,7 +115,10 @@ def retrievals(recording: Recording) -> list[RecordedRetrieval]:
                     )
                 )
             pending = data
-        elif kind == "llm_request" and pending is not None:
+        elif kind == "llm_request":
+            requests += 1
+            if pending is None:
+                continue
             messages = (data.get("body") or {}).get("messages") or []
             found.append(
                 RecordedRetrieval(
@@ -117,6 +126,8 @@ def retrievals(recording: Recording) -> list[RecordedRetrieval]:
                     list(pending.get("provenance") or []),
                     float(pending.get("elapsed_ms") or 0.0),
                     pending.get("error"),
+                    exchange=requests,
+                    query=query_of(messages),
                 )
             )
             pending = None
@@ -125,6 +136,66 @@ def retrievals(recording: Recording) -> list[RecordedRetrieval]:
             RecordedRetrieval("", list(pending.get("provenance") or []), 0.0, pending.get("error"))
         )
     return found
+
+
+def known_caller(recording: Recording) -> tuple[bool, dict[str, Any] | None, int]:
+    """The caller lookup's result as the recorded requests show it (their "Known caller"
+    line), and the number of the first request that had it (the lookup may have finished
+    after the first turn's request went out): (True, the customer, n), (True, None, 0) for a
+    caller not found, (False, None, 0) when the recording made no request to tell."""
+    number = 0
+    for event in recording.events:
+        if event["kind"] != "llm_request":
+            continue
+        number += 1
+        for message in (event.get("data") or {}).get("body", {}).get("messages") or []:
+            content = message.get("content")
+            if message.get("role") != "system" or not isinstance(content, str):
+                continue
+            at = content.find(_KNOWN_CALLER)
+            if at >= 0:
+                try:
+                    found, _ = _JSON.raw_decode(content, at + len(_KNOWN_CALLER))
+                except ValueError:
+                    return False, None, 0
+                return True, (found if isinstance(found, dict) else None), number
+            break  # only the first system message holds the call's facts
+    return number > 0, None, 0
+
+
+_KNOWN_CALLER = "Known caller: "
+_JSON = json.JSONDecoder()
+
+
+class CassetteDirectory:
+    """Finds the caller the recording found (the session's ``CallerDirectory``): the replay's
+    database is new, and the recorded customers are not in it. The answer comes once the
+    requests made before it then have been made now, so each request has it or not as then."""
+
+    def __init__(
+        self, cassette: Cassette, customer: Mapping[str, Any] | None, from_request: int = 1
+    ) -> None:
+        self.cassette = cassette
+        self.customer = customer
+        self.from_request = from_request
+
+    async def lookup(self, agent: AgentProfile, phone: str) -> Mapping[str, Any] | None:
+        await self.cassette.until_served(self.from_request - 1)
+        return self.customer
+
+
+def query_of(messages: list[dict[str, Any]], *, count: int = 2, chars: int = 300) -> str:
+    """The retrieval query of the turn that made a request: the caller's latest words, with a
+    little recent context, as :meth:`relay.call.transcript.Transcript.recent_user_text` makes
+    it from the same messages."""
+    parts: list[str] = []
+    for message in reversed(messages):
+        content = message.get("content")
+        if message.get("role") == "user" and isinstance(content, str) and content:
+            parts.append(content)
+            if len(parts) == count or sum(len(p) for p in parts) > chars:
+                break
+    return " ".join(reversed(parts))
 
 
 #: How long a request the recording does not have next waits, in case its turn is being cut off.
@@ -157,6 +228,21 @@ class Cassette:
         self.tool_calls: list[dict[str, Any]] = []  # as served, for expectations
         self._last_body: bytes | None = None
         self._last: Exchange | None = None
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+
+    async def until_served(self, count: int) -> None:
+        """Wait until ``count`` requests have been answered (or refused)."""
+        if self.served >= count:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append((count, waiter))
+        await waiter
+
+    def _wake(self) -> None:
+        for count, waiter in self._waiters:
+            if count <= self.served and not waiter.done():
+                waiter.set_result(None)
+        self._waiters = [(c, w) for c, w in self._waiters if not w.done()]
 
     @property
     def unused(self) -> int:
@@ -197,6 +283,7 @@ class Cassette:
             return self._last  # the server retrying a failure we served
         self._last_body = raw
         self.served += 1
+        self._wake()
         index = self._next_index(body)
         if index >= len(self.exchanges):
             self.divergences.append(
@@ -254,11 +341,25 @@ class Cassette:
             for c in exchange.tool_calls
         ]
 
-    def retrieval(self) -> RecordedRetrieval | None:
-        self.retrieved += 1
-        if self.retrieved > len(self.retrievals):
+    def retrieval(self, query: str | None = None) -> RecordedRetrieval | None:
+        """The recorded retrieval of the turn asking now. In order, except that one whose turn
+        was cut off before any answer (so perhaps before its retrieval now) is passed over when
+        a later one, past only such, was made for the same ``query``."""
+        if self.retrieved >= len(self.retrievals):
             return None
-        return self.retrievals[self.retrieved - 1]
+        chosen = self.retrieved
+        if query is not None:
+            for index in range(self.retrieved, len(self.retrievals)):
+                recorded = self.retrievals[index]
+                if recorded.query == query:
+                    chosen = index
+                    break
+                if recorded.exchange is not None and not _cut_off(
+                    self.exchanges[recorded.exchange - 1]
+                ):
+                    break  # a turn that was answered: it must have its retrieval now too
+        self.retrieved = chosen + 1
+        return self.retrievals[chosen]
 
 
 class CassetteLLM:
@@ -301,7 +402,7 @@ class CassetteRetriever:
         self.cassette = cassette
 
     async def retrieve(self, agent: AgentProfile, query: str) -> Retrieved | None:
-        recorded = self.cassette.retrieval()
+        recorded = self.cassette.retrieval(query)
         if recorded is None:
             return None
         return Retrieved(

@@ -20,11 +20,17 @@ from relay.replay.script import parse_frame
 _TIME_LINE = re.compile(r"Current date and time: [^.\n]*\.")
 #: The references relay's tools make up at random (``relay.storage.business``): quote ids
 #: (``Q482913``) and six-digit booking references, also as spelt out for speech
-#: (``4 8 2 9 1 3``). Always ignored, so that a call exported as it is replays unchanged; in
+#: (``4 8 2 9 1 3``), and message numbers (``Message taken (number 3)``). Always ignored, so that a call exported as it is replays unchanged; in
 #: cassette mode the new value is carried into the recorded answers that say it.
 _MASK_MARKS = re.compile(r"[\[\]*]")
 _SPACES = re.compile(r"[ \t]+")
-REFERENCES = (r"\bQ\d{6}\b", r"(?<![\d.,$])\b\d{6}\b(?![.,]\d)", r"\b\d(?: \d){5}\b")
+REFERENCES = (
+    r"\bQ\d{6}\b",
+    r"(?<![\d.,$])\b\d{6}\b(?![.,]\d)",
+    r"\b\d(?: \d){5}\b",
+    # take_message's ticket: its number counts the tickets in the database (a replay's is new).
+    r"Message taken \(number \d+\)",
+)
 
 
 @dataclass(frozen=True)
@@ -67,11 +73,20 @@ class Masker:
         self.fillers.sort(key=len, reverse=True)  # a longer line first, if one holds another
 
     def __call__(self, text: str) -> str:
+        """``text`` as compared."""
+        return self._mask(text, compared=True)
+
+    def shown(self, text: str) -> str:
+        """``text`` as printed in a difference: as :meth:`__call__` has it, but with a redacted
+        recording's masks (``[name]``, ``+61*******78``) and any JSON brackets left whole."""
+        return self._mask(text, compared=False)
+
+    def _mask(self, text: str, *, compared: bool) -> str:
         text = _TIME_LINE.sub("Current date and time: (now).", text)
         for line in self.fillers:
             if line in text:
                 text = text.replace(line + " ", "").replace(line, "")
-        if self.redacted:
+        if self.redacted and compared:
             # A redacted recording's masks (``[name]``, ``**** *** *78``) are in the recorded
             # model answers, and the agent's speech filter drops their brackets and asterisks
             # when it says them again: compare without those marks.
@@ -99,7 +114,24 @@ def message_text(message: Mapping[str, Any]) -> str:
 def _render_messages(
     messages: Sequence[Mapping[str, Any]], mask: Callable[[str], str]
 ) -> list[str]:
-    lines: list[str] = []
+    return [shown for _, shown in _rendered(messages, mask)]
+
+
+def _rendered(
+    messages: Sequence[Mapping[str, Any]], mask: Callable[[str], str]
+) -> list[tuple[str, str]]:
+    """The request's messages as lines: (what is compared, what is printed)."""
+    show = mask.shown if isinstance(mask, Masker) else mask
+    lines: list[tuple[str, str]] = []
+
+    def add(compared: list[str], printed: list[str], head: str, indent: str = "    ") -> None:
+        if len(printed) != len(compared):  # a mask that joined or split lines: print as compared
+            printed = compared
+        lines.append((head + compared[0], head + printed[0]))
+        lines.extend(
+            (indent + a, indent + b) for a, b in zip(compared[1:], printed[1:], strict=True)
+        )
+
     for index, message in enumerate(messages):
         role = message.get("role")
         head = f"[{index}] {role}"
@@ -113,15 +145,47 @@ def _render_messages(
             if content is None
             else orjson.dumps(content).decode()
         )
-        body = mask(text).split("\n") if text else [""]
-        lines.append(f"{head}: {body[0]}")
-        lines.extend(f"    {line}" for line in body[1:])
+        if text:
+            add(mask(text).split("\n"), show(text).split("\n"), f"{head}: ")
+        else:
+            add([""], [""], f"{head}: ")
         for call in message.get("tool_calls") or []:
             function = call.get("function") or {}
+            arguments = str(function.get("arguments"))
+            name, tail = function.get("name"), f") as {call.get('id')}"
             lines.append(
-                f"    calls {function.get('name')}({mask(str(function.get('arguments')))}) as {call.get('id')}"
+                (
+                    f"    calls {name}({mask(arguments)}{tail}",
+                    f"    calls {name}({show(arguments)}{tail}",
+                )
             )
     return lines
+
+
+def _unified(old: Sequence[tuple[str, str]], new: Sequence[tuple[str, str]]) -> list[str]:
+    """A unified diff (one line of context) of what is compared, printing what is printed."""
+    matcher = difflib.SequenceMatcher(None, [a for a, _ in old], [a for a, _ in new], False)
+    out: list[str] = []
+    for group in matcher.get_grouped_opcodes(1):
+        if not out:
+            out.extend(("--- recorded", "+++ now"))
+        first, last = group[0], group[-1]
+        out.append(f"@@ -{_range(first[1], last[2])} +{_range(first[3], last[4])} @@")
+        for tag, i1, i2, j1, j2 in group:
+            if tag == "equal":
+                out.extend(" " + shown for _, shown in old[i1:i2])
+                continue
+            out.extend("-" + shown for _, shown in old[i1:i2])
+            out.extend("+" + shown for _, shown in new[j1:j2])
+    return out
+
+
+def _range(start: int, stop: int) -> str:
+    """A hunk's range as ``diff -u`` writes it (as :func:`difflib.unified_diff` does)."""
+    length = stop - start
+    if length == 1:
+        return str(start + 1)
+    return f"{start + 1 if length else start},{length}"
 
 
 def _tool_names(body: Mapping[str, Any]) -> list[str]:
@@ -140,17 +204,14 @@ def compare_requests(
     """(summary, diff) when the requests differ in their messages or tool names, else None."""
     problems: list[str] = []
     diff: list[str] = []
-    old = _render_messages(recorded.get("messages") or [], mask)
-    new = _render_messages(now.get("messages") or [], mask)
-    if old != new:
-        changed = sum(1 for a, b in zip(old, new, strict=False) if a != b) + abs(
+    old = _rendered(recorded.get("messages") or [], mask)
+    new = _rendered(now.get("messages") or [], mask)
+    if [a for a, _ in old] != [b for b, _ in new]:
+        changed = sum(1 for a, b in zip(old, new, strict=False) if a[0] != b[0]) + abs(
             len(old) - len(new)
         )
         problems.append(f"messages differ ({changed} line{'s' if changed != 1 else ''})")
-        diff.extend(
-            line.rstrip("\n")
-            for line in difflib.unified_diff(old, new, "recorded", "now", n=1, lineterm="")
-        )
+        diff.extend(_unified(old, new))
     old_tools, new_tools = _tool_names(recorded), _tool_names(now)
     if old_tools != new_tools:
         gone = sorted(set(old_tools) - set(new_tools))
@@ -323,6 +384,38 @@ def _segments(items: list[Item]) -> list[tuple[Item | None, list[Item]]]:
     return segments
 
 
+def _switches_in_place(items: list[Item]) -> list[Item]:
+    """The items with each language switch right after the ``switch_language`` call that made
+    it. The frame goes out once the tool is done, and it may reach the record after the
+    model's next tool call or a failure (in cassette mode the answers come at once): when,
+    within a turn, says nothing about the agent. A switch is moved back only past tool calls,
+    failures and other switches, so one that went missing or changed language still shows."""
+    out: list[Item] = []
+    paired: set[int] = set()  # ids of the switch_language calls already given their frame
+    for item in items:
+        if item.kind != "language":
+            out.append(item)
+            continue
+        code = str(item.key[1]) if len(item.key) > 1 else ""
+        at = len(out)
+        candidates: list[int] = []
+        while at > 0 and out[at - 1].kind in ("tool", "error", "language"):
+            at -= 1
+            before = out[at]
+            switch = before.kind == "tool" and before.key[1:2] == ("switch_language",)
+            if switch and id(before) not in paired:
+                candidates.append(at)
+        if not candidates:
+            out.append(item)
+            continue
+        # The earliest unpaired call naming this language, else the earliest unpaired one.
+        candidates.reverse()
+        chosen = next((c for c in candidates if code and code in out[c].text), candidates[0])
+        paired.add(id(out[chosen]))
+        out.insert(chosen + 1, item)
+    return out
+
+
 def compare_transcripts(
     recorded: list[Item], now: list[Item], *, server_side: bool
 ) -> tuple[list[Line], list[tuple[Item | None, Item | None]]]:
@@ -346,8 +439,8 @@ def compare_transcripts(
             lines.append(Line(" " if new_caller is not None else "-", "caller", old_caller.text))
         elif new_caller is not None:
             lines.append(Line("+", "caller", new_caller.text))
-        old = [i for i in old_items if keep(i)]
-        new = [i for i in new_items if keep(i)]
+        old = _switches_in_place([i for i in old_items if keep(i)])
+        new = _switches_in_place([i for i in new_items if keep(i)])
         matcher = difflib.SequenceMatcher(
             None, [i.key for i in old], [i.key for i in new], autojunk=False
         )

@@ -63,7 +63,15 @@ import websockets
 from relay.agents import AgentRegistry
 from relay.errors import ConfigError, RelayError
 from relay.recordings.format import Recording, RecordingError, load_call
-from relay.replay.cassette import Cassette, CassetteLLM, CassetteRetriever, cassette_app, serve_asgi
+from relay.replay.cassette import (
+    Cassette,
+    CassetteDirectory,
+    CassetteLLM,
+    CassetteRetriever,
+    cassette_app,
+    known_caller,
+    serve_asgi,
+)
 from relay.replay.compare import (
     Masker,
     compare_requests,
@@ -286,6 +294,11 @@ async def _run_in_process(
             )
         if cassette is not None and not options.live_retrieval:
             runtime.deps.retriever = CassetteRetriever(cassette) if cassette.retrievals else None
+        if cassette is not None and runtime.deps.directory is not None:
+            # The replay's database is new: who the caller was is in the recording.
+            told, customer, first = known_caller(recording)
+            if told:
+                runtime.deps.directory = CassetteDirectory(cassette, customer, max(first, 1))
 
     pinned = recording.started_at
     with tempfile.TemporaryDirectory(prefix="relay-replay-") as tmp:

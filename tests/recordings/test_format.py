@@ -28,6 +28,7 @@ from relay.recordings.format import (
 )
 from relay.storage.db import Database
 from relay.testing import ScriptedLLM, Text, ToolCall, ToolCalls
+from tests.conftest import CALL_CONTROL_TOOLS, agent_toml, write_profile
 
 SESSIONS = Path(__file__).resolve().parents[1] / "sessions"
 RECORDINGS = sorted(SESSIONS.glob("*.jsonl"))
@@ -203,14 +204,48 @@ def test_redaction_keeps_the_business_line_whatever_the_direction(
     call = {"call_sid": "CA1", "direction": direction, caller: "+61412345678", line: "+61390001234"}
     redacted = redact_recording(Recording({"call": call})).call
 
-    assert (redacted[caller], redacted[line]) == ("+61*******78", "+61390001234")
+    # The caller's number becomes one of ACMA's drama mobiles: still a number tools take.
+    assert (redacted[caller], redacted[line]) == ("+61491570158", "+61390001234")
+
+
+async def test_a_redacted_recording_keeps_its_timestamps_and_imports(tmp_path: Path) -> None:
+    recording = Recording.loads((SESSIONS / "handoff.jsonl").read_bytes())
+    stamp = "2026-12-07T20:10:38.130663+00:00"  # 130663 reads as an Australian 13 number
+    recording.call["started_at"] = stamp
+    recording.sessions[0]["started_at"] = stamp
+    for row in [*recording.events, *recording.turns]:
+        row["at" if "at" in row else "created_at"] = stamp
+    recording.events[0]["t"] = 54273.131450
+    recording.turns[1]["content"] = "Since 2026-12-07T20:10:38.131450, t=54273.131450, 0412345678."
+
+    redacted = Recording.loads(redact_recording(recording).dumps())
+
+    assert redacted.call["started_at"] == redacted.sessions[0]["started_at"] == stamp
+    assert {r.get("at", r.get("created_at")) for r in [*redacted.events, *redacted.turns]} == {
+        stamp
+    }
+    assert redacted.events[0]["t"] == 54273.131450
+    assert redacted.turns[1]["content"] == (
+        "Since 2026-12-07T20:10:38.131450, t=54273.131450, 0491570158."
+    )
+    db = await _database(tmp_path / "imported.db")
+    try:
+        assert await import_recording(db, redacted) is True
+        again = await load_call(db, redacted.call_sid)
+    finally:
+        await db.close()
+    assert again.call["started_at"] == stamp
 
 
 async def test_a_redacted_export_holds_no_phone_number_or_name_and_still_replays(
-    start_relay: Callable[..., AbstractAsyncContextManager[Any]], tmp_path: Path
+    start_relay: Callable[..., AbstractAsyncContextManager[Any]], tmp_path: Path, prompts_dir: Path
 ) -> None:
+    write_profile(prompts_dir, agent_toml([*CALL_CONTROL_TOOLS, "take_message"]))
+    message = {"name": "Jane Citizen", "phone": "0412 345 678", "reason": "Call back."}
     llm = ScriptedLLM([
         Text("Thanks Jane. I'll text 0412 345 678 and email jane@example.com."),
+        # A fake number in the redacted arguments must still be one the tool takes.
+        ToolCalls([ToolCall("take_message", message, id="call_1")]),
         Text("No worries, Jane Citizen, talk soon."),
     ])  # fmt: skip
     async with start_relay(llm) as relay:
@@ -230,6 +265,7 @@ async def test_a_redacted_export_holds_no_phone_number_or_name_and_still_replays
     assert (
         b"+61412345678" in plain.dumps() and b"Jane" in plain.dumps()
     )  # there was something to hide
+    assert b"Message taken" in data and b"0491 570 158" in data
     digits_only = re.sub(rb"[^0-9]", b"", data)
     assert b"61412345678" not in digits_only.replace(b"61390001234", b"")
     for secret in (
@@ -241,9 +277,9 @@ async def test_a_redacted_export_holds_no_phone_number_or_name_and_still_replays
         b"jane@example.com",
     ):
         assert secret not in data, secret
-    assert b"+61*******78" in data
+    assert b"+61491570158" in data  # a drama number (ACMA's), the same fake everywhere
     assert orjson.loads(data.splitlines()[0])["redacted"] is True
-    assert redacted.call["from_number"] == "+61*******78"
+    assert redacted.call["from_number"] == "+61491570158"
     assert redacted.call["to_number"] == plain.call["to_number"]  # the business's own line stays
     assert redact_recording(redacted).dumps() == data  # masking is stable
 
@@ -326,8 +362,8 @@ def test_known_customers_and_names_given_to_tools_are_masked_too() -> None:
     system["content"] += ' Known caller: {"id":7,"name":"Sarah Kelly","phone":"+61412345678"}'
     call = next(e for e in recording.events if e["kind"] == "tool_call")
     call["data"]["arguments"] = orjson.dumps({"name": "Tom Nguyen", "reason": "Call Tom."}).decode()
-    recording.turns[1]["content"] = "Hi, Sarah here, calling for Tom."
+    recording.turns[1]["content"] = "Hi, Sarah here, calling for Tom. SARAH KELLY, tom nguyen."
     data = redact_recording(recording).dumps()
-    for secret in (b"Sarah", b"Kelly", b"Tom", b"Nguyen", b"+61412345678"):
+    for secret in (b"Sarah", b"SARAH", b"Kelly", b"Tom", b"Nguyen", b"+61412345678"):
         assert secret not in data, secret
-    assert b"Hi, [name] here, calling for [name]." in data
+    assert b"Hi, [name] here, calling for [name]. [name], [name]." in data

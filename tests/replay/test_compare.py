@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from relay.llm.types import ChatRequest
-from relay.replay.compare import Masker, compare_requests
+from relay.replay.compare import Item, Masker, compare_requests, compare_transcripts
 
 
 def test_the_time_line_is_not_a_divergence() -> None:
@@ -39,3 +41,66 @@ def test_random_references_are_ignored_and_other_numbers_are_not() -> None:
     )
     assert Masker(references=False)(said) == said
     assert Masker([r"\bX\d+"])("X12 Q482913") == "<ignored> <ignored>"
+
+
+def test_a_redacted_recordings_masks_are_stripped_to_compare_but_printed_whole() -> None:
+    def body(system: str, text: str) -> dict[str, Any]:
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": text}]
+        return ChatRequest(model="m", messages=messages).body()
+
+    system = 'Caller ID: +61*******78. Known caller: {"name":"[name]","id":7}'
+    mask = Masker(redacted=True)
+    # The agent says a mask again without its marks: no change.
+    assert compare_requests(body(system, "I'm [name]."), body(system, "I'm name."), mask) is None
+    _, diff = compare_requests(body(system, "Hi"), body(system, "Bye"), mask) or ("", "")
+    assert diff.splitlines() == [
+        "--- recorded",
+        "+++ now",
+        "@@ -1,2 +1,2 @@",
+        ' [0] system: Caller ID: +61*******78. Known caller: {"name":"[name]","id":7}',
+        "-[1] user: Hi",
+        "+[1] user: Bye",
+    ]
+
+
+def _switch(code: str = "es-ES") -> Item:
+    arguments = orjson.dumps({"language": code}).decode()
+    content = f"Switched to Spanish ({code})."
+    return Item(
+        "tool",
+        f"switch_language({arguments})",
+        ("tool", "switch_language", arguments, content),
+        True,
+    )
+
+
+def _language(code: str = "es-ES") -> Item:
+    return Item("language", f"switches to {code}", ("language", code))
+
+
+def _changes(recorded: list[Item], now: list[Item]) -> list[tuple[Item | None, Item | None]]:
+    caller = Item("caller", "Spanish please")
+    return compare_transcripts([caller, *recorded], [caller, *now], server_side=True)[1]
+
+
+def test_a_language_switch_recorded_after_the_next_tool_call_is_no_change() -> None:
+    failed = Item("error", "LLM failed: empty", ("error",), True)
+    recorded = [_switch(), _language(), _switch(), _language(), _switch(), failed, _language()]
+    now = [_switch(), _switch(), _language(), _switch(), _language(), failed, _language()]
+    assert _changes(recorded, now) == []
+
+
+def test_a_language_switch_that_went_missing_or_changed_is_still_a_change() -> None:
+    recorded = [_switch(), _language(), _switch(), _language()]
+    assert len(_changes(recorded, [_switch(), _switch(), _language()])) == 1
+    assert len(_changes(recorded, [_switch(), _switch(), _language(), _language("fr-FR")])) == 1
+    said = Item("agent", "Claro.", ("agent", "Claro."))
+    # Past what the agent said, the order still counts.
+    assert _changes([_switch(), _language(), said], [_switch(), said, _language()]) != []
+
+
+def test_a_message_number_counts_the_database_and_is_ignored() -> None:
+    mask = Masker()
+    recorded = "Message taken (number 3). Tell the caller someone will call them back."
+    assert mask(recorded) == mask(recorded.replace("number 3", "number 1"))
+    assert mask("Moving 3 pianos (number 3)") == "Moving 3 pianos (number 3)"
