@@ -46,6 +46,9 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from xml.etree import ElementTree
+
+import httpx
 
 from relay.call.speech import amounts_in, spoken_amount
 from relay.testing.simcall import SimulatedCall
@@ -244,9 +247,18 @@ async def drive(
     url: str, number: str, lines: list[str], timeout: float
 ) -> tuple[str, list[TurnFigures]]:
     figures: list[TurnFigures] = []
-    async with SimulatedCall(url, to=number) as call:
-        greeting = await call.reply(timeout)
-        print(f"agent: {greeting.text}")
+    # Twilio says the welcome greeting itself (the TwiML's welcomeGreeting): no frame carries
+    # it, so read it from the TwiML rather than wait for one (the wait ran into the agent's
+    # silence re-prompt, which then stood in the history as the greeting).
+    call = SimulatedCall(url, to=number)
+    base = url.replace("ws://", "http://", 1).removesuffix("/ws")
+    form = {"To": number, "From": call.from_, "CallSid": call.call_sid}  # as Twilio's webhook
+    async with httpx.AsyncClient() as http:
+        twiml = (await http.post(f"{base}/twiml", data=form)).text
+    relay_noun = ElementTree.fromstring(twiml).find("Connect/ConversationRelay")
+    greeting = relay_noun.get("welcomeGreeting", "") if relay_noun is not None else ""
+    async with call:
+        print(f"agent (Twilio's voice): {greeting}")
         for line in lines:
             reply = await call.say(line, timeout)
             print(f"caller: {line}\nagent: {reply.text}")
