@@ -6,7 +6,8 @@ for the whole call:
 - **amounts**: every amount of money in this call's tool results (a quote, a service's price, a
   surcharge), collected as the results arrive (and, on a resumed call, from the stored tool
   answers). The turn adds the amounts in the passages retrieved from the business's own documents
-  for that turn.
+  for that turn; for an agent with a price tool those may not be said as the caller's price
+  (:func:`states_price`): an insurance limit in the documents is not a quote.
 - **booked**: a booking tool succeeded in this call: a result whose data carries a
   ``booking_ref`` and no ``error`` (``book_move``, ``book_appointment``,
   ``reschedule_appointment``; a booking found again is the same) or ``appointment_status``
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import functools
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -36,6 +37,7 @@ __all__ = [
     "Promises",
     "booking_tool",
     "price_tool",
+    "states_price",
 ]
 
 #: Tools that price something, in order of preference for a re-ask after the price guard.
@@ -50,6 +52,29 @@ def price_tool(agent: AgentProfile) -> str | None:
     if agent.price_tool:
         return agent.price_tool if agent.price_tool in agent.tools else None
     return next((name for name in PRICE_TOOLS if name in agent.tools), None)
+
+
+#: Words that make a sentence a statement of what the caller's job costs: an amount after one
+#: of them in the same sentence must come from a tool ("the total for the move is $X").
+PRICE_WORDS = frozenset(
+    {"price", "priced", "cost", "costs", "total", "quote", "quoted", "fee", "charge", "charges"}
+)
+#: Words that, right before an amount, make it what the job comes to ("it'll be $X", "that's
+#: $X"). Not "it's" or "is": "it's insured up to $50,000", "cover is $50,000 per piano".
+PRICE_LEADS = (
+    ("comes", "to"), ("come", "to"), ("will", "be"), ("it'll", "be"), ("that'll", "be"),
+    ("would", "be"), ("it'd", "be"), ("that'd", "be"), ("that's",), ("that", "is"), ("pay",),
+)  # fmt: skip
+_EDGES = ".,;:!?\"'()[]{}\u201c\u201d"
+
+
+def states_price(words: Sequence[str]) -> bool:
+    """Whether a sentence whose words before an amount are ``words`` states the caller's price
+    with that amount."""
+    bare = [w.replace("\u2019", "'").strip(_EDGES).lower() for w in words]
+    if PRICE_WORDS.intersection(bare):
+        return True
+    return any(tuple(bare[-len(lead) :]) == lead for lead in PRICE_LEADS)
 
 
 def booking_tool(agent: AgentProfile) -> str | None:
@@ -86,11 +111,14 @@ class Promises:
 
     def speech(self, agent: AgentProfile, documents: str = "") -> Speech:
         """A filter for one reply of ``agent``; ``documents``: the passages retrieved for this
-        turn (the business's own words, whose amounts may be said too)."""
+        turn (the business's own words, whose amounts may be said too; for an agent with a
+        price tool, not as the caller's price)."""
         extra = _document_amounts(documents) if documents and agent.price_guard else frozenset()
         return Speech(
             max_words=agent.max_reply_words or None,
-            allowed_amounts=lambda: self.amounts | extra,
+            allowed_amounts=lambda: self.amounts,
+            document_amounts=extra,
+            price_statement=states_price if price_tool(agent) is not None else None,
             booked=lambda: self.booked,
             guard_prices=agent.price_guard,
             guard_bookings=agent.booking_guard,

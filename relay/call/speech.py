@@ -10,7 +10,9 @@ promises relay keeps whatever the model does:
 - **prices**: an amount of money is spoken only when this call's tool results (or the passages
   retrieved from the business's own documents) produced it; otherwise the amount is not sent and
   the filter stops with ``"price"``, so the session can bridge ("let me work out the exact price")
-  and ask the model again with the quote tool required;
+  and ask the model again with the quote tool required. An amount only the documents give (an
+  insurance limit) is not the caller's price: with ``price_statement``, a sentence that states a
+  price ("the total is", "it'll be") may say only a tool's amount;
 - **bookings**: a sentence that tells the caller a job is booked (``"you're all booked"``, ``"I've
   booked"``, ``"your booking is confirmed"``...) is cut before the claim unless a booking tool
   succeeded in this call; the filter stops with ``"booking"``.
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
@@ -207,7 +209,12 @@ _URL_SCHEME = re.compile(r"^<?https?://", re.IGNORECASE)
 
 #: A character _clean_word may change, or a URL's start: a plain ASCII word without any is
 #: returned as it is (most words of most replies), without the passes below.
-_MARKUP = re.compile(r"[\[\]*_~`|>]|^<?https?://", re.IGNORECASE)
+_MARKUP = re.compile(r"[\[\]*_~`|<>]|^<?https?://", re.IGNORECASE)
+#: A chat template's tag (``<tool_call>``, ``</tool_call>``, ``<tool_response>``, ``<|im_end|>``)
+#: that a small model echoes as text: never speech. One without its ``>`` is a whole word only
+#: (the stream ended in it); "<" before anything else ("< 5", "<3") is kept.
+_TAG = re.compile(r"<[/|]?[a-z_|]+>", re.IGNORECASE)
+_OPEN_TAG = re.compile(r"<[/|]?[a-z_|]+", re.IGNORECASE)
 
 
 def _clean_word(word: str) -> str:
@@ -218,6 +225,9 @@ def _clean_word(word: str) -> str:
 
 
 def _strip_markup(word: str) -> str:
+    word = _TAG.sub("", word)
+    if _OPEN_TAG.fullmatch(word):
+        return ""
     word = _LINK_TAIL.sub("", word)
     word = _URL_SCHEME.sub("", word).rstrip(">")
     word = "".join(ch for ch in word if not _is_emoji(ch))
@@ -228,16 +238,30 @@ def _strip_markup(word: str) -> str:
     return word
 
 
+def _among(amount: Decimal, allowed: Iterable[Decimal]) -> bool:
+    for known in allowed:
+        if abs(known - amount) < Decimal("0.01"):
+            return True
+        if amount == amount.to_integral_value() and abs(known - amount) < 1:
+            return True  # "four hundred and twenty dollars" for $420.50
+    return False
+
+
 @dataclass
 class Speech:
     """A streaming Markdown-to-speech filter with the price, booking and length guards.
 
     ``allowed_amounts`` and ``booked`` are read when an amount or a claim is met, so they see
-    tool results that arrive during the call.
+    tool results that arrive during the call. ``document_amounts``: the amounts in the passages
+    retrieved for this turn; said anywhere, unless ``price_statement`` (given the words of the
+    sentence before an amount) says the sentence states the caller's price: then only an
+    amount in ``allowed_amounts`` is.
     """
 
     max_words: int | None = None
     allowed_amounts: Callable[[], set[Decimal]] = field(default=lambda: set())
+    document_amounts: frozenset[Decimal] = frozenset()
+    price_statement: Callable[[Sequence[str]], bool] | None = None
     booked: Callable[[], bool] = field(default=lambda: True)
     guard_prices: bool = True
     guard_bookings: bool = True
@@ -425,12 +449,13 @@ class Speech:
         return Emit("".join(out))
 
     def _amount_allowed(self, amount: Decimal) -> bool:
-        for allowed in self.allowed_amounts():
-            if abs(allowed - amount) < Decimal("0.01"):
-                return True
-            if amount == amount.to_integral_value() and abs(allowed - amount) < 1:
-                return True  # "four hundred and twenty dollars" for $420.50
-        return False
+        if _among(amount, self.allowed_amounts()):
+            return True
+        if not _among(amount, self.document_amounts):
+            return False
+        # The documents' amounts are facts about the business (a cover limit), not a price
+        # for the caller's job: only a tool works that out.
+        return self.price_statement is None or not self.price_statement(self._sentence)
 
     def _say(self, word: str, prefix: str) -> Emit:
         # A claim can only end with this word if the word starts with a claim's last word.

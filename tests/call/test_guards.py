@@ -11,7 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
+from relay.call.guards import states_price
+from relay.services.retrieval import Retrieved
 from relay.testing import ScriptedLLM, Text, ToolCall, ToolCalls
 from relay.tools import ToolContext, ToolRegistry, ToolResult
 from relay.tools.calls import TOOLS as CALL_TOOLS
@@ -390,3 +393,118 @@ async def test_a_tool_call_written_as_text_is_made(start_relay: Any, prompts_dir
     assert llm.requests[1]["messages"][-2] == {
         "role": "tool", "tool_call_id": made["id"], "content": QUOTE,
     }  # fmt: skip
+
+
+# -- amounts from the business's documents -------------------------------------------------
+
+INSURANCE = (
+    "Reference material from the business's own documents.\n"
+    "[insurance.md] Every move includes goods-in-transit insurance, covering up to $50,000 "
+    "per piano."
+)
+
+
+class Documents:
+    """A retriever that finds the insurance passage for every turn."""
+
+    async def retrieve(self, agent: Any, query: str) -> Retrieved:
+        return Retrieved(INSURANCE, [{"source": "insurance.md"}], 1.0)
+
+
+def tools_and_documents(runtime: Any) -> None:
+    tools(runtime)
+    runtime.deps.retriever = Documents()
+
+
+async def test_a_document_amount_said_as_the_jobs_price_is_not_heard(
+    start_relay: Any, prompts_dir: Path
+) -> None:
+    write_agent(prompts_dir)
+    llm = ScriptedLLM(
+        [
+            Text("The total price for the piano move is $50,000."),
+            ToolCalls([ToolCall("quote_piano_move", QUOTE_ARGS, id="call_q")]),
+            Text("Yes, it's insured up to $50,000. The total is $420.50 including GST."),
+        ]
+    )
+    async with start_relay(llm, configure=tools_and_documents) as relay:
+        call = relay.call()
+        await call.connect()
+        reply = await call.say("Do you have insurance for the piano while it's being moved?")
+        await call.close()
+        await relay.session_closed()
+        guard = await stored_events(relay, call.call_sid, "price_guard")
+
+    assert INSURANCE in llm.requests[0]["messages"][-1]["content"]  # the passage was retrieved
+    assert said(reply.frames) == (
+        "The total price for the piano move is Let me work out the exact price for you. "
+        "Yes, it's insured up to $50,000. The total is $420.50 including GST."
+    )
+    assert llm.requests[1]["tool_choice"] == {
+        "type": "function",
+        "function": {"name": "quote_piano_move"},
+    }
+    assert guard == [{"blocked": "$50,000.", "action": "re-ask", "tool": "quote_piano_move"}]
+
+
+@pytest.mark.parametrize(
+    ("before", "price"),
+    [
+        ("The total price for the piano move is", True),
+        ("Your quote comes to", True),
+        ("It costs", True),
+        ("So that\u2019s", True),
+        ("For a grand it'll be", True),
+        ("You'd pay", True),
+        ("Our insurance covers up to", False),
+        ("Yes, cover is", False),
+        ("Yes, it's insured up to", False),
+        ("If your piano is worth more than", False),
+    ],
+)
+def test_which_sentences_state_the_callers_price(before: str, price: bool) -> None:
+    assert states_price(before.split()) is price
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "Yes. Our insurance covers up to $50,000 per piano.",
+        "Yes, cover is $50,000 per piano, and it's insured from door to door.",
+    ],
+)
+async def test_a_document_amount_said_as_what_it_is_is_heard(
+    start_relay: Any, prompts_dir: Path, reply: str
+) -> None:
+    write_agent(prompts_dir)
+    llm = ScriptedLLM([Text(reply)])
+    async with start_relay(llm, configure=tools_and_documents) as relay:
+        call = relay.call()
+        await call.connect()
+        heard = await call.say("Do you have insurance for the piano while it's being moved?")
+    assert said(heard.frames) == reply
+    assert len(llm.requests) == 1
+
+
+# -- chat-template tags --------------------------------------------------------------------
+
+
+async def test_a_chat_template_tag_the_model_echoes_is_not_heard_nor_stored(
+    start_relay: Any, prompts_dir: Path
+) -> None:
+    write_agent(prompts_dir)
+    reply_text = "<tool_response>\nThe earliest free times are Wednesday.<|im_end|>"
+    chunks = ["<", "tool", "_response", ">\n", "The", " earliest free times", " are", " Wednesday.",
+              "<|", "im_end", "|>"]  # fmt: skip
+    llm = ScriptedLLM([Text(reply_text, chunks=chunks), Text("Sure.")])
+    async with start_relay(llm, configure=tools) as relay:
+        call = relay.call()
+        await call.connect()
+        reply = await call.say("When can you come?")
+        await call.say("Okay.")
+        await call.close()
+        await relay.session_closed()
+
+    heard = "The earliest free times are Wednesday."
+    assert said(reply.frames) == heard
+    assert history(llm.requests[1])[-2:] == [("assistant", heard), ("user", "Okay.")]

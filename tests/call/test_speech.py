@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from decimal import Decimal
 
 import pytest
@@ -239,3 +240,66 @@ def test_a_word_said_alone_comes_back_as_its_own_emit_and_nothing_as_one_shared(
     assert all(e == Emit() for e in waiting)
     assert len({id(e) for e in waiting}) == 1  # not a new one a token
     assert speech.feed(" now") == Emit(" pianoforte")
+
+
+# --- Amounts from the business's documents ------------------------------------------------
+
+
+def _statement(words: Sequence[str]) -> bool:
+    return bool(words) and words[-1].lower().strip(".,") in ("is", "total")
+
+
+def test_a_document_amount_is_said_unless_the_sentence_states_the_callers_price() -> None:
+    documents = frozenset({Decimal(50_000)})
+    speech = Speech(allowed_amounts=set, document_amounts=documents, price_statement=_statement)
+    text, stop = run(speech, chars("Insurance covers up to $50,000 per piano."))
+    assert (text, stop) == ("Insurance covers up to $50,000 per piano.", None)
+    speech = Speech(allowed_amounts=set, document_amounts=documents, price_statement=_statement)
+    text, stop = run(speech, chars("Insured, yes. The move is $50,000."))
+    assert (text, stop) == ("Insured, yes. The move is", "price")
+    assert speech.blocked == ["$50,000."]
+    # A tool's amount may be the price; an agent without a price tool may say the documents'.
+    speech = Speech(
+        allowed_amounts=lambda: {Decimal(50_000)},
+        document_amounts=documents,
+        price_statement=_statement,
+    )
+    assert run(speech, chars("The move is $50,000.")) == ("The move is $50,000.", None)
+    speech = Speech(allowed_amounts=set, document_amounts=documents)
+    assert run(speech, chars("The move is $50,000.")) == ("The move is $50,000.", None)
+
+
+# --- Chat-template tags -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "tokens",
+    [
+        [
+            "<",
+            "tool",
+            "_response",
+            ">\n",
+            "The",
+            " earliest",
+            " free",
+            " times",
+            " are",
+            " Wednesday.",
+        ],
+        ["<tool_response", ">", "\nThe earliest free times are Wednesday."],
+        ["<|", "im", "_start", "|>", "The earliest free times are", " Wednesday.</", "tool_call>"],
+        ["</tool", "_call> The earliest free times are Wednesday. <|im_end|>"],
+    ],
+)
+def test_a_chat_template_tag_is_never_said_however_the_tokens_split_it(tokens: list[str]) -> None:
+    speech = Speech(allowed_amounts=set)
+    text, stop = run(speech, tokens)
+    assert (text, stop) == ("The earliest free times are Wednesday.", None)
+    assert speech.text == "The earliest free times are Wednesday."
+
+
+def test_a_less_than_sign_in_speech_is_kept() -> None:
+    speech = Speech(guard_prices=False, guard_bookings=False)
+    reply = "It takes < 5 minutes, and <3 is a heart."
+    assert run(speech, chars(reply)) == (reply, None)
