@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, Final
 
 from relay.agents import AgentProfile
 from relay.call.speech import Speech, amounts_in
@@ -81,6 +81,10 @@ def booking_tool(agent: AgentProfile) -> str | None:
     return next((name for name in BOOKING_TOOLS if name in agent.tools), None)
 
 
+#: Tools whose results are the business's documents, not something a tool worked out.
+KNOWLEDGE_TOOLS: Final = frozenset({"search_knowledge"})
+
+
 def _books(data: Mapping[str, Any] | None) -> bool:
     if not data or "error" in data:
         return False
@@ -95,12 +99,19 @@ class Promises:
     """What this call's tools have established, and how often the guards had to step in."""
 
     amounts: set[Decimal] = field(default_factory=set)
+    # Amounts a search of the business's documents returned: documents' amounts, not prices.
+    searched: set[Decimal] = field(default_factory=set)
     booked: bool = False
     trips: Counter[str] = field(default_factory=Counter)
 
-    def saw_result(self, content: str, data: Mapping[str, Any] | None) -> None:
-        """A tool result arrived: its amounts may be said; a booking it made may be claimed."""
-        self.amounts |= amounts_in(content)
+    def saw_result(self, content: str, data: Mapping[str, Any] | None, tool: str = "") -> None:
+        """A tool result arrived: its amounts may be said; a booking it made may be claimed.
+        A search of the documents (``search_knowledge``) gives the documents' amounts: said as
+        what they are, like the passages retrieved for a turn, never as the caller's price."""
+        if tool in KNOWLEDGE_TOOLS:
+            self.searched |= amounts_in(content)
+        else:
+            self.amounts |= amounts_in(content)
         if _books(data):
             self.booked = True
 
@@ -118,6 +129,7 @@ class Promises:
             max_words=agent.max_reply_words or None,
             allowed_amounts=lambda: self.amounts,
             document_amounts=extra,
+            searched_amounts=lambda: self.searched,
             price_statement=states_price if price_tool(agent) is not None else None,
             booked=lambda: self.booked,
             guard_prices=agent.price_guard,

@@ -253,7 +253,8 @@ class Speech:
 
     ``allowed_amounts`` and ``booked`` are read when an amount or a claim is met, so they see
     tool results that arrive during the call. ``document_amounts``: the amounts in the passages
-    retrieved for this turn; said anywhere, unless ``price_statement`` (given the words of the
+    retrieved for this turn, and ``searched_amounts`` those a search of the documents returned
+    during the call; said anywhere, unless ``price_statement`` (given the words of the
     sentence before an amount) says the sentence states the caller's price: then only an
     amount in ``allowed_amounts`` is.
     """
@@ -261,6 +262,7 @@ class Speech:
     max_words: int | None = None
     allowed_amounts: Callable[[], set[Decimal]] = field(default=lambda: set())
     document_amounts: frozenset[Decimal] = frozenset()
+    searched_amounts: Callable[[], set[Decimal]] = field(default=lambda: set())
     price_statement: Callable[[Sequence[str]], bool] | None = None
     booked: Callable[[], bool] = field(default=lambda: True)
     guard_prices: bool = True
@@ -451,7 +453,7 @@ class Speech:
     def _amount_allowed(self, amount: Decimal) -> bool:
         if _among(amount, self.allowed_amounts()):
             return True
-        if not _among(amount, self.document_amounts):
+        if not (_among(amount, self.document_amounts) or _among(amount, self.searched_amounts())):
             return False
         # The documents' amounts are facts about the business (a cover limit), not a price
         # for the caller's job: only a tool works that out.

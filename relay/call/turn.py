@@ -2,8 +2,8 @@
 
 A turn runs as its own task: retrieval, then rounds of model streaming and tool calls, each
 token sent to the caller as it arrives. An interrupt, a newer prompt or a closed socket cancels
-it. The caller is never left in silence: a filler line when no token has come for a while, a
-budget after which a stalled model gets the apology (or, after two failures in a row, the offer
+it. The caller is never left in silence: a filler line when no token has come for a while (and
+another every :data:`FILLER_AGAIN_SECONDS` while none comes), a budget after which a stalled model gets the apology (or, after two failures in a row, the offer
 of a person, see :mod:`relay.call.escalation`).
 """
 
@@ -62,6 +62,10 @@ class TurnBudgetExceeded(LLMError):
         what = "stalled for" if started else "sent no token within"
         super().__init__(f"the model {what} {seconds:.1f}s (turn budget)", kind="turn-budget")
 
+
+#: While the model sends no token, a filler line is said again this long after the previous one
+#: (or after a guard's bridge line): a slow model's caller never waits in silence for long.
+FILLER_AGAIN_SECONDS = 8.0
 
 #: Finish reasons that say the server cut the reply off: the failure kind, and the error.
 _CUT_OFF: Final = {
@@ -129,6 +133,7 @@ class Turn:
         self._reply: Message | None = None  # the assistant message of the current round
         self._heard = False  # the model's words or a tool filler went out (not just a wait filler)
         self._waited = False  # a filler line was said while waiting for the model
+        self._fillers = 0  # filler lines said in this turn (each repeat picks the next line)
         self._answers: list[Message] = []  # the tool messages of the current round's calls
         self._filler: asyncio.TimerHandle | None = None  # the wait filler, while armed
         self._speech: Speech | None = None  # the speech filter of the current round
@@ -291,11 +296,13 @@ class Turn:
         choice: str | dict[str, Any] | None = None,
     ) -> tuple[Done, str | None]:
         """One request and its streamed reply, every word through the speech filter; returns
-        the end of the stream and why the filter stopped it (None, "limit", "price",
-        "booking"). A reply the server cut off (``finish_reason`` ``length`` or
+        the end of the stream and why it was stopped early (None, "limit", "price",
+        "booking", "echo", or "call": a tool call written as text, made as soon as its JSON
+        closed). A reply the server cut off (``finish_reason`` ``length`` or
         ``content_filter``) raises :class:`LLMError` (``truncated``, ``filtered``) once its words
         are out. The filter's own word limit ends a reply at a sentence end and closes the
-        stream first, so a reply it ended is never cut off."""
+        stream first, so a reply it ended is never cut off; nor is a complete call written as
+        text that the model padded up to its token limit."""
         host, agent = self.host, self.host.agent
         loop = asyncio.get_running_loop()
         now = time.perf_counter()
@@ -330,6 +337,8 @@ class Turn:
         stream = host.deps.llm.stream(request)
         watch: _StallWatch | None = None
         cut_off: tuple[str, str] | None = None
+        written: tuple[str, str] | None = None  # a tool call the model wrote as text
+        made: ToolCall | None = None  # ... and the call made of it
         try:
             async with asyncio.timeout_at(loop.time() + budget_ends - now) as scope:
                 watch = _StallWatch(loop, scope, stall)
@@ -346,11 +355,20 @@ class Turn:
                             if kind == "echo":
                                 stop = "echo"
                                 break
-                            if kind != "say":
+                            if kind is None:
                                 continue
-                            text = opening.raw  # what was held while it was unclear
+                            if kind == "say":
+                                text = opening.raw  # what was held while it was unclear
                         elif opening.kind == "call":
-                            opening.raw += text  # a call written as text: read to its end
+                            opening.raw += text
+                        if opening.kind == "call":
+                            # A call written as text is made as soon as its JSON closes: a small
+                            # model pads it with newlines up to its token limit, for minutes.
+                            if text.rstrip().endswith("}"):
+                                written = opening.tool_call(tools)
+                                if written is not None:
+                                    stop = "call"
+                                    break  # stop consuming: the stream is closed below
                             continue
                         emit = speech.feed(text)
                         if self._stream_text(emit.text, now=True):
@@ -360,18 +378,20 @@ class Turn:
                             break  # stop consuming: the stream is closed below
                     else:
                         done = event
-                cut_off = _CUT_OFF.get(done.finish_reason) if done and stop is None else None
-                if cut_off is not None:
-                    pass  # the word held back is not said either: it may be cut itself
-                elif stop is None and opening.kind == "call":
-                    call = opening.tool_call(tools)
-                    if call is not None and done is not None and not done.tool_calls:
-                        # A tool call the server left as text: made the call it was meant as.
-                        name, arguments = call
-                        call_id = f"call_text_{self.seq}_{len(self.messages)}"
-                        made = ToolCall(call_id, name, arguments)
+                if stop is None and opening.kind == "call" and done and not done.tool_calls:
+                    written = opening.tool_call(tools)  # the stream ended on a call as text
+                if written is not None:
+                    # A tool call the server left as text: made the call it was meant as (a
+                    # token limit reached after it, padding, cut nothing of it).
+                    name, arguments = written
+                    made = ToolCall(f"call_text_{self.seq}_{len(self.messages)}", name, arguments)
+                    if done is not None:
                         done = dataclasses.replace(done, tool_calls=(made,))
-                elif stop is None:
+                elif done is not None and stop is None:
+                    cut_off = _CUT_OFF.get(done.finish_reason)
+                if cut_off is not None or written is not None:
+                    pass  # the word held back is not said either: it may be cut itself
+                elif stop is None and opening.kind != "call":
                     if opening.kind is None and opening.raw:
                         self._stream_text(speech.feed(opening.raw).text)  # a short reply
                     emit = speech.close()  # the stream ended: the word held back, if it may be
@@ -387,18 +407,21 @@ class Turn:
             if stop is not None and aclose is not None:
                 await aclose()  # the filter stopped the reply: close the stream now
             # The wait filler stays armed through the tools and the next round: the caller
-            # hears something within llm_filler_after of the prompt, whatever is slow.
+            # hears something within llm_filler_after of the prompt, whatever is slow, and
+            # again every FILLER_AGAIN_SECONDS until a token comes.
             self.timings["last_token_at"] = time.perf_counter()
+            recorded_calls = done.tool_calls if done else (made,) if made else ()
             host.event(
                 "llm_response",
-                {"pieces": pieces, "tool_calls": [dataclasses.asdict(tc) for tc in done.tool_calls] if done else [],
+                {"pieces": pieces, "tool_calls": [dataclasses.asdict(tc) for tc in recorded_calls],
                  "finish_reason": done.finish_reason if done else None, "attempts": done.attempts if done else None,
                  "complete": done is not None, "model": request.model,
                  "usage": done.usage.as_dict() if done and done.usage else None}
                 | ({"stop": stop, "heard": speech.text} if stop else {}),
             )  # fmt: skip
         if stop is not None and done is None:
-            done = Done(finish_reason=stop)  # the filter stopped the reply: its end is ours
+            # The filter stopped the reply, or its call was complete: its end is ours.
+            done = Done(finish_reason=stop, tool_calls=(made,) if made else ())
         elif stop in ("price", "booking", "echo") and done is not None and done.tool_calls:
             done = dataclasses.replace(done, tool_calls=())  # the re-ask decides what to call
         if done is None:
@@ -510,32 +533,53 @@ class Turn:
             self.messages.append(self._reply)
 
     def _arm_filler(self, since: float) -> None:
+        """Arm the wait filler: ``llm_filler_after`` from ``since`` when nothing was said in
+        the turn yet; when something was (a bridge line, words before a tool call), the next
+        line comes after :data:`FILLER_AGAIN_SECONDS` without a token."""
         after = self.host.agent.llm_filler_after
-        if after <= 0 or self._heard or self.talking or self._filler is not None:
+        if after <= 0 or self._filler is not None:
+            return
+        if self._heard or self.talking:
+            self._filler_again(since)
             return
         delay = max(0.0, since + after - time.perf_counter())
         self._filler = asyncio.get_running_loop().call_later(delay, self._wait_filler)
+
+    def _filler_again(self, since: float) -> None:
+        delay = max(0.0, since + FILLER_AGAIN_SECONDS - time.perf_counter())
+        self._filler = asyncio.get_running_loop().call_later(delay, self._wait_filler, True)
 
     def _disarm_filler(self) -> None:
         if self._filler is not None:
             self._filler.cancel()
             self._filler = None
 
-    def _wait_filler(self) -> None:
-        """No token yet: say a short filler line, preemptible so the answer cuts it off."""
+    def _wait_filler(self, again: bool = False) -> None:
+        """No token yet: say a short filler line, preemptible so the answer cuts it off; and
+        while none comes, another every :data:`FILLER_AGAIN_SECONDS` (``again``)."""
         self._filler = None
-        if self.cancelled is not None or not self.running or self._heard or self.talking:
+        if self.cancelled is not None or not self.running:
             return
-        line = _filler(self.host.agent, self.seq) + " "
-        self.host.send(protocol.Text(token=line, preemptible=True))
+        if not again and (self._heard or self.talking):
+            return
+        line = _filler(self.host.agent, self.seq + self._fillers) + " "
+        # After a line that did not end in a space (a guard's bridge line): one between.
+        said = (" " if self.talking and not self._said_tail.isspace() else "") + line
+        self.host.send(protocol.Text(token=said, preemptible=True))
+        self._said_tail = said[-1:]
+        self._fillers += 1
         self.talking = True
         self._waited = True
-        if self._reply is not None:  # tools are running: the line goes with their calls
-            self.host.transcript.say(self._reply, line)
+        last = self.host.transcript.last
+        if self._reply is not None and (last is self._reply or self._reply.tool_calls):
+            # Tools are running (the line goes with their calls), or the line continues what
+            # was said.
+            self.host.transcript.say(self._reply, said if self._reply.content else line)
         else:
             self._reply = self.host.transcript.assistant(line)
             self.messages.append(self._reply)
         self.host.event("filler", {"reason": "waiting-for-model", "line": line})
+        self._filler_again(time.perf_counter())
 
     def _first_frame(self, at: float) -> None:
         if "first_frame_at" in self.timings:
@@ -594,7 +638,7 @@ class Turn:
                 error=bool(result.data and "error" in result.data),
             )
             host.transcript.answer(answer, result.content)
-            host.promises.saw_result(result.content, result.data)
+            host.promises.saw_result(result.content, result.data, call.name)
             if result.action is not None and action is None:
                 action = result.action
         return action
@@ -602,8 +646,9 @@ class Turn:
     def _tool_filler(self) -> None:
         if self._waited:
             return  # a filler line was already said while waiting
-        line = _filler(self.host.agent, self.seq) + " "
+        line = _filler(self.host.agent, self.seq + self._fillers) + " "
         self.host.send(protocol.Text(token=line, preemptible=True))
+        self._fillers += 1
         self.talking = True
         self._heard = True
         if self._reply is not None:

@@ -19,6 +19,7 @@ from relay.testing import ScriptedLLM, Text, ToolCall, ToolCalls
 from relay.tools import ToolContext, ToolRegistry, ToolResult
 from relay.tools.calls import TOOLS as CALL_TOOLS
 from relay.tools.piano import TOOLS as PIANO_TOOLS
+from relay.tools.reference import TOOLS as REFERENCE_TOOLS
 from tests.conftest import SHIPPED_AGENT, stored_events, write_profile
 
 QUOTE = (
@@ -445,6 +446,52 @@ async def test_a_document_amount_said_as_the_jobs_price_is_not_heard(
         "function": {"name": "quote_piano_move"},
     }
     assert guard == [{"blocked": "$50,000.", "action": "re-ask", "tool": "quote_piano_move"}]
+
+
+async def fake_search(ctx: ToolContext, **_: Any) -> ToolResult:
+    return ToolResult(INSURANCE)
+
+
+def tools_and_search(runtime: Any) -> None:
+    tools(runtime)
+    search = dataclasses.replace(REFERENCE_TOOLS[0], function=fake_search)
+    runtime.deps.tools.add(search)
+
+
+async def test_an_amount_a_document_search_returned_is_not_heard_as_the_jobs_price(
+    start_relay: Any, prompts_dir: Path
+) -> None:
+    """``search_knowledge`` returns the documents' words: its amounts are the documents'
+    (said as what they are), not a price a tool worked out."""
+    write_agent(prompts_dir)
+    profile = prompts_dir / "piano-removals.toml"
+    profile.write_text(
+        profile.read_text(encoding="utf-8").replace(
+            'tools = ["quote_piano_move",', 'tools = ["search_knowledge", "quote_piano_move",'
+        ),
+        encoding="utf-8",
+    )
+    llm = ScriptedLLM(
+        [
+            ToolCalls([ToolCall("search_knowledge", {"query": "insurance"}, id="call_s")]),
+            Text("The total price for the piano move is $50,000."),
+            ToolCalls([ToolCall("quote_piano_move", QUOTE_ARGS, id="call_q")]),
+            Text("Our insurance covers up to $50,000. The total is $420.50 including GST."),
+        ]
+    )
+    async with start_relay(llm, configure=tools_and_search) as relay:
+        call = relay.call()
+        await call.connect()
+        reply = await call.say("What would the move cost, and is it insured?")
+
+    assert said(reply.frames).endswith(
+        "Let me work out the exact price for you. "
+        "Our insurance covers up to $50,000. The total is $420.50 including GST."
+    )
+    assert llm.requests[2]["tool_choice"] == {
+        "type": "function",
+        "function": {"name": "quote_piano_move"},
+    }
 
 
 @pytest.mark.parametrize(
