@@ -37,8 +37,6 @@ from typing import Any, Protocol
 import structlog
 from starlette.websockets import WebSocket, WebSocketState
 
-from relay.protocol import frames as protocol
-
 log = structlog.get_logger("relay.web.socket")
 
 CLOSE_GOING_AWAY = 1001
@@ -108,6 +106,10 @@ def too_large_record(
     frame: ``raw`` is empty, ``size`` is the frame's length as the protocol library reported it
     in the close ``reason`` (absent when it did not say), and ``error`` is that reason."""
     if data is not None:
+        # Here, not at the top: ``relay serve``'s parent process imports this module for
+        # :func:`uvicorn_ws_options` and should not pay for the frames' models (pydantic).
+        from relay.protocol import frames as protocol
+
         record = protocol.record_of(data)
         record["error"] = (
             f"frame of {record['size']} bytes exceeds RELAY_WS_MAX_FRAME_BYTES={limit}: "

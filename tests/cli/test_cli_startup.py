@@ -117,3 +117,18 @@ def test_a_command_parses_with_its_group_loaded_alone() -> None:
 
     assert args.port == 8081  # the port the replay and eval hints name (test_main.py)
     assert args.handler.__module__ == "relay.cli.serve"
+
+
+def test_the_serve_parents_socket_options_import_no_frame_models() -> None:
+    """``relay serve --workers N``'s parent imports ``relay.web.socket`` for uvicorn's WebSocket
+    options, and nothing of the call path. When that module imported the frames' models at
+    its top (7 December), the workers' connect p99 in the 1,000-call profile went from
+    65 to 75 ms to 160 to 211 ms (seven runs each way; README, Benchmarks)."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import json, sys; import relay.web.socket; "
+         "print(json.dumps(sorted(sys.modules)))"],
+        capture_output=True, text=True, cwd=REPO, timeout=120, check=True,
+    )  # fmt: skip
+    modules = set(json.loads(done.stdout))
+
+    assert "relay.protocol.frames" not in modules

@@ -55,14 +55,15 @@ def start(runtime: Any) -> asyncio.Task[None]:
     runtime.supervisor = supervisor
 
     async def run() -> None:
+        # Not relay.web.console.views (Jinja2 and the pages, about 50 ms of imports): this runs
+        # on the event loop as the first calls connect.
         from relay.web.console import rollup
-        from relay.web.console.views import business_zone
 
         try:  # the analytics rollups of past days, prepared before anyone asks
             await rollup.warm(
                 runtime.deps.db,
                 sorted(runtime.deps.agents.agents),
-                zone=business_zone(runtime.deps.agents),
+                zone=rollup.business_zone(runtime.deps.agents),
             )
         except Exception as exc:
             log.warning("console_rollup_warm_failed", error=repr(exc)[:300])

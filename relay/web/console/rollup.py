@@ -327,6 +327,12 @@ def quantile(histogram: dict[str, int], q: float, scale: float = 1.0) -> float |
     return float(items[-1][0]) * scale
 
 
+def business_zone(agents: Any) -> str:
+    """The business's time zone: the default agent's (the home page's days are its days)."""
+    profile = agents.agents.get(agents.default_name)
+    return str(profile.timezone) if profile is not None else "UTC"
+
+
 async def warm(
     db: Database, agents: Sequence[str], *, days: int = WARM_DAYS, zone: str = "UTC"
 ) -> int:

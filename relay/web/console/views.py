@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response, Stream
 from relay.recordings.format import export_call, mask_number
 from relay.storage import console as store
 from relay.storage.models import Ticket
-from relay.web.console import auth, charts, queries
+from relay.web.console import auth, charts, queries, rollup
 from relay.web.console.auth import Session, guard
 from relay.web.console.render import render, render_error
 
@@ -50,12 +50,6 @@ def _zone(request: Request, agent: str) -> ZoneInfo:
     """The agent's time zone (UTC for an agent not loaded): bookings are shown in it."""
     profile = _runtime(request).deps.agents.agents.get(agent)
     return ZoneInfo(profile.timezone if profile is not None else "UTC")
-
-
-def business_zone(agents: Any) -> str:
-    """The business's time zone: the default agent's (the home page's days are its days)."""
-    profile = agents.agents.get(agents.default_name)
-    return str(profile.timezone) if profile is not None else "UTC"
 
 
 def _zones(request: Request) -> dict[str, str]:
@@ -188,7 +182,7 @@ async def home(request: Request, session: Session) -> Response:
     agent = request.query_params.get("agent", "")
     period = request.query_params.get("period", "week")
     days = PERIODS.get(period, 7)
-    zone = business_zone(_runtime(request).deps.agents)
+    zone = rollup.business_zone(_runtime(request).deps.agents)
     figures = await queries.analytics(
         _db(request), agent=agent, days=days, agents=_agents(request), zone=zone
     )
