@@ -100,7 +100,13 @@ def load_services(agent: AgentProfile, data_dir: Path) -> dict[str, Any]:
             services[name] = loader(path)
         except (RelayError, SchedulingError, OSError, ValueError) as exc:
             where = "" if str(path) in str(exc) else f"{path}: "
-            raise ConfigError(f"agent {agent.name!r}, [data] {name}: {where}{exc}") from exc
+            hint = (
+                f" (relative to {Path.cwd()}: run relay from the folder that holds the agents' "
+                "data/, or set RELAY_DATA_DIR to it)"
+                if not path.is_absolute() and not path.exists()
+                else ""
+            )
+            raise ConfigError(f"agent {agent.name!r}, [data] {name}: {where}{exc}{hint}") from exc
     for tool_name in agent.tools:
         missing = [key for key in _NEEDS.get(tool_name, ()) if key not in services]
         if missing:

@@ -57,6 +57,22 @@ def test_a_missing_file_names_the_agent_and_the_file(tmp_path: Path) -> None:
         load_services(_agent(tmp_path), tmp_path)
 
 
+def test_a_missing_file_under_a_relative_data_dir_says_where_it_looked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run from another folder, the default ``data`` is looked for there: the error says so
+    and names RELAY_DATA_DIR, as a missing prompts folder's does."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as refused:
+        load_services(_agent(tmp_path), Path("data"))
+
+    assert str(refused.value).endswith(
+        f"(relative to {tmp_path}: run relay from the folder that holds the agents' data/, "
+        "or set RELAY_DATA_DIR to it)"
+    )
+    assert "data/car-service/services.toml" in str(refused.value)
+
+
 def test_a_broken_file_names_the_field(tmp_path: Path) -> None:
     (tmp_path / "calendar.toml").write_text('timezone = "Mars/Olympus"\ncapacity = 0\n')
     agent = _agent(tmp_path, data={"calendar": "calendar.toml"}, tools=["end_call"])
