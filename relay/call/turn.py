@@ -389,9 +389,8 @@ class Turn:
                         done = dataclasses.replace(done, tool_calls=(made,))
                 elif done is not None and stop is None:
                     cut_off = _CUT_OFF.get(done.finish_reason)
-                if cut_off is not None or written is not None:
-                    pass  # the word held back is not said either: it may be cut itself
-                elif stop is None and opening.kind != "call":
+                # After a cut-off reply the word held back is not said either: it may be cut.
+                if stop is None and cut_off is None and written is None and opening.kind != "call":
                     if opening.kind is None and opening.raw:
                         self._stream_text(speech.feed(opening.raw).text)  # a short reply
                     emit = speech.close()  # the stream ended: the word held back, if it may be

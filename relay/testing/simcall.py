@@ -116,6 +116,13 @@ class SimulatedCall:
         assert self._inbox is not None
         return await asyncio.wait_for(self._inbox.get(), timeout)
 
+    async def until_closed(self, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """The frames still to come, until the other side closes the socket."""
+        frames = []
+        while (frame := await self.next_frame(timeout)) is not None:
+            frames.append(frame)
+        return frames
+
     async def reply(self, timeout: float = 15.0, *, sent_at: float | None = None) -> Reply:
         """Collect frames until a ``text`` frame with ``last: true`` (or ``end``, or close)."""
         sent_at = time.perf_counter() if sent_at is None else sent_at

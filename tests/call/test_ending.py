@@ -275,8 +275,7 @@ async def test_a_newer_socket_of_a_call_closes_the_older_one_and_no_turn_is_lost
         new = relay.call(call_sid=old.call_sid)
         await new.connect()
         reply = await new.say("second caller here")
-        while await old.next_frame() is not None:  # the old socket is closed by relay
-            pass
+        await old.until_closed()  # the old socket is closed by relay
         await new.close()
         await relay.session_closed(2)
         _, turns = await repository.call_history(relay.runtime.deps.db, old.call_sid)

@@ -146,8 +146,8 @@ async def test_the_recorded_llm_server_on_a_port_in_use_raises_a_config_error(
         raise AssertionError("never served")
 
     with pytest.raises(ConfigError, match=rf"^cannot listen on 127\.0\.0\.1:{taken}$"):
-        async with serve_asgi(app, "127.0.0.1", taken):
-            pass
+        async with serve_asgi(app, "127.0.0.1", taken) as url:
+            raise AssertionError(f"served at {url} on a port in use")
 
 
 # -- flags that stand for settings ----------------------------------------------------------
