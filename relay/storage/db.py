@@ -155,10 +155,27 @@ class Database:
         await self.engine.dispose()
 
 
+#: PostgreSQL stores no NUL in text and its JSON operators refuse ``\u0000``: every NUL relay
+#: stores becomes U+FFFD, on every database alike (a row reads back the same on each).
+NUL = "\x00"
+REPLACEMENT = "\ufffd"
+_JSON_NUL = "\\u0000"  # how JSON text writes a NUL
+
+
 def dumps_json(value: Any) -> str:
-    """JSON text for a JSON column or an event's data. Never raises, so that one odd value
-    (a Decimal, a set, an integer beyond 64 bits, a cycle) cannot block the recorder: what
-    JSON cannot hold is written as its ``str()``, or as a ``repr()`` as the last resort."""
+    """JSON text for a JSON column or an event's data, with every NUL in its strings written as
+    U+FFFD. Never raises, so that one odd value (a Decimal, a set, an integer beyond 64 bits,
+    a cycle) cannot block the recorder: what JSON cannot hold is written as its ``str()``, or
+    as a ``repr()`` as the last resort."""
+    text = _dumps(value)
+    if _JSON_NUL in text:
+        # Decoded rather than edited: "\\u0000" may also be an escaped backslash before "u0000";
+        # the standard library reads back whatever _dumps wrote (big integers, lone surrogates).
+        text = _dumps(without_nul(json.loads(text)))
+    return text
+
+
+def _dumps(value: Any) -> str:
     try:
         return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
     except (TypeError, orjson.JSONEncodeError):
@@ -167,6 +184,18 @@ def dumps_json(value: Any) -> str:
         except (TypeError, ValueError) as exc:
             fallback = {"unserialisable": repr(value)[:10_000], "error": repr(exc)}
             return orjson.dumps(fallback).decode()
+
+
+def without_nul(value: Any) -> Any:
+    """``value`` with every NUL in its text (keys and values, at any depth) replaced by U+FFFD;
+    a copy, never the caller's object changed."""
+    if isinstance(value, str):
+        return value.replace(NUL, REPLACEMENT) if NUL in value else value
+    if isinstance(value, dict):
+        return {without_nul(k): without_nul(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [without_nul(v) for v in value]
+    return value
 
 
 def _flock(fd: int, wait: float) -> None:

@@ -37,7 +37,8 @@ PostgreSQL cannot store NUL in text (``invalid byte sequence``) nor read ``\u000
 operators, so every NUL in a value handed over (in text, and in JSON data at any depth) is
 replaced with U+FFFD when it is handed over, on every database alike: a row reads back the same
 on SQLite and PostgreSQL, and a caller's name or prompt with a NUL in it is never parked. The
-check is one substring search per text (per event, of its serialised data).
+check is one substring search per text; JSON (event data and JSON columns) is cleaned where it
+is serialised, by :func:`relay.storage.db.dumps_json`.
 
 The backlog is bounded: beyond ``max_events`` buffered events (while the database is down) the
 oldest events are dropped, a tenth at a time, and counted (:attr:`Recorder.dropped_events`);
@@ -49,7 +50,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections import deque
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -68,7 +68,7 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from relay.storage.db import Database, dumps_json
+from relay.storage.db import NUL, Database, dumps_json, without_nul
 from relay.storage.models import Base, Call, Event, ParkedRecord, RelaySession, Turn
 from relay.storage.textsearch import index_pending
 
@@ -94,9 +94,6 @@ _BufferedEvent = tuple[int, str, str, int, float, datetime, str, str]
 _Item = tuple[tuple[type[Any], tuple[Any, ...]], "_Upsert"] | _BufferedEvent
 #: Used for flush()'s default: the recorder's own ``flush_timeout``.
 _DEFAULT: Any = object()
-_NUL = "\x00"
-_JSON_NUL = "\\u0000"  # how JSON text writes a NUL
-_REPLACEMENT = "\ufffd"
 
 
 def utcnow() -> datetime:
@@ -185,12 +182,10 @@ class Recorder:
         tuple holds nothing the garbage collector has to follow, so records waiting for the
         next write add nothing to the collector's work.
         """
-        text = dumps_json(data)
-        if _JSON_NUL in text:
-            text = _json_without_nul(text)
-        if _NUL in call_sid or _NUL in session_id or _NUL in kind:
+        text = dumps_json(data)  # NULs already replaced
+        if NUL in call_sid or NUL in session_id or NUL in kind:
             call_sid, session_id, kind = (
-                _without_nul(call_sid), _without_nul(session_id), _without_nul(kind)
+                without_nul(call_sid), without_nul(session_id), without_nul(kind)
             )  # fmt: skip
         self._queued += 1
         self._events.append((self._queued, call_sid, session_id, seq, t, utcnow(), kind, text))
@@ -238,12 +233,9 @@ class Recorder:
     ) -> None:
         """Buffer a row (``row`` is the caller's ``**kwargs``: ours to keep); a partial one
         becomes an UPDATE unless a whole row of the same key is still buffered."""
-        for column, value in row.items():
-            if isinstance(value, str):
-                if _NUL in value:
-                    row[column] = value.replace(_NUL, _REPLACEMENT)
-            elif isinstance(value, dict | list | tuple) and _JSON_NUL in dumps_json(value):
-                row[column] = _without_nul(value)
+        for column, value in row.items():  # JSON values: dumps_json cleans them when written
+            if isinstance(value, str) and NUL in value:
+                row[column] = without_nul(value)
         self._queued += 1
         key = (model, tuple([row[k] for k in keys]))
         existing = self._upserts.get(key)
@@ -421,7 +413,7 @@ class Recorder:
             table = _EVENTS.name
             row = dict(zip(_EVENT_COLUMNS, item[1:], strict=True))
             row["data"] = orjson.Fragment(row["data"])
-        message = _without_nul(str(getattr(error, "orig", None) or error) or repr(error))
+        message = without_nul(str(getattr(error, "orig", None) or error) or repr(error))
         call_sid = row.get("call_sid")
         async with self._db.engine.begin() as conn:
             await conn.execute(
@@ -530,26 +522,6 @@ class Recorder:
                     for e in events
                 ],
             )  # fmt: skip
-
-
-def _without_nul(value: Any) -> Any:
-    """``value`` with every NUL in its text (keys and values, at any depth) replaced by U+FFFD;
-    a copy, never the caller's object changed. Only called once a NUL was found."""
-    if isinstance(value, str):
-        return value.replace(_NUL, _REPLACEMENT) if _NUL in value else value
-    if isinstance(value, dict):
-        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_without_nul(v) for v in value]
-    return value
-
-
-def _json_without_nul(text: str) -> str:
-    """JSON text with every NUL in its strings replaced by U+FFFD. Decoded rather than edited,
-    because ``\\u0000`` in the text may also be an escaped backslash before ``u0000``; the
-    standard library reads back whatever :func:`dumps_json` wrote (big integers, lone
-    surrogates)."""
-    return dumps_json(_without_nul(json.loads(text)))
 
 
 #: SQLSTATE classes that say the database is in trouble, whatever the rows: connection
