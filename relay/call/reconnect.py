@@ -239,7 +239,7 @@ class Reconnect:
             if previous is not None and previous is not session:
                 # The old socket of this call, in this process: its turn finishes, its records
                 # are written, before the history is read.
-                await _wait_closed(previous)
+                await wait_closed(previous)
                 await deps.recorder.flush(timeout=5.0)
             found = await stored.stored_call(deps.db, session.call_sid)
         except Exception as exc:
@@ -378,7 +378,9 @@ def _last_setup(events: Sequence[tuple[str, str, dict[str, Any]]]) -> protocol.S
     return None
 
 
-async def _wait_closed(previous: object) -> None:
+async def wait_closed(previous: object) -> None:
+    """Wait (at most :data:`WAIT_PREVIOUS_SECONDS`) for an older session of the call to have
+    closed and flushed its records."""
     reconnect = getattr(previous, "reconnect", None)
     if isinstance(reconnect, Reconnect):
         with contextlib.suppress(TimeoutError):
@@ -388,7 +390,7 @@ async def _wait_closed(previous: object) -> None:
 async def _wait_previous(session: CallSession, call_sid: str) -> None:
     previous = session.deps.live.get(call_sid)
     if previous is not None and previous is not session:
-        await _wait_closed(previous)
+        await wait_closed(previous)
 
 
 def socket_url(ws_url: str, agent: AgentProfile, call_sid: str) -> str:

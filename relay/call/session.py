@@ -43,7 +43,7 @@ from relay.call.ports import (
     Retrieved,
     Retriever,
 )
-from relay.call.reconnect import Reconnect
+from relay.call.reconnect import Reconnect, wait_closed
 from relay.call.transcript import Message, Transcript
 from relay.call.turn import Cancelled, Turn
 from relay.errors import ProtocolError
@@ -78,10 +78,8 @@ log = structlog.get_logger("relay.call.session")
 #: limits; beyond them they are counted and dropped.
 PRE_SETUP_FRAMES: Final = 64
 PRE_SETUP_BYTES: Final = 256 * 1024
-#: A socket a newer one of the same call replaced is closed normally (nothing to resume), and
-#: its session given this long to stop its turn and write its records.
+#: A socket a newer one of the same call replaced is closed normally (nothing to resume).
 CLOSE_SUPERSEDED: Final = 1000
-SUPERSEDE_WAIT_SECONDS: Final = 5.0
 
 
 class Phase(enum.Enum):
@@ -311,7 +309,7 @@ class CallSession:
         try:
             if close is not None:
                 await close(CLOSE_SUPERSEDED, "superseded")
-            await asyncio.wait_for(previous.reconnect.closed.wait(), SUPERSEDE_WAIT_SECONDS)
+            await wait_closed(previous)
             await self.deps.recorder.flush(timeout=5.0)
         except Exception as exc:  # the call goes on: its history may then miss the last turn
             log.error("supersede_failed", error=repr(exc)[:300])
