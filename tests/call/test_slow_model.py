@@ -95,29 +95,38 @@ def configure(model: SlowModel) -> Any:
 # -- a tool call written as text, padded to the token limit --------------------------------------
 
 
-async def test_a_call_written_as_text_is_made_when_its_json_closes_not_after_the_padding(
-    start_relay: Any, prompts_dir: Path
-) -> None:
-    """The tester's call: the price guard's re-ask (tool_choice named) answered with the call
-    as text, then newlines until ``finish_reason: "length"``."""
-    write_agent(prompts_dir)
-    written = '{"name": "quote_piano_move", "arguments": ' + orjson.dumps(QUOTE_ARGS).decode()
-    model = SlowModel(
-        [
-            Reply(words("The total price is $650 for that move.")),
-            Reply([*words(written), "}", "\n"], finish="length", padding=10_000),
-            Reply(words("The total is $420.50 including GST.")),
-        ]
-    )
+#: The quote call as a small model writes it, as text, without its last closing brace.
+WRITTEN = '{"name": "quote_piano_move", "arguments": ' + orjson.dumps(QUOTE_ARGS).decode()
+
+
+async def ask_price(start_relay: Any, model: SlowModel) -> tuple[Any, dict[str, list[Any]]]:
+    """One caller asking for a price, against ``model``: the reply, and the call's
+    ``tool_call``, ``llm_failure`` and ``llm_response`` events."""
     async with start_relay(configure=configure(model)) as relay:
         call = relay.call()
         await call.connect()
         reply = await call.say("How much to move my upright from Brunswick to Geelong?")
         await call.close()
         await relay.session_closed()
-        made = await stored_events(relay, call.call_sid, "tool_call")
-        failures = await stored_events(relay, call.call_sid, "llm_failure")
-        responses = await stored_events(relay, call.call_sid, "llm_response")
+        kinds = ("tool_call", "llm_failure", "llm_response")
+        return reply, {kind: await stored_events(relay, call.call_sid, kind) for kind in kinds}
+
+
+async def test_a_call_written_as_text_is_made_when_its_json_closes_not_after_the_padding(
+    start_relay: Any, prompts_dir: Path
+) -> None:
+    """The tester's call: the price guard's re-ask (tool_choice named) answered with the call
+    as text, then newlines until ``finish_reason: "length"``."""
+    write_agent(prompts_dir)
+    model = SlowModel(
+        [
+            Reply(words("The total price is $650 for that move.")),
+            Reply([*words(WRITTEN), "}", "\n"], finish="length", padding=10_000),
+            Reply(words("The total is $420.50 including GST.")),
+        ]
+    )
+    reply, events = await ask_price(start_relay, model)
+    made, failures, responses = events["tool_call"], events["llm_failure"], events["llm_response"]
 
     assert reply.text == f"The total price is {BRIDGE} The total is $420.50 including GST."
     # The re-ask's stream was closed right after the closing brace: no padding was waited for
@@ -144,21 +153,14 @@ async def test_a_token_limit_after_a_complete_call_written_as_text_is_no_failure
     by one brace too many, then the token limit: the call is made, and the limit is no
     truncation."""
     write_agent(prompts_dir)
-    written = '{"name": "quote_piano_move", "arguments": ' + orjson.dumps(QUOTE_ARGS).decode()
     model = SlowModel(
         [
-            Reply([written + "}" + tail], finish="length"),
+            Reply([WRITTEN + "}" + tail], finish="length"),
             Reply(words("The total is $420.50 including GST.")),
         ]
     )
-    async with start_relay(configure=configure(model)) as relay:
-        call = relay.call()
-        await call.connect()
-        reply = await call.say("How much to move my upright from Brunswick to Geelong?")
-        await call.close()
-        await relay.session_closed()
-        made = await stored_events(relay, call.call_sid, "tool_call")
-        failures = await stored_events(relay, call.call_sid, "llm_failure")
+    reply, events = await ask_price(start_relay, model)
+    made, failures = events["tool_call"], events["llm_failure"]
 
     assert reply.text.endswith("The total is $420.50 including GST.")
     assert [m["name"] for m in made] == ["quote_piano_move"]
