@@ -1273,7 +1273,9 @@ async def _bench(options: BenchOptions) -> BenchReport:
         }
         cpu = {name: round(seconds / elapsed * 100, 1) for name, seconds in used.items()}
         server_cpu = used.get("relay")
-        per_turn = round(server_cpu * 1000 / tally.turns, 2) if server_cpu and tally.turns else None
+        per_turn = None  # 0 is a measurement too (a short phase within one clock tick)
+        if server_cpu is not None and tally.turns:
+            per_turn = round(server_cpu * 1000 / tally.turns, 2)
         unexpected = sum(c.unexpected for c in calls)
         for group in _batches(calls, options.connect_batch):
             await asyncio.gather(*(c.close() for c in group))
