@@ -156,12 +156,17 @@ NOTES_HEAD = "Current date and time:"
 NOTES_TAIL = "(Notes for you, never to be read out.)"
 
 
+#: The tag a Hermes-style chat template (Qwen's, among others) puts before a tool call's JSON.
+CALL_TAG = "<tool_call>"
+
+
 class Opening:
     """The first characters of a model's reply, held until they show what the reply is:
     ``"say"`` (words for the caller), ``"echo"`` (the per-turn notes read back: a small model
     given a system message after the caller's words did that, word for word) or ``"call"`` (a
     tool call written as JSON text, which a server did not parse: no speech ever starts
-    with ``{``)."""
+    with ``{``; nor with :data:`CALL_TAG`, the Hermes chat templates' wrapper that Qwen and
+    others write around it when the server runs without their template's tool parsing)."""
 
     def __init__(self) -> None:
         self.raw = ""
@@ -173,11 +178,11 @@ class Opening:
         head = self.raw.lstrip()
         if not head:
             return None
-        if head.startswith("{"):
+        if head.startswith("{") or head[: len(CALL_TAG)].lower() == CALL_TAG:
             self.kind = "call"
         elif head.startswith(NOTES_HEAD):
             self.kind = "echo"
-        elif NOTES_HEAD.startswith(head):
+        elif NOTES_HEAD.startswith(head) or CALL_TAG.startswith(head.lower()):
             return None
         else:
             self.kind = "say"
@@ -188,8 +193,11 @@ class Opening:
         known tool."""
         import json
 
+        body = self.raw.lstrip()
+        if body[: len(CALL_TAG)].lower() == CALL_TAG:
+            body = body[len(CALL_TAG) :].lstrip()
         try:
-            value, _ = json.JSONDecoder().raw_decode(self.raw.lstrip())
+            value, _ = json.JSONDecoder().raw_decode(body)
         except ValueError:
             return None
         if not isinstance(value, dict) or value.get("name") not in set(known):

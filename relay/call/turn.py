@@ -364,7 +364,7 @@ class Turn:
                         if opening.kind == "call":
                             # A call written as text is made as soon as its JSON closes: a small
                             # model pads it with newlines up to its token limit, for minutes.
-                            if text.rstrip().endswith("}"):
+                            if "}" in text:
                                 written = opening.tool_call(tools)
                                 if written is not None:
                                     stop = "call"

@@ -378,10 +378,25 @@ async def test_a_reply_that_reads_the_notes_back_is_not_heard_and_is_asked_again
     assert end["guards"]["echo"] == 1
 
 
-async def test_a_tool_call_written_as_text_is_made(start_relay: Any, prompts_dir: Path) -> None:
+@pytest.mark.parametrize(
+    "wrap",
+    [
+        "{}",
+        # Qwen's chat template without the server's tool parsing (llama-server without --jinja)
+        "<tool_call>\n{}\n</tool_call>",
+        "<TOOL_CALL>{}</TOOL_CALL><|im_end|>",
+    ],
+)
+async def test_a_tool_call_written_as_text_is_made(
+    start_relay: Any, prompts_dir: Path, wrap: str
+) -> None:
     write_agent(prompts_dir)
-    written = orjson.dumps({"name": "quote_piano_move", "arguments": QUOTE_ARGS}).decode()
-    llm = ScriptedLLM([Text(written), Text("The total is $420.50 including GST.")])
+    written = wrap.format(
+        orjson.dumps({"name": "quote_piano_move", "arguments": QUOTE_ARGS}).decode()
+    )
+    # Streamed a few characters at a time, as a model writes it: the tag comes in pieces.
+    pieces = [written[i : i + 3] for i in range(0, len(written), 3)]
+    llm = ScriptedLLM([Text(written, pieces), Text("The total is $420.50 including GST.")])
     async with start_relay(llm, configure=tools) as relay:
         call = relay.call()
         await call.connect()
