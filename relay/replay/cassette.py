@@ -148,10 +148,13 @@ def known_caller(recording: Recording) -> tuple[bool, dict[str, Any] | None, int
         if event["kind"] != "llm_request":
             continue
         number += 1
-        for message in (event.get("data") or {}).get("body", {}).get("messages") or []:
+        messages = (event.get("data") or {}).get("body", {}).get("messages") or []
+        # The call's facts are in the system messages that open the request (the second since
+        # 7 December, the end of the first before), never in the turn's notes that close it.
+        for message in messages[:-1]:
             content = message.get("content")
             if message.get("role") != "system" or not isinstance(content, str):
-                continue
+                break
             at = content.find(_KNOWN_CALLER)
             if at >= 0:
                 try:
@@ -159,7 +162,6 @@ def known_caller(recording: Recording) -> tuple[bool, dict[str, Any] | None, int
                 except ValueError:
                     return False, None, 0
                 return True, (found if isinstance(found, dict) else None), number
-            break  # only the first system message holds the call's facts
     return number > 0, None, 0
 
 

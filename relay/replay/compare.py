@@ -198,14 +198,41 @@ def render_request(body: Mapping[str, Any], mask: Callable[[str], str]) -> str:
     return "\n".join(lines)
 
 
+#: How the call's facts begin (relay.call.session): a caller ID, or a known caller alone.
+_FACTS = re.compile(r"(?:Caller ID|Number called \(an outbound call\)|Known caller): ")
+
+
+def current_layout(messages: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """A recorded request's messages in today's layout. Until 7 December the call's facts (the
+    caller ID, a known caller) ended the agent's system prompt, after a blank line; now they are
+    a system message of their own after it, so that the prompt and the tool schemas a chat
+    template puts after it are one prefix for every caller. The model is told the same; a
+    recording made before is compared as if made now rather than reported as changed."""
+    if not messages or messages[0].get("role") != "system":
+        return list(messages)
+    content = messages[0].get("content")
+    if not isinstance(content, str):
+        return list(messages)
+    prompt, blank, facts = content.rpartition("\n\n")
+    if not blank or not _FACTS.match(facts):
+        return list(messages)
+    return [
+        {**messages[0], "content": prompt},
+        {"role": "system", "content": facts},
+        *messages[1:],
+    ]
+
+
 def compare_requests(
     recorded: Mapping[str, Any], now: Mapping[str, Any], mask: Callable[[str], str]
 ) -> tuple[str, str] | None:
-    """(summary, diff) when the requests differ in their messages or tool names, else None."""
+    """(summary, diff) when the requests differ in their messages or tool names, else None.
+    Both are read in today's layout (:func:`current_layout`): a request recorded before the
+    call's facts had a message of their own is not a change."""
     problems: list[str] = []
     diff: list[str] = []
-    old = _rendered(recorded.get("messages") or [], mask)
-    new = _rendered(now.get("messages") or [], mask)
+    old = _rendered(current_layout(recorded.get("messages") or []), mask)
+    new = _rendered(current_layout(now.get("messages") or []), mask)
     if [a for a, _ in old] != [b for b, _ in new]:
         changed = sum(1 for a, b in zip(old, new, strict=False) if a[0] != b[0]) + abs(
             len(old) - len(new)

@@ -155,6 +155,21 @@ async def test_the_caller_the_recording_found_is_found_again() -> None:
     assert known_caller(Recording({"call": {}}, events=[request(facts)])) == (True, None, 0)
     assert known_caller(Recording({"call": {}}, events=[])) == (False, None, 0)
 
+    # Since 7 December the call's facts are a system message of their own after the prompt;
+    # the turn's notes, last, are never read for them.
+    def request_now(facts: str, notes: str = "Current date and time: now.") -> dict[str, Any]:
+        messages = [{"role": "system", "content": "You are Kerry."},
+                    {"role": "system", "content": facts}, {"role": "user", "content": "Hi"},
+                    {"role": "system", "content": notes}]  # fmt: skip
+        return {"kind": "llm_request", "data": {"body": {"messages": messages}}}
+
+    said = "Caller ID: +61491570158. Known caller: " + orjson.dumps(customer).decode()
+    assert known_caller(Recording({"call": {}}, events=[request_now(said)])) == (True, customer, 1)
+    notes = "Known caller: " + orjson.dumps(customer).decode()  # e.g. in a retrieved passage
+    assert known_caller(
+        Recording({"call": {}}, events=[request_now("Caller ID: +61491570158.", notes)])
+    ) == (True, None, 0)
+
     cassette = Cassette(recording, Masker())
     agent: Any = None
     lookup = asyncio.ensure_future(CassetteDirectory(cassette, customer, 2).lookup(agent, "x"))

@@ -7,7 +7,13 @@ from typing import Any
 import orjson
 
 from relay.llm.types import ChatRequest
-from relay.replay.compare import Item, Masker, compare_requests, compare_transcripts
+from relay.replay.compare import (
+    Item,
+    Masker,
+    compare_requests,
+    compare_transcripts,
+    current_layout,
+)
 
 
 def test_the_time_line_is_not_a_divergence() -> None:
@@ -61,6 +67,36 @@ def test_a_redacted_recordings_masks_are_stripped_to_compare_but_printed_whole()
         "-[1] user: Hi",
         "+[1] user: Bye",
     ]
+
+
+def test_a_request_recorded_with_the_facts_at_the_end_of_the_prompt_is_no_change() -> None:
+    """Until 7 December the call's facts ended the agent's system prompt; now they follow it in
+    a message of their own. A recording made before replays without a change; a change of
+    the facts themselves is still one."""
+
+    def body(*system: str) -> dict[str, Any]:
+        messages = [*({"role": "system", "content": s} for s in system),
+                    {"role": "user", "content": "Hi"},
+                    {"role": "system", "content": "Current date and time: now."}]  # fmt: skip
+        return ChatRequest(model="m", messages=messages).body()
+
+    prompt = "You are Kerry.\n\nBe brief."
+    facts = 'Caller ID: +61412345678. Known caller: {"name":"Sarah","id":7}'
+    then, now = body(f"{prompt}\n\n{facts}"), body(prompt, facts)
+    assert current_layout(then["messages"]) == now["messages"]
+    assert compare_requests(then, now, Masker()) is None
+    assert compare_requests(now, now, Masker()) is None
+    outbound = "Number called (an outbound call): +61411000222."
+    assert (
+        compare_requests(body(f"{prompt}\n\n{outbound}"), body(prompt, outbound), Masker()) is None
+    )
+    # A prompt whose last paragraph is not the facts is left as it is.
+    assert current_layout(body(prompt)["messages"]) == body(prompt)["messages"]
+    summary, diff = compare_requests(then, body(prompt, "Caller ID: +61412345678."), Masker()) or (
+        "", "")  # fmt: skip
+    assert summary == "messages differ (1 line)"
+    assert '-[1] system: Caller ID: +61412345678. Known caller: {"name":"Sarah","id":7}' in diff
+    assert "+[1] system: Caller ID: +61412345678." in diff.splitlines()
 
 
 def _switch(code: str = "es-ES") -> Item:

@@ -49,7 +49,7 @@ def knowledge_cli(
 def reference_of(request: dict[str, Any]) -> list[str]:
     """The reference-material system messages of an LLM request (after the prompt)."""
     # The per-turn system message (last, issue 15) holds the time, then the passages.
-    texts = [m["content"] for m in request["messages"][1:] if m["role"] == "system"]
+    texts = [m["content"] for m in request["messages"][-1:] if m["role"] == "system"]
     notes = ("Current date and time: ", "(Notes for you")
     parts = ["\n\n".join(p for p in t.split("\n\n") if not p.startswith(notes)) for t in texts]
     return [p for p in parts if p]

@@ -61,8 +61,10 @@ async def test_the_llm_request_carries_the_right_passage_and_the_turn_records_it
         turns = await repository.stored_turns(relay.runtime.deps.db, call.call_sid)
 
     assert reply.text == "Yes, it's insured."
-    reference = [m["content"] for m in llm.requests[0]["messages"][1:] if m["role"] == "system"]
-    assert len(reference) == 1
+    # The prompt, the call's facts, then (last) the turn's notes with the passages.
+    *_, last = llm.requests[0]["messages"]
+    reference = [m["content"] for m in llm.requests[0]["messages"][2:] if m["role"] == "system"]
+    assert len(reference) == 1 and reference[0] == last["content"]
     first_passage = reference[0].split("[1]", 1)[1].split("[2]", 1)[0]
     assert "insurance.md" in first_passage and "$50,000" in first_passage
     [answer] = [t for t in turns if t.role == "assistant" and t.content == "Yes, it's insured."]
@@ -137,7 +139,8 @@ async def test_a_call_survives_a_failing_store(start_relay: Any) -> None:
 
     assert reply == "Happy to help."
     messages = llm.requests[0]["messages"]
-    assert [m["role"] for m in messages].count("system") == 2  # the prompt, the per-turn note
+    # the prompt, the call's facts, the per-turn note
+    assert [m["role"] for m in messages].count("system") == 3
     assert messages[-1]["content"].startswith("Current date and time: ")
     assert "[1]" not in messages[-1]["content"]  # no reference material
     assert metrics["retrieval_failures"] == 1

@@ -176,7 +176,7 @@ def _swap_in(store: KnowledgeStore, holder: dict[str, KnowledgeRetriever]) -> An
 
 def _reference(request: dict[str, Any]) -> list[str]:
     # The per-turn system message (last, issue 15) holds the time, then the passages.
-    texts = [m["content"] for m in request["messages"][1:] if m["role"] == "system"]
+    texts = [m["content"] for m in request["messages"][-1:] if m["role"] == "system"]
     notes = ("Current date and time: ", "(Notes for you")
     parts = ["\n\n".join(p for p in t.split("\n\n") if not p.startswith(notes)) for t in texts]
     return [p for p in parts if p]

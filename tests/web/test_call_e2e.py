@@ -41,9 +41,12 @@ def action_form(call: Any, **fields: str) -> dict[str, str]:
 
 
 def conversation(request: dict[str, Any]) -> list[tuple[str, str]]:
-    """Between the system prompt and the per-turn system message (last, issue 15)."""
-    assert request["messages"][-1]["role"] == "system"
-    return [(m["role"], m.get("content") or "") for m in request["messages"][1:-1]]
+    """Between the opening system messages (the agent's prompt, the call's facts) and the
+    per-turn system message (last, issue 15)."""
+    messages = request["messages"]
+    assert messages[-1]["role"] == "system"
+    opening = 2 if messages[1]["role"] == "system" and len(messages) > 2 else 1
+    return [(m["role"], m.get("content") or "") for m in messages[opening:-1]]
 
 
 def text_of(frames: list[dict[str, Any]]) -> str:
