@@ -175,6 +175,42 @@ def spoken_amount(words: Iterable[str]) -> Decimal | None:
     return dollars + cents
 
 
+def _amount_phrases(words: list[str]) -> list[list[str]]:
+    """A run of held words cut into the amounts it says, each checked on its own: "$1,200:
+    $350 for the piano" holds two amounts, and until 7 December only the last was checked, so
+    an invented total before a tool's amount was said. A new amount starts:
+
+    - at a word with ``$`` once the amount so far has a number ("six hundred dollars, $60");
+    - at a written number once the amount so far has one, unless it is the cents right after
+      "dollars" ("420 dollars 50"): "1,200 dollars and 60 dollars";
+    - after a word ending in ``,``, ``;`` or ``:`` once the amount so far names money or has a
+      written number ("$1,200, three hundred dollars"); "four hundred, and twenty dollars"
+      stays one.
+    """
+    phrases: list[list[str]] = [[]]
+    number = written = money = False  # what the current phrase has so far
+    for word in words:
+        bare = word.strip(_STRIP_EDGES).lower()
+        sign = "$" in bare
+        digits = bool(bare) and (sign or _DIGITS.match(bare) is not None)
+        current = phrases[-1]
+        if current:
+            last = current[-1]
+            cents = last.strip(_STRIP_EDGES).lower() in ("dollar", "dollars")
+            if (
+                (sign and number)
+                or (digits and written and not cents)
+                or (last[-1:] in ",;:" and (money or written))
+            ):
+                phrases.append([])
+                number = written = money = False
+        phrases[-1].append(word)
+        written = written or digits
+        money = money or sign or bare in _CURRENCY
+        number = number or digits or (_numberish(word) and bare not in _CURRENCY)
+    return [phrase for phrase in phrases if phrase]
+
+
 #: A word that alone is (part of) an amount: a number word, a scale or a currency.
 _AMOUNT_WORDS = frozenset(_NUMBER_WORDS) | _CURRENCY | frozenset(_SCALES)
 
@@ -431,19 +467,21 @@ class Speech:
         return "."
 
     def _release_held(self, *, final: bool) -> Emit:
-        """The amount being held is complete: say it if a tool produced it."""
+        """The amounts being held are complete: say them if a tool produced each of them."""
         held, self._held = self._held, []
+        joiners: list[str] = []
         while held and held[-1].lower().strip(_STRIP_EDGES) in _JOINERS:
-            held.pop()  # "two pianos and" - the joiner belongs to what follows
-        if not held:
-            return _NOTHING
-        amount = spoken_amount(held)
-        if amount is not None and not self._amount_allowed(amount):
-            self.blocked.append(" ".join(held))
-            self._stopped = "price"
-            return Emit(stop="price")
+            # "$60 a week", "$604 and that": the joiner belongs to what follows, and is said
+            # after the amount (until 7 December it was dropped)
+            joiners.insert(0, held.pop())
+        for phrase in _amount_phrases(held):
+            amount = spoken_amount(phrase)
+            if amount is not None and not self._amount_allowed(amount):
+                self.blocked.append(" ".join(held))
+                self._stopped = "price"
+                return Emit(stop="price")
         out: list[str] = []
-        for word in held:
+        for word in [*held, *joiners]:
             said = self._say(word, "")
             out.append(said.text)
             if said.stop:

@@ -109,6 +109,51 @@ def test_an_invented_amount_is_never_heard() -> None:
     assert (text, stop) == ("It costs", "price")
 
 
+QUOTED = {Decimal(604), Decimal(350), Decimal(194), Decimal(60)}
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "The total is $1,200: $350 for the piano, $194 for the distance and $60 for storage.",
+        "The total is $999 and $194 of that is distance.",
+        "The price is $1,500 and $60 for storage.",
+        "The price is $2,000, $60 week for storage.",
+        "That's $1,200, three hundred and fifty dollars for the piano.",
+        "It's 1,200 dollars and 60 dollars for storage.",
+    ],
+)
+def test_every_amount_of_a_run_is_checked_not_only_the_last(reply: str) -> None:
+    """A tester's replies (a quote of $604: $350 + $194 + $60): an invented total before an
+    amount the tool gave was said, since the run of held words was read as one amount."""
+    for tokens in (re.findall(r"\s*\S+", reply), chars(reply)):
+        speech = Speech(allowed_amounts=lambda: QUOTED)
+        text, stop = run(speech, tokens)
+        assert stop == "price", text
+        assert "1,200" not in text and "999" not in text and "1,500" not in text
+        assert "2,000" not in text
+
+
+@pytest.mark.parametrize(
+    ("reply"),
+    [
+        "The total is $604: $350 for the piano, $194 for the distance and $60 for storage.",
+        "Storage is $60 a week in our warehouse.",
+        "The total is $604 and that includes GST.",
+        "That is 350 dollars and it includes GST.",
+        "It costs $60 a fortnight less than that.",
+        "That's six hundred and four dollars, $60 of it for storage.",
+        "That's 604 dollars 0 cents.",
+    ],
+)
+def test_amounts_a_tool_gave_are_said_with_the_word_after_them(reply: str) -> None:
+    """A joiner after an amount ("a", "and") belongs to what follows: until 7 December it was
+    dropped ("Storage is $60 week in our warehouse.")."""
+    for tokens in (re.findall(r"\s*\S+", reply), chars(reply), [reply]):
+        speech = Speech(allowed_amounts=lambda: QUOTED)
+        assert run(speech, tokens) == (reply, None)
+
+
 def test_numbers_that_are_not_money_pass() -> None:
     speech = Speech(allowed_amounts=set)
     text, stop = run(speech, chars("We can move 2 pianos on the 24th with three movers and a van."))
