@@ -596,6 +596,7 @@ class AgentProfile(BaseModel):
     max_reply_words: int = Field(default=60, ge=0)
     price_guard: bool = True
     booking_guard: bool = True
+    message_guard: bool = True  # no "I've texted you the quote" unless a send tool succeeded
     price_tool: str | None = None  # required on a re-ask; default: the first known price tool
     # How a re-ask requires the tool: "named" (OpenAI's {"type": "function", ...}) or
     # "required" (any tool; for servers that only know the string forms, e.g. llama.cpp's
@@ -603,6 +604,7 @@ class AgentProfile(BaseModel):
     guard_tool_choice: Literal["named", "required"] = "named"
     price_bridge_line: str = "Let me work out the exact price for you."
     booking_bridge_line: str = "Let me just confirm that booking."
+    message_bridge_line: str = "Let me just check on that message."
     guard_fallback_line: str = (
         "I can't confirm that right now. Would you like me to take a message for the team?"
     )

@@ -33,6 +33,7 @@ __all__ = [
     "NOTES_HEAD",
     "NOTES_TAIL",
     "PRICE_TOOLS",
+    "SEND_TOOLS",
     "Opening",
     "Promises",
     "booking_tool",
@@ -77,6 +78,10 @@ def states_price(words: Sequence[str]) -> bool:
     return any(tuple(bare[-len(lead) :]) == lead for lead in PRICE_LEADS)
 
 
+#: Tools that send the caller a text or an e-mail: a claim that one went needs one to succeed.
+SEND_TOOLS: Final = frozenset({"send_quote_sms", "send_quote_email"})
+
+
 def booking_tool(agent: AgentProfile) -> str | None:
     return next((name for name in BOOKING_TOOLS if name in agent.tools), None)
 
@@ -102,6 +107,9 @@ class Promises:
     # Amounts a search of the business's documents returned: documents' amounts, not prices.
     searched: set[Decimal] = field(default_factory=set)
     booked: bool = False
+    # A text or an e-mail went to the caller (a send tool's answer without an error; an unknown
+    # outcome, a refusal or a failure is not one).
+    sent: bool = False
     trips: Counter[str] = field(default_factory=Counter)
 
     def saw_result(self, content: str, data: Mapping[str, Any] | None, tool: str = "") -> None:
@@ -114,6 +122,8 @@ class Promises:
             self.amounts |= amounts_in(content)
         if _books(data):
             self.booked = True
+        if tool in SEND_TOOLS and data and "error" not in data:
+            self.sent = True
 
     def saw_history(self, answers: Iterable[str]) -> None:
         """A resumed call: the amounts in the tool answers stored by the earlier session(s)."""
@@ -132,13 +142,15 @@ class Promises:
             searched_amounts=lambda: self.searched,
             price_statement=states_price if price_tool(agent) is not None else None,
             booked=lambda: self.booked,
+            sent=lambda: self.sent,
             guard_prices=agent.price_guard,
             guard_bookings=agent.booking_guard,
+            guard_messages=agent.message_guard,
         )
 
     def summary(self) -> dict[str, int]:
         return {"price": self.trips["price"], "booking": self.trips["booking"],
-                "echo": self.trips["echo"]}  # fmt: skip
+                "message": self.trips["message"], "echo": self.trips["echo"]}  # fmt: skip
 
 
 @functools.lru_cache(maxsize=256)

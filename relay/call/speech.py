@@ -15,7 +15,10 @@ promises relay keeps whatever the model does:
   price ("the total is", "it'll be") may say only a tool's amount;
 - **bookings**: a sentence that tells the caller a job is booked (``"you're all booked"``, ``"I've
   booked"``, ``"your booking is confirmed"``...) is cut before the claim unless a booking tool
-  succeeded in this call; the filter stops with ``"booking"``.
+  succeeded in this call; the filter stops with ``"booking"``;
+- **messages**: a sentence that tells the caller a text or an e-mail went (``"I've texted you the
+  quote"``, ``"I've sent it to your mobile"``, ``"it should arrive in a moment"``...) is cut at
+  the claim unless a send tool succeeded in this call; the filter stops with ``"message"``.
 
 The filter is pure (no I/O, no clock), so it is tested word by word and costs a few microseconds a
 token.
@@ -34,6 +37,7 @@ __all__ = [
     "Speech",
     "amounts_in",
     "claims_booking",
+    "claims_sent",
     "spoken_amount",
 ]
 
@@ -43,7 +47,7 @@ class Emit:
     """What to send now (``text``, possibly empty) and why the reply must stop, if it must."""
 
     text: str = ""
-    stop: str | None = None  # None | "limit" | "price" | "booking"
+    stop: str | None = None  # None | "limit" | "price" | "booking" | "message"
 
 
 #: Nothing to send and no reason to stop: one shared instance (an Emit cannot change), since
@@ -90,6 +94,39 @@ _CLAIM_LAST_WORDS = (
     "set", "for",
 )  # fmt: skip
 _SPACES = re.compile(r"(\s+)")
+
+
+# A claim that a text or an e-mail went to the caller. Only the sender's own statements ("I've
+# texted", "I've sent you a text", "I've sent the quote to your mobile", "your text is on its
+# way", "it should arrive shortly") are claims: promises ("I'll text it") and questions
+# ("shall I send it?") use other words, and "it couldn't be sent" or "the text has not been
+# sent" do not match. A message passed on to the team ("I've sent your message to the office")
+# names no channel of the caller's and is no claim.
+_CHANNEL = r"(?:texts?|sms|e-?mails?|messages?)"
+_SENT_CLAIM = re.compile(
+    r"\b(?:"
+    r"(?:i|we)\s*(?:'ve|have)?\s*(?:just\s+|now\s+|already\s+)?(?:texted|e-?mailed|messaged)"
+    r"|(?:i|we)\s*(?:'ve|have)?\s*(?:just\s+|now\s+|already\s+)?sent\b[^.!?]{0,60}?"
+    r"(?:\b(?:by|via|as\s+an?|in\s+an?)\s+" + _CHANNEL + r"\b"
+    r"|\b(?:you|through)\s+(?:an?|the|your)\s+(?:quote\s+)?" + _CHANNEL + r"\b"
+    r"|\bto\s+your\s+(?:mobile|phone|cell|inbox|e-?mail))"
+    r"|" + _CHANNEL + r"\s+(?:is|has\s+been|was)\s+(?:now\s+|just\s+|already\s+)?"
+    r"(?:sent|on\s+its\s+way|gone(?:\s+through)?)"
+    r"|(?:it'?s|it\s+is|quote\s+is)\s+on\s+its\s+way"
+    r"|(?:it|text|sms|e-?mail|message|quote)\s+should\s+(?:arrive|come\s+through|be\s+with\s+you)"
+    r")",
+    re.IGNORECASE,
+)
+#: Every claim _SENT_CLAIM finds ends with a word beginning with one of these: checked only then.
+_SENT_LAST_WORDS = (
+    "texted", "emailed", "e-mailed", "messaged", "text", "sms", "email", "e-mail", "message",
+    "mobile", "phone", "cell", "inbox", "sent", "way", "gone", "through", "arrive", "you",
+)  # fmt: skip
+
+
+def claims_sent(sentence: str) -> bool:
+    """Whether ``sentence`` tells the caller that a text or an e-mail was sent to them."""
+    return _SENT_CLAIM.search(sentence.replace("\u2019", "'")) is not None
 
 
 def claims_booking(sentence: str) -> bool:
@@ -301,8 +338,10 @@ class Speech:
     searched_amounts: Callable[[], set[Decimal]] = field(default=lambda: set())
     price_statement: Callable[[Sequence[str]], bool] | None = None
     booked: Callable[[], bool] = field(default=lambda: True)
+    sent: Callable[[], bool] = field(default=lambda: True)
     guard_prices: bool = True
     guard_bookings: bool = True
+    guard_messages: bool = True
 
     def __post_init__(self) -> None:
         self._raw = ""
@@ -505,6 +544,12 @@ class Speech:
                 self.blocked.append(sentence)
                 self._stopped = "booking"
                 return Emit(stop="booking")
+        if self.guard_messages and word.lower().startswith(_SENT_LAST_WORDS):
+            sentence = " ".join([*self._sentence, word])
+            if claims_sent(sentence) and not self.sent():
+                self.blocked.append(sentence)
+                self._stopped = "message"
+                return Emit(stop="message")
         if prefix:
             self._said_append_punctuation(prefix)
         text = (prefix if prefix else "") + (" " if self._said else "") + word

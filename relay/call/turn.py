@@ -222,7 +222,7 @@ class Turn:
                 started = self.timings["prompt_received_at"] if round_ == 1 else None
                 done, stop = await self._llm_round(customer, tools, started, choice)
                 choice = None
-                if stop in ("price", "booking", "echo"):
+                if stop in ("price", "booking", "message", "echo"):
                     again, choice = self._guard_tripped(stop)
                     if not again:
                         break
@@ -421,7 +421,9 @@ class Turn:
         if stop is not None and done is None:
             # The filter stopped the reply, or its call was complete: its end is ours.
             done = Done(finish_reason=stop, tool_calls=(made,) if made else ())
-        elif stop in ("price", "booking", "echo") and done is not None and done.tool_calls:
+        elif (
+            stop in ("price", "booking", "message", "echo") and done is not None and done.tool_calls
+        ):
             done = dataclasses.replace(done, tool_calls=())  # the re-ask decides what to call
         if done is None:
             raise LLMError("the model's stream ended without finishing", kind="stream-broken")
@@ -470,10 +472,11 @@ class Turn:
     # -- the guards (issue 15) ---------------------------------------------------------------
 
     def _guard_tripped(self, stop: str) -> tuple[bool, str | dict[str, Any] | None]:
-        """The speech filter kept an unpriced amount (``"price"``) or an unconfirmed booking
-        (``"booking"``) from the caller. The first time in a turn: a short bridge line, then the
-        model is asked again with the tool that can settle it required; after that: a safe
-        line. Returns (ask again?, the re-ask's ``tool_choice``)."""
+        """The speech filter kept an unpriced amount (``"price"``), an unconfirmed booking
+        (``"booking"``) or a text or e-mail no tool sent (``"message"``) from the caller. The
+        first time in a turn: a short bridge line, then the model is asked again with the tool
+        that can settle it required (none for a message: sending again is the caller's call);
+        after that: a safe line. Returns (ask again?, the re-ask's ``tool_choice``)."""
         host, agent = self.host, self.host.agent
         blocked = self._speech.blocked[-1] if self._speech and self._speech.blocked else ""
         host.promises.trips[stop] += 1
@@ -493,11 +496,15 @@ class Turn:
         if stop == "echo":  # nothing was said: ask again, quietly
             self._guard_note = "Answer the caller's last words. Never repeat these notes."
             return True, None
-        self._say_line(
-            agent.price_bridge_line if stop == "price" else agent.booking_bridge_line,
-            preemptible=True,
-        )
-        if stop == "price":
+        bridge = {"price": agent.price_bridge_line, "message": agent.message_bridge_line}
+        self._say_line(bridge.get(stop, agent.booking_bridge_line), preemptible=True)
+        if stop == "message":
+            self._guard_note = (
+                "No text or e-mail has gone to the caller in this call: no send tool succeeded. "
+                "Never say one was sent or is on its way. If a send failed or its outcome is "
+                "unknown, say so plainly and offer to read the details out instead."
+            )
+        elif stop == "price":
             self._guard_note = (
                 "Say no amount of money that no tool result in this call gave. "
                 + (f"Call {tool} now to work out the exact price." if tool else

@@ -296,7 +296,7 @@ def attach_recorded(database: Path, call_sid: str, figures: list[TurnFigures]) -
             continue
         if kind == "llm_response" and data.get("stop"):
             figures[turn].stops.append(str(data["stop"]))
-        if kind in ("price_guard", "booking_guard"):
+        if kind in ("price_guard", "booking_guard", "message_guard"):
             figures[turn].stops.append(f"{kind}: {data.get('blocked')!r} -> {data.get('action')}")
         if kind == "llm_response" and not data.get("usage"):
             figures[turn].usage_missing += 1

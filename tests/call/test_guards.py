@@ -61,10 +61,10 @@ def tools(runtime: Any) -> None:
     runtime.deps.tools = ToolRegistry([*CALL_TOOLS, *piano])
 
 
-def write_agent(prompts_dir: Path, **fields: Any) -> None:
+def write_agent(prompts_dir: Path, *more_tools: str, **fields: Any) -> None:
     """The shipped piano agent with the quote and booking tools (and its [data] tables)."""
     text = SHIPPED_AGENT.read_text(encoding="utf-8")
-    tools = ["quote_piano_move", "book_move", "transfer_to_person", "end_call"]
+    tools = ["quote_piano_move", "book_move", "transfer_to_person", "end_call", *more_tools]
     text = re.sub(r"^tools = \[.*?^\]", "tools = " + orjson.dumps(tools).decode(), text,
                   flags=re.S | re.M)  # fmt: skip
     write_profile(prompts_dir, text, **fields)
@@ -169,7 +169,7 @@ async def test_an_invented_price_is_never_heard_and_the_model_is_asked_again_wit
         history(reask)
     )
     assert guard == [{"blocked": "$650", "action": "re-ask", "tool": "quote_piano_move"}]
-    assert end["guards"] == {"price": 1, "booking": 0, "echo": 0}
+    assert end["guards"] == {"price": 1, "booking": 0, "message": 0, "echo": 0}
 
 
 async def test_a_price_invented_twice_gets_the_safe_line(
@@ -247,7 +247,7 @@ async def test_a_booking_claim_without_a_booking_is_not_heard(
     assert guard == [
         {"blocked": "Great news, you're all booked", "action": "re-ask", "tool": "book_move"}
     ]
-    assert end["guards"] == {"price": 0, "booking": 1, "echo": 0}
+    assert end["guards"] == {"price": 0, "booking": 1, "message": 0, "echo": 0}
 
 
 async def test_a_booking_a_tool_made_may_be_claimed(start_relay: Any, prompts_dir: Path) -> None:
@@ -263,6 +263,86 @@ async def test_a_booking_a_tool_made_may_be_claimed(start_relay: Any, prompts_di
         await call.connect()
         reply = await call.say("Yes, book it.")
     assert said(reply.frames).endswith("You're all booked, your reference is 4 8 2 9 1 3.")
+    assert len(llm.requests) == 2
+
+
+# -- a text or an e-mail no tool sent -------------------------------------------------------
+
+
+async def failed_sms(ctx: ToolContext, **_: Any) -> ToolResult:
+    return ToolResult(
+        "The text could not be sent just now. Apologise, and offer to read the quote again.",
+        data={"error": "Twilio answered 500"},
+    )
+
+
+async def sent_sms(ctx: ToolContext, **_: Any) -> ToolResult:
+    return ToolResult(
+        "Texted quote Q100001 to the caller's mobile. Tell them it should arrive in a moment.",
+        data={"message_sid": "SM" + "0" * 32, "status": "queued"},
+    )
+
+
+def sms_tools(sms: Any) -> Any:
+    """:func:`tools`, with ``sms`` as the quote's text."""
+
+    def apply(runtime: Any) -> None:
+        fakes = {"quote_piano_move": fake_quote, "book_move": fake_book, "send_quote_sms": sms}
+        piano = [
+            dataclasses.replace(t, function=fakes[t.name]) if t.name in fakes else t
+            for t in PIANO_TOOLS
+        ]
+        runtime.deps.tools = ToolRegistry([*CALL_TOOLS, *piano])
+
+    return apply
+
+
+async def test_a_text_no_tool_sent_is_not_claimed(start_relay: Any, prompts_dir: Path) -> None:
+    """A tester's call: Twilio answered 500, the tool said so, and the model said "Done, I have
+    sent the quote to your mobile by text": it was heard in full (the guards covered prices
+    and bookings only)."""
+    write_agent(prompts_dir, "send_quote_sms")
+    llm = ScriptedLLM(
+        [
+            ToolCalls([ToolCall("send_quote_sms", {"quote_id": "Q100001"}, id="call_s")]),
+            Text("Done, I have sent the quote to your mobile by text, it should arrive soon."),
+            Text("Sorry, the text didn't go through. Shall I read the quote out instead?"),
+        ]
+    )
+    async with start_relay(llm, configure=sms_tools(failed_sms)) as relay:
+        call = relay.call()
+        await call.connect()
+        reply = await call.say("Can you text me the quote?")
+        await call.close()
+        await relay.session_closed()
+        guard = await stored_events(relay, call.call_sid, "message_guard")
+        [end] = await stored_events(relay, call.call_sid, "session_end")
+
+    assert said(reply.frames) == (
+        "Done, I have sent the quote to your Let me just check on that message. "
+        "Sorry, the text didn't go through. Shall I read the quote out instead?"
+    )
+    assert "No text or e-mail has gone to the caller" in llm.requests[2]["messages"][-1]["content"]
+    assert "tool_choice" not in llm.requests[2]  # sending again is the caller's call
+    assert guard == [
+        {"blocked": "Done, I have sent the quote to your mobile", "action": "re-ask", "tool": None}
+    ]
+    assert end["guards"] == {"price": 0, "booking": 0, "message": 1, "echo": 0}
+
+
+async def test_a_text_a_tool_sent_may_be_claimed(start_relay: Any, prompts_dir: Path) -> None:
+    write_agent(prompts_dir, "send_quote_sms")
+    llm = ScriptedLLM(
+        [
+            ToolCalls([ToolCall("send_quote_sms", {"quote_id": "Q100001"}, id="call_s")]),
+            Text("Done, I've texted you the quote, it should arrive in a moment."),
+        ]
+    )
+    async with start_relay(llm, configure=sms_tools(sent_sms)) as relay:
+        call = relay.call()
+        await call.connect()
+        reply = await call.say("Can you text me the quote?")
+    assert said(reply.frames) == "Done, I've texted you the quote, it should arrive in a moment."
     assert len(llm.requests) == 2
 
 

@@ -154,6 +154,44 @@ def test_amounts_a_tool_gave_are_said_with_the_word_after_them(reply: str) -> No
         assert run(speech, tokens) == (reply, None)
 
 
+@pytest.mark.parametrize(
+    ("sentence", "claim"),
+    [
+        ("Done, I have sent the quote to your mobile by text.", True),
+        ("I've texted you the quote.", True),
+        ("We've just emailed it through.", True),
+        ("I've sent you a text with the details.", True),
+        ("I sent it by e-mail a minute ago.", True),
+        ("Your text is on its way.", True),
+        ("It's on its way to you now.", True),
+        ("The e-mail has been sent.", True),
+        ("It should arrive in a moment.", True),
+        ("I\u2019ve texted the quote to you.", True),
+        ("I'll text you the quote now.", False),
+        ("Shall I send it to your mobile?", False),
+        ("Would you like me to email it?", False),
+        ("The text couldn't be sent just now.", False),
+        ("The text has not been sent.", False),
+        ("I've sent your message to the office, they'll call you back.", False),
+        ("I've passed your details on to the team.", False),
+        ("It may or may not have gone through.", False),
+        ("Our crew should arrive in the morning window.", False),
+    ],
+)
+def test_claims_that_a_text_or_an_email_went(sentence: str, claim: bool) -> None:
+    assert speech_module.claims_sent(sentence) is claim
+
+
+def test_a_text_claim_needs_a_send() -> None:
+    reply = "Done, I've texted you the quote. Anything else?"
+    speech = Speech(sent=lambda: False)
+    text, stop = run(speech, chars(reply))
+    assert (text, stop) == ("Done, I've", "message")
+    assert speech.blocked == ["Done, I've texted"]
+    assert run(Speech(sent=lambda: True), chars(reply)) == (reply, None)
+    assert run(Speech(sent=lambda: False, guard_messages=False), chars(reply)) == (reply, None)
+
+
 def test_numbers_that_are_not_money_pass() -> None:
     speech = Speech(allowed_amounts=set)
     text, stop = run(speech, chars("We can move 2 pianos on the 24th with three movers and a van."))
