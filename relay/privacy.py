@@ -5,6 +5,8 @@ the agent's (taken from its own number), Australia by default:
 
 * :func:`normalise_phone` turns what a caller says or types into E.164, or None when it is not a
   valid number (``"0412 345 678"`` -> ``"+61412345678"``);
+* :func:`find_number` finds one number in text however it was written (what masking the
+  caller's number of an old call looks for);
 * :class:`Redactor` finds numbers in every format (``+61 412 345 678``, ``(03) 9123 4567``,
   ``0412-345-678``, ``555-555-0123``, ``5555550123``), e-mail addresses, street addresses
   (a house number, a street name and a street type, Australian and US types) and the names it
@@ -42,6 +44,7 @@ __all__ = [
     "NAME_MASK",
     "Redactor",
     "fake_number",
+    "find_number",
     "is_e164",
     "mask_number",
     "mask_text",
@@ -106,11 +109,15 @@ def normalise_phone(text: str | None, *, region: str = DEFAULT_REGION) -> str | 
 
     Takes what a caller says or types: ``"0412 345 678"``, ``"(03) 9000 1234"``,
     ``"+61 412 345 678"``, ``"0061412345678"``, ``"61412345678"``; national numbers are read in
-    ``region``.
+    ``region``. Anything else in the text makes it not a number: a caller ID with a scheme or
+    letters (``"client:0412345678"``, a Twilio Client identity; ``"sip:0412345678@pbx"``) is
+    no more this phone number than ``"anonymous"`` is.
     """
     if not text:
         return None
     raw = _SEPARATORS.sub("", text)
+    if not re.fullmatch(r"\+?[0-9]+", raw):
+        return None
     if raw.startswith("00"):
         raw = "+" + raw[2:]
     candidates = [raw]
@@ -124,6 +131,32 @@ def normalise_phone(text: str | None, *, region: str = DEFAULT_REGION) -> str | 
         if phonenumbers.is_valid_number(number):
             return str(phonenumbers.format_number(number, PhoneNumberFormat.E164))
     return None
+
+
+def find_number(text: str, number: str) -> list[str]:
+    """How the phone number ``number`` (E.164) is written in ``text``, in order: each number
+    found there as :class:`Redactor` finds them (national numbers read in ``number``'s own
+    region) that is the same number, as written (``0412 345 678``, ``0412-345-678``,
+    ``+61 412 345 678``, ``61412345678``, ``0061 412 345 678``, ``+61412345678``)."""
+    if sum(c.isdigit() for c in text) < 7:
+        return []
+    try:
+        wanted = phonenumbers.parse(number, None)
+    except NumberParseException:
+        return []
+    key = (wanted.country_code, phonenumbers.national_significant_number(wanted))
+    region = region_of(number)
+    found: list[str] = []
+    for start, end in sorted(set(_default(region)._numbers(text))):
+        raw = text[start:end]
+        digits = re.sub(r"\D", "", raw)
+        try:  # 0061 412 345 678: dialled from abroad, as normalise_phone reads it
+            parsed = phonenumbers.parse("+" + digits[2:] if digits[:2] == "00" else raw, region)
+        except NumberParseException:
+            continue
+        if (parsed.country_code, phonenumbers.national_significant_number(parsed)) == key:
+            found.append(raw)
+    return found
 
 
 def is_e164(number: str) -> bool:

@@ -14,13 +14,14 @@ import argparse
 import asyncio
 import re
 import sys
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from relay.cli.common import settings_from
 from relay.errors import ConfigError
-from relay.eval.scenarios import draft_toml, load_scenarios
+from relay.eval.scenarios import Known, draft_toml, load_scenarios
 
 DEFAULT_SCENARIOS = Path("prompts/evals")
 
@@ -71,13 +72,22 @@ async def _run(args: argparse.Namespace) -> int:
     # ``--from-call`` and ``--help`` do not need. Not a cycle: relay.eval imports no CLI.
     import httpx
 
+    from relay.agents import AgentRegistry
     from relay.eval.report import junit, summaries, text_report
     from relay.eval.runner import ChatClient, RunResult, run_scenarios
+    from relay.tools import default_registry
 
     # The service's info lines (every call's start, turn and end) would bury the progress
     # lines: errors only, unless -v, as relay replay does.
     settings = settings_from(args) if args.verbose else settings_from(args, RELAY_LOG_LEVEL="error")
-    scenarios = load_scenarios(args.scenarios or [DEFAULT_SCENARIOS])
+    # A scenario naming an agent, a tool or an outcome that does not exist (a typo) is an
+    # error in the file, found before any run: the agents the app will load, its tools.
+    agents = AgentRegistry.load(settings.prompts_dir, default=settings.default_agent)
+    known = Known(
+        agents={name: agent.tools for name, agent in agents.agents.items()},
+        tools=default_registry().names(),
+    )
+    scenarios = load_scenarios(args.scenarios or [DEFAULT_SCENARIOS], known=known)
     if args.agent:
         scenarios = [s for s in scenarios if s.agent == args.agent]
     if args.scenario:
@@ -165,8 +175,10 @@ def _aware(value: datetime) -> datetime:
 
 
 def _tools_that_ran(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The tools that ran without error, with their string arguments as exact patterns."""
+    """The tools that ran without error, with their string arguments as exact patterns
+    (:func:`_exactly`)."""
     from relay.eval.runner import _arguments
+    from relay.replay.compare import REFERENCES
 
     arguments: dict[str, Any] = {}
     tools: list[dict[str, Any]] = []
@@ -183,8 +195,24 @@ def _tools_that_ran(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 {
                     "name": str(data.get("name")),
                     "arguments": {
-                        k: f"(?i)^{re.escape(v)}$" for k, v in args.items() if isinstance(v, str)
+                        k: _exactly(v, REFERENCES) for k, v in args.items() if isinstance(v, str)
                     },
                 }
             )
     return tools
+
+
+def _exactly(value: str, references: Sequence[str]) -> str:
+    """A pattern for ``value`` exactly, in any case, except that a reference relay's tools
+    make up at random (a quote id, a booking reference: ``references``, the ones replay
+    ignores) matches any reference of its shape, since the next run makes up another:
+    ``Q139943`` -> ``(?i)^(?:\\bQ\\d{6}\\b)$``."""
+    shapes = re.compile("|".join(f"(?P<r{i}>{p})" for i, p in enumerate(references)))
+    parts: list[str] = []
+    at = 0
+    for match in shapes.finditer(value):
+        index = int(str(match.lastgroup)[1:])
+        parts += [re.escape(value[at : match.start()]), f"(?:{references[index]})"]
+        at = match.end()
+    parts.append(re.escape(value[at:]))
+    return "(?i)^" + "".join(parts) + "$"

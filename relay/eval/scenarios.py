@@ -26,12 +26,21 @@ One TOML file per scenario (``prompts/evals/*.toml``)::
 A tool counts as called when it ran without an error (its result carries no ``error``), with
 every argument pattern found (``re.search``) in the argument's value (JSON text when not a
 string).
+
+A file that cannot be right is a configuration error naming the file and the field: a regex
+that does not compile, and, given the names that exist (:class:`Known`, what ``relay eval``
+passes), an agent, a tool or an outcome no one has, with the close names (a typo in
+``not_tools`` would be a check that can never fail). A tool relay has that the agent does not
+list is no typo: expected, the run fails (the agent lost a tool it needs).
 """
 
 from __future__ import annotations
 
+import difflib
 import re
 import tomllib
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -39,6 +48,16 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from relay.errors import ConfigError
+from relay.services.outcomes import OUTCOMES
+
+
+def _compiled(pattern: str, what: str = "") -> str:
+    """``pattern``, if it compiles; a ValueError naming it (pydantic reports the field)."""
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"bad regex {pattern!r}{what}: {exc}") from exc
+    return pattern
 
 
 class ToolExpectation(BaseModel):
@@ -50,8 +69,8 @@ class ToolExpectation(BaseModel):
     @field_validator("arguments")
     @classmethod
     def _patterns(cls, arguments: dict[str, str]) -> dict[str, str]:
-        for pattern in arguments.values():
-            re.compile(pattern)
+        for name, pattern in arguments.items():
+            _compiled(pattern, f" for {name}")
         return arguments
 
 
@@ -70,7 +89,7 @@ class Expectations(BaseModel):
     @classmethod
     def _regexes(cls, patterns: list[str]) -> list[str]:
         for pattern in patterns:
-            re.compile(pattern)
+            _compiled(pattern)
         return patterns
 
 
@@ -106,7 +125,47 @@ class Scenario(BaseModel):
         return now
 
 
-def load_scenario(path: Path) -> Scenario:
+@dataclass(frozen=True)
+class Known:
+    """The names a scenario may use: the agents that exist, each with the tools it lists,
+    every tool relay has, and the outcomes it records."""
+
+    agents: Mapping[str, Collection[str]]
+    tools: Collection[str]
+    outcomes: Collection[str] = OUTCOMES
+
+    def problems(self, scenario: Scenario) -> list[str]:
+        """Every name in ``scenario`` that does not exist, as ``field: problem``."""
+        found: list[str] = []
+        if scenario.agent not in self.agents:
+            found.append(f"agent: {_unknown('agent', scenario.agent, sorted(self.agents))}")
+        # Close tools: the agent's first (what the scenario most likely meant), then any.
+        close = [sorted(self.agents.get(scenario.agent, ())), sorted(self.tools)]
+        named = [(f"tools.{i}.name", t.name) for i, t in enumerate(scenario.expect.tools)]
+        named += [(f"not_tools.{i}", name) for i, name in enumerate(scenario.expect.not_tools)]
+        for field_name, name in named:
+            if name not in self.tools:
+                found.append(f"expect.{field_name}: {_unknown('tool', name, *close)}")
+        for i, outcome in enumerate(scenario.expect.outcomes):
+            if outcome not in self.outcomes:
+                problem = _unknown("outcome", outcome, list(self.outcomes))
+                found.append(f"expect.outcomes.{i}: {problem}")
+        return found
+
+
+def _unknown(kind: str, name: str, *candidates: list[str]) -> str:
+    """``no tool named 'bok_move' (did you mean 'book_move'?)``: the close names of the first
+    candidates that has some, else every name of the last."""
+    for names in candidates:
+        near = difflib.get_close_matches(name, names)
+        if near:
+            return f"no {kind} named {name!r} (did you mean {' or '.join(map(repr, near))}?)"
+    return f"no {kind} named {name!r} (known: {', '.join(candidates[-1])})"
+
+
+def load_scenario(path: Path, *, known: Known | None = None) -> Scenario:
+    """Read one scenario file; with ``known``, every agent, tool and outcome it names must
+    exist. Raises a ConfigError naming the file and each field that is wrong."""
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
@@ -119,11 +178,15 @@ def load_scenario(path: Path) -> Scenario:
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         )
         raise ConfigError(f"{path}: invalid scenario: {problems}") from exc
+    unknown = known.problems(scenario) if known is not None else []
+    if unknown:
+        raise ConfigError(f"{path}: invalid scenario: {'; '.join(unknown)}")
     return scenario.model_copy(update={"path": str(path)})
 
 
-def load_scenarios(paths: list[Path]) -> list[Scenario]:
-    """Scenario files, and every ``*.toml`` in the directories given, in name order."""
+def load_scenarios(paths: list[Path], *, known: Known | None = None) -> list[Scenario]:
+    """Scenario files, and every ``*.toml`` in the directories given, in name order (see
+    :func:`load_scenario` for ``known``)."""
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
@@ -132,7 +195,7 @@ def load_scenarios(paths: list[Path]) -> list[Scenario]:
             files.append(path)
     if not files:
         raise ConfigError(f"no scenario files in {', '.join(str(p) for p in paths)}")
-    return [load_scenario(f) for f in files]
+    return [load_scenario(f, known=known) for f in files]
 
 
 def toml_string(text: str) -> str:

@@ -2,7 +2,10 @@
 
 Usage comes from the ``usage`` the model server streamed (relay asks for it with
 ``stream_options.include_usage``), recorded in each ``llm_response`` event; a response without
-it is counted locally (about four characters a token) and flagged ``estimated``. The price
+it is counted locally (about four characters a token) and flagged ``estimated``. A request the
+server never answered (an error before the first token: not complete, no words, no tool call)
+is not counted at all, as a provider does not bill it; one cut off after its first words
+(relay's filter, a stall) was billed, and is estimated. The price
 table (``data/prices.toml``) gives each model's price per million prompt, cached-prompt and
 completion tokens, ConversationRelay's price per minute and the price of an SMS segment
 (``RELAY_PRICES`` names another file, which must then exist; with no table at all costs are
@@ -30,7 +33,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -126,6 +129,8 @@ def usage_of(events: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
             continue
         if kind != "llm_response":
             continue
+        if not _answered(data):
+            continue
         model = str(data.get("model") or request_body.get("model") or "unknown")
         entry = models.setdefault(
             model,
@@ -148,9 +153,26 @@ def usage_of(events: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _has_usage(usage: Any) -> bool:
+    return isinstance(usage, Mapping) and ("prompt_tokens" in usage or "completion_tokens" in usage)
+
+
+def _answered(data: Mapping[str, Any]) -> bool:
+    """Whether the server answered the request at all: it finished, or streamed words or a tool
+    call before the stream ended or relay stopped it, or reported usage. A request that failed
+    before any token (an HTTP 500 on every attempt) was not billed. A recording without
+    ``complete`` (made by hand) counts as answered."""
+    return bool(
+        data.get("complete", True)
+        or data.get("pieces")
+        or data.get("tool_calls")
+        or _has_usage(data.get("usage"))
+    )
+
+
 def _tokens(data: Mapping[str, Any], body: Mapping[str, Any]) -> tuple[int, int, int, bool]:
     usage = data.get("usage")
-    if isinstance(usage, Mapping) and ("prompt_tokens" in usage or "completion_tokens" in usage):
+    if isinstance(usage, Mapping) and _has_usage(usage):
         details = usage.get("prompt_tokens_details")
         cached = usage.get("cached_tokens")
         if cached is None and isinstance(details, Mapping):
@@ -161,7 +183,8 @@ def _tokens(data: Mapping[str, Any], body: Mapping[str, Any]) -> tuple[int, int,
             _int(usage.get("completion_tokens")),
             bool(usage.get("estimated")),
         )
-    # No usage from the server: count locally.
+    # Answered without usage (a server that sends none, or a reply cut off before its usage
+    # chunk): count locally.
     prompt_chars = len(orjson.dumps(body.get("messages") or []))
     answer = "".join(str(p) for p in data.get("pieces") or [])
     answer += orjson.dumps(data.get("tool_calls") or []).decode() if data.get("tool_calls") else ""
@@ -192,13 +215,47 @@ def add_usage(total: dict[str, Any], usage: Mapping[str, Any]) -> dict[str, Any]
 # == cost ====================================================================================
 
 
+#: The GSM 7-bit default alphabet of 3GPP TS 23.038 (formerly GSM 03.38), section 6.2.1: one
+#: septet a character. In code order, 0x00 to 0x7F, a row of 16 a line; 0x1B is the escape to
+#: the extension table, not a character (left out below).
+_GSM7_BASIC: Final = frozenset(
+    "@£$¥èéùìòÇ\nØø\rÅå"
+    "Δ_ΦΓΛΩΠΨΣΘΞ\x1bÆæßÉ"
+    " !\"#¤%&'()*+,-./"
+    "0123456789:;<=>?"
+    "¡ABCDEFGHIJKLMNO"
+    "PQRSTUVWXYZÄÖÑÜ§"
+    "¿abcdefghijklmno"
+    "pqrstuvwxyzäöñüà"
+) - {"\x1b"}
+#: Its extension table (section 6.2.1.1): each character is the escape and one more septet.
+_GSM7_EXTENSION: Final = frozenset("\f^{}\\[~]|€")
+
+
 def sms_segments(body: str) -> int:
-    """SMS segments a text takes: GSM-7 160 (153 each when split), otherwise UCS-2 70 (67)."""
+    """SMS segments a text takes.
+
+    In GSM-7 (every character in the default alphabet or its extension table, which takes two
+    septets a character) 160 septets in one segment, 153 a segment when split; otherwise UCS-2,
+    70 UTF-16 code units (an emoji is two) in one, 67 a segment. A split never cuts an escape
+    pair or a surrogate pair: such a character starts the next segment.
+    """
     if not body:
         return 1
-    gsm = all(ord(c) < 128 for c in body)
-    single, multi = (160, 153) if gsm else (70, 67)
-    return 1 if len(body) <= single else math.ceil(len(body) / multi)
+    if all(c in _GSM7_BASIC or c in _GSM7_EXTENSION for c in body):
+        sizes = [2 if c in _GSM7_EXTENSION else 1 for c in body]
+        single, multi = 160, 153
+    else:
+        sizes = [2 if ord(c) > 0xFFFF else 1 for c in body]
+        single, multi = 70, 67
+    if sum(sizes) <= single:
+        return 1
+    segments, used = 1, 0
+    for size in sizes:
+        if used + size > multi:
+            segments, used = segments + 1, 0
+        used += size
+    return segments
 
 
 def session_minutes(sessions: Sequence[Mapping[str, Any]]) -> int:

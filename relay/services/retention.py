@@ -8,8 +8,9 @@
 * :func:`mask_numbers` replaces the caller's number of calls older than a number of days (the
   ``from`` of an inbound call, the ``to`` of an outbound one) with a masked form that keeps the
   country and area prefix (``+614xxxxxxxx``), in the call row and in whatever of its
-  transcript, events and post-call documents is still stored; the caller's name is cleared.
-  The business's own line is left alone, as redaction leaves it.
+  transcript, events, handoff summary and post-call documents is still stored, however it was
+  written there (a caller says ``0412 345 678``: ``04xx xxx xxx``); the caller's name is
+  cleared. The business's own line is left alone, as redaction leaves it.
 * :func:`delete_call` removes everything recorded about one call (a caller's request): the
   call, its sessions, turns, events, parked recorder rows, tool idempotency records, post-call
   analysis and webhook documents. Business records made during the call (bookings, quotes,
@@ -24,11 +25,13 @@ delete`` do the same by hand. Every function is idempotent (several workers may 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import structlog
 from sqlalchemy import (
     JSON,
@@ -44,6 +47,7 @@ from sqlalchemy import (
     update,
 )
 
+from relay.privacy import find_number
 from relay.storage.db import Database
 from relay.storage.models import (
     Booking,
@@ -143,9 +147,11 @@ async def mask_numbers(
     db: Database, *, older_than_days: float, now: datetime | None = None
 ) -> Report:
     """Mask the caller's number (and clear the caller's name) of calls older than the cutoff:
-    in the call row and wherever its transcript, events and post-call documents hold it. The
-    business's own line stays, as in redaction (:mod:`relay.privacy`): it says whose call it
-    was, not who called, and a masked recording still replays against it."""
+    in the call row and wherever its transcript, events, handoff summary and post-call
+    documents hold it, in any written form (:func:`relay.privacy.find_number`: the number as
+    the caller said it, ``0412 345 678``, becomes ``04xx xxx xxx``). The business's own line
+    stays, as in redaction (:mod:`relay.privacy`): it says whose call it was, not who called,
+    and a masked recording still replays against it."""
     cutoff = (now or datetime.now(UTC)) - timedelta(days=older_than_days)
     report = Report()
     outbound = Call.direction.like("outbound%")
@@ -163,25 +169,34 @@ async def mask_numbers(
                 )
             )
         ).all()
+        texts: list[tuple[Any, Any, str, bool]] = [  # model, text, column, JSON?
+            (Turn, Turn.content, "content", False),
+            (Event, cast(Event.data, Text), "data", True),
+            (ParkedRecord, ParkedRecord.record, "record", False),
+            (CallAnalysis, CallAnalysis.summary, "summary", False),
+            (CallAnalysis, cast(CallAnalysis.fields, Text), "fields", True),
+            (WebhookDelivery, WebhookDelivery.body, "body", False),
+        ]
         for call_sid, direction, number in rows:
             callers = "to_number" if is_outbound(direction) else "from_number"
-            await conn.execute(
-                update(Call)
-                .where(Call.call_sid == call_sid)
-                .values({callers: mask(number), "caller_name": ""})
-            )
-            report.add("calls", 1)
+            values: dict[str, Any] = {callers: mask(number), "caller_name": ""}
             if len(number) <= KEEP or "x" in number:
+                await conn.execute(update(Call).where(Call.call_sid == call_sid).values(values))
+                report.add("calls", 1)
                 continue
-            numbers = {number}
-            texts: list[tuple[Any, Any, str, bool]] = [  # model, text, column, JSON?
-                (Turn, Turn.content, "content", False),
-                (Event, cast(Event.data, Text), "data", True),
-                (ParkedRecord, ParkedRecord.record, "record", False),
-                (CallAnalysis, CallAnalysis.summary, "summary", False),
-                (CallAnalysis, cast(CallAnalysis.fields, Text), "fields", True),
-                (WebhookDelivery, WebhookDelivery.body, "body", False),
-            ]
+            # The number as written anywhere in what is stored of the call (the caller says
+            # "0412 345 678"), each form masked as the number itself is.
+            numbers = {number: mask(number)}
+            for model, column in [(Call, Call.handoff_data), *((m, c) for m, c, _, _ in texts)]:
+                stored = await conn.scalars(
+                    select(column).where(model.call_sid == call_sid, column.is_not(None))
+                )
+                for text in stored:
+                    for written in _written(text, number):
+                        numbers.setdefault(written, _mask_written(written, number))
+            values["handoff_data"] = _replaced(Call.handoff_data, numbers)
+            await conn.execute(update(Call).where(Call.call_sid == call_sid).values(values))
+            report.add("calls", 1)
             for model, column, name, is_json in texts:
                 changed = _replaced(column, numbers)
                 result = await conn.execute(
@@ -197,11 +212,52 @@ async def mask_numbers(
     return report
 
 
-def _replaced(column: Any, numbers: set[str]) -> Any:
-    """``column`` with every number in ``numbers`` masked, longest first (one SQL expression)."""
+def _written(text: str, number: str) -> set[str]:
+    """The forms ``number`` is written in ``text``; in a JSON document also in its strings
+    (read whole, a JSON document held in a string included: a frame's ``raw``), where an
+    escape (``\\n0412 345 678``) does not glue a letter to the number."""
+    found = set(find_number(text, number))
+    if text[:1] in ("{", "["):
+        try:
+            value = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return found
+        for string in _strings(value):
+            for written in _written(string, number):
+                found.add(written)
+                found.add(orjson.dumps(written).decode()[1:-1])  # as the JSON text holds it
+    return found
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+
+
+def _mask_written(written: str, number: str) -> str:
+    """``written`` (``number`` as written somewhere) masked to keep what :func:`mask` keeps of
+    ``number``: its last digits are the national number's, and as many of them become ``x``
+    as :func:`mask` hides (``0412 345 678`` -> ``04xx xxx xxx``, ``+61 412 345 678`` ->
+    ``+61 4xx xxx xxx``); the separators stay."""
+    hidden = len(re.sub(r"\D", "", number)) - (KEEP - 1)
+    out = list(written)
+    for at in reversed([i for i, c in enumerate(written) if c.isdigit()][-hidden:]):
+        out[at] = "x"
+    return "".join(out)
+
+
+def _replaced(column: Any, numbers: dict[str, str]) -> Any:
+    """``column`` with every number in ``numbers`` (written form to its mask) masked, longest
+    first (one SQL expression)."""
     expression = column
-    for number in sorted(numbers, key=len, reverse=True):
-        expression = func.replace(expression, number, mask(number))
+    for written in sorted(numbers, key=len, reverse=True):
+        expression = func.replace(expression, written, numbers[written])
     return expression
 
 

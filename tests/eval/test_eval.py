@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from relay.cli.main import main
@@ -203,3 +204,48 @@ def test_from_call_drafts_a_scenario_that_loads(
     assert tool.name == "quote_piano_move"
     assert tool.arguments["pickup"] == "(?i)^Brunswick$"
     assert scenario.opening and scenario.facts[0] == scenario.opening
+
+
+def test_a_drafted_scenario_matches_any_random_reference_as_replay_ignores_them(
+    env: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A booking in the recorded call names the quote its run made up (``Q333238``); the next
+    run makes up another. The draft expects a reference of that shape, not that one (replay
+    ignores them: relay.replay.compare.REFERENCES), and the rest of the words exactly."""
+    monkeypatch.setenv("RELAY_PROMPTS_DIR", str(REPO / "prompts"))
+    lines = (REPO / "tests" / "sessions" / "quote.jsonl").read_text(encoding="utf-8").splitlines()
+    last = max(i for i, line in enumerate(lines) if orjson.loads(line).get("type") == "event")
+    event = orjson.loads(lines[last])
+    booking = {"quote_id": "Q333238", "date": "2026-03-24", "window": "morning",
+               "confirmed": True, "name": "Tom Nguyen",
+               "notes": "ref 482913 or 4 8 2 9 1 3"}  # fmt: skip
+    made = [
+        {**event, "seq": event["seq"] + 1, "kind": "tool_call", "data": {
+            "id": "call_book_1", "name": "book_move", "arguments": orjson.dumps(booking).decode()}},
+        {**event, "seq": event["seq"] + 2, "kind": "tool_result", "data": {
+            "id": "call_book_1", "name": "book_move", "content": "Booked: reference 482913.",
+            "data": {"booking": "482913"}, "elapsed_ms": 1.0}},
+    ]  # fmt: skip
+    lines[last + 1 : last + 1] = [orjson.dumps(e).decode() for e in made]
+    recording = tmp_path / "booked.jsonl"
+    recording.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert main(["sessions", "import", str(recording)]) == 0
+    draft = tmp_path / "drafted.toml"
+
+    assert (
+        main(["eval", "--from-call", "CA6327245c3a45d3d9ea72b70fbb671926", "-o", str(draft)]) == 0
+    )
+
+    scenario = load_scenario(draft)
+    [arguments] = [t.arguments for t in scenario.expect.tools if t.name == "book_move"]
+    assert arguments["name"] == "(?i)^Tom\\ Nguyen$"
+    quote = arguments["quote_id"]
+    assert re.search(quote, "Q104424") and re.search(quote, "q104424")
+    assert not re.search(quote, "Q10442") and not re.search(quote, "Q1044245")
+    notes = arguments["notes"]
+    assert re.search(notes, "ref 913482 or 9 1 3 4 8 2")
+    assert not re.search(notes, "ref 913482 or 9 1 3 4 8 2 7")
+    assert not re.search(notes, "ref 913482 and 9 1 3 4 8 2")

@@ -103,7 +103,7 @@ def test_usage_from_the_stream_and_estimated_without_it() -> None:
     assert usage["estimated"] is True
 
     prices = costs.load_prices(REPO / "data" / "prices.toml")
-    cost = costs.cost_of(prices, usage, minutes=3, sms_bodies=["short", "é" * 71])
+    cost = costs.cost_of(prices, usage, minutes=3, sms_bodies=["short", "ć" * 71])
     # gpt-4o-mini: 308 fresh x 0.15 + 800 cached x 0.075 + 60 x 0.60, per million
     assert cost["llm"] == pytest.approx((308 * 0.15 + 800 * 0.075 + 60 * 0.60) / 1e6, abs=1e-8)
     assert cost["minutes"] == 3 and cost["conversation_relay"] == pytest.approx(0.21)
@@ -111,6 +111,58 @@ def test_usage_from_the_stream_and_estimated_without_it() -> None:
     assert cost["total"] == pytest.approx(cost["llm"] + 0.21 + 3 * 0.0515, abs=1e-6)
     assert cost["unpriced_models"] == []
     assert costs.cost_of(prices, {"models": {"llama-3": model}})["unpriced_models"] == ["llama-3"]
+
+
+def test_a_request_never_answered_is_not_counted_one_cut_off_is_estimated() -> None:
+    """A request the server failed outright (an HTTP 500 on every attempt: not complete, no
+    words, no call) was never billed: no tokens, no request. One relay stopped after the first
+    words was (the prompt was read and tokens streamed): estimated, as one without usage."""
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x" * 400}]}
+    request = {"kind": "llm_request", "data": {"body": body}}
+    failed = {"kind": "llm_response", "data": {"pieces": [], "tool_calls": [],
+              "finish_reason": None, "attempts": None, "complete": False,
+              "model": "gpt-4o-mini", "usage": None}}  # fmt: skip
+    cut_off = {"kind": "llm_response", "data": {"pieces": ["a" * 40], "tool_calls": [],
+               "finish_reason": None, "attempts": None, "complete": False,
+               "model": "gpt-4o-mini", "usage": None, "stop": "price"}}  # fmt: skip
+
+    nothing = costs.usage_of([request, failed])
+    assert nothing == {"models": {}, "requests": 0, "prompt_tokens": 0, "cached_tokens": 0,
+                       "completion_tokens": 0, "estimated": False}  # fmt: skip
+    prices = costs.load_prices(REPO / "data" / "prices.toml")
+    assert costs.cost_of(prices, nothing)["llm"] == 0
+
+    usage = costs.usage_of([request, failed, request, cut_off])
+    assert usage["models"] == {"gpt-4o-mini": {"requests": 1, "prompt_tokens": 108,
+        "cached_tokens": 0, "completion_tokens": 10, "estimated_requests": 1}}  # fmt: skip
+    assert usage["estimated"] is True
+
+
+def test_sms_segments_count_gsm_7_septets_and_ucs_2_code_units() -> None:
+    # é and ü are in GSM-7's basic set: 160 characters, one segment (not three of UCS-2).
+    text = (
+        "Hi José Müller, your Keystone quote Q482913: $544 including GST for the upright piano, "
+        "Brunswick to Geelong. Questions? Call us on 03 9000 1234."
+    )
+    assert len(text) == 144 and costs.sms_segments(text + "ñ" * 16) == 1
+    assert costs.sms_segments(text + "ñ" * 17) == 2
+    basic = "ΔΦΓΛΩΠΨΣΘΞ£¥§¿¡ÄÖÑÜäöñüàèéùìòÇØøÅåÆæßÉ@_"  # 40 characters of the basic set
+    assert costs.sms_segments(basic * 4) == 1 and costs.sms_segments(basic * 4 + "a") == 2
+    # The extension table (^ { } \ [ ~ ] | € and form feed) takes two septets a character.
+    assert [costs.sms_segments(c * 80) for c in "^{}\\[~]|€\f"] == [1] * 10  # 160 septets
+    assert [costs.sms_segments(c * 81) for c in "{€"] == [2, 2]
+    assert costs.sms_segments("{" * 160) == 3  # 320 septets: 153 + 153 + 14
+    # An escape pair is never split across segments: 306 septets, but the "{" after 152 plain
+    # ones starts the second segment, and the last "a" takes a third.
+    assert costs.sms_segments("a" * 152 + "{" + "a" * 152) == 3
+    assert costs.sms_segments("a" * 151 + "{" + "a" * 152) == 2
+    # Anything else is UCS-2, counted in UTF-16 code units: an emoji is two.
+    assert [costs.sms_segments("ć" * n) for n in (70, 71, 134, 135)] == [1, 2, 2, 3]
+    assert costs.sms_segments("🎹" * 35) == 1 and costs.sms_segments("🎹" * 36) == 2
+    # ... and a surrogate pair is never split: 134 units, but the emoji after 66 starts the
+    # second segment.
+    assert costs.sms_segments("ć" * 66 + "🎹" + "ć" * 66) == 3
+    assert costs.sms_segments("ć" * 65 + "🎹" + "ć" * 66) == 2
 
 
 def test_a_price_table_named_by_a_setting_must_exist_and_none_means_unknown_costs(

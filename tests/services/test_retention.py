@@ -262,6 +262,78 @@ async def test_mask_numbers_masks_the_callers_number_of_an_outbound_call_not_the
     assert (setup["from"], setup["to"]) == (LINE, "+614xxxxxxxx")
 
 
+async def test_mask_numbers_masks_the_callers_number_however_it_was_written(db: Database) -> None:
+    """The caller said their own number (README, "Retention": masked wherever it remains):
+    national, spaced, dashed, international with spaces, without the plus, dialled from abroad.
+    Each form keeps as much as ``+614xxxxxxxx`` does. The business's line, said in the same
+    words, stays; so does the caller's number in another call that is not old enough."""
+    said = (
+        "Call me back on 0412 345 678 or 0412345678 please, or 0412-345-678, +61 412 345 678, "
+        "61412345678 or 0061 412 345 678. Your line is (03) 9000 1234, +61390001234."
+    )
+    masked = (
+        "Call me back on 04xx xxx xxx or 04xxxxxxxx please, or 04xx-xxx-xxx, +61 4xx xxx xxx, "
+        "614xxxxxxxx or 0061 4xx xxx xxx. Your line is (03) 9000 1234, +61390001234."
+    )
+    prompt = orjson.dumps({"type": "prompt", "voicePrompt": said, "last": True}).decode()
+    for call_sid, days in (("CA-said", 100), ("CA-recent", 1)):
+        started = NOW - timedelta(days=days)
+        await add_call(db, call_sid, started)
+        async with db.session() as session, session.begin():
+            call = await session.get(Call, call_sid)
+            assert call is not None
+            call.handoff_data = orjson.dumps({"summary": said}).decode()
+            session.add(
+                Turn(
+                    call_sid=call_sid, session_id="VX" + call_sid, seq=2, role="user",
+                    content=said, created_at=started + timedelta(seconds=2),
+                )
+            )  # fmt: skip
+            for seq, (kind, data) in enumerate(
+                [
+                    ("frame_in", {"raw": prompt}),
+                    ("llm_request", {"messages": [{"role": "user", "content": said}]}),
+                    ("llm_response", {"pieces": ["Noted: ", said], "complete": True}),
+                ],
+                3,
+            ):
+                session.add(
+                    Event(
+                        call_sid=call_sid, session_id="VX" + call_sid, seq=seq, t=float(seq),
+                        at=started + timedelta(seconds=seq), kind=kind, data=data,
+                    )
+                )  # fmt: skip
+
+    report = await retention.mask_numbers(db, older_than_days=90, now=NOW)
+    again = await retention.mask_numbers(db, older_than_days=90, now=NOW)
+
+    assert report.rows == {
+        "calls": 1, "turns": 2, "events": 5, "parked_records": 1, "call_analyses": 2,
+        "webhook_outbox": 1,
+    }  # fmt: skip
+    assert again.total == 0
+    async with db.session() as session:
+        call = await session.get(Call, "CA-said")
+        recent = await session.get(Call, "CA-recent")
+        turn = (
+            await session.scalars(select(Turn).where(Turn.call_sid == "CA-said", Turn.seq == 2))
+        ).one()
+        events = (
+            await session.scalars(
+                select(Event).where(Event.call_sid == "CA-said").order_by(Event.seq)
+            )
+        ).all()
+    assert call is not None and recent is not None
+    assert call.from_number == "+614xxxxxxxx" and call.to_number == LINE
+    assert orjson.loads(call.handoff_data or "") == {"summary": masked}
+    assert turn.content == masked
+    frame, request, response = (e.data for e in events[2:])
+    assert orjson.loads(frame["raw"])["voicePrompt"] == masked
+    assert request == {"messages": [{"role": "user", "content": masked}]}
+    assert response == {"pieces": ["Noted: ", masked], "complete": True}
+    assert orjson.loads(recent.handoff_data or "") == {"summary": said}  # not old enough
+
+
 def test_mask_keeps_the_prefix() -> None:
     assert retention.mask("+61412345678") == "+614xxxxxxxx"
     assert retention.mask("+1") == "+1"
