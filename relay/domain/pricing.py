@@ -38,6 +38,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from relay.errors import ConfigError, ToolError
 
 __all__ = [
+    "AmbiguousPianoType",
     "ClosedDay",
     "DateInPast",
     "InvalidQuoteRequest",
@@ -75,6 +76,20 @@ class UnknownPianoType(PricingError):
             "long), a grand (170 to 210 cm) or a concert grand (over 210 cm)."
         )
         self.text = text
+
+
+class AmbiguousPianoType(PricingError):
+    """What was said names more than one piano type (``"upright, not a grand"``)."""
+
+    def __init__(self, text: str, kinds: tuple[PianoType, ...]) -> None:
+        named = " or ".join(_article(kind.spoken_name) for kind in kinds)
+        super().__init__(
+            f"{text!r} could be {named}. Ask the caller which it is: a digital piano, an "
+            "upright, a large upright or player piano, a baby grand (under 170 cm long), a grand "
+            "(170 to 210 cm) or a concert grand (over 210 cm)."
+        )
+        self.text = text
+        self.kinds = kinds
 
 
 class InvalidQuoteRequest(PricingError):
@@ -154,10 +169,11 @@ _SPOKEN_NAMES: Final[Mapping[PianoType, str]] = MappingProxyType(
 )
 
 # Phrases callers use, normalised (lower case, words only, "piano" dropped), matched as
-# whole words anywhere in what was said. Longer phrases are tried first, so "upright grand"
-# (an old tall upright) beats "grand"; among single words, the first listed wins, so the
-# words that settle the type ("pianola", "digital", "baby") come before the plain nouns
-# ("grand", "upright").
+# whole words anywhere in what was said, longer phrases first and each word once, so
+# "upright grand" (an old tall upright) is one match, not an upright and a grand. What was
+# said must then name one type: a more specific type settles a plain one ("grand ... the baby
+# one" is a baby grand, see _REFINES), and two others ("upright, not a grand") are asked about
+# rather than guessed.
 _SYNONYMS: Final[tuple[tuple[str, PianoType], ...]] = (
     ("semi concert grand", PianoType.CONCERT_GRAND),
     ("living room grand", PianoType.GRAND),
@@ -200,7 +216,33 @@ _SYNONYMS: Final[tuple[tuple[str, PianoType], ...]] = (
     ("cottage", PianoType.UPRIGHT),
 )
 
-_SYNONYMS_LONGEST_FIRST: Final = tuple(sorted(_SYNONYMS, key=lambda pair: -len(pair[0].split())))
+_SYNONYMS_LONGEST_FIRST: Final = tuple(
+    (tuple(phrase.split()), kind)
+    for phrase, kind in sorted(_SYNONYMS, key=lambda pair: -len(pair[0].split()))
+)
+
+#: A plain type and the more specific ones that settle it when both are named: a "digital
+#: grand" or "digital upright" is a digital piano in that shape, priced as one (as before).
+_REFINES: Final[Mapping[PianoType, frozenset[PianoType]]] = MappingProxyType(
+    {
+        PianoType.GRAND: frozenset(
+            {PianoType.BABY_GRAND, PianoType.CONCERT_GRAND, PianoType.DIGITAL}
+        ),
+        PianoType.UPRIGHT: frozenset({PianoType.LARGE_UPRIGHT, PianoType.DIGITAL}),
+    }
+)
+
+#: Grand pianos by length, as the price list's types are defined: a baby grand is under
+#: 170 cm long, a grand 170 to 210 cm, a concert grand over 210 cm.
+_GRANDS: Final = frozenset({PianoType.BABY_GRAND, PianoType.GRAND, PianoType.CONCERT_GRAND})
+_BABY_GRAND_UNDER_CM: Final = 170
+_GRAND_UP_TO_CM: Final = 210
+_LENGTH: Final = re.compile(
+    r"(\d+(?:[.,]\d+)?)\s*(cm|centimet(?:re|er)s?|m|met(?:re|er)s?|ft|foot|feet)\b"
+)
+_CM_PER_UNIT: Final[Mapping[str, Decimal]] = MappingProxyType(
+    {"c": Decimal(1), "m": Decimal(100), "f": Decimal("30.48")}
+)
 
 _NOISE_WORDS: Final[frozenset[str]] = frozenset({"a", "an", "the", "my", "our", "piano", "pianos"})
 
@@ -213,19 +255,64 @@ def parse_piano_type(text: str | PianoType) -> PianoType:
     """Map what a caller (or the model) said to a :class:`PianoType`.
 
     Accepts the enum values (``"baby_grand"``) and spoken names such as ``"Baby Grand"``,
-    ``"babygrand"``, ``"an upright piano"``, ``"pianola"``, ``"Yamaha U3 upright"``.
-    Raises :class:`UnknownPianoType` when nothing matches.
+    ``"babygrand"``, ``"an upright piano"``, ``"pianola"``, ``"Yamaha U3 upright"``; a grand's
+    length decides which grand (``"grand piano 150 cm long"`` is a baby grand).
+    Raises :class:`UnknownPianoType` when nothing matches, and :class:`AmbiguousPianoType`
+    when two types are named (``"upright, not a grand"``, ``"grand upright"``) or a grand's
+    length contradicts its name (``"baby grand 200 cm"``).
     """
     if isinstance(text, PianoType):
         return text
     words = _words(text.replace("_", " "))
-    if not words:
+    named = _named_types(words)
+    if not named:
         raise UnknownPianoType(text)
-    spoken = f" {' '.join(words)} "
+    kinds = [kind for kind in named if not _REFINES.get(kind, frozenset()) & set(named)]
+    length_cm = _length_cm(text)
+    if length_cm is not None and set(kinds) <= _GRANDS:
+        # The length settles which grand; a name it contradicts is a second type named.
+        by_length = _grand_by_length(length_cm)
+        kinds = [kind for kind in kinds if kind is not PianoType.GRAND]
+        if by_length not in kinds:
+            kinds.append(by_length)
+    if len(kinds) > 1:
+        raise AmbiguousPianoType(text, tuple(kinds))
+    return kinds[0]
+
+
+def _named_types(words: list[str]) -> list[PianoType]:
+    """The piano types named in ``words``, in the order they were said, each once; longer
+    phrases are matched first and each word belongs to one phrase."""
+    used = [False] * len(words)
+    found: list[tuple[int, PianoType]] = []
     for phrase, kind in _SYNONYMS_LONGEST_FIRST:
-        if f" {phrase} " in spoken:
-            return kind
-    raise UnknownPianoType(text)
+        size = len(phrase)
+        for start in range(len(words) - size + 1):
+            span = range(start, start + size)
+            if tuple(words[start : start + size]) == phrase and not any(used[i] for i in span):
+                for i in span:
+                    used[i] = True
+                found.append((start, kind))
+    kinds: list[PianoType] = []
+    for _, kind in sorted(found, key=lambda item: item[0]):
+        if kind not in kinds:
+            kinds.append(kind)
+    return kinds
+
+
+def _length_cm(text: str) -> Decimal | None:
+    match = _LENGTH.search(text.lower())
+    if match is None:
+        return None
+    return Decimal(match.group(1).replace(",", ".")) * _CM_PER_UNIT[match.group(2)[0]]
+
+
+def _grand_by_length(length_cm: Decimal) -> PianoType:
+    if length_cm < _BABY_GRAND_UNDER_CM:
+        return PianoType.BABY_GRAND
+    if length_cm <= _GRAND_UP_TO_CM:
+        return PianoType.GRAND
+    return PianoType.CONCERT_GRAND
 
 
 # --------------------------------------------------------------------------- price list
@@ -336,11 +423,21 @@ class Distance(_Section):
     road_factor: Annotated[float, BeforeValidator(_number)] = Field(ge=1, le=3)
 
 
+#: Steps carried by hand at one end, floors included, beyond which a count is taken to be
+#: misheard rather than priced, when the price list does not say (``stairs.max_steps_per_end``):
+#: ten floors of 14 steps, over three times the stairs that make a grand a crane job.
+DEFAULT_MAX_STEPS_PER_END: Final = 140
+#: Weeks of storage beyond which a count is asked again (``storage.max_weeks``): a year.
+DEFAULT_MAX_STORAGE_WEEKS: Final = 52
+
+
 class Stairs(_Section):
-    """``[stairs]``: steps per floor and the per-step price for each piano type."""
+    """``[stairs]``: steps per floor, the per-step price for each piano type, and the most
+    steps (floors included) carried by hand at one end that a quote believes."""
 
     steps_per_floor: Whole = Field(ge=1)
     per_step: PerPianoType
+    max_steps_per_end: Whole = Field(default=DEFAULT_MAX_STEPS_PER_END, ge=1)
 
 
 class Lift(_Section):
@@ -379,9 +476,10 @@ class WeekendSurcharge(Surcharge):
 
 
 class Storage(_Section):
-    """``[storage]``: warehouse storage per piano per week."""
+    """``[storage]``: warehouse storage per piano per week, and the most weeks a quote takes."""
 
     per_week: Money
+    max_weeks: Whole = Field(default=DEFAULT_MAX_STORAGE_WEEKS, ge=1)
 
 
 class Crane(_Section):
@@ -642,9 +740,11 @@ def quote(
     ``None`` when unknown, in which case the quote leaves distance out and says so in a note.
 
     Raises :class:`DateInPast`, :class:`SameDayNotOffered` or :class:`ClosedDay` for dates
-    we can't do, and :class:`InvalidQuoteRequest` for an impossible distance.
+    we can't do, and :class:`InvalidQuoteRequest` for an impossible distance or more stairs
+    or storage weeks than the price list believes (a misheard "floor 100").
     """
     _check_date(rules, request.move_date, today)
+    _check_counts(rules, request)
     piano = parse_piano_type(request.piano_type)  # already normalised; this narrows the type
     lines: list[LineItem] = []
     notes: list[str] = []
@@ -778,6 +878,30 @@ def _check_date(rules: PricingRules, move_date: date, today: date) -> None:
         before = _previous_open_day(rules, move_date, after=today)
         after = _next_open_day(rules, move_date)
         raise ClosedDay(move_date, tuple(d for d in (before, after) if d is not None))
+
+
+def _check_counts(rules: PricingRules, request: QuoteRequest) -> None:
+    """Refuse counts no caller meant, so that a misheard number is asked again, not priced.
+    Floors served by a lift are not carried, so they are not counted."""
+    most = rules.stairs.max_steps_per_end
+    for end, name, steps, floors, has_lift in (
+        ("pick-up", "pickup", request.pickup_steps, request.pickup_floors, request.pickup_has_lift),
+        ("drop-off", "dropoff", request.dropoff_steps, request.dropoff_floors,
+         request.dropoff_has_lift),
+    ):  # fmt: skip
+        total = steps + floors * rules.stairs.steps_per_floor
+        if not has_lift and total > most:
+            raise InvalidQuoteRequest(
+                f"{name}_floors {floors} and {name}_steps {steps} come to {total} steps at {end}, "
+                f"more than the {most} we carry a piano by hand at one end. Ask the caller again: "
+                "the floors climbed by stairs, and the steps besides the floors."
+            )
+    if request.storage_weeks > rules.storage.max_weeks:
+        raise InvalidQuoteRequest(
+            f"storage_weeks {request.storage_weeks} is more than the {rules.storage.max_weeks} "
+            "weeks we store a piano for. Ask the caller again; for longer storage, offer to take "
+            "a message for the office."
+        )
 
 
 def _next_open_day(rules: PricingRules, day: date) -> date:

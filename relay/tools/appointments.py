@@ -37,6 +37,7 @@ from relay.tools.common import (
     clean_ref,
     locked,
     need,
+    no_name,
     owner,
     read_after,
     read_day,
@@ -113,6 +114,8 @@ async def book_appointment(
     """
     catalogue = need(ctx, "catalogue", Catalogue)
     calendar = need(ctx, "calendar", BusinessCalendar)
+    if not name.strip():
+        return no_name()
     now = ctx.now()
     try:
         job = catalogue.find(service)

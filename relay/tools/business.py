@@ -57,7 +57,7 @@ _NOT_FILES = frozenset({"bookings"})
 _NEEDS: dict[str, tuple[str, ...]] = {
     "quote_piano_move": ("pricing", "places"),
     "find_move_dates": ("calendar",),
-    "book_move": ("calendar",),
+    "book_move": ("calendar", "pricing"),  # a quote is re-priced for its day when booked
     "find_available_slots": ("catalogue", "calendar"),
     "book_appointment": ("catalogue", "calendar"),
     "reschedule_appointment": ("catalogue", "calendar"),

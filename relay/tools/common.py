@@ -150,6 +150,15 @@ def refusal(exc: SchedulingError, *, lead: str = "") -> ToolResult:
     return ToolResult(message, data=data)
 
 
+def no_name() -> ToolResult:
+    """A booking asked for without a name (blank, or only spaces): ask for it, as take_message
+    does, rather than book under no name."""
+    return ToolResult(
+        "Not booked. Ask for the caller's name first: the booking goes under it.",
+        data={"error": "no name"},
+    )
+
+
 def spoken_ref(ref: str) -> str:
     """A reference spelt out for speech: ``"482913"`` -> ``"4 8 2 9 1 3"``."""
     return " ".join(ref)

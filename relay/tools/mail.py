@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from relay.errors import ToolError
 from relay.services import email as mail
 from relay.storage import business as store
 from relay.storage.models import Quote as QuoteRow
 from relay.storage.outcomes import Email
 from relay.tools.base import ToolContext, ToolResult, tool
-from relay.tools.common import owner
-from relay.tools.piano import _quote_id, _quote_text, _refuse_inspection_quote
+from relay.tools.piano import MAYBE_SENT, _quote_id, _quote_text, callers_quote
 
 #: The status of an e-mail whose server gave no answer in time: it may have been sent.
 UNKNOWN = "unknown"
@@ -42,10 +40,7 @@ async def send_quote_email(
             data={"error": "bad address"},
         )
     async with ctx.db.session() as session:
-        quote = await session.get(QuoteRow, _quote_id(quote_id))
-    if quote is None or quote.agent != owner(ctx):
-        raise ToolError(f"There is no quote {quote_id!r}. Check the id from quote_piano_move.")
-    _refuse_inspection_quote(quote)
+        quote = await callers_quote(session, ctx, _quote_id(quote_id))
     if not confirmed:
         return ToolResult(
             f"Not sent yet. Read the address back to the caller, spelling it: {_spelt(address)}. "
@@ -68,8 +63,7 @@ async def send_quote_email(
         row.status, row.error = UNKNOWN, str(exc)
         await _save(ctx, row)
         return ToolResult(
-            "The e-mail may or may not have gone through (no answer in time), so it was not sent "
-            "again. Tell the caller it should arrive shortly, and offer to read the quote instead.",
+            f"The e-mail {MAYBE_SENT}",
             data={"error": "send outcome unknown", "unknown": True},
         )
     except mail.EmailError as exc:
@@ -132,8 +126,7 @@ async def _earlier(ctx: ToolContext, to: str, subject: str) -> ToolResult | None
             data={"email": to, "not_repeated": True},
         )
     return ToolResult(
-        "That e-mail was already tried on this call and may have gone through, so it is not "
-        "sent again. Tell the caller it should arrive shortly.",
+        f"That e-mail was already tried on this call and {MAYBE_SENT}",
         data={"error": "send outcome unknown", "unknown": True, "not_repeated": True},
     )
 

@@ -8,7 +8,7 @@ heard.
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date
 from typing import Any
 
 from sqlalchemy import select
@@ -37,6 +37,7 @@ from relay.tools.common import (
     caller_phone,
     locked,
     need,
+    no_name,
     owner,
     read_day,
     refusal,
@@ -245,13 +246,16 @@ async def book_move(
         notes: Anything the crew should know, such as parking, tight corners or a narrow gate.
     """
     calendar = need(ctx, "calendar", BusinessCalendar)
+    rules = need(ctx, "pricing", pricing.PricingRules)
+    if not name.strip():
+        return no_name()
     now = ctx.now()
     qid = _quote_id(quote_id)
     day = read_day(date, calendar=calendar, now=now)
     scope = owner(ctx)
     if not confirmed:
         async with ctx.db.session() as session:
-            quote = await _valid_quote(session, qid, scope, day, now, calendar)
+            quote = await _valid_quote(session, ctx, qid, day, rules)
             busy = await bookings_busy(session, ctx, calendar, now)
         try:
             slot = check_window(calendar, day=day, window=window, busy=busy, now=now)
@@ -269,7 +273,7 @@ async def book_move(
 
     phone = caller_phone(ctx)
     async with locked(ctx) as session:
-        quote = await _valid_quote(session, qid, scope, day, now, calendar)
+        quote = await _valid_quote(session, ctx, qid, day, rules)
         existing = await session.scalar(select(Booking).where(Booking.quote_id == qid))
         if existing is not None:
             if existing.status == "booked":
@@ -361,10 +365,7 @@ async def send_quote_sms(ctx: ToolContext, quote_id: str) -> ToolResult:
             data={"error": "no sender number"},
         )
     async with ctx.db.session() as session:
-        quote = await session.get(QuoteRow, _quote_id(quote_id))
-    if quote is None or quote.agent != owner(ctx):
-        raise ToolError(f"There is no quote {quote_id!r}. Check the id from quote_piano_move.")
-    _refuse_inspection_quote(quote)
+        quote = await callers_quote(session, ctx, _quote_id(quote_id))
     body = _quote_text(ctx, quote)
     earlier = await _earlier_text(ctx, to, body)
     if earlier is not None:
@@ -387,9 +388,7 @@ async def send_quote_sms(ctx: ToolContext, quote_id: str) -> ToolResult:
         row.status, row.error = UNKNOWN, str(exc)
         await _save(ctx, row)
         return ToolResult(
-            "The text may or may not have gone through (no answer in time), so it was not sent "
-            "again. Tell the caller it should arrive shortly, and offer to read the quote so "
-            "they can write it down in case it doesn't.",
+            f"The text {MAYBE_SENT}",
             data={"error": "send outcome unknown", "unknown": True},
         )
     except messaging.TwilioError as exc:
@@ -477,16 +476,32 @@ def _piano(quote: QuoteRow) -> str:
         return "piano"
 
 
-async def _valid_quote(
-    session: Any, qid: str, scope: str, day: date, now: datetime, calendar: BusinessCalendar
-) -> QuoteRow:
+async def callers_quote(session: Any, ctx: ToolContext, qid: str) -> QuoteRow:
+    """The quote ``qid`` if it is this caller's: made on this call, or from the number this call
+    comes from (a withheld number: this call only). Quote ids are short, so anyone else's is
+    refused as if it did not exist, with what to do instead. A crane job is refused too."""
     quote: QuoteRow | None = await session.get(QuoteRow, qid)
-    if quote is None or quote.agent != scope:
+    if quote is None or quote.agent != owner(ctx) or not _is_callers(ctx, quote):
         raise ToolError(
-            f"There is no quote {qid}. Use the quote id from quote_piano_move, or make a new quote."
+            f"There is no quote {qid} for this caller. Quote again with quote_piano_move, and "
+            "use the new quote id."
         )
     _refuse_inspection_quote(quote)
-    today = now.astimezone(calendar.zone).date()
+    return quote
+
+
+def _is_callers(ctx: ToolContext, quote: QuoteRow) -> bool:
+    if ctx.call_sid and quote.call_sid == ctx.call_sid:
+        return True
+    caller = caller_phone(ctx)
+    return caller is not None and quote.caller == caller
+
+
+async def _valid_quote(
+    session: Any, ctx: ToolContext, qid: str, day: date, rules: pricing.PricingRules
+) -> QuoteRow:
+    quote = await callers_quote(session, ctx, qid)
+    today = ctx.now().astimezone(rules.tz).date()
     if quote.valid_until is not None and quote.valid_until < today:
         raise ToolError(
             f"Quote {qid} expired on {spoken_date(quote.valid_until)}. Make a new quote."
@@ -496,7 +511,55 @@ async def _valid_quote(
             f"Quote {qid} is for {spoken_date(quote.move_date)}, not {spoken_date(day)}, and the "
             "price depends on the day. Quote again for the new day, then book with that quote."
         )
+    if quote.move_date is not None:
+        _check_day_price(rules, quote, quote.move_date, today)
     return quote
+
+
+#: The lines of a quote that depend on the day it was given as well as the move's day.
+_DAY_KINDS = frozenset({pricing.LineKind.NEXT_DAY.value, pricing.LineKind.WEEKEND.value})
+
+
+def _check_day_price(
+    rules: pricing.PricingRules, quote: QuoteRow, move_date: date, today: date
+) -> None:
+    """Refuse a quote whose day surcharges no longer hold: quoted at 11:59 pm for the day after
+    tomorrow, it became a next-day move at midnight. Priced again as of ``today`` from what it
+    was for; the quote's price otherwise holds until it expires, even if the price list changed.
+    A date that can no longer be done at all is refused by the price list's own rules."""
+    inputs = quote.inputs
+    request = pricing.QuoteRequest(
+        piano_type=str(inputs.get("piano")),
+        pickup=str(inputs.get("pickup_place")),
+        dropoff=str(inputs.get("dropoff_place")),
+        move_date=move_date,
+        pickup_steps=int(inputs.get("pickup_steps", 0)),
+        pickup_floors=int(inputs.get("pickup_floors", 0)),
+        pickup_has_lift=bool(inputs.get("pickup_has_lift", False)),
+        dropoff_steps=int(inputs.get("dropoff_steps", 0)),
+        dropoff_floors=int(inputs.get("dropoff_floors", 0)),
+        dropoff_has_lift=bool(inputs.get("dropoff_has_lift", False)),
+        storage_weeks=int(inputs.get("storage_weeks", 0)),
+        needs_crane=bool(inputs.get("needs_crane", False)),
+    )
+    road_km = inputs.get("road_km")
+    priced = pricing.quote(
+        rules, request, today=today, distance_km=None if road_km is None else float(road_km)
+    )
+    then = {str(item["kind"]) for item in quote.breakdown} & _DAY_KINDS
+    kinds = {line.kind.value for line in priced.lines} & _DAY_KINDS
+    if kinds == then:
+        return
+    why = (
+        "the move is now the next day"
+        if pricing.LineKind.NEXT_DAY.value in kinds - then
+        else "the price for that day has changed"
+    )
+    raise ToolError(
+        f"Not booked. Quote {quote.id} was {pricing.format_money(quote.total_cents)}, but {why}. "
+        f"{priced.spoken()} Tell the caller the new total; if they want it, quote again with "
+        "quote_piano_move and book with the new quote id."
+    )
 
 
 def _move_notes(quote: QuoteRow, pickup: str | None, dropoff: str | None, notes: str | None) -> str:
@@ -541,6 +604,14 @@ async def _save(ctx: ToolContext, row: Message) -> None:
 #: The status of a text whose request got no answer in time: it may have been sent.
 UNKNOWN = "unknown"
 
+#: What the model is told of a text (or an e-mail) whose request got no answer in time: it may
+#: have gone or not, as the ledger says of any side effect in that state
+#: (:data:`relay.tools.ledger.MAYBE_DONE`), never that it will arrive.
+MAYBE_SENT = (
+    "may or may not have gone through (no answer came in time), so it was not sent again. Tell "
+    "the caller so, and offer to read the quote so they can write it down."
+)
+
 
 async def _earlier_text(ctx: ToolContext, to: str, body: str) -> ToolResult | None:
     """A result when this very text was already sent (or may have been) on this call."""
@@ -561,8 +632,7 @@ async def _earlier_text(ctx: ToolContext, to: str, body: str) -> ToolResult | No
         return None
     if earlier.status in (UNKNOWN, "sending"):
         return ToolResult(
-            "That text was already tried on this call and may have gone through, so it is not "
-            "sent again. Tell the caller it should arrive shortly; offer to read the quote instead.",
+            f"That text was already tried on this call and {MAYBE_SENT}",
             data={"error": "send outcome unknown", "unknown": True, "not_repeated": True},
         )
     return ToolResult(

@@ -89,7 +89,17 @@ def test_unknown_data_names_and_missing_data_are_refused(tmp_path: Path) -> None
         load_services(
             _agent(tmp_path, data={"calendar": "car-service/calendar.toml"}), REPO / "data"
         )
+    # book_move prices a quote again for its day when booking it.
+    with pytest.raises(ConfigError, match=r"tool book_move needs \[data\] pricing"):
+        load_services(_agent(tmp_path, tools=["book_move"]), REPO / "data")
+    car_data_and_prices = {
+        "calendar": "car-service/calendar.toml",
+        "catalogue": "car-service/services.toml",
+        "pricing": "piano-removals/pricing.toml",
+    }
     with pytest.raises(
         ConfigError, match="tool book_move needs a calendar with \\[\\[window\\]\\] entries"
     ):
-        load_services(_agent(tmp_path, tools=["book_move"]), REPO / "data")
+        load_services(
+            _agent(tmp_path, tools=["book_move"], data=car_data_and_prices), REPO / "data"
+        )
