@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -58,8 +60,23 @@ def _money(cents: int | None, currency: str = "") -> str:
     return f"{currency} {cents / 100:,.2f}".strip()
 
 
+#: A number retention masked: its first characters kept, every later one an ``x``.
+_MASKED = re.compile(r"\+?\d*x+")
+
+
 def _mask(number: str | None) -> str:
-    return mask_number(number) if number else ""
+    """A number masked for the page; one retention already masked (``+614xxxxxxxx``,
+    ``relay.services.retention.mask``) as stored: masking it again cut it to ``+614``."""
+    if not number:
+        return ""
+    return number if _MASKED.fullmatch(number) else mask_number(number)
+
+
+def _json(value: Any, indent: int | None = None) -> str:
+    """JSON to read on a page (tool arguments, a tool's data, fields): letters as written
+    (``José``, not ``Jos\\u00e9`` as ``tojson`` writes them for scripts), keys sorted as
+    ``tojson`` sorts them; the page's autoescaping escapes it."""
+    return json.dumps(value, ensure_ascii=False, sort_keys=True, indent=indent, default=str)
 
 
 env = Environment(
@@ -68,7 +85,9 @@ env = Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
-env.filters.update(when=_when, local=_local, duration=_duration, money=_money, mask=_mask)
+env.filters.update(
+    when=_when, local=_local, duration=_duration, money=_money, mask=_mask, json=_json
+)
 
 
 def render(

@@ -2,10 +2,13 @@
 
 Days are the business's days: midnight to midnight in one time zone (the default agent's, see
 ``relay.web.console.views.home``), so an owner in Melbourne finds this morning's calls under
-today. A finished day (older than yesterday) never changes, so its figures are computed once
-per agent and stored in ``console_daily`` (shared by every worker), marked with the zone and
-:data:`VERSION` they were computed for (a row of another zone or version is computed again);
-today and yesterday are always computed live. Durations and prompt-to-first-word times are
+today. A finished day's (older than yesterday) figures are computed once per agent and stored
+in ``console_daily`` (shared by every worker), marked with the zone and :data:`VERSION` they
+were computed for and a stamp of what they were computed from (:func:`stamps`: the day's calls
+and its calls' analyses); a row of another zone or version, or whose stamp no longer matches
+(a call imported or deleted, ``relay sessions analyze`` after a price change, a late post-call
+pass), is computed again, without any writer having to know about the rollup. Today and
+yesterday are always computed live. Durations and prompt-to-first-word times are
 kept as histograms (1 s and 5 ms buckets), which add up across days and agents: the median and
 the p50/p95 come from the merged histogram, exact to the bucket.
 """
@@ -23,7 +26,19 @@ from zoneinfo import ZoneInfo
 
 import orjson
 import structlog
-from sqlalchemy import Integer, Text, and_, case, cast, func, select
+from sqlalchemy import (
+    Integer,
+    Select,
+    Text,
+    and_,
+    case,
+    cast,
+    func,
+    literal,
+    or_,
+    select,
+    union_all,
+)
 
 from relay.storage.console import ConsoleDaily
 from relay.storage.db import Database
@@ -33,12 +48,18 @@ from relay.storage.outcomes import CallAnalysis
 log = structlog.get_logger("relay.web.console.rollup")
 
 FIRST_WORD_BUCKET = 5.0  # ms
-#: What a stored day's figures hold: 2 added ``booked_calls`` (and the zone), so rows stored
-#: before are computed again.
-VERSION = 2
-#: Seconds today's and yesterday's figures are reused by a worker before being recomputed.
+#: What a stored day's figures hold: 2 added ``booked_calls`` (and the zone); 3 counts as
+#: answered the calls the model answered (not every call with a second turn) and adds the
+#: ``stamp``. Rows stored before are computed again.
+VERSION = 3
+#: Seconds today's and yesterday's figures, and the stored days' stamps, are reused by a worker
+#: before being read again.
 LIVE_TTL = 30.0
 _LIVE: dict[tuple[str, str | None, date, str], tuple[float, dict[str, Any]]] = {}
+_STAMPS: dict[tuple[Any, ...], tuple[float, dict[tuple[str, date], list[Any]]]] = {}
+#: Days whose stamps one statement reads (SQLite allows 500 terms in a compound select; a day
+#: takes up to three).
+STAMP_DAYS = 90
 #: Past days the start-up warm-up prepares (the longest period the home page offers).
 WARM_DAYS = 91
 _COUNTS = (
@@ -86,6 +107,33 @@ def _count_if(condition: Any) -> Any:
     return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
 
 
+def _answered() -> Any:
+    """A call the caller heard the agent answer, beyond the greeting: one of its replies the
+    model wrote without failing (a request was made, no error) says something or calls a tool,
+    what ``relay.services.outcomes`` counts as answered (a complete model response with text or
+    tool calls; a call with none is ``abandoned`` unless something was done). The greeting, and
+    the lines said after a tool without a request, are not replies; an apology is not an answer.
+    A call whose turns retention purged is answered when its analysis, which retention keeps,
+    does not say ``abandoned``."""
+    said = or_(
+        Turn.content != "",
+        and_(Turn.tool_calls.is_not(None), cast(Turn.tool_calls, Text).not_in(["null", "[]"])),
+    )
+    reply = select(Turn.id).where(
+        Turn.call_sid == Call.call_sid,
+        Turn.role == "assistant",
+        Turn.llm_request_at.is_not(None),
+        func.coalesce(Turn.error, "") == "",
+        said,
+    )
+    any_turn = select(Turn.id).where(Turn.call_sid == Call.call_sid)
+    kept = select(CallAnalysis.call_sid).where(
+        CallAnalysis.call_sid == Call.call_sid,
+        cast(CallAnalysis.outcomes, Text).not_like('%"abandoned"%'),
+    )
+    return or_(reply.exists(), and_(~any_turn.exists(), kept.exists()))
+
+
 async def compute_day(
     db: Database, day: date, agent: str | None, zone: str = "UTC"
 ) -> dict[str, Any]:
@@ -112,7 +160,7 @@ async def compute_day(
             await session.execute(
                 select(
                     func.count(),
-                    _count_if(Call.turns > 1),
+                    _count_if(_answered()),
                     _count_if(Call.outcome == "transferred"),
                 ).where(calls)
             )
@@ -239,14 +287,110 @@ async def first_day(db: Database, zone: str = "UTC") -> date | None:
     return day
 
 
-def _current(figures: dict[str, Any] | None, zone: str) -> bool:
+def _current(figures: dict[str, Any] | None, zone: str, stamp: list[Any]) -> bool:
     """A stored day's figures were computed for ``zone`` by this version of the rollup (rows
-    of an older relay hold UTC days)."""
+    of an older relay hold UTC days), from what the day holds now (``stamp``)."""
     return (
         figures is not None
         and figures.get("zone", "UTC") == zone
         and figures.get("version", 1) == VERSION
+        and figures.get("stamp") == stamp
     )
+
+
+async def stamps(
+    db: Database, days: Sequence[date], agents: Sequence[str], zone: str = "UTC"
+) -> dict[tuple[str, date], list[Any]]:
+    """What each of ``days`` (in ``zone``) holds for each of ``agents``, as a stored day's
+    figures are marked with it: how many calls started that day; how many analyses, and the
+    newest ``computed_at``, of the calls that ended that day and the next (a call that started
+    that day ended then; the analyses' index is by end); and of the analyses with no end (a
+    call analysed before it ended: counted on every day). A call imported or deleted changes the
+    first, an analysis stored or worked out again the others; turns and events do not count
+    (retention's purge keeps the figures computed from the whole call).
+
+    One statement for every day (a range per day over the ``(agent, started_at)`` and
+    ``(agent, ended_at)`` indexes): the database counts, a few rows come back."""
+    out: dict[tuple[str, date], list[Any]] = {}
+    for chunk in range(0, len(days), STAMP_DAYS):
+        out.update(await _stamps(db, sorted(days)[chunk : chunk + STAMP_DAYS], agents, zone))
+    return out
+
+
+async def _stamps(
+    db: Database, days: Sequence[date], agents: Sequence[str], zone: str
+) -> dict[tuple[str, date], list[Any]]:
+    if not days or not agents:
+        return {}
+    names = list(agents)
+    newest = cast(func.max(CallAnalysis.computed_at), Text)
+    parts: list[Select[int, str, str, int, str | None]] = []
+    started = set(days)
+    for day in sorted(started | {d + timedelta(days=1) for d in days}):
+        start, end = _bounds(day, zone)
+        if day in started:
+            parts.append(
+                select(literal(day.toordinal()), literal("calls"), Call.agent, func.count(),
+                       literal(None))
+                .where(Call.agent.in_(names), Call.started_at >= start, Call.started_at < end)
+                .group_by(Call.agent)
+            )  # fmt: skip
+        parts.append(
+            select(literal(day.toordinal()), literal("ended"), CallAnalysis.agent, func.count(),
+                   newest)
+            .where(CallAnalysis.agent.in_(names), CallAnalysis.ended_at >= start,
+                   CallAnalysis.ended_at < end)
+            .group_by(CallAnalysis.agent)
+        )  # fmt: skip
+    parts.append(
+        select(literal(0), literal("open"), CallAnalysis.agent, func.count(), newest)
+        .where(CallAnalysis.agent.in_(names), CallAnalysis.ended_at.is_(None))
+        .group_by(CallAnalysis.agent)
+    )
+    async with db.session() as session:
+        rows = (await session.execute(union_all(*parts))).all()
+    counted: dict[tuple[str, str, int], list[Any]] = {}
+    for ordinal, kind, agent, count, computed in rows:
+        counted[(str(kind), str(agent), int(ordinal))] = [int(count), computed]
+    none = [0, None]
+    return {
+        (agent, day): [
+            counted.get(("calls", agent, day.toordinal()), none)[0],
+            *counted.get(("ended", agent, day.toordinal()), none),
+            *counted.get(("ended", agent, day.toordinal() + 1), none),
+            *counted.get(("open", agent, 0), none),
+        ]
+        for agent in names
+        for day in days
+    }
+
+
+async def _marks(
+    db: Database, days: Sequence[date], agents: Sequence[str], zone: str, *, fresh: bool
+) -> tuple[dict[tuple[str, date], list[Any]], bool]:
+    """:func:`stamps`, reused for :data:`LIVE_TTL` seconds by a worker unless ``fresh``; and
+    whether they were read just now."""
+    key = (db.url, zone, tuple(agents), tuple(days))
+    cached = _STAMPS.get(key)
+    if not fresh and cached is not None and _time.monotonic() - cached[0] < LIVE_TTL:
+        return cached[1], False
+    marks = await stamps(db, days, agents, zone)
+    now = _time.monotonic()
+    for old in [k for k, (at, _) in _STAMPS.items() if now - at >= LIVE_TTL]:
+        del _STAMPS[old]  # yesterday's periods are never asked for again
+    _STAMPS[key] = (now, marks)
+    return marks, True
+
+
+async def _settle(
+    db: Database, day: date, agent: str, zone: str, stamp: list[Any]
+) -> dict[str, Any]:
+    """Compute and store one settled day, marked with ``stamp`` (read before computing: what
+    changes while it is computed changes the stamp, so the day is computed again)."""
+    figures = await compute_day(db, day, agent, zone)
+    figures["stamp"] = stamp
+    await store_day(db, agent, day, figures)
+    return figures
 
 
 async def day_figures(
@@ -264,6 +408,10 @@ async def day_figures(
     names = [agent] if agent is not None else list(agents)
     past = [d for d in days if settled(d, today) and begin is not None and d >= begin]
     have = await stored_days(db, past, names)
+    marks, read = await _marks(db, past, names, zone, fresh=False)
+    if not read and any(not _current(have.get(key), zone, marks[key]) for key in marks):
+        # Read again before computing: reused stamps may be older than the stored rows.
+        marks, _ = await _marks(db, past, names, zone, fresh=True)
     for day in days:
         if begin is None or day < begin:
             out[day] = empty()
@@ -279,9 +427,9 @@ async def day_figures(
             parts = []
             for name in names:
                 figures = have.get((name, day))
-                if figures is None or not _current(figures, zone):
-                    figures = await compute_day(db, day, name, zone)
-                    await store_day(db, name, day, figures)
+                stamp = marks[(name, day)]
+                if figures is None or not _current(figures, zone, stamp):
+                    figures = await _settle(db, day, name, zone, stamp)
                 parts.append(figures)
             out[day] = merge(parts)
     return out
@@ -336,8 +484,8 @@ def business_zone(agents: Any) -> str:
 async def warm(
     db: Database, agents: Sequence[str], *, days: int = WARM_DAYS, zone: str = "UTC"
 ) -> int:
-    """Store the settled days (in ``zone``) of the last ``days`` that are missing or were
-    stored for another zone or version; how many were computed."""
+    """Store the settled days (in ``zone``) of the last ``days`` that are missing, were stored
+    for another zone or version, or changed since; how many were computed."""
     begin = await first_day(db, zone)
     if begin is None:
         return 0
@@ -345,12 +493,13 @@ async def warm(
     wanted = [today - timedelta(days=n) for n in range(2, days)]
     wanted = [d for d in wanted if d >= begin]
     have = await stored_days(db, wanted, agents)
+    marks = await stamps(db, wanted, agents, zone)
     computed = 0
     for day in wanted:
         for agent in agents:
-            if _current(have.get((agent, day)), zone):
+            if _current(have.get((agent, day)), zone, marks[(agent, day)]):
                 continue
-            await store_day(db, agent, day, await compute_day(db, day, agent, zone))
+            await _settle(db, day, agent, zone, marks[(agent, day)])
             computed += 1
             await asyncio.sleep(0)  # let calls run between days
     if computed:

@@ -50,7 +50,8 @@ async def seed(db: Database) -> datetime:
             session.add(Turn(call_sid=sid, session_id="VX" + sid, seq=0, role="user", content=said,
                              created_at=started))  # fmt: skip
             session.add(Turn(call_sid=sid, session_id="VX" + sid, seq=1, role="assistant",
-                             content="Sure.", first_frame_ms=420.0, created_at=started))  # fmt: skip
+                             content="Sure.", first_frame_ms=420.0, llm_request_at=1.0,
+                             created_at=started))  # fmt: skip
         session.add(Event(call_sid="CA3", session_id="VXCA3", seq=1, t=1.0, at=now,
                           kind="tool_call", data={"name": "quote_piano_move"}))  # fmt: skip
     # A turn updated later (as the recorder does while the reply streams) is found by its new words.
@@ -145,7 +146,8 @@ async def test_a_days_figures_are_counted_by_the_database_as_python_would(db: Da
     """compute_day aggregates in SQL; on either database its figures equal a plain count of
     the same rows in Python (the way it used to read them): calls with and without an end,
     both agents, errors empty, internal and not (case-sensitive), first words at bucket edges,
-    analysed calls with repeated and empty outcome lists; another day's rows left out."""
+    analysed calls with repeated and empty outcome lists, calls retention purged (no turns
+    left: answered unless their analysis says abandoned); another day's rows left out."""
     day = datetime.now(UTC).date() - timedelta(days=3)
     noon = datetime.combine(day, datetime.min.time(), tzinfo=UTC) + timedelta(hours=12)
     calls = [  # sid, agent, seconds (None: no end), turns, outcome
@@ -154,6 +156,7 @@ async def test_a_days_figures_are_counted_by_the_database_as_python_would(db: Da
         ("CAc", "car-service", 120.0, 5, "transferred"),
         ("CAd", "car-service", None, 2, None),
         ("CAe", "piano-removals", 200.4, 4, "quoted"),
+        ("CAf", "car-service", 45.0, 3, "hung-up"),
     ]
     replies = {  # sid: [(first_frame_ms, error)]
         "CAa": [(0.0, None), (4.99, ""), (5.0, "the model timed out")],
@@ -162,7 +165,8 @@ async def test_a_days_figures_are_counted_by_the_database_as_python_would(db: Da
         "CAe": [(420.0, None), (419.9, "internal error")],
     }
     analyses = {"CAa": (["quoted", "sms-sent"], 0.0123), "CAb": (["transferred"], 0.5),
-                "CAc": (["quoted", "sms-sent"], 0.25), "CAe": ([], 0.0)}  # fmt: skip
+                "CAc": (["quoted", "sms-sent"], 0.25), "CAe": ([], 0.0),
+                "CAd": (["answered-only"], 0.01), "CAf": (["abandoned"], 0.02)}  # fmt: skip
     async with db.session() as session, session.begin():
         for sid, agent, seconds, turns, outcome in calls:
             ended = None if seconds is None else noon + timedelta(seconds=seconds)
@@ -172,7 +176,7 @@ async def test_a_days_figures_are_counted_by_the_database_as_python_would(db: Da
             for seq, (ms, error) in enumerate(replies.get(sid, [])):
                 session.add(Turn(call_sid=sid, session_id="VX" + sid, seq=seq, role="assistant",
                                  content="hi", first_frame_ms=ms, error=error,
-                                 created_at=noon))  # fmt: skip
+                                 llm_request_at=1.0, created_at=noon))  # fmt: skip
             if sid in analyses:
                 names, cost = analyses[sid]
                 session.add(CallAnalysis(call_sid=sid, agent=agent, outcomes=names, fields={},
@@ -186,13 +190,20 @@ async def test_a_days_figures_are_counted_by_the_database_as_python_would(db: Da
                          content="hi", first_frame_ms=10.0, error="x",
                          created_at=noon))  # fmt: skip
 
+    def answered(sid: str) -> bool:
+        """The model answered one of its replies; with no turn left, its analysis did not
+        find it abandoned."""
+        if sid in replies:
+            return any(not error for _, error in replies[sid])
+        return sid in analyses and "abandoned" not in analyses[sid][0]
+
     for agent in (None, "piano-removals", "car-service"):
         mine = [c for c in calls if agent is None or c[1] == agent]
         said = [r for c in mine for r in replies.get(c[0], [])]
         analysed = [analyses[c[0]] for c in mine if c[0] in analyses]
         figures = await rollup.compute_day(db, day, agent)
         assert figures["calls"] == len(mine)
-        assert figures["answered"] == sum(1 for c in mine if c[3] > 1)
+        assert figures["answered"] == sum(1 for c in mine if answered(c[0]))
         assert figures["transferred"] == sum(1 for c in mine if c[4] == "transferred")
         assert figures["durations"] == {
             str(k): v for k, v in Counter(round(c[2]) for c in mine if c[2] is not None).items()
