@@ -30,7 +30,9 @@ class CallAnalysis(Base):
     """One call's outcomes, agent-specific fields, token usage and cost."""
 
     __tablename__ = "call_analyses"
-    __table_args__ = (Index("ix_call_analyses_agent_ended", "agent", "ended_at"),)
+    __table_args__ = (
+        Index("ix_call_analyses_agent_ended_computed", "agent", "ended_at", "computed_at"),
+    )
 
     call_sid: Mapped[str] = mapped_column(String(64), primary_key=True)
     agent: Mapped[str] = mapped_column(String(64))

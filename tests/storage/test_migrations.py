@@ -139,6 +139,40 @@ def test_0007_indexes_events_by_call_and_id_and_downgrades(tmp_path: Path) -> No
     assert _event_indexes(path) == {"ix_events_call_id": ["call_sid", "id"]}
 
 
+def _analysis_indexes(path: Path) -> dict[str, list[str]]:
+    with contextlib.closing(sqlite3.connect(path)) as con:
+        names = [row[1] for row in con.execute("PRAGMA index_list(call_analyses)")]
+        return {
+            n: [r[2] for r in con.execute(f"PRAGMA index_info({n})")]
+            for n in names
+            if not n.startswith("sqlite_autoindex")
+        }
+
+
+def test_0008_covers_the_console_days_stamps_and_downgrades(tmp_path: Path) -> None:
+    """The console's stamp of a day (relay.web.console.rollup.stamps) counts a day's analyses
+    and their newest computed_at: read from the index alone, not the table row by row."""
+    path = tmp_path / "relay.db"
+    migrate(path, "head")
+    assert _analysis_indexes(path) == {
+        "ix_call_analyses_agent_ended_computed": ["agent", "ended_at", "computed_at"]
+    }
+    with contextlib.closing(sqlite3.connect(path)) as con:
+        plan = " ".join(
+            str(row[-1])
+            for row in con.execute(
+                "EXPLAIN QUERY PLAN SELECT count(*), max(computed_at) FROM call_analyses "
+                "WHERE agent = 'a' AND ended_at >= '2026-12-01' AND ended_at < '2026-12-03'"
+            )
+        )
+    assert "COVERING INDEX ix_call_analyses_agent_ended_computed" in plan
+
+    migrate(path, "0007", down=True)
+    assert _analysis_indexes(path) == {"ix_call_analyses_agent_ended": ["agent", "ended_at"]}
+    migrate(path, "head")
+    assert list(_analysis_indexes(path)) == ["ix_call_analyses_agent_ended_computed"]
+
+
 async def test_a_database_that_cannot_be_reached_is_one_error_naming_it() -> None:
     # Nothing listens on the discard port; the password never shows.
     closed = Database("postgresql+asyncpg://relay:s3cret@127.0.0.1:9/relay")
