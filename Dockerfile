@@ -6,7 +6,8 @@ COPY pyproject.toml README.md constraints.txt ./
 COPY relay ./relay
 COPY knowledge ./knowledge
 # constraints.txt: the exact versions the test suite ran with (pip freeze of the dev venv).
-RUN python -m venv /opt/relay && /opt/relay/bin/pip install --quiet -c constraints.txt .
+# [postgres]: the asyncpg driver, for DATABASE_URL=postgresql://... (README §8, Scale out).
+RUN python -m venv /opt/relay && /opt/relay/bin/pip install --quiet -c constraints.txt .[postgres]
 
 FROM python:3.11-slim
 ENV PATH=/opt/relay/bin:$PATH \

@@ -68,6 +68,20 @@ def converted_errors(collection: str | None = None) -> Iterator[None]:
         raise
 
 
+def redact_url(url: str) -> str:
+    """``url`` with the password of its user part masked (``http://u:***@host:8000``), to be
+    shown in messages, logs and ``/readyz``: a server URL may carry credentials."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, slash, path = rest.partition("/")
+    userinfo, at, host = authority.rpartition("@")
+    if not at:
+        return url
+    user, colon, _password = userinfo.partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}@{host}{slash}{path}"
+
+
 def _close_client(client: ClientAPI) -> None:
     """Close a Chroma client, and its HTTP connections once no other client shares them.
 
@@ -126,7 +140,7 @@ class ChromaBackend:
             if self.url is not None:
                 parts = urlsplit(self.url)
                 if parts.scheme not in ("http", "https") or not parts.hostname:
-                    raise ValueError(f"not an http(s) URL: {self.url!r}")
+                    raise ValueError(f"not an http(s) URL: {redact_url(self.url)!r}")
                 ssl = parts.scheme == "https"
                 return chromadb.HttpClient(
                     host=parts.hostname,
@@ -138,8 +152,14 @@ class ChromaBackend:
             self.path.mkdir(parents=True, exist_ok=True)
             return chromadb.PersistentClient(path=str(self.path), settings=settings)
         except Exception as exc:  # chromadb raises ValueError/ConnectError when it can't connect
-            where = self.url or str(self.path)
-            raise StoreUnavailable(f"cannot open vector store at {where}: {exc}") from exc
+            if self.url is None:
+                where, reason = str(self.path), str(exc)
+            else:  # masked: the message reaches logs, the CLI and the unauthenticated /readyz
+                where, reason = (
+                    redact_url(self.url),
+                    str(exc).replace(self.url, redact_url(self.url)),
+                )
+            raise StoreUnavailable(f"cannot open vector store at {where}: {reason}") from exc
 
     def close(self) -> None:
         """Release the client (its HTTP connections or its files); reopened on next use."""

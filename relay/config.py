@@ -8,6 +8,7 @@ app and CLI reads settings: they pass explicit values down.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,6 +21,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from relay.errors import ConfigError
 
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
+#: ``RELAY_FORWARDED_ALLOW_IPS`` by default: uvicorn's own default, a proxy on this host.
+LOCAL_PROXY = "127.0.0.1,::1"
 
 
 class Settings(BaseSettings):
@@ -135,8 +138,10 @@ class Settings(BaseSettings):
     max_llm_concurrency: int | None = Field(default=None, ge=1, alias="RELAY_MAX_LLM_CONCURRENCY")
     rate_limit_per_second: float = Field(default=2.0, gt=0, alias="RELAY_RATE_LIMIT_PER_SECOND")
     rate_limit_burst: int = Field(default=20, ge=1, alias="RELAY_RATE_LIMIT_BURST")
-    # Whose X-Forwarded-For / -Proto uvicorn believes: "*" (anyone) or the proxy's addresses.
-    forwarded_allow_ips: str = Field(default="*", alias="RELAY_FORWARDED_ALLOW_IPS")
+    # Whose X-Forwarded-For / -Proto uvicorn believes (the per-source limits' key): the proxy's
+    # addresses or networks, or "*" (anyone: only when nothing but the proxy can reach relay).
+    # The default is uvicorn's own: a proxy on this host.
+    forwarded_allow_ips: str = Field(default=LOCAL_PROXY, alias="RELAY_FORWARDED_ALLOW_IPS")
     retention_days: float | None = Field(default=None, gt=0, alias="RELAY_RETENTION_DAYS")
     mask_numbers_after_days: float | None = Field(
         default=None, gt=0, alias="RELAY_MASK_NUMBERS_AFTER_DAYS"
@@ -153,6 +158,43 @@ class Settings(BaseSettings):
         if parts.query or parts.fragment:
             raise ValueError("must not carry a query string or fragment")
         return value.rstrip("/")
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _check_forwarded_allow_ips(cls, value: str) -> str:
+        # uvicorn takes "*", or IP addresses and networks; anything else it keeps as a literal
+        # matched against the peer's address as a string (meant for a unix socket's path,
+        # whose peer it reports as no address at all: relay serve listens on TCP only), so a
+        # typo would trust nobody without a word. A network with host bits set is one too.
+        value = value.strip()
+        if not value:
+            return LOCAL_PROXY  # empty means unset, as for every setting
+        if value == "*":
+            return value
+        entries = [entry.strip() for entry in value.split(",")]
+        for entry in entries:
+            if not entry:
+                raise ValueError(
+                    f"{value!r} has an empty entry (give addresses separated by commas)"
+                )
+            if entry == "*":
+                raise ValueError("'*' stands alone: it trusts anyone, so no address goes with it")
+            try:
+                if "/" in entry:
+                    ipaddress.ip_network(entry)
+                else:
+                    ipaddress.ip_address(entry)
+            except ValueError as exc:
+                if "has host bits set" in str(exc):
+                    raise ValueError(
+                        f"{entry!r} has host bits set (the network is "
+                        f"{ipaddress.ip_network(entry, strict=False)})"
+                    ) from None
+                raise ValueError(
+                    f"{entry!r} is not an IP address or network: give '*' or the proxy's "
+                    "addresses or networks, separated by commas (10.0.0.5, 10.0.0.0/8)"
+                ) from None
+        return ",".join(entries)
 
     @field_validator("openai_base_url", "chroma_url")
     @classmethod

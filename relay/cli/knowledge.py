@@ -19,6 +19,7 @@ from knowledge import (
     KnowledgeError,
     KnowledgeStore,
 )
+from knowledge.backend import redact_url
 from knowledge.errors import StoreUnavailable
 from knowledge.priority import run_on_idle_cpu
 from knowledge.store import MANIFEST_FILE
@@ -280,12 +281,14 @@ def _list(args: argparse.Namespace) -> int:
 
 def _server(settings: Settings | None) -> str | None:
     """The Chroma server holding the vectors (``CHROMA_URL``, or the one a running
-    ``relay serve --workers N`` supervises for this data directory); None when embedded."""
+    ``relay serve --workers N`` supervises for this data directory), its password masked for
+    the messages that name it; None when embedded."""
     if settings is None:
         return None
     from relay.services.retrieval import running_chroma_server
 
-    return settings.chroma_url or running_chroma_server(settings.data_dir)
+    url = settings.chroma_url or running_chroma_server(settings.data_dir)
+    return None if url is None else redact_url(url)
 
 
 def _where(settings: Settings, server: str, store: KnowledgeStore, name: str, listed: int) -> None:

@@ -2,7 +2,7 @@
 
 Passwords are stored as salted scrypt hashes. ``add`` reads the password from
 ``--password-stdin`` or asks for it twice on the terminal; adding an existing user replaces
-their password and role.
+their password and role and ends their console sessions (as ``remove`` does).
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ def add_parser(commands: Any) -> None:
     sub = users.add_subparsers(title="user commands", metavar="COMMAND")
     users.set_defaults(handler=lambda _args: (users.print_help(), 2)[1])
 
-    add = sub.add_parser("add", help="add a console user, or change a user's password and role")
+    add = sub.add_parser(
+        "add", help="add a console user, or change a user's password and role (signs them out)"
+    )
     add.add_argument("username")
     add.add_argument("--role", choices=store.ROLES, default="owner",
                      help="owner: everything; editor: knowledge only (default owner)")  # fmt: skip
@@ -71,15 +73,18 @@ def _add(args: argparse.Namespace) -> int:
         raise ConfigError("a user name is 1-64 letters, digits or . _ @ -")
     password = _password(args)
 
-    async def run() -> None:
+    async def run() -> bool:
         db = await _database(args)
         try:
-            await store.add_user(db, args.username, password, args.role)
+            return await store.add_user(db, args.username, password, args.role)
         finally:
             await db.close()
 
-    asyncio.run(run())
-    print(f"Saved console user {args.username} ({args.role}).")
+    if asyncio.run(run()):
+        # The new password hash has a new salt: sessions carrying the old one's stamp end.
+        print(f"Saved console user {args.username} ({args.role}); their sessions are ended.")
+    else:
+        print(f"Saved console user {args.username} ({args.role}).")
     return 0
 
 

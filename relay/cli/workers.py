@@ -37,6 +37,7 @@ import structlog
 import uvicorn
 from uvicorn.supervisors import Multiprocess
 
+from knowledge.backend import redact_url
 from relay import metrics
 from relay.config import Settings
 from relay.web.drain import REPEAT_WINDOW
@@ -158,7 +159,12 @@ def serve_workers(
             settings.knowledge_path, data_dir=settings.data_dir, port=settings.chroma_port
         )
         os.environ["CHROMA_URL"] = chroma.start()
-    log.info("workers_starting", workers=settings.workers, chroma=os.environ.get("CHROMA_URL"))
+    chroma_url = os.environ.get("CHROMA_URL")
+    log.info(
+        "workers_starting",
+        workers=settings.workers,
+        chroma=redact_url(chroma_url) if chroma_url else None,
+    )
     clear_metrics = metrics.prepare_multiprocess(settings.workers)  # /metrics sums the workers
     try:
         # What uvicorn.run does for workers, with relay's process manager in place of uvicorn's.

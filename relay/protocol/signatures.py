@@ -88,8 +88,8 @@ class SignatureChecker:
         if self._public is not None:
             base = f"{self._public.scheme}://{self._public.netloc}{self._public.path}"
         else:
-            proto = headers.get("x-forwarded-proto", url.scheme)
-            host = headers.get("x-forwarded-host", headers.get("host", url.netloc))
+            proto = _first(headers, "x-forwarded-proto") or url.scheme
+            host = _first(headers, "x-forwarded-host") or headers.get("host", url.netloc)
             base = f"{proto}://{host}"
         full = base + url.path
         return f"{full}?{url.query}" if url.query else full
@@ -98,7 +98,7 @@ class SignatureChecker:
         """The wss URL for ``path`` (what the TwiML ``url`` attribute says)."""
         if self._public is not None:
             return f"wss://{self._public.netloc}{self._public.path}{path}"
-        host = headers.get("x-forwarded-host", headers.get("host", "localhost"))
+        host = _first(headers, "x-forwarded-host") or headers.get("host", "localhost")
         return f"wss://{host}{path}"
 
     def check_http(self, url: URL, headers: Headers, form: FormData | Mapping[str, str]) -> bool:
@@ -126,6 +126,18 @@ class SignatureChecker:
                 or self._validator.validate(f"{public}?{url.query}", {}, signature)
             )
         return False
+
+
+def _first(headers: Headers, name: str) -> str:
+    """A forwarded header's first value, stripped (``""`` when absent): each proxy of a chain
+    appends its own (``https, http``), so the first is the outermost proxy's, the one Twilio
+    called.
+
+    These headers are read from any client, not only from ``RELAY_FORWARDED_ALLOW_IPS``: they
+    choose the URL the signature is checked against, which a client chooses anyway through
+    ``Host``, and a signature over any URL still needs the auth token. ``RELAY_PUBLIC_URL``,
+    when set, replaces them."""
+    return headers.get(name, "").split(",", 1)[0].strip()
 
 
 def _pairs(query: str) -> list[tuple[str, str]]:

@@ -10,13 +10,14 @@ does the work for one call and is also what ``relay sessions analyze`` re-runs o
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 
 from relay.agents import AgentProfile, AgentRegistry
 from relay.services import costs, outcomes
@@ -27,11 +28,34 @@ from relay.storage import repository
 from relay.storage.db import Database
 from relay.storage.models import Call, Event, Message, SideEffect, Turn
 from relay.storage.outcomes import CallAnalysis, Email, save_analysis
+from relay.storage.recorder import _TROUBLE_SQLSTATE_CLASSES, _sqlstate
 
 log = structlog.get_logger("relay.services.postcall")
 
 #: Outcomes the owner is e-mailed about (when the agent names an ``owner_email``).
 NOTIFY_ON = frozenset({"booked", "rescheduled", "cancelled", "message-taken", "transferred"})
+
+
+#: After the database failed a call's post-call work, it is tried again this many seconds
+#: later, doubling up to :data:`RETRY_MAX`, while the process runs.
+RETRY_FIRST = 1.0
+RETRY_MAX = 30.0
+
+
+def database_trouble(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database is in trouble and may recover (unreachable, restarting,
+    locked, a connection lost), as the recorder classifies it (relay.storage.recorder), rather
+    than a bug or a value it refuses: the former is tried again, the latter is not."""
+    if isinstance(exc, (OSError, TimeoutError, DisconnectionError, OperationalError)):
+        return True
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    code = _sqlstate(exc)
+    if code is not None and code[:2] in _TROUBLE_SQLSTATE_CLASSES:
+        return True  # asyncpg's "the database system is shutting down" is a bare DBAPIError
+    if isinstance(exc, InterfaceError):
+        return "connection" in str(exc).lower() or "closed" in str(exc).lower()
+    return False
 
 
 def _columns(row: Any) -> dict[str, Any]:
@@ -124,7 +148,13 @@ class PostCall:
     #: database reads at the same moment on the event loop the live calls use; the others
     #: wait their turn (an analysis pass is a model request, so more than one at a time).
     concurrency: int = 4
-    _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    #: Waits until the recorder has stored what it was handed (False on timeout): a call's
+    #: work tried again after the database failed reads its record only once it is complete
+    #: (its last status, not the one written before the trouble). ``Recorder.flush``.
+    flushed: Callable[[], Awaitable[bool]] | None = None
+    retry_first: float = RETRY_FIRST
+    retry_max: float = RETRY_MAX
+    _tasks: dict[asyncio.Task[Any], str] = field(default_factory=dict)
     _slots: asyncio.Semaphore = field(init=False)
 
     def __post_init__(self) -> None:
@@ -138,22 +168,49 @@ class PostCall:
         if not call_sid or call_sid.startswith("unknown-"):
             return
         task = asyncio.create_task(self._safely(call_sid), name=f"relay-postcall-{call_sid}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._tasks[task] = call_sid
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.pop(task, None)
 
     async def _safely(self, call_sid: str) -> None:
-        try:
-            async with self._slots:
-                await self.process(call_sid)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # never into the app: the call is over, log and count
-            self.failures += 1
-            log.error("postcall_failed", call_sid=call_sid, error=repr(exc)[:300])
+        """``process(call_sid)``, never raising into the app. While the database is in trouble
+        the work is tried again, with backoff, until it is done or the process stops: the
+        outcomes, the webhook and the owner's e-mail of a call that ended during an outage go
+        out once it is over (each once: the webhook outbox and the side-effect ledger)."""
+        delay, attempts = self.retry_first, 0
+        while True:
+            try:
+                if attempts and self.flushed is not None and not await self.flushed():
+                    raise TimeoutError("the recorder has not stored the call yet")
+                async with self._slots:
+                    await self.process(call_sid)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # never into the app: the call is over
+                if not attempts:
+                    self.failures += 1  # counted once a call, as logged
+                if not database_trouble(exc):
+                    log.error("postcall_failed", call_sid=call_sid, error=repr(exc)[:300])
+                    return
+                attempts += 1
+                if attempts == 1:
+                    log.warning(
+                        "postcall_delayed", call_sid=call_sid, error=repr(exc)[:300],
+                        retry_in=delay, message="the database failed: retrying until it answers",
+                    )  # fmt: skip
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.retry_max)
+                continue
+            if attempts:
+                log.info("postcall_recovered", call_sid=call_sid, attempts=attempts + 1)
+            return
 
     @property
     def pending(self) -> int:
-        """Calls whose post-call work has not finished (``/metrics.json``, ``relay bench``)."""
+        """Calls whose post-call work has not finished, those waiting for the database to
+        answer again included (``/metrics.json``, ``relay bench``)."""
         return len(self._tasks)
 
     async def idle(self) -> None:
@@ -162,13 +219,22 @@ class PostCall:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     async def aclose(self, timeout: float = 10.0) -> None:
+        """Wait up to ``timeout`` s for the work started, then stop it; the calls whose work
+        is then lost (outcomes, webhook, e-mail) are logged by call SID."""
         if not self._tasks:
             return
         _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+        if not pending:
+            return
+        lost = sorted(self._tasks[task] for task in pending if task in self._tasks)
         for task in pending:
             task.cancel()
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
+        await asyncio.gather(*pending, return_exceptions=True)
+        log.error(
+            "postcall_lost", calls=len(lost), call_sids=lost,
+            message="stopped before their outcomes, webhook and e-mail were done; "
+            "`relay sessions analyze` recomputes the outcomes (no webhook, no e-mail)",
+        )  # fmt: skip
 
     async def process(
         self, call_sid: str, *, analyse: bool = True, deliver: bool = True

@@ -31,6 +31,7 @@ from knowledge import (
     KnowledgeError,
     KnowledgeStore,
     OpenAIEmbedder,
+    StoreUnavailable,
 )
 from knowledge.memindex import MemoryIndex, merge_turn_hits
 from relay.agents import AgentProfile
@@ -295,6 +296,8 @@ class KnowledgeRetriever:
         for collection in {a.knowledge_collection for a in agents if a.knowledge_collection}:
             try:
                 await asyncio.to_thread(index.search, collection, "warm up", k=1)
+            except StoreUnavailable:
+                raise  # the warm-up is tried again (relay.web.app)
             except KnowledgeError as exc:
                 log.info("knowledge_index_not_warmed", collection=collection, error=str(exc)[:200])
 
@@ -444,7 +447,9 @@ class KnowledgeRetriever:
         """Load ``documents/<collection>/`` into each empty collection (first start).
 
         Several workers start together: one loads while the others wait for it (a file lock
-        beside the documents folder), then find the collections full."""
+        beside the documents folder), then find the collections full. A store that cannot be
+        reached raises StoreUnavailable (the warm-up tries again); a collection's other
+        errors are logged and the next collection is loaded."""
         async with _exclusive(documents.parent / ".knowledge-autoload.lock"):
             await self._autoload(agents, documents)
 
@@ -458,6 +463,8 @@ class KnowledgeRetriever:
                 if await self.knowledge.count(collection) > 0:  # type: ignore[arg-type]
                     continue
                 report = await self.knowledge.sync(collection, folder)  # type: ignore[arg-type]
+            except StoreUnavailable:
+                raise
             except KnowledgeError as exc:
                 hint = (
                     f"rebuild it: relay knowledge drop -c {collection} --yes && relay knowledge load-shipped"

@@ -121,10 +121,21 @@ class UserInfo:
     username: str
     role: str
     created_at: datetime
+    stamp: str = ""  # see credential_stamp
 
 
-async def add_user(db: Database, username: str, password: str, role: str) -> None:
-    """Add a user, or replace the password and role of an existing one."""
+def credential_stamp(password_hash: str) -> str:
+    """Names one setting of a user's password: every hash has a fresh salt, so setting the
+    password again (``relay users add`` on an existing user, even with the same password), or
+    removing the user and adding them back, gives a new stamp. A console session carries the
+    stamp it was begun with and ends when it no longer matches. It tells nothing of the
+    password (a digest of the salted hash)."""
+    return hashlib.sha256(b"relay-console-user\0" + password_hash.encode()).hexdigest()[:32]
+
+
+async def add_user(db: Database, username: str, password: str, role: str) -> bool:
+    """Add a user, or replace the password and role of an existing one (which ends the
+    sessions they began before: :func:`credential_stamp`). True when the user existed."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}")
     hashed = hash_password(password)
@@ -139,8 +150,9 @@ async def add_user(db: Database, username: str, password: str, role: str) -> Non
                     created_at=datetime.now(UTC),
                 )
             )
-        else:
-            user.password_hash, user.role = hashed, role
+            return False
+        user.password_hash, user.role = hashed, role
+        return True
 
 
 async def list_users(db: Database) -> list[UserInfo]:
@@ -171,18 +183,24 @@ async def authenticate(db: Database, username: str, password: str) -> UserInfo |
         return None
     if not check_password(password, user.password_hash):
         return None
-    return UserInfo(user.username, user.role, user.created_at)
+    return UserInfo(user.username, user.role, user.created_at, credential_stamp(user.password_hash))
 
 
 _DUMMY_HASH = hash_password(secrets.token_hex(8))
 
 
-async def user_role(db: Database, username: str) -> str | None:
+async def user_credential(db: Database, username: str) -> tuple[str, str] | None:
+    """The user's role and :func:`credential_stamp` (one indexed row), or None when there is
+    no such user: what every console request checks its session against."""
     async with db.session() as session:
-        role: str | None = await session.scalar(
-            select(ConsoleUser.role).where(ConsoleUser.username == username)
-        )
-        return role
+        row = (
+            await session.execute(
+                select(ConsoleUser.role, ConsoleUser.password_hash).where(
+                    ConsoleUser.username == username
+                )
+            )
+        ).first()
+    return None if row is None else (row.role, credential_stamp(row.password_hash))
 
 
 # -- settings -----------------------------------------------------------------------------

@@ -14,8 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import structlog
 from alembic import command
 from alembic.config import Config
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import event, exc, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
@@ -28,6 +31,8 @@ from sqlalchemy.ext.asyncio import (
 from sqlalchemy.pool import ConnectionPoolEntry, PoolProxiedConnection
 
 from relay.errors import ConfigError, StorageError
+
+log = structlog.get_logger("relay.storage.db")
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 #: The key of the PostgreSQL advisory lock that serialises migrations across processes.
@@ -254,6 +259,25 @@ def alembic_config() -> Config:
 
 
 def _upgrade(conn: Connection) -> None:
+    """Migrate to the newest revision, under the migration lock, logging the run in one line.
+
+    A revision this code does not know was written by a newer relay (an image rolled back
+    after the newer one migrated): a ConfigError in one line rather than alembic's traceback.
+    A process that finds the schema already at the newest revision (another worker migrated
+    it) does nothing and logs nothing."""
     config = alembic_config()
     config.attributes["connection"] = conn
+    script = ScriptDirectory.from_config(config)
+    newest = script.get_current_head()
+    current = MigrationContext.configure(conn).get_current_revision()
+    if current == newest:
+        return
+    if current is not None and current not in {r.revision for r in script.walk_revisions()}:
+        where = conn.engine.url.render_as_string(hide_password=True)
+        raise ConfigError(
+            f"the database's schema (DATABASE_URL {where}) is at revision {current}, which this "
+            f"relay does not know (its newest is {newest}): it was migrated by a newer relay; "
+            "run that one, or restore a backup taken before it migrated"
+        )
     command.upgrade(config, "head")
+    log.info("database_migrated", from_revision=current, to_revision=newest)

@@ -11,7 +11,9 @@ token. Routes (``{collection}`` is an agent's knowledge base):
   (``relay.web.passages``; ``k``: only the first k of them)
 - ``GET    /admin/recorder/parked?limit=100``                    rows the recorder could not write
 
-A ``{collection}`` no agent uses answers 404 (an upload never creates one by mistake).
+A ``{collection}`` no agent uses answers 404 (an upload never creates one by mistake). An
+upload is refused with 413 once its request passes 100 MB, counted as the bytes arrive (with or
+without ``Content-Length``), and each file over 20 MB fails on its own.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from knowledge import (
     UnknownCollection,
     UnknownDocument,
 )
+from relay.web import limits
 from relay.web.passages import ask
 
 MAX_UPLOAD_BYTES = 20_000_000
@@ -127,16 +130,27 @@ async def list_documents(request: Request) -> Response:
 
 async def upload(request: Request) -> Response:
     knowledge = _collection_store(request)
-    if isinstance(knowledge, Response):
-        return knowledge  # refused: no token, store off, or a collection no agent uses
-    length = int(request.headers.get("content-length") or 0)
-    if length > MAX_UPLOAD_BYTES * 5:
-        return JSONResponse(
-            {"error": f"upload larger than {MAX_UPLOAD_BYTES * 5} bytes"}, status_code=413
+    if isinstance(knowledge, Response):  # refused: no token, store off, or an unused collection
+        knowledge.headers["Connection"] = "close"  # its body unread, rather than received
+        return knowledge
+    limit = MAX_UPLOAD_BYTES * 5  # the whole request, counted as it arrives (chunked too)
+    try:
+        form = await limits.read_form(
+            request, limit=limit, accept=(limits.MULTIPART,), max_files=50
         )
-    form = await request.form(max_files=50)
+    except limits.BodyRefused as refused:
+        if refused.status_code == 413:
+            message = f"upload larger than {limit} bytes"
+        elif refused.status_code == 415:
+            message = "send the documents as multipart/form-data, field 'file'"
+        else:
+            message = refused.message
+        return JSONResponse(
+            {"error": message}, status_code=refused.status_code, headers={"Connection": "close"}
+        )
     files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
     if not files:
+        await form.close()
         return JSONResponse(
             {"error": "send the documents as multipart form field 'file'"}, status_code=400
         )

@@ -44,7 +44,7 @@ from relay.storage.db import Database, check_driver
 from relay.storage.recorder import Recorder
 from relay.tools import ToolRegistry, default_registry
 from relay.tools.business import load_services
-from relay.web import console, feeds, operations, postcall
+from relay.web import console, feeds, limits, operations, postcall
 from relay.web.socket import RelaySocket, SocketLimits
 
 if TYPE_CHECKING:
@@ -75,10 +75,13 @@ class Runtime:
     #: The knowledge store and its retriever (None when knowledge is off or not opened yet).
     knowledge: AsyncKnowledge | None = None
     retriever: KnowledgeRetriever | None = None
-    #: Set once the knowledge warm-up has finished, well or not (None when knowledge is off):
-    #: the embedding model loaded, a first start's shipped documents loaded, the search index
-    #: built. Until then ``/readyz`` says "warming up" and searches may time out.
+    #: Set once the knowledge warm-up has finished (None when knowledge is off): the embedding
+    #: model loaded, a first start's shipped documents loaded, the search index built; or it
+    #: failed for good. While the store cannot be reached it is tried again and this stays
+    #: unset. Until then ``/readyz`` says "warming up" and searches may time out.
     knowledge_warmed: asyncio.Event | None = None
+    #: Set once the warm-up has been tried once, whatever came of it.
+    knowledge_tried: asyncio.Event | None = None
     #: Closed at shutdown, after the recorder has flushed.
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     #: The calendar feed's token key, made once (bytes: never shown by /metrics).
@@ -101,9 +104,10 @@ class Runtime:
     async def knowledge_ready(self) -> None:
         """Wait for the knowledge warm-up (at once when knowledge is off): for the in-process
         app of ``relay call``, ``relay replay`` and ``relay eval``, whose first question would
-        otherwise race the embedding model's loading."""
-        if self.knowledge_warmed is not None:
-            await self.knowledge_warmed.wait()
+        otherwise race the embedding model's loading. A store that cannot be reached is not
+        waited for (the warm-up goes on trying it): the first try is."""
+        if self.knowledge_tried is not None:
+            await self.knowledge_tried.wait()
 
 
 def create_app(
@@ -251,18 +255,45 @@ async def _start_knowledge(runtime: Runtime) -> asyncio.Task[Any]:
         deps.services = {**deps.services, name: services}
 
     warmed = runtime.knowledge_warmed = asyncio.Event()
+    tried = runtime.knowledge_tried = asyncio.Event()
     # The default agent's documents first: a first start's first call is most likely its.
     agents = sorted(deps.agents.agents.values(), key=lambda a: a.name != deps.agents.default_name)
 
     async def warm() -> None:
+        # A store that cannot be reached (a Chroma server not up yet) is tried again, 1 s
+        # doubling to 30 s, until it answers: a first start's shipped documents are loaded
+        # then, and /readyz says "warming up" meanwhile (calls go on ungrounded). The trouble
+        # and its end are logged once each, not once a try. Any other failure ends the warm-up:
+        # the service runs without grounding rather than not at all.
+        from knowledge.errors import StoreUnavailable
+
+        delay, down_since = 1.0, None
         try:
-            await knowledge.warm_up()
-            if settings.knowledge_autoload:
-                await retriever.autoload(agents, settings.documents_dir)
-            await retriever.warm_index(agents)
-        except Exception as exc:  # the service runs without grounding rather than not at all
+            while True:
+                try:
+                    await knowledge.warm_up()
+                    if settings.knowledge_autoload:
+                        await retriever.autoload(agents, settings.documents_dir)
+                    await retriever.warm_index(agents)
+                except StoreUnavailable as exc:
+                    tried.set()
+                    if down_since is None:
+                        down_since = time.monotonic()
+                        log.error(
+                            "knowledge_unavailable",
+                            error=repr(exc)[:300],
+                            message="retrying in the background; calls go ungrounded meanwhile",
+                        )
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 30.0)
+                    continue
+                if down_since is not None:
+                    log.info("knowledge_available", down_s=round(time.monotonic() - down_since))
+                break
+        except Exception as exc:
             log.error("knowledge_unavailable", error=repr(exc)[:300])
         finally:
+            tried.set()
             warmed.set()
 
     return asyncio.create_task(warm(), name="relay-knowledge-warm-up")
@@ -338,20 +369,37 @@ def _runtime(request: Request | WebSocket) -> Runtime:
 
 
 def _redact_url(url: str) -> str:
-    if "@" in url:
+    if "@" in url and "://" in url:
         scheme, rest = url.split("://", 1)
         return f"{scheme}://***@{rest.split('@', 1)[1]}"
     return url
 
 
 async def _signed_form(request: Request) -> dict[str, str] | None:
-    """The webhook's form fields, or None when its signature is missing or wrong."""
+    """The webhook's form fields, or None when its signature is missing or wrong, or its body
+    is not a small url-encoded form (Twilio sends nothing else): that body is refused before
+    it is read (415), or as soon as it passes the cap (413), and counted like a forgery."""
     runtime = _runtime(request)
-    form = await request.form()
+    try:
+        form = await limits.read_form(request, limit=limits.SMALL_FORM_BYTES)
+    except limits.BodyRefused as refused:
+        throttled = operations.forged(request)  # 429 once a source floods
+        request.state.refusal = throttled or refused.response()
+        request.state.refusal.headers["Connection"] = "close"  # the rest is never read
+        if throttled is None:  # a throttled flood is counted, not logged
+            log.warning(
+                "webhook_body_refused",
+                path=request.url.path,
+                status=refused.status_code,
+                client=operations.client(request.scope),
+            )
+        return None
     if not runtime.signatures.check_http(request.url, request.headers, form):
         request.state.refusal = operations.forged(request)  # 429 once a source floods
         if request.state.refusal is None:  # a throttled flood is counted, not logged
-            log.warning("signature_rejected", path=request.url.path)
+            log.warning(
+                "signature_rejected", path=request.url.path, client=operations.client(request.scope)
+            )
         return None
     return {k: v for k, v in form.items() if isinstance(v, str)}
 
@@ -543,8 +591,12 @@ async def conversation_relay(websocket: WebSocket) -> None:
     """``/ws``: one ConversationRelay session."""
     runtime = _runtime(websocket)
     if not runtime.signatures.check_ws(websocket.url, websocket.headers):
-        log.warning("signature_rejected", path="/ws")
-        await websocket.close(code=1008)  # before accept: the server answers the upgrade with 403
+        refusal = operations.forged(websocket)  # counted with forged webhooks, per source
+        if refusal is None:
+            log.warning("signature_rejected", path="/ws", client=operations.client(websocket.scope))
+            await websocket.close(code=1008)  # before accept: the server answers 403
+        else:  # a throttled flood is counted, not logged
+            await _deny(websocket, refusal)
         return
     await websocket.accept()
     sock = RelaySocket(websocket, SocketLimits.from_settings(runtime.settings))
@@ -573,6 +625,15 @@ async def conversation_relay(websocket: WebSocket) -> None:
         if websocket.application_state is WebSocketState.CONNECTED:
             with contextlib.suppress(Exception):
                 await websocket.close(code=1000)
+
+
+async def _deny(websocket: WebSocket, refusal: Response) -> None:
+    """Answer the upgrade with ``refusal`` (the 429), or with 403 when the server cannot send
+    a response of its own (uvicorn can)."""
+    try:
+        await websocket.send_denial_response(refusal)
+    except RuntimeError:  # no websocket.http.response extension
+        await websocket.close(code=1008)
 
 
 async def metrics(request: Request) -> Response:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 from prometheus_client import Counter
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -174,13 +174,13 @@ def admit(runtime: Runtime, agent: AgentProfile, form: dict[str, str]) -> Respon
     return Response(busy_twiml(agent, form.get("To")), media_type="application/xml")
 
 
-def forged(request: Request) -> Response | None:
-    """A request failed the signature check: 429 once its source is over the limit, else None
-    (the caller answers 403)."""
-    ops: Operations | None = request.app.state.runtime.ops
+def forged(connection: HTTPConnection) -> Response | None:
+    """A webhook or a WebSocket upgrade failed the signature check: 429 once its source is
+    over the limit, else None (the caller answers 403). Both share the source's bucket."""
+    ops: Operations | None = connection.app.state.runtime.ops
     if ops is None:
         return None
-    wait = ops.limiter.take("forged:" + _client(request.scope))
+    wait = ops.limiter.take("forged:" + client(connection.scope))
     return too_many(wait, "forged", ops.tarpit) if wait > 0 else None
 
 
@@ -280,9 +280,12 @@ def _bearer_ok(request: Request, token: str) -> bool:
 # -- rate limits ------------------------------------------------------------------------------
 
 
-def _client(scope: Scope) -> str:
-    client = scope.get("client")
-    return str(client[0]) if client else "unknown"
+def client(scope: Scope) -> str:
+    """The request's source address as uvicorn resolved it (from ``X-Forwarded-For`` only when
+    the peer is one of ``RELAY_FORWARDED_ALLOW_IPS``): the rate limits' key, and what the
+    refusals' log lines name."""
+    address = scope.get("client")
+    return str(address[0]) if address else "unknown"
 
 
 class _AdminLimit:
@@ -294,7 +297,7 @@ class _AdminLimit:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ops: Operations | None = scope["app"].state.runtime.ops
         if ops is not None:
-            wait = ops.limiter.take("admin:" + _client(scope))
+            wait = ops.limiter.take("admin:" + client(scope))
             if wait > 0:
                 await too_many(wait, "admin")(scope, receive, send)
                 return

@@ -73,6 +73,9 @@ def start(runtime: Runtime, background: list[asyncio.Task[Any]]) -> PostCall:
         analyser=analyser,
         smtp=smtp,
         now=lambda: deps.now(),
+        # A retry after the database's trouble first waits for the recorder to store the call
+        # (its status "in progress" until then would defer the work).
+        flushed=deps.recorder.flush,
     )
     runtime.postcall = postcall
     runtime.closers.insert(0, postcall.aclose)

@@ -1,9 +1,14 @@
 """Sign-in, signed session cookies, CSRF tokens and role checks for the console.
 
 The session lives in the cookie itself (signed with HMAC-SHA256 under a secret stored once in
-the database, so any worker can check it): the user, the role, a per-session CSRF token and an
-expiry. Every request re-checks that the user still exists with that role (or, for an admin
-token session, that ``RELAY_ADMIN_TOKEN`` is still the same), so removing a user signs them out.
+the database, so any worker can check it): the user, the role, the stamp of the user's password
+(``store.credential_stamp``), a per-session CSRF token and an expiry. Every request re-checks
+that the user still exists with that role and that password setting (or, for an admin token
+session, that ``RELAY_ADMIN_TOKEN`` is still the same), so removing a user, or setting their
+password again, signs them out.
+
+Request bodies are read only through :func:`form`, which counts the bytes as they arrive and
+stops at a cap (``FORM_LIMIT`` for forms, ``UPLOAD_LIMIT`` for the knowledge upload).
 """
 
 from __future__ import annotations
@@ -19,10 +24,12 @@ from typing import Any
 from urllib.parse import quote
 
 import orjson
+from starlette.datastructures import FormData
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 
 from relay.storage import console as store
+from relay.web import limits
 
 COOKIE = "relay_console"
 PRE_COOKIE = "relay_console_signin"  # the sign-in form's CSRF token (double submit)
@@ -37,6 +44,16 @@ CSP = (
     "base-uri 'none'"
 )
 _ENABLED_TTL = 5.0  # seconds the "are there console users?" answer is cached per worker
+#: The largest form the console reads (bytes, counted as they arrive): every form but the
+#: knowledge upload is a few fields.
+FORM_LIMIT = 64 * 1024
+#: The largest knowledge upload, all files together (five files at the 20 MB a file that
+#: ``views.MAX_UPLOAD_BYTES`` allows; the admin API's upload has the same total).
+UPLOAD_LIMIT = 100_000_000
+#: Files one upload may carry.
+UPLOAD_FILES = 50
+_FORM_KEY = "relay.console.form"  # the request's form, once read (in the ASGI scope)
+_ATTEMPT_KEY = "relay.console.sign_in_attempt"
 
 
 @dataclass(frozen=True)
@@ -128,15 +145,18 @@ async def current(request: Request) -> Session | None:
         if not token or payload.get("f") != _admin_fingerprint(token):
             return None
         return Session(user, "owner", csrf, True, nonce, expires)
-    stored = await store.user_role(runtime.deps.db, user)
-    if stored is None or stored != role:
+    stored = await store.user_credential(runtime.deps.db, user)
+    # A session begun before the password was set again (or before the user was removed and
+    # added back) carries another stamp; one from before stamps existed carries none.
+    if stored is None or stored != (role, payload.get("s")):
         return None
     return Session(user, role, csrf, False, nonce, expires)
 
 
 async def start_session(
-    request: Request, response: Response, *, user: str, role: str, token: bool
+    request: Request, response: Response, *, user: str, role: str, token: bool, stamp: str = ""
 ) -> None:
+    """Set the session cookie; ``stamp`` is a user's ``store.credential_stamp``."""
     payload: dict[str, Any] = {
         "u": user,
         "r": role,
@@ -147,6 +167,8 @@ async def start_session(
     if token:
         payload["t"] = 1
         payload["f"] = _admin_fingerprint(_runtime(request).settings.admin_token or "")
+    else:
+        payload["s"] = stamp
     response.set_cookie(
         COOKIE,
         sign(await _key(request), payload),
@@ -201,28 +223,45 @@ MAX_FAILURES = 10
 FAILURE_WINDOW = 300.0
 
 
+def address(request: Request) -> str:
+    """The client's address, as uvicorn gives it (from ``X-Forwarded-For`` only when the
+    connection comes from a trusted proxy)."""
+    return request.client.host if request.client else "?"
+
+
 def _failures(request: Request) -> list[float]:
     table: dict[str, list[float]] | None = getattr(request.app.state, "console_failures", None)
     if table is None:
         table = {}
         request.app.state.console_failures = table
-    address = request.client.host if request.client else "?"
-    now = time.monotonic()
-    recent = [t for t in table.get(address, []) if now - t < FAILURE_WINDOW]
-    table[address] = recent
+    now, source = time.monotonic(), address(request)
+    recent = [t for t in table.get(source, []) if now - t < FAILURE_WINDOW]
+    table[source] = recent
     return recent
 
 
-def throttled(request: Request) -> float | None:
-    """Seconds to wait when this address failed to sign in too often, else None."""
+def attempt(request: Request) -> float | None:
+    """Count a sign-in attempt before its password is checked: None when it may go ahead, else
+    the seconds to wait (this address failed too often).
+
+    The attempt counts as a failure from now on, so sign-ins sent in parallel cannot all pass
+    the check while the (slow) password checks run: at most ``MAX_FAILURES`` are checked.
+    :func:`succeeded` takes it back. No ``await`` between the check and the count."""
     recent = _failures(request)
-    if len(recent) < MAX_FAILURES:
-        return None
-    return max(1.0, FAILURE_WINDOW - (time.monotonic() - recent[0]))
+    if len(recent) >= MAX_FAILURES:
+        return max(1.0, FAILURE_WINDOW - (time.monotonic() - recent[0]))
+    stamp = time.monotonic()
+    recent.append(stamp)
+    request.scope[_ATTEMPT_KEY] = stamp
+    return None
 
 
-def failed(request: Request) -> None:
-    _failures(request).append(time.monotonic())
+def succeeded(request: Request) -> None:
+    """The attempt counted by :func:`attempt` signed in: it is no failure."""
+    stamp = request.scope.pop(_ATTEMPT_KEY, None)
+    recent = _failures(request)
+    if stamp in recent:
+        recent.remove(stamp)
 
 
 def api_path(request: Request) -> bool:
@@ -233,44 +272,127 @@ def not_found() -> Response:
     return PlainTextResponse("Not Found", status_code=404)
 
 
+def harden(response: Response) -> Response:
+    """The headers every console response carries (a handler's own value wins)."""
+    response.headers.setdefault("Content-Security-Policy", CSP)
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    response.headers.setdefault("Referrer-Policy", "same-origin")
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    return response
+
+
+# -- request bodies -------------------------------------------------------------------------------
+
+
+class Refusal(Exception):
+    """A request the console refuses before (or instead of) doing its work: the status and the
+    words for the user. Raised by the helpers that read a request; answered by the endpoint
+    wrappers (:func:`guard`, :func:`public`)."""
+
+    def __init__(self, status: int, title: str, message: str, *, close: bool = False) -> None:
+        super().__init__(message)
+        self.status = status
+        self.title = title
+        self.message = message
+        self.close = close  # the body was not read to its end: the connection cannot go on
+
+
+async def form(request: Request, *, upload: bool = False, multipart: bool = True) -> FormData:
+    """The request's form, read once (the guard may have read it for the CSRF token) under a
+    cap counted as the bytes arrive (``relay.web.limits``).
+
+    ``application/x-www-form-urlencoded`` up to ``FORM_LIMIT`` bytes; ``multipart/form-data``
+    when ``multipart`` (the console's script posts the command form as ``FormData``): without
+    files and up to ``FORM_LIMIT``, or for an ``upload`` up to ``UPLOAD_FILES`` files and
+    ``UPLOAD_LIMIT`` bytes in all. A body of another media type (or none) is an empty form,
+    left unread. Raises :class:`Refusal` (413 over the cap, 415 multipart where it is not
+    taken, 400 a malformed body)."""
+    read: FormData | None = request.scope.get(_FORM_KEY)
+    if read is not None:
+        return read
+    kind = limits.media_type(request.headers)
+    if kind not in (limits.URLENCODED, limits.MULTIPART):
+        read = FormData()
+    else:
+        limit = UPLOAD_LIMIT if upload else FORM_LIMIT
+        try:
+            read = await limits.read_form(
+                request,
+                limit=limit,
+                accept=(limits.URLENCODED, limits.MULTIPART) if multipart else (limits.URLENCODED,),
+                max_files=UPLOAD_FILES if upload else 0,
+            )
+        except limits.BodyRefused as refused:
+            if refused.status_code == 413:
+                what = "The upload (all its files together)" if upload else "The form"
+                message = f"{what} is over the limit of {limit} bytes."
+                raise Refusal(413, "Too large", message, close=True) from refused
+            raise Refusal(
+                refused.status_code, "Not taken", refused.message, close=True
+            ) from refused
+    request.scope[_FORM_KEY] = read
+    return read
+
+
+async def _close_form(request: Request) -> None:
+    """Close an upload's files (their temporary files)."""
+    read: FormData | None = request.scope.get(_FORM_KEY)
+    if read is not None:
+        await read.close()
+
+
+def _refused(request: Request, refusal: Refusal, session: Session | None) -> Response:
+    """A refusal in the form the client reads: JSON for the API and scripts (``X-CSRF-Token``),
+    else the error page."""
+    response: Response
+    if api_path(request) or request.headers.get(CSRF_HEADER) is not None:
+        response = JSONResponse({"error": refusal.message}, status_code=refusal.status)
+    else:
+        from relay.web.console.render import render_error
+
+        response = render_error(request, refusal.status, refusal.title, refusal.message, session)
+    if refusal.close:
+        # What is left of the body is not read: uvicorn would otherwise read it to its end.
+        response.headers["Connection"] = "close"
+    return response
+
+
+# -- endpoints ------------------------------------------------------------------------------------
+
+Endpoint = Callable[[Request], Awaitable[Response]]
 Handler = Callable[[Request, Session], Awaitable[Response]]
 
 
-def guard(*, role: str = "owner") -> Callable[[Handler], Callable[[Request], Awaitable[Response]]]:
-    """Wrap a handler: 404 while the console is off; no session: sign-in redirect (pages) or
-    401 (API); wrong role: 403; a POST without the session's CSRF token: 403."""
+def public(handler: Endpoint) -> Endpoint:
+    """Wrap an endpoint open without a session (sign-in, static files): the console's headers
+    on every answer, and a :class:`Refusal` answered."""
 
-    def wrap(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        try:
+            response = await handler(request)
+        except Refusal as refusal:
+            response = _refused(request, refusal, None)
+        return harden(response)
+
+    endpoint.__name__ = handler.__name__
+    endpoint.__doc__ = handler.__doc__
+    return endpoint
+
+
+def guard(*, role: str = "owner", upload: bool = False) -> Callable[[Handler], Endpoint]:
+    """Wrap a handler: 404 while the console is off; no session: sign-in redirect (pages) or
+    401 (API); wrong role: 403; a POST without the session's CSRF token: 403. The body of a
+    POST is read only after the session is checked, through :func:`form` (``upload``: the
+    knowledge upload's cap). Every answer carries the console's headers."""
+
+    def wrap(handler: Handler) -> Endpoint:
         async def endpoint(request: Request) -> Response:
-            if not await enabled(request):
-                return not_found()
-            session = await current(request)
-            if session is None:
-                if api_path(request) or request.method != "GET":
-                    return JSONResponse(
-                        {"error": "sign in first"},
-                        status_code=401,
-                        headers={"Cache-Control": "no-store"},
-                    )
-                target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-                return RedirectResponse(
-                    f"/console/sign-in?next={quote(target, safe='')}", status_code=303
-                )
-            if role == "owner" and not session.owner:
-                return forbidden(request, "This part of the console is for owners only.", session)
-            if request.method not in ("GET", "HEAD") and not await csrf_ok(request, session):
-                return forbidden(
-                    request, "The form was out of date or forged (CSRF check).", session
-                )
             try:
-                response = await handler(request, session)
+                response = await _guarded(request, handler, role, upload)
             finally:
-                await request.close()  # uploaded files' temporary files
-            response.headers.setdefault("Content-Security-Policy", CSP)
+                await _close_form(request)  # uploaded files' temporary files
             response.headers.setdefault("Cache-Control", "no-store")
-            response.headers.setdefault("X-Frame-Options", "DENY")
-            response.headers.setdefault("Referrer-Policy", "same-origin")
-            return response
+            return harden(response)
 
         endpoint.__name__ = handler.__name__
         endpoint.__doc__ = handler.__doc__
@@ -279,14 +401,30 @@ def guard(*, role: str = "owner") -> Callable[[Handler], Callable[[Request], Awa
     return wrap
 
 
-async def csrf_ok(request: Request, session: Session) -> bool:
+async def _guarded(request: Request, handler: Handler, role: str, upload: bool) -> Response:
+    if not await enabled(request):
+        return not_found()
+    session = await current(request)
+    if session is None:
+        if api_path(request) or request.method != "GET":
+            return JSONResponse({"error": "sign in first"}, status_code=401)
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse(f"/console/sign-in?next={quote(target, safe='')}", status_code=303)
+    if role == "owner" and not session.owner:
+        return forbidden(request, "This part of the console is for owners only.", session)
+    try:
+        if request.method not in ("GET", "HEAD") and not await csrf_ok(request, session, upload):
+            return forbidden(request, "The form was out of date or forged (CSRF check).", session)
+        return await handler(request, session)
+    except Refusal as refusal:
+        return _refused(request, refusal, session)
+
+
+async def csrf_ok(request: Request, session: Session, upload: bool = False) -> bool:
     given = request.headers.get(CSRF_HEADER)
     if given is None:
-        content_type = request.headers.get("content-type", "")
-        if content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
-            form = await request.form(max_files=50)
-            value = form.get(CSRF_FIELD)
-            given = value if isinstance(value, str) else None
+        value = (await form(request, upload=upload)).get(CSRF_FIELD)
+        given = value if isinstance(value, str) else None
     return given is not None and hmac.compare_digest(given.encode(), session.csrf.encode())
 
 

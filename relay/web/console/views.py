@@ -27,11 +27,19 @@ log = structlog.get_logger("relay.web.console")
 
 #: How often the live transcript stream looks for new events.
 STREAM_POLL = 0.25
+#: The largest document an upload takes (the whole upload: ``auth.UPLOAD_LIMIT``).
 MAX_UPLOAD_BYTES = 20_000_000
 #: How long an upload waits for each document to load before answering (seconds). Documents
 #: load on idle cores only (knowledge.loading): on a machine busy with calls, that can be long.
 UPLOAD_WAIT = 120.0
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+#: The largest row id and offset the databases take (64-bit integers): an id past it is no row.
+MAX_ID = 2**63 - 1
+#: The last page a list shows (its offset still a 64-bit integer): past it, an empty page.
+MAX_PAGE = MAX_ID // queries.PAGE
+#: The days the date fields take; another is refused (400). Room on either side for a week's
+#: arithmetic in any time zone (Python's dates end at 0001-01-01 and 9999-12-31).
+FIRST_DAY, LAST_DAY = date(1900, 1, 1), date(9998, 12, 31)
 
 
 def _runtime(request: Request) -> Any:
@@ -58,12 +66,17 @@ def _zones(request: Request) -> dict[str, str]:
 
 
 def _day(text: str | None) -> date | None:
+    """A date field's day (None when blank or not a date); a day out of range is refused."""
     if not text:
         return None
     try:
-        return date.fromisoformat(text)
+        day = date.fromisoformat(text)
     except ValueError:
         return None
+    if not FIRST_DAY <= day <= LAST_DAY:
+        message = f"{day} is out of range: give a day from {FIRST_DAY} to {LAST_DAY}."
+        raise auth.Refusal(400, "Date out of range", message)
+    return day
 
 
 def _start_of(day: date | None, zone: ZoneInfo | None = None) -> datetime | None:
@@ -72,7 +85,7 @@ def _start_of(day: date | None, zone: ZoneInfo | None = None) -> datetime | None
 
 def _page(request: Request) -> int:
     try:
-        return max(1, int(request.query_params.get("page", "1")))
+        return min(max(1, int(request.query_params.get("page", "1"))), MAX_PAGE)
     except ValueError:
         return 1
 
@@ -89,6 +102,7 @@ def _page_links(request: Request, page: int, more: bool) -> dict[str, str | None
 # -- sign-in ------------------------------------------------------------------------------------
 
 
+@auth.public
 async def sign_in_page(request: Request) -> Response:
     if not await auth.enabled(request):
         return auth.not_found()
@@ -98,8 +112,6 @@ async def sign_in_page(request: Request) -> Response:
     page = render(request, "sign_in.html", None, csrf=csrf, next=_next(request), error=None)
     page.raw_headers.extend(h for h in response.raw_headers if h[0] == b"set-cookie")
     page.headers["Cache-Control"] = "no-store"
-    page.headers["Content-Security-Policy"] = auth.CSP
-    page.headers["X-Frame-Options"] = "DENY"
     return page
 
 
@@ -111,17 +123,18 @@ def _next(request: Request, value: str | None = None) -> str:
     return "/console"
 
 
+@auth.public
 async def sign_in(request: Request) -> Response:
     if not await auth.enabled(request):
         return auth.not_found()
-    form = await request.form()
+    form = await auth.form(request, multipart=False)
     given = str(form.get("csrf") or "")
     target = _next(request, str(form.get("next") or ""))
     if not await auth.signin_csrf_ok(request, given):
         return render_error(
             request, 403, "Not allowed", "The sign-in form was out of date; reload it."
         )
-    wait = auth.throttled(request)
+    wait = auth.attempt(request)  # counted before the password is checked
     if wait is not None:
         refused = render_error(
             request, 429, "Too many tries", "Too many failed sign-ins; try again in a few minutes."
@@ -132,20 +145,24 @@ async def sign_in(request: Request) -> Response:
     token = str(form.get("token") or "")
     username = str(form.get("username") or "").strip()
     password = str(form.get("password") or "")
-    user: tuple[str, str, bool] | None = None
+    user: tuple[str, str, bool, str] | None = None
     admin = runtime.settings.admin_token
     if token and admin:
         import hmac
 
         if hmac.compare_digest(token.encode(), admin.encode()):
-            user = (auth.ADMIN_USER, "owner", True)
+            user = (auth.ADMIN_USER, "owner", True, "")
     elif username and password:
         found = await store.authenticate(runtime.deps.db, username, password)
         if found is not None:
-            user = (found.username, found.role, False)
+            user = (found.username, found.role, False, found.stamp)
     if user is None:
-        auth.failed(request)
-        log.warning("console_sign_in_failed", username=username or None, token=bool(token))
+        log.warning(
+            "console_sign_in_failed",
+            username=username or None,
+            token=bool(token),
+            address=auth.address(request),
+        )
         csrf = await auth.signin_token(request)
         return render(
             request,
@@ -156,11 +173,12 @@ async def sign_in(request: Request) -> Response:
             next=target,
             error="That did not match. Check the token, or the user name and password.",
         )
-    name, role, is_token = user
+    auth.succeeded(request)
+    name, role, is_token, stamp = user
     if role != "owner" and not target.startswith("/console/knowledge"):
         target = "/console/knowledge"
     response = RedirectResponse(target, status_code=303)
-    await auth.start_session(request, response, user=name, role=role, token=is_token)
+    await auth.start_session(request, response, user=name, role=role, token=is_token, stamp=stamp)
     log.info("console_signed_in", user=name, role=role)
     return response
 
@@ -212,10 +230,12 @@ async def calls(request: Request, session: Session) -> Response:
     q = request.query_params
     page = _page(request)
     until = _day(q.get("until"))
+    # "From" and "To" are the business's days, as the home page counts them.
+    zone = rollup.business_zone(_runtime(request).deps.agents)
     filters = queries.CallFilters(
         agent=q.get("agent", ""),
-        since=_start_of(_day(q.get("since"))),
-        until=_start_of(until + timedelta(days=1)) if until else None,
+        since=_start_of(_day(q.get("since")), ZoneInfo(zone)),
+        until=_start_of(until + timedelta(days=1), ZoneInfo(zone)) if until else None,
         outcome=q.get("outcome", ""),
         caller=q.get("caller", ""),
         words=q.get("q", ""),
@@ -232,6 +252,7 @@ async def calls(request: Request, session: Session) -> Response:
         outcomes=outcomes,
         q=q,
         page=page,
+        zone=zone,
         links=_page_links(request, page, more),
     )
 
@@ -317,6 +338,7 @@ async def stream(request: Request, session: Session) -> Response:
         after = int(request.headers.get("last-event-id") or request.query_params.get("after", "0"))
     except ValueError:
         after = 0
+    after = min(max(after, 0), MAX_ID)  # past the last id the database can hold: no events
 
     def sse(event_id: int, line: dict[str, Any]) -> bytes:
         return b"id: %d\nevent: line\ndata: %s\n\n" % (event_id, orjson.dumps(line))
@@ -368,7 +390,7 @@ async def stream(request: Request, session: Session) -> Response:
 @guard()
 async def command(request: Request, session: Session) -> Response:
     call_sid = request.path_params["call_sid"]
-    form = await request.form()
+    form = await auth.form(request)
     kind = str(form.get("kind") or "")
     argument = str(form.get("argument") or "").strip()
     if kind not in store.COMMANDS:
@@ -516,7 +538,7 @@ async def booking_action(request: Request, session: Session) -> Response:
 
     booking_id = request.path_params["booking_id"]
     action = request.path_params["action"]
-    form = await request.form()
+    form = await auth.form(request)
     try:
         message = await actions.booking_action(
             _runtime(request),
@@ -561,6 +583,8 @@ async def ticket_done(request: Request, session: Session) -> Response:
     try:
         ticket_id = int(request.path_params["ticket_id"])
     except ValueError:
+        ticket_id = 0
+    if not 0 < ticket_id <= MAX_ID:  # no row has an id past a 64-bit integer
         return JSONResponse({"error": "no such message"}, status_code=404)
     async with _db(request).session() as db_session, db_session.begin():
         ticket = await db_session.get(Ticket, ticket_id)
@@ -619,7 +643,7 @@ async def save_notifications(request: Request, session: Session) -> Response:
     from relay.services.email import ADDRESS
     from relay.web.console import notify
 
-    form = await request.form()
+    form = await auth.form(request)
     agent = str(form.get("agent") or "")
     if agent not in _agents(request):
         return await _notifications_page(request, session, error="Pick an agent.")
@@ -726,12 +750,12 @@ async def _ask(request: Request, collection: str, question: str) -> tuple[list[A
     return hits, format_passages(hits) if hits else ""
 
 
-@guard(role="editor")
+@guard(role="editor", upload=True)
 async def knowledge_upload(request: Request, session: Session) -> Response:
     from knowledge import DocumentError, KnowledgeError, KnowledgeTimeout
 
     collections = _collections(request)
-    form = await request.form(max_files=50)
+    form = await auth.form(request, upload=True)  # refused as soon as it passes the cap
     agent = str(form.get("agent") or "")
     collection = collections.get(agent)
     store_ = _runtime(request).knowledge
@@ -808,7 +832,7 @@ async def knowledge_upload(request: Request, session: Session) -> Response:
 @guard(role="editor")
 async def knowledge_remove(request: Request, session: Session) -> Response:
     collections = _collections(request)
-    form = await request.form()
+    form = await auth.form(request)
     agent = str(form.get("agent") or "")
     doc_id = str(form.get("doc_id") or "")
     collection = collections.get(agent)
@@ -839,6 +863,7 @@ STATIC_FILES = {
 }
 
 
+@auth.public
 async def static(request: Request) -> Response:
     from relay.web.console.render import STATIC
 
