@@ -134,3 +134,19 @@ async def test_a_shutdown_while_the_store_is_down_stops_the_retries(
     assert [e["event"] for e in logs if e["log_level"] in ("error", "warning")].count(
         "knowledge_unavailable"
     ) == 1
+
+
+async def test_the_in_process_commands_wait_for_the_first_try_only(
+    start_relay: Any, data_dir: Path
+) -> None:
+    """``relay call``, ``relay replay`` and ``relay eval`` wait for the warm-up
+    (``Runtime.knowledge_ready``) so that their first question is grounded: with the store
+    down, they go on ungrounded once the first try failed, while the retries go on."""
+    with capture_logs():
+        async with start_relay(
+            RELAY_KNOWLEDGE="true", CHROMA_URL=f"http://127.0.0.1:{free_port()}"
+        ) as relay:
+            async with asyncio.timeout(60):
+                await relay.runtime.knowledge_ready()
+            warmed = relay.runtime.knowledge_warmed
+            assert warmed is not None and not warmed.is_set()  # /readyz: still warming up
