@@ -12,6 +12,7 @@ background every ``RELAY_READY_PROBE_SECONDS``, never on the request path: a bal
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -61,6 +62,8 @@ class Runtime(Protocol):
     @property
     def knowledge_warmed(self) -> asyncio.Event | None: ...
     @property
+    def knowledge_tried(self) -> asyncio.Event | None: ...
+    @property
     def drain(self) -> Drain | None: ...
     @property
     def ops(self) -> _DatabaseCheck | None: ...
@@ -68,11 +71,16 @@ class Runtime(Protocol):
 
 @dataclass
 class Check:
-    """One dependency's state, as ``/readyz`` shows it."""
+    """One dependency's state, as ``/readyz`` shows it. ``shared``: a dependency every process
+    of the deployment shares (the database, the knowledge store, the model): when it fails
+    they all fail it, so taking this one out of the balancer helps nothing, and taking them
+    all out turns a degraded service into none. Its failure makes the process "degraded"
+    (still 200), not "not-ready"."""
 
     ok: bool
     detail: str = ""
     ms: float | None = None
+    shared: bool = False
 
     def json(self) -> dict[str, Any]:
         body: dict[str, Any] = {"ok": self.ok}
@@ -210,14 +218,24 @@ async def readiness(runtime: Runtime) -> dict[str, Check]:
         pending["knowledge"] = check_knowledge(knowledge)
     results = await asyncio.gather(*pending.values())
     checks.update(zip(pending, results, strict=True))
+    checks["database"] = dataclasses.replace(checks["database"], shared=True)
     if knowledge is None:
         checks["knowledge"] = Check(ok=True, detail="disabled")
     elif (warmed := runtime.knowledge_warmed) is not None and not warmed.is_set():
         # Not sent calls before it can ground them: the embedding model, a first start's
-        # shipped documents and the search index load in the background (seconds).
-        checks["knowledge"] = Check(ok=False, detail="warming up", ms=checks["knowledge"].ms)
+        # shipped documents and the search index load in the background (seconds). A store
+        # that cannot be reached is retried meanwhile: once the first try has failed, that is
+        # the shared store's trouble, not this process's warming up.
+        tried = runtime.knowledge_tried
+        if tried is None or not tried.is_set() or checks["knowledge"].ok:
+            checks["knowledge"] = Check(ok=False, detail="warming up", ms=checks["knowledge"].ms)
+        else:
+            checks["knowledge"] = dataclasses.replace(checks["knowledge"], shared=True)
+    else:
+        checks["knowledge"] = dataclasses.replace(checks["knowledge"], shared=True)
     probe: ModelProbe | None = runtime.model_probe
-    checks["model"] = probe.current() if probe is not None else Check(ok=True, detail="in-process")
+    model = probe.current() if probe is not None else Check(ok=True, detail="in-process")
+    checks["model"] = dataclasses.replace(model, shared=True)
     backlog, limit = deps.recorder.pending, settings.recorder_backlog_limit
     checks["recorder"] = Check(
         ok=backlog < limit, detail=f"backlog {backlog} of {limit}", ms=None
@@ -234,10 +252,14 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """Readiness: 200 when every dependency is fine, else 503; a JSON entry per dependency."""
+    """Readiness, a JSON entry per dependency: 503 ``not-ready`` when taking this process out
+    of the balancer helps (draining, its recorder's backlog, its knowledge warming up at
+    start); 200 ``degraded`` when only a shared dependency fails (:attr:`Check.shared`); 200
+    ``ready`` when all is well."""
     checks = await readiness(request.app.state.runtime)
-    ready = all(check.ok for check in checks.values())
-    body = {"status": "ready" if ready else "not-ready"}
+    ready = all(check.ok or check.shared for check in checks.values())
+    degraded = ready and not all(check.ok for check in checks.values())
+    body = {"status": "degraded" if degraded else "ready" if ready else "not-ready"}
     body_checks = {name: check.json() for name, check in checks.items()}
     return JSONResponse({**body, "checks": body_checks}, status_code=200 if ready else 503)
 
