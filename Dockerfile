@@ -28,7 +28,7 @@ USER relay
 EXPOSE 8080
 VOLUME ["/var/lib/relay"]
 # Liveness: /healthz (the event loop answers). Readiness for the load balancer: /readyz (503 while
-# a dependency is down or while draining). SIGTERM drains live calls for up to RELAY_DRAIN_SECONDS
+# draining or warming up; 200 "degraded" while a shared dependency is down). SIGTERM drains live calls for up to RELAY_DRAIN_SECONDS
 # (120): give the container longer than that to stop (docker stop -t 150, stop_grace_period: 150s,
 # terminationGracePeriodSeconds: 150).
 HEALTHCHECK --interval=30s --timeout=3s CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/healthz').status == 200 else 1)"
