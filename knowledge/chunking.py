@@ -5,13 +5,18 @@ paragraphs are packed together up to the token budget; a paragraph too long for 
 split at sentences, and a sentence too long at token boundaries. Consecutive chunks of one
 section share an overlap (the previous chunk's last sentence), so a fact on the seam is whole
 in at least one chunk.
+
+A table too long for one chunk is split between its rows instead, and every chunk that
+continues it starts with its header row (counted in the chunk's size), so a row is never read
+without its column names. The loaders hand a table over as a paragraph of its own, one row per
+line, cells separated by ``" | "``, the header row first.
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from knowledge.ids import chunk_id
 from knowledge.models import Chunk, Document, Section
@@ -27,7 +32,10 @@ _SENTENCE_END = re.compile(
 MODEL_MAX_TOKENS = 256
 #: [CLS] and [SEP].
 SPECIAL_TOKENS = 2
-CHUNKER_VERSION = 1
+#: 2: a long table's header row starts each chunk that continues it.
+CHUNKER_VERSION = 2
+#: What separates the cells of a table row (see the module's docstring).
+CELL_SEPARATOR = " | "
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +43,14 @@ class _Unit:
     text: str
     tokens: int
     joiner: str  # what goes before it when it follows another unit
+    header: _Unit | None = None  # a table row's: the table's header row
+
+
+def _is_table(lines: list[str]) -> bool:
+    """Lines that are the rows of a table: the first (its header) and at least half of them
+    have cells (a row with one non-empty cell has none)."""
+    rows = sum(CELL_SEPARATOR in line for line in lines)
+    return len(lines) > 1 and CELL_SEPARATOR in lines[0] and rows * 2 >= len(lines)
 
 
 def split_sentences(text: str) -> list[str]:
@@ -119,12 +135,34 @@ class Chunker:
             if tokens <= budget:
                 units.append(_Unit(paragraph, tokens, "\n\n"))
                 continue
+            table = self._table(paragraph.split("\n"), budget)
+            if table:
+                units.extend(table)
+                continue
             for i, line in enumerate(paragraph.split("\n")):
                 for j, sentence in enumerate(split_sentences(line)):
                     joiner = "\n\n" if i == j == 0 else ("\n" if j == 0 else " ")
                     for k, piece in enumerate(self._pieces(sentence, budget)):
                         tokens = self.counter.count(piece)
                         units.append(_Unit(piece, tokens, joiner if k == 0 else " "))
+        return units
+
+    def _table(self, lines: list[str], budget: int) -> list[_Unit]:
+        """A table's rows as units that each carry its header row; none if ``lines`` are not
+        a table, or its header takes more than half the budget (its rows are then chunked as
+        lines of text)."""
+        if not _is_table(lines):
+            return []
+        header = _Unit(lines[0], self.counter.count(lines[0]), "\n\n")
+        if header.tokens > budget // 2:
+            return []
+        room = budget - header.tokens  # for the rows of a chunk that repeats the header
+        units = [header]
+        for line in lines[1:]:
+            for k, piece in enumerate(self._pieces(line, room)):
+                units.append(
+                    _Unit(piece, self.counter.count(piece), "\n" if k == 0 else " ", header)
+                )
         return units
 
     def _pieces(self, sentence: str, budget: int) -> list[str]:
@@ -150,13 +188,23 @@ class Chunker:
         bodies: list[str] = []
         current: list[_Unit] = []
         used = 0
-        for unit in self._units(text, budget):
-            if current and used + unit.tokens > budget:
+        units = self._units(text, budget)
+        for i, unit in enumerate(units):
+            needed = unit.tokens
+            following = units[i + 1] if i + 1 < len(units) else None
+            if following is not None and following.header is unit:
+                needed += following.tokens  # a table's header row goes with its first row
+            if current and used + needed > budget:
                 bodies.append(_join(current))
-                room = min(self.overlap_tokens, budget - unit.tokens)
-                overlap = self._overlap(current[-1], room)
-                current = [overlap] if overlap else []
-                used = overlap.tokens if overlap else 0
+                if unit.header is not None:
+                    # a table goes on: its header row instead of an overlap (rows are whole)
+                    current, used = [unit.header], unit.header.tokens
+                    unit = replace(unit, joiner="\n")  # a row's later piece on a line of its own
+                else:
+                    room = min(self.overlap_tokens, budget - unit.tokens)
+                    overlap = self._overlap(current[-1], room)
+                    current = [overlap] if overlap else []
+                    used = overlap.tokens if overlap else 0
             current.append(unit)
             used += unit.tokens
         if current:

@@ -77,6 +77,14 @@ class _Walker:
             elif name in ("td", "th"):
                 self.buffer.append(" | ")
                 self.walk(child, in_content=in_content)
+            elif name == "tr":
+                # a row is a line: the table is one paragraph, its header row first, as the
+                # chunker expects (knowledge.chunking)
+                self.buffer.append("\n")
+                self.walk(child, in_content=in_content)
+                self.buffer.append("\n")
+            elif name in ("thead", "tbody", "tfoot"):
+                self.walk(child, in_content=in_content)
             elif name in _BLOCKS:
                 self.flush()
                 if name == "li":

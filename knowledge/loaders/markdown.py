@@ -53,6 +53,7 @@ def parse_markdown(filename: str, text: str) -> Document:
     text = _COMMENT.sub("", text)
 
     lines: list[str] = []  # the paragraph being read
+    in_table = False  # whether ``lines`` are a table's rows
     fence: str | None = None
 
     def flush() -> None:
@@ -90,9 +91,11 @@ def parse_markdown(filename: str, text: str) -> Document:
         if setext or _LINK_DEF.match(raw) or _TABLE_RULE.match(raw):
             continue  # a thematic break, a link definition or a table's rule line
         line = raw.strip()
-        if line.startswith("|"):
-            line = _table_row(line)
-        lines.append(inline(line))
+        row = line.startswith("|")
+        if row != in_table:
+            flush()  # a table is a paragraph of its own, for the chunker (knowledge.chunking)
+            in_table = row
+        lines.append(inline(_table_row(line) if row else line))
     flush()
     return builder.build(title or builder.first_title or title_from_filename(filename))
 

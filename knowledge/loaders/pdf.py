@@ -6,6 +6,11 @@ wrong pointing object") as warnings on its ``pypdf`` logger. While a file loads 
 lines of their own, without the file's name, in the middle of ``relay knowledge add``'s progress
 or the server's log: a file that fails names them in its reason, beside pypdf's error; one that
 loads anyway logs them once, as ``pdf_repaired``, at info level.
+
+A PDF's page content is compressed, and pypdf limits each stream it unpacks (75 MB), not the
+sum: 1.4 MB holding 20 pages of 70 MB each took 1.4 GB and 7 minutes to read. The content the
+text comes from is unpacked and measured first, and a file with more than
+:data:`MAX_CONTENT_BYTES` of it is refused before any text is extracted.
 """
 
 from __future__ import annotations
@@ -16,12 +21,21 @@ import logging
 import re
 import threading
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from knowledge.errors import DocumentError
 from knowledge.loaders.sections import SectionBuilder, title_from_filename
 from knowledge.models import Document
 
+if TYPE_CHECKING:
+    from pypdf import PageObject
+
 logger = logging.getLogger(__name__)
+
+#: The most page content (the pages' content streams and the forms they draw) a PDF may unpack
+#: to: what a 20 MB file (the store's file limit) could hold uncompressed. A page of text is
+#: 5-20 KB of it, so this is a thousand pages and more; reading it takes pypdf up to 20 s a MB.
+MAX_CONTENT_BYTES = 20_000_000
 
 #: pypdf's messages about one file named in its reason at most (then "and N more").
 MESSAGES_NAMED = 3
@@ -121,6 +135,35 @@ def _named(messages: list[str]) -> list[str]:
     return [*unique[:MESSAGES_NAMED], f"and {len(unique) - MESSAGES_NAMED} more"]
 
 
+def _content_bytes(page: PageObject) -> int:
+    """The unpacked size of what pypdf reads a page's text from: its content streams and the
+    form XObjects in its resources, nested ones too (each once)."""
+    contents = page.get_contents()
+    size = len(contents.get_data()) if contents is not None else 0
+    return size + _forms_bytes(page.get("/Resources"), set())
+
+
+def _forms_bytes(resources: Any, seen: set[int]) -> int:
+    from pypdf.generic import DictionaryObject, StreamObject
+
+    resources = resources.get_object() if resources is not None else None
+    if not isinstance(resources, DictionaryObject):
+        return 0
+    xobjects = resources.get("/XObject")
+    xobjects = xobjects.get_object() if xobjects is not None else None
+    if not isinstance(xobjects, DictionaryObject):
+        return 0
+    size = 0
+    for reference in xobjects.values():
+        form = reference.get_object()
+        if id(form) in seen or not isinstance(form, StreamObject):
+            continue
+        seen.add(id(form))
+        if form.get("/Subtype") == "/Form":
+            size += len(form.get_data()) + _forms_bytes(form.get("/Resources"), seen)
+    return size
+
+
 def load_pdf(filename: str, data: bytes) -> Document:
     """Load a ``.pdf`` file. Scanned PDFs without a text layer are refused (no OCR).
 
@@ -138,6 +181,15 @@ def load_pdf(filename: str, data: bytes) -> Document:
             reader = PdfReader(io.BytesIO(data))
             if reader.is_encrypted and not reader.decrypt(""):
                 raise DocumentError(filename, "PDF is password-protected")
+            content = 0
+            for pdf_page in reader.pages:
+                content += _content_bytes(pdf_page)
+                if content > MAX_CONTENT_BYTES:  # stop unpacking (pypdf keeps what it did)
+                    raise DocumentError(
+                        filename,
+                        f"PDF content unpacks to at least {content / 1_000_000:.1f} MB, over the "
+                        f"limit of {MAX_CONTENT_BYTES / 1_000_000:.1f} MB",
+                    )
             pages = [page.extract_text() or "" for page in reader.pages]
             meta_title = reader.metadata.title if reader.metadata else None
         except DocumentError:

@@ -45,6 +45,7 @@ class SectionBuilder:
         self._stack: list[tuple[int, str]] = []
         self._paragraphs: list[str] = []
         self._sections: list[Section] = []
+        self._headings: list[str] = []  # all of them, in order
         self.first_title: str | None = None
 
     def heading(self, level: int, text: str) -> None:
@@ -58,6 +59,7 @@ class SectionBuilder:
         while self._stack and self._stack[-1][0] >= level:
             self._stack.pop()
         self._stack.append((level, text))
+        self._headings.append(text)
 
     def paragraph(self, text: str) -> None:
         """Add a paragraph (its lines are kept, blank lines inside split it further)."""
@@ -77,6 +79,9 @@ class SectionBuilder:
             self._paragraphs = []
 
     def build(self, title: str) -> Document:
-        """The finished document; sections without text are left out."""
+        """The finished document; sections without text are left out. A document of headings
+        alone (an outline) is one section of them, one paragraph each: headings are text."""
         self._flush()
+        if not self._sections and self._headings:
+            self._sections.append(Section((), "\n\n".join(self._headings)))
         return Document(title=title, sections=tuple(self._sections))

@@ -141,7 +141,7 @@ def test_html_keeps_main_text_and_headings_drops_chrome() -> None:
         (("Piano storage",), "We keep pianos in a heated, dry warehouse.\nVisits by appointment."),
         (
             ("Piano storage", "Rates"),
-            "- Upright: 40 a month\n\n- Grand: 60 a month\n\nTerm | Discount\n\n6 months | 10%",
+            "- Upright: 40 a month\n\n- Grand: 60 a month\n\nTerm | Discount\n6 months | 10%",
         ),
     ]
     text = " ".join(s.text for s in document.sections)
@@ -366,6 +366,16 @@ def test_empty_files(name: str) -> None:
         load_document(name, b"  \n\t ")
 
 
-def test_file_with_only_headings_has_no_text() -> None:
+def test_a_file_of_headings_alone_is_text(make_docx: Builder) -> None:
+    """Headings are text: an outline loads as one section of them."""
+    expected = [Section((), "One\n\nTwo\n\nThree")]
+    assert sections("headings.md", b"# One\n## Two\n\n### Three\n") == expected
+    assert sections("headings.html", b"<h1>One</h1><h2>Two</h2><h3>Three</h3>") == expected
+    docx = make_docx([("h1", "One"), ("h2", "Two"), ("h3", "Three")])
+    assert sections("headings.docx", docx) == expected
+    assert load_document("headings.md", b"# One\n## Two\n").title == "One"
+
+
+def test_a_file_of_blank_headings_has_no_text() -> None:
     with pytest.raises(DocumentError, match="no text"):
-        load_document("headings.md", b"# One\n## Two\n")
+        load_document("headings.md", b"#\n##   \n")
