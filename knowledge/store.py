@@ -283,8 +283,12 @@ class KnowledgeStore:
         doc_id = document_id(relative)
         try:
             if doc_id in seen:
-                raise DocumentError(relative, f"same document id as {seen[doc_id]}")
-            seen[doc_id] = relative
+                raise DocumentError(
+                    relative,
+                    f"{file} has the same document id ({doc_id!r}) as {seen[doc_id]}: rename "
+                    "one, or add the folder above them so their ids differ",
+                )
+            seen[doc_id] = str(file)  # named in the message above (sync reads only the keys)
             loader_for(relative)
             try:
                 size = file.stat().st_size

@@ -296,7 +296,11 @@ def test_duplicate_document_ids_in_one_batch(store: KnowledgeStore, tmp_path: Pa
         ("pricing.md", "added"),
         ("pricing.md", "failed"),
     ]
-    assert "same document id" in (report.files[1].error or "")
+    # Both paths named (until late 7 December: "same document id as pricing.md").
+    assert (report.files[1].error or "").endswith(
+        f"{b / 'pricing.md'} has the same document id ('pricing.md') as {a / 'Pricing.md'}: "
+        "rename one, or add the folder above them so their ids differ"
+    )
 
 
 @pytest.mark.parametrize(
