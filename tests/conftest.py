@@ -13,7 +13,7 @@ import contextlib
 import gc
 import re
 import weakref
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,6 +98,44 @@ async def stored_events(relay: Any, call_sid: str, kind: str) -> list[dict[str, 
             select(Event).where(Event.call_sid == call_sid, Event.kind == kind).order_by(Event.seq)
         )
         return [e.data for e in rows]
+
+
+def fresh_logging(monkeypatch: pytest.MonkeyPatch, module: str) -> Iterator[None]:
+    """structlog's defaults and a fresh logger for ``module`` (its ``log``), whatever an earlier
+    test configured: ``relay.logging`` at warning drops the info lines a test checks, and caches
+    the loggers it has used, which ``capture_logs`` then never sees. For an autouse fixture:
+    ``yield from fresh_logging(monkeypatch, "relay.storage.db")``."""
+    import importlib
+
+    import structlog
+
+    structlog.reset_defaults()
+    monkeypatch.setattr(importlib.import_module(module), "log", structlog.get_logger(module))
+    yield
+    structlog.reset_defaults()
+
+
+async def raw_exchange(
+    base_url: str, head: str, body: bytes = b"", *, wait: float = 10.0
+) -> tuple[int, dict[str, str], str]:
+    """Send a request's head and the start of its body on a raw socket, then read the answer up
+    to the end of the connection (the server closes it): (status, lower-case headers, body).
+    ``wait`` is the longest it waits (a limit, never an expectation)."""
+    from urllib.parse import urlsplit
+
+    address = urlsplit(base_url)
+    reader, writer = await asyncio.open_connection(address.hostname, address.port)
+    try:
+        writer.write(head.replace("\n", "\r\n").encode() + b"\r\n" + body)
+        await writer.drain()
+        async with asyncio.timeout(wait):
+            answer = await reader.read()
+    finally:
+        writer.close()
+    top, _, rest = answer.partition(b"\r\n\r\n")
+    lines = top.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v for k, v in (line.split(": ", 1) for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, rest.decode("utf-8", "replace")
 
 
 @pytest.fixture

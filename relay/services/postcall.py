@@ -17,7 +17,6 @@ from typing import Any
 
 import structlog
 from sqlalchemy import select
-from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 
 from relay.agents import AgentProfile, AgentRegistry
 from relay.services import costs, outcomes
@@ -28,7 +27,7 @@ from relay.storage import repository
 from relay.storage.db import Database
 from relay.storage.models import Call, Event, Message, SideEffect, Turn
 from relay.storage.outcomes import CallAnalysis, Email, save_analysis
-from relay.storage.recorder import _TROUBLE_SQLSTATE_CLASSES, _sqlstate
+from relay.storage.recorder import database_trouble
 
 log = structlog.get_logger("relay.services.postcall")
 
@@ -40,22 +39,6 @@ NOTIFY_ON = frozenset({"booked", "rescheduled", "cancelled", "message-taken", "t
 #: later, doubling up to :data:`RETRY_MAX`, while the process runs.
 RETRY_FIRST = 1.0
 RETRY_MAX = 30.0
-
-
-def database_trouble(exc: BaseException) -> bool:
-    """Whether ``exc`` says the database is in trouble and may recover (unreachable, restarting,
-    locked, a connection lost), as the recorder classifies it (relay.storage.recorder), rather
-    than a bug or a value it refuses: the former is tried again, the latter is not."""
-    if isinstance(exc, (OSError, TimeoutError, DisconnectionError, OperationalError)):
-        return True
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return True
-    code = _sqlstate(exc)
-    if code is not None and code[:2] in _TROUBLE_SQLSTATE_CLASSES:
-        return True  # asyncpg's "the database system is shutting down" is a bare DBAPIError
-    if isinstance(exc, InterfaceError):
-        return "connection" in str(exc).lower() or "closed" in str(exc).lower()
-    return False
 
 
 def _columns(row: Any) -> dict[str, Any]:

@@ -539,22 +539,31 @@ def _sqlstate(exc: BaseException) -> str | None:
     return code if isinstance(code, str) else None
 
 
-def _refused_rows(exc: BaseException) -> bool:
-    """Whether the database refused some row of a batch (a constraint, a value it cannot
-    store), rather than being in trouble itself (unreachable, locked, shutting down, a table
-    missing)."""
-    if isinstance(exc, (OperationalError, ProgrammingError, DisconnectionError, OSError)):
-        return False
+def database_trouble(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database is in trouble and may recover (unreachable,
+    restarting, locked, a connection lost), rather than a bug or a value it refuses: the
+    recorder keeps such a batch to write again, and the post-call pass tries again."""
+    if isinstance(exc, (OSError, TimeoutError, DisconnectionError, OperationalError)):
+        return True
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return False
+        return True
     code = _sqlstate(exc)
     if code is not None and code[:2] in _TROUBLE_SQLSTATE_CLASSES:
         # asyncpg's "the database system is shutting down" (57P03) is a bare DBAPIError
-        return False
+        return True
     if isinstance(exc, InterfaceError):
         # asyncpg reports a value of the wrong type as an interface error too
-        return "connection" not in str(exc).lower() and "closed" not in str(exc).lower()
-    return not isinstance(exc, (TimeoutError, asyncio.CancelledError))
+        return "connection" in str(exc).lower() or "closed" in str(exc).lower()
+    return False
+
+
+def _refused_rows(exc: BaseException) -> bool:
+    """Whether the database refused some row of a batch (a constraint, a value it cannot
+    store), rather than being in trouble itself (:func:`database_trouble`) or missing a table
+    (a ProgrammingError: the schema, not the rows)."""
+    return not (
+        database_trouble(exc) or isinstance(exc, (ProgrammingError, asyncio.CancelledError))
+    )
 
 
 def _unzip(

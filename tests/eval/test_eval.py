@@ -4,7 +4,6 @@ call goes over the real WebSocket to the real tools on a scratch database."""
 from __future__ import annotations
 
 import re
-import shutil
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,16 +38,8 @@ def servers() -> Iterator[tuple[FakeLLMServer, FakeLLMServer]]:
 
 
 @pytest.fixture
-def env(clean_env: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    prompts = tmp_path / "prompts"
-    prompts.mkdir()
-    shutil.copy(REPO / "prompts" / "piano-removals.toml", prompts)
-    monkeypatch.setenv("RELAY_PROMPTS_DIR", str(prompts))
-    monkeypatch.setenv("RELAY_DATA_DIR", str(REPO / "data"))
-    monkeypatch.setenv("RELAY_KNOWLEDGE", "false")
-    monkeypatch.setenv("RELAY_LOG_LEVEL", "error")
-    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'relay.db'}")
-    return prompts
+def env(eval_env: Path) -> Path:
+    return eval_env
 
 
 def script_quote_call(agent: FakeLLMServer, caller: FakeLLMServer) -> None:

@@ -5,7 +5,6 @@ outcome that does not exist (a typo would otherwise start the app and fail the r
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -101,18 +100,10 @@ def test_the_shipped_scenarios_name_what_exists() -> None:
 
 
 @pytest.fixture
-def env(clean_env: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    prompts = tmp_path / "prompts"
-    prompts.mkdir()
-    shutil.copy(REPO / "prompts" / "piano-removals.toml", prompts)
-    monkeypatch.setenv("RELAY_PROMPTS_DIR", str(prompts))
-    monkeypatch.setenv("RELAY_DATA_DIR", str(REPO / "data"))
-    monkeypatch.setenv("RELAY_KNOWLEDGE", "false")
-    monkeypatch.setenv("RELAY_LOG_LEVEL", "error")
-    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path / 'relay.db'}")
+def env(eval_env: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     # Nothing listens here: a run that started would fail at once (exit 1), not hang.
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
-    return prompts
+    return eval_env
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,6 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
-import structlog
 from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 from structlog.testing import capture_logs
@@ -28,6 +27,7 @@ from relay.services.postcall import PostCall, database_trouble
 from relay.services.webhooks import WebhookOutbox
 from relay.storage.db import Database
 from relay.storage.outcomes import WebhookDelivery, get_analysis
+from tests.conftest import fresh_logging
 from tests.services.test_postcall import Inbox, _free_port, piano_profile, store_call
 
 NOW = datetime(2026, 12, 1, 9, 0, tzinfo=ZoneInfo("UTC"))
@@ -37,19 +37,7 @@ RESPONSE = {"pieces": ["Hello."], "complete": True, "model": "gpt-4o-mini",
 
 @pytest.fixture(autouse=True)
 def default_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """structlog's defaults and a fresh logger for relay.services.postcall, whatever an earlier test
-    configured: ``relay.logging`` at warning drops the info lines checked here, and caches the
-    loggers it has used, which ``capture_logs`` then never sees."""
-    import importlib
-
-    structlog.reset_defaults()
-    monkeypatch.setattr(
-        importlib.import_module("relay.services.postcall"),
-        "log",
-        structlog.get_logger("relay.services.postcall"),
-    )
-    yield
-    structlog.reset_defaults()
+    yield from fresh_logging(monkeypatch, "relay.services.postcall")
 
 
 class Forwarder:

@@ -12,12 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 from sqlalchemy import text
 from structlog.testing import capture_logs
 
 from relay.errors import ConfigError
 from relay.storage.db import Database
+from tests.conftest import fresh_logging
 
 REPO = Path(__file__).resolve().parents[2]
 NEWEST = sorted(p.name for p in (REPO / "relay/storage/migrations/versions").glob("0*.py"))[
@@ -27,17 +27,7 @@ NEWEST = sorted(p.name for p in (REPO / "relay/storage/migrations/versions").glo
 
 @pytest.fixture(autouse=True)
 def default_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """structlog's defaults and a fresh logger for relay.storage.db, whatever an earlier test
-    configured: ``relay.logging`` at warning drops the info lines checked here, and caches the
-    loggers it has used, which ``capture_logs`` then never sees."""
-    import importlib
-
-    structlog.reset_defaults()
-    monkeypatch.setattr(
-        importlib.import_module("relay.storage.db"), "log", structlog.get_logger("relay.storage.db")
-    )
-    yield
-    structlog.reset_defaults()
+    yield from fresh_logging(monkeypatch, "relay.storage.db")
 
 
 async def _set_revision(url: str, revision: str) -> None:

@@ -16,9 +16,9 @@ from typing import Any
 
 import httpx
 import pytest
-import structlog
 from structlog.testing import capture_logs
 
+from tests.conftest import fresh_logging
 from tests.knowledge.test_knowledge_server import free_port
 from tests.services.test_retrieval import DOCS, write_docs
 
@@ -29,17 +29,7 @@ SECRET = "ChromaSecretPW"
 
 @pytest.fixture(autouse=True)
 def default_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """structlog's defaults and a fresh logger for relay.web.app, whatever an earlier test
-    configured: ``relay.logging`` at warning drops the info lines checked here, and caches the
-    loggers it has used, which ``capture_logs`` then never sees."""
-    import importlib
-
-    structlog.reset_defaults()
-    monkeypatch.setattr(
-        importlib.import_module("relay.web.app"), "log", structlog.get_logger("relay.web.app")
-    )
-    yield
-    structlog.reset_defaults()
+    yield from fresh_logging(monkeypatch, "relay.web.app")
 
 
 def _chroma_binary() -> Path:

@@ -7,35 +7,24 @@ would never answer, so an answer at all shows it stopped reading."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 
 from relay.web import admin, limits
 from relay.web.app import Runtime
+from tests.conftest import raw_exchange
 
 WAIT = 10.0  # the longest a test waits for an answer (a limit, never an expectation)
 FORM = {"CallSid": "CA" + "1" * 32, "From": "+61412345678", "To": "+61390001234"}
 
 
 async def exchange(base_url: str, head: str, body: bytes = b"") -> tuple[int, dict[str, str]]:
-    """Send a request's head and the start of its body, then read the answer up to the end of
-    the connection: (status, headers)."""
-    address = urlsplit(base_url)
-    reader, writer = await asyncio.open_connection(address.hostname, address.port)
-    try:
-        writer.write(head.replace("\n", "\r\n").encode() + b"\r\n" + body)
-        await writer.drain()
-        async with asyncio.timeout(WAIT):
-            answer = await reader.read()  # to the end: the server closes the connection
-    finally:
-        writer.close()
-    lines = answer.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
-    headers = dict(line.split(": ", 1) for line in lines[1:])
-    return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}
+    """A raw request's head and body start, and the answer to the end of the connection:
+    (status, headers)."""
+    status, headers, _ = await raw_exchange(base_url, head, body, wait=WAIT)
+    return status, headers
 
 
 def chunked(data: bytes, size: int = 4096) -> bytes:

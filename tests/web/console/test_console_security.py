@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -20,6 +20,7 @@ from structlog.testing import capture_logs
 from relay.storage import console as store
 from relay.storage.models import Call
 from relay.web.console import auth, views
+from tests.conftest import fresh_logging, raw_exchange
 from tests.web.console.conftest import ADMIN_TOKEN, Browser, csrf_in, sign_in
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -28,26 +29,18 @@ WAIT = 10.0  # the longest a raw exchange waits for an answer (a limit, never an
 HUGE = "9" * 26  # past any 64-bit integer
 
 
+@pytest.fixture(autouse=True)
+def default_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    yield from fresh_logging(monkeypatch, "relay.web.console.views")
+
+
 def db(relay: Any) -> Any:
     return relay.runtime.deps.db
 
 
 async def exchange(base_url: str, head: str, body: bytes = b"") -> tuple[int, dict[str, str], str]:
-    """Send a request's head and the start of its body, then read the answer up to the end of
-    the connection: (status, headers, body)."""
-    address = urlsplit(base_url)
-    reader, writer = await asyncio.open_connection(address.hostname, address.port)
-    try:
-        writer.write(head.replace("\n", "\r\n").encode() + b"\r\n" + body)
-        await writer.drain()
-        async with asyncio.timeout(WAIT):
-            answer = await reader.read()  # to the end: the server closes the connection
-    finally:
-        writer.close()
-    top, _, rest = answer.partition(b"\r\n\r\n")
-    lines = top.decode("latin-1").split("\r\n")
-    headers = {k.lower(): v for k, v in (line.split(": ", 1) for line in lines[1:])}
-    return int(lines[0].split()[1]), headers, rest.decode("utf-8", "replace")
+    """A raw request's head and body start, and the answer to the end of the connection."""
+    return await raw_exchange(base_url, head, body, wait=WAIT)
 
 
 def chunked(data: bytes, size: int = 4096) -> bytes:
