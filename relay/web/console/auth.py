@@ -363,15 +363,37 @@ Endpoint = Callable[[Request], Awaitable[Response]]
 Handler = Callable[[Request, Session], Awaitable[Response]]
 
 
+def _nul_in(request: Request) -> bool:
+    """A NUL in the path or the query: no name, id or filter of the console has one, and
+    PostgreSQL refuses it in any text (a server error until late 7 December)."""
+    if "\x00" in request.url.path:
+        return True
+    return any("\x00" in k or "\x00" in v for k, v in request.query_params.multi_items())
+
+
+def _body_left(request: Request, response: Response) -> None:
+    """A request whose body was not read (refused before it, or a handler that reads none): the
+    connection is closed after the answer, or uvicorn would read the rest of the body, however
+    large, to keep the connection for another request."""
+    if request.method in ("GET", "HEAD") or _FORM_KEY in request.scope:
+        return
+    if request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers:
+        response.headers["Connection"] = "close"
+
+
 def public(handler: Endpoint) -> Endpoint:
     """Wrap an endpoint open without a session (sign-in, static files): the console's headers
     on every answer, and a :class:`Refusal` answered."""
 
     async def endpoint(request: Request) -> Response:
-        try:
-            response = await handler(request)
-        except Refusal as refusal:
-            response = _refused(request, refusal, None)
+        if _nul_in(request):
+            response: Response = PlainTextResponse("Bad Request", status_code=400)
+        else:
+            try:
+                response = await handler(request)
+            except Refusal as refusal:
+                response = _refused(request, refusal, None)
+        _body_left(request, response)
         return harden(response)
 
     endpoint.__name__ = handler.__name__
@@ -391,6 +413,7 @@ def guard(*, role: str = "owner", upload: bool = False) -> Callable[[Handler], E
                 response = await _guarded(request, handler, role, upload)
             finally:
                 await _close_form(request)  # uploaded files' temporary files
+            _body_left(request, response)
             response.headers.setdefault("Cache-Control", "no-store")
             return harden(response)
 
@@ -404,6 +427,8 @@ def guard(*, role: str = "owner", upload: bool = False) -> Callable[[Handler], E
 async def _guarded(request: Request, handler: Handler, role: str, upload: bool) -> Response:
     if not await enabled(request):
         return not_found()
+    if _nul_in(request):
+        return PlainTextResponse("Bad Request", status_code=400)
     session = await current(request)
     if session is None:
         if api_path(request) or request.method != "GET":

@@ -35,6 +35,8 @@ UPLOAD_WAIT = 120.0
 _E164 = re.compile(r"^\+[1-9]\d{6,14}$")
 #: The largest row id and offset the databases take (64-bit integers): an id past it is no row.
 MAX_ID = 2**63 - 1
+#: The largest id an ``Integer`` column holds on PostgreSQL (``integer``: 32 bits).
+MAX_INT32 = 2**31 - 1
 #: The last page a list shows (its offset still a 64-bit integer): past it, an empty page.
 MAX_PAGE = MAX_ID // queries.PAGE
 #: The days the date fields take; another is refused (400). Room on either side for a week's
@@ -584,7 +586,7 @@ async def ticket_done(request: Request, session: Session) -> Response:
         ticket_id = int(request.path_params["ticket_id"])
     except ValueError:
         ticket_id = 0
-    if not 0 < ticket_id <= MAX_ID:  # no row has an id past a 64-bit integer
+    if not 0 < ticket_id <= MAX_INT32:  # tickets.id is an INTEGER: 32 bits on PostgreSQL
         return JSONResponse({"error": "no such message"}, status_code=404)
     async with _db(request).session() as db_session, db_session.begin():
         ticket = await db_session.get(Ticket, ticket_id)
@@ -710,7 +712,9 @@ async def _knowledge_page(
             documents = await store_.list_documents(collection, timeout=10.0)
             if question:
                 hits, message = await _ask(request, collection, question)
-        except KnowledgeError as exc:
+        except _STORE_DOWN as exc:
+            return _store_down(request, session, exc, "Knowledge unavailable", agent, "")
+        except KnowledgeError as exc:  # e.g. nothing was ever loaded: the page says so
             error = str(exc)
     return render(
         request,
@@ -728,6 +732,29 @@ async def _knowledge_page(
         results=results,
         suffixes=SUPPORTED_SUFFIXES,
     )
+
+
+def _store_down_errors() -> tuple[type[Exception], ...]:
+    from knowledge import KnowledgeTimeout, StoreUnavailable
+
+    return (StoreUnavailable, KnowledgeTimeout)
+
+
+#: A store that cannot be reached or did not answer in time (not a bad file, not a mistake).
+_STORE_DOWN = _store_down_errors()
+
+
+def _store_down(
+    request: Request, session: Session, exc: Exception, title: str, agent: str, what: str
+) -> Response:
+    """The error page (503) for a store that cannot be reached or timed out, with a link back
+    to the agent's knowledge page; logged once as a warning, not as a traceback."""
+    log.warning(
+        "console_knowledge_store_failed", path=request.url.path, agent=agent, error=str(exc)[:300]
+    )
+    back = "/console/knowledge" + ("?" + urlencode({"agent": agent}) if agent else "")
+    message = f"{what}The knowledge store did not answer: {exc}. Try again when it is back."
+    return render_error(request, 503, title, message, session, back=(back, "Back to Knowledge"))
 
 
 def _first_agent(request: Request, collections: dict[str, str]) -> str:
@@ -801,6 +828,15 @@ async def knowledge_upload(request: Request, session: Session) -> Response:
         except DocumentError as exc:  # a bad file: the line names it already
             results.append({"path": name, "status": "failed", "chunks": 0, "error": exc.reason})
             continue
+        except _STORE_DOWN as exc:  # the rest would fail too: say which files were loaded
+            done = [str(r["path"]) for r in results if r["status"] != "failed"]
+            if request.headers.get(auth.CSRF_HEADER):
+                log.warning("console_knowledge_store_failed", agent=agent, error=str(exc)[:300])
+                return JSONResponse({"error": str(exc), "results": results}, status_code=503)
+            loaded = f"Loaded before it: {', '.join(done)}. " if done else ""
+            return _store_down(
+                request, session, exc, "Cannot upload", agent, f"{name} was not loaded. {loaded}"
+            )
         except KnowledgeError as exc:  # a store in trouble
             results.append({"path": name, "status": "failed", "chunks": 0, "error": str(exc)})
             continue
@@ -842,7 +878,12 @@ async def knowledge_remove(request: Request, session: Session) -> Response:
             request, 400, "Cannot remove", "Pick an agent and a document.", session,
             back=("/console/knowledge", "Back to Knowledge"),
         )  # fmt: skip
-    removed = await store_.remove(collection, doc_id, timeout=30.0)
+    try:
+        removed = await store_.remove(collection, doc_id, timeout=30.0)
+    except _STORE_DOWN as exc:
+        return _store_down(
+            request, session, exc, "Cannot remove", agent, f"{doc_id} was not removed. "
+        )
     if not removed:
         return render_error(
             request, 404, "Cannot remove", f"There is no document {doc_id}.", session,
