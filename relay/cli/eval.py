@@ -91,7 +91,11 @@ async def _run(args: argparse.Namespace) -> int:
     if args.agent:
         scenarios = [s for s in scenarios if s.agent == args.agent]
     if args.scenario:
-        scenarios = [s for s in scenarios if re.search(args.scenario, s.name)]
+        try:
+            wanted = re.compile(args.scenario)
+        except re.error as exc:
+            raise ConfigError(f"--scenario: bad regex {args.scenario!r}: {exc}") from exc
+        scenarios = [s for s in scenarios if wanted.search(s.name)]
     if not scenarios:
         raise ConfigError("no scenario matches --agent/--scenario")
     if args.runs < 1:

@@ -147,3 +147,19 @@ def test_relay_eval_names_the_agents_there_are(
         f"relay: configuration error: {bad}: invalid scenario: "
         "agent: no agent named 'piano-removal' (did you mean 'piano-removals'?)\n"
     )
+
+
+def test_a_bad_scenario_pattern_on_the_command_line_is_a_configuration_error(
+    env: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Until late 7 December ``--scenario '('`` was a traceback (exit 1, a failed run's code)."""
+    good = scenario(tmp_path, HEAD + "[expect]\n", name="good.toml")
+
+    code = main(["eval", str(good), "--scenario", "(", "--caller-url", "http://127.0.0.1:9/v1"])
+
+    captured = capsys.readouterr()
+    assert code == 2, captured
+    assert captured.err == (
+        "relay: configuration error: --scenario: bad regex '(': missing ), unterminated "
+        "subpattern at position 0\n"
+    )

@@ -68,13 +68,15 @@ def _zones(request: Request) -> dict[str, str]:
 
 
 def _day(text: str | None) -> date | None:
-    """A date field's day (None when blank or not a date); a day out of range is refused."""
+    """A date field's day (None when blank); one that is not a date (``2026-13-01``: until late
+    7 December it was no filter at all) or out of range is refused."""
     if not text:
         return None
     try:
         day = date.fromisoformat(text)
     except ValueError:
-        return None
+        message = f"{text[:40]!r} is not a day: give one as YYYY-MM-DD."
+        raise auth.Refusal(400, "Not a date", message) from None
     if not FIRST_DAY <= day <= LAST_DAY:
         message = f"{day} is out of range: give a day from {FIRST_DAY} to {LAST_DAY}."
         raise auth.Refusal(400, "Date out of range", message)

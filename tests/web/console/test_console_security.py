@@ -8,6 +8,7 @@ would never answer, so an answer at all shows it stopped reading."""
 from __future__ import annotations
 
 import asyncio
+import html
 from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -249,6 +250,16 @@ async def test_numbers_and_dates_out_of_range_are_answered_not_failed(relay: Any
         assert response.status_code == 400, (path, params)
         day = next(iter(d for k, d in params.items() if k != "view"))
         assert f"{day} is out of range: give a day from 1900-01-01 to 9998-12-31." in response.text
+    # Not a day at all: refused too (until late 7 December it was no filter, every call listed).
+    for path, params in [
+        ("/console/calls", {"since": "2026-13-01"}),
+        ("/console/bookings", {"until": "tomorrow"}),
+        ("/console/calendar", {"start": "2026-02-30"}),
+    ]:
+        response = await http.get(path, params=params)
+        assert response.status_code == 400, (path, params)
+        day = next(iter(d for k, d in params.items() if k != "view"))
+        assert f"{day!r} is not a day: give one as YYYY-MM-DD." in html.unescape(response.text)
     for path, params in [
         ("/console/calendar", {"start": "9998-12-31", "view": "week"}),
         ("/console/calendar", {"start": "1900-01-01"}),
