@@ -3,17 +3,22 @@
 Embedded ``chromadb.PersistentClient`` by default, ``chromadb.HttpClient`` for a server URL.
 Telemetry is off and no collection ever gets Chroma's default embedding function (it would
 download a model): vectors always come from our :class:`~knowledge.embedders.Embedder`.
+
+A server gets a deadline per HTTP request (chromadb's own client has none: a server that accepts
+connections but never answers, e.g. stopped with SIGSTOP, would hang every call), and the user
+and password of its URL as HTTP Basic credentials.
 """
 
 from __future__ import annotations
 
+import base64
 import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from knowledge.errors import (
     EmbeddingMismatch,
@@ -33,6 +38,16 @@ SCHEMA_KEY = "knowledge_schema"
 
 Metadata = Mapping[str, str | int | float | bool]
 
+#: Seconds a Chroma server gets to accept a connection.
+CONNECT_TIMEOUT = 5.0
+#: Seconds a Chroma server gets to answer each HTTP request (between two pieces of its answer):
+#: per request, not per command, so a big upload of many batches is not cut short. A batch of
+#: 64 chunks is written in well under a second, and a whole collection's vectors start coming
+#: back at once; 30 s is a server that has stopped answering.
+REQUEST_TIMEOUT = 30.0
+#: Seconds a heartbeat gets: opening the client and every ``ping`` (a command's first look).
+PING_TIMEOUT = 5.0
+
 
 def check_collection_name(name: str) -> str:
     """Chroma's rule: 3-512 characters of letters, digits, ``.``, ``_``, ``-``, starting and
@@ -46,8 +61,11 @@ def check_collection_name(name: str) -> str:
 
 
 @contextmanager
-def converted_errors(collection: str | None = None) -> Iterator[None]:
-    """Turn chromadb and transport errors into ours."""
+def converted_errors(
+    collection: str | None = None, *, server: str | None = None, timeout: float | None = None
+) -> Iterator[None]:
+    """Turn chromadb and transport errors into ours. ``server`` (masked) and ``timeout``: the
+    Chroma server and its deadline, named when it did not answer in time."""
     from chromadb.errors import ChromaError, NotFoundError
 
     try:
@@ -63,9 +81,17 @@ def converted_errors(collection: str | None = None) -> Iterator[None]:
     except Exception as exc:
         import httpx
 
+        if isinstance(exc, httpx.TimeoutException):
+            raise StoreUnavailable(_no_answer(server, timeout)) from exc
         if isinstance(exc, httpx.TransportError):
             raise StoreUnavailable(f"vector store unavailable: {exc}") from exc
         raise
+
+
+def _no_answer(server: str | None, timeout: float | None) -> str:
+    where = f"the Chroma server at {server}" if server else "the Chroma server"
+    within = f" within {timeout:g} s" if timeout is not None else " in time"
+    return f"{where} did not answer{within}"
 
 
 def redact_url(url: str) -> str:
@@ -80,6 +106,27 @@ def redact_url(url: str) -> str:
         return url
     user, colon, _password = userinfo.partition(":")
     return f"{scheme}://{user}{':***' if colon else ''}@{host}{slash}{path}"
+
+
+def _credentials(url: str) -> dict[str, str]:
+    """The HTTP Basic ``Authorization`` header for the user and password of ``url`` (none
+    without a user): what Chroma's ``BasicAuthenticationServerProvider`` reads."""
+    parts = urlsplit(url)
+    if parts.username is None:
+        return {}
+    pair = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+    return {"Authorization": "Basic " + base64.b64encode(pair.encode()).decode("ascii")}
+
+
+def _set_timeout(client: ClientAPI, timeout: Any) -> bool:
+    """Give an HTTP client's requests ``timeout``; False if this chromadb keeps its
+    ``httpx.Client`` elsewhere (chromadb 1.5 builds it with ``timeout=None`` and no setting
+    changes that, but httpx lets a client's timeout be set afterwards). Guarded: internals."""
+    session = getattr(getattr(client, "_server", None), "_session", None)
+    if session is None or not hasattr(session, "timeout"):
+        return False
+    session.timeout = timeout
+    return True
 
 
 def _close_client(client: ClientAPI) -> None:
@@ -108,14 +155,26 @@ class ChromaBackend:
 
     Args:
         path: Directory of an embedded store.
-        url: A Chroma server, e.g. ``http://localhost:8000`` (wins over ``path``).
+        url: A Chroma server, e.g. ``http://localhost:8000`` (wins over ``path``); a user and
+            password in it (``http://user:pass@host:8000``) are sent as HTTP Basic credentials.
+        timeout: Seconds a server gets to answer each HTTP request (``REQUEST_TIMEOUT``).
+        ping_timeout: Seconds a server gets to answer a heartbeat (``PING_TIMEOUT``).
     """
 
-    def __init__(self, *, path: Path | None = None, url: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        path: Path | None = None,
+        url: str | None = None,
+        timeout: float = REQUEST_TIMEOUT,
+        ping_timeout: float = PING_TIMEOUT,
+    ) -> None:
         if path is None and url is None:
             raise ValueError("give a path for an embedded store or a url for a Chroma server")
         self.path = path
         self.url = url
+        self.timeout = timeout
+        self.ping_timeout = ping_timeout
         self._client: ClientAPI | None = None
         self._collections: dict[str, Collection] = {}
         self._lock = threading.Lock()
@@ -141,16 +200,24 @@ class ChromaBackend:
                 parts = urlsplit(self.url)
                 if parts.scheme not in ("http", "https") or not parts.hostname:
                     raise ValueError(f"not an http(s) URL: {redact_url(self.url)!r}")
+                import httpx
+
                 ssl = parts.scheme == "https"
-                return chromadb.HttpClient(
+                self._heartbeat()  # the client's constructor asks the server without a deadline
+                client = chromadb.HttpClient(
                     host=parts.hostname,
                     port=parts.port or (443 if ssl else 8000),
                     ssl=ssl,
+                    headers=_credentials(self.url),
                     settings=settings,
                 )
+                _set_timeout(client, httpx.Timeout(self.timeout, connect=CONNECT_TIMEOUT))
+                return client
             assert self.path is not None
             self.path.mkdir(parents=True, exist_ok=True)
             return chromadb.PersistentClient(path=str(self.path), settings=settings)
+        except StoreUnavailable:
+            raise
         except Exception as exc:  # chromadb raises ValueError/ConnectError when it can't connect
             if self.url is None:
                 where, reason = str(self.path), str(exc)
@@ -170,13 +237,51 @@ class ChromaBackend:
                 _close_client(client)
 
     def ping(self) -> None:
-        """Raise :class:`StoreUnavailable` unless the store answers."""
-        with converted_errors():
+        """Raise :class:`StoreUnavailable` unless the store answers (a server: within
+        ``ping_timeout`` s)."""
+        if self.url is not None:
+            self._heartbeat()
+        with self._errors():
             self.client.heartbeat()
+
+    @property
+    def server(self) -> str | None:
+        """The server's URL, its password masked; None when embedded."""
+        return None if self.url is None else redact_url(self.url)
+
+    def _errors(self, collection: str | None = None) -> Any:
+        return converted_errors(collection, server=self.server, timeout=self.timeout)
+
+    def _heartbeat(self) -> None:
+        """Ask the server's heartbeat with a deadline of ``ping_timeout`` s, by a request of
+        our own: chromadb's client has no deadline, and its constructor asks the server."""
+        import httpx
+        from chromadb.config import Settings
+
+        assert self.url is not None
+        parts = urlsplit(self.url)
+        host = parts.netloc.rpartition("@")[2]  # as chromadb's client: the default port 8000
+        host += "" if parts.port else (":443" if parts.scheme == "https" else ":8000")
+        version = getattr(Settings().chroma_server_api_default_path, "value", None) or "/api/v2"
+        url = f"{parts.scheme}://{host}{version}/heartbeat"
+        try:
+            with httpx.Client(
+                timeout=httpx.Timeout(self.ping_timeout, connect=CONNECT_TIMEOUT),
+                headers=_credentials(self.url),
+            ) as http:
+                http.get(url)  # any answer: the client's own requests say what is wrong
+        except httpx.TimeoutException as exc:
+            raise StoreUnavailable(_no_answer(self.server, self.ping_timeout)) from exc
+        except httpx.HTTPError as exc:
+            raise StoreUnavailable(
+                f"cannot open vector store at {self.server}: {exc}".replace(
+                    self.url, redact_url(self.url)
+                )
+            ) from exc
 
     def names(self) -> list[str]:
         """Names of all collections, sorted."""
-        with converted_errors():
+        with self._errors():
             return sorted(c.name for c in self.client.list_collections())
 
     def collection(
@@ -193,7 +298,7 @@ class ChromaBackend:
         if collection is None:
             from chromadb.errors import NotFoundError
 
-            with converted_errors(name):
+            with self._errors(name):
                 try:
                     collection = self.client.get_collection(name, embedding_function=None)
                 except NotFoundError:
@@ -217,7 +322,7 @@ class ChromaBackend:
 
         check_collection_name(name)
         self._collections.pop(name, None)
-        with converted_errors(name):
+        with self._errors(name):
             try:
                 self.client.delete_collection(name)
             except NotFoundError:
@@ -232,8 +337,8 @@ class ChromaBackend:
         """Drop every cached collection handle (collections may have changed elsewhere)."""
         self._collections.clear()
 
-    @staticmethod
     def upsert(
+        self,
         collection: Collection,
         ids: Sequence[str],
         embeddings: Sequence[Sequence[float]],
@@ -242,7 +347,7 @@ class ChromaBackend:
     ) -> None:
         """Write records (replacing any with the same id)."""
         vectors: list[Sequence[float] | Sequence[int]] = [list(e) for e in embeddings]
-        with converted_errors(collection.name):
+        with self._errors(collection.name):
             collection.upsert(
                 ids=list(ids),
                 embeddings=vectors,
@@ -250,18 +355,17 @@ class ChromaBackend:
                 metadatas=[dict(m) for m in metadatas],
             )
 
-    @staticmethod
     def update_metadata(
-        collection: Collection, ids: Sequence[str], metadatas: Sequence[Metadata]
+        self, collection: Collection, ids: Sequence[str], metadatas: Sequence[Metadata]
     ) -> None:
         """Replace the metadata of existing records, leaving their vectors alone."""
         if not ids:
             return
-        with converted_errors(collection.name):
+        with self._errors(collection.name):
             collection.update(ids=list(ids), metadatas=[dict(m) for m in metadatas])
 
-    @staticmethod
     def get(
+        self,
         collection: Collection,
         *,
         where: dict[str, Any] | None = None,
@@ -269,7 +373,7 @@ class ChromaBackend:
         include: Sequence[str] = (),
     ) -> dict[str, Any]:
         """Records by filter or ids (``include`` picks metadatas, documents, embeddings)."""
-        with converted_errors(collection.name):
+        with self._errors(collection.name):
             result = collection.get(
                 ids=list(ids) if ids is not None else None,
                 where=where,
@@ -277,8 +381,8 @@ class ChromaBackend:
             )
         return dict(result)
 
-    @staticmethod
     def delete(
+        self,
         collection: Collection,
         *,
         ids: Sequence[str] | None = None,
@@ -287,14 +391,13 @@ class ChromaBackend:
         """Delete records by id or filter."""
         if ids is not None and not ids:
             return
-        with converted_errors(collection.name):
+        with self._errors(collection.name):
             collection.delete(ids=list(ids) if ids is not None else None, where=where)
 
-    @staticmethod
-    def query(collection: Collection, vector: Sequence[float], k: int) -> dict[str, Any]:
+    def query(self, collection: Collection, vector: Sequence[float], k: int) -> dict[str, Any]:
         """The ``k`` nearest records to ``vector`` with documents, metadatas and distances."""
         vectors: list[Sequence[float] | Sequence[int]] = [list(vector)]
-        with converted_errors(collection.name):
+        with self._errors(collection.name):
             result = collection.query(
                 query_embeddings=vectors,
                 n_results=k,
@@ -302,8 +405,7 @@ class ChromaBackend:
             )
         return dict(result)
 
-    @staticmethod
-    def count(collection: Collection) -> int:
+    def count(self, collection: Collection) -> int:
         """Records in a collection."""
-        with converted_errors(collection.name):
+        with self._errors(collection.name):
             return collection.count()

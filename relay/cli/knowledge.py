@@ -7,12 +7,16 @@ import asyncio
 import functools
 import os
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from knowledge import (
+    SUPPORTED_SUFFIXES,
     AsyncKnowledge,
+    DocumentError,
+    DocumentInfo,
     FileResult,
     Hit,
     IngestReport,
@@ -21,9 +25,12 @@ from knowledge import (
 )
 from knowledge.backend import redact_url
 from knowledge.errors import StoreUnavailable
+from knowledge.ids import document_id, sha256_hex
+from knowledge.manifest import Manifest
 from knowledge.priority import run_on_idle_cpu
 from knowledge.store import MANIFEST_FILE
 from relay.cli.common import Handler, settings_from
+from relay.errors import ConfigError
 
 if TYPE_CHECKING:
     from relay.config import Settings
@@ -57,7 +64,9 @@ def add_parser(commands: Any) -> None:
     sync.set_defaults(handler=_reported(_sync))
 
     load = sub.add_parser(
-        "load-shipped", help="sync every agent's documents from <data dir>/knowledge/<collection>/"
+        "load-shipped",
+        help="add or update every agent's shipped documents from <data dir>/knowledge/<collection>/ "
+        "(deletes nothing; keeps a document an editor changed since it was shipped)",
     )
     load.set_defaults(handler=_reported(_load_shipped))
 
@@ -131,7 +140,7 @@ def _context(
     loading into it, one that exists already: an old collection can still be listed or dropped)."""
     from relay.agents import AgentRegistry
 
-    settings = settings_from(args, RELAY_LOG_LEVEL="warning")
+    settings = _settings(args)
     agents = AgentRegistry.load(settings.prompts_dir, default=settings.default_agent)
     name = getattr(args, "collection", None) or agents.default.knowledge_collection
     if not name:
@@ -151,6 +160,23 @@ def _context(
             f"{', '.join(known) or 'none'}); set knowledge_collection in the agent's profile first"
         )
     return settings, store, name
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    """The settings, refused (a ConfigError: one line, exit 2, as ``relay serve`` refuses a
+    data directory it cannot read) when the data directory does not exist: the store would be
+    a new, empty one there, which no server reads."""
+    settings = settings_from(args, RELAY_LOG_LEVEL="warning")
+    data = settings.data_dir
+    if not data.is_dir():
+        hint = (
+            f", relative to {Path.cwd()}: run relay from the folder that holds data/, or set "
+            "RELAY_DATA_DIR to it"
+            if not data.is_absolute()
+            else ""
+        )
+        raise ConfigError(f"the data directory {data} does not exist (RELAY_DATA_DIR{hint})")
+    return settings
 
 
 def _reachable(settings: Settings, store: KnowledgeStore) -> None:
@@ -188,7 +214,8 @@ class Progress:
         self.total = sum(1 for _ in _files(paths))
         self.done = 0
 
-    def __call__(self, result: FileResult) -> None:
+    def __call__(self, result: FileResult, note: str | None = None) -> None:
+        """Print ``result``'s line; ``note`` in place of its chunk count's parenthesis."""
         name = result.doc_id or result.path
         if result.status == "deleted":
             print(
@@ -199,7 +226,7 @@ class Progress:
             return
         self.done += 1
         mark = MARKS.get(str(result.status), "?")
-        detail = f"  {result.error}" if result.error else f"  ({result.chunks} chunks)"
+        detail = f"  {result.error}" if result.error else f"  ({note or f'{result.chunks} chunks'})"
         total = max(self.total, self.done)
         filled = round(20 * self.done / total) if total else 20
         bar = f"[{'#' * filled}{'-' * (20 - filled)}] {self.done:>{len(str(total))}}/{total}"
@@ -219,13 +246,15 @@ def _files(paths: Sequence[Path]) -> Iterator[Path]:
             yield path
 
 
-def _summary(report: IngestReport) -> int:
+def _summary(report: IngestReport, kept: set[str] | None = None) -> int:
+    """Print the counts; exit status 1 when a file failed. ``kept``: the documents
+    ``load-shipped`` kept (counted as such, not as unchanged, and in place of deletions)."""
     counts: dict[str, int] = {}
     for result in report.files:
-        counts[str(result.status)] = counts.get(str(result.status), 0) + 1
-    parts = [
-        f"{counts.get(k, 0)} {k}" for k in ("added", "updated", "unchanged", "deleted", "failed")
-    ]
+        status = "kept" if kept is not None and result.doc_id in kept else str(result.status)
+        counts[status] = counts.get(status, 0) + 1
+    fourth = "deleted" if kept is None else "kept"
+    parts = [f"{counts.get(k, 0)} {k}" for k in ("added", "updated", "unchanged", fourth, "failed")]
     print(f"{', '.join(parts)} in {report.seconds:.1f}s")
     return 1 if counts.get("failed") else 0
 
@@ -233,8 +262,20 @@ def _summary(report: IngestReport) -> int:
 def _add(args: argparse.Namespace) -> int:
     run_on_idle_cpu()  # on a box serving calls, this command takes only the idle cores
     _, store, name = _context(args, existing_ok=False)
+    for path in args.paths:  # a folder with nothing to load is a mistake, not "0 added"
+        if path.is_dir() and not any(_supported(f) for f in _files([path])):
+            print(
+                f"relay knowledge: no supported files found in {path} (the types: "
+                f"{', '.join(SUPPORTED_SUFFIXES)})",
+                file=sys.stderr,
+            )
+            return 1
     print(f"Loading into '{name}' ({LEGEND}):", file=sys.stderr)
     return _summary(store.add(name, args.paths, progress=Progress(args.paths)))
+
+
+def _supported(file: Path) -> bool:
+    return file.suffix.lower() in SUPPORTED_SUFFIXES
 
 
 def _sync(args: argparse.Namespace) -> int:
@@ -245,23 +286,97 @@ def _sync(args: argparse.Namespace) -> int:
 
 
 def _load_shipped(args: argparse.Namespace) -> int:
+    """Add or update each agent's shipped documents, as the first start loads them into an
+    empty collection (``relay.services.retrieval``). Never deletes: the documents editors added
+    stay (``sync`` is the command that mirrors a folder). Exit 1 when no agent has shipped
+    documents, or a file failed."""
     from relay.agents import AgentRegistry
     from relay.services.retrieval import open_knowledge
 
     run_on_idle_cpu()
-    settings = settings_from(args, RELAY_LOG_LEVEL="warning")
+    settings = _settings(args)
     agents = AgentRegistry.load(settings.prompts_dir, default=settings.default_agent)
     store = open_knowledge(settings).store
     _reachable(settings, store)
-    status = 0
+    manifest = Manifest(settings.knowledge_path / MANIFEST_FILE)
+    status, found, done = 0, False, set()
     for agent in agents.agents.values():
         name = agent.knowledge_collection
-        if not name or not (settings.documents_dir / name).is_dir():
+        if not name or name in done:
             continue
+        done.add(name)
         folder = settings.documents_dir / name
+        if not folder.is_dir() or not any(_files([folder])):
+            print(
+                f"relay knowledge: {agent.name}: no shipped documents at {folder}", file=sys.stderr
+            )
+            continue
+        found = True
         print(f"{agent.name}: {folder} -> '{name}' ({LEGEND}):", file=sys.stderr)
-        status |= _summary(store.sync(name, folder, progress=Progress([folder])))
-    return status
+        report, kept = _load_folder(store, manifest, name, folder)
+        status |= _summary(report, kept)
+    return status if found else 1
+
+
+def _load_folder(
+    store: KnowledgeStore, manifest: Manifest, collection: str, folder: Path
+) -> tuple[IngestReport, set[str]]:
+    """Load every file of ``folder`` into ``collection`` (ids relative to it, as ``add``
+    names them) but for the documents an editor changed since they were shipped: the live
+    version is another file, and this file's content was loaded before under that id (so it
+    did not change since). A shipped file that is new, or changed since it was last loaded
+    (a newer release), is loaded. Returns the report and the ids kept."""
+    started = time.perf_counter()
+    progress = Progress([folder])
+    results: list[FileResult] = []
+    kept: set[str] = set()
+    seen: dict[str, str] = {}
+    files = sorted((f.relative_to(folder).as_posix(), f) for f in _files([folder]))
+    for relative, file in files:
+        doc_id = document_id(relative)
+        note = None
+        try:
+            if doc_id in seen:
+                raise DocumentError(relative, f"same document id as {seen[doc_id]}")
+            seen[doc_id] = relative
+            try:
+                size = file.stat().st_size
+                if size > store.max_file_bytes:
+                    raise DocumentError(
+                        relative,
+                        f"file is {size:,} bytes, over the {store.max_file_bytes:,}-byte limit",
+                    )
+                data = file.read_bytes()
+            except OSError as exc:
+                raise DocumentError(relative, f"unreadable: {exc.strerror or exc}") from exc
+            edited = _edited(manifest, collection, doc_id, sha256_hex(data))
+            if edited is not None:
+                kept.add(doc_id)
+                result = FileResult(
+                    relative, doc_id, "unchanged", edited.chunks, version=edited.version
+                )
+                note = (
+                    f"kept: changed since it was shipped, v{edited.version} loaded "
+                    f"{edited.loaded_at}; `relay knowledge add` the file to load it again"
+                )
+            else:
+                result = store.add_bytes(collection, relative, data)
+        except DocumentError as exc:
+            result = FileResult(relative, doc_id, "failed", error=exc.reason)
+        results.append(result)
+        progress(result, note)
+    return IngestReport(tuple(results), time.perf_counter() - started), kept
+
+
+def _edited(manifest: Manifest, collection: str, doc_id: str, sha: str) -> DocumentInfo | None:
+    """The live version of ``doc_id`` when it is not the content ``sha`` but that content was
+    loaded as an earlier version: changed since (by an editor), so kept. None: load it."""
+    current = manifest.current(collection, doc_id)
+    if current is None or current[0].sha256 == sha:
+        return None
+    if any(version.sha256 == sha for version in manifest.versions(collection, doc_id)):
+        return current[0]
+    return None
 
 
 def _list(args: argparse.Namespace) -> int:

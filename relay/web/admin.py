@@ -13,15 +13,19 @@ token. Routes (``{collection}`` is an agent's knowledge base):
 
 A ``{collection}`` no agent uses answers 404 (an upload never creates one by mistake). An
 upload is refused with 413 once its request passes 100 MB, counted as the bytes arrive (with or
-without ``Content-Length``), and each file over 20 MB fails on its own.
+without ``Content-Length``), and each file over 20 MB fails on its own. A store in trouble (a
+Chroma server down or not answering) answers 503 with its message, logged as one warning.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hmac
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import structlog
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -38,6 +42,10 @@ from relay.web import limits
 from relay.web.passages import ask
 
 MAX_UPLOAD_BYTES = 20_000_000
+
+log = structlog.get_logger("relay.web.admin")
+
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def routes() -> list[Route]:
@@ -112,6 +120,31 @@ def _off() -> Response:
     )
 
 
+def _unavailable(request: Request, exc: KnowledgeError) -> Response:
+    """503 with the store's message (a Chroma server down or not answering, a timeout), logged
+    once as a warning rather than a traceback."""
+    log.warning(
+        "admin_knowledge_store_failed",
+        method=request.method,
+        path=request.url.path,
+        error=str(exc)[:300],
+    )
+    return JSONResponse({"error": str(exc)}, status_code=503)
+
+
+def _store_errors(endpoint: Endpoint) -> Endpoint:
+    """``endpoint``, a knowledge error its own handling left answered with 503."""
+
+    @functools.wraps(endpoint)
+    async def answered(request: Request) -> Response:
+        try:
+            return await endpoint(request)
+        except KnowledgeError as exc:
+            return _unavailable(request, exc)
+
+    return answered
+
+
 def _json(value: Any) -> Any:
     return (
         dataclasses.asdict(value)
@@ -120,6 +153,7 @@ def _json(value: Any) -> Any:
     )
 
 
+@_store_errors
 async def list_documents(request: Request) -> Response:
     knowledge = _collection_store(request)
     if isinstance(knowledge, Response):
@@ -128,6 +162,7 @@ async def list_documents(request: Request) -> Response:
     return JSONResponse({"documents": [_json(d) for d in docs]})
 
 
+@_store_errors
 async def upload(request: Request) -> Response:
     knowledge = _collection_store(request)
     if isinstance(knowledge, Response):  # refused: no token, store off, or an unused collection
@@ -177,6 +212,14 @@ async def upload(request: Request) -> Response:
                 {"path": name, "doc_id": "", "status": "failed", "chunks": 0, "error": str(exc)}
             )
             continue
+        except KnowledgeError as exc:  # the store, not the file: the rest would fail too
+            await form.close()
+            _unavailable(request, exc)  # logged; the answer also says which files were done
+            return JSONResponse(
+                {"error": str(exc), "results": results,
+                 "not_loaded": [f.filename or "upload" for f in files[len(results):]]},
+                status_code=503,
+            )  # fmt: skip
         results.append(_json(result))
     await form.close()
     failed = sum(1 for r in results if str(r.get("status")) == "failed")
@@ -184,6 +227,7 @@ async def upload(request: Request) -> Response:
     return JSONResponse({"results": results, "failed": failed}, status_code=status)
 
 
+@_store_errors
 async def show_document(request: Request) -> Response:
     knowledge = _collection_store(request)
     if isinstance(knowledge, Response):
@@ -197,6 +241,7 @@ async def show_document(request: Request) -> Response:
     return JSONResponse(_json(detail))
 
 
+@_store_errors
 async def delete_document(request: Request) -> Response:
     knowledge = _collection_store(request)
     if isinstance(knowledge, Response):
@@ -209,6 +254,7 @@ async def delete_document(request: Request) -> Response:
     return JSONResponse({"removed": request.path_params["doc_id"]})
 
 
+@_store_errors
 async def search(request: Request) -> Response:
     """The passages a call's turn asking ``q`` is given, as the console's "Ask a question"
     shows them (:func:`relay.web.passages.ask`: the calls' retriever, its k and threshold);
@@ -232,8 +278,6 @@ async def search(request: Request) -> Response:
         )
     except UnknownCollection as exc:  # no document was ever loaded into it
         return JSONResponse({"error": str(exc)}, status_code=404)
-    except KnowledgeError as exc:
-        return JSONResponse({"error": str(exc)}, status_code=503)
     return JSONResponse({"hits": [_json(h) for h in hits]})
 
 

@@ -20,6 +20,7 @@ def test_an_unreachable_chroma_server_is_named_without_its_password(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     port = free_port()
+    (tmp_path / "data").mkdir()  # a data directory that does not exist is refused first
     monkeypatch.setenv("RELAY_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("RELAY_PROMPTS_DIR", str(REPO / "prompts"))
     monkeypatch.setenv("CHROMA_URL", f"http://u:ChromaSecretPW@127.0.0.1:{port}")

@@ -65,7 +65,8 @@ async def _readyz(relay: Any) -> httpx.Response:
 
 async def _until_ready(relay: Any, timeout: float) -> httpx.Response:
     async with asyncio.timeout(timeout):
-        while (response := await _readyz(relay)).status_code != 200:  # noqa: ASYNC110 (a server's answer)
+        # "ready", not only 200: a store that is down is "degraded", which is 200 too
+        while (response := await _readyz(relay)).json()["status"] != "ready":  # noqa: ASYNC110 (a server's answer)
             await asyncio.sleep(0.2)
     return response
 
