@@ -165,7 +165,10 @@ class PostCall:
         delay, attempts = self.retry_first, 0
         while True:
             try:
-                if attempts and self.flushed is not None and not await self.flushed():
+                # The call's last records first (the session's own flush may have timed out
+                # while the database was down): a call not stored yet would read as unknown,
+                # or still in progress, and its work be dropped without a word.
+                if self.flushed is not None and not await self.flushed():
                     raise TimeoutError("the recorder has not stored the call yet")
                 async with self._slots:
                     await self.process(call_sid)
