@@ -96,24 +96,34 @@ _CLAIM_LAST_WORDS = (
 _SPACES = re.compile(r"(\s+)")
 
 
-# A claim that a text or an e-mail went to the caller. Only the sender's own statements ("I've
-# texted", "I've sent you a text", "I've sent the quote to your mobile", "your text is on its
-# way", "it should arrive shortly") are claims: promises ("I'll text it") and questions
-# ("shall I send it?") use other words, and "it couldn't be sent" or "the text has not been
-# sent" do not match. A message passed on to the team ("I've sent your message to the office")
-# names no channel of the caller's and is no claim.
-_CHANNEL = r"(?:texts?|sms|e-?mails?|messages?)"
+# A claim that a text or an e-mail went to the caller. Only statements that it went to the
+# caller are claims: "I've texted you the quote", "I've sent you a text", "I've just sent you the
+# quote", "I've sent it to your mobile", "the quote has been sent", "your text is on its way",
+# "it's been sent to your phone", "it should arrive shortly". Promises ("I'll text it") and
+# questions ("shall I send it?") use other words, "it couldn't be sent" and "the text has not
+# been sent" do not match, and a message passed on to the team ("your message has been sent to
+# the office", "I've messaged the office", "I've emailed the team your details") names no
+# channel of the caller's and is no claim.
+_CHANNEL = r"(?:texts?|sms|e-?mails?)"
+_YOURS = r"(?:you\b|your\s+(?:mobile|phone|cell|inbox|e-?mail))"
 _SENT_CLAIM = re.compile(
     r"\b(?:"
     r"(?:i|we)\s*(?:'ve|have)?\s*(?:just\s+|now\s+|already\s+)?(?:texted|e-?mailed|messaged)"
-    r"|(?:i|we)\s*(?:'ve|have)?\s*(?:just\s+|now\s+|already\s+)?sent\b[^.!?]{0,60}?"
-    r"(?:\b(?:by|via|as\s+an?|in\s+an?)\s+" + _CHANNEL + r"\b"
-    r"|\b(?:you|through)\s+(?:an?|the|your)\s+(?:quote\s+)?" + _CHANNEL + r"\b"
-    r"|\bto\s+your\s+(?:mobile|phone|cell|inbox|e-?mail))"
-    r"|" + _CHANNEL + r"\s+(?:is|has\s+been|was)\s+(?:now\s+|just\s+|already\s+)?"
+    r"\s+(?:(?:it|that|them|the\s+\w+)\s+)?(?:to\s+)?"
+    + _YOURS
+    + r"|(?:i|we)\s*(?:'ve|have)?\s*(?:just\s+|now\s+|already\s+)?sent\b(?:"
+    r"\s+(?:(?:it|that|them|the\s+\w+)\s+)?(?:to\s+)?"
+    + _YOURS
+    + r"|[^.!?]{0,60}?\b(?:by|via|as\s+an?|in\s+an?)\s+"
+    + _CHANNEL
+    + r"\b"
+    r"|[^.!?]{0,60}?\bto\s+your\s+(?:mobile|phone|cell|inbox|e-?mail))"
+    r"|(?:" + _CHANNEL + r"|quote)\s+(?:is|has\s+been|was)\s+(?:now\s+|just\s+|already\s+)?"
     r"(?:sent|on\s+its\s+way|gone(?:\s+through)?)"
-    r"|(?:it'?s|it\s+is|quote\s+is)\s+on\s+its\s+way"
-    r"|(?:it|text|sms|e-?mail|message|quote)\s+should\s+(?:arrive|come\s+through|be\s+with\s+you)"
+    r"|it(?:'s|\s+is|\s+has|\s+was)\s+(?:been\s+)?(?:now\s+|just\s+)?(?:sent|on\s+its\s+way)"
+    r"\b[^.!?]{0,30}?\b(?:to\s+)?"
+    + _YOURS
+    + r"|(?:it|text|sms|e-?mail|quote)\s+should\s+(?:arrive|come\s+through|be\s+with\s+you)"
     r")",
     re.IGNORECASE,
 )

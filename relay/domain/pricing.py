@@ -240,6 +240,15 @@ _GRAND_UP_TO_CM: Final = 210
 _LENGTH: Final = re.compile(
     r"(\d+(?:[.,]\d+)?)\s*(cm|centimet(?:re|er)s?|m|met(?:re|er)s?|ft|foot|feet)\b"
 )
+#: A length in feet and inches ("5 ft 10 in", "5'10\"", "5 feet 10"), or metres and centimetres
+#: ("1 m 80", "1 metre 80 cm").
+_FEET_INCHES: Final = re.compile(
+    r"(\d+)\s*(?:ft|foot|feet|')\s*(\d{1,2})\s*(?:in(?:ch(?:es)?)?\b|\"|(?=\s|$|[,.;]))"
+)
+_METRES_CM: Final = re.compile(r"(\d)\s*(?:m|met(?:re|er)s?)\s*(\d{1,2})\s*(?:cm\b|(?=\s|$|[,.;]))")
+_CM_PER_INCH: Final = Decimal("2.54")
+#: Where a caller's description breaks into clauses.
+_CLAUSES: Final = re.compile(r"[,;:!?()/]+|\.(?!\d)")
 _CM_PER_UNIT: Final[Mapping[str, Decimal]] = MappingProxyType(
     {"c": Decimal(1), "m": Decimal(100), "f": Decimal("30.48")}
 )
@@ -263,8 +272,11 @@ def parse_piano_type(text: str | PianoType) -> PianoType:
     """
     if isinstance(text, PianoType):
         return text
-    words = _words(text.replace("_", " "))
-    named = _named_types(words)
+    # Phrases are matched within a clause: "not an upright, a grand" names two kinds, not the
+    # "upright grand" (a tall upright) its words would make across the comma.
+    named: list[PianoType] = []
+    for clause in _CLAUSES.split(text.replace("_", " ")):
+        named.extend(kind for kind in _named_types(_words(clause)) if kind not in named)
     if not named:
         raise UnknownPianoType(text)
     kinds = [kind for kind in named if not _REFINES.get(kind, frozenset()) & set(named)]
@@ -301,10 +313,22 @@ def _named_types(words: list[str]) -> list[PianoType]:
 
 
 def _length_cm(text: str) -> Decimal | None:
-    match = _LENGTH.search(text.lower())
-    if match is None:
-        return None
-    return Decimal(match.group(1).replace(",", ".")) * _CM_PER_UNIT[match.group(2)[0]]
+    """The grand's length in what was said: the longest dimension given (a grand is longer
+    than it is wide: "1.5 m wide and 1.9 m long" is 190 cm), a dimension in two parts taken
+    whole ("5 ft 10 in", "1 m 80")."""
+    lowered = text.lower()
+    found: list[Decimal] = []
+    for match in _FEET_INCHES.finditer(lowered):
+        found.append(
+            Decimal(match.group(1)) * _CM_PER_UNIT["f"] + Decimal(match.group(2)) * _CM_PER_INCH
+        )
+    lowered = _FEET_INCHES.sub(" ", lowered)
+    for match in _METRES_CM.finditer(lowered):
+        found.append(Decimal(match.group(1)) * 100 + Decimal(match.group(2)))
+    lowered = _METRES_CM.sub(" ", lowered)
+    for match in _LENGTH.finditer(lowered):
+        found.append(Decimal(match.group(1).replace(",", ".")) * _CM_PER_UNIT[match.group(2)[0]])
+    return max(found, default=None)
 
 
 def _grand_by_length(length_cm: Decimal) -> PianoType:

@@ -37,6 +37,7 @@ from relay.tools.common import (
     clean_ref,
     locked,
     need,
+    blank_name,
     no_name,
     owner,
     read_after,
@@ -114,7 +115,7 @@ async def book_appointment(
     """
     catalogue = need(ctx, "catalogue", Catalogue)
     calendar = need(ctx, "calendar", BusinessCalendar)
-    if not name.strip():
+    if blank_name(name):
         return no_name()
     now = ctx.now()
     try:

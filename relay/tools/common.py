@@ -150,8 +150,14 @@ def refusal(exc: SchedulingError, *, lead: str = "") -> ToolResult:
     return ToolResult(message, data=data)
 
 
+def blank_name(name: str) -> bool:
+    """A name with no letter or digit in it: blank, spaces, an invisible character (``"\u200b"``)
+    or punctuation alone (``"."``, ``"-"``)."""
+    return not any(ch.isalnum() for ch in name)
+
+
 def no_name() -> ToolResult:
-    """A booking asked for without a name (blank, or only spaces): ask for it, as take_message
+    """A booking asked for without a name (:func:`blank_name`): ask for it, as take_message
     does, rather than book under no name."""
     return ToolResult(
         "Not booked. Ask for the caller's name first: the booking goes under it.",

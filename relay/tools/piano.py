@@ -37,6 +37,7 @@ from relay.tools.common import (
     caller_phone,
     locked,
     need,
+    blank_name,
     no_name,
     owner,
     read_day,
@@ -247,7 +248,7 @@ async def book_move(
     """
     calendar = need(ctx, "calendar", BusinessCalendar)
     rules = need(ctx, "pricing", pricing.PricingRules)
-    if not name.strip():
+    if blank_name(name):
         return no_name()
     now = ctx.now()
     qid = _quote_id(quote_id)

@@ -159,7 +159,10 @@ def test_amounts_a_tool_gave_are_said_with_the_word_after_them(reply: str) -> No
     [
         ("Done, I have sent the quote to your mobile by text.", True),
         ("I've texted you the quote.", True),
-        ("We've just emailed it through.", True),
+        ("We've just emailed it to you.", True),
+        ("I've just sent you the quote.", True),
+        ("The quote has been sent to your mobile.", True),
+        ("It's been sent to your phone.", True),
         ("I've sent you a text with the details.", True),
         ("I sent it by e-mail a minute ago.", True),
         ("Your text is on its way.", True),
@@ -174,6 +177,12 @@ def test_amounts_a_tool_gave_are_said_with_the_word_after_them(reply: str) -> No
         ("The text has not been sent.", False),
         ("I've sent your message to the office, they'll call you back.", False),
         ("I've passed your details on to the team.", False),
+        # A message taken for the team (take_message), in the words a tester's model used:
+        # until late 7 December the guard cut them.
+        ("Your message has been sent to the team.", False),
+        ("I've messaged the office for you.", False),
+        ("I've emailed the team your details.", False),
+        ("Your message is on its way to the team.", False),
         ("It may or may not have gone through.", False),
         ("Our crew should arrive in the morning window.", False),
     ],
@@ -186,8 +195,8 @@ def test_a_text_claim_needs_a_send() -> None:
     reply = "Done, I've texted you the quote. Anything else?"
     speech = Speech(sent=lambda: False)
     text, stop = run(speech, chars(reply))
-    assert (text, stop) == ("Done, I've", "message")
-    assert speech.blocked == ["Done, I've texted"]
+    assert (text, stop) == ("Done, I've texted", "message")  # cut at "you": texted whom?
+    assert speech.blocked == ["Done, I've texted you"]
     assert run(Speech(sent=lambda: True), chars(reply)) == (reply, None)
     assert run(Speech(sent=lambda: False, guard_messages=False), chars(reply)) == (reply, None)
 

@@ -140,6 +140,11 @@ def test_the_limits_are_read_from_the_price_list(tmp_path: Path) -> None:
         ("upright piano 130 cm tall", PianoType.UPRIGHT),
         ("old upright grand", PianoType.LARGE_UPRIGHT),
         ("digital grand", PianoType.DIGITAL),
+        # Lengths in two parts, and the longest dimension as the length (until late 7 December
+        # the first number was read alone: "5 ft 10 in" was 5 ft, a baby grand).
+        ("grand, 5 ft 10 in", PianoType.GRAND),
+        ("grand piano, 1 m 80", PianoType.GRAND),
+        ("grand, it's 1.5 m wide and 1.9 m long", PianoType.GRAND),
         ("a Roland digital upright", PianoType.DIGITAL),
     ],
 )
@@ -152,6 +157,7 @@ def test_the_most_specific_description_wins(said: str, expected: PianoType) -> N
     [
         "upright, not a grand",
         "grand upright",
+        "not an upright, a grand",  # two clauses: not the "upright grand" phrase across them
         "baby grand or concert grand",
         "baby grand 200 cm",
         "concert grand 150 cm",

@@ -163,7 +163,7 @@ async def test_a_quote_keeps_its_price_while_the_day_still_gives_it(
 # -- a name for the booking ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["", "   "])
+@pytest.mark.parametrize("name", ["", "   ", "\u200b", ".", " - "])
 async def test_a_move_is_not_booked_without_a_name(phone: Callable[..., Any], name: str) -> None:
     call = phone()
     quote_id = await _quote(call)
@@ -179,7 +179,7 @@ async def test_a_move_is_not_booked_without_a_name(phone: Callable[..., Any], na
     assert await _count(call, Booking) == 0
 
 
-@pytest.mark.parametrize("name", ["", "   "])
+@pytest.mark.parametrize("name", ["", "   ", "\u200b", ".", " - "])
 async def test_an_appointment_is_not_booked_without_a_name(
     phone: Callable[..., Any], name: str
 ) -> None:
