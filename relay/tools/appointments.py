@@ -32,12 +32,12 @@ from relay.storage import business as store
 from relay.storage.models import Booking, Vehicle
 from relay.tools.base import ToolContext, ToolResult, tool
 from relay.tools.common import (
+    blank_name,
     bookings_busy,
     caller_phone,
     clean_ref,
     locked,
     need,
-    blank_name,
     no_name,
     owner,
     read_after,

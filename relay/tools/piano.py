@@ -33,11 +33,11 @@ from relay.storage.models import Booking, Message
 from relay.storage.models import Quote as QuoteRow
 from relay.tools.base import ToolContext, ToolResult, tool
 from relay.tools.common import (
+    blank_name,
     bookings_busy,
     caller_phone,
     locked,
     need,
-    blank_name,
     no_name,
     owner,
     read_day,
