@@ -248,6 +248,12 @@ class Settings(BaseSettings):
         """Where each agent's source documents live: ``<data dir>/knowledge/<collection>/``."""
         return self.data_dir / "knowledge"
 
+    @property
+    def recorder_spill_dir(self) -> Path:
+        """Where a stop that could not reach the database keeps its records for the next start
+        (relay.storage.spill): ``<data dir>/runtime/recorder-spill/``."""
+        return self.data_dir / "runtime" / "recorder-spill"
+
     def llm_api_key(self) -> str:
         """The key to send, or a ConfigError when OpenAI itself is the server and none is set.
 

@@ -102,6 +102,10 @@ RECORDER_LOST = Counter(
 RECORDER_DROPPED = Counter(
     "relay_recorder_dropped_events", "Events dropped because the recorder's backlog was full."
 )
+RECORDER_RESTORED = Counter(
+    "relay_recorder_restored",
+    "Records taken back at start from spill files (what a stop during a database outage kept).",
+)
 RECORDER_BACKLOG = Gauge(
     "relay_recorder_backlog", "Records waiting to be written.", multiprocess_mode="livesum"
 )

@@ -4,7 +4,9 @@ A call never waits for the database: sessions hand records to :meth:`Recorder.ev
 :meth:`Recorder.turn` and friends, which only append to an in-memory buffer. A background task
 writes the buffer in batches (one transaction each), retries with backoff while the database
 fails, and :meth:`Recorder.flush` waits until everything handed over so far is stored. On
-shutdown :meth:`Recorder.stop` flushes: nothing is lost.
+shutdown :meth:`Recorder.stop` flushes; what it cannot store (the database is down as the
+process stops) goes to a spill file under the data directory, which the next start stores
+(:mod:`relay.storage.spill`): nothing is lost.
 
 The write path is built for volume (a thousand calls hand over several thousand records a
 second, on the same event loop that streams their answers):
@@ -53,6 +55,7 @@ import contextlib
 from collections import deque
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -68,6 +71,7 @@ from sqlalchemy.exc import (
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from relay.storage import spill
 from relay.storage.db import NUL, Database, dumps_json, without_nul
 from relay.storage.models import Base, Call, Event, ParkedRecord, RelaySession, Turn
 from relay.storage.textsearch import index_pending
@@ -80,6 +84,7 @@ _UPSERT_KEYS: dict[type[Any], tuple[str, ...]] = {
     Turn: ("call_sid", "seq"),
 }
 _MODEL_ORDER = (Call, RelaySession, Turn)
+_TABLES: dict[str, type[Any]] = {model.__tablename__: model for model in _MODEL_ORDER}
 _EVENTS: Table = Base.metadata.tables[Event.__tablename__]
 _PARKED: Table = Base.metadata.tables[ParkedRecord.__tablename__]
 _EVENT_COLUMNS = ("call_sid", "session_id", "seq", "t", "at", "kind", "data")
@@ -133,6 +138,7 @@ class Recorder:
         max_events: int = 200_000,
         flush_timeout: float = 2.0,
         stop_timeout: float = 10.0,
+        spill_dir: Path | None = None,
     ) -> None:
         self._db = db
         self._interval = interval
@@ -143,6 +149,13 @@ class Recorder:
         self.max_events = max_events
         self.flush_timeout = flush_timeout
         self.stop_timeout = stop_timeout
+        #: Where :meth:`stop` keeps what it could not store, and :meth:`start` finds it again
+        #: (relay.storage.spill); None: what a stop cannot store is lost (and logged).
+        self.spill_dir = spill_dir
+        self._claims: list[tuple[int, spill.Claim]] = []  # restored files, by their last record
+        #: Calls whose end came back from a spill file: their post-call work never ran (the
+        #: app hands them to it, relay.web.postcall).
+        self.restored_ends: list[str] = []
         # Rows keyed for upserts (later updates of the same key replace earlier ones) and
         # plain inserts for events.
         # Each buffered record remembers the sequence number it was handed over with, so that
@@ -160,6 +173,8 @@ class Recorder:
         self.lost = 0  # rows the database refused that could not even be parked
         self.dropped_events = 0  # events dropped because the backlog was full
         self.batches = 0  # transactions committed
+        self.spilled = 0  # records a stop wrote to a spill file
+        self.restored = 0  # records a start took back from spill files
         self.statements = 0  # statements those transactions ran
         self._statements: dict[tuple[Any, ...], Any] = {}
         self._event_sql: str | None = None  # SQLite: the raw INSERT for events
@@ -255,6 +270,8 @@ class Recorder:
 
     async def start(self) -> None:
         if self._task is None:
+            if self.spill_dir is not None:
+                self._restore(self.spill_dir)
             self._task = asyncio.create_task(self._run(), name="relay-recorder")
 
     async def flush(self, timeout: float | None = _DEFAULT) -> bool:
@@ -291,6 +308,85 @@ class Recorder:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         self._task = None
+        if self._upserts or self._events:
+            self._spill()
+        for _, held in self._claims:
+            held.release()  # still not stored: the next start claims the file again
+        self._claims.clear()
+
+    # -- spill files (relay.storage.spill) --------------------------------------------------------
+
+    def _spill(self) -> None:
+        """Write what could not be stored to a spill file for the next start (see
+        :mod:`relay.storage.spill`); without a spill directory, or when the file cannot be
+        written, it is lost and logged."""
+        rows = [
+            spill.SpilledRow(u.model.__tablename__, u.partial, u.row)
+            for u in sorted(self._upserts.values(), key=lambda u: u.first)
+        ]
+        events = [spill.SpilledEvent(*e[1:]) for e in self._events]
+        calls = sorted({r.row["call_sid"] for r in rows if "call_sid" in r.row})
+        if self.spill_dir is None:
+            log.error("recorder_records_lost", records=len(rows) + len(events), calls=calls)
+            return
+        try:
+            path = spill.write(self.spill_dir, rows, events)
+        except OSError as exc:
+            log.error(
+                "recorder_records_lost", records=len(rows) + len(events), calls=calls,
+                error=f"cannot write a spill file in {self.spill_dir}: {exc}",
+            )  # fmt: skip
+            return
+        for _, held in self._claims:
+            held.done()  # what they held is in the new file
+        self._claims.clear()
+        self.spilled += len(rows) + len(events)
+        self._upserts.clear()
+        self._events.clear()
+        log.warning(
+            "recorder_spilled", path=str(path), rows=len(rows), events=len(events), calls=calls,
+            message="the database could not store these records before the process stopped: "
+            "the next start with this data directory stores them",
+        )  # fmt: skip
+
+    def _restore(self, directory: Path) -> None:
+        """Hand the records of earlier stops' spill files to this recorder."""
+        try:
+            claims, bad = spill.claim(directory)
+        except OSError as exc:
+            log.error("recorder_spill_unreadable", directory=str(directory), error=str(exc))
+            return
+        for reason in bad:
+            log.error("recorder_spill_unreadable", directory=str(directory), error=reason)
+        for held in claims:
+            for r in held.rows:
+                model = _TABLES.get(r.table)
+                if model is None:  # not a table the recorder writes: keep the file for a person
+                    log.error("recorder_spill_unreadable", path=str(held.path), table=r.table)
+                    break
+            else:
+                for r in held.rows:
+                    model = _TABLES[r.table]
+                    self._upsert(model, dict(r.row), _UPSERT_KEYS[model], r.partial)
+                    if model is Call and r.row.get("ended_at") is not None:
+                        self.restored_ends.append(r.row["call_sid"])
+                for e in held.events:
+                    self._queued += 1
+                    self._events.append(
+                        (self._queued, e.call_sid, e.session_id, e.seq, e.t, e.at, e.kind, e.data)
+                    )
+                self._claims.append((self._queued, held))
+                self.restored += held.records
+                log.info("recorder_spill_restoring", path=str(held.path), records=held.records)
+                continue
+            held.release()
+
+    def _release_stored_claims(self) -> None:
+        """Delete the spill files whose records are all stored now."""
+        while self._claims and self._claims[0][0] <= self._written:
+            _, held = self._claims.pop(0)
+            held.done()
+            log.info("recorder_spill_restored", path=str(held.path), records=held.records)
 
     def gap(self, records: int) -> float:
         """Seconds from the start of a write of ``records`` records to the start of the next."""
@@ -325,6 +421,9 @@ class Recorder:
                         raise
                     self.failures += 1
                     await self._isolate(upserts, events, exc)
+            except asyncio.CancelledError:  # stopping mid-write: the batch goes to the spill
+                self._put_back(upserts, events)
+                raise
             except Exception as exc:  # the database is in trouble: keep it all, retry
                 self.failures += 1
                 self._put_back(upserts, events)
@@ -340,6 +439,8 @@ class Recorder:
                 continue
             backoff = 0.1
             self._advance()
+            if self._claims:
+                self._release_stored_claims()
             if self._upserts or self._events:
                 self._wake.set()
             async with self._progress:

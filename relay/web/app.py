@@ -132,6 +132,7 @@ def create_app(
             max_events=settings.recorder_max_events,
             flush_timeout=settings.recorder_flush_timeout,
             stop_timeout=settings.recorder_stop_timeout,
+            spill_dir=settings.recorder_spill_dir,
         )
         await recorder.start()
         http = httpx.AsyncClient(

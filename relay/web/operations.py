@@ -211,6 +211,7 @@ class _Sampler:
         ("recorder", "parked", metrics.RECORDER_PARKED),
         ("recorder", "lost", metrics.RECORDER_LOST),
         ("recorder", "dropped_events", metrics.RECORDER_DROPPED),
+        ("recorder", "restored", metrics.RECORDER_RESTORED),
         ("retriever", "failures", metrics.KNOWLEDGE_FAILURES),
         ("retriever", "shed", metrics.KNOWLEDGE_SHED),
     )

@@ -79,6 +79,11 @@ def start(runtime: Runtime, background: list[asyncio.Task[Any]]) -> PostCall:
     )
     runtime.postcall = postcall
     runtime.closers.insert(0, postcall.aclose)
+    # Calls that ended while the database was down and came back from the recorder's spill
+    # file at this start: their outcomes, webhook and e-mail are still to do (each once).
+    for call_sid in deps.recorder.restored_ends:
+        postcall.call_ended(call_sid)
+    deps.recorder.restored_ends.clear()
     return postcall
 
 
