@@ -22,6 +22,7 @@ import httpx
 import orjson
 import structlog
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
@@ -44,7 +45,7 @@ from relay.storage.db import Database, check_driver
 from relay.storage.recorder import Recorder
 from relay.tools import ToolRegistry, default_registry
 from relay.tools.business import load_services
-from relay.web import console, feeds, limits, operations, postcall
+from relay.web import console, feeds, headers, limits, operations, postcall
 from relay.web.socket import RelaySocket, SocketLimits
 
 if TYPE_CHECKING:
@@ -234,7 +235,12 @@ def create_app(
         from relay.web import admin
 
         routes.extend(operations.limit_admin(admin.routes()))
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        middleware=[Middleware(headers.NoSniff)],
+        exception_handlers={500: headers.server_error},
+    )
 
 
 async def _start_knowledge(runtime: Runtime) -> asyncio.Task[Any]:
