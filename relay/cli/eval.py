@@ -83,9 +83,8 @@ async def _run(args: argparse.Namespace) -> int:
     # A scenario naming an agent, a tool or an outcome that does not exist (a typo) is an
     # error in the file, found before any run: the agents the app will load, its tools.
     agents = AgentRegistry.load(settings.prompts_dir, default=settings.default_agent)
-    known = Known(
-        agents={name: agent.tools for name, agent in agents.agents.items()},
-        tools=default_registry().names(),
+    known = Known.of(
+        {name: agent.tools for name, agent in agents.agents.items()}, default_registry()
     )
     scenarios = load_scenarios(args.scenarios or [DEFAULT_SCENARIOS], known=known)
     if args.agent:

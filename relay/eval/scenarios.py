@@ -29,8 +29,9 @@ string).
 
 A file that cannot be right is a configuration error naming the file and the field: a regex
 that does not compile, and, given the names that exist (:class:`Known`, what ``relay eval``
-passes), an agent, a tool or an outcome no one has, with the close names (a typo in
-``not_tools`` would be a check that can never fail). A tool relay has that the agent does not
+passes), an agent, a tool, a tool's argument or an outcome no one has, with the close names
+(a typo in ``not_tools`` would be a check that can never fail, one in an argument's name a check
+that can never pass). A tool relay has that the agent does not
 list is no typo: expected, the run fails (the agent lost a tool it needs).
 """
 
@@ -40,15 +41,18 @@ import difflib
 import re
 import tomllib
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from relay.errors import ConfigError
 from relay.services.outcomes import OUTCOMES
+
+if TYPE_CHECKING:
+    from relay.tools import ToolRegistry
 
 
 def _compiled(pattern: str, what: str = "") -> str:
@@ -128,11 +132,23 @@ class Scenario(BaseModel):
 @dataclass(frozen=True)
 class Known:
     """The names a scenario may use: the agents that exist, each with the tools it lists,
-    every tool relay has, and the outcomes it records."""
+    every tool relay has, the outcomes it records, and each tool's argument names (a tool
+    not in ``arguments`` has its argument names unchecked)."""
 
     agents: Mapping[str, Collection[str]]
     tools: Collection[str]
     outcomes: Collection[str] = OUTCOMES
+    arguments: Mapping[str, Collection[str]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, agents: Mapping[str, Collection[str]], registry: ToolRegistry) -> Known:
+        """The names of ``agents`` (each with the tools it lists) and of ``registry``'s tools."""
+        arguments: dict[str, Collection[str]] = {}
+        for name in registry.names():
+            tool = registry.get(name)
+            if tool is not None:
+                arguments[name] = sorted((tool.schema.get("properties") or {}).keys())
+        return cls(agents=agents, tools=registry.names(), arguments=arguments)
 
     def problems(self, scenario: Scenario) -> list[str]:
         """Every name in ``scenario`` that does not exist, as ``field: problem``."""
@@ -146,6 +162,20 @@ class Known:
         for field_name, name in named:
             if name not in self.tools:
                 found.append(f"expect.{field_name}: {_unknown('tool', name, *close)}")
+        for i, expected in enumerate(scenario.expect.tools):
+            takes = self.arguments.get(expected.name)
+            if takes is None:
+                continue
+            for argument in expected.arguments:
+                if argument not in takes:
+                    # A pattern on an argument the tool never has is a check that can never hold.
+                    what = f"argument of {expected.name}"
+                    problem = (
+                        _unknown(what, argument, sorted(takes))
+                        if takes
+                        else (f"no {what} named {argument!r} ({expected.name} takes no arguments)")
+                    )
+                    found.append(f"expect.tools.{i}.arguments.{argument}: {problem}")
         for i, outcome in enumerate(scenario.expect.outcomes):
             if outcome not in self.outcomes:
                 problem = _unknown("outcome", outcome, list(self.outcomes))

@@ -95,8 +95,36 @@ def test_a_tool_of_another_agent_is_a_name_that_exists(tmp_path: Path) -> None:
 
 def test_the_shipped_scenarios_name_what_exists() -> None:
     agents = AgentRegistry.load(REPO / "prompts").agents.values()
-    known = Known({a.name: a.tools for a in agents}, default_registry().names())
+    known = Known.of({a.name: a.tools for a in agents}, default_registry())
+    assert known.arguments["quote_piano_move"]  # argument names are checked too
     assert len(load_scenarios([SHIPPED], known=known)) >= 6
+
+
+def test_an_argument_the_tool_does_not_take_is_a_configuration_error(tmp_path: Path) -> None:
+    """A pattern on an argument the tool never has is a check that can never pass (until
+    8 December the run just failed, every time, with nothing to say why)."""
+    agents = AgentRegistry.load(REPO / "prompts").agents.values()
+    known = Known.of({a.name: a.tools for a in agents}, default_registry())
+    path = scenario(
+        tmp_path,
+        HEAD + "[expect]\ntools = [\n"
+        '  { name = "quote_piano_move", arguments = { piano_typ = "upright", stairs = "3" } },\n'
+        '  { name = "end_call", arguments = { reason = "done" } },\n'
+        '  { name = "book_move", arguments = { date = "2026-12" } },\n'
+        "]\n",
+    )
+    load_scenario(path, known=KNOWN)  # names known, argument names not: the file is well formed
+
+    with pytest.raises(ConfigError) as raised:
+        load_scenario(path, known=known)
+
+    takes = ", ".join(sorted(known.arguments["quote_piano_move"]))
+    assert str(raised.value) == (
+        f"{path}: invalid scenario: "
+        "expect.tools.0.arguments.piano_typ: no argument of quote_piano_move named 'piano_typ' "
+        "(did you mean 'piano_type'?); "
+        f"expect.tools.0.arguments.stairs: no argument of quote_piano_move named 'stairs' (known: {takes})"
+    )
 
 
 @pytest.fixture
@@ -118,6 +146,9 @@ def env(eval_env: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
          "expect.outcomes.0: no outcome named 'bookd' (did you mean 'booked'?)"),
         ('tools = [{ name = "quote_piano" }]',
          "expect.tools.0.name: no tool named 'quote_piano' (did you mean 'quote_piano_move'?)"),
+        ('tools = [{ name = "quote_piano_move", arguments = { piano_typ = "grand" } }]',
+         "expect.tools.0.arguments.piano_typ: no argument of quote_piano_move named 'piano_typ' "
+         "(did you mean 'piano_type'?)"),
     ],
 )  # fmt: skip
 def test_relay_eval_exits_2_on_a_malformed_scenario_before_any_run(
