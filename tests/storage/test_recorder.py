@@ -27,17 +27,6 @@ NOW = datetime(2026, 11, 21, 9, 30, tzinfo=UTC)
 
 
 @pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    """A fresh database: SQLite, then PostgreSQL (``database_url`` in tests/conftest.py)."""
-    database = Database(database_url)
-    await database.migrate()
-    try:
-        yield database
-    finally:
-        await database.close()
-
-
-@pytest.fixture
 async def recorder(db: Database) -> AsyncIterator[Recorder]:
     rec = Recorder(db, interval=0.001, max_backoff=0.05)
     await rec.start()

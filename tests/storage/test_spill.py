@@ -4,14 +4,13 @@ error raised on every statement (as in test_recorder), on SQLite and PostgreSQL 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError
 from structlog.testing import capture_logs
@@ -42,16 +41,6 @@ def outage(db: Database) -> Iterator[None]:
         event.remove(db.engine.sync_engine, "before_cursor_execute", refuse)
 
 
-@pytest.fixture
-async def db(database_url: str) -> AsyncIterator[Database]:
-    database = Database(database_url)
-    await database.migrate()
-    try:
-        yield database
-    finally:
-        await database.close()
-
-
 def recorder(db: Database, spill_dir: Path | None) -> Recorder:
     return Recorder(db, interval=0.001, max_backoff=0.02, spill_dir=spill_dir)
 
@@ -80,6 +69,17 @@ def rest_of_call(rec: Recorder) -> None:
         call_sid="CA1", session_id="VXCA1", seq=1, role="assistant", content="$420.", created_at=NOW
     )
     rec.update_call("CA1", status="completed", outcome="hung-up", ended_at=ENDED)
+
+
+async def spill_a_call(db: Database, directory: Path) -> None:
+    """A whole call handed over during an outage, then the recorder stops: 8 records spilled."""
+    rec = recorder(db, directory)
+    await rec.start()
+    with outage(db):
+        begin_call(rec)
+        rest_of_call(rec)
+        await rec.stop(timeout=0.1)
+    assert rec.spilled == 8
 
 
 def spill_files(directory: Path) -> list[Path]:
@@ -186,12 +186,7 @@ async def test_a_process_that_dies_holding_a_spill_file_lets_the_next_start_clai
     db: Database, tmp_path: Path
 ) -> None:
     directory = tmp_path / "spill"
-    first = recorder(db, directory)
-    await first.start()
-    with outage(db):
-        begin_call(first)
-        rest_of_call(first)
-        await first.stop(timeout=0.1)
+    await spill_a_call(db, directory)
     holder = recorder(db, directory)
     holder._restore(directory)  # claimed, never stored: then the process "dies"
     assert holder.restored == 8
@@ -211,12 +206,7 @@ async def test_a_spill_file_that_cannot_be_read_is_set_aside_and_the_rest_restor
     db: Database, tmp_path: Path
 ) -> None:
     directory = tmp_path / "spill"
-    first = recorder(db, directory)
-    await first.start()
-    with outage(db):
-        begin_call(first)
-        rest_of_call(first)
-        await first.stop(timeout=0.1)
+    await spill_a_call(db, directory)
     (directory / "recorder-spill-00000000T000000-1-deadbeef.jsonl").write_text(
         '{"relay_recorder_spill": 1, "records": 1}\n{"oops": 1}\n'
     )

@@ -6,11 +6,14 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
 import pytest_asyncio
 
+from relay.storage.db import Database
+from relay.web.console import rollup
 from tests.conftest import (
     _SETTINGS_ENV,
     SHIPPED_AGENT,
@@ -23,6 +26,18 @@ from tests.conftest import (
 
 ADMIN_TOKEN = "console-admin-token-0123456789"
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+
+
+@pytest_asyncio.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    """A fresh SQLite database, and the console's per-process day caches emptied (modules that
+    need another database define their own)."""
+    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'relay.db'}")
+    await database.migrate()
+    rollup._LIVE.clear()
+    rollup._STAMPS.clear()
+    yield database
+    await database.close()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
-import pytest_asyncio
 from sqlalchemy import func, select
 
 from relay.services.costs import summarise
@@ -19,14 +16,6 @@ from relay.storage.outcomes import CallAnalysis
 from relay.web.console import charts, queries, rollup
 
 pytestmark = pytest.mark.asyncio
-
-
-@pytest_asyncio.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'relay.db'}")
-    await database.migrate()
-    yield database
-    await database.close()
 
 
 async def add_call(

@@ -3,18 +3,15 @@ have it (a call none of whose replies came is ``abandoned``, not answered)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
 from relay.storage.db import Database
 from relay.storage.models import Call, Turn
 from relay.storage.outcomes import CallAnalysis
-from relay.web.console import queries, rollup
+from relay.web.console import queries
 
 pytestmark = pytest.mark.asyncio
 
@@ -32,16 +29,6 @@ TOOL_CALL: dict[str, Any] = {"role": "assistant", "content": "", "llm_request_at
                                              "function": {"name": "transfer", "arguments": "{}"}}]}  # fmt: skip
 AFTER_TOOL: dict[str, Any] = {"role": "assistant", "content": "Putting you through now."}
 SILENT_REPLY: dict[str, Any] = {"role": "assistant", "content": "", "llm_request_at": 2.0}
-
-
-@pytest_asyncio.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'relay.db'}")
-    await database.migrate()
-    rollup._LIVE.clear()
-    rollup._STAMPS.clear()
-    yield database
-    await database.close()
 
 
 async def add_call(

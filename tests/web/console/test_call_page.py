@@ -3,12 +3,9 @@ number retention masked shown as stored."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
-import pytest_asyncio
 
 from relay.storage.db import Database
 from relay.storage.models import Call, Turn
@@ -19,14 +16,6 @@ from relay.web.console.render import env
 pytestmark = pytest.mark.asyncio
 
 STARTED = datetime(2026, 12, 5, 2, 0, tzinfo=UTC)
-
-
-@pytest_asyncio.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'relay.db'}")
-    await database.migrate()
-    yield database
-    await database.close()
 
 
 async def add_call(db: Database, sid: str, number: str, turns: list[Turn], count: int) -> None:

@@ -7,16 +7,13 @@ from __future__ import annotations
 import asyncio
 import email
 import socket
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
-import pytest_asyncio
 import respx
 from sqlalchemy import select
 
@@ -47,14 +44,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-@pytest_asyncio.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'relay.db'}")
-    await database.migrate()
-    yield database
-    await database.close()
 
 
 async def test_new_messages_and_bookings_reach_the_owner_once(db: Database) -> None:

@@ -4,13 +4,10 @@ day's figures be computed again; nothing else does."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_asyncio
 from sqlalchemy import delete, event, select, update
 
 from relay.storage.console import ConsoleDaily
@@ -24,16 +21,6 @@ pytestmark = pytest.mark.asyncio
 AGENTS = ["car-service", "piano-removals"]
 #: Noon, four days ago: a settled day (older than yesterday), stored once computed.
 NOON = datetime.now(UTC).replace(hour=12, minute=0, second=0, microsecond=0) - timedelta(days=4)
-
-
-@pytest_asyncio.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = Database(f"sqlite+aiosqlite:///{tmp_path / 'relay.db'}")
-    await database.migrate()
-    rollup._LIVE.clear()
-    rollup._STAMPS.clear()
-    yield database
-    await database.close()
 
 
 async def add_call(db: Database, sid: str, started: datetime, *, seconds: float = 60) -> None:
