@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 import re
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -98,6 +99,16 @@ async def stored_events(relay: Any, call_sid: str, kind: str) -> list[dict[str, 
             select(Event).where(Event.call_sid == call_sid, Event.kind == kind).order_by(Event.seq)
         )
         return [e.data for e in rows]
+
+
+@pytest.fixture(autouse=True)
+def _root_log_level() -> Iterator[None]:
+    """The root logger's level as each test found it: a command run in a test (``relay eval``
+    sets ``RELAY_LOG_LEVEL=error``) must not silence the warnings a later test reads."""
+    root = logging.getLogger()
+    level = root.level
+    yield
+    root.setLevel(level)
 
 
 def fresh_logging(monkeypatch: pytest.MonkeyPatch, module: str) -> Iterator[None]:

@@ -85,6 +85,7 @@ class _Kept(logging.Handler):
         self.lists = threading.local()
         self.users = 0  # threads loading a PDF
         self.saved_propagate = True  # the pypdf logger's own, given back after the last one
+        self.saved_level = logging.NOTSET  # likewise
 
     def emit(self, record: logging.LogRecord) -> None:
         kept: list[str] | None = getattr(self.lists, "messages", None)
@@ -106,14 +107,18 @@ def pypdf_messages() -> Iterator[list[str]]:
     """The warnings and errors pypdf logs while this thread reads a PDF, in order, kept for
     the file's result. Meanwhile nothing pypdf logs reaches the process's log handlers (from
     any thread: pypdf's logging is process-wide); it does again once no thread is loading a
-    PDF."""
+    PDF. pypdf's warnings are kept whatever the process's log level (``RELAY_LOG_LEVEL=error``
+    sets the root logger's, which pypdf's loggers would otherwise inherit): the pypdf logger is
+    at WARNING meanwhile, and, not propagating, that lets nothing more reach the handlers."""
     pypdf_logger = logging.getLogger("pypdf")
     messages: list[str] = []
     with _KEPT_LOCK:
         if _KEPT.users == 0:
             _KEPT.saved_propagate = pypdf_logger.propagate
+            _KEPT.saved_level = pypdf_logger.level
             pypdf_logger.addHandler(_KEPT)
             pypdf_logger.propagate = False
+            pypdf_logger.setLevel(logging.WARNING)
         _KEPT.users += 1
     _KEPT.lists.messages = messages
     try:
@@ -125,6 +130,7 @@ def pypdf_messages() -> Iterator[list[str]]:
             if _KEPT.users == 0:
                 pypdf_logger.removeHandler(_KEPT)
                 pypdf_logger.propagate = _KEPT.saved_propagate
+                pypdf_logger.setLevel(_KEPT.saved_level)
 
 
 def _named(messages: list[str]) -> list[str]:

@@ -234,9 +234,12 @@ def test_a_pdf_pypdf_repairs_loads_and_its_warnings_are_logged_once_as_ours(
     ]
 
 
-def test_pypdf_messages_are_kept_per_thread_and_logged_again_after() -> None:
+def test_pypdf_messages_are_kept_per_thread_and_logged_again_after(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """Each thread loading a PDF keeps its own file's messages; once none is loading, pypdf
     logs as before."""
+    caplog.set_level(logging.WARNING)  # the root logger's default
     pypdf_logger = logging.getLogger("pypdf._reader")
     inside, go_on = threading.Event(), threading.Event()
     other: list[str] = []
@@ -265,6 +268,23 @@ def test_pypdf_messages_are_kept_per_thread_and_logged_again_after() -> None:
     finally:
         logging.getLogger().removeHandler(handler)
     assert seen == ["no file loading"]
+
+
+def test_pypdf_messages_are_kept_whatever_the_process_log_level(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``RELAY_LOG_LEVEL=error`` puts the root logger at ERROR, which pypdf's loggers inherit:
+    until 8 December its warnings then never reached the file's reason ("EOF marker not
+    found" was missing from a corrupt PDF's), and the level is given back after."""
+    caplog.set_level(logging.ERROR)
+    data = b"%PDF-1.4\n" + b"\x00" * 64
+    with pytest.raises(DocumentError) as failed:
+        load_document("leaflet.pdf", data)
+    assert failed.value.reason.startswith("corrupt PDF (EOF marker not found; "), (
+        failed.value.reason
+    )
+    assert logging.getLogger("pypdf").level == logging.NOTSET
+    assert [r for r in caplog.records if r.name.startswith("pypdf")] == []
 
 
 # -- DOCX --------------------------------------------------------------------------------------
