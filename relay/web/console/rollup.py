@@ -305,12 +305,15 @@ async def stamps(
     figures are marked with it: how many calls started that day; how many analyses, and the
     newest ``computed_at``, of the calls that ended that day and the next (a call that started
     that day ended then; the analyses' index is by end); and of the analyses with no end (a
-    call analysed before it ended: counted on every day). A call imported or deleted changes the
-    first, an analysis stored or worked out again the others; turns and events do not count
-    (retention's purge keeps the figures computed from the whole call).
+    call analysed before it ended: counted on every day); and how many of the quotes given that
+    day are booked. A call imported or deleted changes the first, an analysis stored or worked
+    out again the next, a quote booked days after it was given (or its booking undone) the
+    last; turns and events do not count (retention's purge keeps the figures computed from the
+    whole call).
 
     One statement for every day (a range per day over the ``(agent, started_at)`` and
-    ``(agent, ended_at)`` indexes): the database counts, a few rows come back."""
+    ``(agent, ended_at)`` indexes): the database counts, a few rows come back; and one for the
+    booked quotes given in the period."""
     out: dict[tuple[str, date], list[Any]] = {}
     for chunk in range(0, len(days), STAMP_DAYS):
         out.update(await _stamps(db, sorted(days)[chunk : chunk + STAMP_DAYS], agents, zone))
@@ -347,11 +350,24 @@ async def _stamps(
         .where(CallAnalysis.agent.in_(names), CallAnalysis.ended_at.is_(None))
         .group_by(CallAnalysis.agent)
     )
+    # The booked quotes given in the period, by day: one range over the table (a quarter's are
+    # a few hundred rows), where a range per day would read the quotes, unindexed, once a day.
+    period = _bounds(min(days), zone)[0], _bounds(max(days), zone)[1]
+    booked = (
+        select(Quote.agent, Quote.created_at)
+        .where(Quote.agent.in_(names), Quote.status == "booked")
+        .where(Quote.created_at >= period[0], Quote.created_at < period[1])
+    )
     async with db.session() as session:
         rows = (await session.execute(union_all(*parts))).all()
+        quotes = (await session.execute(booked)).all()
     counted: dict[tuple[str, str, int], list[Any]] = {}
     for ordinal, kind, agent, count, computed in rows:
         counted[(str(kind), str(agent), int(ordinal))] = [int(count), computed]
+    tz = ZoneInfo(zone)
+    for agent, created in quotes:
+        key = ("booked", str(agent), created.astimezone(tz).date().toordinal())
+        counted.setdefault(key, [0, None])[0] += 1
     none = [0, None]
     return {
         (agent, day): [
@@ -359,6 +375,7 @@ async def _stamps(
             *counted.get(("ended", agent, day.toordinal()), none),
             *counted.get(("ended", agent, day.toordinal() + 1), none),
             *counted.get(("open", agent, 0), none),
+            counted.get(("booked", agent, day.toordinal()), none)[0],
         ]
         for agent in names
         for day in days

@@ -154,7 +154,9 @@ async def test_cost_per_booking_is_the_cli_s(db: Database) -> None:
     """As ``relay sessions costs`` has it: the analysed calls' cost over the analysed calls
     that booked; not over every Booking row (demo data, cancelled ones, bookings no call
     made)."""
-    now = datetime.now(UTC) - timedelta(minutes=5)
+    now = datetime.now(UTC)
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    now -= min(timedelta(minutes=5), (now - midnight) / 2)  # today still, also at 00:03
     for sid, outcomes, cost in (("CA1", ["quoted", "booked"], 0.30), ("CA2", ["message"], 0.10)):
         await add_call(db, sid, now)
         await add_analysis(db, sid, outcomes, cost)

@@ -1,6 +1,6 @@
 """A stored day's figures follow what they were computed from: a call imported or deleted, an
-analysis added or worked out again (``relay sessions analyze`` after a price change) make the
-day's figures be computed again; nothing else does."""
+analysis added or worked out again (``relay sessions analyze`` after a price change), a quote
+booked days after it was given make the day's figures be computed again; nothing else does."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from sqlalchemy import delete, event, select, update
 
 from relay.storage.console import ConsoleDaily
 from relay.storage.db import Database
-from relay.storage.models import Call, Turn
+from relay.storage.models import Call, Quote, Turn
 from relay.storage.outcomes import CallAnalysis, save_analysis
 from relay.web.console import queries, rollup
 
@@ -91,6 +91,27 @@ async def test_a_deleted_call_and_a_late_analysis_show_on_a_stored_day(db: Datab
     assert (late.analysed, late.booked_calls, late.outcomes) == (1, 1, {"quoted": 1, "booked": 1})
 
 
+async def test_a_quote_booked_days_later_shows_on_the_day_it_was_given(db: Database) -> None:
+    """Until 8 December the day's "quotes booked" stayed as first computed: a caller who rang
+    back on Friday to book Monday's quote left Monday's conversion at 0 %."""
+    await add_call(db, "CA1", NOON)
+    async with db.session() as session, session.begin():
+        for n in range(2):
+            session.add(Quote(id=f"Q{n}", agent="piano-removals", call_sid="CA1", inputs={},
+                              breakdown=[], total_cents=42000, currency="AUD",
+                              created_at=NOON + timedelta(minutes=n)))  # fmt: skip
+    given = await week(db)
+    assert (given.quotes, given.quotes_booked) == (2, 0)
+    at = await stored_at(db)
+
+    async with db.session() as session, session.begin():  # booked on a later call
+        await session.execute(update(Quote).where(Quote.id == "Q1").values(status="booked"))
+    booked = await week(db)
+    assert (booked.quotes, booked.quotes_booked) == (2, 1)
+    assert booked.conversion == 0.5
+    assert await stored_at(db) != at  # the stored day was computed again
+
+
 async def test_a_call_that_ended_the_next_day_reprices_the_day_it_started(db: Database) -> None:
     """Figures count a call on the day it started; its analysis is found by when it ended."""
     started = NOON.replace(hour=23, minute=58)
@@ -120,8 +141,9 @@ async def test_an_unchanged_day_is_not_computed_again(db: Database) -> None:
 
 
 async def test_the_stamps_are_read_once_for_every_day_of_a_page(db: Database) -> None:
-    """One statement for every stored day of a page, whatever the period; reused for a few
-    seconds like today's figures, then read again."""
+    """Two statements for every stored day of a page, whatever the period (the counts, and
+    the booked quotes given in the period); reused for a few seconds like today's figures,
+    then read again."""
     for day in range(2, 30):
         await add_call(db, f"CA{day}", NOON - timedelta(days=day))
     await queries.analytics(db, agent="", days=30, agents=AGENTS)
@@ -139,4 +161,4 @@ async def test_the_stamps_are_read_once_for_every_day_of_a_page(db: Database) ->
         await queries.analytics(db, agent="", days=30, agents=AGENTS)
     finally:
         event.remove(db.engine.sync_engine, "before_cursor_execute", seen)
-    assert len(statements) == reused + 1
+    assert len(statements) == reused + 2
