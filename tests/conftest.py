@@ -111,8 +111,8 @@ def _root_log_level() -> Iterator[None]:
     root.setLevel(level)
 
 
-def fresh_logging(monkeypatch: pytest.MonkeyPatch, module: str) -> Iterator[None]:
-    """structlog's defaults and a fresh logger for ``module`` (its ``log``), whatever an earlier
+def fresh_logging(monkeypatch: pytest.MonkeyPatch, *modules: str) -> Iterator[None]:
+    """structlog's defaults and a fresh logger for each of ``modules`` (its ``log``), whatever an earlier
     test configured: ``relay.logging`` at warning drops the info lines a test checks, and caches
     the loggers it has used, which ``capture_logs`` then never sees. For an autouse fixture:
     ``yield from fresh_logging(monkeypatch, "relay.storage.db")``."""
@@ -121,7 +121,8 @@ def fresh_logging(monkeypatch: pytest.MonkeyPatch, module: str) -> Iterator[None
     import structlog
 
     structlog.reset_defaults()
-    monkeypatch.setattr(importlib.import_module(module), "log", structlog.get_logger(module))
+    for module in modules:
+        monkeypatch.setattr(importlib.import_module(module), "log", structlog.get_logger(module))
     yield
     structlog.reset_defaults()
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from sqlalchemy import event
 from sqlalchemy.exc import DBAPIError
 from structlog.testing import capture_logs
@@ -18,9 +19,15 @@ from structlog.testing import capture_logs
 from relay.storage import repository, spill
 from relay.storage.db import Database
 from relay.storage.recorder import Recorder
+from tests.conftest import fresh_logging
 
 NOW = datetime(2026, 12, 7, 23, 30, tzinfo=UTC)
 ENDED = datetime(2026, 12, 7, 23, 34, 12, 345678, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True)
+def default_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    yield from fresh_logging(monkeypatch, "relay.storage.recorder")
 
 
 class ShuttingDown(Exception):

@@ -5,14 +5,22 @@ PostgreSQL's "shutting down" error on every statement."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from structlog.testing import capture_logs
 
 from relay.storage import outcomes, repository
 from relay.testing import ScriptedLLM, Text
+from tests.conftest import fresh_logging
 from tests.storage.test_spill import outage
+
+
+@pytest.fixture(autouse=True)
+def default_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    yield from fresh_logging(monkeypatch, "relay.storage.recorder", "relay.services.postcall")
 
 
 async def test_a_restart_during_a_database_outage_keeps_the_calls_end(
