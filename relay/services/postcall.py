@@ -138,6 +138,7 @@ class PostCall:
     retry_first: float = RETRY_FIRST
     retry_max: float = RETRY_MAX
     _tasks: dict[asyncio.Task[Any], str] = field(default_factory=dict)
+    _waiting: set[asyncio.Task[Any]] = field(default_factory=set)  # for the database to answer
     _slots: asyncio.Semaphore = field(init=False)
 
     def __post_init__(self) -> None:
@@ -186,7 +187,13 @@ class PostCall:
                         "postcall_delayed", call_sid=call_sid, error=repr(exc)[:300],
                         retry_in=delay, message="the database failed: retrying until it answers",
                     )  # fmt: skip
-                await asyncio.sleep(delay)
+                task = asyncio.current_task()
+                assert task is not None
+                self._waiting.add(task)  # for the database: a stop need not wait for it
+                try:
+                    await asyncio.sleep(delay)
+                finally:
+                    self._waiting.discard(task)
                 delay = min(delay * 2, self.retry_max)
                 continue
             if attempts:
@@ -204,23 +211,39 @@ class PostCall:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
-    async def aclose(self, timeout: float = 10.0) -> None:
-        """Wait up to ``timeout`` s for the work started, then stop it; the calls whose work
-        is then lost (outcomes, webhook, e-mail) are logged by call SID."""
+    async def aclose(self, timeout: float = 10.0, *, log_lost: bool = True) -> list[str]:
+        """Wait up to ``timeout`` s for the work started, then stop it, and return the calls
+        whose work was not done (outcomes, webhook, e-mail). Work waiting for the database to
+        answer again is not waited for: once only such work is left, it stops at once. With
+        ``log_lost`` those calls are logged as lost (``postcall_lost``); the app instead hands
+        them to the recorder's spill file, for the next start (relay.storage.spill)."""
         if not self._tasks:
-            return
-        _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+            return []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        pending = set(self._tasks)
+        while pending and not pending <= self._waiting:
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            # Woken by a task that ends, and every 50 ms to see whether the rest now wait for
+            # the database.
+            _, pending = await asyncio.wait(
+                pending, timeout=min(left, 0.05), return_when=asyncio.FIRST_COMPLETED
+            )
         if not pending:
-            return
+            return []
         lost = sorted(self._tasks[task] for task in pending if task in self._tasks)
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-        log.error(
-            "postcall_lost", calls=len(lost), call_sids=lost,
-            message="stopped before their outcomes, webhook and e-mail were done; "
-            "`relay sessions analyze` recomputes the outcomes (no webhook, no e-mail)",
-        )  # fmt: skip
+        if log_lost:
+            log.error(
+                "postcall_lost", calls=len(lost), call_sids=lost,
+                message="stopped before their outcomes, webhook and e-mail were done; "
+                "`relay sessions analyze` recomputes the outcomes (no webhook, no e-mail)",
+            )  # fmt: skip
+        return lost
 
     async def process(
         self, call_sid: str, *, analyse: bool = True, deliver: bool = True

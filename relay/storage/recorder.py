@@ -156,6 +156,13 @@ class Recorder:
         #: Calls whose end came back from a spill file: their post-call work never ran (the
         #: app hands them to it, relay.web.postcall).
         self.restored_ends: list[str] = []
+        #: Calls whose post-call work a stop could not finish (:meth:`defer_postcall`): they go
+        #: to the spill file with the records, and the next start does that work.
+        self._postcall: list[str] = []
+        #: The last write failed because the database is in trouble (cleared by a write that
+        #: succeeds); and when a flush last gave up waiting while it was.
+        self.troubled = False
+        self._gave_up_at: float | None = None
         # Rows keyed for upserts (later updates of the same key replace earlier ones) and
         # plain inserts for events.
         # Each buffered record remembers the sequence number it was handed over with, so that
@@ -289,6 +296,8 @@ class Recorder:
                     self._progress.wait_for(lambda: self._written >= target), timeout
                 )
             except TimeoutError:
+                if self.troubled:
+                    self._gave_up_at = asyncio.get_running_loop().time()
                 return False
         return True
 
@@ -299,6 +308,12 @@ class Recorder:
             return
         if timeout is None:
             timeout = self.stop_timeout
+        given_up = self._gave_up_at
+        now = asyncio.get_running_loop().time()
+        if self.troubled and given_up is not None and now - given_up < self.stop_timeout:
+            # A flush (the drain's, a hang-up's) has just waited in vain for a database in
+            # trouble: waiting again only makes the stop longer; what is left is spilled.
+            timeout = 0
         stored = await self.flush(timeout)
         if not stored:
             log.error("recorder_flush_incomplete", pending=self.pending)
@@ -308,13 +323,19 @@ class Recorder:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         self._task = None
-        if self._upserts or self._events:
+        if self._upserts or self._events or self._postcall:
             self._spill()
         for _, held in self._claims:
             held.release()  # still not stored: the next start claims the file again
         self._claims.clear()
 
     # -- spill files (relay.storage.spill) --------------------------------------------------------
+
+    def defer_postcall(self, call_sids: list[str]) -> None:
+        """Calls whose post-call work a stopping process could not finish (the database was
+        down, or the work was slow): :meth:`stop` keeps them in the spill file, and the next
+        start hands them to its post-call work (:attr:`restored_ends`)."""
+        self._postcall.extend(sid for sid in call_sids if sid not in self._postcall)
 
     def _spill(self) -> None:
         """Write what could not be stored to a spill file for the next start (see
@@ -326,17 +347,22 @@ class Recorder:
         ]
         events = [spill.SpilledEvent(*e[1:]) for e in self._events]
         calls = sorted({r.row["call_sid"] for r in rows if "call_sid" in r.row})
+        postcall = list(self._postcall)
         if self.spill_dir is None:
-            log.error("recorder_records_lost", records=len(rows) + len(events), calls=calls)
+            self._lost(rows, events, calls, postcall, None)
             return
         try:
-            path = spill.write(self.spill_dir, rows, events)
+            path = spill.write(self.spill_dir, rows, events, postcall=postcall)
         except OSError as exc:
-            log.error(
-                "recorder_records_lost", records=len(rows) + len(events), calls=calls,
-                error=f"cannot write a spill file in {self.spill_dir}: {exc}",
-            )  # fmt: skip
+            self._lost(
+                rows,
+                events,
+                calls,
+                postcall,
+                f"cannot write a spill file in {self.spill_dir}: {exc}",
+            )
             return
+        self._postcall.clear()
         for _, held in self._claims:
             held.done()  # what they held is in the new file
         self._claims.clear()
@@ -345,9 +371,30 @@ class Recorder:
         self._events.clear()
         log.warning(
             "recorder_spilled", path=str(path), rows=len(rows), events=len(events), calls=calls,
-            message="the database could not store these records before the process stopped: "
-            "the next start with this data directory stores them",
+            postcall=postcall,
+            message="what the database could not store before the process stopped (records, "
+            "and calls whose post-call work was not done): the next start with this data "
+            "directory stores it and does that work",
         )  # fmt: skip
+
+    @staticmethod
+    def _lost(
+        rows: list[spill.SpilledRow],
+        events: list[spill.SpilledEvent],
+        calls: list[str],
+        postcall: list[str],
+        error: str | None,
+    ) -> None:
+        if rows or events:
+            log.error(
+                "recorder_records_lost", records=len(rows) + len(events), calls=calls, error=error
+            )
+        if postcall:
+            log.error(
+                "postcall_lost", calls=len(postcall), call_sids=postcall,
+                message="stopped before their outcomes, webhook and e-mail were done; "
+                "`relay sessions analyze` recomputes the outcomes (no webhook, no e-mail)",
+            )  # fmt: skip
 
     def _restore(self, directory: Path) -> None:
         """Hand the records of earlier stops' spill files to this recorder."""
@@ -370,6 +417,7 @@ class Recorder:
                     self._upsert(model, dict(r.row), _UPSERT_KEYS[model], r.partial)
                     if model is Call and r.row.get("ended_at") is not None:
                         self.restored_ends.append(r.row["call_sid"])
+                self.restored_ends.extend(held.postcall)
                 for e in held.events:
                     self._queued += 1
                     self._events.append(
@@ -380,6 +428,7 @@ class Recorder:
                 log.info("recorder_spill_restoring", path=str(held.path), records=held.records)
                 continue
             held.release()
+        self._release_stored_claims()  # a file of post-call work alone holds no records
 
     def _release_stored_claims(self) -> None:
         """Delete the spill files whose records are all stored now."""
@@ -426,6 +475,7 @@ class Recorder:
                 raise
             except Exception as exc:  # the database is in trouble: keep it all, retry
                 self.failures += 1
+                self.troubled = True
                 self._put_back(upserts, events)
                 log.warning(
                     "recorder_write_failed",
@@ -438,6 +488,7 @@ class Recorder:
                 self._wake.set()
                 continue
             backoff = 0.1
+            self.troubled = False
             self._advance()
             if self._claims:
                 self._release_stored_claims()

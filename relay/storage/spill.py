@@ -9,7 +9,7 @@ recorder, which stores it once the database answers and then deletes the file.
 One file per stop, JSON lines (orjson), written to a temporary name, flushed to disk and
 renamed, so a file is either whole or absent::
 
-    {"relay_recorder_spill": 1, "pid": 812, "written_at": "2026-12-08T00:12:03+00:00", "records": 2}
+    {"relay_recorder_spill": 1, "pid": 812, "written_at": "2026-12-08T00:12:03+00:00", "records": 2, "postcall": ["CA…"]}
     {"table": "calls", "partial": true, "row": {"call_sid": "CA…", "ended_at": "…"}, "types": {"ended_at": "datetime"}}
     {"event": ["CA…", "ws-…", 14, 12.5, "2026-12-08T00:11:59.120000+00:00", "prompt"], "data": "{…}"}
 
@@ -70,6 +70,7 @@ class Claim:
     fd: int
     rows: list[SpilledRow] = field(default_factory=list)
     events: list[SpilledEvent] = field(default_factory=list)
+    postcall: list[str] = field(default_factory=list)  # calls whose post-call work is to do
 
     @property
     def records(self) -> int:
@@ -87,8 +88,15 @@ class Claim:
             self.fd = -1
 
 
-def write(directory: Path, rows: list[SpilledRow], events: list[SpilledEvent]) -> Path:
-    """Write one spill file (whole or not at all) and return its path."""
+def write(
+    directory: Path,
+    rows: list[SpilledRow],
+    events: list[SpilledEvent],
+    *,
+    postcall: list[str] | None = None,
+) -> Path:
+    """Write one spill file (whole or not at all) and return its path. ``postcall``: the
+    calls whose post-call work the stopping process could not do (in the header)."""
     directory.mkdir(parents=True, exist_ok=True)
     now = datetime.now(UTC)
     name = f"{PREFIX}{now:%Y%m%dT%H%M%S}-{os.getpid()}-{uuid.uuid4().hex[:8]}{SUFFIX}"
@@ -99,6 +107,7 @@ def write(directory: Path, rows: list[SpilledRow], events: list[SpilledEvent]) -
         "pid": os.getpid(),
         "written_at": now.isoformat(),
         "records": len(rows) + len(events),
+        "postcall": list(postcall or ()),
     }
     with open(temporary, "wb") as out:
         out.write(orjson.dumps(header) + b"\n")
@@ -160,6 +169,10 @@ def _read(held: Claim) -> None:
     header = orjson.loads(lines[0])
     if not isinstance(header, dict) or header.get("relay_recorder_spill") != FORMAT:
         raise SpillError(f"not a relay recorder spill file of format {FORMAT}")
+    postcall = header.get("postcall") or []
+    if not isinstance(postcall, list) or not all(isinstance(sid, str) for sid in postcall):
+        raise SpillError("postcall is not a list of call SIDs")
+    held.postcall = postcall
     for number, line in enumerate(lines[1:], start=2):
         item = orjson.loads(line)
         if "event" in item:

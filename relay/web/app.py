@@ -209,6 +209,10 @@ def create_app(
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
+            if runtime.postcall is not None:
+                # Before the recorder stops (the work waits for it to store each call); what
+                # is not done goes to the recorder's spill file, for the next start.
+                recorder.defer_postcall(await runtime.postcall.aclose(log_lost=False))
             await recorder.stop()
             for close in runtime.closers:
                 with contextlib.suppress(Exception):

@@ -78,10 +78,15 @@ def start(runtime: Runtime, background: list[asyncio.Task[Any]]) -> PostCall:
         flushed=deps.recorder.flush,
     )
     runtime.postcall = postcall
-    runtime.closers.insert(0, postcall.aclose)
-    # Calls that ended while the database was down and came back from the recorder's spill
-    # file at this start: their outcomes, webhook and e-mail are still to do (each once).
-    for call_sid in deps.recorder.restored_ends:
+
+    async def close() -> None:  # the app's stop closes it first (relay.web.app): a no-op then
+        await postcall.aclose()
+
+    runtime.closers.insert(0, close)
+    # Calls that ended while the database was down, or whose post-call work a stop cut short,
+    # back from the recorder's spill file at this start: their outcomes, webhook and e-mail
+    # are still to do (each once).
+    for call_sid in dict.fromkeys(deps.recorder.restored_ends):
         postcall.call_ended(call_sid)
     deps.recorder.restored_ends.clear()
     return postcall

@@ -181,6 +181,28 @@ async def test_a_shutdown_during_an_outage_names_the_calls_whose_work_is_lost() 
     assert (lost["log_level"], lost["calls"], lost["call_sids"]) == ("error", 2, ["CA1", "CA2"])
 
 
+async def test_a_stop_does_not_wait_for_work_that_waits_for_the_database() -> None:
+    """Work retrying against a database that is down is not waited for (until 8 December the
+    stop waited its whole 10 s for it, after the drain had waited 10 s for the recorder): it
+    is handed back, for the recorder's spill file, and logged as lost only if asked."""
+    down = Database(f"postgresql+asyncpg://relay:pw@127.0.0.1:{_free_port()}/relay")
+    postcall = PostCall(
+        down, AgentRegistry.load(Path(__file__).parents[2] / "prompts"), costs.PriceTable(),
+        retry_first=60, retry_max=60,
+    )  # fmt: skip
+    try:
+        with capture_logs() as logs:
+            postcall.call_ended("CA2")
+            postcall.call_ended("CA1")
+            await _until(lambda: sum(e["event"] == "postcall_delayed" for e in logs) == 2)
+            # an hour's patience, but nothing to wait for: it returns at once (30 s: a failure)
+            lost = await asyncio.wait_for(postcall.aclose(timeout=3600, log_lost=False), 30)
+    finally:
+        await down.close()
+    assert lost == ["CA1", "CA2"] and postcall.pending == 0
+    assert [e for e in logs if e["event"] == "postcall_lost"] == []
+
+
 class BrokenAnalyser:
     """An analysis pass with a bug in it (not an AnalysisError, not the database)."""
 

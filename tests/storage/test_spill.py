@@ -252,6 +252,61 @@ async def test_without_a_spill_directory_what_a_stop_cannot_store_is_logged_as_l
     assert (lost["records"], lost["calls"]) == (8, ["CA1"])
 
 
+async def test_a_stop_right_after_a_flush_gave_up_on_the_database_spills_at_once(
+    db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The drain's flush has just waited for a database that is down: the stop does not wait
+    its ``stop_timeout`` again (until 8 December a stop during an outage waited for it three
+    times over, 30 s); once the database answers again, it waits as before."""
+    directory = tmp_path / "spill"
+    waits: list[float | None] = []
+
+    def watched(rec: Recorder) -> Recorder:
+        flush = rec.flush
+
+        async def timed_flush(timeout: Any = 10.0) -> bool:
+            waits.append(timeout)
+            return await flush(timeout)
+
+        monkeypatch.setattr(rec, "flush", timed_flush)
+        return rec
+
+    rec = watched(recorder(db, directory))
+    await rec.start()
+    with outage(db):
+        begin_call(rec)
+        assert not await rec.flush(timeout=0.2)  # the drain's flush, in vain
+        assert rec.troubled
+        rest_of_call(rec)
+        await rec.stop()
+    assert waits == [0.2, 0]
+    assert rec.spilled == 8
+
+    again = watched(recorder(db, directory))  # the database is back: a stop waits as usual
+    await again.start()
+    assert await again.flush(timeout=10)
+    await again.stop()
+    assert not again.troubled and waits[-1] == again.stop_timeout and again.spilled == 0
+
+
+async def test_post_call_work_a_stop_could_not_do_goes_in_the_spill_file(
+    db: Database, tmp_path: Path
+) -> None:
+    directory = tmp_path / "spill"
+    rec = recorder(db, directory)
+    await rec.start()
+    rec.defer_postcall(["CA7", "CA8", "CA7"])
+    await rec.stop()  # nothing else to store: the file holds the calls alone
+    [path] = spill_files(directory)
+    assert orjson.loads(path.read_bytes().splitlines()[0])["postcall"] == ["CA7", "CA8"]
+
+    again = recorder(db, directory)
+    await again.start()
+    assert again.restored_ends == ["CA7", "CA8"] and again.restored == 0
+    assert spill_files(directory) == []  # handed over at once
+    await again.stop()
+
+
 def test_rows_keep_their_types_through_a_spill_file(tmp_path: Path) -> None:
     row = {
         "call_sid": "CA1", "ended_at": ENDED, "day": date(2026, 12, 8), "n": 3, "f": 0.25,
