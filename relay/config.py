@@ -251,7 +251,8 @@ class Settings(BaseSettings):
     @property
     def recorder_spill_dir(self) -> Path:
         """Where a stop that could not reach the database keeps its records for the next start
-        (relay.storage.spill): ``<data dir>/runtime/recorder-spill/``."""
+        (relay.storage.spill): ``<data dir>/runtime/recorder-spill/``, a folder per database
+        under it."""
         return self.data_dir / "runtime" / "recorder-spill"
 
     def llm_api_key(self) -> str:

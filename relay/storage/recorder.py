@@ -352,7 +352,9 @@ class Recorder:
             self._lost(rows, events, calls, postcall, None)
             return
         try:
-            path = spill.write(self.spill_dir, rows, events, postcall=postcall)
+            path = spill.write(
+                self.spill_dir, rows, events, postcall=postcall, database=self._db.url
+            )
         except OSError as exc:
             self._lost(
                 rows,

@@ -6,7 +6,8 @@ would go with the process. Instead :meth:`relay.storage.recorder.Recorder.stop` 
 spill file, and the next process to start with the same data directory hands it back to its
 recorder, which stores it once the database answers and then deletes the file.
 
-One file per stop, JSON lines (orjson), written to a temporary name, flushed to disk and
+Each database has its own directory (:func:`directory_for`): the records go back only into the
+database they were written for. One file per stop, JSON lines (orjson), written to a temporary name, flushed to disk and
 renamed, so a file is either whole or absent::
 
     {"relay_recorder_spill": 1, "pid": 812, "written_at": "2026-12-08T00:12:03+00:00", "records": 2, "postcall": ["CA…"]}
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import uuid
 from dataclasses import dataclass, field
@@ -32,12 +34,30 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from sqlalchemy.engine import make_url
 
 from relay.storage.db import dumps_json
 
 FORMAT = 1
 PREFIX = "recorder-spill-"
 SUFFIX = ".jsonl"
+
+
+def directory_for(base: Path, database_url: str) -> Path:
+    """The spill directory of one database under ``base``: ``<base>/<12 hex digits>``, a
+    digest of the database's identity (kind, user, host, port, name or file; not its password
+    nor its driver). Records are only ever restored into the database they were written for:
+    ``relay eval`` and ``relay replay`` run the app on a scratch database with the same data
+    directory, and must not take (and delete) the served database's spill files; nor must a
+    start with another ``DATABASE_URL``."""
+    url = make_url(database_url)
+    database = url.database or ""
+    if url.get_backend_name() == "sqlite" and database not in ("", ":memory:"):
+        database = str(Path(database).resolve())
+    identity = "|".join(
+        [url.get_backend_name(), url.username or "", url.host or "", str(url.port or ""), database]
+    )
+    return base / hashlib.sha256(identity.encode()).hexdigest()[:12]
 
 
 class SpillError(Exception):
@@ -94,11 +114,17 @@ def write(
     events: list[SpilledEvent],
     *,
     postcall: list[str] | None = None,
+    database: str | None = None,
 ) -> Path:
     """Write one spill file (whole or not at all) and return its path. ``postcall``: the
-    calls whose post-call work the stopping process could not do (in the header)."""
+    calls whose post-call work the stopping process could not do (in the header);
+    ``database``: its URL, named in the directory's ``DATABASE`` file (without a password)."""
     directory.mkdir(parents=True, exist_ok=True)
     now = datetime.now(UTC)
+    if database is not None and not (directory / "DATABASE").exists():
+        # for a person looking at the folder: whose records these are (no password)
+        url = make_url(database).set(password=None)
+        (directory / "DATABASE").write_text(url.render_as_string(hide_password=False) + "\n")
     name = f"{PREFIX}{now:%Y%m%dT%H%M%S}-{os.getpid()}-{uuid.uuid4().hex[:8]}{SUFFIX}"
     path = directory / name
     temporary = directory / f".{name}.tmp"

@@ -40,7 +40,7 @@ from relay.protocol.signatures import SignatureChecker
 from relay.services import messaging
 from relay.services.customers import CustomerDirectory
 from relay.services.postcall import PostCall
-from relay.storage import repository
+from relay.storage import repository, spill
 from relay.storage.db import Database, check_driver
 from relay.storage.recorder import Recorder
 from relay.tools import ToolRegistry, default_registry
@@ -133,7 +133,7 @@ def create_app(
             max_events=settings.recorder_max_events,
             flush_timeout=settings.recorder_flush_timeout,
             stop_timeout=settings.recorder_stop_timeout,
-            spill_dir=settings.recorder_spill_dir,
+            spill_dir=spill.directory_for(settings.recorder_spill_dir, settings.database),
         )
         await recorder.start()
         http = httpx.AsyncClient(

@@ -228,6 +228,7 @@ async def test_a_spill_file_that_cannot_be_read_is_set_aside_and_the_rest_restor
     assert second.restored == 8
     assert spill_files(directory) == []
     assert sorted(p.name for p in directory.iterdir()) == [
+        "DATABASE",
         "recorder-spill-00000000T000000-1-deadbeef.jsonl.bad",
         "recorder-spill-00000000T000000-2-cafecafe.jsonl.bad",
     ]
@@ -305,6 +306,30 @@ async def test_post_call_work_a_stop_could_not_do_goes_in_the_spill_file(
     assert again.restored_ends == ["CA7", "CA8"] and again.restored == 0
     assert spill_files(directory) == []  # handed over at once
     await again.stop()
+
+
+def test_each_database_has_its_own_spill_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    at = spill.directory_for
+    base = tmp_path / "spill"
+    served = at(base, "postgresql://relay:secret@db.internal:5432/relay")
+    # the same database whatever its password or driver
+    assert served == at(base, "postgresql+asyncpg://relay:rotated@db.internal:5432/relay")
+    assert served.parent == base and len(served.name) == 12
+    others = {
+        at(base, "postgresql://relay:secret@db.internal:5432/relay_eval"),
+        at(base, "postgresql://relay:secret@db.internal:5433/relay"),
+        at(base, "postgresql://other@db.internal:5432/relay"),
+        at(base, f"sqlite+aiosqlite:///{tmp_path / 'relay.db'}"),
+        at(base, f"sqlite+aiosqlite:///{tmp_path / 'eval.db'}"),  # relay eval's scratch
+    }
+    assert served not in others and len(others) == 5
+    # a relative SQLite path is the file it names
+    assert at(base, "sqlite+aiosqlite:///relay.db") == at(
+        base, f"sqlite:///{tmp_path / 'relay.db'}"
+    )
 
 
 def test_rows_keep_their_types_through_a_spill_file(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ def default_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 async def test_a_restart_during_a_database_outage_keeps_the_calls_end(
-    start_relay: Any, data_dir: Path
+    start_relay: Any, data_dir: Path, tmp_path: Path
 ) -> None:
     quick = {"RELAY_RECORDER_FLUSH_TIMEOUT": "0.2", "RELAY_RECORDER_STOP_TIMEOUT": "0.3"}
     llm = ScriptedLLM([Text("Yes, we move uprights."), Text("You're welcome, goodbye!")])
@@ -46,7 +46,17 @@ async def test_a_restart_during_a_database_outage_keeps_the_calls_end(
     assert spilled["calls"] == [call.call_sid]
     assert spilled["postcall"] == [call.call_sid]  # its post-call work, waiting for the database
     assert [e for e in logs if e["event"] == "postcall_lost"] == []
-    [path] = (data_dir / "runtime" / "recorder-spill").glob("recorder-spill-*.jsonl")
+    [path] = (data_dir / "runtime" / "recorder-spill").glob("*/recorder-spill-*.jsonl")
+    database = relay.settings.database
+    assert (path.parent / "DATABASE").read_text() == database + "\n"  # whose records they are
+
+    # relay eval and relay replay run the app on a scratch database with this data directory:
+    # the served database's records are not theirs to take.
+    async with start_relay(
+        ScriptedLLM(), DATABASE_URL=f"sqlite:///{tmp_path / 'scratch.db'}"
+    ) as other:
+        assert other.runtime.deps.recorder.restored == 0
+    assert path.exists()
     assert second.text == "You're welcome, goodbye!"
 
     async with start_relay(ScriptedLLM(), **quick) as relay:
