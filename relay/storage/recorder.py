@@ -97,6 +97,9 @@ _KEY_PREFIX = "_key_"  # bind names of the WHERE clause of partial updates
 _BufferedEvent = tuple[int, str, str, int, float, datetime, str, str]
 # One record of a batch being split: an upsert (its key and row) or an event.
 _Item = tuple[tuple[type[Any], tuple[Any, ...]], "_Upsert"] | _BufferedEvent
+#: How long a stop waits for the database when a flush has just waited for it in vain: one more
+#: try, then the rest goes to the spill file.
+STOP_RETRY_WAIT = 1.0
 #: Used for flush()'s default: the recorder's own ``flush_timeout``.
 _DEFAULT: Any = object()
 
@@ -163,6 +166,7 @@ class Recorder:
         #: succeeds); and when a flush last gave up waiting while it was.
         self.troubled = False
         self._gave_up_at: float | None = None
+        self._retry_now = asyncio.Event()  # ends the writer's backoff at once (a stop)
         # Rows keyed for upserts (later updates of the same key replace earlier ones) and
         # plain inserts for events.
         # Each buffered record remembers the sequence number it was handed over with, so that
@@ -312,8 +316,10 @@ class Recorder:
         now = asyncio.get_running_loop().time()
         if self.troubled and given_up is not None and now - given_up < self.stop_timeout:
             # A flush (the drain's, a hang-up's) has just waited in vain for a database in
-            # trouble: waiting again only makes the stop longer; what is left is spilled.
-            timeout = 0
+            # trouble: one more try, at once, then what is left is spilled; waiting the whole
+            # time again would only make the stop longer.
+            timeout = min(timeout, STOP_RETRY_WAIT)
+        self._retry_now.set()  # a writer waiting out its backoff tries again now
         stored = await self.flush(timeout)
         if not stored:
             log.error("recorder_flush_incomplete", pending=self.pending)
@@ -485,7 +491,9 @@ class Recorder:
                     pending=self.pending,
                     retry_in=backoff,
                 )
-                await asyncio.sleep(backoff)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._retry_now.wait(), backoff)
+                self._retry_now.clear()
                 backoff = min(backoff * 2, self._max_backoff)
                 self._wake.set()
                 continue

@@ -4,6 +4,7 @@ error raised on every statement (as in test_recorder), on SQLite and PostgreSQL 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
@@ -256,9 +257,10 @@ async def test_without_a_spill_directory_what_a_stop_cannot_store_is_logged_as_l
 async def test_a_stop_right_after_a_flush_gave_up_on_the_database_spills_at_once(
     db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The drain's flush has just waited for a database that is down: the stop does not wait
-    its ``stop_timeout`` again (until 8 December a stop during an outage waited for it three
-    times over, 30 s); once the database answers again, it waits as before."""
+    """The drain's flush has just waited for a database that is down: the stop tries once
+    more, at once, and does not wait its ``stop_timeout`` again (until 8 December a stop
+    during an outage waited for it three times over, 30 s); once the database answers again,
+    it waits as before."""
     directory = tmp_path / "spill"
     waits: list[float | None] = []
 
@@ -280,7 +282,7 @@ async def test_a_stop_right_after_a_flush_gave_up_on_the_database_spills_at_once
         assert rec.troubled
         rest_of_call(rec)
         await rec.stop()
-    assert waits == [0.2, 0]
+    assert waits == [0.2, 1.0]  # one more try, not stop_timeout again
     assert rec.spilled == 8
 
     again = watched(recorder(db, directory))  # the database is back: a stop waits as usual
@@ -288,6 +290,36 @@ async def test_a_stop_right_after_a_flush_gave_up_on_the_database_spills_at_once
     assert await again.flush(timeout=10)
     await again.stop()
     assert not again.troubled and waits[-1] == again.stop_timeout and again.spilled == 0
+
+
+async def test_a_stop_tries_a_database_that_came_back_at_once_not_after_its_backoff(
+    db: Database, tmp_path: Path
+) -> None:
+    """The writer waits longer and longer between tries while the database is down (here 6.4 s
+    by the time it is back); a stop does not wait that out: it tries again at once, and
+    stores rather than spills (a replica scaled in is never started again to restore)."""
+    directory = tmp_path / "spill"
+    rec = Recorder(db, interval=0.001, max_backoff=60, spill_dir=directory)
+    await rec.start()
+    tries: list[int] = []
+    sixth = asyncio.Event()
+
+    def counted(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        tries.append(1)
+        if len(tries) == 6:
+            sixth.set()
+
+    event.listen(db.engine.sync_engine, "before_cursor_execute", counted)
+    with outage(db):
+        begin_call(rec)
+        rest_of_call(rec)
+        await asyncio.wait_for(sixth.wait(), 30)  # backoffs 0.1 … 1.6 s; then 3.2, 6.4 s
+        assert not await rec.flush(timeout=0.01)  # the drain's flush, in vain
+    event.remove(db.engine.sync_engine, "before_cursor_execute", counted)
+    await rec.stop()
+    assert (rec.spilled, rec.pending, spill_files(directory)) == (0, 0, [])
+    call, turns, _ = await stored(db)
+    assert call.outcome == "hung-up" and len(turns) == 2
 
 
 async def test_post_call_work_a_stop_could_not_do_goes_in_the_spill_file(
