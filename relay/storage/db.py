@@ -264,7 +264,8 @@ def _upgrade(conn: Connection) -> None:
     A revision this code does not know was written by a newer relay (an image rolled back
     after the newer one migrated): a ConfigError in one line rather than alembic's traceback.
     A process that finds the schema already at the newest revision (another worker migrated
-    it) does nothing and logs nothing."""
+    it) does nothing and logs nothing. Upgrading an existing schema is a warning (creating a
+    new one is info), so that every command, not only ``relay serve``, says it did it."""
     config = alembic_config()
     config.attributes["connection"] = conn
     script = ScriptDirectory.from_config(config)
@@ -280,4 +281,14 @@ def _upgrade(conn: Connection) -> None:
             "run that one, or restore a backup taken before it migrated"
         )
     command.upgrade(config, "head")
-    log.info("database_migrated", from_revision=current, to_revision=newest)
+    if current is None:
+        log.info("database_migrated", from_revision=current, to_revision=newest)
+    else:
+        # An existing schema changed: every command says so (they log warnings and above),
+        # since an older relay still serving from this database refuses it at its next start.
+        log.warning(
+            "database_migrated", from_revision=current, to_revision=newest,
+            message=f"upgraded the schema of DATABASE_URL "
+            f"{conn.engine.url.render_as_string(hide_password=True)}: relay versions older "
+            "than this one cannot use it any more",
+        )  # fmt: skip
