@@ -325,9 +325,12 @@ class Recorder:
             log.error("recorder_flush_incomplete", pending=self.pending)
         self._closing = True
         self._wake.set()
-        self._task.cancel()
+        task = self._task
+        while not task.done():  # cancelled again if a cancellation was ever swallowed
+            task.cancel()
+            await asyncio.wait({task}, timeout=1.0)
         with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+            task.result()
         self._task = None
         if self._upserts or self._events or self._postcall:
             self._spill()
@@ -393,16 +396,10 @@ class Recorder:
         postcall: list[str],
         error: str | None,
     ) -> None:
-        if rows or events:
-            log.error(
-                "recorder_records_lost", records=len(rows) + len(events), calls=calls, error=error
-            )
-        if postcall:
-            log.error(
-                "postcall_lost", calls=len(postcall), call_sids=postcall,
-                message="stopped before their outcomes, webhook and e-mail were done; "
-                "`relay sessions analyze` recomputes the outcomes (no webhook, no e-mail)",
-            )  # fmt: skip
+        log.error(
+            "recorder_records_lost", records=len(rows) + len(events), calls=calls,
+            postcall=postcall, error=error,
+        )  # fmt: skip
 
     def _restore(self, directory: Path) -> None:
         """Hand the records of earlier stops' spill files to this recorder."""
@@ -491,8 +488,13 @@ class Recorder:
                     pending=self.pending,
                     retry_in=backoff,
                 )
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._retry_now.wait(), backoff)
+                # Not asyncio.wait_for: on Python 3.11 it can swallow the stop's cancellation
+                # when the event is set in the same moment, and the stop would wait for ever.
+                woken = asyncio.ensure_future(self._retry_now.wait())
+                try:
+                    await asyncio.wait({woken}, timeout=backoff)
+                finally:
+                    woken.cancel()
                 self._retry_now.clear()
                 backoff = min(backoff * 2, self._max_backoff)
                 self._wake.set()

@@ -212,7 +212,10 @@ def create_app(
             if runtime.postcall is not None:
                 # Before the recorder stops (the work waits for it to store each call); what
                 # is not done goes to the recorder's spill file, for the next start.
-                recorder.defer_postcall(await runtime.postcall.aclose(log_lost=False))
+                spilling = recorder.spill_dir is not None
+                lost = await runtime.postcall.aclose(log_lost=not spilling)
+                if spilling:
+                    recorder.defer_postcall(lost)
             await recorder.stop()
             for close in runtime.closers:
                 with contextlib.suppress(Exception):

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from relay.cli.main import main
-from relay.storage.db import Database, alembic_config
+from relay.storage.db import Database
 from tests.conftest import fresh_logging
+from tests.storage.test_schema_newer import _downgrade_to
 
 
 @pytest.fixture(autouse=True)
@@ -27,16 +28,7 @@ def at_revision(path: Path, revision: str) -> None:
         db = Database(f"sqlite+aiosqlite:///{path}")
         try:
             await db.migrate()
-
-            def downgrade(conn: object) -> None:
-                from alembic import command
-
-                config = alembic_config()
-                config.attributes["connection"] = conn
-                command.downgrade(config, revision)
-
-            async with db.engine.begin() as conn:
-                await conn.run_sync(downgrade)
+            await _downgrade_to(db, revision)
         finally:
             await db.close()
 

@@ -161,21 +161,31 @@ async def test_a_call_that_ends_during_an_outage_gets_its_outcomes_webhook_and_e
     assert len(flushes) >= 2  # before every try
 
 
-async def test_a_shutdown_during_an_outage_names_the_calls_whose_work_is_lost() -> None:
+@contextlib.asynccontextmanager
+async def two_calls_waiting_for_the_database(
+    retry_first: float, retry_max: float
+) -> AsyncIterator[tuple[PostCall, list[dict[str, Any]]]]:
+    """Post-call work for CA2 and CA1 against a PostgreSQL that never answers, both tried
+    once and now waiting to try again."""
     down = Database(f"postgresql+asyncpg://relay:pw@127.0.0.1:{_free_port()}/relay")
     postcall = PostCall(
         down, AgentRegistry.load(Path(__file__).parents[2] / "prompts"), costs.PriceTable(),
-        retry_first=0.05, retry_max=0.2,
+        retry_first=retry_first, retry_max=retry_max,
     )  # fmt: skip
     try:
         with capture_logs() as logs:
             postcall.call_ended("CA2")
             postcall.call_ended("CA1")
             await _until(lambda: sum(e["event"] == "postcall_delayed" for e in logs) == 2)
-            pending = postcall.pending
-            await postcall.aclose(timeout=0.1)
+            yield postcall, logs
     finally:
         await down.close()
+
+
+async def test_a_shutdown_during_an_outage_names_the_calls_whose_work_is_lost() -> None:
+    async with two_calls_waiting_for_the_database(0.05, 0.2) as (postcall, logs):
+        pending = postcall.pending
+        await postcall.aclose(timeout=0.1)
     assert pending == 2 and postcall.pending == 0
     [lost] = [e for e in logs if e["event"] == "postcall_lost"]
     assert (lost["log_level"], lost["calls"], lost["call_sids"]) == ("error", 2, ["CA1", "CA2"])
@@ -185,20 +195,9 @@ async def test_a_stop_does_not_wait_for_work_that_waits_for_the_database() -> No
     """Work retrying against a database that is down is not waited for (until 8 December the
     stop waited its whole 10 s for it, after the drain had waited 10 s for the recorder): it
     is handed back, for the recorder's spill file, and logged as lost only if asked."""
-    down = Database(f"postgresql+asyncpg://relay:pw@127.0.0.1:{_free_port()}/relay")
-    postcall = PostCall(
-        down, AgentRegistry.load(Path(__file__).parents[2] / "prompts"), costs.PriceTable(),
-        retry_first=60, retry_max=60,
-    )  # fmt: skip
-    try:
-        with capture_logs() as logs:
-            postcall.call_ended("CA2")
-            postcall.call_ended("CA1")
-            await _until(lambda: sum(e["event"] == "postcall_delayed" for e in logs) == 2)
-            # an hour's patience, but nothing to wait for: it returns at once (30 s: a failure)
-            lost = await asyncio.wait_for(postcall.aclose(timeout=3600, log_lost=False), 30)
-    finally:
-        await down.close()
+    async with two_calls_waiting_for_the_database(60, 60) as (postcall, logs):
+        # an hour's patience, but nothing to wait for: it returns at once (30 s: a failure)
+        lost = await asyncio.wait_for(postcall.aclose(timeout=3600, log_lost=False), 30)
     assert lost == ["CA1", "CA2"] and postcall.pending == 0
     assert [e for e in logs if e["event"] == "postcall_lost"] == []
 

@@ -249,9 +249,10 @@ async def test_without_a_spill_directory_what_a_stop_cannot_store_is_logged_as_l
     with outage(db), capture_logs() as logs:
         begin_call(rec)
         rest_of_call(rec)
+        rec.defer_postcall(["CA0"])
         await rec.stop(timeout=0.1)
     [lost] = [e for e in logs if e["event"] == "recorder_records_lost"]
-    assert (lost["records"], lost["calls"]) == (8, ["CA1"])
+    assert (lost["records"], lost["calls"], lost["postcall"]) == (8, ["CA1"], ["CA0"])
 
 
 async def test_a_stop_right_after_a_flush_gave_up_on_the_database_spills_at_once(
@@ -320,6 +321,28 @@ async def test_a_stop_tries_a_database_that_came_back_at_once_not_after_its_back
     assert (rec.spilled, rec.pending, spill_files(directory)) == (0, 0, [])
     call, turns, _ = await stored(db)
     assert call.outcome == "hung-up" and len(turns) == 2
+
+
+async def test_a_writer_woken_from_its_backoff_as_it_is_cancelled_still_stops(
+    db: Database, tmp_path: Path
+) -> None:
+    """On Python 3.11 ``asyncio.wait_for`` swallows a cancellation that arrives as the event
+    it waits for is set: the stop's wake-up and its cancellation together left the writer
+    running and the stop waiting for ever (a CI run hung in a spill test)."""
+    rec = recorder(db, tmp_path / "spill")
+    await rec.start()
+    with outage(db):
+        begin_call(rec)
+        assert not await rec.flush(timeout=0.2)  # the writer is now waiting out a backoff
+        task = rec._task
+        assert task is not None
+        rec._retry_now.set()
+        task.cancel()  # in the same moment
+        done, _ = await asyncio.wait({task}, timeout=10)
+        assert done == {task} and task.cancelled()
+        rec._task = asyncio.create_task(asyncio.sleep(0))  # for stop(): a writer that is done
+        await rec.stop(timeout=0)
+    assert rec.spilled == 2
 
 
 async def test_post_call_work_a_stop_could_not_do_goes_in_the_spill_file(
