@@ -14,7 +14,6 @@ body it received (see :func:`verify`) and refuses old timestamps to stop replays
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import time
@@ -30,6 +29,7 @@ from sqlalchemy.exc import IntegrityError
 
 from relay.storage.db import Database
 from relay.storage.outcomes import WebhookDelivery
+from relay.waits import event_set
 
 log = structlog.get_logger("relay.services.webhooks")
 
@@ -208,8 +208,8 @@ class WebhookOutbox:
                 raise
             except Exception as exc:  # the database may be away for a moment: try again later
                 log.error("webhook_outbox_failed", error=repr(exc)[:300])
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll)
+            # Not asyncio.wait_for, which can swallow the app's cancellation (relay.waits).
+            await event_set(self._wake, self.poll)
             self._wake.clear()
 
     async def rows(self, call_sid: str | None = None) -> list[WebhookDelivery]:

@@ -75,6 +75,7 @@ from relay.storage import spill
 from relay.storage.db import NUL, Database, dumps_json, without_nul
 from relay.storage.models import Base, Call, Event, ParkedRecord, RelaySession, Turn
 from relay.storage.textsearch import index_pending
+from relay.waits import event_set
 
 log = structlog.get_logger("relay.recorder")
 
@@ -488,13 +489,8 @@ class Recorder:
                     pending=self.pending,
                     retry_in=backoff,
                 )
-                # Not asyncio.wait_for: on Python 3.11 it can swallow the stop's cancellation
-                # when the event is set in the same moment, and the stop would wait for ever.
-                woken = asyncio.ensure_future(self._retry_now.wait())
-                try:
-                    await asyncio.wait({woken}, timeout=backoff)
-                finally:
-                    woken.cancel()
+                # Not asyncio.wait_for, which can swallow the stop's cancellation (relay.waits).
+                await event_set(self._retry_now, backoff)
                 self._retry_now.clear()
                 backoff = min(backoff * 2, self._max_backoff)
                 self._wake.set()
