@@ -43,7 +43,7 @@ def _gone(pid: int) -> bool:
     """The process has exited (a zombie counts: no parent reaped it yet)."""
     try:
         status = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # ESRCH: reaped while it was read
         return True
     return status.rsplit(")", 1)[1].split()[0] == "Z"
 
