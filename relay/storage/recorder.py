@@ -412,28 +412,25 @@ class Recorder:
         for reason in bad:
             log.error("recorder_spill_unreadable", directory=str(directory), error=reason)
         for held in claims:
-            for r in held.rows:
-                model = _TABLES.get(r.table)
-                if model is None:  # not a table the recorder writes: keep the file for a person
-                    log.error("recorder_spill_unreadable", path=str(held.path), table=r.table)
-                    break
-            else:
-                for r in held.rows:
-                    model = _TABLES[r.table]
-                    self._upsert(model, dict(r.row), _UPSERT_KEYS[model], r.partial)
-                    if model is Call and r.row.get("ended_at") is not None:
-                        self.restored_ends.append(r.row["call_sid"])
-                self.restored_ends.extend(held.postcall)
-                for e in held.events:
-                    self._queued += 1
-                    self._events.append(
-                        (self._queued, e.call_sid, e.session_id, e.seq, e.t, e.at, e.kind, e.data)
-                    )
-                self._claims.append((self._queued, held))
-                self.restored += held.records
-                log.info("recorder_spill_restoring", path=str(held.path), records=held.records)
+            unknown = next((r.table for r in held.rows if r.table not in _TABLES), None)
+            if unknown is not None:  # not a table the recorder writes: keep the file for a person
+                log.error("recorder_spill_unreadable", path=str(held.path), table=unknown)
+                held.release()
                 continue
-            held.release()
+            for r in held.rows:
+                model = _TABLES[r.table]
+                self._upsert(model, dict(r.row), _UPSERT_KEYS[model], r.partial)
+                if model is Call and r.row.get("ended_at") is not None:
+                    self.restored_ends.append(r.row["call_sid"])
+            self.restored_ends.extend(held.postcall)
+            for e in held.events:
+                self._queued += 1
+                self._events.append(
+                    (self._queued, e.call_sid, e.session_id, e.seq, e.t, e.at, e.kind, e.data)
+                )
+            self._claims.append((self._queued, held))
+            self.restored += held.records
+            log.info("recorder_spill_restoring", path=str(held.path), records=held.records)
         self._release_stored_claims()  # a file of post-call work alone holds no records
 
     def _release_stored_claims(self) -> None:
